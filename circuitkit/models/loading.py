@@ -1,0 +1,171 @@
+"""``load_model(spec)``: TransformerLens names, local Hugging Face directories, and ``zoo:NAME``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+log = logging.getLogger(__name__)
+
+ZOO_PREFIX = "zoo:"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and how to fix it."""
+
+
+def load_model(
+    spec: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    **kwargs,
+) -> HookedTransformer:
+    """Load a ``HookedTransformer``.
+
+    ``spec`` is one of:
+      * ``"zoo:NAME"`` — a bundled model (``circuitkit zoo list``);
+      * a path to a local Hugging Face model directory (``config.json`` + weights + tokenizer);
+      * a TransformerLens pretrained name (``"gpt2-small"``, ``"pythia-70m"``...), loaded from the
+        hub or the local Hugging Face cache.
+
+    ``device`` defaults to CUDA when available; extra keyword arguments go to
+    ``HookedTransformer.from_pretrained`` for hub / local models.
+    """
+    device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype)
+    spec_str = os.fspath(spec)
+    if spec_str.startswith(ZOO_PREFIX):
+        from circuitkit.zoo.registry import load_zoo_model
+
+        return load_zoo_model(spec_str[len(ZOO_PREFIX):], device=device, dtype=torch_dtype)
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        return _load_local_hf(path, device, torch_dtype, **kwargs)
+    if os.sep in spec_str or spec_str.startswith((".", "~")):
+        raise ModelLoadError(
+            f"no model directory at {spec_str!r}; pass an existing Hugging Face model directory, "
+            "a TransformerLens model name (e.g. 'gpt2-small') or 'zoo:NAME' (see `circuitkit zoo list`)"
+        )
+    return _load_pretrained(spec_str, device, torch_dtype, **kwargs)
+
+
+def _resolve_device(device) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float64": torch.float64}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _load_pretrained(name: str, device: str, dtype: torch.dtype, **kwargs) -> HookedTransformer:
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        official = loading.get_official_model_name(name)
+    except ValueError:
+        raise ModelLoadError(
+            f"unknown model {name!r}: it is not a TransformerLens model name, a local directory or "
+            "'zoo:NAME'. See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or "
+            "`circuitkit zoo list` for the bundled models"
+        ) from None
+    try:
+        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        raise ModelLoadError(_no_weights_message(name, official, exc)) from None
+    except Exception as exc:  # the hub client raises many types when offline; name them plainly
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in ("offline", "Offline", "connect", "Connection", "resolve", "cache", "not found", "LocalEntryNotFound")):
+            raise ModelLoadError(_no_weights_message(name, official, exc)) from None
+        raise
+
+
+def _no_weights_message(name: str, official: str, exc: BaseException) -> str:
+    mode = "HF_HUB_OFFLINE=1 is set" if _offline() else "the Hugging Face hub cannot be reached"
+    return (
+        f"cannot load {name!r} ({official}): its weights are not in the local Hugging Face cache and "
+        f"{mode}. To get them, run once on a machine with network access:\n"
+        f"    python -c \"from transformer_lens import HookedTransformer; HookedTransformer.from_pretrained('{name}')\"\n"
+        f"and copy the cache (~/.cache/huggingface) here, or download the model directory "
+        f"('{official}') and pass its path to load_model. Bundled offline models: `circuitkit zoo list`. "
+        f"(underlying error: {type(exc).__name__})"
+    )
+
+
+def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> HookedTransformer:
+    """Load a local Hugging Face directory through TransformerLens's own converters."""
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"{str(path)!r} has no config.json; a local model directory is what "
+            "`model.save_pretrained(dir)` and `tokenizer.save_pretrained(dir)` write"
+        )
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the Hugging Face model in {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:
+        tokenizer = None
+        log.warning("no tokenizer in %s; the model can run on token ids only", path)
+    # TransformerLens converts by architecture; the directory path stands in for the hub name.
+    hf_cfg = hf_model.config.to_dict()
+    try:
+        with _config_dir_for_transformer_lens(path, hf_cfg) as cfg_dir:
+            cfg = loading.get_pretrained_model_config(str(cfg_dir), hf_cfg=hf_cfg, fold_ln=kwargs.get("fold_ln", True),
+                                                      device=device, dtype=dtype)
+    except Exception as exc:
+        arch = (hf_cfg.get("architectures") or ["?"])[0]
+        raise ModelLoadError(
+            f"TransformerLens cannot convert architecture {arch!r} from {str(path)!r}: {exc}. "
+            "Supported architectures are those TransformerLens supports (GPT-2, GPT-NeoX, Llama, ...)"
+        ) from None
+    state_dict = loading.get_pretrained_state_dict(str(path.resolve()), cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=kwargs.get("fold_ln", True),
+        center_writing_weights=kwargs.get("center_writing_weights", True),
+        center_unembed=kwargs.get("center_unembed", True),
+        fold_value_biases=kwargs.get("fold_value_biases", True),
+    )
+    model.cfg.model_name = path.name
+    return model.to(device)
+
+
+@contextlib.contextmanager
+def _config_dir_for_transformer_lens(path: Path, hf_cfg: dict):
+    """A directory holding only ``config.json``, with fields TransformerLens 3 still reads.
+
+    TransformerLens picks the architecture by reading the directory's config (and, for some
+    families, by the directory *name*); newer transformers dropped GPT-2's ``n_ctx``. Copying
+    the config to a neutral temp dir sidesteps both without touching the user's files.
+    """
+    config = json.loads((path / "config.json").read_text())
+    if "n_positions" in config and "n_ctx" not in config:
+        config["n_ctx"] = config["n_positions"]
+    with tempfile.TemporaryDirectory(prefix="circuitkit-cfg-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        yield Path(tmp)

@@ -1,0 +1,249 @@
+"""The one place that formats and parses component names.
+
+Node ids follow the convention that EAP-IG and the Mechanistic Interpretability Benchmark
+exchange: ``input``, ``a{layer}.h{head}`` (attention head), ``m{layer}`` (MLP), ``logits``.
+An edge is ``parent->child``; when the child is a head, ``<q>``, ``<k>`` or ``<v>`` names the
+input it enters through (``a0.h3->a2.h1<k>``). A position suffix ``@{pos}`` may follow a node
+(``a1.h0@5``). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``).
+
+Nobody else builds these strings with f-strings: call :func:`head`, :func:`mlp`, :func:`edge`,
+:func:`feature` and parse with :func:`parse_node` / :func:`parse_edge`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+INPUT = "input"
+LOGITS = "logits"
+QKV = ("q", "k", "v")
+
+NodeKind = Literal["input", "head", "mlp", "logits", "feature"]
+
+_HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
+_MLP_RE = re.compile(r"^m(\d+)$")
+_FEATURE_RE = re.compile(r"^f(\d+)\.([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
+_EDGE_RE = re.compile(r"^(?P<parent>[^\s<>]+?)->(?P<child>[^\s<>]+?)(?:<(?P<qkv>[qkv])>)?$")
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A parsed component name. ``layer`` is None for ``input`` and ``logits``."""
+
+    kind: NodeKind
+    layer: int | None = None
+    head: int | None = None
+    pos: int | None = None
+    hook: str | None = None  # SAE features: the hook point's short name, e.g. "resid_pre"
+    index: int | None = None  # SAE features: the latent index
+
+    @property
+    def name(self) -> str:
+        """The node id without any position suffix."""
+        return format_node(self, with_pos=False)
+
+    def __str__(self) -> str:
+        return format_node(self)
+
+    def sort_key(self, n_layers: int | None = None) -> tuple[float, int, int]:
+        """A key that orders nodes by computation order: input, a0.*, m0, a1.*, ..., logits."""
+        return (depth(self, n_layers), self.head or 0, self.index or 0)
+
+
+def head(layer: int, head_index: int, pos: int | None = None) -> str:
+    """``a{layer}.h{head}``, with ``@{pos}`` when a position is given."""
+    return _with_pos(f"a{int(layer)}.h{int(head_index)}", pos)
+
+
+def mlp(layer: int, pos: int | None = None) -> str:
+    """``m{layer}``, with ``@{pos}`` when a position is given."""
+    return _with_pos(f"m{int(layer)}", pos)
+
+
+def feature(layer: int, hook: str, index: int) -> str:
+    """``f{layer}.{hook}.{index}``: latent ``index`` of the SAE on ``hook`` at ``layer``."""
+    short = hook.split(".")[-1].removeprefix("hook_")
+    return f"f{int(layer)}.{short}.{int(index)}"
+
+
+def with_pos(name: str, pos: int | None) -> str:
+    """Add (or replace) the position suffix of a node id."""
+    base = name.split("@", 1)[0]
+    return _with_pos(base, pos)
+
+
+def _with_pos(name: str, pos: int | None) -> str:
+    return name if pos is None else f"{name}@{int(pos)}"
+
+
+def parse_node(name: str) -> Node:
+    """Parse a node id; raises ``ValueError`` naming the accepted forms when it is malformed."""
+    if not isinstance(name, str):
+        raise TypeError(f"node id must be a string, got {type(name).__name__}")
+    base, pos = name, None
+    if "@" in name:
+        base, _, pos_text = name.partition("@")
+        if not pos_text.isdigit():
+            raise ValueError(f"bad position in node id {name!r}: expected '@<integer>', e.g. 'a1.h0@5'")
+        pos = int(pos_text)
+    if base == INPUT:
+        return Node("input", pos=pos)
+    if base == LOGITS:
+        return Node("logits", pos=pos)
+    if m := _HEAD_RE.match(base):
+        return Node("head", layer=int(m[1]), head=int(m[2]), pos=pos)
+    if m := _MLP_RE.match(base):
+        return Node("mlp", layer=int(m[1]), pos=pos)
+    if m := _FEATURE_RE.match(base):
+        return Node("feature", layer=int(m[1]), hook=m[2], index=int(m[3]), pos=pos)
+    raise ValueError(
+        f"unknown component name {name!r}: use 'input', 'logits', 'a<layer>.h<head>' (e.g. 'a3.h5'), "
+        "'m<layer>' (e.g. 'm2') or 'f<layer>.<hook>.<index>', optionally followed by '@<pos>'"
+    )
+
+
+def format_node(node: Node, with_pos: bool = True) -> str:
+    pos = node.pos if with_pos else None
+    if node.kind == "input":
+        return _with_pos(INPUT, pos)
+    if node.kind == "logits":
+        return _with_pos(LOGITS, pos)
+    if node.kind == "head":
+        return head(node.layer, node.head, pos)
+    if node.kind == "mlp":
+        return mlp(node.layer, pos)
+    if node.kind == "feature":
+        return _with_pos(f"f{node.layer}.{node.hook}.{node.index}", pos)
+    raise ValueError(f"unknown node kind {node.kind!r}")
+
+
+def is_valid_node(name: str) -> bool:
+    try:
+        parse_node(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def edge(parent: str, child: str, qkv: str | None = None) -> str:
+    """``parent->child`` (``<q|k|v>`` appended when the child is a head)."""
+    child_node = parse_node(child)
+    parse_node(parent)
+    if child_node.kind == "head":
+        if qkv not in QKV:
+            raise ValueError(f"an edge into head {child!r} needs qkv='q', 'k' or 'v', got {qkv!r}")
+        return f"{parent}->{child}<{qkv}>"
+    if qkv is not None:
+        raise ValueError(f"only edges into attention heads take a q/k/v input; {child!r} is not a head")
+    return f"{parent}->{child}"
+
+
+@dataclass(frozen=True)
+class Edge:
+    parent: str
+    child: str
+    qkv: str | None = None
+
+    @property
+    def name(self) -> str:
+        return edge(self.parent, self.child, self.qkv)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_edge(name: str) -> Edge:
+    """Parse ``parent->child[<q|k|v>]``; raises ``ValueError`` with the expected form."""
+    m = _EDGE_RE.match(name) if isinstance(name, str) else None
+    if not m:
+        raise ValueError(
+            f"malformed edge id {name!r}: expected 'parent->child', with '<q>', '<k>' or '<v>' "
+            "appended when the child is a head (e.g. 'a0.h3->a2.h1<k>', 'm1->logits')"
+        )
+    parent, child, qkv = m["parent"], m["child"], m["qkv"]
+    child_node = parse_node(child)
+    parse_node(parent)
+    if child_node.kind == "head" and qkv is None:
+        raise ValueError(f"edge {name!r} enters head {child!r} without naming <q>, <k> or <v>")
+    if child_node.kind != "head" and qkv is not None:
+        raise ValueError(f"edge {name!r} names <{qkv}> but {child!r} is not an attention head")
+    return Edge(parent, child, qkv)
+
+
+def is_edge(name: str) -> bool:
+    return isinstance(name, str) and "->" in name
+
+
+def depth(node: Node | str, n_layers: int | None = None) -> float:
+    """Computation order: input -1, head in layer L at L, MLP in layer L at L + 0.5, logits last."""
+    if isinstance(node, str):
+        node = parse_node(node)
+    if node.kind == "input":
+        return -1.0
+    if node.kind == "logits":
+        return float(n_layers) if n_layers is not None else float("inf")
+    if node.kind == "head":
+        return float(node.layer)
+    if node.kind == "mlp":
+        return node.layer + 0.5
+    # A feature sits on the hook it reads: resid_pre before the layer's heads.
+    offsets = {"resid_pre": -0.25, "attn_out": 0.25, "resid_mid": 0.25, "mlp_out": 0.75, "resid_post": 0.75}
+    return node.layer + offsets.get(node.hook or "", 0.0)
+
+
+def sort_nodes(names, n_layers: int | None = None) -> list[str]:
+    """Sort node ids in computation order."""
+    return sorted(names, key=lambda n: (parse_node(n).sort_key(n_layers), n))
+
+
+def all_nodes(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
+    """Every node of a model's graph, in computation order."""
+    nodes = [INPUT]
+    for layer in range(n_layers):
+        nodes += [head(layer, h) for h in range(n_heads)]
+        if has_mlp:
+            nodes.append(mlp(layer))
+    nodes.append(LOGITS)
+    return nodes
+
+
+def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
+    """Every edge of the residual-stream graph: each upstream node into each later input.
+
+    Heads read q, k and v separately; an MLP reads its layer's attention outputs (it sits after
+    them); logits read everything.
+    """
+    nodes = all_nodes(n_layers, n_heads, has_mlp)
+    edges: list[str] = []
+    for child in nodes[1:]:
+        child_node = parse_node(child)
+        child_depth = depth(child_node, n_layers)
+        parents = [p for p in nodes if depth(p, n_layers) < child_depth]
+        if child_node.kind == "head":
+            edges += [edge(p, child, x) for x in QKV for p in parents]
+        else:
+            edges += [edge(p, child) for p in parents]
+    return edges
+
+
+# --- hook points (TransformerLens names; the same names exist on TransformerBridge) -----------
+
+def output_hook(node: Node | str) -> str:
+    """The hook whose value is what this node writes into the residual stream."""
+    node = parse_node(node) if isinstance(node, str) else node
+    if node.kind == "input":
+        return "hook_embed"
+    if node.kind == "head":
+        return f"blocks.{node.layer}.attn.hook_z"
+    if node.kind == "mlp":
+        return f"blocks.{node.layer}.hook_mlp_out"
+    raise ValueError(f"{format_node(node)!r} writes nothing into the residual stream")
+
+
+def head_input_hook(layer: int, qkv: str) -> str:
+    """The per-head input hook (needs ``model.set_use_split_qkv_input(True)``)."""
+    if qkv not in QKV:
+        raise ValueError(f"qkv must be one of {QKV}, got {qkv!r}")
+    return f"blocks.{layer}.hook_{qkv}_input"

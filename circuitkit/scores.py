@@ -1,0 +1,155 @@
+"""``Scores``: the one result type every method returns.
+
+A Scores is a 1-D tensor of values with one component label per value (node ids such as
+``a1.h0`` or ``m2@5``, or edge ids such as ``a0.h0->a1.h0<k>``; see :mod:`circuitkit.names`),
+plus what produced it. Grids (layer x head, layer x position) are views computed from the
+labels, so every method's output can become a table, a heatmap or a circuit the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from circuitkit import names
+
+
+@dataclass
+class Scores:
+    """Labelled scores.
+
+    Attributes:
+        values: float tensor of shape ``[n]``.
+        labels: ``n`` component ids (all nodes or all edges), aligned with ``values``.
+        method: what computed them (``"eap-ig"``, ``"activation-patching"``, ``"retrieval"``...).
+        task: the task name they were measured on.
+        metric: the metric name (``"logit_diff"``...), if any.
+        meta: anything else that explains the numbers (ablation kind, steps, n_layers...).
+    """
+
+    values: torch.Tensor
+    labels: list[str]
+    method: str
+    task: str = ""
+    metric: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = torch.as_tensor(self.values).detach().float().cpu().reshape(-1)
+        self.labels = [str(label) for label in self.labels]
+        if self.values.numel() != len(self.labels):
+            raise ValueError(
+                f"Scores has {self.values.numel()} values but {len(self.labels)} labels; "
+                "give exactly one label per value"
+            )
+        if len(set(self.labels)) != len(self.labels):
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})[:5]
+            raise ValueError(f"Scores labels must be unique; repeated: {dupes}")
+        kinds = {names.is_edge(label) for label in self.labels}
+        if len(kinds) > 1:
+            raise ValueError("Scores mixes node and edge labels; keep node and edge scores apart")
+        for label in self.labels[:1]:
+            names.parse_edge(label) if names.is_edge(label) else names.parse_node(label)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, scores: Mapping[str, float], method: str, **kwargs: Any) -> Scores:
+        labels = list(scores)
+        return cls(torch.tensor([float(scores[k]) for k in labels]), labels, method, **kwargs)
+
+    @classmethod
+    def from_head_grid(
+        cls, grid: torch.Tensor, method: str, **kwargs: Any
+    ) -> Scores:
+        """From a ``[n_layers, n_heads]`` grid (e.g. a head-score map)."""
+        grid = torch.as_tensor(grid)
+        if grid.ndim != 2:
+            raise ValueError(f"a head grid must be [n_layers, n_heads], got shape {tuple(grid.shape)}")
+        n_layers, n_heads = grid.shape
+        labels = [names.head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        meta = dict(kwargs.pop("meta", {}))
+        meta.setdefault("n_layers", n_layers)
+        meta.setdefault("n_heads", n_heads)
+        return cls(grid.reshape(-1), labels, method, meta=meta, **kwargs)
+
+    # --- views --------------------------------------------------------------------------------
+    @property
+    def is_edge(self) -> bool:
+        return bool(self.labels) and names.is_edge(self.labels[0])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, label: str) -> float:
+        try:
+            return float(self.values[self.labels.index(label)])
+        except ValueError:
+            raise KeyError(f"no score for {label!r} in these {self.method} scores") from None
+
+    def __contains__(self, label: object) -> bool:
+        return label in self.labels
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.labels, self.values.tolist(), strict=True))
+
+    def top(self, k: int, by_abs: bool = True) -> list[tuple[str, float]]:
+        """The k highest-scoring components (by |score| unless ``by_abs=False``)."""
+        key = self.values.abs() if by_abs else self.values
+        order = torch.argsort(key, descending=True)[:k]
+        return [(self.labels[i], float(self.values[i])) for i in order.tolist()]
+
+    def subset(self, labels: Iterable[str]) -> Scores:
+        keep = list(labels)
+        index = {label: i for i, label in enumerate(self.labels)}
+        missing = [x for x in keep if x not in index]
+        if missing:
+            raise KeyError(f"labels not in these scores: {missing[:5]}")
+        return Scores(
+            self.values[[index[x] for x in keep]], keep, self.method, self.task, self.metric, dict(self.meta)
+        )
+
+    def head_grid(self, n_layers: int | None = None, n_heads: int | None = None) -> torch.Tensor:
+        """``[n_layers, n_heads]`` grid of head scores (NaN where a head has no score).
+
+        Position-resolved head labels (``a1.h0@3``) are summed over positions.
+        """
+        heads = [(names.parse_node(label), v) for label, v in zip(self.labels, self.values.tolist(), strict=True)
+                 if not names.is_edge(label) and names.parse_node(label).kind == "head"]
+        if not heads:
+            raise ValueError(f"these {self.method} scores hold no attention-head labels")
+        n_layers = n_layers or self.meta.get("n_layers") or 1 + max(n.layer for n, _ in heads)
+        n_heads = n_heads or self.meta.get("n_heads") or 1 + max(n.head for n, _ in heads)
+        grid = torch.full((n_layers, n_heads), float("nan"))
+        for node, v in heads:
+            cur = grid[node.layer, node.head]
+            grid[node.layer, node.head] = v if torch.isnan(cur) else cur + v
+        return grid
+
+    def to_frame(self):
+        """A pandas DataFrame: one row per component with its parsed parts and score."""
+        import pandas as pd
+
+        rows = []
+        for label, value in zip(self.labels, self.values.tolist(), strict=True):
+            row: dict[str, Any] = {"component": label, "score": value}
+            if names.is_edge(label):
+                e = names.parse_edge(label)
+                row.update(parent=e.parent, child=e.child, qkv=e.qkv)
+            else:
+                n = names.parse_node(label)
+                row.update(kind=n.kind, layer=n.layer, head=n.head, pos=n.pos)
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        frame["method"] = self.method
+        frame["task"] = self.task
+        frame["metric"] = self.metric
+        return frame
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{k}={v:+.3g}" for k, v in self.top(3))
+        return (f"Scores(method={self.method!r}, task={self.task!r}, n={len(self)}, "
+                f"{'edges' if self.is_edge else 'nodes'}, top: {best})")
+

@@ -1,0 +1,19 @@
+"""Tasks: clean / corrupted batches, answers and metrics; builders for common tasks."""
+
+from circuitkit.tasks import metrics
+from circuitkit.tasks.builders import (
+    BUILDERS,
+    build_task,
+    greater_than,
+    induction,
+    ioi,
+    multiple_choice,
+    needle,
+)
+from circuitkit.tasks.metrics import METRICS, make_kl_metric, normalized
+from circuitkit.tasks.task import PAD_ANSWER, Metric, Task
+
+__all__ = [
+    "BUILDERS", "METRICS", "PAD_ANSWER", "Metric", "Task", "build_task", "greater_than", "induction", "ioi",
+    "make_kl_metric", "metrics", "multiple_choice", "needle", "normalized",
+]

@@ -1,0 +1,429 @@
+"""Task builders that work with any model's tokenizer.
+
+Each builder takes a model (its tokenizer is used) or a Hugging Face tokenizer, drops prompts
+whose names / answers are not single tokens, and records how many it kept in
+``task.meta["kept"]`` / ``task.meta["dropped"]`` (and logs it). Prompts are right-padded;
+``answer_pos`` marks each prompt's last token.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from circuitkit.tasks.task import PAD_ANSWER, Task
+from circuitkit.tokenizers import (
+    continuation_ids,
+    encode,
+    ordinary_token_ids,
+    pad_id,
+    single_token_id,
+    tokenizer_of,
+)
+
+log = logging.getLogger(__name__)
+
+NAMES = (
+    "Mary John Alice Bob Tom James Sarah Michael Anna David Laura Paul Kate Mark Lisa Peter Emma "
+    "Jack Susan George Linda Frank Helen Henry Ruth Carl Jane Adam Rose Sam"
+).split()
+PLACES = "store park school garden house office station market".split()
+OBJECTS = "drink book ball letter gift key apple ring".split()
+
+IOI_TEMPLATES = (
+    "When {A} and {B} went to the {PLACE}, {C} gave a {OBJECT} to",
+    "After {A} and {B} went to the {PLACE}, {C} gave a {OBJECT} to",
+    "Then, {A} and {B} had a long day at the {PLACE}. {C} gave a {OBJECT} to",
+)
+
+GREATER_THAN_NOUNS = "war deal trip project strike reign".split()
+GREATER_THAN_TEMPLATE = "The {NOUN} lasted from the year {CENTURY}{YY} to the year {CENTURY}"
+
+MC_CATEGORIES = {
+    "animal": "dog cat horse lion tiger bird fish mouse".split(),
+    "color": "red blue green yellow black white brown pink".split(),
+    "fruit": "apple banana orange grape lemon cherry peach pear".split(),
+    "tool": "hammer saw drill wrench knife spoon brush rope".split(),
+}
+MC_LETTERS = ("A", "B", "C", "D")
+
+NEEDLE_TEMPLATE = "The secret code is {VALUE}."
+NEEDLE_QUESTION = "What is the secret code? The secret code is"
+
+
+@dataclass
+class _Prompt:
+    clean: list[int]
+    corrupted: list[int]
+    answers: list[int]
+    wrong: list[int]
+    positions: dict[str, int]
+    text: str
+    corrupted_text: str
+
+
+def _finish(name: str, prompts: list[_Prompt], tok, requested: int, metric: str, meta: dict) -> Task:
+    kept = len(prompts)
+    if kept == 0:
+        raise ValueError(
+            f"{name}: none of the {requested} prompts could be built with this tokenizer "
+            f"({meta.get('why_dropped', 'words are not single tokens')}); pass words that tokenize to one token each"
+        )
+    if kept < requested:
+        log.info("%s: kept %d of %d prompts (%s)", name, kept, requested, meta.get("why_dropped", "not single tokens"))
+    width = max(len(p.clean) for p in prompts)
+    pad = pad_id(tok)
+
+    def padded(rows):
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def answers(rows):
+        n = max(len(r) for r in rows)
+        return torch.tensor([r + [PAD_ANSWER] * (n - len(r)) for r in rows], dtype=torch.long)
+
+    positions = {key: torch.tensor([p.positions[key] for p in prompts]) for key in prompts[0].positions}
+    return Task(
+        name=name,
+        clean=padded([p.clean for p in prompts]),
+        corrupted=padded([p.corrupted for p in prompts]),
+        answers=answers([p.answers for p in prompts]),
+        wrong_answers=answers([p.wrong for p in prompts]),
+        answer_pos=torch.tensor([len(p.clean) - 1 for p in prompts]),
+        metric=metric,
+        positions=positions,
+        prompts=[p.text for p in prompts],
+        corrupted_prompts=[p.corrupted_text for p in prompts],
+        d_vocab=len(tok),
+        meta={"kept": kept, "dropped": requested - kept, "requested": requested, "pad_token_id": pad, **meta},
+    )
+
+
+def _single_tokens(tok, words: Sequence[str], prefix: str = "and") -> dict[str, int]:
+    ids = {w: single_token_id(tok, w, prefix) for w in words}
+    return {w: i for w, i in ids.items() if i is not None}
+
+
+def _word_position(tok, text: str, word_start: int, prepend_bos: bool) -> int:
+    """Index of the token that starts at character ``word_start`` of ``text``."""
+    return len(encode(tok, text[:word_start].rstrip(" "), prepend_bos)) if word_start else int(prepend_bos)
+
+
+def ioi(
+    model_or_tokenizer,
+    n_prompts: int = 32,
+    names: Sequence[str] = NAMES,
+    templates: Sequence[str] = IOI_TEMPLATES,
+    places: Sequence[str] = PLACES,
+    objects: Sequence[str] = OBJECTS,
+    order: str = "mixed",
+    seed: int = 0,
+    prepend_bos: bool = True,
+    metric: str = "logit_diff",
+) -> Task:
+    """Indirect object identification (Wang et al. 2022).
+
+    Clean: "When Mary and John went to the store, John gave a drink to" -> " Mary" (IO) vs
+    " John" (S). ``order`` is ``"ABBA"``, ``"BABA"`` or ``"mixed"`` (alternating). The corrupted
+    prompt replaces all three names with fresh ones (the "ABC" distribution), so neither answer
+    is supported by context. Positions: ``IO``, ``S1``, ``S2``, ``END``.
+    """
+    if order not in ("ABBA", "BABA", "mixed"):
+        raise ValueError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}")
+    tok = tokenizer_of(model_or_tokenizer)
+    name_ids = _single_tokens(tok, names)
+    usable = [n for n in names if n in name_ids]
+    if len(usable) < 5:
+        raise ValueError(
+            f"ioi: only {len(usable)} of the {len(names)} names are single tokens for this tokenizer "
+            f"({usable}); pass names=[...] with at least 5 single-token names"
+        )
+    rng = random.Random(seed)
+    prompts: list[_Prompt] = []
+    for i in range(n_prompts):
+        template = templates[i % len(templates)]
+        io, s, c1, c2, c3 = rng.sample(usable, 5)
+        abba = order == "ABBA" or (order == "mixed" and i % 2 == 0)
+        first, second = (io, s) if abba else (s, io)
+        fill = {"PLACE": rng.choice(places), "OBJECT": rng.choice(objects)}
+        text = template.format(A=first, B=second, C=s, **fill)
+        corrupted_text = template.format(A=c1, B=c2, C=c3, **fill)
+        clean_ids = encode(tok, text, prepend_bos)
+        corrupted_ids = encode(tok, corrupted_text, prepend_bos)
+        if len(clean_ids) != len(corrupted_ids):
+            continue
+        end = len(clean_ids) - 1
+        # Name positions: where each name's token sits (found by prefix tokenization).
+        a_start = template.index("{A}")
+        pos_a = _word_position(tok, text, a_start, prepend_bos)
+        pos_b = _word_position(tok, text, text.index(second, a_start + len(first)), prepend_bos)
+        pos_s2 = _word_position(tok, text, text.rindex(s), prepend_bos)
+        prompts.append(_Prompt(
+            clean_ids, corrupted_ids, [name_ids[io]], [name_ids[s]],
+            {"IO": pos_a if abba else pos_b, "S1": pos_b if abba else pos_a, "S2": pos_s2, "END": end},
+            text, corrupted_text,
+        ))
+    return _finish("ioi", prompts, tok, n_prompts, metric, {"order": order, "seed": seed, "why_dropped": "prompt lengths differ"})
+
+
+def induction(
+    model_or_tokenizer,
+    n_prompts: int = 32,
+    seq_len: int = 10,
+    seed: int = 0,
+    token_ids: Sequence[int] | None = None,
+    prepend_bos: bool = True,
+    metric: str = "logit_diff",
+) -> Task:
+    """Induction on repeated random tokens: ``[BOS] r1..rL r1..r(L-1)`` -> ``rL``.
+
+    Corrupted: the first half is replaced by other random tokens, so nothing can be copied.
+    The wrong answer is a random token absent from the prompt. Positions: ``first`` (start of
+    the first copy), ``second`` (start of the repeat), ``END``.
+    """
+    tok = tokenizer_of(model_or_tokenizer)
+    pool = list(token_ids) if token_ids is not None else ordinary_token_ids(tok)
+    if len(pool) < 2 * seq_len + 1:
+        raise ValueError(f"induction: need at least {2 * seq_len + 1} distinct tokens to sample from, got {len(pool)}")
+    if seq_len < 2:
+        raise ValueError("induction: seq_len must be at least 2")
+    rng = random.Random(seed)
+    bos = [encode(tok, "", True)[0]] if prepend_bos else []
+    prompts = []
+    for _ in range(n_prompts):
+        draw = rng.sample(pool, 2 * seq_len + 1)
+        seq, other, wrong = draw[:seq_len], draw[seq_len: 2 * seq_len], draw[-1]
+        clean = bos + seq + seq[:-1]
+        corrupted = bos + other + seq[:-1]
+        off = len(bos)
+        prompts.append(_Prompt(clean, corrupted, [seq[-1]], [wrong],
+                               {"first": off, "second": off + seq_len, "END": len(clean) - 1},
+                               tok.decode(clean), tok.decode(corrupted)))
+    return _finish("induction", prompts, tok, n_prompts, metric, {"seq_len": seq_len, "seed": seed})
+
+
+def greater_than(
+    model_or_tokenizer,
+    n_prompts: int = 32,
+    century: int = 17,
+    nouns: Sequence[str] = GREATER_THAN_NOUNS,
+    template: str = GREATER_THAN_TEMPLATE,
+    seed: int = 0,
+    prepend_bos: bool = True,
+    metric: str = "logit_diff",
+) -> Task:
+    """Greater-than over years (Hanna et al. 2023): "... from the year 1732 to the year 17" ->
+    any two-digit ``YY > 32`` (answers) vs ``YY <= 32`` (wrong answers).
+
+    Corrupted: the start year's last two digits become ``01``, which no answer can undercut.
+    Two-digit chunks must be single tokens after the century (true for GPT-2's tokenizer and the
+    zoo's word-level tokenizer); start years whose chunk is not are dropped.
+    """
+    tok = tokenizer_of(model_or_tokenizer)
+    prefix = template.split("{CENTURY}{YY}")[0].format(NOUN=nouns[0]) + str(century)
+    yy_ids = {}
+    for yy in range(100):
+        ids = continuation_ids(tok, prefix, f"{yy:02d}", sep="")
+        if len(ids) == 1:
+            yy_ids[yy] = ids[0]
+    if len(yy_ids) < 50:
+        raise ValueError(
+            f"greater_than: only {len(yy_ids)} of the two-digit numbers 00-99 are single tokens after "
+            f"'{century}' with this tokenizer; greater-than needs a tokenizer that splits years as "
+            "century + two digits (GPT-2 style)"
+        )
+    rng = random.Random(seed)
+    candidates = [yy for yy in range(2, 99) if yy in yy_ids]
+    prompts = []
+    for _ in range(n_prompts):
+        yy = rng.choice(candidates)
+        noun = rng.choice(nouns)
+        text = template.format(NOUN=noun, CENTURY=century, YY=f"{yy:02d}")
+        corrupted_text = template.format(NOUN=noun, CENTURY=century, YY="01")
+        clean_ids, corrupted_ids = encode(tok, text, prepend_bos), encode(tok, corrupted_text, prepend_bos)
+        if len(clean_ids) != len(corrupted_ids):
+            continue
+        answers = [yy_ids[y] for y in range(yy + 1, 100) if y in yy_ids]
+        wrong = [yy_ids[y] for y in range(0, yy + 1) if y in yy_ids]
+        if not answers or not wrong:
+            continue
+        year_pos = len(encode(tok, text.rsplit(str(century), 2)[0] + str(century), prepend_bos))
+        prompts.append(_Prompt(clean_ids, corrupted_ids, answers, wrong,
+                               {"YY": year_pos, "END": len(clean_ids) - 1}, text, corrupted_text))
+    return _finish("greater_than", prompts, tok, n_prompts, metric,
+                   {"century": century, "seed": seed, "why_dropped": "the start year splits differently from 01"})
+
+
+def multiple_choice(
+    model_or_tokenizer,
+    n_prompts: int = 32,
+    categories: dict[str, Sequence[str]] | None = None,
+    letters: Sequence[str] = MC_LETTERS,
+    seed: int = 0,
+    prepend_bos: bool = True,
+    metric: str = "logit_diff",
+) -> Task:
+    """Multiple-choice letter answering: "Which is a fruit? A. dog B. pear C. red D. saw Answer:" -> " B".
+
+    Corrupted: the same options with the correct one moved to another letter; the wrong answer
+    is that letter, so the metric measures whether the model tracks the option's position.
+    """
+    tok = tokenizer_of(model_or_tokenizer)
+    categories = dict(categories or MC_CATEGORIES)
+    if len(categories) < len(letters):
+        raise ValueError(f"multiple_choice: need at least {len(letters)} categories for {len(letters)} options")
+    letter_ids = _single_tokens(tok, letters, prefix="Answer:")
+    if len(letter_ids) != len(letters):
+        raise ValueError(f"multiple_choice: letters {sorted(set(letters) - set(letter_ids))} are not single tokens after 'Answer:'")
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n_prompts):
+        cats = rng.sample(sorted(categories), len(letters))
+        target = cats[0]
+        options = [rng.choice(list(categories[c])) for c in cats]
+        order = list(range(len(letters)))
+        rng.shuffle(order)
+        right = order.index(0)
+        alt = order[:]
+        swap = rng.choice([i for i in range(len(letters)) if i != right])
+        alt[right], alt[swap] = alt[swap], alt[right]
+
+        text, corrupted_text = (_mc_prompt(target, options, perm, letters) for perm in (order, alt))
+        clean_ids, corrupted_ids = encode(tok, text, prepend_bos), encode(tok, corrupted_text, prepend_bos)
+        if len(clean_ids) != len(corrupted_ids):
+            continue
+        prompts.append(_Prompt(clean_ids, corrupted_ids, [letter_ids[letters[right]]], [letter_ids[letters[swap]]],
+                               {"END": len(clean_ids) - 1}, text, corrupted_text))
+    return _finish("multiple_choice", prompts, tok, n_prompts, metric,
+                   {"seed": seed, "why_dropped": "options tokenize to different lengths"})
+
+
+def _mc_prompt(target: str, options: Sequence[str], perm: Sequence[int], letters: Sequence[str]) -> str:
+    body = " ".join(f"{letters[slot]}. {options[perm[slot]]}" for slot in range(len(letters)))
+    return f"Which is a {target}? {body} Answer:"
+
+
+def _default_haystack() -> str:
+    from circuitkit.tokenizers import python_docs_corpus
+
+    return python_docs_corpus(max_chars=60_000)
+
+
+def needle(
+    model_or_tokenizer,
+    context_lengths: Sequence[int] = (64,),
+    depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    values: Sequence[str] = ("7", "42", "19", "88"),
+    needle_template: str = NEEDLE_TEMPLATE,
+    question: str = NEEDLE_QUESTION,
+    haystack: str | None = None,
+    prepend_bos: bool = True,
+    metric: str = "logit_diff",
+) -> Task:
+    """Needle in a haystack: the needle sentence sits at each depth of a haystack cut to each
+    context length, followed by the question. One prompt per (length, depth, value).
+
+    The answer is the first token of the needle's value; the corrupted prompt carries another
+    value (the next in ``values``), which is the wrong answer. ``positions["needle_start"]`` /
+    ``["needle_end"]`` give the value's token span (end exclusive); ``meta["answer_tokens"]`` the
+    value's full token ids per prompt (multi-token values). Prompts are cut to exactly the
+    context length in tokens. The needle is moved back to a sentence boundary.
+    """
+    tok = tokenizer_of(model_or_tokenizer)
+    hay = haystack if haystack is not None else _default_haystack()
+    if not hay or not hay.strip():
+        raise ValueError("needle: the haystack is empty; pass haystack text (a few thousand characters)")
+    if len(values) < 2:
+        raise ValueError("needle: give at least two needle values (the corrupted prompt needs another value)")
+    if "{VALUE}" not in needle_template:
+        raise ValueError("needle: needle_template must contain '{VALUE}'")
+    hay_ids = tok.encode(hay, add_special_tokens=False)
+    prompts: list[_Prompt] = []
+    spans: list[list[int]] = []
+    for length in context_lengths:
+        for depth in depths:
+            if not 0.0 <= depth <= 1.0:
+                raise ValueError(f"needle: depth {depth} is outside [0, 1]")
+            for vi, value in enumerate(values):
+                other = values[(vi + 1) % len(values)]
+                built = _needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos)
+                alt = _needle_prompt(tok, hay_ids, length, depth, other, needle_template, question, prepend_bos)
+                if built is None or alt is None:
+                    continue
+                (ids, start, end, value_ids, text), (alt_ids, _, _, alt_value_ids, alt_text) = built, alt
+                if len(ids) != len(alt_ids) or value_ids[0] == alt_value_ids[0]:
+                    continue
+                prompts.append(_Prompt(ids, alt_ids, [value_ids[0]], [alt_value_ids[0]],
+                                       {"needle_start": start, "needle_end": end, "END": len(ids) - 1}, text, alt_text))
+                spans.append(value_ids)
+    requested = len(context_lengths) * len(depths) * len(values)
+    task = _finish("needle", prompts, tok, requested, metric,
+                   {"context_lengths": list(context_lengths), "depths": list(depths),
+                    "why_dropped": "the haystack is too short or values tokenize to different lengths"})
+    task.meta["answer_tokens"] = spans
+    return task
+
+
+def _needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos):
+    needle_text = " " + needle_template.format(VALUE=value)
+    question_text = " " + question
+    needle_ids = tok.encode(needle_text, add_special_tokens=False)
+    question_ids = tok.encode(question_text, add_special_tokens=False)
+    value_ids = continuation_ids(tok, question, value)
+    n_bos = int(prepend_bos)
+    n_hay = length - n_bos - len(needle_ids) - len(question_ids)
+    if n_hay < 1 or len(hay_ids) < n_hay or not value_ids:
+        return None
+    body = hay_ids[:n_hay]
+    cut = int(round(depth * n_hay))
+    # Move the needle back to a sentence boundary (a token ending in '.').
+    while 0 < cut < n_hay and not tok.decode(body[cut - 1: cut]).rstrip().endswith("."):
+        cut -= 1
+    ids = ([encode(tok, "", True)[0]] if prepend_bos else []) + body[:cut] + needle_ids + body[cut:] + question_ids
+    # Locate the value's tokens inside the needle.
+    start = None
+    for offset in range(len(needle_ids) - len(value_ids) + 1):
+        if needle_ids[offset: offset + len(value_ids)] == value_ids:
+            start = n_bos + cut + offset
+            break
+    if start is None:
+        return None
+    return ids, start, start + len(value_ids), value_ids, tok.decode(ids)
+
+
+BUILDERS = {
+    "ioi": ioi,
+    "induction": induction,
+    "greater_than": greater_than,
+    "multiple_choice": multiple_choice,
+    "needle": needle,
+}
+
+
+def build_task(name: str, model_or_tokenizer, **params) -> Task:
+    """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(BUILDERS)}")
+    return BUILDERS[name](model_or_tokenizer, **params)
+
+
+def default_words() -> list[str]:
+    """Every word the builders' default templates use (for word-level zoo tokenizers)."""
+    import re
+
+    texts = [*IOI_TEMPLATES, GREATER_THAN_TEMPLATE, NEEDLE_TEMPLATE, NEEDLE_QUESTION, "Which is a ? Answer: ."]
+    words: list[str] = []
+    for text in texts:
+        words += re.findall(r"[A-Za-z_]+|[^\sA-Za-z0-9_{}]", re.sub(r"\{[A-Z]+\}", " ", text))
+    words += [*NAMES, *PLACES, *OBJECTS, *GREATER_THAN_NOUNS, *MC_LETTERS]
+    for members in MC_CATEGORIES.values():
+        words += members
+    words += list(MC_CATEGORIES)
+    words += [f"{i:02d}" for i in range(100)] + [str(i) for i in range(10)]
+    seen: dict[str, None] = {}
+    for w in words:
+        seen.setdefault(w, None)
+    return list(seen)

@@ -1,0 +1,13 @@
+"""Bundled models whose circuits are known (``data/zoo``)."""
+
+from circuitkit.zoo.registry import (
+    ZooCard,
+    list_zoo,
+    load_zoo_model,
+    save_zoo_model,
+    zoo_card,
+    zoo_task,
+    zoo_tokenizer,
+)
+
+__all__ = ["ZooCard", "list_zoo", "load_zoo_model", "save_zoo_model", "zoo_card", "zoo_task", "zoo_tokenizer"]

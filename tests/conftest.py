@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny tokenizers and randomly initialised models (no network, seconds)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """The zoo's word-level tokenizer over every word the default builders use."""
+    from circuitkit.tasks.builders import default_words
+    from circuitkit.tokenizers import word_level_tokenizer
+
+    return word_level_tokenizer(default_words())
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer trained offline on Python's docstrings."""
+    from circuitkit.tasks.builders import default_words
+    from circuitkit.tokenizers import python_docs_corpus, train_bpe_tokenizer
+
+    # Builder words repeated so that, as in GPT-2, common names are single tokens.
+    extra = " ".join(default_words()) + ". "
+    return train_bpe_tokenizer(python_docs_corpus(300_000) + extra * 50, vocab_size=3000)
+
+
+def make_model(tokenizer, *, attn_only=False, n_layers=2, n_heads=4, d_model=32, n_ctx=128, seed=0, **overrides):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = dict(
+        n_layers=n_layers, d_model=d_model, d_head=d_model // n_heads, n_heads=n_heads,
+        d_mlp=None if attn_only else 4 * d_model, d_vocab=len(tokenizer), n_ctx=n_ctx,
+        act_fn="gelu", normalization_type="LN", attn_only=attn_only, seed=seed, device="cpu",
+        model_name="tiny-test",
+    )
+    cfg.update(overrides)
+    model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(word_tokenizer):
+    return make_model(word_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_attn_only(word_tokenizer):
+    return make_model(word_tokenizer, attn_only=True, normalization_type=None, seed=1)
