@@ -1,1 +1,30 @@
-"""circuitkit.heads"""
+"""circuitkit.heads: attention-head scores — retrieval heads (with a causal check), induction,
+previous-token, duplicate-token, locality (streaming heads) and echo."""
+
+from circuitkit.heads.causal import CausalCheck, needle_accuracy, retrieval_causal_check, uniform_attention_hooks
+from circuitkit.heads.retrieval import (
+    NeedlePrompt,
+    needle_prompts,
+    retrieval_heads,
+    retrieval_scores,
+    retrieval_scores_generate,
+    rouge1_recall,
+)
+from circuitkit.heads.scores import KINDS as HEAD_SCORE_KINDS
+from circuitkit.heads.scores import head_scores, repeated_tokens
+
+__all__ = [
+    "CausalCheck",
+    "HEAD_SCORE_KINDS",
+    "NeedlePrompt",
+    "head_scores",
+    "needle_accuracy",
+    "needle_prompts",
+    "repeated_tokens",
+    "retrieval_causal_check",
+    "retrieval_heads",
+    "retrieval_scores",
+    "retrieval_scores_generate",
+    "rouge1_recall",
+    "uniform_attention_hooks",
+]
