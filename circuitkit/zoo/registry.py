@@ -192,7 +192,7 @@ def config_to_json(cfg) -> dict[str, Any]:
     out = {}
     for key in keep:
         value = getattr(cfg, key, None)
-        if value is not None:
+        if value is not None or key == "normalization_type":  # None (no LayerNorm) is not the default
             out[key] = value
     return out
 
