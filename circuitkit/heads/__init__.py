@@ -1,7 +1,12 @@
 """circuitkit.heads: attention-head scores — retrieval heads (with a causal check), induction,
 previous-token, duplicate-token, locality (streaming heads) and echo."""
 
-from circuitkit.heads.causal import CausalCheck, needle_accuracy, retrieval_causal_check, uniform_attention_hooks
+from circuitkit.heads.causal import (
+    CausalCheck,
+    needle_accuracy,
+    retrieval_causal_check,
+    uniform_attention_hooks,
+)
 from circuitkit.heads.retrieval import (
     NeedlePrompt,
     needle_prompts,
