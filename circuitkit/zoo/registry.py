@@ -138,7 +138,6 @@ def load_zoo_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
     if missing or unexpected:
         raise ValueError(f"weights of zoo model {name!r} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(dtype)
     model.eval()
     return model
 
@@ -189,10 +188,12 @@ def config_to_json(cfg) -> dict[str, Any]:
             "normalization_type", "attn_only", "positional_embedding_type", "rotary_dim", "n_key_value_heads",
             "model_name", "original_architecture", "tokenizer_prepends_bos", "default_prepend_bos",
             "attn_scale", "use_attn_scale", "d_vocab_out", "parallel_attn_mlp", "gated_mlp", "final_rms", "seed")
+    # None is meaningful for these (no LayerNorm, no MLP); the config's defaults would differ.
+    keep_none = ("normalization_type", "d_mlp")
     out = {}
     for key in keep:
         value = getattr(cfg, key, None)
-        if value is not None or key == "normalization_type":  # None (no LayerNorm) is not the default
+        if value is not None or key in keep_none:
             out[key] = value
     return out
 

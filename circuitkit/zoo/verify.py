@@ -1,0 +1,137 @@
+"""``verify``: re-check a zoo model's recorded circuit on its card's task.
+
+Definitions (shared by hand-built and trained models, and by the evidence stored in cards):
+
+* full metric / accuracy: the task metric and top-1 accuracy of the unablated model;
+* circuit-only recovery: ``ablate(model, task, every head and MLP NOT in the circuit, "mean").recovered``;
+* circuit-ablated recovery: ``ablate(model, task, the circuit's heads and MLPs, "mean").recovered``;
+
+mean ablation takes its means over the task's clean prompts. A model passes when circuit-only
+recovery >= :data:`MIN_CIRCUIT_ONLY`, circuit-ablated recovery < :data:`MAX_CIRCUIT_ABLATED` and
+accuracy >= the card's accuracy - :data:`ACCURACY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from circuitkit import names
+
+MIN_CIRCUIT_ONLY = 0.9
+MAX_CIRCUIT_ABLATED = 0.2
+ACCURACY_TOLERANCE = 0.02
+
+
+@dataclass
+class VerifyReport:
+    """The figures ``zoo verify`` prints, and whether they meet the thresholds."""
+
+    name: str
+    metric: str
+    full_metric: float
+    corrupted_metric: float
+    accuracy: float
+    recorded_accuracy: float | None
+    circuit_only: float  # recovered share with everything outside the circuit mean-ablated
+    circuit_ablated: float  # recovered share with the circuit's heads / MLPs mean-ablated
+    circuit_components: list[str] = field(default_factory=list)
+    complement_components: list[str] = field(default_factory=list)
+    n_prompts: int = 0
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        if not self.circuit_only >= MIN_CIRCUIT_ONLY:
+            out.append(f"circuit-only recovery {self.circuit_only:.3f} < {MIN_CIRCUIT_ONLY}")
+        if not self.circuit_ablated < MAX_CIRCUIT_ABLATED:
+            out.append(f"circuit-ablated recovery {self.circuit_ablated:.3f} >= {MAX_CIRCUIT_ABLATED}")
+        if self.recorded_accuracy is not None and not self.accuracy >= self.recorded_accuracy - ACCURACY_TOLERANCE:
+            out.append(f"accuracy {self.accuracy:.3f} < recorded {self.recorded_accuracy:.3f} - {ACCURACY_TOLERANCE}")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        recorded = f" (recorded {self.recorded_accuracy:.3f})" if self.recorded_accuracy is not None else ""
+        lines = [
+            f"zoo model {self.name}: {self.n_prompts} prompts, metric {self.metric}",
+            f"  full model metric          {self.full_metric:.4f}  (corrupted {self.corrupted_metric:.4f})",
+            f"  accuracy                   {self.accuracy:.4f}{recorded}",
+            f"  circuit-only recovery      {self.circuit_only:.4f}  (needs >= {MIN_CIRCUIT_ONLY}; "
+            f"{len(self.complement_components)} components outside the circuit mean-ablated)",
+            f"  circuit-ablated recovery   {self.circuit_ablated:.4f}  (needs < {MAX_CIRCUIT_ABLATED}; "
+            f"ablated {', '.join(self.circuit_components)})",
+            f"  {'PASS' if self.passed else 'FAIL: ' + '; '.join(self.failures)}",
+        ]
+        return "\n".join(lines)
+
+
+def model_components(model) -> list[str]:
+    """Every head and MLP of ``model`` (the ablatable nodes), in computation order."""
+    cfg = model.cfg
+    nodes = names.all_nodes(cfg.n_layers, cfg.n_heads, has_mlp=not cfg.attn_only)
+    return [n for n in nodes if names.parse_node(n).kind in ("head", "mlp")]
+
+
+def split_components(model, circuit_nodes: list[str]) -> tuple[list[str], list[str]]:
+    """(circuit heads/MLPs, the model's other heads/MLPs); ``ValueError`` for nodes the model lacks."""
+    components = model_components(model)
+    inside = [n for n in circuit_nodes if names.parse_node(n).kind in ("head", "mlp")]
+    unknown = [n for n in inside if n not in components]
+    if unknown:
+        raise ValueError(
+            f"circuit nodes {unknown} do not exist in model {model.cfg.model_name!r} "
+            f"({model.cfg.n_layers} layers x {model.cfg.n_heads} heads); fix the card's circuit"
+        )
+    return inside, [n for n in components if n not in inside]
+
+
+def measure(model, task, card, kind: str = "mean") -> VerifyReport:
+    """Compute the verify figures of ``model`` on ``task`` for the circuit in ``card``."""
+    from circuitkit.ablation.hooks import ablate
+
+    if not card.circuit_nodes:
+        raise ValueError(f"zoo card {card.name!r} records no circuit nodes; add the reference circuit to its card")
+    inside, outside = split_components(model, card.circuit_nodes)
+    if not inside:
+        raise ValueError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
+    task.check_model(model)
+    with torch.no_grad():
+        acc = float(task.with_metric("accuracy").score(model(task.clean)))
+    circuit_only = ablate(model, task, outside, kind=kind)
+    circuit_ablated = ablate(model, task, inside, kind=kind)
+    return VerifyReport(
+        name=card.name, metric=task.metric_name, full_metric=circuit_ablated.clean,
+        corrupted_metric=circuit_ablated.baseline, accuracy=acc, recorded_accuracy=card.accuracy,
+        circuit_only=circuit_only.recovered if outside else 1.0, circuit_ablated=circuit_ablated.recovered,
+        circuit_components=inside, complement_components=outside, n_prompts=len(task),
+    )
+
+
+def verify(name_or_model, card=None, task=None, device: str = "cpu", **task_overrides) -> VerifyReport:
+    """Re-run the circuit check of a zoo model.
+
+    ``name_or_model``: a zoo name (``"induction-handbuilt"``, also ``"zoo:..."``) or a loaded
+    HookedTransformer (its card is found by ``card=`` or by ``model.cfg.model_name``). ``task``
+    defaults to the card's task built with the model's tokenizer (``task_overrides`` change its
+    parameters).
+    """
+    from circuitkit.zoo.registry import load_zoo_model, zoo_card, zoo_task
+
+    if isinstance(name_or_model, str):
+        name = name_or_model.removeprefix("zoo:")
+        card = card if card is not None else zoo_card(name)
+        model = load_zoo_model(name, device=device)
+    else:
+        model = name_or_model
+        if not hasattr(model, "cfg"):
+            raise ValueError(f"verify takes a zoo name or a HookedTransformer, got {type(model).__name__}")
+        if card is None:
+            card = zoo_card(model.cfg.model_name)
+    if task is None:
+        task = zoo_task(card, model, **task_overrides)
+    return measure(model, task, card)
