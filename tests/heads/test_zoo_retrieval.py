@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from circuitkit import load_model, zoo_card, zoo_task
-from circuitkit.heads import needle_prompts, retrieval_causal_check, retrieval_scores, retrieval_scores_generate
+from circuitkit.heads import (
+    needle_prompts,
+    retrieval_causal_check,
+    retrieval_scores,
+    retrieval_scores_generate,
+)
 from circuitkit.zoo import list_zoo
 
 
