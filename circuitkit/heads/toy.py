@@ -33,16 +33,18 @@ RETRIEVAL_HEADS = ("a1.h0",)
 SHARPNESS = 30.0  # attention logit of a match; e^30 makes every pattern effectively one-hot
 
 
-def toy_vocabulary() -> list[str]:
-    # Single digits plus the toy values' two-digit chunks keep the vocabulary (and d_model) small.
-    chunks = {w for value in TOY_VALUES for w in value.split()} | {str(i) for i in range(10)}
+def toy_vocabulary(values: Sequence[str] = TOY_VALUES) -> list[str]:
+    # Single digits plus the values' two-digit chunks keep the vocabulary (and d_model) small.
+    chunks = {w for value in values for w in value.split()} | {str(i) for i in range(10)}
     return [*HAYSTACK_WORDS, *NEEDLE_WORDS, *sorted(chunks)]
 
 
-def toy_tokenizer():
+def toy_tokenizer(values: Sequence[str] = TOY_VALUES):
+    """Word-level tokenizer over the toy words and the chunks of ``values`` (space-separated
+    one- or two-digit numbers; each value's chunks must be distinct for the toy to retrieve it)."""
     from circuitkit.tokenizers import word_level_tokenizer
 
-    return word_level_tokenizer(toy_vocabulary())
+    return word_level_tokenizer(toy_vocabulary(values))
 
 
 def toy_haystack(n_words: int = 600, seed: int = 0) -> str:
