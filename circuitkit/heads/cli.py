@@ -21,7 +21,8 @@ def register(sub) -> None:
     _common(ret)
     ret.add_argument("--lengths", type=int, nargs="+", default=[64], help="context lengths in tokens")
     ret.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
-    ret.add_argument("--values", nargs="+", default=None, help="needle values (default: the builder's)")
+    ret.add_argument("--values", nargs="+", default=None,
+                     help="needle values (default: a zoo model's card, else the builder's)")
     ret.add_argument("--needle-template", default=None, help="needle sentence with {VALUE}")
     ret.add_argument("--question", default=None, help="question that ends right before the value")
     ret.add_argument("--haystack", type=Path, default=None, help="text file with the haystack (default: bundled)")
@@ -62,7 +63,7 @@ def _cmd_retrieval(args) -> int:
     from circuitkit.models.loading import load_model
     from circuitkit.tasks.builders import needle
 
-    params = {}
+    params = _zoo_needle_params(args.model)
     for key in ("values", "needle_template", "question"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
@@ -83,6 +84,21 @@ def _cmd_retrieval(args) -> int:
                                        batch_size=args.batch_size, progress=not args.no_progress)
         print(check.to_frame().to_string(index=False))
     return 0
+
+
+def _zoo_needle_params(spec: str) -> dict:
+    """A zoo model trained / built on needle prompts keeps its own haystack, values and question."""
+    from circuitkit.models.loading import ZOO_PREFIX
+
+    if not spec.startswith(ZOO_PREFIX):
+        return {}
+    from circuitkit.zoo import zoo_card
+
+    card = zoo_card(spec[len(ZOO_PREFIX):])
+    if card.task.get("builder") != "needle":
+        return {}
+    drop = ("context_lengths", "depths", "metric", "prepend_bos")
+    return {k: v for k, v in card.task.get("params", {}).items() if k not in drop}
 
 
 def _cmd_score(args) -> int:
@@ -125,6 +141,9 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

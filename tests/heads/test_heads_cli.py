@@ -24,7 +24,9 @@ def toy_zoo(tmp_path_factory, toy_model):
 
     root = tmp_path_factory.mktemp("zoo")
     card = ZooCard("toy-retrieval", "hand-wired retrieval head a1.h0", config_to_json(toy_model.cfg),
-                   {"builder": "needle", "params": {}}, construction="hand-built")
+                   {"builder": "needle", "params": {"values": list(TOY_VALUES), "question": TOY_QUESTION,
+                                                     "haystack": toy_haystack(), "context_lengths": [24]}},
+                   construction="hand-built")
     save_zoo_model(toy_model, card, toy_model.tokenizer, root=root)
     return root
 
@@ -44,6 +46,11 @@ def test_cli_retrieval_and_score(toy_zoo, tmp_path, monkeypatch, capsys):
     assert "plotly" in html.read_text().lower()
     printed = capsys.readouterr().out
     assert "retrieval heads (> 0.1): ['a1.h0']" in printed and "top-1" in printed
+
+    # a zoo needle model's card supplies values, question and haystack
+    assert main(["heads", "retrieval", "zoo:toy-retrieval", "--lengths", "30", "--depths", "0.5", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert pd.read_csv(out).set_index("component")["score"]["a1.h0"] == pytest.approx(1.0)
 
     assert main(["heads", "score", "zoo:toy-retrieval", "--kind", "induction", "--out", str(out), "--no-progress"]) == 0
     top = pd.read_csv(out).sort_values("score").iloc[-1]
