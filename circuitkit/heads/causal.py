@@ -9,6 +9,8 @@ when every answer token is the argmax prediction, ``"first"`` only the first ans
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +122,23 @@ class CausalCheck:
                 f"gap={self.gap:+.3f})")
 
 
+def _distinct_draws(pool: list[str], k: int, n: int, rng: random.Random) -> list[list[str]]:
+    """``n`` random k-subsets of ``pool``, all different while there are enough of them."""
+    order = {h: names.parse_node(h).sort_key() for h in pool}
+    total = math.comb(len(pool), k)
+    if total <= 10_000:
+        combos = [list(c) for c in itertools.combinations(sorted(pool, key=order.get), k)]
+        return rng.sample(combos, n) if n <= total else [rng.choice(combos) for _ in range(n)]
+    seen: set[tuple[str, ...]] = set()
+    draws: list[list[str]] = []
+    while len(draws) < n:
+        draw = tuple(sorted(rng.sample(pool, k), key=order.get))
+        if draw not in seen:
+            seen.add(draw)
+            draws.append(list(draw))
+    return draws
+
+
 def retrieval_causal_check(
     model,
     task: Task | Sequence[NeedlePrompt],
@@ -134,7 +153,8 @@ def retrieval_causal_check(
     progress: bool = True,
 ) -> CausalCheck:
     """Ablate (uniform attention) the ``k`` best heads by ``scores`` and ``n_random`` draws of ``k``
-    random heads scoring ``<= threshold``; report needle accuracy for each (see :class:`CausalCheck`)."""
+    random heads scoring ``<= threshold`` (distinct draws while there are enough); report needle
+    accuracy for each (see :class:`CausalCheck`)."""
     n_heads_total = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= k <= n_heads_total:
         raise ValueError(f"k must be between 1 and the model's {n_heads_total} heads, got {k}")
@@ -152,8 +172,7 @@ def retrieval_causal_check(
         raise ValueError(f"only {len(pool)} heads score <= {threshold}, fewer than k={k}; lower k or raise the threshold")
     prompts = needle_prompts(task)
     check_needle_prompts(model, prompts)
-    rng = random.Random(seed)
-    draws = [sorted(rng.sample(pool, k), key=lambda h: names.parse_node(h).sort_key()) for _ in range(n_random)]
+    draws = _distinct_draws(pool, k, n_random, random.Random(seed))
     runs = [[], top, *draws]
     accs = [needle_accuracy(model, prompts, heads, accuracy, batch_size)[0]
             for heads in tqdm(runs, desc="causal check", disable=not progress)]

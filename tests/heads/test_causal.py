@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -55,3 +57,12 @@ def test_bad_arguments(toy_model, toy_task, toy_scores):
         needle_accuracy(toy_model, toy_task, accuracy="all")
     with pytest.raises(ValueError, match="out of range"):
         uniform_attention_hooks(toy_model, ["a5.h0"])
+
+
+def test_random_draws_are_distinct_until_exhausted(toy_model, toy_task, toy_scores):
+    from circuitkit.heads.causal import _distinct_draws
+
+    check = retrieval_causal_check(toy_model, toy_task, toy_scores, k=1, n_random=7, seed=0, progress=False)
+    assert sorted(h for (h,) in check.random_heads) == sorted(set(toy_scores.labels) - {"a1.h0"})
+    many = _distinct_draws([f"a{i}.h{j}" for i in range(12) for j in range(12)], 5, 50, random.Random(0))
+    assert len({tuple(d) for d in many}) == 50 and all(len(set(d)) == 5 for d in many)
