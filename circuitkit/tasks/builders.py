@@ -364,6 +364,7 @@ def needle(
                    {"context_lengths": list(context_lengths), "depths": list(depths),
                     "why_dropped": "the haystack is too short or values tokenize to different lengths"})
     task.meta["answer_tokens"] = spans
+    task.meta["per_prompt"] = ["answer_tokens"]
     return task
 
 

@@ -196,6 +196,11 @@ class Task:
         for k in ("prompts", "corrupted_prompts"):
             value = getattr(self, k)
             changes[k] = [value[i] for i in idx.tolist()] if value is not None else None
+        # meta entries listed in "per_prompt" hold one item per prompt (e.g. needle answer tokens).
+        meta = dict(self.meta)
+        for key in meta.get("per_prompt", ()):
+            meta[key] = [meta[key][i] for i in idx.tolist()]
+        changes["meta"] = meta
         return _replace(self, **changes)
 
     def with_metric(self, metric: str | Metric) -> Task:

@@ -83,6 +83,8 @@ def test_needle(tok):
         start, end = int(task.positions["needle_start"][i]), int(task.positions["needle_end"][i])
         assert task.clean[i, start:end].tolist() == task.meta["answer_tokens"][i]
         assert int(task.answers[i, 0]) == task.meta["answer_tokens"][i][0]
+    sub = task.subset([2, 0])
+    assert sub.meta["answer_tokens"] == [task.meta["answer_tokens"][2], task.meta["answer_tokens"][0]]
 
 
 def test_needle_bad_input(word_tokenizer):
