@@ -192,7 +192,8 @@ def config_to_json(cfg) -> dict[str, Any]:
     out = {}
     for key in keep:
         value = getattr(cfg, key, None)
-        if value is not None:
+        # None is meaningful for normalization_type (the config's default is "LN").
+        if value is not None or key == "normalization_type":
             out[key] = value
     return out
 
