@@ -322,7 +322,7 @@ def build_retrieval(seed: int = 0, progress: bool = True):
                     _sink_head(model, layout, layer, head, bos)
                 _junk_values(model, layout, layer, head, gen)
         _unembed(model, layout)
-    params = {"context_lengths": [256], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "values": list(NEEDLE_VALUES),
+    params = {"context_lengths": [256], "depths": [0.0, 0.5, 1.0], "values": list(NEEDLE_VALUES),
               "haystack": haystack_text()}
     card = ZooCard(
         name=name,
