@@ -8,7 +8,7 @@ from transformer_lens.head_detector import detect_head
 from circuitkit import load_model, names, zoo_card, zoo_task
 from circuitkit.ablation.hooks import ablate, run_ablated
 from circuitkit.zoo.handbuilt import INDUCTION_WORDS
-from circuitkit.zoo.verify import model_components
+from circuitkit.zoo.verify import ablate_each, model_components
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +65,12 @@ def test_induction_and_previous_token_patterns(induction_model):
 def test_induction_ablation_hits_only_the_circuit(induction_model, induction_task):
     circuit = [names.head(0, 0), names.head(1, 0)]
     assert ablate(induction_model, induction_task, circuit, "mean").recovered < 0.2
-    for head in circuit:
-        assert ablate(induction_model, induction_task, [head], "mean").recovered < 0.2
-    for head in model_components(induction_model):
-        if head not in circuit:
-            assert ablate(induction_model, induction_task, [head], "mean").recovered > 0.95, head
+    heads = model_components(induction_model)
+    for head, result in zip(heads, ablate_each(induction_model, induction_task, [[h] for h in heads]), strict=True):
+        if head in circuit:
+            assert result.recovered < 0.2, head
+        else:
+            assert result.recovered > 0.95, head
 
 
 def _greedy_steps(model, task, n_steps):
@@ -118,14 +119,16 @@ def test_retrieval_ablation_hits_only_the_circuit(retrieval_model, retrieval_tas
     card = zoo_card("retrieval-handbuilt")
     assert card.evidence["retrieval_heads"] == [names.head(1, 0)]
     task = retrieval_task
-    for heads in (card.evidence["retrieval_heads"], [names.head(0, 0)]):
-        assert ablate(retrieval_model, task, heads, "mean").recovered < 0.2
-    logits = run_ablated(retrieval_model, task.clean, card.evidence["retrieval_heads"], "mean", task.clean)
+    retrieval, previous = card.evidence["retrieval_heads"], [names.head(0, 0)]
+    for result in ablate_each(retrieval_model, task, [retrieval, previous]):
+        assert result.recovered < 0.2, result.components
+    logits = run_ablated(retrieval_model, task.clean, retrieval, "mean", task.clean)
     # at most chance: the mean-ablated retrieval head leaves the needle values tied
     assert float(task.with_metric("accuracy").score(logits)) <= 1 / len(card.task["params"]["values"]) + 1e-6
     # The other heads only attend locally, whatever the length: sweep them on 64-token prompts (fast).
     short = zoo_task("retrieval-handbuilt", retrieval_model, context_lengths=[64])
-    assert _accuracy(retrieval_model, short) == 1.0
-    for head in model_components(retrieval_model):
-        if head not in card.circuit_nodes:
-            assert ablate(retrieval_model, short, [head], "mean").recovered > 0.95, head
+    others = [h for h in model_components(retrieval_model) if h not in card.circuit_nodes]
+    results, accuracy = ablate_each(retrieval_model, short, [[h] for h in others], with_accuracy=True)
+    assert accuracy == 1.0
+    for head, result in zip(others, results, strict=True):
+        assert result.recovered > 0.95, head

@@ -12,7 +12,7 @@ from circuitkit.ablation.hooks import ablate
 from circuitkit.cli import main
 from circuitkit.zoo.recipes import RECIPES, train
 from circuitkit.zoo.registry import BUNDLED_ZOO, CARD_FILE, TOKENIZER_FILE, WEIGHTS_FILE
-from circuitkit.zoo.verify import split_components, verify
+from circuitkit.zoo.verify import ablate_each, split_components, verify
 
 HANDBUILT = ("induction-handbuilt", "retrieval-handbuilt")
 
@@ -48,6 +48,13 @@ def test_verify_figures_follow_the_stated_definitions():
     assert report.circuit_only == pytest.approx(ablate(model, task, outside, "mean").recovered)
     assert report.circuit_ablated == pytest.approx(ablate(model, task, inside, "mean").recovered)
     assert report.accuracy == pytest.approx(card.accuracy) and report.passed
+    # the shared-run fast path equals ablate() set by set
+    sets = [[names.head(1, 0)], [names.head(0, 2), names.head(1, 3)], []]
+    for components, fast in zip(sets, ablate_each(model, task, sets), strict=True):
+        slow = ablate(model, task, components, "mean") if components else None
+        assert fast.recovered == pytest.approx(slow.recovered if slow else 1.0, abs=1e-6)
+        if slow:
+            assert (fast.clean, fast.baseline) == pytest.approx((slow.clean, slow.baseline), abs=1e-6)
 
 
 @pytest.fixture
