@@ -105,3 +105,16 @@ def test_recipes_cover_the_handbuilt_models():
     assert set(HANDBUILT) <= set(RECIPES)
     for name in HANDBUILT:
         assert zoo_card(name).recipe["builder"] == f"{RECIPES[name].__module__}.{RECIPES[name].__name__}"
+
+
+def test_seed_changes_only_the_inert_heads():
+    from circuitkit.zoo.recipes import build
+
+    base, _, _ = build("induction-handbuilt", progress=False)
+    other, _, card = build("induction-handbuilt", seed=1, progress=False)
+    for layer in range(2):
+        w_base, w_other = base.blocks[layer].attn.W_V, other.blocks[layer].attn.W_V
+        assert w_base[0].equal(w_other[0])  # the circuit heads are fixed by construction
+        assert not w_base[1:].equal(w_other[1:])  # the inert heads are random, per seed
+    assert card.recipe["seed"] == 1 and card.accuracy == 1.0
+    assert card.evidence["circuit_ablated_recovered"] < 0.2 and card.evidence["circuit_only_recovered"] == 1.0
