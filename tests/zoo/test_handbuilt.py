@@ -132,3 +132,41 @@ def test_retrieval_ablation_hits_only_the_circuit(retrieval_model, retrieval_tas
     assert accuracy == 1.0
     for head, result in zip(others, results, strict=True):
         assert result.recovered > 0.95, head
+
+
+def _score_without_input_edge(model, task, layer, head, qkv):
+    """Task metric with edge ``input -> a{layer}.h{head}<qkv>`` zero-ablated: the embeddings'
+    share of that head's q/k/v input is removed (split q/k/v inputs)."""
+    saved = {}
+
+    def save(x, hook):
+        saved[hook.name] = x
+
+    def remove_input(x, hook):
+        x = x.clone()
+        x[:, :, head] -= saved["hook_embed"] + saved["hook_pos_embed"]
+        return x
+
+    model.set_use_split_qkv_input(True)
+    try:
+        with torch.no_grad():
+            logits = model.run_with_hooks(task.clean, fwd_hooks=[
+                ("hook_embed", save), ("hook_pos_embed", save), (names.head_input_hook(layer, qkv), remove_input)])
+    finally:
+        model.set_use_split_qkv_input(False)
+    return float(task.score(logits))
+
+
+def test_input_to_copy_head_key_edge_matters_only_where_the_card_says(
+        induction_model, induction_task, retrieval_model, retrieval_task):
+    # induction: input->a1.h0<k> only carries the BOS fallback, so it is not in the reference circuit
+    edge = names.edge(names.INPUT, names.head(1, 0), "k")
+    assert edge not in zoo_card("induction-handbuilt").circuit_edges
+    with torch.no_grad():
+        full = float(induction_task.score(induction_model(induction_task.clean)))
+    assert _score_without_input_edge(induction_model, induction_task, 1, 0, "k") == pytest.approx(full, rel=1e-3)
+    # retrieval: the same edge carries the value-token bonus that beats the question's "What is the"
+    assert edge in zoo_card("retrieval-handbuilt").circuit_edges
+    assert _score_without_input_edge(retrieval_model, retrieval_task, 1, 0, "k") < 0.6
+    # and the query edge is needed in both
+    assert _score_without_input_edge(induction_model, induction_task, 1, 0, "q") < 0.2 * full
