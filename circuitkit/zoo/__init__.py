@@ -9,5 +9,16 @@ from circuitkit.zoo.registry import (
     zoo_task,
     zoo_tokenizer,
 )
+from circuitkit.zoo.verify import VerifyReport, verify
 
-__all__ = ["ZooCard", "list_zoo", "load_zoo_model", "save_zoo_model", "zoo_card", "zoo_task", "zoo_tokenizer"]
+__all__ = [
+    "VerifyReport",
+    "ZooCard",
+    "list_zoo",
+    "load_zoo_model",
+    "save_zoo_model",
+    "verify",
+    "zoo_card",
+    "zoo_task",
+    "zoo_tokenizer",
+]

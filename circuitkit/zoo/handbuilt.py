@@ -322,7 +322,7 @@ def build_retrieval(seed: int = 0, progress: bool = True):
                     _sink_head(model, layout, layer, head, bos)
                 _junk_values(model, layout, layer, head, gen)
         _unembed(model, layout)
-    params = {"context_lengths": [256], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "values": list(NEEDLE_VALUES),
+    params = {"context_lengths": [256], "depths": [0.0, 0.5, 1.0], "values": list(NEEDLE_VALUES),
               "haystack": haystack_text()}
     card = ZooCard(
         name=name,
@@ -349,14 +349,17 @@ def build_retrieval(seed: int = 0, progress: bool = True):
 def _record_measurements(model, card) -> None:
     """Accuracy and the verify figures, measured on the card's task, written into the card."""
     from circuitkit.zoo.registry import zoo_task
-    from circuitkit.zoo.verify import measure
+    from circuitkit.zoo.verify import ablate_each, measure, model_components
 
     task = zoo_task(card, model)
     report = measure(model, task, card)
+    heads = model_components(model)
+    single = ablate_each(model, task, [[h] for h in heads])
     card.accuracy = round(report.accuracy, 4)
     card.evidence.update({
         "full_metric": round(report.full_metric, 4),
         "circuit_only_recovered": round(report.circuit_only, 4),
         "circuit_ablated_recovered": round(report.circuit_ablated, 4),
+        "head_ablation_recovered": {h: round(r.recovered, 4) for h, r in zip(heads, single, strict=True)},
         "ablation": "mean over the task's clean prompts",
     })

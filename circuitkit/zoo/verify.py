@@ -90,24 +90,39 @@ def split_components(model, circuit_nodes: list[str]) -> tuple[list[str], list[s
     return inside, [n for n in components if n not in inside]
 
 
+def ablate_each(model, task, component_sets, kind: str = "mean", with_accuracy: bool = False):
+    """``[ablate(model, task, components, kind) for components in component_sets]``, sharing one
+    clean and one corrupted run (the same figures; tests check they agree). An empty set leaves
+    the model intact. With ``with_accuracy``, also returns the clean top-1 accuracy:
+    ``(results, accuracy)``."""
+    from circuitkit.ablation.hooks import AblationResult, run_ablated
+
+    task.check_model(model)
+    with torch.no_grad():
+        clean_logits = model(task.clean)
+        clean, baseline = float(task.score(clean_logits)), float(task.score(model(task.corrupted)))
+        accuracy = float(task.with_metric("accuracy").score(clean_logits))
+    results = []
+    for components in component_sets:
+        components = list(components)
+        value = float(task.score(run_ablated(model, task.clean, components, kind, task.clean))) if components else clean
+        results.append(AblationResult(components, kind, clean, value, baseline))
+    return (results, accuracy) if with_accuracy else results
+
+
 def measure(model, task, card, kind: str = "mean") -> VerifyReport:
     """Compute the verify figures of ``model`` on ``task`` for the circuit in ``card``."""
-    from circuitkit.ablation.hooks import ablate
-
     if not card.circuit_nodes:
         raise ValueError(f"zoo card {card.name!r} records no circuit nodes; add the reference circuit to its card")
     inside, outside = split_components(model, card.circuit_nodes)
     if not inside:
         raise ValueError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
-    task.check_model(model)
-    with torch.no_grad():
-        acc = float(task.with_metric("accuracy").score(model(task.clean)))
-    circuit_only = ablate(model, task, outside, kind=kind)
-    circuit_ablated = ablate(model, task, inside, kind=kind)
+    results, acc = ablate_each(model, task, [outside, inside], kind=kind, with_accuracy=True)
+    circuit_only, circuit_ablated = results
     return VerifyReport(
         name=card.name, metric=task.metric_name, full_metric=circuit_ablated.clean,
         corrupted_metric=circuit_ablated.baseline, accuracy=acc, recorded_accuracy=card.accuracy,
-        circuit_only=circuit_only.recovered if outside else 1.0, circuit_ablated=circuit_ablated.recovered,
+        circuit_only=circuit_only.recovered, circuit_ablated=circuit_ablated.recovered,
         circuit_components=inside, complement_components=outside, n_prompts=len(task),
     )
 
