@@ -208,8 +208,10 @@ def validate_heads(model, heads: Iterable[str], n_heads: int | None = None, what
 # --- activation patching --------------------------------------------------------------------
 
 def valid_targets(model) -> list[str]:
-    """The patching targets this model has hooks for."""
-    return [t for t, spec in TARGETS.items() if get_act_name(spec.hook, 0) in model.hook_dict]
+    """The patching targets this model has (and runs) hooks for."""
+    # Attention-only blocks define hook_mlp_out / hook_resid_mid but never call them.
+    skip = {"mlp_out", "resid_mid"} if model.cfg.attn_only else set()
+    return [t for t, spec in TARGETS.items() if get_act_name(spec.hook, 0) in model.hook_dict and t not in skip]
 
 
 def _check_target(model, target: str) -> _Target:
