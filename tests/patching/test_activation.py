@@ -218,3 +218,43 @@ def test_corruption_without_effect(setups):
     same = Task("same", task.clean, task.clean, task.answers, task.wrong_answers)
     with pytest.raises(ValueError, match=r"same logit_diff.*cannot be normalised"):
         activation_patching(model, same, "head_out")
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def test_cli_patch_writes_table_and_heatmap(tmp_path, word_tokenizer, capsys):
+    import pandas as pd
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitkit.cli import main
+    from circuitkit.models.loading import load_model
+    from circuitkit.tasks.builders import ioi
+
+    model_dir = tmp_path / "model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(word_tokenizer), n_positions=32, n_embd=16, n_layer=2,
+                               n_head=2)).save_pretrained(model_dir)
+    word_tokenizer.save_pretrained(model_dir)
+    out, html = tmp_path / "scores.csv", tmp_path / "map.html"
+    assert main(["patch", str(model_dir), "--task", "ioi", "--n-prompts", "3", "--target", "head_out",
+                 "--out", str(out), "--html", str(html), "--no-progress"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame["component"]) == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]
+    model = load_model(str(model_dir))
+    expected = activation_patching(model, ioi(model, n_prompts=3), "head_out", progress=False)
+    assert frame["score"].tolist() == pytest.approx(expected.values.tolist(), abs=1e-5)
+    assert "plotly" in html.read_text()
+    assert "4 scores (head_out" in capsys.readouterr().out
+    assert main(["patch", str(model_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "--out must end in .csv or .parquet" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_heatmap_layouts(setups):
+    from circuitkit.patching.cli import patching_heatmap
+
+    model, task = setups["gpt2_ln_learned"]
+    seq = task.clean.shape[1]
+    by_pos = patching_heatmap(activation_patching(model, task, "head_out", by_pos=True, progress=False))
+    assert len(by_pos.data[0].y) == model.cfg.n_layers * model.cfg.n_heads and len(by_pos.data[0].x) == seq
+    layer_pos = patching_heatmap(activation_patching(model, task, "resid_pre", by_pos=True, progress=False))
+    assert len(layer_pos.data[0].z) == model.cfg.n_layers and len(layer_pos.data[0].z[0]) == seq
