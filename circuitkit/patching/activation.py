@@ -92,6 +92,12 @@ class PatchRuns:
     source_cache: dict[str, Tensor]
     shortformer_pos_embed: Tensor | None
     attention_mask: Tensor | None
+    base_logits: Tensor  # [batch, pos, vocab]
+
+    @property
+    def prefix_ok(self) -> bool:
+        """Whether patched runs may start after an unchanged prefix (see :func:`run_batched`)."""
+        return self.attention_mask is None and self.shortformer_pos_embed is None
 
     def normalised(self, logits: Tensor) -> float:
         """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
@@ -136,7 +142,7 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     return PatchRuns(
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
-        shortformer, attention_mask,
+        shortformer, attention_mask, base_logits,
     )
 
 
@@ -157,29 +163,63 @@ def run_batched(
     hooks: list[tuple[str, Callable]],
     copies: int,
     stop_at_layer: int | None = None,
+    prefix: int = 0,
 ) -> Tensor:
     """Run ``copies`` copies of the base run from the cached ``resid_pre`` of layer ``start``.
+
+    ``prefix > 0``: the patches leave positions ``< prefix`` untouched (causal attention), so
+    only the later positions are run, attending to the base run's cached keys and values
+    (``base_cache`` must hold ``hook_k`` / ``hook_v`` of layers ``>= start``); the prefix's logits
+    are the base run's. Hooks then see activations of positions ``prefix..`` only.
 
     Returns logits ``[copies * batch, pos, vocab]`` (or the residual when ``stop_at_layer``).
     """
     resid = runs.base_cache[get_act_name("resid_pre", start)]
     kwargs = {}
+    if prefix:
+        kwargs["past_kv_cache"] = _prefix_cache(model, runs, start, copies, prefix)
+        resid = resid[:, prefix:]
     if runs.shortformer_pos_embed is not None:
         kwargs["shortformer_pos_embed"] = runs.shortformer_pos_embed.repeat(copies, 1, 1)
     if runs.attention_mask is not None:
         kwargs["attention_mask"] = runs.attention_mask.repeat(copies, 1)
     with torch.no_grad():
-        return model.run_with_hooks(
+        out = model.run_with_hooks(
             resid.repeat(copies, 1, 1), start_at_layer=start, stop_at_layer=stop_at_layer,
             fwd_hooks=hooks, **kwargs,
         )
+    if prefix and stop_at_layer is None:
+        out = torch.cat([runs.base_logits[:, :prefix].repeat(copies, 1, 1), out], dim=1)
+    return out
 
 
-def masked_patch_hook(mask: Tensor, source: Tensor, copies: int) -> Callable:
+def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    entries = []
+    for layer in range(model.cfg.n_layers):
+        if layer < start:  # never read: those blocks do not run
+            entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, runs.base_tokens.device, 1))
+            continue
+        # hook_k / hook_v hold keys before rotary, exactly what the cache stores
+        keys = runs.base_cache[get_act_name("k", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+        values = runs.base_cache[get_act_name("v", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+        entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
+    mask = torch.ones(copies * runs.base_tokens.shape[0], prefix, dtype=torch.int, device=runs.base_tokens.device)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+
+
+def masked_patch_hook(mask: Tensor, source: Tensor, copies: int, prefix: int = 0, pos_axis: int = 0) -> Callable:
     """A hook giving copy ``i`` of the batch ``source`` wherever ``mask[i]`` is True.
 
     ``mask``: ``[copies, *index_dims]`` over the activation's dims after batch, minus the last.
+    ``prefix``: the run covers positions ``prefix..`` only (``pos_axis`` of the index dims).
     """
+    if prefix:
+        mask = mask.narrow(1 + pos_axis, prefix, mask.shape[1 + pos_axis] - prefix)
+        source = source.narrow(1 + pos_axis, prefix, source.shape[1 + pos_axis] - prefix)
+
     def hook(act: Tensor, hook) -> Tensor:
         shaped = act.reshape(copies, -1, *act.shape[1:])
         m = mask.reshape(copies, 1, *mask.shape[1:], 1)
@@ -265,20 +305,31 @@ def sweep_patches(
     batch_size: int | None,
     progress: bool,
     desc: str,
+    pos_axis: int | None = None,
 ) -> Tensor:
     """The normalised metric for each patch ``{layer: mask}`` (several layers = patched together).
 
-    Patches are grouped by their first layer, each group run from that layer's cached residual
-    stream, ``k`` patches per forward pass. Returns ``[len(patches)]``.
+    Patches are grouped by their first layer and run from that layer's cached residual stream,
+    ``k`` patches per forward pass. When ``pos_axis`` (the position axis of the masks) is given,
+    patches are ordered by their first patched position and each pass starts at the first
+    position any of its patches touches (see :func:`run_batched`). Returns ``[len(patches)]``.
     """
     k_max = rows_per_pass(model, runs, batch_size)
     results = torch.full((len(patches),), float("nan"))
-    by_start: dict[int, list[int]] = {}
+    by_start: dict[int, list[tuple[int, int]]] = {}
     for i, patch in enumerate(patches):
-        by_start.setdefault(min(patch), []).append(i)
-    chunks = [(start, idx[j:j + k_max]) for start, idx in sorted(by_start.items()) for j in range(0, len(idx), k_max)]
+        prefix = 0
+        if pos_axis is not None and runs.prefix_ok:
+            prefix = min(_first_position(mask, pos_axis) for mask in patch.values())
+        by_start.setdefault(min(patch), []).append((prefix, i))
+    chunks = []
+    for start, items in sorted(by_start.items()):
+        items.sort()
+        for j in range(0, len(items), k_max):
+            part = items[j:j + k_max]
+            chunks.append(((start, part[0][0]), [i for _, i in part]))
     device = runs.base_tokens.device
-    for start, chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+    for (start, prefix), chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         k = len(chunk)
         layers = sorted({layer for i in chunk for layer in patches[i]})
         hooks = []
@@ -289,12 +340,29 @@ def sweep_patches(
                 if layer in patches[i]:
                     mask[j] = patches[i][layer]
             name = get_act_name(hook_short, layer)
-            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k)))
-        logits = run_batched(model, runs, start, hooks, k)
+            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis or 0)))
+        logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
         per_copy = logits.reshape(k, -1, *logits.shape[1:])
         for j, i in enumerate(chunk):
             results[i] = runs.normalised(per_copy[j])
     return results
+
+
+def _first_position(mask: Tensor, pos_axis: int) -> int:
+    """The first position a mask patches (positions before it keep their base values)."""
+    other = [d for d in range(mask.ndim) if d != pos_axis]
+    touched = mask.any(dim=other) if other else mask
+    hits = touched.nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
+def _pos_axis(spec: _Target) -> int:
+    return 1 if spec.kind == "pattern" else 0
+
+
+def _kv_hooks(model, layers: Iterable[int]) -> list[str]:
+    first = min(layers)
+    return [get_act_name(x, layer) for layer in range(first, model.cfg.n_layers) for x in ("k", "v")]
 
 
 def activation_patching(
@@ -360,10 +428,12 @@ def activation_patching(
     used_layers = sorted({e[0] for e in entries})
     hook_names = [get_act_name(spec.hook, layer) for layer in used_layers]
     runs = prepare_runs(model, task, direction,
-                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers],
+                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers]
+                        + (_kv_hooks(model, used_layers) if by_pos else []),
                         source_hooks=hook_names)
     patches = [{flat[0]: _mask(spec, dict(zip(dims, flat, strict=True)), seq, n_heads)} for flat in entries]
-    values = sweep_patches(model, runs, spec.hook, patches, batch_size, progress, f"patching {target}")
+    values = sweep_patches(model, runs, spec.hook, patches, batch_size, progress, f"patching {target}",
+                           pos_axis=_pos_axis(spec) if by_pos else None)
 
     grid = torch.full(shape, float("nan"))
     labels = []
