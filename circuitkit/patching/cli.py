@@ -17,7 +17,9 @@ def register(sub) -> None:
                     "(0 = corrupted, 1 = clean) as a table and optionally a Plotly heatmap.",
     )
     patch.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
-    patch.add_argument("--task", default="ioi", help="task builder: ioi, induction, greater_than, multiple_choice, needle")
+    patch.add_argument("--task", default=None,
+                       help="task builder: ioi, induction, greater_than, multiple_choice, needle "
+                            "(default: a zoo model's own task, else ioi)")
     patch.add_argument("--n-prompts", type=int, default=16, help="prompts to build (default 16)")
     patch.add_argument("--target", default="head_out", choices=list(TARGETS), help="what to patch (default head_out)")
     patch.add_argument("--by-pos", action="store_true", help="one patch per position")
@@ -56,7 +58,12 @@ def _cmd_patch(args) -> int:
     from circuitkit.tasks.builders import build_task
 
     model = load_model(args.model, device=args.device)
-    task = build_task(args.task, model, n_prompts=args.n_prompts)
+    if args.task is None and str(args.model).startswith("zoo:"):
+        from circuitkit.zoo.registry import zoo_task
+
+        task = zoo_task(str(args.model)[len("zoo:"):], model, n_prompts=args.n_prompts)
+    else:
+        task = build_task(args.task or "ioi", model, n_prompts=args.n_prompts)
     scores = activation_patching(model, task, args.target, by_pos=args.by_pos, direction=args.direction,
                                  batch_size=args.batch_size, progress=not args.no_progress)
     frame = scores.to_frame()
