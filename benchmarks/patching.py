@@ -29,12 +29,12 @@ def gpt2_style_model(tokenizer, n_layers: int = 4, n_heads: int = 8, d_model: in
     return model
 
 
-def setup(n_prompts: int = 16):
+def setup(n_prompts: int = 16, **model_kwargs):
     from circuitkit.tasks.builders import default_words, ioi
     from circuitkit.tokenizers import word_level_tokenizer
 
     tokenizer = word_level_tokenizer(default_words())
-    model = gpt2_style_model(tokenizer)
+    model = gpt2_style_model(tokenizer, **model_kwargs)
     task = ioi(model, n_prompts=n_prompts)
     return model, task
 
@@ -83,7 +83,15 @@ def main() -> None:
     print(f"model: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, vocab {cfg.d_vocab}; "
           f"task: {task.name}, {len(task)} prompts x {task.clean.shape[1]} tokens; torch threads 1")
     print("(a) exact head-output activation patching (denoising, normalised logit diff)")
-    for row in part_a(model, task):
+    _print_rows(part_a(model, task))
+    # The same sweep where a forward pass is cheap, so per-pass overhead dominates (like a GPU).
+    small, small_task = setup(n_layers=4, n_heads=8, d_model=32)
+    print("    same task, overhead-bound model: 4 layers x 8 heads, d_model 32")
+    _print_rows(part_a(small, small_task))
+
+
+def _print_rows(rows: list[dict]) -> None:
+    for row in rows:
         print(f"  {row['granularity']:17s} {row['patches']:4d} patches  transformer_lens {row['transformer_lens_s']:7.2f} s"
               f"  circuitkit {row['circuitkit_s']:6.2f} s  speedup {row['speedup']:5.1f}x"
               f"  max |diff| {row['max_abs_diff']:.1e}")
