@@ -93,11 +93,7 @@ class PatchRuns:
     shortformer_pos_embed: Tensor | None
     attention_mask: Tensor | None
     base_logits: Tensor  # [batch, pos, vocab]
-
-    @property
-    def prefix_ok(self) -> bool:
-        """Whether patched runs may start after an unchanged prefix (see :func:`run_batched`)."""
-        return self.attention_mask is None and self.shortformer_pos_embed is None
+    prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched)
 
     def normalised(self, logits: Tensor) -> float:
         """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
@@ -139,10 +135,16 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
             f"({clean_score:.4g}), so patching effects cannot be normalised; use a task whose "
             "corruption changes the model's behaviour"
         )
+    cfg = model.cfg
+    # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
+    # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
+    prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
+                 and cfg.positional_embedding_type in ("standard", "rotary")
+                 and not getattr(cfg, "use_local_attn", False))
     return PatchRuns(
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
-        shortformer, attention_mask, base_logits,
+        shortformer, attention_mask, base_logits, prefix_ok,
     )
 
 

@@ -97,6 +97,7 @@ def test_noising_matches_transformer_lens(setups, config, target):
     expected = transformer_lens_grid(model, task, target, True, direction="noise")
     scores = activation_patching(model, task, target, by_pos=True, direction="noise", batch_size=5, progress=False)
     torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+    assert prepare_runs(model, task, "noise", [], []).prefix_ok  # the prefix-skipping path really ran
 
 
 def test_labels_and_grid_layout(setups):
