@@ -1,1 +1,26 @@
-"""circuitkit.patching"""
+"""circuitkit.patching: exact activation and path patching, direct logit attribution, logit lens.
+
+(Attribution patching / EAP / EAP-IG live in ``attribution.py``, ``graph.py`` and ``eap.py``.)
+"""
+
+from circuitkit.patching.activation import (
+    TARGETS,
+    activation_patching,
+    patch_head_sets,
+    valid_targets,
+)
+from circuitkit.patching.logit_lens import direct_logit_attribution, logit_lens
+from circuitkit.patching.path import RECEIVER_INPUTS, path_patching
+
+__all__ = [
+    "TARGETS",
+    "RECEIVER_INPUTS",
+    "activation_patching",
+    "patch_head_sets",
+    "valid_targets",
+    "path_patching",
+    "direct_logit_attribution",
+    "logit_lens",
+]
+
+# --- attribution patching / EAP / EAP-IG exports (attribution helper) ---

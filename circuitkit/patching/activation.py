@@ -1,0 +1,487 @@
+"""Exact activation patching at every granularity of ``transformer_lens.patching``, batched.
+
+The numbers are those of ``transformer_lens.patching.get_act_patch_*`` with the normalised
+metric ``(m - m_corrupted) / (m_clean - m_corrupted)`` (0 = corrupted behaviour, 1 = clean), but
+computed much faster:
+
+* many patches share one forward pass: the run being patched is repeated ``k`` times along the
+  batch and copy ``i`` receives patch ``i`` (a boolean mask over the activation's index
+  dimensions, applied with one ``torch.where``);
+* each patched run starts from the cached residual stream at the first patched layer
+  (``model(resid, start_at_layer=L)``) instead of recomputing the unchanged layers below;
+* only the hooks that are needed are cached.
+
+Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
+
+============  ==========================  ============================  =======================
+target        hook                        grid (all positions / by_pos)  labels
+============  ==========================  ============================  =======================
+resid_pre     ``blocks.L.hook_resid_pre``  ``[L]`` / ``[L, pos]``        ``resid_pre.L[@pos]``
+resid_mid     ``blocks.L.hook_resid_mid``  ``[L]`` / ``[L, pos]``        ``resid_mid.L[@pos]``
+attn_out      ``blocks.L.hook_attn_out``   ``[L]`` / ``[L, pos]``        ``attn_out.L[@pos]``
+mlp_out       ``blocks.L.hook_mlp_out``    ``[L]`` / ``[L, pos]``        ``mL[@pos]``
+head_out      ``blocks.L.attn.hook_z``     ``[L, H]`` / ``[L, pos, H]``  ``aL.hH[@pos]``
+q / k / v     ``blocks.L.attn.hook_q|k|v`` ``[L, H]`` / ``[L, pos, H]``  ``aL.hH[@pos]``
+pattern       ``blocks.L.attn.hook_pattern`` ``[L, H]`` / ``[L, H, dest]`` ``aL.hH[@dest]``
+============  ==========================  ============================  =======================
+
+For ``k`` and ``v`` in grouped-query models ``H`` counts key/value heads (as in TransformerLens).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
+
+from circuitkit import names
+from circuitkit.scores import Scores
+from circuitkit.tasks.task import Task
+
+Direction = Literal["denoise", "noise"]
+DIRECTIONS = ("denoise", "noise")
+# Defaults when batch_size is left to us: rows per forward pass (measured fastest on CPU for
+# small models; larger batches thrash the cache) and a cap on logit floats (~512 MB).
+_DEFAULT_ROWS = 256
+_LOGIT_BUDGET = 2**27
+
+
+@dataclass(frozen=True)
+class _Target:
+    hook: str  # TransformerLens short hook name (get_act_name)
+    kind: Literal["site", "head", "pattern"]
+    # site: act [batch, pos, d]; head: [batch, pos, head, d_head]; pattern: [batch, head, dest, src]
+
+
+TARGETS: dict[str, _Target] = {
+    "resid_pre": _Target("resid_pre", "site"),
+    "resid_mid": _Target("resid_mid", "site"),
+    "attn_out": _Target("attn_out", "site"),
+    "mlp_out": _Target("mlp_out", "site"),
+    "head_out": _Target("z", "head"),
+    "q": _Target("q", "head"),
+    "k": _Target("k", "head"),
+    "v": _Target("v", "head"),
+    "pattern": _Target("pattern", "pattern"),
+}
+
+
+# --- shared setup ---------------------------------------------------------------------------
+
+@dataclass
+class PatchRuns:
+    """The two reference runs of a patching experiment and the normalised metric.
+
+    ``base`` is the run that receives patches (corrupted tokens when denoising, clean when
+    noising); ``source`` supplies the patched-in activations.
+    """
+
+    task: Task
+    direction: str
+    base_tokens: Tensor  # [batch, pos]
+    source_tokens: Tensor  # [batch, pos]
+    clean_score: float
+    corrupted_score: float
+    base_cache: dict[str, Tensor]
+    source_cache: dict[str, Tensor]
+    shortformer_pos_embed: Tensor | None
+    attention_mask: Tensor | None
+    base_logits: Tensor  # [batch, pos, vocab]
+    prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched)
+
+    def normalised(self, logits: Tensor) -> float:
+        """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
+        m = float(self.task.score(logits))
+        return (m - self.corrupted_score) / (self.clean_score - self.corrupted_score)
+
+    def metric(self) -> Callable[[Tensor], Tensor]:
+        """The same normalised metric as a TransformerLens ``patching_metric`` (logits -> scalar)."""
+        def patching_metric(logits: Tensor) -> Tensor:
+            return (self.task.score(logits) - self.corrupted_score) / (self.clean_score - self.corrupted_score)
+        return patching_metric
+
+
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction must be 'denoise' (clean activations into the corrupted run) or 'noise' "
+            f"(corrupted into clean), got {direction!r}"
+        )
+
+
+def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], source_hooks: Iterable[str]) -> PatchRuns:
+    """Validate, run clean and corrupted once (caching only the named hooks) and score them."""
+    check_direction(direction)
+    task.check_model(model)
+    device = model.cfg.device
+    task = task.to(device)
+    base_tokens, source_tokens = (task.corrupted, task.clean) if direction == "denoise" else (task.clean, task.corrupted)
+    base_set, source_set = set(base_hooks), set(source_hooks)
+    with torch.no_grad():
+        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set)
+        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set)
+        _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
+    base_score, source_score = float(task.score(base_logits)), float(task.score(source_logits))
+    clean_score, corrupted_score = (source_score, base_score) if direction == "denoise" else (base_score, source_score)
+    if abs(clean_score - corrupted_score) < 1e-6:
+        raise ValueError(
+            f"task {task.name!r}: the clean and corrupted runs give the same {task.metric_name} "
+            f"({clean_score:.4g}), so patching effects cannot be normalised; use a task whose "
+            "corruption changes the model's behaviour"
+        )
+    cfg = model.cfg
+    # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
+    # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
+    prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
+                 and cfg.positional_embedding_type in ("standard", "rotary")
+                 and not getattr(cfg, "use_local_attn", False))
+    return PatchRuns(
+        task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
+        {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
+        shortformer, attention_mask, base_logits, prefix_ok,
+    )
+
+
+def rows_per_pass(model, runs: PatchRuns, batch_size: int | None) -> int:
+    """How many copies of the prompts one forward pass holds."""
+    n_prompts, seq = runs.base_tokens.shape
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive number of rows per forward pass, got {batch_size}")
+        return max(1, int(batch_size) // n_prompts)
+    return max(1, min(_DEFAULT_ROWS // n_prompts, _LOGIT_BUDGET // (n_prompts * seq * model.cfg.d_vocab)))
+
+
+def run_batched(
+    model,
+    runs: PatchRuns,
+    start: int,
+    hooks: list[tuple[str, Callable]],
+    copies: int,
+    stop_at_layer: int | None = None,
+    prefix: int = 0,
+) -> Tensor:
+    """Run ``copies`` copies of the base run from the cached ``resid_pre`` of layer ``start``.
+
+    ``prefix > 0``: the patches leave positions ``< prefix`` untouched (causal attention), so
+    only the later positions are run, attending to the base run's cached keys and values
+    (``base_cache`` must hold ``hook_k`` / ``hook_v`` of layers ``>= start``); the prefix's logits
+    are the base run's. Hooks then see activations of positions ``prefix..`` only.
+
+    Returns logits ``[copies * batch, pos, vocab]`` (or the residual when ``stop_at_layer``).
+    """
+    resid = runs.base_cache[get_act_name("resid_pre", start)]
+    kwargs = {}
+    if prefix:
+        kwargs["past_kv_cache"] = _prefix_cache(model, runs, start, copies, prefix)
+        resid = resid[:, prefix:]
+    if runs.shortformer_pos_embed is not None:
+        kwargs["shortformer_pos_embed"] = runs.shortformer_pos_embed.repeat(copies, 1, 1)
+    if runs.attention_mask is not None:
+        kwargs["attention_mask"] = runs.attention_mask.repeat(copies, 1)
+    with torch.no_grad():
+        out = model.run_with_hooks(
+            resid.repeat(copies, 1, 1), start_at_layer=start, stop_at_layer=stop_at_layer,
+            fwd_hooks=hooks, **kwargs,
+        )
+    if prefix and stop_at_layer is None:
+        out = torch.cat([runs.base_logits[:, :prefix].repeat(copies, 1, 1), out], dim=1)
+    return out
+
+
+def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    entries = []
+    for layer in range(model.cfg.n_layers):
+        if layer < start:  # never read: those blocks do not run
+            entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, runs.base_tokens.device, 1))
+            continue
+        # hook_k / hook_v hold keys before rotary, exactly what the cache stores
+        keys = runs.base_cache[get_act_name("k", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+        values = runs.base_cache[get_act_name("v", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+        entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
+    mask = torch.ones(copies * runs.base_tokens.shape[0], prefix, dtype=torch.int, device=runs.base_tokens.device)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+
+
+def masked_patch_hook(mask: Tensor, source: Tensor, copies: int, prefix: int = 0, pos_axis: int = 0) -> Callable:
+    """A hook giving copy ``i`` of the batch ``source`` wherever ``mask[i]`` is True.
+
+    ``mask``: ``[copies, *index_dims]`` over the activation's dims after batch, minus the last.
+    ``prefix``: the run covers positions ``prefix..`` only (``pos_axis`` of the index dims).
+    """
+    if prefix:
+        mask = mask.narrow(1 + pos_axis, prefix, mask.shape[1 + pos_axis] - prefix)
+        source = source.narrow(1 + pos_axis, prefix, source.shape[1 + pos_axis] - prefix)
+
+    def hook(act: Tensor, hook) -> Tensor:
+        shaped = act.reshape(copies, -1, *act.shape[1:])
+        m = mask.reshape(copies, 1, *mask.shape[1:], 1)
+        return torch.where(m, source.unsqueeze(0), shaped).reshape(act.shape)
+    return hook
+
+
+def validate_heads(model, heads: Iterable[str], n_heads: int | None = None, what: str = "head") -> list[tuple[int, int]]:
+    """Parse head ids and check their range; returns ``(layer, head)`` pairs."""
+    cfg = model.cfg
+    n_heads = n_heads or cfg.n_heads
+    out = []
+    for h in heads:
+        node = names.parse_node(h)
+        if node.kind != "head":
+            raise ValueError(f"{h!r} is not an attention head; give heads as 'a<layer>.h<head>', e.g. 'a1.h0'")
+        if not (0 <= node.layer < cfg.n_layers and 0 <= node.head < n_heads):
+            raise ValueError(
+                f"{what} {h!r} is out of range: model {cfg.model_name!r} has {cfg.n_layers} layers x "
+                f"{n_heads} {what}s (a0.h0 .. a{cfg.n_layers - 1}.h{n_heads - 1})"
+            )
+        out.append((node.layer, node.head))
+    return out
+
+
+# --- activation patching --------------------------------------------------------------------
+
+def valid_targets(model) -> list[str]:
+    """The patching targets this model has (and runs) hooks for."""
+    # Attention-only blocks define hook_mlp_out / hook_resid_mid but never call them.
+    skip = {"mlp_out", "resid_mid"} if model.cfg.attn_only else set()
+    return [t for t, spec in TARGETS.items() if get_act_name(spec.hook, 0) in model.hook_dict and t not in skip]
+
+
+def _check_target(model, target: str) -> _Target:
+    if target not in TARGETS or target not in valid_targets(model):
+        why = "unknown target" if target not in TARGETS else f"model {model.cfg.model_name!r} has no {target} hook"
+        raise ValueError(f"{why} {target!r}; choose one of {valid_targets(model)}")
+    return TARGETS[target]
+
+
+def _head_count(model, spec: _Target) -> int:
+    if spec.hook in ("k", "v") and model.cfg.n_key_value_heads is not None:
+        return int(model.cfg.n_key_value_heads)
+    return int(model.cfg.n_heads)
+
+
+def _grid_layout(model, spec: _Target, target: str, by_pos: bool, seq: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    n_layers, n_heads = model.cfg.n_layers, _head_count(model, spec)
+    if spec.kind == "site":
+        return ((n_layers, seq), ("layer", "pos")) if by_pos else ((n_layers,), ("layer",))
+    if spec.kind == "head":
+        return ((n_layers, seq, n_heads), ("layer", "pos", "head")) if by_pos else ((n_layers, n_heads), ("layer", "head"))
+    return ((n_layers, n_heads, seq), ("layer", "head", "dest_pos")) if by_pos else ((n_layers, n_heads), ("layer", "head"))
+
+
+def _label(target: str, spec: _Target, index: dict[str, int]) -> str:
+    layer, pos = index["layer"], index.get("pos", index.get("dest_pos"))
+    if spec.kind == "site":
+        return names.mlp(layer, pos) if target == "mlp_out" else names.site(target, layer, pos)
+    return names.head(layer, index["head"], pos)
+
+
+def _mask(spec: _Target, index: dict[str, int], seq: int, n_heads: int) -> Tensor:
+    """Boolean mask over the activation's index dims selecting what one grid entry patches."""
+    if spec.kind == "site":
+        mask = torch.zeros(seq, dtype=torch.bool)
+        mask[index["pos"] if "pos" in index else slice(None)] = True
+    elif spec.kind == "head":
+        mask = torch.zeros(seq, n_heads, dtype=torch.bool)
+        mask[index["pos"] if "pos" in index else slice(None), index["head"]] = True
+    else:
+        mask = torch.zeros(n_heads, seq, dtype=torch.bool)
+        mask[index["head"], index["dest_pos"] if "dest_pos" in index else slice(None)] = True
+    return mask
+
+
+def sweep_patches(
+    model,
+    runs: PatchRuns,
+    hook_short: str,
+    patches: Sequence[dict[int, Tensor]],
+    batch_size: int | None,
+    progress: bool,
+    desc: str,
+    pos_axis: int | None = None,
+) -> Tensor:
+    """The normalised metric for each patch ``{layer: mask}`` (several layers = patched together).
+
+    Patches are grouped by their first layer and run from that layer's cached residual stream,
+    ``k`` patches per forward pass. When ``pos_axis`` (the position axis of the masks) is given,
+    patches are ordered by their first patched position and each pass starts at the first
+    position any of its patches touches (see :func:`run_batched`). Returns ``[len(patches)]``.
+    """
+    k_max = rows_per_pass(model, runs, batch_size)
+    results = torch.full((len(patches),), float("nan"))
+    by_start: dict[int, list[tuple[int, int]]] = {}
+    for i, patch in enumerate(patches):
+        prefix = 0
+        if pos_axis is not None and runs.prefix_ok:
+            prefix = min(_first_position(mask, pos_axis) for mask in patch.values())
+        by_start.setdefault(min(patch), []).append((prefix, i))
+    chunks = []
+    for start, items in sorted(by_start.items()):
+        items.sort()
+        for j in range(0, len(items), k_max):
+            part = items[j:j + k_max]
+            chunks.append(((start, part[0][0]), [i for _, i in part]))
+    device = runs.base_tokens.device
+    for (start, prefix), chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        k = len(chunk)
+        layers = sorted({layer for i in chunk for layer in patches[i]})
+        hooks = []
+        for layer in layers:
+            some = next(patches[i][layer] for i in chunk if layer in patches[i])
+            mask = torch.zeros((k, *some.shape), dtype=torch.bool)
+            for j, i in enumerate(chunk):
+                if layer in patches[i]:
+                    mask[j] = patches[i][layer]
+            name = get_act_name(hook_short, layer)
+            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis or 0)))
+        logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
+        per_copy = logits.reshape(k, -1, *logits.shape[1:])
+        for j, i in enumerate(chunk):
+            results[i] = runs.normalised(per_copy[j])
+    return results
+
+
+def _first_position(mask: Tensor, pos_axis: int) -> int:
+    """The first position a mask patches (positions before it keep their base values)."""
+    other = [d for d in range(mask.ndim) if d != pos_axis]
+    touched = mask.any(dim=other) if other else mask
+    hits = touched.nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
+def _pos_axis(spec: _Target) -> int:
+    return 1 if spec.kind == "pattern" else 0
+
+
+def _kv_hooks(model, layers: Iterable[int]) -> list[str]:
+    first = min(layers)
+    return [get_act_name(x, layer) for layer in range(first, model.cfg.n_layers) for x in ("k", "v")]
+
+
+def activation_patching(
+    model,
+    task: Task,
+    target: str = "head_out",
+    *,
+    by_pos: bool = False,
+    direction: Direction = "denoise",
+    heads: Iterable[str] | None = None,
+    layers: Iterable[int] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Scores:
+    """Exact activation patching of every layer / head (/ position) of ``target``.
+
+    Args:
+        model: a ``HookedTransformer``.
+        task: clean / corrupted prompts ``[batch, pos]`` and the metric.
+        target: one of :data:`TARGETS` (``head_out``, ``q``, ``k``, ``v``, ``pattern``,
+            ``resid_pre``, ``resid_mid``, ``attn_out``, ``mlp_out``).
+        by_pos: one patch per position (per destination position for ``pattern``) instead of
+            all positions at once.
+        direction: ``"denoise"`` patches clean activations into the corrupted run,
+            ``"noise"`` corrupted activations into the clean run. Either way the value is the
+            normalised metric, 0 = corrupted behaviour, 1 = clean.
+        heads: head ids (``"a1.h0"``) to restrict a head-level sweep to (others are NaN in the grid).
+        layers: layers to restrict the sweep to.
+        batch_size: rows (prompts x patches) per forward pass; default 256 (fewer if the
+            logits would pass ~512 MB). Raise it on a GPU.
+        progress: show a tqdm bar.
+
+    Returns:
+        Scores labelled per component (see the module table); ``meta["grid"]`` holds the values
+        in TransformerLens's shape (NaN where not patched), ``meta["grid_dims"]`` its axes.
+    """
+    spec = _check_target(model, target)
+    check_direction(direction)
+    task.check_model(model)
+    n_layers, seq = model.cfg.n_layers, task.clean.shape[1]
+    n_heads = _head_count(model, spec)
+    layer_set = set(range(n_layers)) if layers is None else {int(x) for x in layers}
+    bad = sorted(x for x in layer_set if not 0 <= x < n_layers)
+    if bad:
+        raise ValueError(f"layer {bad[0]} is out of range: model {model.cfg.model_name!r} has layers 0 .. {n_layers - 1}")
+    head_set = None
+    if heads is not None:
+        if spec.kind == "site":
+            raise ValueError(f"heads= restricts head-level targets; {target!r} is not one (use head_out, q, k, v or pattern)")
+        head_set = set(validate_heads(model, list(heads), n_heads, "key/value head" if n_heads != model.cfg.n_heads else "head"))
+    shape, dims = _grid_layout(model, spec, target, by_pos, seq)
+
+    entries = []
+    for flat in itertools.product(*(range(s) for s in shape)):
+        index = dict(zip(dims, flat, strict=True))
+        if index["layer"] not in layer_set:
+            continue
+        if head_set is not None and (index["layer"], index["head"]) not in head_set:
+            continue
+        entries.append(flat)
+    if not entries:
+        raise ValueError("nothing to patch: the heads / layers given select no component")
+    used_layers = sorted({e[0] for e in entries})
+    hook_names = [get_act_name(spec.hook, layer) for layer in used_layers]
+    runs = prepare_runs(model, task, direction,
+                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers]
+                        + (_kv_hooks(model, used_layers) if by_pos else []),
+                        source_hooks=hook_names)
+    patches = [{flat[0]: _mask(spec, dict(zip(dims, flat, strict=True)), seq, n_heads)} for flat in entries]
+    values = sweep_patches(model, runs, spec.hook, patches, batch_size, progress, f"patching {target}",
+                           pos_axis=_pos_axis(spec) if by_pos else None)
+
+    grid = torch.full(shape, float("nan"))
+    labels = []
+    for flat, value in zip(entries, values.tolist(), strict=True):
+        grid[flat] = value
+        labels.append(_label(target, spec, dict(zip(dims, flat, strict=True))))
+    return Scores(
+        values, labels, "activation-patching", task=task.name, metric=task.metric_name,
+        meta={"target": target, "direction": direction, "by_pos": by_pos, "grid": grid, "grid_dims": dims,
+              "clean_score": runs.clean_score, "corrupted_score": runs.corrupted_score,
+              "n_layers": n_layers, "n_heads": n_heads, "normalised": "(m - corrupted) / (clean - corrupted)"},
+    )
+
+
+def patch_head_sets(
+    model,
+    task: Task,
+    head_sets: Sequence[Iterable[str]],
+    target: str = "head_out",
+    *,
+    direction: Direction = "denoise",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Patch each set of heads together (all positions); the normalised metric per set, ``[n_sets]``.
+
+    ``head_sets``: e.g. ``[["a0.h1", "a1.h2"], ["a1.h0"]]``. ``target``: ``head_out``, ``q``, ``k``,
+    ``v`` or ``pattern`` (for ``k`` / ``v`` in grouped-query models the ids name key/value heads).
+    """
+    spec = _check_target(model, target)
+    if spec.kind == "site":
+        raise ValueError(f"head sets need a head-level target (head_out, q, k, v, pattern), not {target!r}")
+    sets = [list(s) for s in head_sets]
+    if not sets or any(len(s) == 0 for s in sets):
+        raise ValueError("head_sets must be a non-empty list of non-empty head lists, e.g. [['a0.h1', 'a1.h2']]")
+    n_heads, seq = _head_count(model, spec), task.clean.shape[1]
+    parsed = [validate_heads(model, s, n_heads) for s in sets]
+    patches = []
+    for pairs in parsed:
+        patch: dict[int, Tensor] = {}
+        for layer, h in pairs:
+            mask = _mask(spec, {"layer": layer, "head": h}, seq, n_heads)
+            patch[layer] = patch[layer] | mask if layer in patch else mask
+        patches.append(patch)
+    layers = sorted({layer for p in patches for layer in p})
+    runs = prepare_runs(model, task, direction,
+                        base_hooks=[get_act_name("resid_pre", layer) for layer in layers],
+                        source_hooks=[get_act_name(spec.hook, layer) for layer in layers])
+    return sweep_patches(model, runs, spec.hook, patches, batch_size, progress, "patching head sets")

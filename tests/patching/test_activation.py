@@ -1,0 +1,263 @@
+"""Batched activation patching equals transformer_lens.patching on three model configurations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+from conftest import make_model
+
+from circuitkit import names
+from circuitkit.patching import activation_patching, patch_head_sets
+from circuitkit.patching.activation import prepare_runs
+from circuitkit.tasks.task import Task
+
+CONFIGS = {
+    "gpt2_ln_learned": dict(n_layers=2, seed=3),
+    "rms_rotary_gqa": dict(n_layers=2, normalization_type="RMS", positional_embedding_type="rotary",
+                           rotary_dim=8, n_key_value_heads=2, seed=4),
+    # larger weights: a random attention-only model's heads barely react to q / k otherwise
+    "attn_only": dict(n_layers=2, attn_only=True, normalization_type=None, initializer_range=0.5, seed=5),
+}
+
+TL_FUNCTIONS = {
+    ("resid_pre", True): tlp.get_act_patch_resid_pre,
+    ("resid_mid", True): tlp.get_act_patch_resid_mid,
+    ("attn_out", True): tlp.get_act_patch_attn_out,
+    ("mlp_out", True): tlp.get_act_patch_mlp_out,
+    ("head_out", False): tlp.get_act_patch_attn_head_out_all_pos,
+    ("head_out", True): tlp.get_act_patch_attn_head_out_by_pos,
+    ("q", False): tlp.get_act_patch_attn_head_q_all_pos,
+    ("q", True): tlp.get_act_patch_attn_head_q_by_pos,
+    ("k", False): tlp.get_act_patch_attn_head_k_all_pos,
+    ("k", True): tlp.get_act_patch_attn_head_k_by_pos,
+    ("v", False): tlp.get_act_patch_attn_head_v_all_pos,
+    ("v", True): tlp.get_act_patch_attn_head_v_by_pos,
+    ("pattern", False): tlp.get_act_patch_attn_head_pattern_all_pos,
+    ("pattern", True): tlp.get_act_patch_attn_head_pattern_by_pos,
+}
+
+
+def random_task(model, n_prompts: int = 2, seq: int = 4, seed: int = 0, metric="logit_diff") -> Task:
+    """Random clean / corrupted token rows: every position differs, so every patch matters."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.d_vocab
+    clean = torch.randint(0, vocab, (n_prompts, seq), generator=g)
+    corrupted = torch.randint(0, vocab, (n_prompts, seq), generator=g)
+    answers = torch.randint(0, vocab, (n_prompts, 1), generator=g)
+    wrong = torch.randint(0, vocab, (n_prompts, 2), generator=g)
+    return Task("random", clean, corrupted, answers, wrong, metric=metric)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: one thread is fastest, and avoids OpenMP spin-waits on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setups(word_tokenizer):
+    out = {}
+    for name, overrides in CONFIGS.items():
+        model = make_model(word_tokenizer, **overrides)
+        out[name] = (model, random_task(model))
+    return out
+
+
+def transformer_lens_grid(model, task, target, by_pos, direction="denoise"):
+    runs = prepare_runs(model, task, direction, [], [])
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(runs.source_tokens)
+    return TL_FUNCTIONS[(target, by_pos)](model, runs.base_tokens, source_cache, runs.metric())
+
+
+CASES = [(config, target, by_pos) for config in CONFIGS for (target, by_pos) in TL_FUNCTIONS
+         if not (config == "attn_only" and target in ("resid_mid", "mlp_out"))]
+
+
+@pytest.mark.parametrize("config,target,by_pos", CASES)
+def test_matches_transformer_lens(setups, config, target, by_pos):
+    model, task = setups[config]
+    expected = transformer_lens_grid(model, task, target, by_pos)
+    scores = activation_patching(model, task, target, by_pos=by_pos, progress=False)
+    assert scores.meta["grid"].shape == expected.shape
+    torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+    # the patches do move the metric, so equality is not trivially 0 == 0
+    assert expected.abs().max() > 1e-2
+
+
+# batch_size=5 -> two patches per pass, so most passes start after an unchanged prefix of positions
+@pytest.mark.parametrize("config,target", [(c, "head_out") for c in CONFIGS]
+                         + [("rms_rotary_gqa", "resid_pre"), ("rms_rotary_gqa", "pattern"), ("gpt2_ln_learned", "k")])
+def test_noising_matches_transformer_lens(setups, config, target):
+    model, task = setups[config]
+    expected = transformer_lens_grid(model, task, target, True, direction="noise")
+    scores = activation_patching(model, task, target, by_pos=True, direction="noise", batch_size=5, progress=False)
+    torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+    assert prepare_runs(model, task, "noise", [], []).prefix_ok  # the prefix-skipping path really ran
+
+
+def test_labels_and_grid_layout(setups):
+    model, task = setups["gpt2_ln_learned"]
+    seq = task.clean.shape[1]
+    heads = activation_patching(model, task, "head_out", by_pos=True, progress=False)
+    assert heads.labels[0] == names.head(0, 0, pos=0)
+    assert heads.labels[1] == names.head(0, 1, pos=0)  # grid order [layer, pos, head]
+    assert heads[names.head(1, 2, pos=3)] == pytest.approx(float(heads.meta["grid"][1, 3, 2]))
+    assert heads.meta["grid_dims"] == ("layer", "pos", "head")
+    assert len(heads) == model.cfg.n_layers * seq * model.cfg.n_heads
+    pattern = activation_patching(model, task, "pattern", by_pos=True, progress=False)
+    assert pattern[names.head(1, 2, pos=3)] == pytest.approx(float(pattern.meta["grid"][1, 2, 3]))
+    mlp = activation_patching(model, task, "mlp_out", by_pos=True, progress=False)
+    assert mlp[names.mlp(1, pos=2)] == pytest.approx(float(mlp.meta["grid"][1, 2]))
+    resid = activation_patching(model, task, "resid_pre", progress=False)
+    assert resid.labels == [names.site("resid_pre", 0), names.site("resid_pre", 1)]
+    # patching the whole residual stream entering layer 0 restores the clean run exactly
+    assert resid[names.site("resid_pre", 0)] == pytest.approx(1.0, abs=1e-5)
+    frame = heads.to_frame()
+    assert set(frame["pos"]) == set(range(seq)) and frame["kind"].eq("head").all()
+
+
+def test_head_and_layer_restriction_leaves_others_unpatched(setups):
+    model, task = setups["gpt2_ln_learned"]
+    full = activation_patching(model, task, "head_out", progress=False)
+    some = activation_patching(model, task, "head_out", heads=["a1.h2", "a0.h1"], progress=False)
+    assert sorted(some.labels) == ["a0.h1", "a1.h2"]
+    assert some["a1.h2"] == pytest.approx(full["a1.h2"], abs=1e-6)
+    assert torch.isnan(some.meta["grid"]).sum() == full.meta["grid"].numel() - 2
+    layer1 = activation_patching(model, task, "mlp_out", by_pos=True, layers=[1], progress=False)
+    assert {names.parse_node(x).layer for x in layer1.labels} == {1}
+
+
+def test_head_sets_equal_patching_the_heads_together(setups):
+    model, task = setups["rms_rotary_gqa"]
+    sets = [["a0.h1", "a1.h3"], ["a1.h0"], ["a0.h0", "a0.h2"]]
+    fast = patch_head_sets(model, task, sets, batch_size=3, progress=False)
+    runs = prepare_runs(model, task, "denoise", [], [])
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean)
+    for value, heads in zip(fast.tolist(), sets, strict=True):
+        def patch(act, hook, heads=heads):
+            layer = int(hook.name.split(".")[1])
+            for h in heads:
+                node = names.parse_node(h)
+                if node.layer == layer:
+                    act[:, :, node.head] = clean[hook.name][:, :, node.head]
+            return act
+        with torch.no_grad():
+            logits = model.run_with_hooks(task.corrupted, fwd_hooks=[(f"blocks.{x}.attn.hook_z", patch) for x in (0, 1)])
+        assert value == pytest.approx(runs.normalised(logits), abs=1e-5)
+    # one head alone equals its head_out patching score
+    single = activation_patching(model, task, "head_out", heads=["a1.h0"], progress=False)
+    assert fast[1] == pytest.approx(single["a1.h0"], abs=1e-6)
+
+
+def test_batch_size_does_not_change_results(setups):
+    model, task = setups["attn_only"]
+    a = activation_patching(model, task, "v", by_pos=True, batch_size=1, progress=False)
+    b = activation_patching(model, task, "v", by_pos=True, batch_size=1000, progress=False)
+    torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=0)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_unknown_target_lists_valid_ones(setups):
+    model, task = setups["gpt2_ln_learned"]
+    with pytest.raises(ValueError, match=r"unknown target 'z'.*head_out.*pattern"):
+        activation_patching(model, task, "z")
+
+
+def test_missing_hook_on_attention_only_model(setups):
+    model, task = setups["attn_only"]
+    with pytest.raises(ValueError, match=r"has no mlp_out hook.*choose one of"):
+        activation_patching(model, task, "mlp_out")
+
+
+def test_head_and_layer_out_of_range(setups):
+    model, task = setups["gpt2_ln_learned"]
+    with pytest.raises(ValueError, match=r"head 'a1.h9' is out of range.*2 layers x 4 heads"):
+        activation_patching(model, task, "head_out", heads=["a1.h9"])
+    with pytest.raises(ValueError, match=r"layer 5 is out of range"):
+        activation_patching(model, task, "resid_pre", layers=[5])
+    gqa, gqa_task = setups["rms_rotary_gqa"]
+    with pytest.raises(ValueError, match=r"key/value head 'a0.h3' is out of range"):
+        activation_patching(gqa, gqa_task, "k", heads=["a0.h3"])
+    with pytest.raises(ValueError, match=r"out of range"):
+        patch_head_sets(model, task, [["a0.h0", "a7.h0"]])
+
+
+def test_task_from_another_vocabulary(setups):
+    model, task = setups["gpt2_ln_learned"]
+    foreign = Task("foreign", task.clean + model.cfg.d_vocab, task.corrupted, task.answers, task.wrong_answers)
+    with pytest.raises(ValueError, match=r"outside model .* vocabulary.*tokenizer"):
+        activation_patching(model, foreign, "head_out")
+
+
+def test_nan_metric(setups):
+    model, task = setups["gpt2_ln_learned"]
+
+    def broken(logits, task):
+        return torch.full((logits.shape[0],), float("nan"))
+
+    with pytest.raises(ValueError, match=r"metric 'broken' returned NaN"):
+        activation_patching(model, task.with_metric(broken), "head_out")
+
+
+def test_bad_direction_and_misused_heads(setups):
+    model, task = setups["gpt2_ln_learned"]
+    with pytest.raises(ValueError, match=r"direction must be 'denoise'.*or 'noise'"):
+        activation_patching(model, task, "head_out", direction="sideways")
+    with pytest.raises(ValueError, match=r"heads= restricts head-level targets"):
+        activation_patching(model, task, "resid_pre", heads=["a0.h0"])
+    with pytest.raises(ValueError, match=r"not an attention head"):
+        activation_patching(model, task, "head_out", heads=["m0"])
+
+
+def test_corruption_without_effect(setups):
+    model, task = setups["gpt2_ln_learned"]
+    same = Task("same", task.clean, task.clean, task.answers, task.wrong_answers)
+    with pytest.raises(ValueError, match=r"same logit_diff.*cannot be normalised"):
+        activation_patching(model, same, "head_out")
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def test_cli_patch_writes_table_and_heatmap(tmp_path, word_tokenizer, capsys):
+    import pandas as pd
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitkit.cli import main
+    from circuitkit.models.loading import load_model
+    from circuitkit.tasks.builders import ioi
+
+    model_dir = tmp_path / "model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(word_tokenizer), n_positions=32, n_embd=16, n_layer=2,
+                               n_head=2)).save_pretrained(model_dir)
+    word_tokenizer.save_pretrained(model_dir)
+    out, html = tmp_path / "scores.csv", tmp_path / "map.html"
+    assert main(["patch", str(model_dir), "--task", "ioi", "--n-prompts", "3", "--target", "head_out",
+                 "--out", str(out), "--html", str(html), "--no-progress"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame["component"]) == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]
+    model = load_model(str(model_dir))
+    expected = activation_patching(model, ioi(model, n_prompts=3), "head_out", progress=False)
+    assert frame["score"].tolist() == pytest.approx(expected.values.tolist(), abs=1e-5)
+    assert "plotly" in html.read_text()
+    assert "4 scores (head_out" in capsys.readouterr().out
+    assert main(["patch", str(model_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "--out must end in .csv or .parquet" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_heatmap_layouts(setups):
+    from circuitkit.patching.cli import patching_heatmap
+
+    model, task = setups["gpt2_ln_learned"]
+    seq = task.clean.shape[1]
+    by_pos = patching_heatmap(activation_patching(model, task, "head_out", by_pos=True, progress=False))
+    assert len(by_pos.data[0].y) == model.cfg.n_layers * model.cfg.n_heads and len(by_pos.data[0].x) == seq
+    layer_pos = patching_heatmap(activation_patching(model, task, "resid_pre", by_pos=True, progress=False))
+    assert len(layer_pos.data[0].z) == model.cfg.n_layers and len(layer_pos.data[0].z[0]) == seq
