@@ -49,6 +49,7 @@ def register(sub) -> None:
     card.add_argument("model")
     card.add_argument("sae_dir")
     card.add_argument("feature", type=int)
+    card.add_argument("--text", default=None, help="text file to search (default: held-out Python docstrings)")
     card.add_argument("--prompts", type=int, default=128)
     card.add_argument("--context", type=int, default=64)
     card.add_argument("--html", default=None, help="write the card as HTML to this file")
@@ -110,7 +111,7 @@ def _cmd_card(args) -> int:
 
     model = load_model(args.model, device="cpu")
     sae = load_sae(args.sae_dir)
-    card = feature_card(model, sae, args.feature, _eval_tokens(model, None, args.prompts, args.context))
+    card = feature_card(model, sae, args.feature, _eval_tokens(model, args.text, args.prompts, args.context))
     print(f"{card.label}: density {card.density:.4f}, mean activation {card.mean_activation:.3f}")
     print("boosts:    " + ", ".join(repr(t) for t in card.boosted["token"]))
     print("suppresses:" + ", ".join(repr(t) for t in card.suppressed["token"]))

@@ -124,7 +124,7 @@ def unique_code_scores(pos_codes: Tensor, neg_codes: Tensor, normalise: bool = F
 
 def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=None, n_latents: int = 200,
                              l1: float = 0.02, steps: int = 400, lr: float = 1e-3, normalise: bool = False,
-                             seed: int = 0, progress: bool = False) -> Scores:
+                             only_correct: bool = True, seed: int = 0, progress: bool = False) -> Scores:
     """Head scores of the discrete-SAE method.
 
     Args:
@@ -134,6 +134,8 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
         negative_tokens: ``[n_neg, pos]`` prompts where the model cannot do the task.
         n_latents, l1: the shared ReLU SAE (paper: 200 latents, L1 0.02).
         normalise: divide each head's count by the number of codes it uses.
+        only_correct: with a Task, keep as positive only the clean prompts whose metric is > 0
+            (the model predicts them correctly), as the paper does.
 
     Returns head Scores (``a{layer}.h{head}``), method ``"discrete-sae"``.
     """
@@ -149,6 +151,13 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
         negative, neg_lengths = torch.as_tensor(negative_tokens), None
     if isinstance(positive_task_or_tokens, Task):
         positive_task_or_tokens.check_model(model)
+        if only_correct:
+            with torch.no_grad():
+                correct = positive_task_or_tokens.per_prompt(model(positive.to(model.cfg.device))).cpu() > 0
+            if not bool(correct.any()):
+                raise ValueError(f"the model gets none of the {len(correct)} prompts of task "
+                                 f"{positive_task_or_tokens.name!r} right; pass only_correct=False to use them all")
+            positive, pos_lengths = positive[correct], pos_lengths[correct]
     if n_latents < 2:
         raise ValueError(f"n_latents={n_latents}: the code SAE needs at least 2 latents")
     pos_vec = head_output_means(model, positive, pos_lengths)
