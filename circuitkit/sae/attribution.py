@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from circuitkit.sae.features import _check_tokens, check_sae_fits, encode, feature_label
+from circuitkit.sae.features import _check_tokens, check_sae_fits, encode, feature_label, flat_input
 from circuitkit.scores import Scores
 
 
@@ -49,7 +49,7 @@ def spliced_sae(model, sae, hook_name: str | None = None,
         warnings.simplefilter("ignore", DeprecationWarning)
         sae.use_error_term = True
     try:
-        with sae.hooks(fwd_hooks=sae_hooks), model.hooks(fwd_hooks=[(name, splice)]):
+        with flat_input(sae), sae.hooks(fwd_hooks=sae_hooks), model.hooks(fwd_hooks=[(name, splice)]):
             yield name
     finally:
         sae._use_error_term = previous

@@ -24,7 +24,7 @@ def register(sub) -> None:
     train.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (standard)")
     train.add_argument("--k", type=int, default=16, help="active latents (topk)")
     train.add_argument("--l0", type=float, default=1.0, help="L0 coefficient (jumprelu)")
-    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch", type=int, default=1024, help="tokens per step")
     train.add_argument("--context", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)

@@ -8,7 +8,9 @@ to ``[batch, pos, head * d_head]``, as SAELens's activation store does.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +86,24 @@ def _flat(act: Tensor) -> Tensor:
     return act.reshape(*act.shape[:2], -1)
 
 
+@contextlib.contextmanager
+def flat_input(sae) -> Iterator[None]:
+    """Feed the SAE flattened ``[..., width]`` activations even if it reshapes ``hook_z`` itself.
+
+    SAELens's hook_z SAEs flatten ``[..., head, d_head]`` inputs in ``forward``; here every
+    activation is already flat, so that reshaping is switched off (as SAELens's ``run_evals``
+    does) and restored afterwards.
+    """
+    if not getattr(sae, "hook_z_reshaping_mode", False):
+        yield
+        return
+    sae.turn_off_forward_pass_hook_z_reshaping()
+    try:
+        yield
+    finally:
+        sae.turn_on_forward_pass_hook_z_reshaping()
+
+
 # --- encoding ---------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -103,7 +123,8 @@ def encode(model, sae, tokens, hook_name: str | None = None, batch_size: int = 3
     """SAE feature activations on ``tokens``: ``[batch, pos, d_sae]``."""
     name = check_sae_fits(model, sae, hook_name)
     acts = hook_activations(model, tokens, name, batch_size)
-    return torch.cat([sae.encode(acts[i:i + batch_size].to(sae.device)) for i in range(0, len(acts), batch_size)])
+    with flat_input(sae):
+        return torch.cat([sae.encode(acts[i:i + batch_size].to(sae.device)) for i in range(0, len(acts), batch_size)])
 
 
 def _check_feature(sae, feature: int) -> int:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from circuitkit.sae.features import _check_tokens, _flat, check_sae_fits
+from circuitkit.sae.features import _check_tokens, _flat, check_sae_fits, flat_input
 
 
 @dataclass
@@ -74,16 +74,17 @@ def sae_quality(model, sae, tokens, hook_name: str | None = None, batch_size: in
         batch = tokens[start:start + batch_size]
         _, cache = model.run_with_cache(batch, names_filter=[name])
         x = _flat(cache[name]).reshape(-1, sae.cfg.d_in).to(sae.device)
-        feats = sae.encode(x)
-        recon = sae.decode(feats)
+        with flat_input(sae):
+            feats = sae.encode(x)
+            recon = sae.decode(feats)
+            losses = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
+                                     hook_name=name)
         variance.add_batch(recon, x)
         active = feats != 0
         ever_active |= active.any(0).cpu()
         l0_sum += float(active.sum())
         mse_sum += float((recon - x).pow(2).sum())
         n_tokens += x.shape[0]
-        losses = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
-                                 hook_name=name)
         for key in ce:
             ce[key].append(losses[key].reshape(-1).cpu())
     clean, spliced, zero = (float(torch.cat(ce[k]).mean()) for k in

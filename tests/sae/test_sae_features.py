@@ -16,11 +16,26 @@ def test_encode_matches_cache(tiny_model, trained_sae, sae_tokens):
     torch.testing.assert_close(acts, trained_sae.encode(cache[HOOK]))
 
 
-def test_hook_z_activations_are_flattened(tiny_model, random_sae, sae_tokens):
-    sae = random_sae(tiny_model.cfg.n_heads * tiny_model.cfg.d_head, 8, "blocks.0.attn.hook_z")
+@pytest.mark.parametrize("sae_reshapes", [False, True])
+def test_hook_z_activations_are_flattened(tiny_model, random_sae, sae_tokens, sae_reshapes):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from circuitkit.sae import sae_quality
+
+    hook = "blocks.0.attn.hook_z"
+    width = tiny_model.cfg.n_heads * tiny_model.cfg.d_head
+    if sae_reshapes:  # SAELens's hook_z SAEs flatten [.., head, d_head] inputs themselves
+        sae = StandardSAE(StandardSAEConfig(d_in=width, d_sae=8, reshape_activations="hook_z",
+                                            metadata=SAEMetadata(hook_name=hook)))
+    else:
+        sae = random_sae(width, 8, hook)
     acts = encode(tiny_model, sae, sae_tokens[:2])
     _, cache = tiny_model.run_with_cache(sae_tokens[:2])
-    torch.testing.assert_close(acts, sae.encode(cache["blocks.0.attn.hook_z"].flatten(-2)))
+    expected = sae.encode(cache[hook].flatten(-2)) if not sae_reshapes else sae.encode(cache[hook])
+    torch.testing.assert_close(acts, expected)
+    assert sae_quality(tiny_model, sae, sae_tokens[:2]).n_tokens == 32
+    assert getattr(sae, "hook_z_reshaping_mode", False) == sae_reshapes
 
 
 def test_top_activating_examples(tiny_model, trained_sae, sae_tokens):
