@@ -64,6 +64,14 @@ def _lengths_of(task_or_tokens) -> tuple[Tensor, Tensor | None]:
     return torch.as_tensor(task_or_tokens), None
 
 
+@torch.no_grad()
+def _predicts_correctly(model, task) -> Tensor:
+    """``[batch]`` bool: the clean run's top token at ``answer_pos`` is one of the answers."""
+    logits = model(task.clean.to(model.cfg.device)).cpu()
+    top = logits[torch.arange(len(task)), task.answer_pos].argmax(-1)
+    return (task.answers == top[:, None]).any(-1)
+
+
 def train_code_sae(vectors: Tensor, n_latents: int = 200, l1: float = 0.02, steps: int = 400,
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = False):
     """Train SAELens's ReLU SAE on ``vectors`` ``[n, d]`` with its ``SAETrainer``.
@@ -134,8 +142,8 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
         negative_tokens: ``[n_neg, pos]`` prompts where the model cannot do the task.
         n_latents, l1: the shared ReLU SAE (paper: 200 latents, L1 0.02).
         normalise: divide each head's count by the number of codes it uses.
-        only_correct: with a Task, keep as positive only the clean prompts whose metric is > 0
-            (the model predicts them correctly), as the paper does.
+        only_correct: with a Task, keep as positive only the clean prompts the model predicts
+            correctly (its top next-token at ``answer_pos`` is one of the answers), as the paper does.
 
     Returns head Scores (``a{layer}.h{head}``), method ``"discrete-sae"``.
     """
@@ -152,8 +160,7 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
     if isinstance(positive_task_or_tokens, Task):
         positive_task_or_tokens.check_model(model)
         if only_correct:
-            with torch.no_grad():
-                correct = positive_task_or_tokens.per_prompt(model(positive.to(model.cfg.device))).cpu() > 0
+            correct = _predicts_correctly(model, positive_task_or_tokens)
             if not bool(correct.any()):
                 raise ValueError(f"the model gets none of the {len(correct)} prompts of task "
                                  f"{positive_task_or_tokens.name!r} right; pass only_correct=False to use them all")

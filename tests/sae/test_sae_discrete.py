@@ -34,7 +34,7 @@ def test_unique_code_scores():
 
 def test_discrete_scores_on_ioi(tiny_model, word_tokenizer):
     task = ioi(word_tokenizer, n_prompts=10)
-    scores = discrete_sae_head_scores(tiny_model, task, n_latents=50, steps=60)
+    scores = discrete_sae_head_scores(tiny_model, task, n_latents=50, steps=60, only_correct=False)
     assert scores.labels == [f"a{layer}.h{h}" for layer in range(2) for h in range(4)]
     assert scores.method == "discrete-sae" and scores.task == "ioi"
     assert bool((scores.values >= 0).all()) and bool((scores.values <= 10).all())
@@ -43,3 +43,20 @@ def test_discrete_scores_on_ioi(tiny_model, word_tokenizer):
     assert float(same.values.abs().sum()) == 0.0
     with pytest.raises(ValueError, match="give negative_tokens"):
         discrete_sae_head_scores(tiny_model, task.clean)
+
+
+def test_only_prompts_the_model_gets_right_are_positive(tiny_model, word_tokenizer):
+    import dataclasses
+
+    task = ioi(word_tokenizer, n_prompts=10)
+    with torch.no_grad():
+        logits = tiny_model(task.clean)
+    top = logits[torch.arange(10), task.answer_pos].argmax(-1)
+    # The (random) model is "right" exactly on the first 4 prompts.
+    answers = torch.where(torch.arange(10)[:, None] < 4, top[:, None], (top[:, None] + 1) % tiny_model.cfg.d_vocab)
+    rigged = dataclasses.replace(task, answers=answers)
+    scores = discrete_sae_head_scores(tiny_model, rigged, n_latents=20, steps=10)
+    assert scores.meta["n_positive"] == 4 and scores.meta["n_negative"] == 10
+    never = dataclasses.replace(task, answers=(top[:, None] + 1) % tiny_model.cfg.d_vocab)
+    with pytest.raises(ValueError, match="gets none of the 10 prompts"):
+        discrete_sae_head_scores(tiny_model, never, n_latents=20, steps=10)
