@@ -78,6 +78,7 @@ def evaluate(model, task, reference: set[str], seeds: int, steps: int, eap_ig) -
                 recs.append(r)
                 aucs.append(roc_auc(heads, reference))
         rows.append(dict(method=f"discrete-sae{' (normalised)' if normalise else ''}", seeds=seeds,
+                         mean_score=float(scores.values.mean()),
                          precision=_mean(precs), recall=_mean(recs), roc_auc=_mean(aucs), seconds=_mean(times),
                          top=", ".join(label for label, _ in scores.top(5, by_abs=False))))
     if eap_ig is not None:
@@ -86,7 +87,7 @@ def evaluate(model, task, reference: set[str], seeds: int, steps: int, eap_ig) -
         seconds = time.perf_counter() - start
         heads = {k: abs(v) for k, v in head_scores(scores).items()}
         p, r = top_k_precision_recall(heads, reference) if reference else (float("nan"),) * 2
-        rows.append(dict(method="eap-ig (node, |score|)", seeds=1, precision=p, recall=r,
+        rows.append(dict(method="eap-ig (node, |score|)", seeds=1, mean_score=float(sum(heads.values()) / len(heads)), precision=p, recall=r,
                          roc_auc=roc_auc(heads, reference) if reference else float("nan"), seconds=seconds,
                          top=", ".join(sorted(heads, key=lambda k: -heads[k])[:5])))
     return rows
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         reference = {n for n in card.circuit_nodes if names.parse_node(n).kind == "head"}
         n_heads = model.cfg.n_layers * model.cfg.n_heads
         for row in evaluate(model, task, reference, args.seeds, args.steps, eap_ig):
-            rows.append(dict(model=card.name, task=task.name, circuit_heads=f"{len(reference)}/{n_heads}", **row))
+            # chance: the precision (= recall) of a random top-|circuit| pick.
+            rows.append(dict(model=card.name, task=task.name, circuit_heads=f"{len(reference)}/{n_heads}",
+                             chance=len(reference) / n_heads, **row))
     if not cards:
         print("no zoo model with a reference head circuit in data/zoo: running on a random tiny model "
               "(no reference, so precision / recall / ROC-AUC are undefined)")
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         model = HookedTransformer(cfg, tokenizer=tok).eval()
         task = ioi(tok, n_prompts=32)
         for row in evaluate(model, task, set(), args.seeds, args.steps, None):
-            rows.append(dict(model="random-tiny", task=task.name, circuit_heads="-", **row))
+            rows.append(dict(model="random-tiny", task=task.name, circuit_heads="-", chance=float("nan"), **row))
     frame = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
