@@ -1,0 +1,250 @@
+"""SAE features on a model's activations: encode, top-activating examples, feature cards.
+
+Every function takes the model, the SAE (any SAELens ``SAE``) and tokens ``[batch, pos]``. The
+SAE reads the hook named in its config (``sae.cfg.metadata.hook_name``) unless ``hook_name`` is
+given. Activations with a head axis (``hook_z``: ``[batch, pos, head, d_head]``) are flattened
+to ``[batch, pos, head * d_head]``, as SAELens's activation store does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# --- hook checks ------------------------------------------------------------------------------
+
+def check_hook(model, hook_name: str) -> str:
+    """Return ``hook_name`` if the model has it; else ``ValueError`` listing close matches."""
+    if not isinstance(hook_name, str) or hook_name not in model.hook_dict:
+        close = difflib.get_close_matches(str(hook_name), list(model.hook_dict), n=5, cutoff=0.5)
+        hint = f"close matches: {close}" if close else "see `circuitkit info MODEL` for every hook name"
+        raise ValueError(f"model {model.cfg.model_name!r} has no hook point {hook_name!r}; {hint}")
+    return hook_name
+
+
+def hook_width(model, hook_name: str) -> int:
+    """The activation width at ``hook_name`` (trailing dims after ``[batch, pos]`` multiplied)."""
+    check_hook(model, hook_name)
+    shapes: dict[str, torch.Size] = {}
+
+    def grab(act, hook):
+        shapes["shape"] = act.shape
+
+    tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)], return_type=None)
+    shape = shapes["shape"]
+    width = 1
+    for d in shape[2:]:
+        width *= int(d)
+    return width
+
+
+def sae_hook_name(sae, hook_name: str | None = None) -> str:
+    """The hook the SAE reads: ``hook_name`` if given, else the one in its config."""
+    name = hook_name or sae.cfg.metadata.hook_name
+    if not name:
+        raise ValueError("this SAE's config names no hook (cfg.metadata.hook_name); pass hook_name='blocks.L.hook_...'")
+    return name
+
+
+def check_sae_fits(model, sae, hook_name: str | None = None) -> str:
+    """Check the SAE can read ``hook_name`` of ``model``; return the hook name.
+
+    Raises ``ValueError`` for an unknown hook (with close matches) or a width mismatch.
+    """
+    name = check_hook(model, sae_hook_name(sae, hook_name))
+    width = hook_width(model, name)
+    if int(sae.cfg.d_in) != width:
+        raise ValueError(
+            f"the SAE has d_in={sae.cfg.d_in} but hook {name!r} of model {model.cfg.model_name!r} carries "
+            f"{width}-wide activations; use an SAE trained on this hook (circuitkit sae train) or pass the "
+            "hook it was trained on"
+        )
+    return name
+
+
+def _check_tokens(model, tokens) -> Tensor:
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+    if tokens.numel() and (int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0):
+        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
+                         "tokenize with the model's own tokenizer")
+    return tokens.long().to(model.cfg.device)
+
+
+def _flat(act: Tensor) -> Tensor:
+    return act.reshape(*act.shape[:2], -1)
+
+
+@contextlib.contextmanager
+def flat_input(sae) -> Iterator[None]:
+    """Feed the SAE flattened ``[..., width]`` activations even if it reshapes ``hook_z`` itself.
+
+    SAELens's hook_z SAEs flatten ``[..., head, d_head]`` inputs in ``forward``; here every
+    activation is already flat, so that reshaping is switched off (as SAELens's ``run_evals``
+    does) and restored afterwards.
+    """
+    if not getattr(sae, "hook_z_reshaping_mode", False):
+        yield
+        return
+    sae.turn_off_forward_pass_hook_z_reshaping()
+    try:
+        yield
+    finally:
+        sae.turn_on_forward_pass_hook_z_reshaping()
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def hook_activations(model, tokens, hook_name: str, batch_size: int = 32) -> Tensor:
+    """Activations at ``hook_name``, flattened to ``[batch, pos, width]``."""
+    tokens = _check_tokens(model, tokens)
+    check_hook(model, hook_name)
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size], names_filter=[hook_name])
+        out.append(_flat(cache[hook_name]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode(model, sae, tokens, hook_name: str | None = None, batch_size: int = 32) -> Tensor:
+    """SAE feature activations on ``tokens``: ``[batch, pos, d_sae]``."""
+    name = check_sae_fits(model, sae, hook_name)
+    acts = hook_activations(model, tokens, name, batch_size)
+    with flat_input(sae):
+        return torch.cat([sae.encode(acts[i:i + batch_size].to(sae.device)) for i in range(0, len(acts), batch_size)])
+
+
+def _check_feature(sae, feature: int) -> int:
+    if not 0 <= int(feature) < sae.cfg.d_sae:
+        raise ValueError(f"feature {feature} is outside this SAE's {sae.cfg.d_sae} latents; use 0..{sae.cfg.d_sae - 1}")
+    return int(feature)
+
+
+def _token_strings(model, ids) -> list[str]:
+    if model.tokenizer is None:
+        return [str(int(i)) for i in ids]
+    return [model.tokenizer.decode([int(i)]) for i in ids]
+
+
+def top_activating_examples(model, sae, tokens, feature: int, k: int = 10, context: int = 8,
+                            hook_name: str | None = None, feature_acts: Tensor | None = None):
+    """The ``k`` (prompt, position) pairs where ``feature`` fires most, with their context.
+
+    Returns a pandas DataFrame with one row per example: ``rank``, ``prompt``, ``pos``,
+    ``activation``, ``token`` (the token at ``pos``), ``context_tokens`` (the ``context`` tokens
+    before it and up to 2 after, as strings), ``context_acts`` (the feature's activation on each
+    of them) and ``center`` (the index of ``pos`` inside the context). ``feature_acts`` (the
+    output of :func:`encode`) skips re-encoding.
+    """
+    import pandas as pd
+
+    feature = _check_feature(sae, feature)
+    tokens = _check_tokens(model, tokens)
+    acts = feature_acts if feature_acts is not None else encode(model, sae, tokens, hook_name)
+    f_acts = acts[..., feature]
+    flat = f_acts.reshape(-1)
+    k = min(int(k), flat.numel())
+    values, index = torch.topk(flat, k)
+    rows = []
+    seq = tokens.shape[1]
+    for rank, (value, i) in enumerate(zip(values.tolist(), index.tolist(), strict=True)):
+        prompt, pos = divmod(i, seq)
+        lo, hi = max(0, pos - context), min(seq, pos + 3)
+        ids = tokens[prompt, lo:hi].tolist()
+        rows.append(dict(rank=rank, prompt=prompt, pos=pos, activation=value,
+                         token=_token_strings(model, [tokens[prompt, pos]])[0],
+                         context_tokens=_token_strings(model, ids),
+                         context_acts=f_acts[prompt, lo:hi].tolist(), center=pos - lo))
+    frame = pd.DataFrame(rows, columns=["rank", "prompt", "pos", "activation", "token", "context_tokens",
+                                        "context_acts", "center"])
+    frame.attrs["feature"] = feature
+    return frame
+
+
+@dataclass
+class FeatureCard:
+    """What one SAE feature does.
+
+    Attributes:
+        feature: the latent index; label: its component id (``f1.resid_pre.17``).
+        examples: :func:`top_activating_examples` frame.
+        boosted / suppressed: DataFrames (``token``, ``token_id``, ``logit``) of the output tokens
+            the feature's decoder direction raises / lowers most through the unembedding
+            (``W_dec[feature] @ W_U``; direct path only, ignoring later layers and the final norm).
+        density: fraction of token positions where the feature is active.
+        mean_activation: its mean activation where active.
+    """
+
+    feature: int
+    label: str
+    examples: Any
+    boosted: Any
+    suppressed: Any
+    density: float
+    mean_activation: float
+
+    def to_html(self) -> str:
+        from circuitkit.viz.sae import feature_card_html
+
+        return feature_card_html(self)
+
+
+def feature_label(sae, feature: int, hook_name: str | None = None) -> str:
+    """``f{layer}.{hook}.{index}`` via :func:`circuitkit.names.feature`."""
+    from circuitkit import names
+
+    name = sae_hook_name(sae, hook_name)
+    parts = name.split(".")
+    layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else 0
+    return names.feature(layer, name, feature)
+
+
+def output_logit_effects(model, sae, feature: int, k: int = 10):
+    """``(boosted, suppressed)`` frames of the tokens ``W_dec[feature] @ W_U`` ranks highest / lowest."""
+    import pandas as pd
+
+    feature = _check_feature(sae, feature)
+    direction = sae.W_dec[feature].detach().to(model.W_U.device, model.W_U.dtype)
+    if direction.shape[0] != model.cfg.d_model:
+        raise ValueError(
+            f"feature directions are {direction.shape[0]}-wide but the unembedding reads d_model="
+            f"{model.cfg.d_model}; output-token effects exist only for SAEs on the residual stream or "
+            "attn_out / mlp_out hooks"
+        )
+    logits = direction @ model.W_U.detach()
+    k = min(k, logits.numel())
+
+    def frame(values, ids):
+        return pd.DataFrame({"token": _token_strings(model, ids.tolist()), "token_id": ids.tolist(),
+                             "logit": values.tolist()})
+
+    top = torch.topk(logits, k)
+    bottom = torch.topk(-logits, k)
+    return frame(top.values, top.indices), frame(-bottom.values, bottom.indices)
+
+
+def feature_card(model, sae, feature: int, tokens, k: int = 10, context: int = 8,
+                 hook_name: str | None = None) -> FeatureCard:
+    """Top examples plus top boosted / suppressed output tokens of ``feature``."""
+    feature = _check_feature(sae, feature)
+    acts = encode(model, sae, tokens, hook_name)
+    f_acts = acts[..., feature]
+    active = f_acts > 0
+    examples = top_activating_examples(model, sae, tokens, feature, k, context, hook_name, feature_acts=acts)
+    boosted, suppressed = output_logit_effects(model, sae, feature, k)
+    density = float(active.float().mean())
+    mean_act = float(f_acts[active].mean()) if active.any() else 0.0
+    return FeatureCard(feature, feature_label(sae, feature, hook_name), examples, boosted, suppressed, density, mean_act)
