@@ -106,7 +106,7 @@ def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores
     def diff() -> Tensor:
         # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
         if state["diff"] is None:
-            cl = state["clean"] if state["clean"] is not None else g._split_outputs(index, state["outputs"])
+            cl = state["clean"] if state["clean"] is not None else g._split_outputs(model, index, state["outputs"])
             state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
         return state["diff"]
 
@@ -313,7 +313,8 @@ def attribution_patching(
 
     score = ``sum (corrupted_act - clean_act) * dM/d act`` (gradient at the clean run; summed
     over the activation's feature axis and positions, averaged over prompts). ``target``:
-    ``"head_out"`` (per-head ``hook_result``), ``"mlp_out"``, ``"nodes"`` (input, heads, MLPs),
+    ``"head_out"`` (per head; computed at ``hook_z``, which is exact since ``W_O`` is linear),
+    ``"mlp_out"``, ``"nodes"`` (input, heads, MLPs),
     ``"z"``, ``"q"``, ``"k"``, ``"v"`` (per head), ``"pattern"`` (per head; positions are query
     positions). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
     clean prompts and one forward on the corrupted prompts per batch.
