@@ -139,3 +139,18 @@ def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
         eap_ig(tiny_model, nan_task, steps=2, progress=False)
     with pytest.raises(ValueError, match="returned NaN"):
         exact_edge_patching(tiny_model, nan_task, ["m0->logits"], progress=False)
+
+
+def test_benchmark_roc_auc_matches_hand_count():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "attribution.py"
+    spec = importlib.util.spec_from_file_location("attribution_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # positives 0.35 and 0.8 beat 1 and 2 of the 2 negatives: 3 of 4 pairs ordered -> 0.75
+    assert bench._roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # a positive-negative tie counts half: pairs 0.5=0.5 -> 0.5, the other three ordered -> 3.5 / 4
+    assert bench._roc_auc([0.5, 1.0, 0.5, 0.0], [1, 1, 0, 0]) == pytest.approx(0.875)
+    assert bench._roc_auc([0.2, 0.9], [1, 0]) == 0.0
