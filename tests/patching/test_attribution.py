@@ -74,6 +74,20 @@ def test_node_level_equals_attribution_patching(tiny_model, task):
     assert len(pattern) == 8 and pattern.values.abs().max() > 0
 
 
+def test_whole_layer_sites(tiny_model, tiny_attn_only, task):
+    nodes = attribution_patching(tiny_model, task, "nodes", progress=False)
+    resid = attribution_patching(tiny_model, task, "resid_pre", progress=False)
+    assert resid.labels == ["resid_pre.0", "resid_pre.1"]
+    assert resid["resid_pre.0"] == pytest.approx(nodes["input"], abs=1e-5)  # the embeddings
+    # attn_out is the sum of the head outputs (+ a bias that patching cancels)
+    heads = attribution_patching(tiny_attn_only, task, "head_out", progress=False).as_dict()
+    attn = attribution_patching(tiny_attn_only, task, "attn_out", by_pos=True, progress=False)
+    assert attn.labels[1] == "attn_out.0@1"
+    for layer in range(2):
+        by_layer = sum(v for k, v in attn.as_dict().items() if k.startswith(f"attn_out.{layer}@"))
+        assert by_layer == pytest.approx(sum(heads[names.head(layer, h)] for h in range(4)), abs=1e-5)
+
+
 def test_attribution_patching_matches_patching_a_last_head(tiny_attn_only, task):
     """Linear case: a last-layer head only feeds the logits, so patching it is exactly linear."""
     scores = attribution_patching(tiny_attn_only, task, "head_out", progress=False)
@@ -125,7 +139,7 @@ def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
     with pytest.raises(ValueError, match="level must be"):
         eap(tiny_model, task, level="layer", progress=False)
     with pytest.raises(ValueError, match="unknown attribution target"):
-        attribution_patching(tiny_model, task, "resid_post", progress=False)
+        attribution_patching(tiny_model, task, "resid_final", progress=False)
     with pytest.raises(ValueError, match="attention-only"):
         attribution_patching(tiny_attn_only, task, "mlp_out", progress=False)
     # a task built for another vocabulary
