@@ -72,7 +72,7 @@ def part_a(model, task, repeats: int = 2) -> list[dict]:
     return rows
 
 
-# --- part b/c: attribution (attribution helper) ---
+# --- part b/c: attribution (benchmarks/attribution.py, run from here so one command prints all three) ---
 
 
 def main() -> None:
@@ -88,6 +88,17 @@ def main() -> None:
     small, small_task = setup(n_layers=4, n_heads=8, d_model=32)
     print("    same task, overhead-bound model: 4 layers x 8 heads, d_model 32")
     _print_rows(part_a(small, small_task))
+    _attribution_parts()
+
+
+def _attribution_parts() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("attribution_bench", Path(__file__).with_name("attribution.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
 
 
 def _print_rows(rows: list[dict]) -> None:
