@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from circuitkit import Scores
-from circuitkit.circuit import Circuit, overlap, overlap_matrix, rank_auc, roc_auc, shared_components
+from circuitkit.circuit import (
+    Circuit,
+    overlap,
+    overlap_matrix,
+    rank_auc,
+    roc_auc,
+    shared_components,
+)
 
 
 def test_rank_auc_hand_computed_with_ties():
