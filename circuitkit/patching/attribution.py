@@ -1,0 +1,379 @@
+"""Gradient attribution over nodes and edges: attribution patching, EAP, EAP-IG, and the exact
+edge patching they approximate.
+
+Sign convention (shared by every function here, so their scores are directly comparable): a
+score estimates ``metric(clean run with the component / edge ablated) - metric(clean run)``.
+With ``logit_diff`` the components a behaviour relies on get negative scores; rank by
+``abs`` (``Scores.top`` does) when the direction does not matter.
+
+* :func:`attribution_patching` (Nanda 2023): ``(corrupted_act - clean_act) . dM/d act`` at the
+  clean run, for node-level activations (head outputs, MLP outputs, z, q, k, v, patterns).
+* :func:`eap` (Syed et al. 2023): for the edge ``u -> v``,
+  ``(out_u_source - out_u_clean) . dM/d input_v`` with gradients at v's input (a head's q/k/v
+  input, an MLP's input, the final residual) from one forward + backward pass.
+* :func:`eap_ig` (Hanna et al. 2024): the same difference times the gradient at ``input_v``
+  averaged over runs whose input embeddings are interpolated from the source to the clean
+  ones, ``alpha = k / steps`` for ``k = 1..steps`` (``steps=1`` is EAP).
+* :func:`exact_edge_patching`: ablate each edge alone with :func:`graph.run_with_mask` (many
+  edges per batched forward pass) and measure the metric change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitkit import names
+from circuitkit.patching import graph as g
+from circuitkit.scores import Scores
+
+ATTRIBUTION_TARGETS = ("head_out", "mlp_out", "nodes", "z", "q", "k", "v", "pattern")
+
+
+# --- shared checks ----------------------------------------------------------------------------
+
+def _prepare(model, task, ablation: str | None = None, steps: int | None = None, batch_size: int | None = None):
+    """Validate everything before any work starts; returns the task on the model's device."""
+    if ablation is not None and ablation not in g.ABLATION_KINDS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {g.ABLATION_KINDS}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer (number of integrated-gradient points), got {steps!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    task.check_model(model)
+    index = g.graph_index(model)
+    return task.to(g._device(model)), index
+
+
+def _batches(n: int, batch_size: int | None) -> list[Tensor]:
+    size = n if batch_size is None else batch_size
+    return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _rows(source: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
+    """Source outputs of some prompts (per-position means / zeros have one row for all)."""
+    return {k: v if v.shape[0] == 1 else v[idx.to(v.device)] for k, v in source.items()}
+
+
+def _meta(model, index: g.GraphIndex, **extra) -> dict:
+    return {"n_layers": index.n_layers, "n_heads": index.n_heads, "model": model.cfg.model_name, **extra}
+
+
+# --- EAP and EAP-IG ---------------------------------------------------------------------------
+
+def _edge_matrix(
+    model,
+    task,
+    index: g.GraphIndex,
+    ablation: str,
+    steps: int | None,
+    batch_size: int | None,
+    progress: bool,
+    seed: int,
+) -> Tensor:
+    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
+
+    ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
+    the clean outputs recorded in that same forward pass. Otherwise input embeddings are
+    interpolated (integrated gradients over ``steps`` points).
+    """
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    n_total = len(task)
+    scores = torch.zeros(index.shape, device=g._device(model))
+    batches = _batches(n_total, batch_size)
+    alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
+    bar = tqdm(total=len(batches) * len(alphas), disable=not progress,
+               desc="EAP" if steps is None else f"EAP-IG ({steps} steps)")
+    for idx in batches:
+        sub = task.subset(idx.cpu())
+        src = _rows(source, idx)
+        # IG runs are not at the clean point, so the clean outputs come from their own pass.
+        clean = None if steps is None else g.node_outputs(model, sub.clean)
+        for alpha in alphas:
+            _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores)
+            bar.update()
+    bar.close()
+    return scores / len(alphas)
+
+
+def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores) -> None:
+    state: dict = {"clean": clean, "diff": None, "outputs": {}}
+
+    def diff() -> Tensor:
+        # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
+        if state["diff"] is None:
+            cl = state["clean"] if state["clean"] is not None else g._split_outputs(index, state["outputs"])
+            state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
+        return state["diff"]
+
+    def input_hook(x, hook):
+        if state["clean"] is None:
+            state["outputs"][hook.name] = x.detach()
+            state["leaf"] = x.detach().requires_grad_(True)
+        else:
+            src_in = src[names.INPUT].to(x.dtype)
+            interpolated = src_in + alpha * (state["clean"][names.INPUT] - src_in)
+            state["leaf"] = interpolated.expand_as(x).detach().clone().requires_grad_(True)
+        return state["leaf"]
+
+    def record(x, hook):
+        if state["clean"] is None:
+            state["outputs"][hook.name] = x.detach()
+
+    def slot_hook(x, hook, rows: slice, n_cols: int, squeeze: bool):
+        def on_grad(grad):
+            d = diff()[:, :, :n_cols]
+            if squeeze:
+                scores[rows, :n_cols] += torch.einsum("bpnd,bpd->n", d, grad.to(d.dtype))[None]
+            else:
+                scores[rows, :n_cols] += torch.einsum("bpnd,bphd->hn", d, grad.to(d.dtype))
+
+        x.register_hook(on_grad)
+
+    hooks: list = [(g.INPUT_HOOK, input_hook)]
+    for layer in range(index.n_layers):
+        n_heads_before = index.n_before_slot_layer(layer)
+        for which, q in enumerate(names.QKV):
+            base = layer * index.slots_per_layer + which * index.n_heads
+            hooks.append((names.head_input_hook(layer, q), _bind(
+                slot_hook, rows=slice(base, base + index.n_heads), n_cols=n_heads_before, squeeze=False)))
+        hooks.append((g.result_hook(layer), record))
+        if index.has_mlp:
+            row = layer * index.slots_per_layer + 3 * index.n_heads
+            hooks.append((g.mlp_in_hook(layer), _bind(
+                slot_hook, rows=slice(row, row + 1), n_cols=index.n_before_slot_layer(layer, mlp=True), squeeze=True)))
+            hooks.append((names.output_hook(names.mlp(layer)), record))
+    last = len(index.slots) - 1
+    hooks.append((g.final_resid_hook(model), _bind(
+        slot_hook, rows=slice(last, last + 1), n_cols=len(index.upstream), squeeze=True)))
+
+    with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+        logits = model(sub.clean)
+        # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
+        metric = sub.per_prompt(logits).sum() / n_total
+        torch.autograd.grad(metric, state["leaf"])
+
+
+def _bind(fn, **kwargs):
+    def hook(x, hook):
+        return fn(x, hook, **kwargs)
+
+    return hook
+
+
+def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **meta) -> Scores:
+    if level == "edge":
+        values = matrix.reshape(-1)[index.flat_edge_index().to(matrix.device)]
+        labels = list(index.edges)
+    else:
+        values = matrix.sum(0)  # an upstream node's effect through all its outgoing edges
+        labels = list(index.upstream)
+    return Scores(values, labels, method, task.name, task.metric_name,
+                  meta=_meta(model, index, level=level, **meta))
+
+
+def _check_level(level: str) -> None:
+    if level not in ("edge", "node"):
+        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+
+
+def eap(
+    model,
+    task,
+    ablation: str = "corrupted",
+    level: Literal["edge", "node"] = "edge",
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Scores:
+    """Edge attribution patching over every edge of the model's graph.
+
+    score(u -> v) = ``(out_u_source - out_u_clean) . dM/d input_v`` summed over prompts'
+    positions and averaged over prompts, with the gradient at the clean run. ``ablation``
+    picks the source (:func:`graph.ablation_source`). ``level="node"`` sums each node's
+    outgoing edges (labels ``input``, heads, MLPs). One forward + backward per prompt batch
+    (``batch_size`` prompts; all by default).
+
+    Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
+    """
+    _check_level(level)
+    task, index = _prepare(model, task, ablation, None, batch_size)
+    matrix = _edge_matrix(model, task, index, ablation, None, batch_size, progress, seed)
+    return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation)
+
+
+def eap_ig(
+    model,
+    task,
+    steps: int = 5,
+    ablation: str = "corrupted",
+    level: Literal["edge", "node"] = "edge",
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Scores:
+    """EAP with integrated gradients on the input embeddings (Hanna et al. 2024).
+
+    score(u -> v) = ``(out_u_source - out_u_clean) . (1/steps) sum_k dM/d input_v (x_k)`` where
+    ``x_k = x_source + (k/steps)(x_clean - x_source)`` are interpolated input embeddings,
+    ``k = 1..steps``. ``steps=1`` equals :func:`eap`. Completeness: the scores of all edges
+    leaving ``input`` sum to about ``metric(source input) - metric(clean)``, closer as
+    ``steps`` grows. ``steps * batches`` forward + backward passes (tqdm shows them).
+    """
+    _check_level(level)
+    task, index = _prepare(model, task, ablation, steps, batch_size)
+    matrix = _edge_matrix(model, task, index, ablation, steps, batch_size, progress, seed)
+    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps)
+
+
+# --- exact edge patching ----------------------------------------------------------------------
+
+def exact_edge_patching(
+    model,
+    task,
+    edges: Iterable[str] | None = None,
+    ablation: str = "corrupted",
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Scores:
+    """``metric(clean with the edge ablated) - metric(clean)`` for each edge, exactly.
+
+    ``edges``: edge ids (all of :func:`graph.graph_edges` by default). Each forward pass runs
+    ``max(1, batch_size // n_prompts)`` edges at once, each on its own copy of the prompts with
+    its own edge mask. Unknown edge names raise ``ValueError`` before any run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    task, index = _prepare(model, task, ablation)
+    edge_list = list(index.edges) if edges is None else ([edges] if isinstance(edges, str) else list(edges))
+    if not edge_list:
+        raise ValueError("no edges to patch; pass edge ids or edges=None for all of them")
+    if len(set(edge_list)) != len(edge_list):
+        raise ValueError("edges contains repeats; pass each edge once")
+    device = g._device(model)
+    cells = torch.tensor([index.cell(e) for e in edge_list], device=device)  # validates names first
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    n = len(task)
+    per_run = max(1, batch_size // n)
+    values = torch.empty(len(edge_list))
+    with torch.no_grad():
+        clean_metric = task.score(model(task.clean))
+        for start in tqdm(range(0, len(edge_list), per_run), disable=not progress, desc="exact edge patching"):
+            chunk = cells[start:start + per_run]
+            k = len(chunk)
+            masks = torch.zeros((k, *index.shape), device=device)
+            masks[torch.arange(k, device=device), chunk[:, 0], chunk[:, 1]] = 1.0
+            masks = masks.repeat_interleave(n, 0)  # [k * n, slots, upstream]: edge-major
+            src = {key: v if v.shape[0] == 1 else v.repeat(k, 1, 1) for key, v in source.items()}
+            repeated = task.subset(torch.arange(n).repeat(k))
+            logits = g.run_with_mask(model, task.clean.repeat(k, 1), masks, src)
+            per_prompt = repeated.per_prompt(logits).reshape(k, n).mean(1)
+            values[start:start + k] = (per_prompt - clean_metric).cpu()
+    return Scores(values, edge_list, "exact-edge-patching", task.name, task.metric_name,
+                  meta=_meta(model, index, level="edge", ablation=ablation, clean_metric=float(clean_metric)))
+
+
+# --- node-level attribution patching ----------------------------------------------------------
+
+def _target_hooks(index: g.GraphIndex, target: str) -> list[tuple[str, str, int | None]]:
+    """(hook name, kind, layer) for a target; kind says how to label its axes."""
+    if target not in ATTRIBUTION_TARGETS:
+        raise ValueError(f"unknown attribution target {target!r}; choose one of {ATTRIBUTION_TARGETS}")
+    if target in ("mlp_out",) and not index.has_mlp:
+        raise ValueError("target 'mlp_out' needs MLPs but the model is attention-only; use 'head_out'")
+    out: list[tuple[str, str, int | None]] = []
+    if target == "nodes":
+        out.append((g.INPUT_HOOK, "input", None))
+    for layer in range(index.n_layers):
+        if target in ("head_out", "nodes"):
+            out.append((g.result_hook(layer), "heads", layer))
+        elif target in ("z", "q", "k", "v"):
+            out.append((f"blocks.{layer}.attn.hook_{target}", "heads", layer))
+        elif target == "pattern":
+            out.append((f"blocks.{layer}.attn.hook_pattern", "pattern", layer))
+        if target in ("mlp_out", "nodes") and index.has_mlp:
+            out.append((names.output_hook(names.mlp(layer)), "mlp", layer))
+    return out
+
+
+def attribution_patching(
+    model,
+    task,
+    target: str = "head_out",
+    by_pos: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Scores:
+    """First-order estimate of patching each activation from the corrupted run into the clean run.
+
+    score = ``sum (corrupted_act - clean_act) * dM/d act`` (gradient at the clean run; summed
+    over the activation's feature axis and positions, averaged over prompts). ``target``:
+    ``"head_out"`` (per-head ``hook_result``), ``"mlp_out"``, ``"nodes"`` (input, heads, MLPs),
+    ``"z"``, ``"q"``, ``"k"``, ``"v"`` (per head), ``"pattern"`` (per head; positions are query
+    positions). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
+    clean prompts and one forward on the corrupted prompts per batch.
+    """
+    task, index = _prepare(model, task, None, None, batch_size)
+    hooks = _target_hooks(index, target)
+    hook_names = {h for h, _, _ in hooks}
+    n_total = len(task)
+    totals: dict[str, Tensor] = {}
+    batches = _batches(n_total, batch_size)
+    for idx in tqdm(batches, disable=not progress or len(batches) < 2, desc=f"attribution patching ({target})"):
+        sub = task.subset(idx.cpu())
+        for h, per in _attribution_batch(model, sub, hook_names, n_total).items():
+            totals[h] = totals.get(h, 0) + per
+    values, labels = [], []
+    pos_range = range(task.clean.shape[1])
+    for h, kind, layer in hooks:
+        t = totals[h]
+        if kind == "heads" or kind == "pattern":
+            node_names = [names.head(layer, i) for i in range(index.n_heads)]
+        elif kind == "mlp":
+            node_names, t = [names.mlp(layer)], t[:, None]
+        else:
+            node_names, t = [names.INPUT], t[:, None]
+        if by_pos:
+            for p in pos_range:
+                values += t[p].tolist()
+                labels += [names.with_pos(nm, p) for nm in node_names]
+        else:
+            values += t.sum(0).tolist()
+            labels += node_names
+    return Scores(torch.tensor(values), labels, "attribution-patching", task.name, task.metric_name,
+                  meta=_meta(model, index, target=target, by_pos=by_pos))
+
+
+def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[str, Tensor]:
+    """Per hook: ``sum over batch and features of (corrupted - clean) * grad``, ``[pos, ...]``."""
+    with g.graph_mode(model), torch.no_grad():
+        _, corrupted = model.run_with_cache(sub.corrupted, names_filter=lambda n: n in hook_names)
+    grads: dict[str, Tensor] = {}
+    clean: dict[str, Tensor] = {}
+    leaf: list[Tensor] = []
+
+    def save(x, hook):
+        clean[hook.name] = x.detach()
+        x.register_hook(lambda grad, name=hook.name: grads.__setitem__(name, grad))
+
+    def make_leaf(x, hook):
+        leaf.append(x.detach().requires_grad_(True))
+        return leaf[0]
+
+    fwd = [(g.INPUT_HOOK, make_leaf)] + [(h, save) for h in sorted(hook_names)]
+    with g.graph_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
+        metric = sub.per_prompt(model(sub.clean)).sum() / n_total
+        torch.autograd.grad(metric, leaf[0])
+    out = {}
+    for h in hook_names:
+        prod = (corrupted[h] - clean[h]) * grads[h]
+        if h.endswith("hook_pattern"):
+            out[h] = prod.sum((0, 3)).transpose(0, 1)  # [batch, head, q, k] -> [q, head]
+        else:
+            out[h] = prod.sum((0, -1))  # [pos, head] or [pos]
+    return out

@@ -1,0 +1,142 @@
+import pytest
+import torch
+from conftest import make_model
+
+from circuitkit import names
+from circuitkit.patching import graph as g
+from circuitkit.patching.attribution import attribution_patching, eap, eap_ig, exact_edge_patching
+from circuitkit.tasks.builders import induction
+
+
+@pytest.fixture(scope="module")
+def task(word_tokenizer):
+    return induction(word_tokenizer, n_prompts=4, seq_len=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gqa_model(word_tokenizer):
+    return make_model(word_tokenizer, n_layers=2, n_heads=4, normalization_type="RMS",
+                      positional_embedding_type="rotary", n_key_value_heads=2, seed=3)
+
+
+def _into_logits(scores):
+    return [label for label in scores.labels if names.parse_edge(label).child == names.LOGITS]
+
+
+def test_eap_labels_and_ig_with_one_step_is_eap(tiny_model, task):
+    scores = eap(tiny_model, task, progress=False)
+    assert scores.labels == names.all_edges(2, 4, has_mlp=True)
+    assert scores.method == "eap" and scores.task == "induction" and scores.metric == "logit_diff"
+    one_step = eap_ig(tiny_model, task, steps=1, progress=False)
+    assert torch.allclose(one_step.values, scores.values, atol=1e-6)
+    assert scores.values.abs().max() > 1e-3
+
+
+def test_eap_is_exact_where_the_model_is_linear(tiny_attn_only, task):
+    """No final norm and a logit-difference metric: edges into logits act linearly."""
+    exact = exact_edge_patching(tiny_attn_only, task, progress=False)
+    into_logits = _into_logits(exact)
+    for scores in (eap(tiny_attn_only, task, progress=False), eap_ig(tiny_attn_only, task, steps=3, progress=False)):
+        approx = scores.subset(into_logits).values
+        assert torch.allclose(approx, exact.subset(into_logits).values, atol=1e-4)
+    assert exact.subset(into_logits).values.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "gqa_model"])
+def test_ig_completeness_improves_with_steps(request, task, model_name):
+    model = request.getfixturevalue(model_name)
+    with torch.no_grad():
+        gap = float(task.score(model(task.corrupted)) - task.score(model(task.clean)))
+    errors = []
+    for steps in (1, 4, 24):
+        scores = eap_ig(model, task, steps=steps, level="node", progress=False)
+        errors.append(abs(scores["input"] - gap))
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 0.05 * abs(gap)
+
+
+def test_node_level_equals_attribution_patching(tiny_model, task):
+    nodes = eap(tiny_model, task, level="node", progress=False)
+    assert nodes.labels == g.graph_nodes(tiny_model)[:-1]
+    per_node = attribution_patching(tiny_model, task, "nodes", progress=False)
+    assert per_node.labels == nodes.labels
+    assert torch.allclose(per_node.values, nodes.values, atol=1e-5)
+    heads = attribution_patching(tiny_model, task, "head_out", progress=False)
+    assert torch.allclose(heads.values, nodes.subset(heads.labels).values, atol=1e-5)
+    # z -> result is linear (W_O), so first-order estimates through z and the result agree
+    z = attribution_patching(tiny_model, task, "z", progress=False)
+    assert torch.allclose(z.values, heads.values, atol=1e-5)
+    by_pos = attribution_patching(tiny_model, task, "mlp_out", by_pos=True, progress=False)
+    assert by_pos.labels[:2] == ["m0@0", "m0@1"]
+    summed = attribution_patching(tiny_model, task, "mlp_out", progress=False)
+    assert torch.allclose(torch.tensor([sum(v for k, v in by_pos.as_dict().items() if k.startswith(m + "@"))
+                                        for m in summed.labels]), summed.values, atol=1e-5)
+    pattern = attribution_patching(tiny_model, task, "pattern", batch_size=3, progress=False)
+    assert len(pattern) == 8 and pattern.values.abs().max() > 0
+
+
+def test_attribution_patching_matches_patching_a_last_head(tiny_attn_only, task):
+    """Linear case: a last-layer head only feeds the logits, so patching it is exactly linear."""
+    scores = attribution_patching(tiny_attn_only, task, "head_out", progress=False)
+    source = g.ablation_source(tiny_attn_only, task, "corrupted")
+    with torch.no_grad():
+        base = task.score(tiny_attn_only(task.clean))
+        for h in range(4):
+            head = names.head(1, h)
+            patched = g.run_with_edges(tiny_attn_only, task.clean, None, source, ablate_edges=[names.edge(head, "logits")])
+            assert abs(float(task.score(patched) - base) - scores[head]) < 1e-4
+
+
+def test_exact_edge_patching_equals_single_runs(tiny_model, task):
+    edges = ["a0.h1->a1.h2<k>", "input->m1", "a1.h3->logits", "m0->a1.h0<v>", "a0.h0->m0"]
+    scores = exact_edge_patching(tiny_model, task, edges, ablation="mean", batch_size=8, progress=False)
+    assert scores.labels == edges and scores.meta["ablation"] == "mean"
+    source = g.ablation_source(tiny_model, task, "mean")
+    with torch.no_grad():
+        base = task.score(tiny_model(task.clean))
+        for e in edges:
+            one = task.score(g.run_with_edges(tiny_model, task.clean, None, source, ablate_edges=[e]))
+            assert abs(float(one - base) - scores[e]) < 1e-5
+
+
+def test_batching_prompts_changes_nothing(gqa_model, task):
+    full = eap_ig(gqa_model, task, steps=2, ablation="resample", progress=False)
+    split = eap_ig(gqa_model, task, steps=2, ablation="resample", batch_size=3, progress=False)
+    assert torch.allclose(full.values, split.values, atol=1e-5)
+
+
+def test_eap_ig_ranks_edges_like_exact_patching(tiny_model, task):
+    import pandas as pd
+
+    exact = exact_edge_patching(tiny_model, task, progress=False)
+    ig = eap_ig(tiny_model, task, steps=5, progress=False)
+    rho = pd.Series(ig.values.numpy()).corr(pd.Series(exact.values.numpy()), method="spearman")
+    assert rho > 0.8
+
+
+def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
+    with pytest.raises(ValueError, match="not in this model's graph"):
+        exact_edge_patching(tiny_model, task, ["a1.h0->a0.h1<q>"], progress=False)
+    with pytest.raises(ValueError, match="attention-only"):
+        exact_edge_patching(tiny_attn_only, task, ["m0->logits"], progress=False)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        eap(tiny_model, task, ablation="gaussian", progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        eap_ig(tiny_model, task, steps=0, progress=False)
+    with pytest.raises(ValueError, match="level must be"):
+        eap(tiny_model, task, level="layer", progress=False)
+    with pytest.raises(ValueError, match="unknown attribution target"):
+        attribution_patching(tiny_model, task, "resid_post", progress=False)
+    with pytest.raises(ValueError, match="attention-only"):
+        attribution_patching(tiny_attn_only, task, "mlp_out", progress=False)
+    # a task built for another vocabulary
+    other = induction(bpe_tokenizer, n_prompts=2, seq_len=4)
+    big = other if int(other.clean.max()) >= tiny_model.cfg.d_vocab else None
+    assert big is not None
+    with pytest.raises(ValueError, match="tokenizer"):
+        eap(tiny_model, big, progress=False)
+    nan_task = task.with_metric(lambda logits, t: torch.full((logits.shape[0],), float("nan")))
+    with pytest.raises(ValueError, match="returned NaN"):
+        eap_ig(tiny_model, nan_task, steps=2, progress=False)
+    with pytest.raises(ValueError, match="returned NaN"):
+        exact_edge_patching(tiny_model, nan_task, ["m0->logits"], progress=False)
