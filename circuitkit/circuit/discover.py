@@ -1,7 +1,7 @@
 """Circuit discovery: score edges with a method, then prune to a circuit.
 
-Methods: ``eap-ig`` / ``eap`` (from :mod:`circuitkit.patching.attribution`), ``exact`` (patch one
-edge at a time: the slow ground truth attribution approximates) and ``acdc`` (Conmy et al. 2023:
+Methods: ``eap-ig`` / ``eap`` / ``exact`` (edge scores from :mod:`circuitkit.patching.attribution`;
+``exact`` patches one edge at a time, the ground truth the others approximate) and ``acdc`` (Conmy et al. 2023:
 greedy edge pruning from the logits backwards).
 """
 
@@ -18,24 +18,6 @@ from circuitkit.circuit.graph import Circuit
 from circuitkit.scores import Scores
 
 METHODS = ("eap-ig", "eap", "exact", "acdc")
-
-
-def edge_patching(model, task, ablation: str = "corrupted", seed: int = 0, progress: bool = False) -> Scores:
-    """Exact edge attribution: ``score(e) = m(full) - m(full with only e ablated)``, one forward
-    pass per edge (the slow, obvious path that EAP / EAP-IG approximate)."""
-    from circuitkit.patching import graph as edge_graph
-
-    task.check_model(model)
-    edges = edge_graph.graph_edges(model)
-    source = edge_graph.ablation_source(model, task, kind=ablation, seed=seed)
-    with torch.no_grad():
-        full = float(task.score(model(task.clean)))
-        values = []
-        for edge in tqdm(edges, desc="edge patching", disable=not progress):
-            logits = edge_graph.run_with_edges(model, task.clean, keep_edges=None, source=source, ablate_edges=[edge])
-            values.append(full - float(task.score(logits)))
-    return Scores(torch.tensor(values), edges, "exact", task=task.name, metric=task.metric_name,
-                  meta={"ablation": ablation, **Circuit.for_model(model)})
 
 
 def _kl_to(full_logits: torch.Tensor, task):
@@ -114,20 +96,17 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = "corrupted", metr
 
 
 def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False) -> Scores:
-    """Edge scores from ``method`` (``eap-ig``, ``eap`` or ``exact``)."""
+    """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
+    :mod:`circuitkit.patching.attribution`; a score estimates m(edge ablated) - m(clean))."""
+    from circuitkit.patching import attribution
+
     if method == "exact":
-        return edge_patching(model, task, ablation=ablation, progress=progress)
-    if method in ("eap-ig", "eap"):
-        try:
-            from circuitkit.patching import attribution
-        except ImportError:
-            attribution = None
-        fn = getattr(attribution, method.replace("-", "_"), None) if attribution is not None else None
-        if fn is None:
-            raise ValueError(f"method {method!r} needs circuitkit.patching.attribution.{method.replace('-', '_')}, "
-                             f"which this installation lacks; use one of 'exact', 'acdc'")
-        return fn(model, task, steps=steps) if method == "eap-ig" else fn(model, task)
-    raise ValueError(f"unknown discovery method {method!r}; choose one of {METHODS}")
+        return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
+    if method == "eap-ig":
+        return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress)
+    if method == "eap":
+        return attribution.eap(model, task, ablation=ablation, progress=progress)
+    raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact'")
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
@@ -135,6 +114,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
+    Edges are scored with the same ablation they are evaluated with.
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """

@@ -36,6 +36,6 @@ def known_task(word_tokenizer):
 
 @pytest.fixture(scope="session")
 def exact_scores(known_model, known_task):
-    from circuitkit.circuit.discover import edge_patching
+    from circuitkit.patching.attribution import exact_edge_patching
 
-    return edge_patching(known_model, known_task)
+    return exact_edge_patching(known_model, known_task, ablation="mean", progress=False)

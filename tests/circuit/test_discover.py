@@ -38,3 +38,12 @@ def test_discover_prunes_to_a_faithful_circuit(known_model, known_task):
         discover(known_model, known_task, "magic")
     with pytest.raises(ValueError, match="not both"):
         discover(known_model, known_task, "exact", top_k=3, threshold=0.1)
+
+
+def test_discover_with_eap_ig(known_model, known_task):
+    circuit = discover(known_model, known_task, "eap-ig", steps=3, ablation="corrupted")
+    assert circuit.method == "eap-ig" and circuit.meta["faithfulness"] >= 0.9
+    scores = circuit.scores("edge")
+    assert len(scores) == 29  # every edge of the model was scored, the circuit keeps a few
+    assert roc_auc(scores, Circuit.from_nodes_edges(LIVE_HEADS), level="node") == 1.0
+    assert overlap(circuit, LIVE_HEADS).precision == 1.0
