@@ -127,7 +127,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     if method == "acdc":
         if top_k is not None:
             raise ValueError("ACDC prunes by its threshold; drop top_k (or pick another method)")
-        circuit = acdc(model, task, 0.01 if threshold is None else threshold, progress=progress)
+        circuit = acdc(model, task, 0.01 if threshold is None else threshold, ablation=ablation, progress=progress)
         ev = EdgeEvaluator(model, task, ablation)
     else:
         scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress)
