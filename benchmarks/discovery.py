@@ -4,7 +4,8 @@ For every zoo model whose card records a reference circuit, run each discovery m
 (``circuitkit.circuit.discover``: score every edge, prune to the smallest circuit reaching
 faithfulness 0.9; ACDC prunes itself) and report ROC-AUC of the scores against the reference
 (edges when the card lists edges, else nodes), node precision / recall of the pruned circuit,
-its faithfulness and the seconds taken.
+its faithfulness and the seconds taken. ``auc_nodes`` ranks nodes by the summed |score| of their
+edges.
 
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
@@ -65,11 +66,13 @@ def run_case(name, model, task, reference, methods, ablation, steps) -> list[dic
         circuit = discover(model, task, method, ablation=ablation, steps=steps,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start
-        auc = math.nan
+        auc = auc_nodes = math.nan
         if method != "acdc":  # ACDC tries edges greedily and scores only some; no ranking to score
             auc = roc_auc(circuit.scores("edge"), reference, level=ref_level)
+            if reference.nodes:
+                auc_nodes = roc_auc(circuit.scores("edge"), reference, level="node")
         nodes = overlap(circuit, reference, "node") if reference.nodes else None
-        rows.append({"model": name, "method": method, "auc": auc, "auc_level": ref_level,
+        rows.append({"model": name, "method": method, "auc": auc, "auc_level": ref_level, "auc_nodes": auc_nodes,
                      "precision": nodes.precision if nodes else math.nan,
                      "recall": nodes.recall if nodes else math.nan,
                      "edges": len(circuit.edges), "of": circuit.graph.number_of_edges(),

@@ -173,11 +173,15 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
                 fig.add_trace(node_trace(group))
 
     n_layers = circuit.n_layers if circuit.n_layers is not None else 0
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    xs = [x for x, _ in pos.values()]
+    # the whole model's width, so a small circuit keeps heads in their columns
+    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
     label = title or (f"{circuit.method or 'circuit'} · {circuit.task or 'task'} · "
                       f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges")
     fig.update_layout(
         title=label, template="plotly_white", hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis={"visible": False}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        xaxis={"visible": False, "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
