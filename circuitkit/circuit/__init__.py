@@ -12,10 +12,22 @@ from circuitkit.circuit.compare import (
     roc_auc,
     shared_components,
 )
+from circuitkit.circuit.discover import METHODS, acdc, discover, score_edges
+from circuitkit.circuit.evaluate import (
+    CircuitEvaluation,
+    EdgeEvaluator,
+    completeness,
+    evaluate,
+    faithfulness,
+    faithfulness_curve,
+    smallest_faithful,
+)
 from circuitkit.circuit.graph import Circuit
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
 
 __all__ = [
-    "FORMATS", "Circuit", "Overlap", "convert", "iou", "load_circuit", "node_scores_from_edges", "overlap",
-    "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc", "save_circuit", "shared_components",
+    "FORMATS", "METHODS", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
+    "convert", "discover", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
+    "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
+    "save_circuit", "score_edges", "shared_components", "smallest_faithful",
 ]
