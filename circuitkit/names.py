@@ -5,6 +5,8 @@ exchange: ``input``, ``a{layer}.h{head}`` (attention head), ``m{layer}`` (MLP), 
 An edge is ``parent->child``; when the child is a head, ``<q>``, ``<k>`` or ``<v>`` names the
 input it enters through (``a0.h3->a2.h1<k>``). A position suffix ``@{pos}`` may follow a node
 (``a1.h0@5``). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``).
+Whole-layer sites (used by activation patching and the logit lens) are ``{hook}.{layer}`` for
+``resid_pre``, ``resid_mid``, ``resid_post`` and ``attn_out`` (``resid_pre.3``, ``attn_out.1@4``).
 
 Nobody else builds these strings with f-strings: call :func:`head`, :func:`mlp`, :func:`edge`,
 :func:`feature` and parse with :func:`parse_node` / :func:`parse_edge`.
@@ -20,10 +22,12 @@ INPUT = "input"
 LOGITS = "logits"
 QKV = ("q", "k", "v")
 
-NodeKind = Literal["input", "head", "mlp", "logits", "feature"]
+NodeKind = Literal["input", "head", "mlp", "logits", "feature", "site"]
+SITE_HOOKS = ("resid_pre", "attn_out", "resid_mid", "resid_post")
 
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
+_SITE_RE = re.compile(r"^(resid_pre|attn_out|resid_mid|resid_post)\.(\d+)$")
 _FEATURE_RE = re.compile(r"^f(\d+)\.([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
 _EDGE_RE = re.compile(r"^(?P<parent>[^\s<>]+?)->(?P<child>[^\s<>]+?)(?:<(?P<qkv>[qkv])>)?$")
 
@@ -62,6 +66,13 @@ def mlp(layer: int, pos: int | None = None) -> str:
     return _with_pos(f"m{int(layer)}", pos)
 
 
+def site(hook: str, layer: int, pos: int | None = None) -> str:
+    """``{hook}.{layer}`` (``resid_pre.3``, ``attn_out.1``): a whole-layer activation site."""
+    if hook not in SITE_HOOKS:
+        raise ValueError(f"site hook must be one of {SITE_HOOKS}, got {hook!r}")
+    return _with_pos(f"{hook}.{int(layer)}", pos)
+
+
 def feature(layer: int, hook: str, index: int) -> str:
     """``f{layer}.{hook}.{index}``: latent ``index`` of the SAE on ``hook`` at ``layer``."""
     short = hook.split(".")[-1].removeprefix("hook_")
@@ -98,9 +109,12 @@ def parse_node(name: str) -> Node:
         return Node("mlp", layer=int(m[1]), pos=pos)
     if m := _FEATURE_RE.match(base):
         return Node("feature", layer=int(m[1]), hook=m[2], index=int(m[3]), pos=pos)
+    if m := _SITE_RE.match(base):
+        return Node("site", layer=int(m[2]), hook=m[1], pos=pos)
     raise ValueError(
         f"unknown component name {name!r}: use 'input', 'logits', 'a<layer>.h<head>' (e.g. 'a3.h5'), "
-        "'m<layer>' (e.g. 'm2') or 'f<layer>.<hook>.<index>', optionally followed by '@<pos>'"
+        "'m<layer>' (e.g. 'm2'), '<hook>.<layer>' for hook resid_pre / attn_out / resid_mid / "
+        "resid_post (e.g. 'resid_pre.2') or 'f<layer>.<hook>.<index>', optionally followed by '@<pos>'"
     )
 
 
@@ -116,6 +130,8 @@ def format_node(node: Node, with_pos: bool = True) -> str:
         return mlp(node.layer, pos)
     if node.kind == "feature":
         return _with_pos(f"f{node.layer}.{node.hook}.{node.index}", pos)
+    if node.kind == "site":
+        return site(node.hook, node.layer, pos)
     raise ValueError(f"unknown node kind {node.kind!r}")
 
 
@@ -188,7 +204,7 @@ def depth(node: Node | str, n_layers: int | None = None) -> float:
         return float(node.layer)
     if node.kind == "mlp":
         return node.layer + 0.5
-    # A feature sits on the hook it reads: resid_pre before the layer's heads.
+    # A feature (or a whole-layer site) sits on the hook it reads: resid_pre before the layer's heads.
     offsets = {"resid_pre": -0.25, "attn_out": 0.25, "resid_mid": 0.25, "mlp_out": 0.75, "resid_post": 0.75}
     return node.layer + offsets.get(node.hook or "", 0.0)
 
