@@ -31,7 +31,8 @@ from circuitkit import names
 from circuitkit.patching import graph as g
 from circuitkit.scores import Scores
 
-ATTRIBUTION_TARGETS = ("head_out", "mlp_out", "nodes", "z", "q", "k", "v", "pattern")
+SITE_TARGETS = ("resid_pre", "attn_out", "resid_mid", "resid_post")
+ATTRIBUTION_TARGETS = ("head_out", "mlp_out", "nodes", "z", "q", "k", "v", "pattern", *SITE_TARGETS)
 
 
 # --- shared checks ----------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores
     def diff() -> Tensor:
         # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
         if state["diff"] is None:
-            cl = state["clean"] if state["clean"] is not None else g._split_outputs(index, state["outputs"])
+            cl = state["clean"] if state["clean"] is not None else g._split_outputs(model, index, state["outputs"])
             state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
         return state["diff"]
 
@@ -284,8 +285,8 @@ def _target_hooks(index: g.GraphIndex, target: str) -> list[tuple[str, str, int 
     """(hook name, kind, layer) for a target; kind says how to label its axes."""
     if target not in ATTRIBUTION_TARGETS:
         raise ValueError(f"unknown attribution target {target!r}; choose one of {ATTRIBUTION_TARGETS}")
-    if target in ("mlp_out",) and not index.has_mlp:
-        raise ValueError("target 'mlp_out' needs MLPs but the model is attention-only; use 'head_out'")
+    if target in ("mlp_out", "resid_mid") and not index.has_mlp:
+        raise ValueError(f"target {target!r} needs MLPs but the model is attention-only; use 'head_out' or 'resid_pre'")
     out: list[tuple[str, str, int | None]] = []
     if target == "nodes":
         out.append((g.INPUT_HOOK, "input", None))
@@ -296,6 +297,8 @@ def _target_hooks(index: g.GraphIndex, target: str) -> list[tuple[str, str, int 
             out.append((f"blocks.{layer}.attn.hook_{target}", "heads", layer))
         elif target == "pattern":
             out.append((f"blocks.{layer}.attn.hook_pattern", "pattern", layer))
+        elif target in SITE_TARGETS:
+            out.append((f"blocks.{layer}.hook_{target}", target, layer))
         if target in ("mlp_out", "nodes") and index.has_mlp:
             out.append((names.output_hook(names.mlp(layer)), "mlp", layer))
     return out
@@ -313,9 +316,11 @@ def attribution_patching(
 
     score = ``sum (corrupted_act - clean_act) * dM/d act`` (gradient at the clean run; summed
     over the activation's feature axis and positions, averaged over prompts). ``target``:
-    ``"head_out"`` (per-head ``hook_result``), ``"mlp_out"``, ``"nodes"`` (input, heads, MLPs),
+    ``"head_out"`` (per head; computed at ``hook_z``, which is exact since ``W_O`` is linear),
+    ``"mlp_out"``, ``"nodes"`` (input, heads, MLPs),
     ``"z"``, ``"q"``, ``"k"``, ``"v"`` (per head), ``"pattern"`` (per head; positions are query
-    positions). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
+    positions), or a whole-layer site ``"resid_pre"``, ``"attn_out"``, ``"resid_mid"``,
+    ``"resid_post"`` (labels ``resid_pre.2``). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
     clean prompts and one forward on the corrupted prompts per batch.
     """
     task, index = _prepare(model, task, None, None, batch_size)
@@ -336,6 +341,8 @@ def attribution_patching(
             node_names = [names.head(layer, i) for i in range(index.n_heads)]
         elif kind == "mlp":
             node_names, t = [names.mlp(layer)], t[:, None]
+        elif kind in SITE_TARGETS:
+            node_names, t = [names.site(kind, layer)], t[:, None]
         else:
             node_names, t = [names.INPUT], t[:, None]
         if by_pos:

@@ -1,7 +1,8 @@
 """The residual-stream edge graph of a HookedTransformer, and runs with edges ablated.
 
 Nodes are ``input`` (token + learned position embedding: ``blocks.0.hook_resid_pre``), every
-attention head ``a{L}.h{H}`` (its ``hook_result`` slice), every MLP ``m{L}`` (``hook_mlp_out``) and
+attention head ``a{L}.h{H}`` (its ``hook_z`` times its ``W_O``: TransformerLens's ``hook_result``
+without materialising TransformerLens's slow broadcast product), every MLP ``m{L}`` (``hook_mlp_out``) and
 ``logits``; edges are :func:`circuitkit.names.all_edges`. With split q/k/v inputs, per-head results
 and ``hook_mlp_in`` switched on, every downstream input (a head's q, k or v input, an MLP's input,
 the final residual read by ``ln_final``/``unembed``) is exactly the sum of the outputs of the nodes
@@ -30,7 +31,7 @@ from circuitkit import names
 
 ABLATION_KINDS = ("corrupted", "mean", "resample", "zero")
 
-_GRAPH_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "ungroup_grouped_query_attention")
+_GRAPH_FLAGS = ("use_split_qkv_input", "use_hook_mlp_in", "ungroup_grouped_query_attention")
 
 
 # --- the graph's index ------------------------------------------------------------------------
@@ -191,12 +192,11 @@ def _is_post_norm(cfg) -> bool:
 
 @contextmanager
 def graph_mode(model) -> Iterator[None]:
-    """Switch on the hooks the graph reads (split q/k/v inputs, per-head results, ``hook_mlp_in``,
+    """Switch on the hooks the graph reads (split q/k/v inputs, ``hook_mlp_in``,
     ungrouped GQA keys/values so each query head has its own k/v input); restore them after."""
     cfg = model.cfg
     old = {k: getattr(cfg, k, None) for k in _GRAPH_FLAGS}
     cfg.use_split_qkv_input = True
-    cfg.use_attn_result = True
     if not cfg.attn_only:
         cfg.use_hook_mlp_in = True
     if getattr(cfg, "n_key_value_heads", None) is not None:
@@ -215,7 +215,14 @@ INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
 def result_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_result"
+    """The hook whose value gives a layer's head outputs (``hook_z``; see :func:`head_results`)."""
+    return names.output_hook(names.head(layer, 0))
+
+
+def head_results(model, layer: int, z: Tensor) -> Tensor:
+    """``[batch, pos, n_heads, d_model]``: what each head of ``layer`` writes (``z @ W_O`` per head)."""
+    w_o = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
+    return torch.einsum("bphe,hed->bphd", z, w_o.to(z.dtype))
 
 
 def mlp_in_hook(layer: int) -> str:
@@ -252,20 +259,20 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     """What each node writes into the residual stream on ``tokens``.
 
     Returns node id -> ``[batch, pos, d_model]`` (``input`` = embeddings, incl. learned position
-    embeddings; a head = its ``hook_result`` slice; an MLP = ``hook_mlp_out``). No gradients.
+    embeddings; a head = its ``hook_result`` value, i.e. ``z @ W_O``; an MLP = ``hook_mlp_out``). No gradients.
     """
     index = graph_index(model)
     tokens = _as_tokens(model, tokens)
     wanted = set(output_hooks(index))
     with graph_mode(model), torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-    return _split_outputs(index, {n: cache[n] for n in wanted})
+        return _split_outputs(model, index, {n: cache[n] for n in wanted})
 
 
-def _split_outputs(index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
+def _split_outputs(model, index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {names.INPUT: acts[INPUT_HOOK]}
     for layer in range(index.n_layers):
-        result = acts[result_hook(layer)]
+        result = head_results(model, layer, acts[result_hook(layer)])
         for h in range(index.n_heads):
             out[names.head(layer, h)] = result[:, :, h]
         if index.has_mlp:
@@ -361,10 +368,12 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
     diffs: list[tuple[int, Tensor | None]] = []  # (first upstream column, diff or None)
     used_cols = ablate.reshape(-1, *index.shape).amax(0).amax(0) > 0  # upstream nodes with ablated edges
 
-    def record(start: int, live: Tensor, node_names: list[str]) -> None:
+    def record(start: int, live: Tensor | None, node_names: list[str], z_layer: int | None = None) -> None:
         if not bool(used_cols[start:start + len(node_names)].any()):
             diffs.append((start, None))
             return
+        if z_layer is not None:
+            live = head_results(model, z_layer, live)
         src = torch.stack([source[n] for n in node_names], dim=2).to(live.dtype)
         diffs.append((start, live - src))
 
@@ -386,7 +395,7 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
         record(0, x[:, :, None], [names.INPUT])
 
     def result_hook_fn(x, hook, layer):
-        record(1 + layer * index.block, x, [names.head(layer, h) for h in range(index.n_heads)])
+        record(1 + layer * index.block, x, [names.head(layer, h) for h in range(index.n_heads)], z_layer=layer)
 
     def mlp_out_fn(x, hook, layer):
         record(1 + layer * index.block + index.n_heads, x[:, :, None], [names.mlp(layer)])

@@ -63,9 +63,8 @@ def test_node_level_equals_attribution_patching(tiny_model, task):
     assert torch.allclose(per_node.values, nodes.values, atol=1e-5)
     heads = attribution_patching(tiny_model, task, "head_out", progress=False)
     assert torch.allclose(heads.values, nodes.subset(heads.labels).values, atol=1e-5)
-    # z -> result is linear (W_O), so first-order estimates through z and the result agree
-    z = attribution_patching(tiny_model, task, "z", progress=False)
-    assert torch.allclose(z.values, heads.values, atol=1e-5)
+    v = attribution_patching(tiny_model, task, "v", progress=False)
+    assert v.labels == heads.labels and not torch.allclose(v.values, heads.values, atol=1e-4)
     by_pos = attribution_patching(tiny_model, task, "mlp_out", by_pos=True, progress=False)
     assert by_pos.labels[:2] == ["m0@0", "m0@1"]
     summed = attribution_patching(tiny_model, task, "mlp_out", progress=False)
@@ -73,6 +72,20 @@ def test_node_level_equals_attribution_patching(tiny_model, task):
                                         for m in summed.labels]), summed.values, atol=1e-5)
     pattern = attribution_patching(tiny_model, task, "pattern", batch_size=3, progress=False)
     assert len(pattern) == 8 and pattern.values.abs().max() > 0
+
+
+def test_whole_layer_sites(tiny_model, tiny_attn_only, task):
+    nodes = attribution_patching(tiny_model, task, "nodes", progress=False)
+    resid = attribution_patching(tiny_model, task, "resid_pre", progress=False)
+    assert resid.labels == ["resid_pre.0", "resid_pre.1"]
+    assert resid["resid_pre.0"] == pytest.approx(nodes["input"], abs=1e-5)  # the embeddings
+    # attn_out is the sum of the head outputs (+ a bias that patching cancels)
+    heads = attribution_patching(tiny_attn_only, task, "head_out", progress=False).as_dict()
+    attn = attribution_patching(tiny_attn_only, task, "attn_out", by_pos=True, progress=False)
+    assert attn.labels[1] == "attn_out.0@1"
+    for layer in range(2):
+        by_layer = sum(v for k, v in attn.as_dict().items() if k.startswith(f"attn_out.{layer}@"))
+        assert by_layer == pytest.approx(sum(heads[names.head(layer, h)] for h in range(4)), abs=1e-5)
 
 
 def test_attribution_patching_matches_patching_a_last_head(tiny_attn_only, task):
@@ -126,7 +139,7 @@ def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
     with pytest.raises(ValueError, match="level must be"):
         eap(tiny_model, task, level="layer", progress=False)
     with pytest.raises(ValueError, match="unknown attribution target"):
-        attribution_patching(tiny_model, task, "resid_post", progress=False)
+        attribution_patching(tiny_model, task, "resid_final", progress=False)
     with pytest.raises(ValueError, match="attention-only"):
         attribution_patching(tiny_attn_only, task, "mlp_out", progress=False)
     # a task built for another vocabulary
@@ -140,3 +153,18 @@ def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
         eap_ig(tiny_model, nan_task, steps=2, progress=False)
     with pytest.raises(ValueError, match="returned NaN"):
         exact_edge_patching(tiny_model, nan_task, ["m0->logits"], progress=False)
+
+
+def test_benchmark_roc_auc_matches_hand_count():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "attribution.py"
+    spec = importlib.util.spec_from_file_location("attribution_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # positives 0.35 and 0.8 beat 1 and 2 of the 2 negatives: 3 of 4 pairs ordered -> 0.75
+    assert bench._roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # a positive-negative tie counts half: pairs 0.5=0.5 -> 0.5, the other three ordered -> 3.5 / 4
+    assert bench._roc_auc([0.5, 1.0, 0.5, 0.0], [1, 1, 0, 0]) == pytest.approx(0.875)
+    assert bench._roc_auc([0.2, 0.9], [1, 0]) == 0.0

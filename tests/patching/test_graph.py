@@ -41,7 +41,7 @@ def test_keeping_all_edges_reproduces_model(configs, task, config):
         logits = g.run_with_edges(model, task.clean, g.graph_edges(model), source)
     assert torch.allclose(logits, expected, atol=1e-5)
     # graph mode is switched off again afterwards
-    assert not model.cfg.use_split_qkv_input and not model.cfg.use_attn_result
+    assert not model.cfg.use_split_qkv_input
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -60,8 +60,13 @@ def test_ablating_everything_gives_the_source_run(configs, task, config):
 def _slow_single_edge(model, tokens, source, edge_name):
     """The obvious way: cache the clean run; shift the child's input by (source - clean) of the parent."""
     e = names.parse_edge(edge_name)
-    with g.graph_mode(model), torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
+    # TransformerLens's own per-head results, independent of graph.head_results
+    model.cfg.use_attn_result = True
+    try:
+        with g.graph_mode(model), torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+    finally:
+        model.cfg.use_attn_result = False
     parent = names.parse_node(e.parent)
     if parent.kind == "input":
         clean_out = cache["blocks.0.hook_resid_pre"]
