@@ -1,5 +1,7 @@
+# ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
 import numpy as np
 import pytest
+from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit import Scores
 from circuitkit.circuit import Circuit

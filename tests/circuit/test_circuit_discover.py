@@ -1,4 +1,6 @@
+# ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
 import pytest
+from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit.circuit import Circuit, overlap, roc_auc
 from circuitkit.circuit.discover import acdc, discover

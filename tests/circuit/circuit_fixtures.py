@@ -1,4 +1,5 @@
-"""A tiny attention-only model whose circuit is known by construction: heads a0.h1 and a1.h0
+"""Fixtures (imported by the test modules; a conftest.py here would shadow tests/conftest.py for
+`from conftest import ...`): A tiny attention-only model whose circuit is known by construction: heads a0.h1 and a1.h0
 have W_O = 0, so they write nothing and every edge out of (or into) them is irrelevant."""
 
 import pytest

@@ -1,6 +1,8 @@
+# ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
 import json
 
 import pytest
+from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit.circuit import load_circuit
 from circuitkit.cli import main

@@ -1,0 +1,128 @@
+"""Issue 4 benchmark, parts (b) and (c): EAP / EAP-IG against exact edge patching.
+
+(b) time of EAP-IG vs exact edge patching over every edge, and the Spearman rank correlation of
+    their edge scores (target >= 0.9), on the same model and task;
+(c) ROC-AUC of EAP, EAP-IG and exact patching scores (|score|) against each zoo model's reference
+    circuit edges and nodes.
+
+Uses every zoo model found (``circuitkit.zoo.list_zoo()``); without any, a tiny random model on an
+induction task (then (c) is skipped). Run:
+
+    OMP_NUM_THREADS=1 python benchmarks/attribution.py [--steps 5] [--max-prompts 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+from circuitkit import names
+from circuitkit.patching import graph as g
+from circuitkit.patching.attribution import eap, eap_ig, exact_edge_patching
+
+
+def _roc_auc(scores, positives) -> float:
+    """ROC-AUC by the rank-sum formula (ties get average ranks), no sklearn needed."""
+    s = pd.Series(list(scores), dtype=float)
+    pos = pd.Series(list(positives), dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = s.rank(method="average")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman"))
+
+
+def _models(max_prompts: int):
+    from circuitkit.zoo import list_zoo, load_zoo_model, zoo_task
+
+    cards = list_zoo()
+    for card in cards:
+        model = load_zoo_model(card.name)
+        task = zoo_task(card, model)
+        yield card.name, model, task.subset(slice(0, max_prompts)), card
+    if not cards:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        from circuitkit.tasks.builders import default_words, induction
+        from circuitkit.tokenizers import word_level_tokenizer
+
+        tok = word_level_tokenizer(default_words())
+        cfg = HookedTransformerConfig(n_layers=2, d_model=64, d_head=16, n_heads=4, d_mlp=256, d_vocab=len(tok),
+                                      n_ctx=64, act_fn="gelu", normalization_type="LN", seed=0,
+                                      model_name="random-2l4h")
+        model = HookedTransformer(cfg, tokenizer=tok).eval()
+        yield "random-2l4h (no zoo)", model, induction(tok, n_prompts=max_prompts, seq_len=6), None
+
+
+def _exact_nodes(model, task, index) -> dict[str, float]:
+    """Exact node patching: ablate every edge leaving the node (= patch its output)."""
+    source = g.ablation_source(model, task, "corrupted")
+    outgoing: dict[str, list[str]] = {}
+    for e in index.edges:
+        outgoing.setdefault(names.parse_edge(e).parent, []).append(e)
+    with torch.no_grad():
+        base = float(task.score(model(task.clean)))
+        return {n: float(task.score(g.run_with_edges(model, task.clean, None, source, ablate_edges=outgoing[n]))) - base
+                for n in index.upstream}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--max-prompts", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    assert abs(_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) - 0.75) < 1e-12  # hand-checked example
+
+    speed, quality = [], []
+    for name, model, task, card in _models(args.max_prompts):
+        index = g.graph_index(model)
+        t0 = time.perf_counter()
+        e = eap(model, task, progress=False)
+        t1 = time.perf_counter()
+        ig = eap_ig(model, task, steps=args.steps, progress=False)
+        t2 = time.perf_counter()
+        exact = exact_edge_patching(model, task, progress=False)
+        t3 = time.perf_counter()
+        speed.append({"model": name, "prompts": len(task), "edges": len(index.edges),
+                      "eap_s": t1 - t0, f"eap_ig{args.steps}_s": t2 - t1, "exact_s": t3 - t2,
+                      "exact/eap_ig": (t3 - t2) / (t2 - t1),
+                      "spearman(eap_ig,exact)": _spearman(ig.values, exact.values),
+                      "spearman(eap,exact)": _spearman(e.values, exact.values)})
+        if card is None or not card.circuit_edges:
+            continue
+        gold_edges = set(card.circuit_edges)
+        gold_nodes = set(card.circuit_nodes)
+        node_labels = [n for n in index.upstream if n != names.INPUT]  # input is in every circuit
+        node_scores = {
+            "eap": eap(model, task, level="node", progress=False).as_dict(),
+            "eap-ig": eap_ig(model, task, steps=args.steps, level="node", progress=False).as_dict(),
+            "exact": _exact_nodes(model, task, index),
+        }
+        for method, scores in (("eap", e), ("eap-ig", ig), ("exact", exact)):
+            quality.append({
+                "model": name, "method": method,
+                "edge_auc": _roc_auc(scores.values.abs().tolist(), [x in gold_edges for x in scores.labels]),
+                "node_auc": _roc_auc([abs(node_scores[method][n]) for n in node_labels],
+                                     [n in gold_nodes for n in node_labels]),
+            })
+    pd.set_option("display.width", 200)
+    print(f"(b) EAP-IG ({args.steps} steps) vs exact edge patching, {args.threads} thread(s)")
+    print(pd.DataFrame(speed).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if quality:
+        print("\n(c) ROC-AUC of |score| against the zoo's reference circuits")
+        print(pd.DataFrame(quality).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    else:
+        print("\n(c) skipped: no zoo models with reference circuits found")
+
+
+if __name__ == "__main__":
+    main()
