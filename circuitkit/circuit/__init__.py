@@ -1,1 +1,33 @@
-"""circuitkit.circuit"""
+"""Circuits: build from Scores, prune, discover, evaluate, compare, export and render."""
+
+from circuitkit.circuit.compare import (
+    Overlap,
+    iou,
+    node_scores_from_edges,
+    overlap,
+    overlap_matrix,
+    precision,
+    rank_auc,
+    recall,
+    roc_auc,
+    shared_components,
+)
+from circuitkit.circuit.discover import METHODS, acdc, discover, score_edges
+from circuitkit.circuit.evaluate import (
+    CircuitEvaluation,
+    EdgeEvaluator,
+    completeness,
+    evaluate,
+    faithfulness,
+    faithfulness_curve,
+    smallest_faithful,
+)
+from circuitkit.circuit.graph import Circuit
+from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
+
+__all__ = [
+    "FORMATS", "METHODS", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
+    "convert", "discover", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
+    "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
+    "save_circuit", "score_edges", "shared_components", "smallest_faithful",
+]

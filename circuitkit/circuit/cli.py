@@ -1,0 +1,85 @@
+"""``circuitkit discover`` and ``circuitkit export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from circuitkit.circuit.discover import METHODS
+    from circuitkit.circuit.io import FORMATS
+
+    disc = sub.add_parser(
+        "discover", help="find a circuit: score edges and prune",
+        description="Score MODEL's edges on TASK with METHOD, prune to a circuit (top-k, threshold, or the "
+                    "smallest circuit reaching --target faithfulness), evaluate it and write it.")
+    disc.add_argument("--model", required=True, help="zoo:NAME, a TransformerLens name or a local HF directory")
+    disc.add_argument("--task", default=None,
+                      help="task builder name (ioi, induction, greater_than, ...); defaults to the zoo card's task")
+    disc.add_argument("--method", default="eap-ig", choices=METHODS)
+    prune = disc.add_mutually_exclusive_group()
+    prune.add_argument("--top-k", type=int, default=None, help="keep this many edges (by |score|)")
+    prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
+    disc.add_argument("--target", type=float, default=0.9, help="faithfulness target when neither --top-k nor --threshold")
+    disc.add_argument("--ablation", default="mean", choices=("mean", "resample", "corrupted", "zero"))
+    disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
+    disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
+    disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
+    disc.add_argument("--device", default="cpu")
+    disc.add_argument("--quiet", action="store_true", help="no progress bars")
+    disc.set_defaults(func=_cmd_discover)
+
+    exp = sub.add_parser("export", help="convert a circuit file to another format",
+                         description="Read a circuit file (circuitkit JSON, GraphML, GEXF, EAP-IG/MIB JSON or an "
+                                     "attribution graph) and write it in another format. Nothing is written on error.")
+    exp.add_argument("circuit", help="input circuit file")
+    exp.add_argument("--to", required=True, choices=FORMATS)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--from", dest="src_format", default=None, choices=FORMATS,
+                     help="input format (recognised from the suffix / keys by default)")
+    exp.set_defaults(func=_cmd_export)
+
+
+def _cmd_discover(args) -> int:
+    from circuitkit.circuit.discover import discover
+    from circuitkit.circuit.io import save_circuit
+    from circuitkit.models import load_model
+
+    out = Path(args.out)
+    for path in filter(None, (out, args.html and Path(args.html))):
+        if not path.parent.exists():
+            raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
+    model = load_model(args.model, device=args.device)
+    task = _task(args, model)
+    circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.target,
+                       ablation=args.ablation, steps=args.steps, progress=not args.quiet)
+    save_circuit(circuit, out)
+    if args.html:
+        circuit.to_html(args.html)
+    meta = circuit.meta
+    print(f"{args.method} circuit on {task.name}: {len(circuit.edges)} edges, {len(circuit.nodes)} nodes; "
+          f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
+          f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
+    return 0
+
+
+def _task(args, model):
+    from circuitkit.tasks.builders import build_task
+
+    if args.model.startswith("zoo:"):
+        from circuitkit.zoo import zoo_card, zoo_task
+
+        card = zoo_card(args.model[4:])
+        if args.task is None or args.task == card.task["builder"]:
+            return zoo_task(card, model)
+    if args.task is None:
+        raise ValueError("--task is required for models outside the zoo (e.g. --task ioi)")
+    return build_task(args.task, model)
+
+
+def _cmd_export(args) -> int:
+    from circuitkit.circuit.io import convert
+
+    path = convert(args.circuit, args.out, args.to, args.src_format)
+    print(f"wrote {args.to} circuit to {path}")
+    return 0

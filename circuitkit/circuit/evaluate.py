@@ -1,0 +1,242 @@
+"""Faithfulness and completeness of circuits by edge ablation, and the MIB faithfulness curve.
+
+Every edge outside the circuit reads its parent's activation from an ablation source (mean over
+clean prompts, a resampled prompt, or the corrupted prompt) via
+:func:`circuitkit.patching.graph.run_with_edges`; a node-level circuit keeps every model edge
+among its nodes (plus ``input`` and ``logits``).
+
+``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``: 1 = the circuit alone reproduces the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from circuitkit import names
+from circuitkit.circuit.graph import Circuit
+from circuitkit.scores import Scores
+
+ABLATIONS = ("mean", "resample", "corrupted", "zero")
+MIB_KS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # % of edges
+
+
+@dataclass
+class CircuitEvaluation:
+    """How well a circuit reproduces (faithfulness) and accounts for (completeness) a behaviour.
+
+    ``completeness = 1 - f(complement)``: 1 when ablating the circuit alone (keeping every other
+    edge) removes the whole behaviour.
+    """
+
+    faithfulness: float
+    completeness: float
+    metric_circuit: float
+    metric_complement: float
+    metric_full: float
+    metric_empty: float
+    n_edges: int
+    n_model_edges: int
+    ablation: str
+    task: str
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class EdgeEvaluator:
+    """Caches the ablation source and the full / empty metrics of one (model, task, ablation)."""
+
+    def __init__(self, model, task, ablation: str = "mean", seed: int = 0) -> None:
+        from circuitkit.patching import graph as edge_graph
+
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
+        task.check_model(model)
+        self.model, self.task, self.ablation = model, task, ablation
+        self._graph = edge_graph
+        self.model_edges: list[str] = edge_graph.graph_edges(model)
+        self._edge_set = set(self.model_edges)
+        self.source = edge_graph.ablation_source(model, task, kind=ablation, seed=seed)
+        self._cache: dict[frozenset[str], float] = {}
+        with torch.no_grad():
+            self.metric_full = float(task.score(model(task.clean)))
+        self.metric_empty = self.metric([])
+        if abs(self.metric_full - self.metric_empty) < 1e-6:
+            raise ValueError(
+                f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
+                f"({self.metric_full:.4g}); faithfulness is undefined, pick another ablation or task"
+            )
+
+    def check_edges(self, edges: Iterable[str]) -> list[str]:
+        edges = list(edges)
+        unknown = [e for e in edges if e not in self._edge_set]
+        if unknown:
+            raise ValueError(f"edges not in this model's graph: {unknown[:5]}; circuits must use names.all_edges "
+                             "ids for this model (no positions, features or layers it lacks)")
+        return edges
+
+    def metric(self, keep_edges: Iterable[str]) -> float:
+        """The task metric with every edge outside ``keep_edges`` ablated."""
+        keep = frozenset(self.check_edges(keep_edges))
+        if keep not in self._cache:
+            with torch.no_grad():
+                logits = self._graph.run_with_edges(self.model, self.task.clean, keep_edges=keep, source=self.source)
+            self._cache[keep] = float(self.task.score(logits))
+        return self._cache[keep]
+
+    def normalised(self, value: float) -> float:
+        return (value - self.metric_empty) / (self.metric_full - self.metric_empty)
+
+    def faithfulness(self, keep_edges: Iterable[str]) -> float:
+        return self.normalised(self.metric(keep_edges))
+
+
+def circuit_edges(circuit: Circuit, model_edges: Sequence[str]) -> list[str]:
+    """The model edges a circuit keeps: its in-graph edges, or for a node-level circuit every
+    model edge whose endpoints are circuit nodes (``input`` / ``logits`` always count)."""
+    if circuit.level == "edge":
+        return circuit.edges
+    kept = set(circuit.nodes) | {names.INPUT, names.LOGITS}
+    unknown = [n for n in circuit.nodes if names.parse_node(n).pos is not None or names.parse_node(n).kind == "feature"]
+    if unknown:
+        raise ValueError(f"node circuits are evaluated on whole heads / MLPs; {unknown[:3]} have positions or are "
+                         "SAE features")
+    return [e for e in model_edges if {names.parse_edge(e).parent, names.parse_edge(e).child} <= kept]
+
+
+def evaluate(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0,
+             evaluator: EdgeEvaluator | None = None) -> CircuitEvaluation:
+    """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`)."""
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    keep = ev.check_edges(circuit_edges(circuit, ev.model_edges))
+    keep_set = set(keep)
+    complement = [e for e in ev.model_edges if e not in keep_set]
+    if circuit.level == "node":
+        # the complement of a node circuit: every edge among the other nodes
+        others = Circuit.from_nodes_edges(
+            [n for n in names.all_nodes(model.cfg.n_layers, model.cfg.n_heads, not model.cfg.attn_only)
+             if n not in circuit.nodes or n in (names.INPUT, names.LOGITS)])
+        complement = circuit_edges(others, ev.model_edges)
+    m_circuit, m_complement = ev.metric(keep), ev.metric(complement)
+    return CircuitEvaluation(
+        faithfulness=ev.normalised(m_circuit), completeness=1.0 - ev.normalised(m_complement),
+        metric_circuit=m_circuit, metric_complement=m_complement, metric_full=ev.metric_full,
+        metric_empty=ev.metric_empty, n_edges=len(keep), n_model_edges=len(ev.model_edges), ablation=ev.ablation,
+        task=task.name)
+
+
+def faithfulness(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0) -> float:
+    """``(m(circuit) - m(∅)) / (m(full) - m(∅))`` with every edge outside the circuit ablated."""
+    ev = EdgeEvaluator(model, task, ablation, seed)
+    return ev.faithfulness(circuit_edges(circuit, ev.model_edges))
+
+
+def completeness(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0) -> float:
+    """``1 - f(complement)``: ablate the circuit, keep everything else."""
+    return evaluate(model, task, circuit, ablation, seed).completeness
+
+
+def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool) -> list[str]:
+    """Model edges best first (unscored edges last), ties broken by id for determinism."""
+    values = scores.as_dict()
+    unknown = [label for label in values if label not in set(model_edges)]
+    if unknown:
+        raise ValueError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
+                         "(circuitkit.patching.graph.graph_edges)")
+    def key(edge: str):
+        v = values.get(edge)
+        return (v is None, -(abs(v) if by_abs else v) if v is not None else 0.0, edge)
+    return sorted(model_edges, key=key)
+
+
+def _check_edge_scores(scores: Scores) -> None:
+    if not scores.is_edge:
+        raise ValueError("the faithfulness curve ranks edges: pass edge Scores (e.g. from EAP-IG); for node scores "
+                         "build circuits with Circuit.from_scores(scores).top_k(k) and call faithfulness()")
+
+
+def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS, ablation: str = "mean",
+                       seed: int = 0, evaluator: EdgeEvaluator | None = None):
+    """The MIB circuit-localisation curve: for each k (% of the model's edges) keep the top-k edges
+    and ablate the rest.
+
+    Returns a DataFrame with columns ``k`` (%), ``n_edges``, ``f_signed`` (top-k by signed score,
+    for CPR) and ``f_abs`` (top-k by |score|, for CMD); ``frame.attrs`` holds ``cpr`` (area under
+    f_signed, higher is better) and ``cmd`` (area under |1 - f_abs|, lower is better), trapezoids
+    over k as a fraction.
+    """
+    import pandas as pd
+
+    _check_edge_scores(scores)
+    ks = sorted(float(k) for k in ks)
+    if not ks or ks[0] <= 0 or ks[-1] > 100:
+        raise ValueError(f"ks are percentages of edges in (0, 100], got {ks}")
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    signed, absolute = rank_edges(scores, ev.model_edges, False), rank_edges(scores, ev.model_edges, True)
+    n_total = len(ev.model_edges)
+    rows = []
+    for k in ks:
+        n = min(n_total, math.ceil(k / 100 * n_total - 1e-9))
+        rows.append({"k": k, "n_edges": n, "f_signed": ev.faithfulness(signed[:n]), "f_abs": ev.faithfulness(absolute[:n])})
+    frame = pd.DataFrame(rows)
+    x = frame["k"].to_numpy() / 100
+    frame.attrs.update(cpr=_trapezoid(x, frame["f_signed"].to_numpy()),
+                       cmd=_trapezoid(x, abs(1 - frame["f_abs"].to_numpy())), ablation=ev.ablation,
+                       method=scores.method, task=task.name)
+    return frame
+
+
+def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
+    """A circuit holding every model edge: scored edges with their score, the rest with None."""
+    circuit = Circuit.from_scores(scores, **Circuit.for_model(model))
+    missing = [e for e in model_edges if e not in set(scores.labels)]
+    circuit._add_edges(((e, None) for e in missing), scores.method, scores.task, False)
+    return circuit
+
+
+def _trapezoid(x, y) -> float:
+    return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
+
+
+def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation: str = "mean", seed: int = 0,
+                      search: str = "binary", evaluator: EdgeEvaluator | None = None) -> Circuit:
+    """The fewest top-|score| edges whose circuit reaches ``target`` faithfulness.
+
+    ``search="binary"``: evaluate the MIB grid of sizes (0.1 % ... 100 % of edges), then binary
+    search between the last grid size below target and the first one reaching it; this returns a
+    crossing point (f(n) >= target > f(n - 1)), the smallest n when f grows with n.
+    ``"linear"`` tries every n from 0 up: the slow, exact minimum. The circuit's ``meta`` records
+    ``faithfulness``, ``target``, ``ablation`` and ``n_edges``.
+    """
+    _check_edge_scores(scores)
+    if not 0 < target <= 1:
+        raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
+    if search not in ("binary", "linear"):
+        raise ValueError(f"search must be 'binary' or 'linear', got {search!r}")
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    order = rank_edges(scores, ev.model_edges, True)
+    total = len(order)
+    reached = lambda n: ev.faithfulness(order[:n]) >= target  # noqa: E731
+    if search == "linear":
+        n = next(n for n in range(total + 1) if reached(n))
+    else:
+        grid = sorted({0, *(min(total, math.ceil(k / 100 * total - 1e-9)) for k in MIB_KS), total})
+        hi = next(size for size in grid if reached(size))  # f(all edges) = 1 >= target
+        lo = max((size for size in grid if size < hi), default=-1)  # f(lo) < target (or lo = -1)
+        while hi - lo > 1:  # invariant: f(lo) < target <= f(hi)
+            mid = (lo + hi) // 2
+            if reached(mid):
+                hi = mid
+            else:
+                lo = mid
+        n = hi
+    circuit = full_circuit(scores, model, ev.model_edges).with_members(order[:n], "edge", prune=False)
+    circuit.meta.update(faithfulness=ev.faithfulness(order[:n]), target=target, ablation=ev.ablation,
+                        n_edges=n, selection="smallest_faithful")
+    return circuit

@@ -1,0 +1,207 @@
+"""Plotly rendering of a :class:`~circuitkit.circuit.Circuit`, laid out by layer.
+
+Input at the bottom, logits at the top; a layer's heads side by side with its MLP beside them
+(slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
+hovering a node or an edge's midpoint shows the component, score and method. A slider built into
+the figure filters edges by |score| (each step toggles trace visibility), so the filter works in
+notebooks and in static HTML alike.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from circuitkit import names
+
+POSITIVE = "#2563eb"
+NEGATIVE = "#dc2626"
+UNSIGNED = "#9ca3af"
+KIND_COLOURS = {"input": "#374151", "logits": "#374151", "head": "#0d9488", "mlp": "#d97706", "feature": "#7c3aed"}
+KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp": "square", "feature": "circle"}
+MLP_LIFT = 0.4  # an MLP sits a little above its layer's heads so that head -> MLP edges are visible
+
+
+def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """``node id -> (x, y)``: y by layer (input -1, logits n_layers), x by head within a layer."""
+    n_layers = circuit.n_layers if circuit.n_layers is not None else 0
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    features: dict[int, list[str]] = {}
+    for node_id in node_ids:
+        parsed = names.parse_node(node_id)
+        if parsed.kind == "feature":
+            features.setdefault(parsed.layer, []).append(node_id)
+    width = n_heads + 2  # one column block per token position
+    positions: dict[str, tuple[float, float]] = {}
+    for node_id in node_ids:
+        parsed = names.parse_node(node_id)
+        block = (parsed.pos or 0) * width
+        centre = (n_heads - 1) / 2
+        if parsed.kind == "input":
+            xy = (centre, -1.0)
+        elif parsed.kind == "logits":
+            xy = (centre, float(n_layers))
+        elif parsed.kind == "head":
+            xy = (float(parsed.head), float(parsed.layer))
+        elif parsed.kind == "mlp":
+            xy = (float(n_heads) + 0.5, parsed.layer + MLP_LIFT)
+        else:
+            order = sorted(features[parsed.layer]).index(node_id)
+            xy = (float(order), names.depth(parsed, n_layers))
+        positions[node_id] = (xy[0] + block, xy[1])
+    return positions
+
+
+def _fmt(score: float | None) -> str:
+    return "—" if score is None else f"{score:+.4g}"
+
+
+def _thresholds(values: list[float], n_steps: int) -> list[float]:
+    """0 followed by evenly spaced quantiles of |score| (distinct, ascending)."""
+    values = sorted(abs(v) for v in values)
+    if not values:
+        return [0.0]
+    steps = [0.0]
+    for i in range(1, n_steps):
+        q = values[min(len(values) - 1, int(round(i / n_steps * (len(values) - 1))))]
+        if q > steps[-1]:
+            steps.append(q)
+    return steps
+
+
+def _bucket(value: float | None, thresholds: list[float]) -> int:
+    if value is None:
+        return 0
+    index = 0
+    for i, t in enumerate(thresholds):
+        if abs(value) >= t:
+            index = i
+    return index
+
+
+def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n_steps: int = 8,
+                   thresholds: list[float] | None = None, title: str | None = None,
+                   height: int | None = None) -> go.Figure:
+    """A Plotly figure of ``circuit``.
+
+    Args:
+        edges: ``"in_graph"`` (the circuit) or ``"all"`` (every scored edge, filter with the slider).
+        interactive: add a slider whose steps are |score| thresholds (hide weaker edges).
+        n_steps / thresholds: the slider's thresholds (quantiles of |score| unless given).
+    """
+    if edges not in ("in_graph", "all"):
+        raise ValueError(f"edges must be 'in_graph' or 'all', got {edges!r}")
+    g = circuit.graph
+    edge_ids = circuit.edges if edges == "in_graph" else circuit.all_edges
+    node_ids = circuit.nodes if edges == "in_graph" else circuit.all_nodes
+    if not node_ids:
+        raise ValueError("the circuit has no in-graph nodes to draw; pass edges='all' or prune less")
+    pos = layout(circuit, node_ids)
+    edge_level = bool(edge_ids)
+    items = edge_ids if edge_level else [n for n in node_ids if names.parse_node(n).kind not in ("input", "logits")]
+    scores = [circuit.edge_data(e)["score"] if edge_level else g.nodes[e]["score"] for e in items]
+    if thresholds is None:
+        thresholds = _thresholds([s for s in scores if s is not None], n_steps) if interactive else [0.0]
+    thresholds = sorted({0.0, *map(float, thresholds)})
+    n_buckets = len(thresholds)
+    max_abs = max((abs(s) for s in scores if s is not None), default=1.0) or 1.0
+
+    fig = go.Figure()
+    bucket_traces: list[list[int]] = [[] for _ in range(n_buckets)]
+    if edge_level:
+        for b in range(n_buckets):
+            members = [(e, s) for e, s in zip(edge_ids, scores, strict=True) if _bucket(s, thresholds) == b]
+            if not members:
+                continue
+            strength = max((abs(s) for _, s in members if s is not None), default=0.0) / max_abs
+            line_width = 1.0 + 6.0 * math.sqrt(strength)
+            for colour, sign in ((POSITIVE, 1), (NEGATIVE, -1), (UNSIGNED, None)):
+                group = [e for e, s in members if (s is None and sign is None) or
+                         (s is not None and sign is not None and (s >= 0) == (sign > 0))]
+                if not group:
+                    continue
+                xs: list[float | None] = []
+                ys: list[float | None] = []
+                for e in group:
+                    parent, child = names.parse_edge(e).parent, names.parse_edge(e).child
+                    xs += [pos[parent][0], pos[child][0], None]
+                    ys += [pos[parent][1], pos[child][1], None]
+                bucket_traces[b].append(len(fig.data))
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                         line={"color": colour, "width": line_width}, opacity=0.75,
+                                         name=f"edges |score| ≥ {thresholds[b]:.3g}"))
+            # hover targets at edge midpoints (lines only hover at their points)
+            mids = [(e, s) for e, s in members]
+            bucket_traces[b].append(len(fig.data))
+            fig.add_trace(go.Scatter(
+                x=[(pos[names.parse_edge(e).parent][0] + pos[names.parse_edge(e).child][0]) / 2 for e, _ in mids],
+                y=[(pos[names.parse_edge(e).parent][1] + pos[names.parse_edge(e).child][1]) / 2 for e, _ in mids],
+                mode="markers", marker={"size": 6, "color": "rgba(0,0,0,0)"}, showlegend=False,
+                hovertext=[f"<b>{e}</b><br>score: {_fmt(s)}<br>method: {circuit.edge_data(e)['method']}"
+                           f"<br>task: {circuit.edge_data(e)['task']}" for e, s in mids],
+                hoverinfo="text"))
+
+    def node_trace(ids: list[str], visible: bool = True) -> go.Scatter:
+        colours, sizes, text = [], [], []
+        for n in ids:
+            d = g.nodes[n]
+            score = d["score"]
+            colours.append(KIND_COLOURS[d["kind"]] if score is None else (POSITIVE if score >= 0 else NEGATIVE))
+            sizes.append(16 if score is None else 12 + 18 * math.sqrt(abs(score) / max_abs))
+            text.append(f"<b>{n}</b><br>kind: {d['kind']}<br>score: {_fmt(score)}<br>method: {d['method']}"
+                        f"<br>task: {d['task']}")
+        return go.Scatter(
+            x=[pos[n][0] for n in ids], y=[pos[n][1] for n in ids], mode="markers+text", text=ids,
+            textposition="top center", hovertext=text, hoverinfo="text", showlegend=False, visible=visible,
+            marker={"size": sizes, "color": colours, "symbol": [KIND_SYMBOLS[g.nodes[n]["kind"]] for n in ids],
+                    "line": {"width": 1, "color": "#111827"}})
+
+    if edge_level:
+        fig.add_trace(node_trace(node_ids))
+    else:
+        fixed = [n for n in node_ids if n not in items]
+        if fixed:
+            fig.add_trace(node_trace(fixed))
+        for b in range(n_buckets):
+            group = [n for n, s in zip(items, scores, strict=True) if _bucket(s, thresholds) == b]
+            if group:
+                bucket_traces[b].append(len(fig.data))
+                fig.add_trace(node_trace(group))
+
+    n_layers = circuit.n_layers if circuit.n_layers is not None else 0
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    xs = [x for x, _ in pos.values()]
+    # the whole model's width, so a small circuit keeps heads in their columns
+    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
+    label = title or (f"{circuit.method or 'circuit'} · {circuit.task or 'task'} · "
+                      f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges")
+    fig.update_layout(
+        title=label, template="plotly_white", hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
+        xaxis={"visible": False, "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        yaxis={"tickvals": [-1, *range(n_layers), n_layers],
+               "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
+               "zeroline": False, "showgrid": True},
+    )
+    if interactive and n_buckets > 1:
+        always = set(range(len(fig.data))) - {i for b in bucket_traces for i in b}
+        steps = []
+        for j, t in enumerate(thresholds):
+            visible = [i in always or any(i in bucket_traces[b] for b in range(j, n_buckets))
+                       for i in range(len(fig.data))]
+            steps.append({"method": "restyle", "args": [{"visible": visible}], "label": f"{t:.3g}"})
+        fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "|score| ≥ "},
+                                    "pad": {"t": 30}}])
+    return fig
+
+
+def to_html(circuit, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Standalone HTML (Plotly's JavaScript bundled in, opens offline), written atomically."""
+    from circuitkit.circuit.io import atomic_write
+
+    fig = circuit_figure(circuit, **kwargs)
+    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    return atomic_write(path, html.encode())

@@ -1,0 +1,51 @@
+# ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
+import pytest
+from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
+
+from circuitkit.circuit import Circuit, overlap, roc_auc
+from circuitkit.circuit.discover import acdc, discover
+
+LIVE_HEADS = ["a0.h0", "a1.h1"]  # see conftest.dead_head_model
+DEAD_HEADS = ["a0.h1", "a1.h0"]
+
+
+def test_exact_scores_find_the_live_heads(exact_scores):
+    for label, value in exact_scores.as_dict().items():
+        if any(head in label for head in DEAD_HEADS):
+            assert value == pytest.approx(0.0, abs=1e-5), label
+    assert roc_auc(exact_scores, Circuit.from_nodes_edges(LIVE_HEADS), level="node") == 1.0
+
+
+def test_acdc_recovers_the_live_heads(known_model, known_task):
+    circuit = acdc(known_model, known_task, threshold=1e-4)
+    assert circuit.method == "acdc" and circuit.meta["threshold"] == 1e-4
+    assert circuit.nodes == ["input", *LIVE_HEADS, "logits"]
+    view = circuit.subgraph()  # every kept edge lies on an input -> logits path
+    for parent, child in view.edges():
+        assert parent == "input" or view.in_degree(parent) > 0
+        assert child == "logits" or view.out_degree(child) > 0
+    # a huge threshold removes everything
+    assert acdc(known_model, known_task, threshold=1e3).edges == []
+    with pytest.raises(ValueError, match="ACDC metric"):
+        acdc(known_model, known_task, metric="l2")
+
+
+def test_discover_prunes_to_a_faithful_circuit(known_model, known_task):
+    circuit = discover(known_model, known_task, "exact", target=0.9)
+    assert circuit.meta["faithfulness"] >= 0.9 and circuit.meta["discovery"] == "exact"
+    assert overlap(circuit, LIVE_HEADS).precision == 1.0
+    top = discover(known_model, known_task, "exact", top_k=4)
+    assert len(top.edges) <= 4
+    with pytest.raises(ValueError, match="unknown discovery method"):
+        discover(known_model, known_task, "magic")
+    with pytest.raises(ValueError, match="not both"):
+        discover(known_model, known_task, "exact", top_k=3, threshold=0.1)
+
+
+def test_discover_with_eap_ig(known_model, known_task):
+    circuit = discover(known_model, known_task, "eap-ig", steps=3, ablation="corrupted")
+    assert circuit.method == "eap-ig" and circuit.meta["faithfulness"] >= 0.9
+    scores = circuit.scores("edge")
+    assert len(scores) == 29  # every edge of the model was scored, the circuit keeps a few
+    assert roc_auc(scores, Circuit.from_nodes_edges(LIVE_HEADS), level="node") == 1.0
+    assert overlap(circuit, LIVE_HEADS).precision == 1.0

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+
+from circuitkit import Scores, names
+from circuitkit.circuit import FORMATS, Circuit, convert, load_circuit, save_circuit
+from circuitkit.circuit.io import from_attribution_graph, to_mib
+
+
+@pytest.fixture
+def circuit():
+    edges = names.all_edges(2, 2, True)
+    values = torch.randn(len(edges), generator=torch.Generator().manual_seed(1))
+    scores = Scores(values, edges, "eap-ig", task="ioi", meta={"n_layers": 2, "n_heads": 2, "has_mlp": True})
+    c = Circuit.from_scores(scores).top_k(12)
+    c.meta["faithfulness"] = 0.93
+    c.graph.nodes["a1.h0"]["note"] = "name mover"  # extra attributes survive too
+    c.graph.nodes["a0.h1"]["score"] = 0.0  # a zero score (sign 0) is not None
+    c.graph.nodes["a0.h1"]["sign"] = 0
+    c.edge_data(c.edges[0])["method"] = "acdc"  # per-edge method differing from the circuit's
+    return c
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_keeps_everything(circuit, tmp_path, fmt):
+    path = tmp_path / f"circuit.{ {'graphml': 'graphml', 'gexf': 'gexf'}.get(fmt, 'json') }"
+    save_circuit(circuit, path, fmt)
+    back = load_circuit(path)  # format recognised from suffix / keys
+    assert back == circuit
+    assert back.edges == circuit.edges and back.nodes == circuit.nodes
+    for node, data in circuit.graph.nodes(data=True):
+        assert back.graph.nodes[node] == data  # None stays None, bools stay bools
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
+
+
+def test_mib_layout_matches_eap_ig(circuit):
+    data = to_mib(circuit)
+    assert set(data) == {"cfg", "nodes", "edges"} and data["cfg"]["n_layers"] == 2
+    edge = next(iter(data["edges"]))
+    assert names.parse_edge(edge) and set(data["edges"][edge]) >= {"score", "in_graph"}
+    assert all(isinstance(v["in_graph"], bool) for v in data["nodes"].values())
+
+
+def test_reads_foreign_mib_and_tracer_files(tmp_path):
+    mib = {"cfg": {"n_layers": 1, "n_heads": 2, "d_model": 8},
+           "nodes": {"input": True, "a0.h0": {"in_graph": True, "score": None}, "logits": True},
+           "edges": {"input->a0.h0<q>": {"score": 1.5, "in_graph": True}, "a0.h0->logits": {"score": -0.5, "in_graph": True},
+                     "input->logits": {"score": 0.01, "in_graph": False}}}
+    path = tmp_path / "mib.json"
+    path.write_text(json.dumps(mib))
+    c = load_circuit(path)
+    assert c.edges == ["input->a0.h0<q>", "a0.h0->logits"] and c.edge_data("input->logits")["score"] == 0.01
+    tracer = {"metadata": {"slug": "demo", "scan": "gemma-2-2b", "prompt": "The capital", "schema_version": 1},
+              "qParams": {"pinnedIds": []},
+              "nodes": [{"node_id": "E_651_0", "feature": 651, "layer": "E", "ctx_idx": 0, "feature_type": "embedding",
+                         "activation": None, "influence": 0.5, "clerp": "emb"},
+                        {"node_id": "3_1234_0", "feature": 1234, "layer": "3", "ctx_idx": 0,
+                         "feature_type": "cross layer transcoder", "activation": 2.0, "influence": 0.4, "clerp": "x"},
+                        {"node_id": "3_error_0", "feature": None, "layer": "3", "ctx_idx": 0,
+                         "feature_type": "mlp reconstruction error", "activation": None, "influence": 0.1},
+                        {"node_id": "26_9_0", "feature": 9, "layer": "26", "ctx_idx": 0, "feature_type": "logit",
+                         "activation": None, "influence": 0.9, "clerp": 'Output "Austin" (p=0.4)'}],
+              "links": [{"source": "E_651_0", "target": "3_1234_0", "weight": 0.7},
+                        {"source": "3_1234_0", "target": "26_9_0", "weight": 1.2},
+                        {"source": "3_error_0", "target": "26_9_0", "weight": -0.3}]}
+    c = from_attribution_graph(tracer)
+    assert set(c.nodes) == {"input@0", "f3.transcoder.1234@0", "m3@0", "f26.logit.9@0"}
+    assert c.edge_data("f3.transcoder.1234@0->f26.logit.9@0")["score"] == 1.2
+    assert c.graph.nodes["f26.logit.9@0"]["clerp"] == 'Output "Austin" (p=0.4)'
+    # and it round-trips through our own formats
+    save_circuit(c, tmp_path / "t.graphml")
+    assert load_circuit(tmp_path / "t.graphml") == c
+
+
+def test_bad_files_raise_and_write_nothing(circuit, tmp_path):
+    good = tmp_path / "good.json"
+    save_circuit(circuit, good)
+    data = json.loads(good.read_text())
+    cases = {
+        "future.json": ({**data, "format_version": 99}, "format_version 99.*upgrade circuitkit"),
+        "unknown.json": ({"hello": 1}, "no known circuit format"),
+        "badnode.json": ({**data, "nodes": [{**data["nodes"][0], "id": "attn0"}, *data["nodes"][1:]]}, "invalid circuit"),
+        "badmib.json": ({"cfg": {}, "nodes": {}, "edges": {"a0->a1": {"score": 1}}}, "malformed entry"),
+    }
+    for name, (content, pattern) in cases.items():
+        src = tmp_path / name
+        src.write_text(json.dumps(content))
+        out = tmp_path / f"{name}.graphml"
+        with pytest.raises(ValueError, match=pattern):
+            convert(src, out, "graphml")
+        assert not out.exists()
+    truncated = tmp_path / "truncated.graphml"
+    truncated.write_bytes((tmp_path / "good.json").read_bytes()[:50])
+    with pytest.raises(ValueError, match="not valid GraphML"):
+        load_circuit(truncated)
+    with pytest.raises(ValueError, match="unknown export format"):
+        convert(good, tmp_path / "x.out", "dot")
+    # an export that fails while serialising leaves no file and no temp file
+    circuit.meta["bad"] = object()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(TypeError):
+        save_circuit(circuit, tmp_path / "partial.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
