@@ -3,13 +3,52 @@
 TransformerLens hooked models drive activation patching, attribution (EAP / EAP-IG),
 retrieval-head identification and SAE feature extraction; results are labelled ``Scores`` that
 become a networkx ``Circuit`` rendered with Plotly. Every method: ``method(model, task, ...) -> Scores``.
+
+This module re-exports the public API; SAE functions live in :mod:`circuitkit.sae` and batch
+studies in :mod:`circuitkit.studies` (both import heavier dependencies on first use).
 """
 
 __version__ = "0.1.0"
 
 from circuitkit import names
 from circuitkit.ablation import ABLATIONS, AblationResult, ablate, ablation_hooks, run_ablated
+from circuitkit.circuit import (
+    Circuit,
+    acdc,
+    completeness,
+    discover,
+    evaluate,
+    faithfulness,
+    faithfulness_curve,
+    load_circuit,
+    overlap,
+    overlap_matrix,
+    precision,
+    recall,
+    roc_auc,
+    save_circuit,
+    smallest_faithful,
+)
+from circuitkit.heads import (
+    head_scores,
+    retrieval_causal_check,
+    retrieval_heads,
+    retrieval_scores,
+    retrieval_scores_generate,
+)
 from circuitkit.models import ModelLoadError, load_model
+from circuitkit.patching import (
+    activation_patching,
+    attribution_patching,
+    direct_logit_attribution,
+    eap,
+    eap_ig,
+    exact_edge_patching,
+    logit_lens,
+    patch_head_sets,
+    path_patching,
+    run_with_edges,
+)
 from circuitkit.scores import Scores
 from circuitkit.tasks import (
     Task,
@@ -23,11 +62,25 @@ from circuitkit.tasks import (
     needle,
     normalized,
 )
-from circuitkit.zoo import ZooCard, list_zoo, zoo_card, zoo_task
+from circuitkit.zoo import ZooCard, list_zoo, verify, zoo_card, zoo_task
 
 __all__ = [
-    "ABLATIONS", "AblationResult", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__", "ablate",
-    "ablation_hooks", "build_task", "greater_than", "induction", "ioi", "list_zoo", "load_model",
-    "make_kl_metric", "metrics", "multiple_choice", "names", "needle", "normalized", "run_ablated",
-    "zoo_card", "zoo_task",
+    "ABLATIONS", "AblationResult", "Circuit", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__",
+    "ablate", "ablation_hooks", "acdc", "activation_patching", "attribution_patching", "build_task",
+    "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "evaluate", "exact_edge_patching",
+    "faithfulness", "faithfulness_curve", "greater_than", "head_scores", "induction", "ioi", "list_zoo",
+    "load_circuit", "load_model", "load_results", "logit_lens", "make_kl_metric", "metrics",
+    "multiple_choice", "names", "needle", "normalized", "overlap", "overlap_matrix", "patch_head_sets",
+    "path_patching", "precision", "recall", "retrieval_causal_check", "retrieval_heads", "retrieval_scores",
+    "retrieval_scores_generate", "roc_auc", "run_ablated", "run_study", "run_with_edges", "save_circuit",
+    "smallest_faithful", "verify", "zoo_card", "zoo_task",
 ]
+
+
+def __getattr__(name: str):
+    # Batch studies pull in pyarrow and process pools; import them on first use.
+    if name in ("run_study", "load_results"):
+        from circuitkit import studies
+
+        return getattr(studies, name)
+    raise AttributeError(f"module 'circuitkit' has no attribute {name!r}")
