@@ -36,9 +36,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from circuitkit import load_model
     from circuitkit.studies import StudySpec, run_study
-    from circuitkit.studies.spec import build_unit_task
 
     tmp = Path(tempfile.mkdtemp(prefix="study-bench-"))
     make_zoo(tmp / "zoo")
@@ -48,35 +46,51 @@ def main() -> None:
         "tasks": [{"name": "ioi", "params": {"n_prompts": 16}}, {"name": "induction", "params": {"n_prompts": 16}}],
         "ablations": ["zero", "mean", "resample"], "targets": {"every_head": True}, "metrics": ["logit_diff"],
     }
-    times = {}
+    import pyarrow.parquet as pq
+
+    from circuitkit.studies.store import part_files
+
+    times, warm = {}, {}
     for executor, workers in (("serial", None), ("process", 2)):
         start = time.perf_counter()
         results = run_study({**spec, "output_dir": str(tmp / executor)}, executor=executor, workers=workers,
                             progress=False)
         times[executor] = time.perf_counter() - start
         n_units = len(results)
+        # Warm throughput: units committed between the first and the last part file (start-up excluded).
+        stamps = sorted(p.stat().st_mtime for p in part_files(tmp / executor))
+        first_rows = len(pq.read_table(min(part_files(tmp / executor), key=lambda p: p.stat().st_mtime)))
+        warm[executor] = (n_units - first_rows) / max(stamps[-1] - stamps[0], 1e-9)
         print(f"{executor:8s} {n_units} units in {times[executor]:6.2f} s = {n_units / times[executor]:6.1f} units/s "
-              "(includes model loading and worker start-up)")
-    print(f"parallel / serial throughput: {times['serial'] / times['process']:.2f}x on {os.cpu_count()} cores")
+              f"end to end (model loading, worker start-up); warm: {warm[executor]:6.1f} units/s")
+    print(f"parallel / serial, end to end: {times['serial'] / times['process']:.2f}x; warm: "
+          f"{warm['process'] / warm['serial']:.2f}x on {os.cpu_count()} cores")
 
-    # Per-unit overhead: runner seconds per unit vs one bare forward pass over the task's prompts.
-    model = load_model("zoo:bench-a")
-    task = build_unit_task(StudySpec.from_dict({**spec, "output_dir": str(tmp / "x")}).tasks[0], model.tokenizer, 0)
-    with torch.no_grad():
-        model(task.clean)
-        reps = 50
-        start = time.perf_counter()
-        for _ in range(reps):
-            model(task.clean)
-        bare = (time.perf_counter() - start) / reps
-    rows = results[(results.model == "zoo:bench-a") & (results.task == "ioi")]
-    serial_rows = run_study({**spec, "output_dir": str(tmp / "serial")}, progress=False)
-    serial_rows = serial_rows[(serial_rows.model == "zoo:bench-a") & (serial_rows.task == "ioi")]
+    # Per-unit overhead, measured interleaved with bare forward passes of the same prompts:
+    # a unit = hooks (+ reference activations for mean / resample) + ablated forward + metrics + commit.
+    from circuitkit.studies import UnitRunner, plan_units, validate
+    from circuitkit.studies.store import commit_rows, prepare
+
+    study = StudySpec.from_dict({**spec, "output_dir": str(tmp / "overhead")})
+    prepare(study.output_dir)
+    runner = UnitRunner(study)
+    units = [u for u in plan_units(study, validate(study)) if u.model == "zoo:bench-a" and u.task == "ioi"]
+    model = runner.model("zoo:bench-a")
+    runner.run(units[0])  # loads the model and caches the clean / corrupted baselines
+    task = runner.baseline("zoo:bench-a", "ioi", 0).task
     for kind in ("zero", "mean", "resample"):
-        per_unit = serial_rows[serial_rows.ablation == kind].seconds.median()
-        print(f"{kind:8s} unit (1 ablated forward + hooks + metrics): {per_unit * 1e3:6.2f} ms = "
-              f"{per_unit / bare:4.1f}x a bare forward pass ({bare * 1e3:.2f} ms, {len(task)} prompts)")
-    del rows
+        bare = unit = 0.0
+        todo = [u for u in units if u.ablation == kind]
+        for u in todo:
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(task.clean)
+            mid = time.perf_counter()
+            commit_rows(study.output_dir, [runner.run(u)])
+            bare += mid - start
+            unit += time.perf_counter() - mid
+        print(f"{kind:8s} unit incl. commit: {unit / len(todo) * 1e3:6.2f} ms vs bare forward {bare / len(todo) * 1e3:6.2f} ms "
+              f"({len(task)} prompts): overhead {unit / bare:4.2f}x")
 
 
 if __name__ == "__main__":

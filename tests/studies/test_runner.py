@@ -18,7 +18,7 @@ from circuitkit.studies import SpecError, StudySpec, load_results, run_study, to
 from circuitkit.studies.spec import build_unit_task
 from circuitkit.studies.store import UNIT_KEY, part_files
 
-KILL_SPEC = dict(seeds=[0])  # 48 units, each committed on its own: room to be killed midway
+KILL_SPEC = dict(tasks=[{"name": "ioi", "params": {"n_prompts": 6}}])  # 24 units, each committed on its own
 PARALLEL_SPEC = dict(models=["zoo:tiny-mlp"], tasks=[{"name": "ioi", "params": {"n_prompts": 6}}])  # 12 units
 
 
@@ -59,8 +59,7 @@ def test_rows_match_ablate(zoo_env, tmp_path, reference):
         assert row.logit_diff_clean == pytest.approx(slow.clean, rel=1e-5, abs=1e-6)
         assert row.recovered == pytest.approx(slow.recovered, rel=1e-4, abs=1e-5)
     # Chunked forward passes (batch_size 4 of 6 prompts) give the same zero / mean numbers.
-    chunked = reference[(reference.model == "zoo:tiny-mlp") & (reference.task == "ioi") & (reference.seed == 0)
-                        & reference.ablation.isin(["zero", "mean"])]
+    chunked = reference[(reference.model == "zoo:tiny-mlp") & reference.ablation.isin(["zero", "mean"])]
     whole = run_study(small_spec(tmp_path / "whole", models=["zoo:tiny-mlp"], tasks=[{"name": "ioi", "params": {"n_prompts": 6}}],
                                  ablations=["zero", "mean"], batch_size=None), progress=False)
     assert_same_table(chunked, whole)
@@ -76,15 +75,16 @@ def test_top_k_targets(zoo_env, tmp_path):
 
 
 def test_resume_and_changed_spec(zoo_env, tmp_path, reference):
-    spec = small_spec(tmp_path / "out", **KILL_SPEC)
+    spec = small_spec(tmp_path / "out", **PARALLEL_SPEC, ablations=["zero"])
     first = run_study(spec, progress=False)
     parts = part_files(tmp_path / "out")
     stamps = [p.stat().st_mtime_ns for p in parts]
     again = run_study(spec, progress=False)  # nothing left to do: no part rewritten
     assert [p.stat().st_mtime_ns for p in part_files(tmp_path / "out")] == stamps
     assert_same_table(first, again)
-    assert_same_table(first, reference)
-    changed = small_spec(tmp_path / "out", seeds=[7])
+    expected = _subset(reference, spec)
+    assert_same_table(first, expected[expected.ablation == "zero"])
+    changed = small_spec(tmp_path / "out", **PARALLEL_SPEC, ablations=["zero"], seeds=[7])
     with pytest.raises(SpecError, match=r"holds results of a different spec .*--force-new"):
         run_study(changed, progress=False)
     assert len(load_results(tmp_path / "out")) == len(first)  # refused before touching anything
@@ -104,13 +104,13 @@ def test_sigkill_midway_then_resume(zoo_env, tmp_path, reference):
     out = tmp_path / "out"
     proc = _cli("run", str(spec_path), "--no-progress")
     deadline = time.time() + 60
-    while len(part_files(out)) < 5 and proc.poll() is None and time.time() < deadline:
+    while len(part_files(out)) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_rows = len(load_results(out))
-    assert 5 <= killed_rows < len(reference)
+    assert 3 <= killed_rows < len(reference)
     resumed = _cli("run", str(spec_path), "--no-progress")
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr
