@@ -1,0 +1,396 @@
+"""Study specs: what to ablate, in which models, on which tasks, measured how.
+
+A spec is a YAML (``yaml.safe_load``) or TOML (``tomllib``) file, or the same data as a dict::
+
+    models: [zoo:induction-handbuilt, zoo:ioi-trained]
+    tasks:
+      - {name: induction, params: {n_prompts: 16}}
+      - {name: ioi, params: {n_prompts: 16}, label: ioi16}    # label: optional, must be unique
+    ablations: [zero, mean, resample]
+    targets:
+      every_head: true
+      every_mlp: false
+      head_sets: {name_movers: [a1.h0, a1.h2]}
+      top_k_from: {score: induction, k: 3}                   # heads scored by TransformerLens' head_detector
+    metrics: [logit_diff, accuracy]
+    seeds: [0, 1]
+    batch_size: 16                                           # prompts per forward pass (null = all)
+    output_dir: results/head_ablation                        # relative to the spec file
+
+:meth:`StudySpec.from_dict` checks shapes and names (unknown keys, types, values); :func:`validate`
+then checks the spec against each model (the model exists, each task builds with its tokenizer
+and fits its vocabulary and context, every target head / MLP exists) and that the output
+directory is writable — everything that can fail, before any unit runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from circuitkit import names
+from circuitkit.ablation.hooks import ABLATIONS
+from circuitkit.tasks.builders import BUILDERS
+from circuitkit.tasks.metrics import METRICS
+
+# top_k_from score name -> TransformerLens head_detector pattern name
+HEAD_SCORES = {
+    "induction": "induction_head",
+    "previous_token": "previous_token_head",
+    "duplicate_token": "duplicate_token_head",
+}
+
+TOP_KEYS = ("models", "tasks", "ablations", "targets", "metrics", "seeds", "batch_size", "output_dir")
+TASK_KEYS = ("name", "params", "label")
+TARGET_KEYS = ("every_head", "every_mlp", "head_sets", "top_k_from")
+TOP_K_KEYS = ("score", "k")
+
+
+class SpecError(ValueError):
+    """A study spec is malformed or does not fit its models; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task builder (``circuitkit.tasks.BUILDERS``) and its parameters; ``label`` names it in results."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+
+@dataclass(frozen=True)
+class TopK:
+    score: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Targets:
+    every_head: bool = False
+    every_mlp: bool = False
+    head_sets: dict[str, list[str]] = field(default_factory=dict)
+    top_k_from: TopK | None = None
+
+
+@dataclass
+class StudySpec:
+    """A validated study: ``models x tasks x ablations x targets x seeds`` units."""
+
+    models: list[str]
+    tasks: list[TaskSpec]
+    ablations: list[str]
+    targets: Targets
+    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int | None = None
+    output_dir: Path = Path("study_results")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> StudySpec:
+        """Read a ``.yaml`` / ``.yml`` / ``.toml`` spec; a relative ``output_dir`` is resolved
+        against the spec file's folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"no study spec at {str(path)!r}; pass the path of a .yaml or .toml file")
+        text = path.read_text()
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise SpecError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise SpecError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        else:
+            raise SpecError(f"{path}: unknown spec format {path.suffix!r}; use a .yaml, .yml or .toml file")
+        return cls.from_dict(data, base_dir=path.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, data: Any, base_dir: str | os.PathLike | None = None) -> StudySpec:
+        """Check a spec's structure, names and value types; ``SpecError`` names the key path and the fix."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a study spec must be a mapping of {list(TOP_KEYS)}, got {type(data).__name__}")
+        _check_keys(data, TOP_KEYS, "spec")
+        for key in ("models", "tasks", "ablations", "targets"):
+            if key not in data:
+                raise SpecError(f"spec: missing required key {key!r}; see `circuitkit study run --help` for the format")
+        models = _str_list(data["models"], "models")
+        tasks = _tasks(data["tasks"])
+        ablations = _str_list(data["ablations"], "ablations")
+        for i, kind in enumerate(ablations):
+            if kind not in ABLATIONS:
+                raise SpecError(f"ablations[{i}]: unknown ablation kind {kind!r}{_hint(kind, ABLATIONS)}; "
+                                f"choose from {list(ABLATIONS)}")
+        targets = _targets(data["targets"])
+        metrics = _str_list(data.get("metrics", ["logit_diff"]), "metrics")
+        for i, metric in enumerate(metrics):
+            if metric not in METRICS:
+                raise SpecError(f"metrics[{i}]: unknown metric {metric!r}{_hint(metric, METRICS)}; "
+                                f"choose from {sorted(METRICS)}")
+        seeds = data.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            raise SpecError(f"seeds: expected a non-empty list of integers, e.g. [0, 1], got {seeds!r}")
+        batch_size = data.get("batch_size")
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise SpecError(f"batch_size: expected a positive integer or null (all prompts at once), got {batch_size!r}")
+        out = data.get("output_dir", "study_results")
+        if not isinstance(out, (str, os.PathLike)) or not str(out):
+            raise SpecError(f"output_dir: expected a folder path string, got {out!r}")
+        out_path = Path(out).expanduser()
+        if not out_path.is_absolute() and base_dir is not None:
+            out_path = Path(base_dir) / out_path
+        for label, values in (("models", models), ("ablations", ablations), ("metrics", metrics), ("seeds", seeds)):
+            if len(set(values)) != len(values):
+                raise SpecError(f"{label}: repeated entries in {values}; list each once")
+        return cls(models, tasks, ablations, targets, metrics, [int(s) for s in seeds], batch_size, out_path)
+
+    # --- identity -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, accepted back by :meth:`from_dict`."""
+        data = asdict(self)
+        data["output_dir"] = str(self.output_dir)
+        if self.targets.top_k_from is None:
+            data["targets"].pop("top_k_from")
+        return data
+
+    def hash(self) -> str:
+        """Hash of everything that changes results (not ``output_dir``): a changed spec is refused."""
+        data = self.to_dict()
+        data.pop("output_dir")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- structural checks ------------------------------------------------------------------------
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(data: dict, allowed, where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SpecError(f"{where}: unknown key {key!r}{_hint(key, allowed)}; allowed keys are {list(allowed)}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _str_list(value, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{where}: expected a non-empty list of strings, got {value!r}")
+    return list(value)
+
+
+def _tasks(value) -> list[TaskSpec]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"tasks: expected a non-empty list of {{name: BUILDER, params: {{...}}}}, got {value!r}")
+    tasks = []
+    for i, entry in enumerate(value):
+        where = f"tasks[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise SpecError(f"{where}: expected a builder name or {{name: BUILDER, params: {{...}}}}, got {entry!r}")
+        _check_keys(entry, TASK_KEYS, where)
+        name = entry.get("name")
+        if name not in BUILDERS:
+            raise SpecError(f"{where}.name: unknown task {name!r}{_hint(name, BUILDERS)}; choose from {sorted(BUILDERS)}")
+        params = entry.get("params", {}) or {}
+        if not isinstance(params, dict):
+            raise SpecError(f"{where}.params: expected a mapping of builder arguments, got {params!r}")
+        accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p != "model_or_tokenizer"]
+        for key in params:
+            if key not in accepted:
+                raise SpecError(f"{where}.params: task {name!r} takes no parameter {key!r}{_hint(key, accepted)}; "
+                                f"its parameters are {accepted}")
+        if "metric" in params:
+            raise SpecError(f"{where}.params.metric: set metrics with the top-level 'metrics' list instead")
+        label = entry.get("label", name)
+        if not isinstance(label, str) or not label:
+            raise SpecError(f"{where}.label: expected a non-empty string, got {label!r}")
+        tasks.append(TaskSpec(name, dict(params), label))
+    labels = [t.label for t in tasks]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise SpecError(f"tasks: two entries are labelled {label!r}; give each a distinct 'label: ...'")
+    return tasks
+
+
+def _targets(value) -> Targets:
+    if not isinstance(value, dict):
+        raise SpecError(f"targets: expected a mapping with any of {list(TARGET_KEYS)}, got {value!r}")
+    _check_keys(value, TARGET_KEYS, "targets")
+    for key in ("every_head", "every_mlp"):
+        if not isinstance(value.get(key, False), bool):
+            raise SpecError(f"targets.{key}: expected true or false, got {value[key]!r}")
+    head_sets = value.get("head_sets", {}) or {}
+    if not isinstance(head_sets, dict):
+        raise SpecError(f"targets.head_sets: expected a mapping {{set_name: [a1.h0, ...]}}, got {head_sets!r}")
+    clean_sets: dict[str, list[str]] = {}
+    for set_name, heads in head_sets.items():
+        where = f"targets.head_sets.{set_name}"
+        if not isinstance(heads, list) or not heads:
+            raise SpecError(f"{where}: expected a non-empty list of components such as [a1.h0, m2], got {heads!r}")
+        for j, comp in enumerate(heads):
+            try:
+                node = names.parse_node(comp) if isinstance(comp, str) else None
+            except ValueError as exc:
+                raise SpecError(f"{where}[{j}]: {exc}") from None
+            if node is None or node.kind not in ("head", "mlp") or node.pos is not None:
+                raise SpecError(f"{where}[{j}]: {comp!r} is not a head 'a<L>.h<H>' or MLP 'm<L>'; only those can be ablated")
+        if names.is_valid_node(str(set_name)):
+            raise SpecError(f"{where}: a set may not be named like a component; rename it (e.g. 'set_{set_name}')")
+        clean_sets[str(set_name)] = list(heads)
+    top = value.get("top_k_from")
+    top_k = None
+    if top is not None:
+        if not isinstance(top, dict):
+            raise SpecError(f"targets.top_k_from: expected {{score: {list(HEAD_SCORES)[0]}, k: 3}}, got {top!r}")
+        _check_keys(top, TOP_K_KEYS, "targets.top_k_from")
+        score = top.get("score")
+        if score not in HEAD_SCORES:
+            raise SpecError(f"targets.top_k_from.score: unknown head score {score!r}{_hint(score, HEAD_SCORES)}; "
+                            f"choose from {list(HEAD_SCORES)}")
+        k = top.get("k")
+        if not _is_int(k) or k < 1:
+            raise SpecError(f"targets.top_k_from.k: expected a positive integer, got {k!r}")
+        top_k = TopK(score, k)
+    targets = Targets(value.get("every_head", False), value.get("every_mlp", False), clean_sets, top_k)
+    if not (targets.every_head or targets.every_mlp or targets.head_sets or targets.top_k_from):
+        raise SpecError("targets: nothing to ablate; set every_head: true, every_mlp: true, head_sets or top_k_from")
+    return targets
+
+
+# --- checks against the models and the file system -------------------------------------------
+
+@dataclass
+class ModelInfo:
+    """What planning needs from a model, read without its weights where possible."""
+
+    spec: str
+    n_layers: int
+    n_heads: int
+    attn_only: bool
+    d_vocab: int
+    n_ctx: int
+    tokenizer: Any
+
+
+def model_info(model_spec: str) -> ModelInfo:
+    """A zoo model's card config and tokenizer (no weights); other models are loaded."""
+    from circuitkit.models.loading import ZOO_PREFIX, load_model
+
+    if model_spec.startswith(ZOO_PREFIX):
+        from circuitkit.zoo.registry import zoo_card, zoo_tokenizer
+
+        card = zoo_card(model_spec[len(ZOO_PREFIX):])
+        cfg = card.config
+        d_mlp = cfg.get("d_mlp")
+        return ModelInfo(model_spec, int(cfg["n_layers"]), int(cfg["n_heads"]),
+                         bool(cfg.get("attn_only", False)) or d_mlp in (None, 0),
+                         int(cfg["d_vocab"]), int(cfg["n_ctx"]), zoo_tokenizer(card))
+    model = load_model(model_spec, device="cpu")
+    cfg = model.cfg
+    return ModelInfo(model_spec, cfg.n_layers, cfg.n_heads, bool(cfg.attn_only), cfg.d_vocab, cfg.n_ctx, model.tokenizer)
+
+
+def build_unit_task(task_spec: TaskSpec, tokenizer, seed: int, metric: str = "logit_diff"):
+    """The task for one seed: the spec's seed feeds the builder unless its params fix one."""
+    from circuitkit.tasks.builders import build_task
+
+    params = dict(task_spec.params)
+    if "seed" in inspect.signature(BUILDERS[task_spec.name]).parameters and "seed" not in params:
+        params["seed"] = seed
+    return build_task(task_spec.name, tokenizer, **params, metric=metric)
+
+
+def validate(spec: StudySpec) -> dict[str, ModelInfo]:
+    """Check ``spec`` against its models and output folder; raise ``SpecError`` before any unit runs.
+
+    Loads each model's config (zoo: card only), builds each task with its tokenizer for every
+    seed, checks vocabulary / context, target components and ``top_k_from.k`` ranges.
+    """
+    infos: dict[str, ModelInfo] = {}
+    for i, model_spec in enumerate(spec.models):
+        try:
+            infos[model_spec] = info = model_info(model_spec)
+        except (KeyError, ValueError, RuntimeError, OSError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise SpecError(f"models[{i}]: cannot load {model_spec!r}: {message}") from None
+        where = f"model {model_spec!r} ({info.n_layers} layers x {info.n_heads} heads"
+        where += ", attention-only)" if info.attn_only else ")"
+        if spec.targets.every_mlp and info.attn_only:
+            raise SpecError(f"targets.every_mlp: {where} has no MLPs; drop every_mlp or this model")
+        for set_name, comps in spec.targets.head_sets.items():
+            for comp in comps:
+                node = names.parse_node(comp)
+                if node.kind == "head" and not (node.layer < info.n_layers and node.head < info.n_heads):
+                    raise SpecError(f"targets.head_sets.{set_name}: head {comp!r} is out of range for {where}; "
+                                    f"use a0.h0 .. {names.head(info.n_layers - 1, info.n_heads - 1)}")
+                if node.kind == "mlp" and (info.attn_only or node.layer >= info.n_layers):
+                    raise SpecError(f"targets.head_sets.{set_name}: MLP {comp!r} does not exist in {where}")
+        top = spec.targets.top_k_from
+        if top is not None and top.k > info.n_layers * info.n_heads:
+            raise SpecError(f"targets.top_k_from.k: {top.k} exceeds the {info.n_layers * info.n_heads} heads of {where}")
+        for j, task_spec in enumerate(spec.tasks):
+            for seed in spec.seeds:
+                try:
+                    task = build_unit_task(task_spec, info.tokenizer, seed)
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise SpecError(f"tasks[{j}] ({task_spec.label}): cannot build for {where}, seed {seed}: {exc}") from None
+                _check_task_fits(task, info, f"tasks[{j}] ({task_spec.label})", where)
+                if "resample" in spec.ablations and len(task) < 2:
+                    raise SpecError(f"tasks[{j}] ({task_spec.label}): resample ablation needs at least 2 prompts; "
+                                    "raise params.n_prompts")
+    check_output_dir(spec.output_dir)
+    return infos
+
+
+def _check_task_fits(task, info: ModelInfo, what: str, where: str) -> None:
+    if task.d_vocab is not None and task.d_vocab != info.d_vocab:
+        raise SpecError(f"{what}: built with a vocabulary of {task.d_vocab} tokens but {where} has {info.d_vocab}; "
+                        "the model's tokenizer and embedding disagree")
+    if task.clean.shape[1] > info.n_ctx:
+        raise SpecError(f"{what}: prompts of {task.clean.shape[1]} tokens exceed the context ({info.n_ctx}) of {where}; "
+                        "use shorter prompts")
+
+
+def check_output_dir(path: Path) -> None:
+    """The folder exists (or can be created) and is readable and writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"output_dir: {str(path)!r} is a file, not a folder; choose another output_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"output_dir: cannot create {str(path)!r} ({exc.strerror}); choose a writable output_dir") from None
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise SpecError(f"output_dir: {str(path)!r} is not readable; fix its permissions or choose another output_dir")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise SpecError(f"output_dir: {str(path)!r} is not writable ({exc.strerror}); fix its permissions "
+                        "or choose another output_dir") from None
