@@ -10,6 +10,7 @@ ablating the circuit itself leaves < 20 % of the metric.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -199,8 +200,10 @@ def zoo_word_tokenizer():
     return word_level_tokenizer(default_words())
 
 
+@functools.lru_cache(maxsize=2)
 def docs_bpe_tokenizer(vocab_size: int = 2048):
-    """A byte-level BPE tokenizer trained on Python's own docstrings (deterministic, offline)."""
+    """A byte-level BPE tokenizer trained on Python's own docstrings (deterministic, offline;
+    cached per process, as two recipes use it)."""
     from circuitkit.tokenizers import python_docs_corpus, train_bpe_tokenizer
 
     return train_bpe_tokenizer(python_docs_corpus(), vocab_size=vocab_size)
