@@ -1,0 +1,562 @@
+"""The zoo's trained models: seeded recipes that train small HookedTransformers on CPU and find
+their reference circuits by exhaustive mean ablation.
+
+``RECIPES`` maps a zoo name to ``builder(seed=0, progress=True, steps=None) -> (model, tokenizer,
+ZooCard)``; each trains in a few minutes on 2 CPU cores. :func:`find_circuit` establishes a
+model's circuit: it ablates every head and MLP alone, grows the set whose *complement* can be
+ablated while keeping >= 90 % of the metric, prunes it, and then (if needed) grows it until
+ablating the circuit itself leaves < 20 % of the metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitkit import names
+from circuitkit.ablation import ablate
+from circuitkit.ablation.hooks import run_ablated
+from circuitkit.zoo.registry import ZooCard, config_to_json
+
+# batch_fn(generator) -> (tokens [batch, pos], loss_mask [batch, pos]): mask marks positions
+# whose NEXT token is a training target.
+BatchFn = Callable[[random.Random], tuple[Tensor, Tensor]]
+
+
+# --- training loop ----------------------------------------------------------------------------
+
+def train_model(model, batch_fn: BatchFn, steps: int, lr: float, seed: int = 0, progress: bool = True,
+                desc: str = "train", weight_decay: float = 0.0, warmup: int = 50) -> list[float]:
+    """Adam with linear warm-up and cosine decay on next-token loss at masked positions.
+
+    Returns the loss of every step.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
+    for _ in bar:
+        tokens, mask = batch_fn(rng)
+        keep = mask[:, :-1]
+        loss = F.cross_entropy(_logits_at(model, tokens[:, :-1], keep), tokens[:, 1:][keep])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if len(losses) % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
+    model.eval()
+    return losses
+
+
+def new_model(tokenizer, **cfg_kwargs):
+    """A fresh HookedTransformer with ``tokenizer`` (seeded by ``cfg_kwargs['seed']``)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = dict(d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", device="cpu",
+               default_prepend_bos=True)
+    cfg.update(cfg_kwargs)
+    if "d_head" not in cfg:
+        cfg["d_head"] = cfg["d_model"] // cfg["n_heads"]
+    model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    return model
+
+
+# --- circuit discovery by exhaustive ablation --------------------------------------------------
+
+@dataclass
+class CircuitSearch:
+    """What :func:`find_circuit` found and the figures behind it."""
+
+    nodes: list[str]
+    per_component: dict[str, float]  # recovered when ONLY that component is mean-ablated
+    circuit_only: float  # recovered when everything outside the circuit is mean-ablated
+    circuit_ablated: float  # recovered when the circuit is mean-ablated
+    clean: float
+    baseline: float
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "ablation": "mean over the task's clean prompts",
+            "per_component_recovered": {k: round(v, 4) for k, v in self.per_component.items()},
+            "circuit_only_recovered": round(self.circuit_only, 4),
+            "circuit_ablated_recovered": round(self.circuit_ablated, 4),
+            "clean_metric": round(self.clean, 4),
+            "corrupted_metric": round(self.baseline, 4),
+        }
+
+
+def components_of(model) -> list[str]:
+    """Every head and MLP of ``model`` as node ids, in computation order."""
+    nodes = names.all_nodes(model.cfg.n_layers, model.cfg.n_heads, has_mlp=not model.cfg.attn_only)
+    return [n for n in nodes if n not in (names.INPUT, names.LOGITS)]
+
+
+def circuit_recovery(model, task, circuit: list[str]) -> tuple[float, float]:
+    """(circuit-only recovered, circuit-ablated recovered) under mean ablation."""
+    circuit_set = set(circuit)
+    complement = [c for c in components_of(model) if c not in circuit_set]
+    only = ablate(model, task, complement, "mean").recovered if complement else 1.0
+    cut = ablate(model, task, list(circuit), "mean").recovered if circuit else 1.0
+    return only, cut
+
+
+def find_circuit(model, task, keep: float = 0.9, destroy: float = 0.2, progress: bool = True) -> CircuitSearch:
+    """Exhaustive single-component ablation, then greedy growth of the circuit until its complement
+    can be ablated keeping ``keep`` of the metric, pruning of nodes that are not needed, and growth
+    (most harmful-to-ablate first) until ablating the circuit leaves less than ``destroy``."""
+    comps = components_of(model)
+    base = ablate(model, task, [], "mean")
+
+    def recovered(ablated: list[str]) -> float:
+        # ablate() would re-run the clean and corrupted prompts on every call; they are fixed here.
+        if not ablated:
+            return 1.0
+        value = float(task.score(run_ablated(model, task.clean, ablated, "mean", task.clean)))
+        return (value - base.baseline) / (base.clean - base.baseline)
+
+    per = {c: recovered([c]) for c in tqdm(comps, desc="single ablations", disable=not progress)}
+    by_harm = sorted(comps, key=lambda c: per[c])
+
+    def only(circuit):
+        return recovered([c for c in comps if c not in circuit])
+
+    circuit: list[str] = []
+    bar = tqdm(total=len(comps), desc="grow circuit", disable=not progress)
+    while only(circuit) < keep and len(circuit) < len(comps):
+        gains = {c: only([*circuit, c]) for c in comps if c not in circuit}
+        best = max(gains, key=gains.get)
+        circuit.append(best)
+        bar.update(1)
+    bar.close()
+    for c in sorted(circuit, key=lambda c: -per[c]):  # try dropping the least important first
+        trial = [x for x in circuit if x != c]
+        if trial and only(trial) >= keep:
+            circuit = trial
+    cut = recovered(circuit)
+    for c in by_harm:
+        if cut < destroy:
+            break
+        if c not in circuit:
+            circuit.append(c)
+            cut = recovered(circuit)
+    circuit = names.sort_nodes(circuit, model.cfg.n_layers)
+    # The recorded figures come from ablate() itself, as the tests and `zoo verify` compute them.
+    final_only, final_cut = circuit_recovery(model, task, circuit)
+    return CircuitSearch(circuit, per, final_only, final_cut, base.clean, base.baseline)
+
+
+def circuit_edges(model, nodes: list[str]) -> list[str]:
+    """Edges of ``names.all_edges`` between circuit nodes (plus input and logits)."""
+    keep = {*nodes, names.INPUT, names.LOGITS}
+    out = []
+    for e in names.all_edges(model.cfg.n_layers, model.cfg.n_heads, has_mlp=not model.cfg.attn_only):
+        parsed = names.parse_edge(e)
+        if parsed.parent in keep and parsed.child in keep:
+            out.append(e)
+    return out
+
+
+def task_accuracy(model, task) -> float:
+    with torch.no_grad():
+        return float(task.with_metric("accuracy").score(model(task.clean)))
+
+
+def _logits_at(model, tokens: Tensor, keep: Tensor) -> Tensor:
+    """Logits ``[n_kept, vocab]`` at the ``keep`` positions only (unembedding every position of a
+    long context costs more than the rest of the model)."""
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    picked = resid[keep][None]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    return model.unembed(picked)[0]
+
+
+# --- shared pieces of the recipes --------------------------------------------------------------
+
+def zoo_word_tokenizer():
+    """The word-level tokenizer over every word the default task builders use."""
+    from circuitkit.tasks.builders import default_words
+    from circuitkit.tokenizers import word_level_tokenizer
+
+    return word_level_tokenizer(default_words())
+
+
+@functools.lru_cache(maxsize=2)
+def docs_bpe_tokenizer(vocab_size: int = 2048):
+    """A byte-level BPE tokenizer trained on Python's own docstrings (deterministic, offline;
+    cached per process, as two recipes use it)."""
+    from circuitkit.tokenizers import python_docs_corpus, train_bpe_tokenizer
+
+    return train_bpe_tokenizer(python_docs_corpus(), vocab_size=vocab_size)
+
+
+def make_card(name: str, description: str, model, task, task_spec: dict[str, Any], recipe: dict[str, Any],
+              search: CircuitSearch, extra_evidence: dict[str, Any] | None = None) -> ZooCard:
+    """A trained model's card: config, task, recipe, accuracy, circuit and its evidence."""
+    evidence = search.evidence()
+    evidence["edges"] = ("derived: every names.all_edges edge whose parent and child are both circuit "
+                         "nodes (or input / logits); edges were not ablated one by one")
+    evidence.update(extra_evidence or {})
+    return ZooCard(
+        name=name, description=description, config=config_to_json(model.cfg), task=task_spec,
+        construction="trained", recipe=recipe, accuracy=round(task_accuracy(model, task), 4),
+        circuit={"nodes": search.nodes, "edges": circuit_edges(model, search.nodes)}, evidence=evidence,
+    )
+
+
+def _finish(name, description, model, tok, task_spec, recipe, extra_evidence, progress, t0, circuit=True):
+    from circuitkit.tasks.builders import build_task
+
+    recipe["train_seconds"] = round(time.time() - t0, 1)
+    model.eval()
+    task = build_task(task_spec["builder"], tok, **task_spec["params"], metric=task_spec["metric"])
+    if not circuit:  # a quick run: no circuit search
+        return model, tok, ZooCard(name=name, description=description, config=config_to_json(model.cfg),
+                                   task=task_spec, construction="trained", recipe=recipe,
+                                   accuracy=round(task_accuracy(model, task), 4))
+    search = find_circuit(model, task, progress=progress)
+    card = make_card(name, description, model, task, task_spec, recipe, search, extra_evidence)
+    return model, tok, card
+
+
+# --- induction ---------------------------------------------------------------------------------
+
+INDUCTION_CFG = dict(n_layers=2, n_heads=4, d_model=64, attn_only=True, n_ctx=48, normalization_type="LN")
+# The fixed-period counter-example: same layers, its own (longer) context.
+FIXED_PERIOD_CFG = {**INDUCTION_CFG, "n_ctx": 64}
+
+
+def varied_repeat_batch(pool: list[int], bos: int, batch: int = 32, length: int = 48,
+                        min_period: int = 3, max_period: int = 12) -> BatchFn:
+    """Rows ``BOS, random prefix, segment, segment, segment...`` (the segment repeated to the end of
+    the row): the prefix length (offset) and the segment length (period) are drawn per row, so only
+    content-based copying predicts the repeats. The loss covers every token of the second and later
+    copies except the second copy's first (whose previous token has no earlier occurrence)."""
+    def batch_fn(rng: random.Random):
+        rows, masks = [], []
+        for _ in range(batch):
+            period = rng.randint(min_period, max_period)
+            prefix = rng.randint(0, length - 1 - 2 * period)
+            seg = rng.choices(pool, k=period)
+            row = [bos, *rng.choices(pool, k=prefix)]
+            first = len(row)
+            while len(row) < length:
+                row += seg
+            row = row[:length]
+            mask = [False] * length
+            # Targets: every token from the second copy on (mask[i] marks predicting row[i + 1]).
+            for i in range(first + period, length - 1):
+                mask[i] = True
+            rows.append(row)
+            masks.append(mask)
+        return torch.tensor(rows), torch.tensor(masks)
+    return batch_fn
+
+
+def fixed_repeat_batch(pool: list[int], bos: int, batch: int = 64, period: int = 10) -> BatchFn:
+    """Rows ``BOS, segment, segment`` with one fixed period and no offset (the positional shortcut
+    data): the token to predict always sits ``period`` positions back."""
+    def batch_fn(rng: random.Random):
+        rows = []
+        for _ in range(batch):
+            seg = rng.choices(pool, k=period)
+            rows.append([bos, *seg, *seg])
+        mask = torch.zeros(batch, 1 + 2 * period, dtype=torch.bool)
+        mask[:, 1 + period: 2 * period] = True
+        return torch.tensor(rows), mask
+    return batch_fn
+
+
+def _induction_common(name, seed, progress, steps, lr, batch_fn_of, data, description, default_steps, circuit,
+                      cfg, batch, warmup):
+    from circuitkit.tokenizers import bos_id, ordinary_token_ids
+
+    t0 = time.time()
+    tok = zoo_word_tokenizer()
+    pool = ordinary_token_ids(tok)
+    model = new_model(tok, **cfg, seed=seed, model_name=name)
+    steps = steps or default_steps
+    batch_fn = batch_fn_of(pool, bos_id(tok))
+    losses = train_model(model, batch_fn, steps, lr, seed, progress, desc=name, warmup=warmup)
+    task_spec = {"builder": "induction", "params": {"n_prompts": 64, "seq_len": 10, "seed": 0}, "metric": "logit_diff"}
+    recipe = {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "warmup": warmup,
+              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine", "data": data, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+    return _finish(name, description, model, tok, task_spec, recipe, {}, progress, t0, circuit)
+
+
+def induction_trained(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """2-layer attention-only model trained on repeats of varying period and offset."""
+    return _induction_common(
+        "induction-trained", seed, progress, steps, 3e-3,
+        lambda pool, bos: varied_repeat_batch(pool, bos),
+        "48-token rows: BOS, a random prefix of 0..(47-2P) tokens, then a random segment of period P in 3..12 "
+        "repeated to the end of the row; tokens uniform over the tokenizer's ordinary tokens; loss on every "
+        "token of the second and later copies but the second copy's first",
+        "Attention-only 2x4 transformer trained on repeated random segments of varying period (3-12) and "
+        "offset. Undertrained: in 2500 steps it copies from context (accuracy 0.34 at period 10, 0.5-0.6 at "
+        "periods 4 and 7) without a clean previous-token -> induction-head circuit yet.",
+        2500, circuit, INDUCTION_CFG, 32, 20,
+    )
+
+
+def induction_fixed_period(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """The same architecture trained on ONE repeat period at ONE offset: it learns the positional
+    shortcut (a layer-0 head looking ``period - 1`` tokens back) and no induction circuit."""
+    return _induction_common(
+        "induction-fixed-period", seed, progress, steps, 1e-3,
+        lambda pool, bos: fixed_repeat_batch(pool, bos),
+        "21-token rows: BOS, a random segment of exactly 10 tokens, the segment again (no offset); loss on "
+        "the second copy's tokens 2..10",
+        "Counter-example: the induction architecture trained on a FIXED repeat period and offset solves "
+        "that data by position (a layer-0 head attends 9 tokens back) and fails on other periods.",
+        300, circuit, FIXED_PERIOD_CFG, 64, 50,
+    )
+
+
+# --- IOI ---------------------------------------------------------------------------------------
+
+IOI_CFG = dict(n_layers=3, n_heads=4, d_model=64, d_mlp=256, n_ctx=32, normalization_type="LN")
+
+
+def ioi_batch(tok, batch: int = 64) -> BatchFn:
+    """Templated IOI sentences (the ``ioi`` builder's templates, names, places, objects; ABBA and
+    BABA equally often) followed by the indirect object; the loss is on that final name."""
+    from circuitkit.tasks.builders import IOI_TEMPLATES, NAMES, OBJECTS, PLACES
+    from circuitkit.tokenizers import encode, pad_id
+
+    pad = pad_id(tok)
+
+    def batch_fn(rng: random.Random):
+        rows = []
+        for _ in range(batch):
+            io, s = rng.sample(NAMES, 2)
+            first, second = (io, s) if rng.random() < 0.5 else (s, io)
+            text = rng.choice(IOI_TEMPLATES).format(A=first, B=second, C=s, PLACE=rng.choice(PLACES),
+                                                    OBJECT=rng.choice(OBJECTS))
+            rows.append(encode(tok, f"{text} {io}", True))
+        width = max(len(r) for r in rows)
+        mask = torch.zeros(batch, width, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            mask[i, len(r) - 2] = True
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows]), mask
+    return batch_fn
+
+
+def ioi_trained(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """3-layer transformer with MLPs trained to complete IOI sentences with the indirect object."""
+    t0 = time.time()
+    tok = zoo_word_tokenizer()
+    model = new_model(tok, **IOI_CFG, seed=seed, model_name="ioi-trained")
+    steps = steps or 1500
+    lr = 1e-3
+    losses = train_model(model, ioi_batch(tok), steps, lr, seed, progress, desc="ioi-trained")
+    task_spec = {"builder": "ioi", "params": {"n_prompts": 64, "seed": 0}, "metric": "logit_diff"}
+    recipe = {"steps": steps, "lr": lr, "batch": 64, "seed": seed, "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
+              "data": "ioi builder templates x NAMES x PLACES x OBJECTS, ABBA/BABA 50/50, random each step; "
+                      "loss on the final (indirect-object) name only",
+              "final_loss": round(sum(losses[-20:]) / 20, 4) if len(losses) >= 20 else losses[-1]}
+    return _finish("ioi-trained", "3-layer transformer with MLPs trained on templated IOI sentences (ABBA and BABA).",
+                   model, tok, task_spec, recipe, {}, progress, t0, circuit)
+
+
+
+# --- needle retrieval --------------------------------------------------------------------------
+
+# Rotary positions: retrieval is relative-position-free, and rotary lets mostly-short training rows
+# carry over to 256-token prompts.
+NEEDLE_CFG = dict(n_layers=4, n_heads=4, d_model=64, attn_only=True, n_ctx=264, normalization_type="LN",
+                  positional_embedding_type="rotary", rotary_dim=16)
+# Task values: invented words that the docs BPE splits into several tokens (multi-token needles);
+# training draws other invented words, so the task measures retrieval of unseen values.
+NEEDLE_VALUES = ("zorbat", "quindle", "mafrex", "plovish", "trunkel", "yesbor", "gadwump", "snerkol")
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def needle_values(tok, values=NEEDLE_VALUES) -> list[str]:
+    """The task values that tokenize to >= 2 tokens after the question, with distinct first tokens."""
+    from circuitkit.tasks.builders import NEEDLE_QUESTION
+    from circuitkit.tokenizers import continuation_ids
+
+    kept, firsts = [], set()
+    for v in values:
+        ids = continuation_ids(tok, NEEDLE_QUESTION, v)
+        if len(ids) >= 2 and ids[0] not in firsts:
+            kept.append(v)
+            firsts.add(ids[0])
+    return kept
+
+
+def needle_batch(tok, hay_ids: list[int], batch: int = 16, min_len: int = 32, max_len: int = 256,
+                 exclude: tuple[str, ...] = NEEDLE_VALUES) -> BatchFn:
+    """Prompts exactly as the ``needle`` builder makes them (needle sentence at a random depth of a
+    random slice of Python docstrings, then the question), one random length per batch (mostly short),
+    each with
+    an invented multi-token value; the value's tokens are appended and are the only targets."""
+    from circuitkit.tasks.builders import NEEDLE_QUESTION, NEEDLE_TEMPLATE, _needle_prompt
+    from circuitkit.tokenizers import pad_id
+
+    pad = pad_id(tok)
+
+    def batch_fn(rng: random.Random):
+        # Short rows are cheap and teach retrieval fast; long ones are rarer (length ~ min + u^2 range).
+        length = min_len + int(rng.random() ** 2 * (max_len - min_len) / 8) * 8
+        rows, ends = [], []
+        while len(rows) < batch:
+            value = "".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3)))
+            if value in exclude:
+                continue
+            start = rng.randrange(0, len(hay_ids) - length)
+            built = _needle_prompt(tok, hay_ids[start: start + length], length, rng.random(), value,
+                                   NEEDLE_TEMPLATE, NEEDLE_QUESTION, True)
+            if built is None:
+                continue
+            ids, _, _, value_ids, _ = built
+            rows.append(ids + value_ids)
+            ends.append((len(ids) - 1, len(value_ids)))
+        width = max(len(r) for r in rows)
+        mask = torch.zeros(batch, width, dtype=torch.bool)
+        for i, (end, n) in enumerate(ends):
+            mask[i, end: end + n] = True
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows]), mask
+    return batch_fn
+
+
+def needle_trained(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """4-layer attention-only model trained to answer the needle question with the needle's
+    (multi-token, never-seen) value from anywhere in a 256-token docstring haystack."""
+    from circuitkit.tokenizers import python_docs_corpus
+
+    t0 = time.time()
+    tok = docs_bpe_tokenizer()
+    text = python_docs_corpus()
+    hay_ids = tok.encode(text[60_000:], add_special_tokens=False)  # the task's haystack is text[:60000]
+    model = new_model(tok, **NEEDLE_CFG, seed=seed, model_name="needle-trained")
+    steps = steps or 1200
+    lr = 2e-3
+    losses = train_model(model, needle_batch(tok, hay_ids), steps, lr, seed, progress, desc="needle-trained")
+    values = needle_values(tok)
+    task_spec = {"builder": "needle",
+                 "params": {"context_lengths": [256], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "values": values},
+                 "metric": "logit_diff"}
+    recipe = {"steps": steps, "lr": lr, "batch": 16, "seed": seed, "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
+              "data": "needle-builder prompts of 32..256 tokens (one length per batch, length = 32 + u^2 * 224) over Python docstrings after "
+                      "the first 60k characters (the task's haystack), needle at a uniform random depth, value an "
+                      "invented 2-3 syllable word (2+ BPE tokens, never a task value); loss on the value's tokens",
+              "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+    model.eval()
+    out = _finish("needle-trained", "4-layer attention-only model (n_ctx 264) trained to retrieve a multi-token "
+                  "needle value from a 256-token haystack of Python docstrings.", model, tok, task_spec, recipe,
+                  {}, progress, t0, circuit)
+    from circuitkit.tasks.builders import build_task
+
+    if circuit:
+        task = build_task("needle", tok, **task_spec["params"])
+        out[2].evidence["retrieval_heads"] = retrieval_heads(model, task)
+    return out
+
+
+def retrieval_heads(model, task, threshold: float = 0.3) -> dict[str, float]:
+    """Heads whose attention from the question's end lands on the needle's value tokens (mean
+    attention mass over prompts >= ``threshold``): the heads that do the retrieval."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, names_filter=lambda n: n.endswith("hook_pattern"))
+    batch = torch.arange(task.clean.shape[0])
+    start, end = task.positions["needle_start"], task.positions["needle_end"]
+    span = torch.zeros(task.clean.shape, dtype=torch.bool)
+    for i in range(len(batch)):
+        span[i, start[i]: end[i] + 1] = True  # the value and the token after it
+    out = {}
+    for layer in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][batch, :, task.answer_pos]  # [batch, head, key]
+        mass = (pattern * span[:, None, :]).sum(-1).mean(0)
+        for h in range(model.cfg.n_heads):
+            if float(mass[h]) >= threshold:
+                out[names.head(layer, h)] = round(float(mass[h]), 4)
+    return out
+
+
+# --- tiny language model -----------------------------------------------------------------------
+
+TINY_LM_CFG = dict(n_layers=2, n_heads=4, d_model=64, d_mlp=256, n_ctx=128, normalization_type="LN")
+
+
+def text_batch(ids: Tensor, batch: int = 16, length: int = 128, repeat_share: float = 0.25) -> BatchFn:
+    """Random windows of the token stream; a ``repeat_share`` of rows instead hold a 64-token
+    window of real text written twice (so that copying what came before pays off often enough
+    for induction heads to form in a few thousand steps)."""
+    def batch_fn(rng: random.Random):
+        rows = []
+        for _ in range(batch):
+            if rng.random() < repeat_share:
+                s = rng.randrange(0, len(ids) - length // 2)
+                half = ids[s: s + length // 2]
+                rows.append(torch.cat([half, half]))
+            else:
+                s = rng.randrange(0, len(ids) - length)
+                rows.append(ids[s: s + length])
+        tokens = torch.stack(rows)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+    return batch_fn
+
+
+def validation_loss(model, ids: Tensor, length: int = 128, n_windows: int = 64) -> float:
+    """Mean next-token loss over evenly spaced windows of held-out tokens."""
+    starts = torch.linspace(0, len(ids) - length - 1, n_windows).long()
+    tokens = torch.stack([ids[s: s + length] for s in starts])
+    with torch.no_grad():
+        return float(model(tokens, return_type="loss"))
+
+
+def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """2-layer language model (d_model 64, BPE 2048) trained on Python's docstrings."""
+    from circuitkit.tokenizers import python_docs_corpus
+
+    t0 = time.time()
+    tok = docs_bpe_tokenizer()
+    ids = torch.tensor(tok.encode(python_docs_corpus(), add_special_tokens=False))
+    split = int(len(ids) * 0.95)
+    train_ids, val_ids = ids[:split], ids[split:]
+    model = new_model(tok, **TINY_LM_CFG, seed=seed, model_name="tiny-lm")
+    steps = steps or 1500
+    lr = 3e-3
+    losses = train_model(model, text_batch(train_ids), steps, lr, seed, progress, desc="tiny-lm", weight_decay=0.01)
+    val = validation_loss(model, val_ids)
+    task_spec = {"builder": "induction", "params": {"n_prompts": 64, "seq_len": 10, "seed": 0}, "metric": "logit_diff"}
+    recipe = {"steps": steps, "lr": lr, "batch": 16, "seed": seed, "weight_decay": 0.01,
+              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
+              "data": f"python_docs_corpus() (Python stdlib docstrings, {len(ids)} BPE tokens), first 95% for "
+                      "training in random 128-token windows, 1/4 of rows a 64-token window written twice; "
+                      "last 5% held out",
+              "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+              "validation_loss": round(val, 4), "validation_tokens": int(len(val_ids))}
+    return _finish("tiny-lm", "2-layer language model (d_model 64, byte-level BPE 2048) trained on Python's "
+                   "docstrings (a base for SAE features). Undertrained: no induction heads yet (induction accuracy 0).", model, tok, task_spec, recipe,
+                   {}, progress, t0, circuit)
+
+
+RECIPES: dict[str, Callable[..., tuple[Any, Any, ZooCard]]] = {
+    "induction-trained": induction_trained,
+    "induction-fixed-period": induction_fixed_period,
+    "ioi-trained": ioi_trained,
+    "needle-trained": needle_trained,
+    "tiny-lm": tiny_lm,
+}
