@@ -57,6 +57,8 @@ def plan_units(spec: StudySpec, infos: dict) -> list[Unit]:
             top = spec.targets.top_k_from
             targets.append((f"top{top.k}:{top.score}", "top_k", ()))
         for task_spec in spec.tasks:
+            if not task_spec.applies_to(model_spec):
+                continue
             for seed in spec.seeds:
                 for kind in spec.ablations:
                     units += [Unit(model_spec, task_spec.label, kind, target, target_kind, comps, seed)

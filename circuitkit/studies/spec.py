@@ -48,7 +48,7 @@ HEAD_SCORES = {
 }
 
 TOP_KEYS = ("models", "tasks", "ablations", "targets", "metrics", "seeds", "batch_size", "output_dir")
-TASK_KEYS = ("name", "params", "label")
+TASK_KEYS = ("name", "params", "label", "models")
 TARGET_KEYS = ("every_head", "every_mlp", "head_sets", "top_k_from")
 TOP_K_KEYS = ("score", "k")
 
@@ -64,10 +64,15 @@ class TaskSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    models: tuple[str, ...] = ()  # run only on these models (empty: every model in the spec)
 
     def __post_init__(self) -> None:
         if not self.label:
             object.__setattr__(self, "label", self.name)
+        object.__setattr__(self, "models", tuple(self.models))
+
+    def applies_to(self, model_spec: str) -> bool:
+        return not self.models or model_spec in self.models
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,11 @@ class StudySpec:
         """JSON-safe form, accepted back by :meth:`from_dict`."""
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
+        for task in data["tasks"]:  # omit the default (all models) so older specs keep their hash
+            if task["models"]:
+                task["models"] = list(task["models"])
+            else:
+                task.pop("models")
         if self.targets.top_k_from is None:
             data["targets"].pop("top_k_from")
         return data
@@ -230,7 +240,8 @@ def _tasks(value) -> list[TaskSpec]:
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
             raise SpecError(f"{where}.label: expected a non-empty string, got {label!r}")
-        tasks.append(TaskSpec(name, dict(params), label))
+        models = _str_list(entry["models"], f"{where}.models") if "models" in entry else []
+        tasks.append(TaskSpec(name, dict(params), label, tuple(models)))
     labels = [t.label for t in tasks]
     for label in labels:
         if labels.count(label) > 1:
@@ -333,6 +344,11 @@ def validate(spec: StudySpec) -> dict[str, ModelInfo]:
     seed, checks vocabulary / context, target components and ``top_k_from.k`` ranges.
     """
     infos: dict[str, ModelInfo] = {}
+    for j, task_spec in enumerate(spec.tasks):
+        unknown = [m for m in task_spec.models if m not in spec.models]
+        if unknown:
+            raise SpecError(f"tasks[{j}].models: {unknown} are not in the spec's models {spec.models}; "
+                            "list each model in 'models' first")
     for i, model_spec in enumerate(spec.models):
         try:
             infos[model_spec] = info = model_info(model_spec)
@@ -355,6 +371,8 @@ def validate(spec: StudySpec) -> dict[str, ModelInfo]:
         if top is not None and top.k > info.n_layers * info.n_heads:
             raise SpecError(f"targets.top_k_from.k: {top.k} exceeds the {info.n_layers * info.n_heads} heads of {where}")
         for j, task_spec in enumerate(spec.tasks):
+            if not task_spec.applies_to(model_spec):
+                continue
             for seed in spec.seeds:
                 try:
                     task = build_unit_task(task_spec, info.tokenizer, seed)

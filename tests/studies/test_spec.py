@@ -90,3 +90,21 @@ def test_hash_ignores_output_dir_only(tmp_path):
     assert a.hash() == StudySpec.from_dict(_bad(tmp_path / "b")).hash()
     assert a.hash() != StudySpec.from_dict(_bad(tmp_path / "a", seeds=[1])).hash()
     assert StudySpec.from_dict(a.to_dict()) == a
+
+
+def test_task_restricted_to_some_models(zoo_env, tmp_path):
+    spec = StudySpec.from_dict(small_spec(
+        tmp_path / "out", models=["zoo:tiny-attn", "zoo:tiny-mlp"],
+        tasks=[{"name": "induction", "params": {"n_prompts": 4, "seq_len": 4}},
+               {"name": "induction", "label": "mlp-only", "params": {"n_prompts": 4, "seq_len": 5},
+                "models": ["zoo:tiny-mlp"]}],
+        ablations=["zero"]))
+    infos = validate(spec)
+    from circuitkit.studies import plan_units
+
+    units = plan_units(spec, infos)
+    pairs = {(u.model, u.task) for u in units}
+    assert pairs == {("zoo:tiny-attn", "induction"), ("zoo:tiny-mlp", "induction"), ("zoo:tiny-mlp", "mlp-only")}
+    bad = small_spec(tmp_path / "out2", tasks=[{"name": "induction", "models": ["zoo:elsewhere"]}])
+    with pytest.raises(SpecError, match=r"tasks\[0\].models: \['zoo:elsewhere'\] are not in the spec's models"):
+        validate(StudySpec.from_dict(bad))
