@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from model_factory import make_model  # noqa: E402,F401  (re-exported for fixtures below)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -31,21 +32,6 @@ def bpe_tokenizer():
     # Builder words repeated so that, as in GPT-2, common names are single tokens.
     extra = " ".join(default_words()) + ". "
     return train_bpe_tokenizer(python_docs_corpus(300_000) + extra * 50, vocab_size=3000)
-
-
-def make_model(tokenizer, *, attn_only=False, n_layers=2, n_heads=4, d_model=32, n_ctx=128, seed=0, **overrides):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = dict(
-        n_layers=n_layers, d_model=d_model, d_head=d_model // n_heads, n_heads=n_heads,
-        d_mlp=None if attn_only else 4 * d_model, d_vocab=len(tokenizer), n_ctx=n_ctx,
-        act_fn="gelu", normalization_type="LN", attn_only=attn_only, seed=seed, device="cpu",
-        model_name="tiny-test",
-    )
-    cfg.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="session")

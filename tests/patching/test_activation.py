@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tlp
-from conftest import make_model
+from model_factory import make_model
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, patch_head_sets

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_model
+from model_factory import make_model
 
 from circuitkit import names
 from circuitkit.patching import graph as g

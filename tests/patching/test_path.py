@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from model_factory import make_model
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, path_patching
