@@ -117,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         task = zoo_task(card, model)
         reference = {n for n in card.circuit_nodes if names.parse_node(n).kind == "head"}
         n_heads = model.cfg.n_layers * model.cfg.n_heads
-        for row in evaluate(model, task, reference, args.seeds, args.steps, eap_ig):
+        try:
+            model_rows = evaluate(model, task, reference, args.seeds, args.steps, eap_ig)
+        except ValueError as exc:  # e.g. a model that gets no prompt right has no positive prompts
+            print(f"{card.name}: not scored: {exc}")
+            continue
+        for row in model_rows:
             # chance: the precision (= recall) of a random top-|circuit| pick.
             rows.append(dict(model=card.name, task=task.name, circuit_heads=f"{len(reference)}/{n_heads}",
                              chance=len(reference) / n_heads, **row))
