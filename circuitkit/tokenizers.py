@@ -194,3 +194,19 @@ def train_bpe_tokenizer(text: str, vocab_size: int = 2048, model_max_length: int
     )
     core.train_from_iterator([text], trainer=trainer)
     return wrap_tokenizer(core, "circuitkit-bpe", model_max_length)
+
+
+def check_token_ids(model, tokens):
+    """``tokens`` as a ``[batch, pos]`` long tensor on the model's device; ``ValueError`` when they
+    are not integer ids of the model's vocabulary."""
+    import torch
+
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+    if tokens.numel() and (int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0):
+        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
+                         "tokenize with the model's own tokenizer")
+    return tokens.long().to(model.cfg.device or "cpu")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import networkx as nx
 from networkx.readwrite import json_graph
 
 from circuitkit import names
+from circuitkit.atomic import write_bytes
 from circuitkit.circuit.graph import EDGE_ATTRS, NODE_ATTRS, Circuit, edge_attrs, node_attrs
 
 FORMAT_VERSION = 1
@@ -367,21 +367,7 @@ def _format_for(path: Path, fmt: str | None) -> str:
 
 def atomic_write(path: str | os.PathLike, payload: bytes) -> Path:
     """Write ``payload`` to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, payload)
 
 
 def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None) -> Path:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from circuitkit.atomic import write_with
 from circuitkit.patching.activation import DIRECTIONS, TARGETS
 
 
@@ -32,19 +31,6 @@ def register(sub) -> None:
     patch.set_defaults(func=_cmd_patch)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename, so a failed run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cmd_patch(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
@@ -68,12 +54,12 @@ def _cmd_patch(args) -> int:
                                  batch_size=args.batch_size, progress=not args.no_progress)
     frame = scores.to_frame()
     if out.suffix == ".csv":
-        _atomic_write(out, lambda p: frame.to_csv(p, index=False))
+        write_with(out, lambda p: frame.to_csv(p, index=False), make_parents=True)
     else:
-        _atomic_write(out, lambda p: frame.to_parquet(p, index=False))
+        write_with(out, lambda p: frame.to_parquet(p, index=False), make_parents=True)
     if args.html:
         fig = patching_heatmap(scores)
-        _atomic_write(Path(args.html), lambda p: fig.write_html(p, include_plotlyjs="cdn"))
+        write_with(Path(args.html), lambda p: fig.write_html(p, include_plotlyjs="cdn"), make_parents=True)
     print(f"{len(scores)} scores ({args.target}, {args.direction}, clean {scores.meta['clean_score']:.4g}, "
           f"corrupted {scores.meta['corrupted_score']:.4g}) -> {out}")
     for label, value in scores.top(5):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.tokenizers import check_token_ids
 
 ABLATION_KINDS = ("corrupted", "mean", "resample", "zero")
 
@@ -262,7 +263,7 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     embeddings; a head = its ``hook_result`` value, i.e. ``z @ W_O``; an MLP = ``hook_mlp_out``). No gradients.
     """
     index = graph_index(model)
-    tokens = _as_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     wanted = set(output_hooks(index))
     with graph_mode(model), torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
@@ -342,7 +343,7 @@ def run_with_mask(model, tokens: Tensor, ablate: Tensor, source: dict[str, Tenso
     interpolate between live (0) and source (1).
     """
     index = graph_index(model)
-    tokens = _as_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     if ablate.shape[-2:] != index.shape or ablate.ndim not in (2, 3):
         raise ValueError(f"edge mask must be [n_slots, n_upstream] = {list(index.shape)} (optionally with a "
                          f"leading batch dimension), got {list(ablate.shape)}")
@@ -438,18 +439,6 @@ def _bind(fn, **kwargs):
 
 def _device(model) -> torch.device:
     return model.cfg.device if isinstance(model.cfg.device, torch.device) else torch.device(model.cfg.device or "cpu")
-
-
-def _as_tokens(model, tokens: Tensor) -> Tensor:
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
-    if tokens.numel() and (int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0):
-        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
-                         "tokenize with the model's own tokenizer")
-    return tokens.to(_device(model))
 
 
 def _check_source(index: GraphIndex, source: dict[str, Tensor], tokens: Tensor) -> None:

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from circuitkit.sae.features import _check_tokens, check_sae_fits, encode, feature_label, flat_input
+from circuitkit.sae.features import check_sae_fits, encode, feature_label, flat_input
 from circuitkit.scores import Scores
+from circuitkit.tokenizers import check_token_ids
 
 
 @contextlib.contextmanager
@@ -83,7 +84,7 @@ def feature_attribution(model, sae, task, hook_name: str | None = None,
     """
     name = _task_sae(model, sae, task, hook_name)
     feats = _features(sae, features)
-    clean, corrupted = (_check_tokens(model, t) for t in (task.clean, task.corrupted))
+    clean, corrupted = (check_token_ids(model, t) for t in (task.clean, task.corrupted))
     corrupted_acts = encode(model, sae, corrupted, name).detach()
     captured: dict[str, Tensor] = {}
 
@@ -115,7 +116,7 @@ def feature_patching(model, sae, task, features: Iterable[int], hook_name: str |
     """
     name = _task_sae(model, sae, task, hook_name)
     feats = _features(sae, features)
-    clean, corrupted = (_check_tokens(model, t) for t in (task.clean, task.corrupted))
+    clean, corrupted = (check_token_ids(model, t) for t in (task.clean, task.corrupted))
     corrupted_acts = encode(model, sae, corrupted, name)
     with spliced_sae(model, sae, name):
         base = float(task.score(model(clean)))

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from circuitkit.sae.features import _check_tokens
 from circuitkit.sae.train import quiet_sae_lens
 from circuitkit.scores import Scores
+from circuitkit.tokenizers import check_token_ids
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def head_output_means(model, tokens, lengths: Tensor | None = None, batch_size: 
 
     Returns ``[batch, n_layers, n_heads, d_model]``.
     """
-    tokens = _check_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     n, seq = tokens.shape
     lengths = torch.full((n,), seq) if lengths is None else torch.as_tensor(lengths).reshape(-1).cpu()
     if lengths.shape[0] != n or bool((lengths < 1).any()) or bool((lengths > seq).any()):

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitkit.tokenizers import check_token_ids
+
 # --- hook checks ------------------------------------------------------------------------------
 
 def check_hook(model, hook_name: str) -> str:
@@ -70,17 +72,6 @@ def check_sae_fits(model, sae, hook_name: str | None = None) -> str:
     return name
 
 
-def _check_tokens(model, tokens) -> Tensor:
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
-    if tokens.numel() and (int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0):
-        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
-                         "tokenize with the model's own tokenizer")
-    return tokens.long().to(model.cfg.device)
-
 
 def _flat(act: Tensor) -> Tensor:
     return act.reshape(*act.shape[:2], -1)
@@ -109,7 +100,7 @@ def flat_input(sae) -> Iterator[None]:
 @torch.no_grad()
 def hook_activations(model, tokens, hook_name: str, batch_size: int = 32) -> Tensor:
     """Activations at ``hook_name``, flattened to ``[batch, pos, width]``."""
-    tokens = _check_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     check_hook(model, hook_name)
     out = []
     for start in range(0, len(tokens), batch_size):
@@ -152,7 +143,7 @@ def top_activating_examples(model, sae, tokens, feature: int, k: int = 10, conte
     import pandas as pd
 
     feature = _check_feature(sae, feature)
-    tokens = _check_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     acts = feature_acts if feature_acts is not None else encode(model, sae, tokens, hook_name)
     f_acts = acts[..., feature]
     flat = f_acts.reshape(-1)

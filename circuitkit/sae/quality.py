@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from circuitkit.sae.features import _check_tokens, _flat, check_sae_fits, flat_input
+from circuitkit.sae.features import _flat, check_sae_fits, flat_input
+from circuitkit.tokenizers import check_token_ids
 
 
 @dataclass
@@ -62,7 +63,7 @@ def sae_quality(model, sae, tokens, hook_name: str | None = None, batch_size: in
     from sae_lens.training.activation_scaler import ActivationScaler
 
     name = check_sae_fits(model, sae, hook_name)
-    tokens = _check_tokens(model, tokens)
+    tokens = check_token_ids(model, tokens)
     if tokens.shape[1] < 2:
         raise ValueError("quality needs prompts of at least 2 tokens (CE loss scores next-token predictions)")
     variance = ExplainedVarianceCalculator()

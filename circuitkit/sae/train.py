@@ -25,7 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from circuitkit.sae.features import _check_tokens, check_hook, hook_width
+from circuitkit.atomic import replace_dir
+from circuitkit.sae.features import check_hook, hook_width
+from circuitkit.tokenizers import check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def training_tokens(model, data=None, context_size: int = 64, n_chars: int = 800
         raise FileNotFoundError(f"no text file at {str(data)!r}; pass an existing text file or a token tensor")
     if isinstance(data, str):
         return text_to_tokens(model, data, context_size)
-    tokens = _check_tokens(model, data).cpu()
+    tokens = check_token_ids(model, data).cpu()
     if tokens.shape[1] < context_size:
         raise ValueError(f"token rows hold {tokens.shape[1]} tokens but context_size={context_size}; "
                          f"pass context_size<={tokens.shape[1]} or longer rows")
@@ -222,14 +224,7 @@ def save_sae(sae, path: str | os.PathLike) -> Path:
             sae.save_inference_model(tmp)
         else:
             sae.save_model(tmp)
-        if final.exists():
-            backup = final.parent / f".{final.name}.old"
-            shutil.rmtree(backup, ignore_errors=True)
-            final.rename(backup)
-            tmp.rename(final)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

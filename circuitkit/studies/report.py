@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from circuitkit.atomic import write_text
 from circuitkit.studies.store import load_results
 
 
@@ -24,17 +24,6 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     summary["n_seeds"] = grouped["seed"].nunique()["seed"]
     summary["damage"] = 1 - summary["recovered"]
     return summary.sort_values(["model", "task", "ablation", "recovered"], kind="stable").reset_index(drop=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -72,6 +61,6 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         + "</body></html>\n"
     )
     html_path, csv_path = out / "report.html", out / "summary.csv"
-    _atomic_write_text(html_path, page)
-    _atomic_write_text(csv_path, summary.to_csv(index=False))
+    write_text(html_path, page)
+    write_text(csv_path, summary.to_csv(index=False))
     return html_path, csv_path

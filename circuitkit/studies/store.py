@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from circuitkit.atomic import write_bytes
+
 UNIT_KEY = ("model", "task", "ablation", "target", "seed")
 PARTS = "parts"
 STUDY_FILE = "study.json"
@@ -35,21 +37,8 @@ def unit_id(key: Iterable[Any]) -> str:
     return hashlib.sha1(json.dumps([str(k) for k in key]).encode()).hexdigest()[:20]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_study_file(out: Path, info: dict[str, Any]) -> None:
-    _atomic_write_bytes(Path(out) / STUDY_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(Path(out) / STUDY_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), fsync=True)
 
 
 def read_study_file(out: Path) -> dict[str, Any] | None:

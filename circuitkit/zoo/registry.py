@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from circuitkit.atomic import replace_dir
+
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -168,14 +170,7 @@ def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None) ->
         save_file(state, str(tmp / WEIGHTS_FILE))
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
         (tmp / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2, default=_json_default) + "\n")
-        if final.exists():
-            backup = root / f".{card.name}.old"
-            shutil.rmtree(backup, ignore_errors=True)
-            final.rename(backup)
-            tmp.rename(final)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     card.path = final

@@ -1,0 +1,65 @@
+"""Atomic file and folder writes: everything circuitkit saves goes through here, so an
+interrupted or failed write never leaves a half-written file behind (temp beside, then rename)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _parent(path: Path, make_parents: bool) -> None:
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.exists():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+
+
+def write_with(path: str | os.PathLike, write: Callable[[str], object], *, make_parents: bool = False) -> Path:
+    """Call ``write(tmp_path)`` (e.g. ``frame.to_parquet``) and rename the result onto ``path``."""
+    path = Path(path)
+    _parent(path, make_parents)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False, make_parents: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; ``fsync`` also flushes it to disk before the rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    return write_with(path, write, make_parents=make_parents)
+
+
+def write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
+    return write_bytes(path, text.encode("utf-8"), **kwargs)
+
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Move the finished folder ``tmp`` onto ``final``, replacing any previous version."""
+    if final.exists():
+        backup = final.parent / f".{final.name}.old"
+        shutil.rmtree(backup, ignore_errors=True)
+        final.rename(backup)
+        tmp.rename(final)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return final
