@@ -16,9 +16,8 @@ from circuitkit.tasks.builders import build_task
 from circuitkit.zoo import training, zoo_card, zoo_task
 
 TRAINED = ["induction-trained", "induction-fixed-period", "ioi-trained", "needle-trained", "tiny-lm"]
-# Models whose recorded circuit meets both bars (alone >= 0.9, ablated < 0.2). needle-trained does
-# not: mean-ablating ALL its heads still leaves 0.52 of its logit difference (see its card).
-MEETS_BOTH_BARS = ["induction-trained", "induction-fixed-period", "ioi-trained", "tiny-lm"]
+# Models whose recorded circuit meets both bars (alone >= 0.9, ablated < 0.2).
+MEETS_BOTH_BARS = ["induction-trained", "induction-fixed-period", "ioi-trained", "needle-trained", "tiny-lm"]
 
 
 @pytest.fixture(scope="module")
