@@ -163,6 +163,12 @@ class Task:
     def metric_name(self) -> str:
         return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
 
+    @property
+    def reads_answer_position_only(self) -> bool:
+        """Whether the metric looks at nothing but the logits at ``answer_pos`` (true of every
+        built-in metric; a callable metric may read any position, so it gets full logits)."""
+        return isinstance(self.metric, str)
+
     def metric_fn(self) -> Metric:
         return _metrics.METRICS[self.metric] if isinstance(self.metric, str) else self.metric
 

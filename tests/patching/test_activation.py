@@ -164,6 +164,32 @@ def test_batch_size_does_not_change_results(setups):
 
 # --- bad input ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("config,target", [("gpt2_ln_learned", "head_out"), ("rms_rotary_gqa", "resid_pre")])
+def test_answer_position_logits_equal_full_logits(setups, config, target):
+    """Built-in metrics get logits at the answer position only; a callable metric gets full logits.
+    Answer positions vary per prompt, so some by-position passes start after a prompt's answer."""
+    from circuitkit.tasks import metrics
+
+    model, _ = setups[config]
+    task = random_task(model, n_prompts=3, seq=5, seed=2)
+    task = Task("padded", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=[1, 4, 2])
+    assert task.reads_answer_position_only
+
+    def full_logit_diff(logits, task):
+        assert logits.ndim == 3, "a callable metric must see every position"
+        return metrics.logit_diff(logits, task)
+
+    custom = Task("padded", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=[1, 4, 2],
+                  metric=full_logit_diff)
+    assert not custom.reads_answer_position_only
+    for by_pos in (False, True):
+        fast = activation_patching(model, task, target, by_pos=by_pos, batch_size=6, progress=False)
+        slow = activation_patching(model, custom, target, by_pos=by_pos, batch_size=6, progress=False)
+        torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=0)
+    expected = transformer_lens_grid(model, task, target, True)
+    torch.testing.assert_close(fast.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+
+
 def test_unknown_target_lists_valid_ones(setups):
     model, task = setups["gpt2_ln_learned"]
     with pytest.raises(ValueError, match=r"unknown target 'z'.*head_out.*pattern"):
