@@ -133,10 +133,15 @@ class Task:
     def check_model(self, model) -> None:
         """Raise ``ValueError`` when this task cannot run on ``model`` (vocabulary, context)."""
         self.check_vocab(model.cfg.d_vocab, what=f"model {model.cfg.model_name!r}'s vocabulary")
-        if self.d_vocab is not None and self.d_vocab != model.cfg.d_vocab:
+        # Embedding matrices are often padded past the tokenizer (Pythia: 50304 rows, 50277 tokens),
+        # so a task built with the model's own tokenizer is compared with that tokenizer's size.
+        tokenizer = getattr(model, "tokenizer", None)
+        own = len(tokenizer) if tokenizer is not None else None
+        if self.d_vocab is not None and (self.d_vocab > model.cfg.d_vocab or own not in (None, self.d_vocab)):
             raise ValueError(
                 f"task {self.name!r} was built for a vocabulary of {self.d_vocab} tokens but model "
-                f"{model.cfg.model_name!r} has {model.cfg.d_vocab}; rebuild the task with this model's tokenizer"
+                f"{model.cfg.model_name!r} has {model.cfg.d_vocab} (its tokenizer {own}); rebuild the task "
+                "with this model's tokenizer"
             )
         if self.clean.shape[1] > model.cfg.n_ctx:
             raise ValueError(

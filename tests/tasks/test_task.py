@@ -54,6 +54,22 @@ def test_check_model_vocab_mismatch(tiny_model):
         t.check_model(tiny_model)
 
 
+def test_check_model_accepts_embeddings_padded_past_the_tokenizer(word_tokenizer):
+    """Like Pythia (50304 embedding rows, a 50277-token tokenizer): a task built with the model's
+    own tokenizer runs; one built with another tokenizer of the padded size does not."""
+    from model_factory import make_model
+
+    from circuitkit.tasks.builders import induction
+
+    padded = make_model(word_tokenizer, d_vocab=len(word_tokenizer) + 24)
+    task = induction(padded, n_prompts=2, seq_len=3)
+    assert task.d_vocab == len(word_tokenizer) < padded.cfg.d_vocab
+    task.check_model(padded)
+    foreign = _task(d_vocab=padded.cfg.d_vocab)
+    with pytest.raises(ValueError, match=f"its tokenizer {len(word_tokenizer)}"):
+        foreign.check_model(padded)
+
+
 def test_metrics_on_known_logits():
     t = _task(answers=[[3, 4], [4, -1]], wrong_answers=[[5], [6]])
     logits = torch.zeros(2, 3, 10)
