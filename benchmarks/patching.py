@@ -3,7 +3,11 @@
     PYTHONPATH=. python benchmarks/patching.py
 
 (a) exact head-output activation patching: circuitkit vs ``transformer_lens.patching`` on the
-    same random GPT-2-style model (4 layers x 8 heads, d_model 128) and IOI task (16 prompts).
+    same IOI task (16 prompts) and three random-weight models: GPT-2-style 4 layers x 8 heads at
+    d_model 128 and at d_model 32 (both with the 232-token word vocabulary), and one shaped like
+    Pythia-14m (6 layers x 4 heads, d_model 128, rotary, parallel attention + MLP, 50304-row
+    embedding as in the real model), where the unembedding is most of a forward pass.
+(b), (c) attribution: ``benchmarks/attribution.py``, run from here.
 """
 
 from __future__ import annotations
@@ -29,12 +33,27 @@ def gpt2_style_model(tokenizer, n_layers: int = 4, n_heads: int = 8, d_model: in
     return model
 
 
-def setup(n_prompts: int = 16, **model_kwargs):
+def pythia_14m_shaped(tokenizer, seed: int = 0):
+    """Random weights in Pythia-14m's shape (EleutherAI/pythia-14m's config; weights cannot be
+    downloaded here). The embedding has 50304 rows, like the real model's padded vocabulary."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=6, n_heads=4, d_model=128, d_head=32, d_mlp=512, d_vocab=50304, n_ctx=2048, act_fn="gelu",
+        normalization_type="LN", positional_embedding_type="rotary", rotary_dim=8, rotary_adjacent_pairs=False,
+        parallel_attn_mlp=True, seed=seed, device="cpu", model_name="pythia-14m-shaped (random weights)",
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+def setup(n_prompts: int = 16, shape: str = "gpt2", **model_kwargs):
     from circuitkit.tasks.builders import default_words, ioi
     from circuitkit.tokenizers import word_level_tokenizer
 
     tokenizer = word_level_tokenizer(default_words())
-    model = gpt2_style_model(tokenizer, **model_kwargs)
+    model = pythia_14m_shaped(tokenizer) if shape == "pythia-14m" else gpt2_style_model(tokenizer, **model_kwargs)
     task = ioi(model, n_prompts=n_prompts)
     return model, task
 
@@ -88,6 +107,9 @@ def main() -> None:
     small, small_task = setup(n_layers=4, n_heads=8, d_model=32)
     print("    same task, overhead-bound model: 4 layers x 8 heads, d_model 32")
     _print_rows(part_a(small, small_task))
+    pythia, pythia_task = setup(shape="pythia-14m")
+    print("    same task, Pythia-14m-shaped model: 6 layers x 4 heads, d_model 128, vocab 50304 (random weights)")
+    _print_rows(part_a(pythia, pythia_task))
     _attribution_parts()
 
 

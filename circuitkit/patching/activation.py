@@ -11,8 +11,9 @@ computed much faster:
   (``model(resid, start_at_layer=L)``) instead of recomputing the unchanged layers below;
 * only the hooks that are needed are cached;
 * when the task's metric reads only the answer position (every built-in metric does), logits are
-  computed at that position alone: on real vocabularies the unembedding is a large share of a
-  forward pass (a third of GPT-2 small's, most of Pythia-14m's) and full logits cap the batch.
+  computed at that position alone, and for the logit difference only for the answer and
+  wrong-answer tokens: on real vocabularies the unembedding is a large share of a forward pass
+  (a third of GPT-2 small's, most of Pythia-14m's) and full logits cap the batch.
 
 Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
 
@@ -170,7 +171,8 @@ def rows_per_pass(model, runs: PatchRuns, batch_size: int | None) -> int:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive number of rows per forward pass, got {batch_size}")
         return max(1, int(batch_size) // n_prompts)
-    return max(1, min(_DEFAULT_ROWS // n_prompts, _LOGIT_BUDGET // (n_prompts * seq * model.cfg.d_vocab)))
+    logit_positions = 1 if runs.task.reads_answer_position_only else seq
+    return max(1, min(_DEFAULT_ROWS // n_prompts, _LOGIT_BUDGET // (n_prompts * logit_positions * model.cfg.d_vocab)))
 
 
 def run_batched(
@@ -223,7 +225,14 @@ def _answer_logits(model, runs: PatchRuns, final_resid: Tensor, copies: int, pre
     picked = final_resid[rows, (answer_pos - prefix).clamp(min=0)]
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked[:, None])[:, 0]
-    logits = apply_softcap(model.unembed(picked[:, None])[:, 0], model.cfg.output_logits_soft_cap)
+    columns = runs.task.metric_token_ids()
+    if columns is None:
+        logits = model.unembed(picked[:, None])[:, 0]
+    else:  # only the logits the metric reads (the rest stay 0 and are never looked at)
+        columns = columns.to(picked.device)
+        logits = picked.new_zeros(len(picked), model.cfg.d_vocab_out)
+        logits[:, columns] = picked @ model.W_U[:, columns] + model.b_U[columns]
+    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
     if prefix:
         before = answer_pos < prefix
         if bool(before.any()):

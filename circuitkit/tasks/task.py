@@ -174,6 +174,15 @@ class Task:
         built-in metric; a callable metric may read any position, so it gets full logits)."""
         return isinstance(self.metric, str)
 
+    def metric_token_ids(self) -> Tensor | None:
+        """The vocabulary entries the metric reads, or ``None`` for all of them: the logit
+        difference reads only the answer and wrong-answer logits (the softmax-based metrics and
+        accuracy need every logit)."""
+        if self.metric != "logit_diff":
+            return None
+        ids = torch.cat([self.answers.flatten(), self.wrong_answers.flatten()])
+        return ids[ids != PAD_ANSWER].unique()
+
     def metric_fn(self) -> Metric:
         return _metrics.METRICS[self.metric] if isinstance(self.metric, str) else self.metric
 

@@ -164,23 +164,28 @@ def test_batch_size_does_not_change_results(setups):
 
 # --- bad input ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config,target", [("gpt2_ln_learned", "head_out"), ("rms_rotary_gqa", "resid_pre")])
-def test_answer_position_logits_equal_full_logits(setups, config, target):
-    """Built-in metrics get logits at the answer position only; a callable metric gets full logits.
-    Answer positions vary per prompt, so some by-position passes start after a prompt's answer."""
+@pytest.mark.parametrize("config,target,metric", [("gpt2_ln_learned", "head_out", "logit_diff"),
+                                                  ("rms_rotary_gqa", "resid_pre", "logit_diff"),
+                                                  ("gpt2_ln_learned", "head_out", "answer_logprob")])
+def test_answer_position_logits_equal_full_logits(setups, config, target, metric):
+    """Built-in metrics get logits at the answer position only (the logit difference: only the
+    answer and wrong-answer columns); a callable metric gets full logits. Answer positions vary
+    per prompt, so some by-position passes start after a prompt's answer."""
     from circuitkit.tasks import metrics
 
     model, _ = setups[config]
     task = random_task(model, n_prompts=3, seq=5, seed=2)
-    task = Task("padded", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=[1, 4, 2])
+    task = Task("padded", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=[1, 4, 2],
+                metric=metric)
     assert task.reads_answer_position_only
+    assert (task.metric_token_ids() is not None) == (metric == "logit_diff")
 
-    def full_logit_diff(logits, task):
+    def full_metric(logits, task):
         assert logits.ndim == 3, "a callable metric must see every position"
-        return metrics.logit_diff(logits, task)
+        return metrics.METRICS[metric](logits, task)
 
     custom = Task("padded", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=[1, 4, 2],
-                  metric=full_logit_diff)
+                  metric=full_metric)
     assert not custom.reads_answer_position_only
     for by_pos in (False, True):
         fast = activation_patching(model, task, target, by_pos=by_pos, batch_size=6, progress=False)
