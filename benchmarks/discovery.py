@@ -5,7 +5,9 @@ For every zoo model whose card records a reference circuit, run each discovery m
 faithfulness 0.9; ACDC prunes itself) and report ROC-AUC of the scores against the reference
 (edges when the card lists edges, else nodes), node precision / recall of the pruned circuit,
 its faithfulness and the seconds taken. ``auc_nodes`` ranks nodes by the summed |score| of their
-edges.
+edges. Reference edges that a card marks position-only (``evidence["position_only_edges"]``: they
+carry nothing but position, which mean / resample / corrupted ablation keep) are left out of the
+edge AUC under those ablations (column ``hidden``); zero ablation scores every edge.
 
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
@@ -55,12 +57,14 @@ def zoo_cases(only=None, max_prompts=None):
         task = zoo_task(card, model)
         if max_prompts is not None and len(task) > max_prompts:
             task = task.subset(slice(0, max_prompts))
-        yield card.name, model, task, Circuit.from_card(card)
+        yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("position_only_edges", {}))
 
 
-def run_case(name, model, task, reference, methods, ablation, steps) -> list[dict]:
+def run_case(name, model, task, reference, methods, ablation, steps, position_only=frozenset()) -> list[dict]:
     rows = []
     ref_level = "edge" if reference.level == "edge" else "node"
+    hidden = set(position_only) if ablation != "zero" else set()
+    ref_edges = [e for e in reference.edges if e not in hidden]
     for method in methods:
         start = time.perf_counter()
         circuit = discover(model, task, method, ablation=ablation, steps=steps,
@@ -68,11 +72,17 @@ def run_case(name, model, task, reference, methods, ablation, steps) -> list[dic
         seconds = time.perf_counter() - start
         auc = auc_nodes = math.nan
         if method != "acdc":  # ACDC tries edges greedily and scores only some; no ranking to score
-            auc = roc_auc(circuit.scores("edge"), reference, level=ref_level)
+            edge_scores = circuit.scores("edge")
+            if ref_level == "edge":
+                visible = edge_scores.subset([x for x in edge_scores.labels if x not in hidden])
+                auc = roc_auc(visible, ref_edges, level="edge")
+            else:
+                auc = roc_auc(edge_scores, reference, level="node")
             if reference.nodes:
                 auc_nodes = roc_auc(circuit.scores("edge"), reference, level="node")
         nodes = overlap(circuit, reference, "node") if reference.nodes else None
-        rows.append({"model": name, "method": method, "auc": auc, "auc_level": ref_level, "auc_nodes": auc_nodes,
+        rows.append({"model": name, "method": method, "auc": auc, "auc_level": ref_level, "hidden": len(hidden),
+                     "auc_nodes": auc_nodes,
                      "precision": nodes.precision if nodes else math.nan,
                      "recall": nodes.recall if nodes else math.nan,
                      "edges": len(circuit.edges), "of": circuit.graph.number_of_edges(),
@@ -95,8 +105,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
 
     rows = []
-    for name, model, task, reference in zoo_cases(args.models, args.max_prompts):
-        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps)
+    for name, model, task, reference, position_only in zoo_cases(args.models, args.max_prompts):
+        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, position_only)
         print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")

@@ -182,6 +182,16 @@ def _progress(steps: list, progress: bool, desc: str):
 INDUCTION_CIRCUIT_NODES = [names.INPUT, names.head(0, 0), names.head(1, 0), names.LOGITS]
 
 
+def position_only_edges() -> dict[str, str]:
+    """Circuit edges that carry nothing but position (the previous-token head's query and key read
+    only the position code). Ablations that keep each position's statistics (mean over prompts,
+    resampled or corrupted prompts of the same length) leave them intact, so no method scored
+    under those ablations can see them; zero ablation does."""
+    prev = names.head(0, 0)
+    why = "previous-token attention from the position code alone"
+    return {names.edge(names.INPUT, prev, "q"): why, names.edge(names.INPUT, prev, "k"): why}
+
+
 def induction_circuit_edges() -> list[str]:
     prev, ind = names.head(0, 0), names.head(1, 0)
     return [
@@ -240,6 +250,7 @@ def build_induction(seed: int = 0, progress: bool = True):
         circuit={"nodes": list(INDUCTION_CIRCUIT_NODES), "edges": induction_circuit_edges()},
         evidence={"method": "construction",
                   "previous_token_heads": [names.head(0, 0)], "induction_heads": [names.head(1, 0)],
+                  "position_only_edges": position_only_edges(),
                   "auxiliary_edges": {names.edge(names.INPUT, names.head(1, 0), "k"):
                                       "BOS fallback when the current token has no earlier occurrence; unused on task prompts"}},
     )
@@ -340,7 +351,7 @@ def build_retrieval(seed: int = 0, progress: bool = True):
                                 for layer in range(2) for h, (kind, off) in local.items()}},
         circuit={"nodes": list(RETRIEVAL_CIRCUIT_NODES), "edges": retrieval_circuit_edges()},
         evidence={"method": "construction", "retrieval_heads": list(RETRIEVAL_HEADS),
-                  "previous_token_heads": [names.head(0, 0)]},
+                  "previous_token_heads": [names.head(0, 0)], "position_only_edges": position_only_edges()},
     )
     _record_measurements(model, card)
     return model, tokenizer, card

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +176,69 @@ def circuit_edges(model, nodes: list[str]) -> list[str]:
     return out
 
 
+@dataclass
+class EdgeCircuitSearch:
+    """What :func:`find_edge_circuit` found: the edges and the figures behind them."""
+
+    edges: list[str]
+    effects: dict[str, float]  # every model edge: normalised metric change when it ALONE is ablated
+    faithfulness: float  # every other edge ablated
+    ablated_faithfulness: float  # the circuit's edges ablated, every other edge kept
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "edges": ("established by exact single-edge mean ablation of every model edge "
+                      "(effect = metric change / (full - all edges ablated)); the node circuit's edges are "
+                      "kept in order of |effect| until the circuit alone is faithful, then pruned while it stays so"),
+            "edge_effects": {k: round(v, 4) for k, v in self.effects.items()},
+            "edge_circuit_faithfulness": round(self.faithfulness, 4),
+            "edge_circuit_ablated_faithfulness": round(self.ablated_faithfulness, 4),
+        }
+
+
+def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy: float = 0.2,
+                      progress: bool = True) -> EdgeCircuitSearch:
+    """Refine a node circuit to edges by exact ablation (mean over the task's clean prompts).
+
+    Every model edge is ablated alone (:func:`~circuitkit.patching.exact_edge_patching`); the
+    edges among ``nodes`` (and ``input`` / ``logits``) are taken in order of decreasing |effect|
+    until the edges alone reach faithfulness ``keep`` (every other edge ablated), then each is
+    dropped, smallest |effect| first, if the rest stays faithful; finally edges are added back
+    until ablating the circuit's edges leaves faithfulness below ``destroy``.
+    """
+    from circuitkit.circuit.evaluate import EdgeEvaluator
+    from circuitkit.patching.attribution import exact_edge_patching
+
+    ev = EdgeEvaluator(model, task, "mean")
+    span = ev.metric_full - ev.metric_empty
+    raw = exact_edge_patching(model, task, ablation="mean", progress=progress)
+    effects = {label: float(v) / span for label, v in zip(raw.labels, raw.values.tolist(), strict=True)}
+    candidates = sorted(circuit_edges(model, nodes), key=lambda e: -abs(effects[e]))
+
+    def ablated(edges: list[str]) -> float:
+        gone = set(edges)
+        return ev.faithfulness([e for e in ev.model_edges if e not in gone])
+
+    kept = len(candidates)
+    for k in tqdm(range(1, len(candidates) + 1), desc="grow edges", disable=not progress):
+        if ev.faithfulness(candidates[:k]) >= keep:
+            kept = k
+            break
+    circuit = candidates[:kept]
+    for e in sorted(circuit, key=lambda e: abs(effects[e])):
+        trial = [x for x in circuit if x != e]
+        if trial and ev.faithfulness(trial) >= keep:
+            circuit = trial
+    for e in candidates:
+        if ablated(circuit) < destroy:
+            break
+        if e not in circuit:
+            circuit.append(e)
+    order = {e: i for i, e in enumerate(ev.model_edges)}
+    circuit.sort(key=order.__getitem__)
+    return EdgeCircuitSearch(circuit, effects, ev.faithfulness(circuit), ablated(circuit))
+
+
 def task_accuracy(model, task) -> float:
     with torch.no_grad():
         return float(task.with_metric("accuracy").score(model(task.clean)))
@@ -210,17 +274,34 @@ def docs_bpe_tokenizer(vocab_size: int = 2048):
 
 
 def make_card(name: str, description: str, model, task, task_spec: dict[str, Any], recipe: dict[str, Any],
-              search: CircuitSearch, extra_evidence: dict[str, Any] | None = None) -> ZooCard:
-    """A trained model's card: config, task, recipe, accuracy, circuit and its evidence."""
-    evidence = search.evidence()
-    evidence["edges"] = ("derived: every names.all_edges edge whose parent and child are both circuit "
-                         "nodes (or input / logits); edges were not ablated one by one")
-    evidence.update(extra_evidence or {})
+              search: CircuitSearch, extra_evidence: dict[str, Any] | None = None, progress: bool = True) -> ZooCard:
+    """A trained model's card: config, task, recipe, accuracy, circuit (nodes, and edges refined
+    by :func:`find_edge_circuit`) and its evidence."""
+    edge_search = find_edge_circuit(model, task, search.nodes, progress=progress)
+    evidence = {**search.evidence(), **edge_search.evidence(), **(extra_evidence or {})}
     return ZooCard(
         name=name, description=description, config=config_to_json(model.cfg), task=task_spec,
         construction="trained", recipe=recipe, accuracy=round(task_accuracy(model, task), 4),
-        circuit={"nodes": search.nodes, "edges": circuit_edges(model, search.nodes)}, evidence=evidence,
+        circuit={"nodes": search.nodes, "edges": edge_search.edges}, evidence=evidence,
     )
+
+
+def recircuit(name: str, root=None, progress: bool = True):
+    """Re-establish the circuit (nodes and edges) of shipped trained model ``name`` on its own
+    weights, keeping its recipe and description, and save the card atomically; returns the card.
+    For changes to how circuits are found, without retraining."""
+    from circuitkit.zoo.registry import load_zoo_model, save_zoo_model, zoo_card, zoo_task
+
+    old = zoo_card(name)
+    if old.construction != "trained":
+        raise ValueError(f"zoo model {name!r} is {old.construction}, not trained; its circuit is set by construction")
+    model = load_zoo_model(name)
+    task = zoo_task(old, model)
+    search = find_circuit(model, task, progress=progress)
+    kept = {k: v for k, v in old.evidence.items() if k == "retrieval_heads"}
+    card = make_card(name, old.description, model, task, old.task, old.recipe, search, kept, progress)
+    save_zoo_model(model, card, model.tokenizer, root=root if root is not None else old.path.parent)
+    return card
 
 
 def _finish(name, description, model, tok, task_spec, recipe, extra_evidence, progress, t0, circuit=True):
@@ -234,13 +315,16 @@ def _finish(name, description, model, tok, task_spec, recipe, extra_evidence, pr
                                    task=task_spec, construction="trained", recipe=recipe,
                                    accuracy=round(task_accuracy(model, task), 4))
     search = find_circuit(model, task, progress=progress)
-    card = make_card(name, description, model, task, task_spec, recipe, search, extra_evidence)
+    card = make_card(name, description, model, task, task_spec, recipe, search, extra_evidence, progress)
     return model, tok, card
 
 
 # --- induction ---------------------------------------------------------------------------------
 
-INDUCTION_CFG = dict(n_layers=2, n_heads=4, d_model=64, attn_only=True, n_ctx=48, normalization_type="LN")
+# d_model 128 / d_head 32: at d_model 64 the previous-token -> induction circuit had not formed after
+# 6000 steps (accuracy 0.4 at period 10); at 128 it forms after ~2000 steps (a loss phase change).
+INDUCTION_CFG = dict(n_layers=2, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=48,
+                     normalization_type="LN")
 # The fixed-period counter-example: same layers, its own (longer) context.
 FIXED_PERIOD_CFG = {**INDUCTION_CFG, "n_ctx": 64}
 
@@ -306,15 +390,16 @@ def _induction_common(name, seed, progress, steps, lr, batch_fn_of, data, descri
 def induction_trained(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
     """2-layer attention-only model trained on repeats of varying period and offset."""
     return _induction_common(
-        "induction-trained", seed, progress, steps, 3e-3,
+        "induction-trained", seed, progress, steps, 1e-3,
         lambda pool, bos: varied_repeat_batch(pool, bos),
         "48-token rows: BOS, a random prefix of 0..(47-2P) tokens, then a random segment of period P in 3..12 "
         "repeated to the end of the row; tokens uniform over the tokenizer's ordinary tokens; loss on every "
         "token of the second and later copies but the second copy's first",
-        "Attention-only 2x4 transformer trained on repeated random segments of varying period (3-12) and "
-        "offset. Undertrained: in 2500 steps it copies from context (accuracy 0.34 at period 10, 0.5-0.6 at "
-        "periods 4 and 7) without a clean previous-token -> induction-head circuit yet.",
-        2500, circuit, INDUCTION_CFG, 32, 20,
+        "Attention-only 2x4 transformer (d_model 128) trained on repeated random segments of varying period "
+        "(3-12) and offset. Copies by content at every trained period (accuracy >= 0.8 at 3-12) but not beyond "
+        "(< 0.1 at 13+): no textbook previous-token head; layer-0 heads a0.h1 / a0.h3 look 2 and 5 back and "
+        "layer-1 heads pick 1, 4 or 7 back by content, offsets that sum to P - 1 for the trained periods.",
+        5000, circuit, INDUCTION_CFG, 32, 50,
     )
 
 
@@ -383,12 +468,24 @@ def ioi_trained(seed: int = 0, progress: bool = True, steps: int | None = None, 
 
 # Rotary positions: retrieval is relative-position-free, and rotary lets mostly-short training rows
 # carry over to 256-token prompts.
-NEEDLE_CFG = dict(n_layers=4, n_heads=4, d_model=64, attn_only=True, n_ctx=264, normalization_type="LN",
-                  positional_embedding_type="rotary", rotary_dim=16)
+NEEDLE_CFG = dict(n_layers=4, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=264,
+                  normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16)
 # Task values: invented words that the docs BPE splits into several tokens (multi-token needles);
 # training draws other invented words, so the task measures retrieval of unseen values.
 NEEDLE_VALUES = ("zorbat", "quindle", "mafrex", "plovish", "trunkel", "yesbor", "gadwump", "snerkol")
-_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+# Training values are invented words over a broad alphabet, or real words of the corpus: the copy
+# (OV) circuit only learns the tokens it sees as values. (With onsets from 14 consonants only,
+# task values starting "qu", "tr" or "y" were never retrieved: first-token accuracy 0.625.)
+_ONSETS = ("b c d f g h j k l m n p qu r s t v w x y z bl br ch cl cr dr fl fr gl gr pl pr sh sk sl sn "
+           "sp st str th tr wh").split()
+_CODAS = ("", "", "", "n", "r", "l", "sh", "x", "mp", "t", "k", "nd", "st")
+
+
+def training_value(rng: random.Random, corpus_words: list[str]) -> str:
+    """A needle value for training: half invented (2-3 syllables), half a random corpus word."""
+    if corpus_words and rng.random() < 0.5:
+        return rng.choice(corpus_words)
+    return "".join(rng.choice(_ONSETS) + rng.choice("aeiou") + rng.choice(_CODAS) for _ in range(rng.randint(2, 3)))
 
 
 def needle_values(tok, values=NEEDLE_VALUES) -> list[str]:
@@ -406,7 +503,7 @@ def needle_values(tok, values=NEEDLE_VALUES) -> list[str]:
 
 
 def needle_batch(tok, hay_ids: list[int], batch: int = 16, min_len: int = 32, max_len: int = 256,
-                 exclude: tuple[str, ...] = NEEDLE_VALUES) -> BatchFn:
+                 exclude: tuple[str, ...] = NEEDLE_VALUES, corpus_words: list[str] | None = None) -> BatchFn:
     """Prompts exactly as the ``needle`` builder makes them (needle sentence at a random depth of a
     random slice of Python docstrings, then the question), one random length per batch (mostly short),
     each with
@@ -421,7 +518,7 @@ def needle_batch(tok, hay_ids: list[int], batch: int = 16, min_len: int = 32, ma
         length = min_len + int(rng.random() ** 2 * (max_len - min_len) / 8) * 8
         rows, ends = [], []
         while len(rows) < batch:
-            value = "".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3)))
+            value = training_value(rng, corpus_words or [])
             if value in exclude:
                 continue
             start = rng.randrange(0, len(hay_ids) - length)
@@ -449,18 +546,21 @@ def needle_trained(seed: int = 0, progress: bool = True, steps: int | None = Non
     tok = docs_bpe_tokenizer()
     text = python_docs_corpus()
     hay_ids = tok.encode(text[60_000:], add_special_tokens=False)  # the task's haystack is text[:60000]
+    corpus_words = sorted(set(re.findall(r"\b[a-z]{4,10}\b", text[60_000:])))
     model = new_model(tok, **NEEDLE_CFG, seed=seed, model_name="needle-trained")
-    steps = steps or 1200
-    lr = 2e-3
-    losses = train_model(model, needle_batch(tok, hay_ids), steps, lr, seed, progress, desc="needle-trained")
+    steps = steps or 3000
+    lr = 1e-3
+    losses = train_model(model, needle_batch(tok, hay_ids, corpus_words=corpus_words), steps, lr, seed, progress,
+                         desc="needle-trained")
     values = needle_values(tok)
     task_spec = {"builder": "needle",
                  "params": {"context_lengths": [256], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "values": values},
-                 "metric": "logit_diff"}
+                 "metric": "answer_prob"}
     recipe = {"steps": steps, "lr": lr, "batch": 16, "seed": seed, "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
               "data": "needle-builder prompts of 32..256 tokens (one length per batch, length = 32 + u^2 * 224) over Python docstrings after "
-                      "the first 60k characters (the task's haystack), needle at a uniform random depth, value an "
-                      "invented 2-3 syllable word (2+ BPE tokens, never a task value); loss on the value's tokens",
+                      "the first 60k characters (the task's haystack), needle at a uniform random depth, value "
+                      "an invented 2-3 syllable word over 41 onsets or (half the time) a random 4-10 letter word of "
+                      "that text, never a task value; loss on the value's tokens",
               "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
     model.eval()
     out = _finish("needle-trained", "4-layer attention-only model (n_ctx 264) trained to retrieve a multi-token "

@@ -6,9 +6,13 @@ Definitions (shared by hand-built and trained models, and by the evidence stored
 * circuit-only recovery: ``ablate(model, task, every head and MLP NOT in the circuit, "mean").recovered``;
 * circuit-ablated recovery: ``ablate(model, task, the circuit's heads and MLPs, "mean").recovered``;
 
+* edge faithfulness (cards that list edges): :func:`circuitkit.circuit.evaluate` faithfulness of the
+  card's edges alone (every other edge mean-ablated), and of the model with only those edges ablated;
+
 mean ablation takes its means over the task's clean prompts. A model passes when circuit-only
-recovery >= :data:`MIN_CIRCUIT_ONLY`, circuit-ablated recovery < :data:`MAX_CIRCUIT_ABLATED` and
-accuracy >= the card's accuracy - :data:`ACCURACY_TOLERANCE`.
+recovery >= :data:`MIN_CIRCUIT_ONLY`, circuit-ablated recovery < :data:`MAX_CIRCUIT_ABLATED`,
+accuracy >= the card's accuracy - :data:`ACCURACY_TOLERANCE` and, where the card lists edges, the
+edges alone are >= :data:`MIN_CIRCUIT_ONLY` faithful and ablating them leaves < :data:`MAX_CIRCUIT_ABLATED`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ class VerifyReport:
     circuit_components: list[str] = field(default_factory=list)
     complement_components: list[str] = field(default_factory=list)
     n_prompts: int = 0
+    # Edge level (cards that list edges): the circuit's edges alone, every other edge mean-ablated,
+    # and the circuit's edges ablated with every other edge kept (circuit.evaluate's faithfulness).
+    edge_faithfulness: float | None = None
+    edge_ablated_faithfulness: float | None = None
+    n_edges: int = 0
+    edges_checked: bool = False  # whether the card lists edges (then the edge figures must pass too)
 
     @property
     def failures(self) -> list[str]:
@@ -49,6 +59,11 @@ class VerifyReport:
             out.append(f"circuit-ablated recovery {self.circuit_ablated:.3f} >= {MAX_CIRCUIT_ABLATED}")
         if self.recorded_accuracy is not None and not self.accuracy >= self.recorded_accuracy - ACCURACY_TOLERANCE:
             out.append(f"accuracy {self.accuracy:.3f} < recorded {self.recorded_accuracy:.3f} - {ACCURACY_TOLERANCE}")
+        if self.edges_checked:
+            if not self.edge_faithfulness >= MIN_CIRCUIT_ONLY:
+                out.append(f"edge-circuit faithfulness {self.edge_faithfulness:.3f} < {MIN_CIRCUIT_ONLY}")
+            if not self.edge_ablated_faithfulness < MAX_CIRCUIT_ABLATED:
+                out.append(f"edge-circuit-ablated faithfulness {self.edge_ablated_faithfulness:.3f} >= {MAX_CIRCUIT_ABLATED}")
         return out
 
     @property
@@ -65,8 +80,14 @@ class VerifyReport:
             f"{len(self.complement_components)} components outside the circuit mean-ablated)",
             f"  circuit-ablated recovery   {self.circuit_ablated:.4f}  (needs < {MAX_CIRCUIT_ABLATED}; "
             f"ablated {', '.join(self.circuit_components)})",
-            f"  {'PASS' if self.passed else 'FAIL: ' + '; '.join(self.failures)}",
         ]
+        if self.edge_faithfulness is not None:
+            lines += [
+                f"  edges alone (faithfulness) {self.edge_faithfulness:.4f}  (needs >= {MIN_CIRCUIT_ONLY}; {self.n_edges} "
+                "edges kept, every other edge mean-ablated)",
+                f"  edges ablated              {self.edge_ablated_faithfulness:.4f}  (needs < {MAX_CIRCUIT_ABLATED})",
+            ]
+        lines.append(f"  {'PASS' if self.passed else 'FAIL: ' + '; '.join(self.failures)}")
         return "\n".join(lines)
 
 
@@ -119,11 +140,21 @@ def measure(model, task, card, kind: str = "mean") -> VerifyReport:
         raise ValueError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
     results, acc = ablate_each(model, task, [outside, inside], kind=kind, with_accuracy=True)
     circuit_only, circuit_ablated = results
+    edge_figures = {}
+    if card.circuit_edges:
+        from circuitkit.circuit.evaluate import EdgeEvaluator
+
+        ev = EdgeEvaluator(model, task, kind)
+        gone = set(card.circuit_edges)
+        edge_figures = dict(
+            edge_faithfulness=ev.faithfulness(card.circuit_edges),
+            edge_ablated_faithfulness=ev.faithfulness([e for e in ev.model_edges if e not in gone]),
+            n_edges=len(card.circuit_edges), edges_checked=True)
     return VerifyReport(
         name=card.name, metric=task.metric_name, full_metric=circuit_ablated.clean,
         corrupted_metric=circuit_ablated.baseline, accuracy=acc, recorded_accuracy=card.accuracy,
         circuit_only=circuit_only.recovered, circuit_ablated=circuit_ablated.recovered,
-        circuit_components=inside, complement_components=outside, n_prompts=len(task),
+        circuit_components=inside, complement_components=outside, n_prompts=len(task), **edge_figures,
     )
 
 

@@ -170,3 +170,25 @@ def test_input_to_copy_head_key_edge_matters_only_where_the_card_says(
     assert _score_without_input_edge(retrieval_model, retrieval_task, 1, 0, "k") < 0.6
     # and the query edge is needed in both
     assert _score_without_input_edge(induction_model, induction_task, 1, 0, "q") < 0.2 * full
+
+
+@pytest.mark.parametrize("name", ["induction-handbuilt", "retrieval-handbuilt"])
+def test_position_only_edges_are_invisible_to_mean_ablation_only(name, induction_model, induction_task,
+                                                                 retrieval_model, retrieval_task):
+    """The edges the card marks position-only change nothing when mean-ablated (each position keeps
+    its mean) but break the circuit when zero-ablated; the circuit's other edges matter either way."""
+    from circuitkit.patching.attribution import exact_edge_patching
+
+    model, task = {"induction-handbuilt": (induction_model, induction_task),
+                   "retrieval-handbuilt": (retrieval_model, retrieval_task)}[name]
+    card = zoo_card(name)
+    marked = sorted(card.evidence["position_only_edges"])
+    assert set(marked) <= set(card.circuit_edges) and marked
+    with torch.no_grad():
+        full = abs(float(task.score(model(task.clean))))
+    mean = exact_edge_patching(model, task, marked, ablation="mean", progress=False)
+    zero = exact_edge_patching(model, task, marked, ablation="zero", progress=False)
+    assert mean.values.abs().max() < 0.02 * full
+    assert zero.values.abs().min() > 0.2 * full
+    content = names.edge(names.INPUT, names.head(1, 0), "v")
+    assert abs(float(exact_edge_patching(model, task, [content], ablation="mean", progress=False).values[0])) > 0.2 * full

@@ -56,6 +56,32 @@ def test_recorded_circuit_passes_ablation_checks(zoo, name):
         assert parsed.parent in allowed and parsed.child in allowed
 
 
+@pytest.mark.parametrize("name", TRAINED)
+def test_recorded_edges_are_faithful_and_necessary(zoo, name):
+    """The card's edges were established by exact single-edge ablation: re-measured, the edges
+    alone (every other edge mean-ablated) keep >= 0.9 of the behaviour and ablating them leaves
+    < 0.2; every model edge's single-ablation effect is recorded, and the largest ones agree."""
+    from circuitkit.circuit.evaluate import EdgeEvaluator
+    from circuitkit.patching.attribution import exact_edge_patching
+
+    model, card, task = zoo[name]
+    ev = EdgeEvaluator(model, task, "mean")
+    edges = card.circuit_edges
+    faithful = ev.faithfulness(edges)
+    gone = set(edges)
+    ablated = ev.faithfulness([e for e in ev.model_edges if e not in gone])
+    assert faithful >= 0.9 and ablated < 0.2
+    assert faithful == pytest.approx(card.evidence["edge_circuit_faithfulness"], abs=0.02)
+    assert ablated == pytest.approx(card.evidence["edge_circuit_ablated_faithfulness"], abs=0.02)
+    effects = card.evidence["edge_effects"]
+    assert set(effects) == set(ev.model_edges)
+    top = sorted(effects, key=lambda e: -abs(effects[e]))[:3]
+    again = exact_edge_patching(model, task, top, ablation="mean", progress=False)
+    span = ev.metric_full - ev.metric_empty
+    for e, v in zip(again.labels, again.values.tolist(), strict=True):
+        assert v / span == pytest.approx(effects[e], abs=0.01)
+
+
 def _answer_loss(logits, task):
     last = logits[torch.arange(len(task)), task.answer_pos]
     return float(torch.nn.functional.cross_entropy(last, task.answers[:, 0]))
@@ -101,8 +127,8 @@ def test_fixed_period_learns_a_positional_shortcut(zoo):
     assert acc(fixed, 10) >= 0.9
     for seq_len in (4, 5, 7, 11, 15):
         assert acc(fixed, seq_len) <= 0.1
-    for seq_len in (4, 7):
-        assert acc(varied, seq_len) >= 0.3
+    for seq_len in (3, 4, 7, 12):  # every trained period, not only the task's 10
+        assert acc(varied, seq_len) >= 0.8
 
     # On random tokens with NO repeat, the fixed model's layer 0 still looks exactly 9 back (the
     # token after the previous copy's, for period 10): attention by position, not by content.

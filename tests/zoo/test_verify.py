@@ -78,6 +78,24 @@ def test_verify_fails_on_a_wrong_circuit(copied_zoo, capsys):
     assert "FAIL" in out and "circuit-only recovery" in out
 
 
+def test_verify_checks_edges_when_the_card_lists_them(copied_zoo, capsys):
+    from circuitkit.circuit import Circuit
+    from circuitkit.circuit.evaluate import evaluate
+
+    model = load_model("zoo:induction-handbuilt")
+    card = zoo_card("induction-handbuilt")
+    report = verify("induction-handbuilt")
+    expected = evaluate(model, zoo_task(card, model), Circuit.from_nodes_edges(card.circuit_nodes, card.circuit_edges))
+    assert report.edges_checked and report.edge_faithfulness == pytest.approx(expected.faithfulness, abs=1e-6)
+    assert report.edge_ablated_faithfulness == pytest.approx(1 - expected.completeness, abs=1e-6)
+    # Right nodes, but the induction head's key no longer reads the previous-token head: not faithful.
+    edges = [e for e in card.circuit_edges if e != "a0.h0->a1.h0<k>"]
+    _edit_card(copied_zoo, circuit={"nodes": card.circuit_nodes, "edges": edges})
+    assert main(["zoo", "verify", "induction-handbuilt"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: edge-circuit faithfulness" in out
+
+
 def test_bad_input_gives_clear_errors(copied_zoo, tmp_path, capsys):
     with pytest.raises(KeyError, match="no zoo model named 'nope'"):
         verify("nope")
