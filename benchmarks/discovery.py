@@ -5,9 +5,10 @@ For every zoo model whose card records a reference circuit, run each discovery m
 faithfulness 0.9; ACDC prunes itself) and report ROC-AUC of the scores against the reference
 (edges when the card lists edges, else nodes), node precision / recall of the pruned circuit,
 its faithfulness and the seconds taken. ``auc_nodes`` ranks nodes by the summed |score| of their
-edges. Reference edges that a card marks position-only (``evidence["position_only_edges"]``: they
-carry nothing but position, which mean / resample / corrupted ablation keep) are left out of the
-edge AUC under those ablations (column ``hidden``); zero ablation scores every edge.
+edges. Reference edges that a card measured as invisible to mean ablation
+(``evidence["mean_ablation_invisible_edges"]``: no effect when mean-ablated, a large one when
+zero-ablated, as they carry only what every prompt shares there, e.g. position) are left out of the
+edge AUC under mean ablation (column ``hidden``); other ablations score every edge.
 
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
@@ -57,13 +58,13 @@ def zoo_cases(only=None, max_prompts=None):
         task = zoo_task(card, model)
         if max_prompts is not None and len(task) > max_prompts:
             task = task.subset(slice(0, max_prompts))
-        yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("position_only_edges", {}))
+        yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
 
 
-def run_case(name, model, task, reference, methods, ablation, steps, position_only=frozenset()) -> list[dict]:
+def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset()) -> list[dict]:
     rows = []
     ref_level = "edge" if reference.level == "edge" else "node"
-    hidden = set(position_only) if ablation != "zero" else set()
+    hidden = set(invisible) if ablation == "mean" else set()
     ref_edges = [e for e in reference.edges if e not in hidden]
     for method in methods:
         start = time.perf_counter()
@@ -105,8 +106,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
 
     rows = []
-    for name, model, task, reference, position_only in zoo_cases(args.models, args.max_prompts):
-        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, position_only)
+    for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
+        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible)
         print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")

@@ -182,16 +182,6 @@ def _progress(steps: list, progress: bool, desc: str):
 INDUCTION_CIRCUIT_NODES = [names.INPUT, names.head(0, 0), names.head(1, 0), names.LOGITS]
 
 
-def position_only_edges() -> dict[str, str]:
-    """Circuit edges that carry nothing but position (the previous-token head's query and key read
-    only the position code). Ablations that keep each position's statistics (mean over prompts,
-    resampled or corrupted prompts of the same length) leave them intact, so no method scored
-    under those ablations can see them; zero ablation does."""
-    prev = names.head(0, 0)
-    why = "previous-token attention from the position code alone"
-    return {names.edge(names.INPUT, prev, "q"): why, names.edge(names.INPUT, prev, "k"): why}
-
-
 def induction_circuit_edges() -> list[str]:
     prev, ind = names.head(0, 0), names.head(1, 0)
     return [
@@ -250,7 +240,6 @@ def build_induction(seed: int = 0, progress: bool = True):
         circuit={"nodes": list(INDUCTION_CIRCUIT_NODES), "edges": induction_circuit_edges()},
         evidence={"method": "construction",
                   "previous_token_heads": [names.head(0, 0)], "induction_heads": [names.head(1, 0)],
-                  "position_only_edges": position_only_edges(),
                   "auxiliary_edges": {names.edge(names.INPUT, names.head(1, 0), "k"):
                                       "BOS fallback when the current token has no earlier occurrence; unused on task prompts"}},
     )
@@ -351,7 +340,7 @@ def build_retrieval(seed: int = 0, progress: bool = True):
                                 for layer in range(2) for h, (kind, off) in local.items()}},
         circuit={"nodes": list(RETRIEVAL_CIRCUIT_NODES), "edges": retrieval_circuit_edges()},
         evidence={"method": "construction", "retrieval_heads": list(RETRIEVAL_HEADS),
-                  "previous_token_heads": [names.head(0, 0)], "position_only_edges": position_only_edges()},
+                  "previous_token_heads": [names.head(0, 0)]},
     )
     _record_measurements(model, card)
     return model, tokenizer, card
@@ -373,4 +362,24 @@ def _record_measurements(model, card) -> None:
         "circuit_ablated_recovered": round(report.circuit_ablated, 4),
         "head_ablation_recovered": {h: round(r.recovered, 4) for h, r in zip(heads, single, strict=True)},
         "ablation": "mean over the task's clean prompts",
+        "mean_ablation_invisible_edges": mean_ablation_invisible_edges(model, task, card.circuit_edges),
     })
+
+
+def mean_ablation_invisible_edges(model, task, edges: list[str]) -> dict[str, dict[str, float]]:
+    """Circuit edges that change nothing when mean-ablated alone (|effect| < 1 % of the full
+    metric) yet matter when zero-ablated (> 20 %), with both exact effects (metric change / full
+    metric). They carry what is the same in every prompt at their positions: position (the
+    previous-token head's query and key), or a token every prompt has there (the question's last
+    word). Mean ablation keeps it, so no method scored under mean ablation can see these edges."""
+    from circuitkit.patching.attribution import exact_edge_patching
+
+    with torch.no_grad():
+        full = abs(float(task.score(model(task.clean))))
+    mean = exact_edge_patching(model, task, edges, ablation="mean", progress=False)
+    zero = exact_edge_patching(model, task, edges, ablation="zero", progress=False)
+    out = {}
+    for e, m, z in zip(edges, mean.values.tolist(), zero.values.tolist(), strict=True):
+        if abs(m) < 0.01 * full and abs(z) > 0.2 * full:
+            out[e] = {"mean": round(m / full, 4), "zero": round(z / full, 4)}
+    return out

@@ -1,8 +1,8 @@
 """Retrieval heads on the zoo's retrieval models, against their cards' recorded ground truth.
 
-``retrieval-handbuilt`` (hand-built: the card lists its retrieval heads) must be found exactly;
-on ``needle-trained`` the top heads' ablation must destroy needle accuracy while random
-ablations of as many non-retrieval heads keep it.
+``retrieval-handbuilt`` (hand-built: the card lists its retrieval heads) must be found exactly and
+its top heads' ablation must destroy needle accuracy while random ablations keep it; on
+``needle-trained`` retrieval is spread over redundant heads, which must be found and must carry it.
 """
 
 from __future__ import annotations
@@ -66,16 +66,25 @@ def test_handbuilt_causal_check(handbuilt, handbuilt_scores):
     assert clean_draws and all(acc == 1.0 for acc in clean_draws)
 
 
-def test_needle_trained_top_heads_are_causal():
-    # The shipped needle-trained model is undertrained (card: first-token accuracy 0.475; it never
-    # produces a whole multi-token value), so trials are not filtered by answer recall and needle
-    # accuracy is first-token accuracy.
+def test_needle_trained_retrieval_is_spread_over_redundant_heads():
+    """needle-trained answers every needle's first token; retrieval is spread over many heads of
+    layers 1-3 (Wu et al.'s score finds the heads that attend to the needle), so ablating them all
+    removes it while ablating any one of them changes little. (The top-k vs random-heads check of
+    Wu et al. does not apply here: the only non-retrieval heads are the layer 0-1 heads that every
+    path reads, e.g. a0.h3.)"""
+    from circuitkit.heads.causal import needle_accuracy
+
     model, card = _zoo_model("needle-trained")
     task = zoo_task(card, model)
-    scores = retrieval_scores(model, task, progress=False, min_recall=0.0)
-    assert list(scores.meta["retrieval_heads"]) == sorted(card.evidence["retrieval_heads"])  # a1.h3
-    k = max(1, len(scores.meta["retrieval_heads"]))
-    check = retrieval_causal_check(model, task, scores, k=k, n_random=5, seed=0, accuracy="first", progress=False)
-    assert check.full_accuracy >= 0.4
-    assert check.top_accuracy <= 0.25 * check.full_accuracy
-    assert check.mean_random_accuracy >= 0.75 * check.full_accuracy
+    scores = retrieval_scores(model, task, progress=False)
+    found = list(scores.meta["retrieval_heads"])
+    assert set(card.evidence["retrieval_heads"]) <= set(found)  # attention on the needle => retrieval score
+    assert len(found) >= 4 and all(not h.startswith("a0.") for h in found)
+
+    def first_token_accuracy(heads):
+        return needle_accuracy(model, task, ablate=heads, accuracy="first")[0]
+
+    assert first_token_accuracy([]) >= 0.95
+    assert first_token_accuracy(found) <= 0.05
+    for head in found[:3]:  # the three highest-scoring
+        assert first_token_accuracy([head]) >= 0.9

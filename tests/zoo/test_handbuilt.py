@@ -173,22 +173,27 @@ def test_input_to_copy_head_key_edge_matters_only_where_the_card_says(
 
 
 @pytest.mark.parametrize("name", ["induction-handbuilt", "retrieval-handbuilt"])
-def test_position_only_edges_are_invisible_to_mean_ablation_only(name, induction_model, induction_task,
-                                                                 retrieval_model, retrieval_task):
-    """The edges the card marks position-only change nothing when mean-ablated (each position keeps
-    its mean) but break the circuit when zero-ablated; the circuit's other edges matter either way."""
+def test_edges_marked_invisible_to_mean_ablation(name, induction_model, induction_task, retrieval_model,
+                                                retrieval_task):
+    """The edges the card marks change nothing when mean-ablated (each position keeps its mean)
+    but break the circuit when zero-ablated, as recorded; the previous-token head's query and key
+    (position only, by construction) are among them; a content edge matters either way."""
     from circuitkit.patching.attribution import exact_edge_patching
 
     model, task = {"induction-handbuilt": (induction_model, induction_task),
                    "retrieval-handbuilt": (retrieval_model, retrieval_task)}[name]
     card = zoo_card(name)
-    marked = sorted(card.evidence["position_only_edges"])
-    assert set(marked) <= set(card.circuit_edges) and marked
+    recorded = card.evidence["mean_ablation_invisible_edges"]
+    marked = sorted(recorded)
+    assert set(marked) <= set(card.circuit_edges)
+    assert {names.edge(names.INPUT, names.head(0, 0), "q"), names.edge(names.INPUT, names.head(0, 0), "k")} <= set(marked)
     with torch.no_grad():
         full = abs(float(task.score(model(task.clean))))
     mean = exact_edge_patching(model, task, marked, ablation="mean", progress=False)
     zero = exact_edge_patching(model, task, marked, ablation="zero", progress=False)
-    assert mean.values.abs().max() < 0.02 * full
+    assert mean.values.abs().max() < 0.01 * full
     assert zero.values.abs().min() > 0.2 * full
+    for e, v in zip(zero.labels, zero.values.tolist(), strict=True):
+        assert v / full == pytest.approx(recorded[e]["zero"], abs=1e-3)
     content = names.edge(names.INPUT, names.head(1, 0), "v")
     assert abs(float(exact_edge_patching(model, task, [content], ablation="mean", progress=False).values[0])) > 0.2 * full

@@ -56,7 +56,16 @@ def test_recorded_circuit_passes_ablation_checks(zoo, name):
         assert parsed.parent in allowed and parsed.child in allowed
 
 
-@pytest.mark.parametrize("name", TRAINED)
+# tiny-lm does not do its induction task (accuracy 0): its card records no edges, and says why.
+WITH_EDGES = [name for name in TRAINED if name != "tiny-lm"]
+
+
+def test_tiny_lm_records_no_edge_circuit(zoo):
+    _, card, _ = zoo["tiny-lm"]
+    assert card.circuit_edges == [] and card.accuracy == 0.0 and "none recorded" in card.evidence["edges"]
+
+
+@pytest.mark.parametrize("name", WITH_EDGES)
 def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     """The card's edges were established by exact single-edge ablation: re-measured, the edges
     alone (every other edge mean-ablated) keep >= 0.9 of the behaviour and ablating them leaves
