@@ -5,10 +5,14 @@
 (c) ROC-AUC of EAP, EAP-IG and exact patching scores (|score|) against each zoo model's reference
     circuit edges and nodes.
 
-Uses every zoo model found (``circuitkit.zoo.list_zoo()``); without any, a tiny random model on an
-induction task (then (c) is skipped). Run:
+All three score edges by mean ablation (means over the task's clean prompts), the ablation the
+trained models' reference edges were established with; reference edges a card measured as
+invisible to mean ablation are left out of the edge AUC (``hidden``). Uses every zoo model found
+(``circuitkit.zoo.list_zoo()``) whose prompts are at most ``--max-tokens`` long (exact patching of
+every edge on 256-token prompts takes many minutes on a CPU; name such models with ``--models``);
+without any, a tiny random model on an induction task (then (c) is skipped). Run:
 
-    OMP_NUM_THREADS=1 python benchmarks/attribution.py [--steps 5] [--max-prompts 16]
+    OMP_NUM_THREADS=1 python benchmarks/attribution.py [--steps 5] [--max-prompts 16] [--models NAME ...]
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 from circuitkit import names
 from circuitkit.patching import graph as g
 from circuitkit.patching.attribution import eap, eap_ig, exact_edge_patching
+
+ABLATION = "mean"
 
 
 def _roc_auc(scores, positives) -> float:
@@ -39,13 +45,18 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman"))
 
 
-def _models(max_prompts: int):
+def _models(max_prompts: int, only=None, max_tokens: int = 64):
     from circuitkit.zoo import list_zoo, load_zoo_model, zoo_task
 
     cards = list_zoo()
     for card in cards:
+        if only and card.name not in only:
+            continue
         model = load_zoo_model(card.name)
         task = zoo_task(card, model)
+        if not only and task.clean.shape[1] > max_tokens:
+            print(f"{card.name}: skipped ({task.clean.shape[1]}-token prompts; pass --models {card.name})")
+            continue
         yield card.name, model, task.subset(slice(0, max_prompts)), card
     if not cards:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -63,7 +74,7 @@ def _models(max_prompts: int):
 
 def _exact_nodes(model, task, index) -> dict[str, float]:
     """Exact node patching: ablate every edge leaving the node (= patch its output)."""
-    source = g.ablation_source(model, task, "corrupted")
+    source = g.ablation_source(model, task, ABLATION)
     outgoing: dict[str, list[str]] = {}
     for e in index.edges:
         outgoing.setdefault(names.parse_edge(e).parent, []).append(e)
@@ -78,19 +89,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--max-prompts", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="*", default=None, help="zoo models to run (default: all with short prompts)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="skip zoo models with longer prompts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     assert abs(_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) - 0.75) < 1e-12  # hand-checked example
 
     speed, quality = [], []
-    for name, model, task, card in _models(args.max_prompts):
+    for name, model, task, card in _models(args.max_prompts, args.models, args.max_tokens):
         index = g.graph_index(model)
         t0 = time.perf_counter()
-        e = eap(model, task, progress=False)
+        e = eap(model, task, ablation=ABLATION, progress=False)
         t1 = time.perf_counter()
-        ig = eap_ig(model, task, steps=args.steps, progress=False)
+        ig = eap_ig(model, task, steps=args.steps, ablation=ABLATION, progress=False)
         t2 = time.perf_counter()
-        exact = exact_edge_patching(model, task, progress=False)
+        exact = exact_edge_patching(model, task, ablation=ABLATION, progress=False)
         t3 = time.perf_counter()
         speed.append({"model": name, "prompts": len(task), "edges": len(index.edges),
                       "eap_s": t1 - t0, f"eap_ig{args.steps}_s": t2 - t1, "exact_s": t3 - t2,
@@ -99,23 +112,26 @@ def main() -> None:
                       "spearman(eap,exact)": _spearman(e.values, exact.values)})
         if card is None or not card.circuit_edges:
             continue
-        gold_edges = set(card.circuit_edges)
+        hidden = set(card.evidence.get("mean_ablation_invisible_edges", {}))
+        gold_edges = set(card.circuit_edges) - hidden
         gold_nodes = set(card.circuit_nodes)
         node_labels = [n for n in index.upstream if n != names.INPUT]  # input is in every circuit
         node_scores = {
-            "eap": eap(model, task, level="node", progress=False).as_dict(),
-            "eap-ig": eap_ig(model, task, steps=args.steps, level="node", progress=False).as_dict(),
+            "eap": eap(model, task, level="node", ablation=ABLATION, progress=False).as_dict(),
+            "eap-ig": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False).as_dict(),
             "exact": _exact_nodes(model, task, index),
         }
         for method, scores in (("eap", e), ("eap-ig", ig), ("exact", exact)):
+            visible = [i for i, x in enumerate(scores.labels) if x not in hidden]
             quality.append({
-                "model": name, "method": method,
-                "edge_auc": _roc_auc(scores.values.abs().tolist(), [x in gold_edges for x in scores.labels]),
+                "model": name, "method": method, "hidden": len(hidden),
+                "edge_auc": _roc_auc([abs(float(scores.values[i])) for i in visible],
+                                     [scores.labels[i] in gold_edges for i in visible]),
                 "node_auc": _roc_auc([abs(node_scores[method][n]) for n in node_labels],
                                      [n in gold_nodes for n in node_labels]),
             })
     pd.set_option("display.width", 200)
-    print(f"(b) EAP-IG ({args.steps} steps) vs exact edge patching, {args.threads} thread(s)")
+    print(f"(b) EAP-IG ({args.steps} steps) vs exact edge patching, {ABLATION} ablation, {args.threads} thread(s)")
     print(pd.DataFrame(speed).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if quality:
         print("\n(c) ROC-AUC of |score| against the zoo's reference circuits")

@@ -75,14 +75,20 @@ def main() -> None:
             print(f"zoo:{name}: not in this checkout")
             continue
         from circuitkit.heads import retrieval_scores
+        from circuitkit.heads.causal import needle_accuracy
 
         model = load_model(f"zoo:{name}", device="cpu")
         task = zoo_task(name, model)
         scores = retrieval_scores(model, task, batch_size=args.batch_size, progress=False)
-        k = max(1, len(scores.meta["retrieval_heads"]))
+        heads = list(scores.meta["retrieval_heads"])
+        others = model.cfg.n_layers * model.cfg.n_heads - len(heads)
+        k = max(1, min(len(heads), others))  # random draws come from the non-retrieval heads
         check = retrieval_causal_check(model, task, scores, k=k, n_random=5, seed=0, progress=False)
-        print(f"zoo:{name}: kept {scores.meta['n_kept']}/{len(task)} trials, retrieval heads "
-              f"{scores.meta['retrieval_heads']}, {check}")
+        print(f"zoo:{name}: kept {scores.meta['n_kept']}/{len(task)} trials, retrieval heads {heads}, {check}")
+        if k < len(heads):
+            print(f"  (k capped at the {others} non-retrieval heads; all {len(heads)} retrieval heads ablated: "
+                  f"accuracy {needle_accuracy(model, task, ablate=heads)[0]:.3f}, first token "
+                  f"{needle_accuracy(model, task, ablate=heads, accuracy='first')[0]:.3f})")
         print(check.to_frame().to_string(index=False))
 
 
