@@ -96,6 +96,11 @@ class EdgeEvaluator:
     def faithfulness(self, keep_edges: Iterable[str]) -> float:
         return self.normalised(self.metric(keep_edges))
 
+    def faithfulness_without(self, ablate_edges: Iterable[str]) -> float:
+        """Faithfulness of the model with only ``ablate_edges`` ablated (every other edge kept)."""
+        gone = set(self.check_edges(ablate_edges))
+        return self.faithfulness([e for e in self.model_edges if e not in gone])
+
 
 def circuit_edges(circuit: Circuit, model_edges: Sequence[str]) -> list[str]:
     """The model edges a circuit keeps: its in-graph edges, or for a node-level circuit every

@@ -215,10 +215,6 @@ def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy:
     effects = {label: float(v) / span for label, v in zip(raw.labels, raw.values.tolist(), strict=True)}
     candidates = sorted(circuit_edges(model, nodes), key=lambda e: -abs(effects[e]))
 
-    def ablated(edges: list[str]) -> float:
-        gone = set(edges)
-        return ev.faithfulness([e for e in ev.model_edges if e not in gone])
-
     kept = len(candidates)
     for k in tqdm(range(1, len(candidates) + 1), desc="grow edges", disable=not progress):
         if ev.faithfulness(candidates[:k]) >= keep:
@@ -230,13 +226,13 @@ def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy:
         if trial and ev.faithfulness(trial) >= keep:
             circuit = trial
     for e in candidates:
-        if ablated(circuit) < destroy:
+        if ev.faithfulness_without(circuit) < destroy:
             break
         if e not in circuit:
             circuit.append(e)
     order = {e: i for i, e in enumerate(ev.model_edges)}
     circuit.sort(key=order.__getitem__)
-    return EdgeCircuitSearch(circuit, effects, ev.faithfulness(circuit), ablated(circuit))
+    return EdgeCircuitSearch(circuit, effects, ev.faithfulness(circuit), ev.faithfulness_without(circuit))
 
 
 def task_accuracy(model, task) -> float:

@@ -145,10 +145,9 @@ def measure(model, task, card, kind: str = "mean") -> VerifyReport:
         from circuitkit.circuit.evaluate import EdgeEvaluator
 
         ev = EdgeEvaluator(model, task, kind)
-        gone = set(card.circuit_edges)
         edge_figures = dict(
             edge_faithfulness=ev.faithfulness(card.circuit_edges),
-            edge_ablated_faithfulness=ev.faithfulness([e for e in ev.model_edges if e not in gone]),
+            edge_ablated_faithfulness=ev.faithfulness_without(card.circuit_edges),
             n_edges=len(card.circuit_edges), edges_checked=True)
     return VerifyReport(
         name=card.name, metric=task.metric_name, full_metric=circuit_ablated.clean,

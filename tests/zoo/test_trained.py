@@ -65,6 +65,16 @@ def test_tiny_lm_records_no_edge_circuit(zoo):
     assert card.circuit_edges == [] and card.accuracy == 0.0 and "none recorded" in card.evidence["edges"]
 
 
+def test_recircuit_reproduces_the_shipped_circuit(tmp_path):
+    """recircuit() on the shipped weights finds the card's nodes and edges again (into another root)."""
+    card = training.recircuit("induction-fixed-period", root=tmp_path, progress=False)
+    shipped = zoo_card("induction-fixed-period")
+    assert card.circuit_nodes == shipped.circuit_nodes and card.circuit_edges == shipped.circuit_edges
+    assert (tmp_path / "induction-fixed-period" / "card.json").exists()
+    with pytest.raises(ValueError, match="set by construction"):
+        training.recircuit("induction-handbuilt", root=tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("name", WITH_EDGES)
 def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     """The card's edges were established by exact single-edge ablation: re-measured, the edges
@@ -77,8 +87,7 @@ def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     ev = EdgeEvaluator(model, task, "mean")
     edges = card.circuit_edges
     faithful = ev.faithfulness(edges)
-    gone = set(edges)
-    ablated = ev.faithfulness([e for e in ev.model_edges if e not in gone])
+    ablated = ev.faithfulness([e for e in ev.model_edges if e not in set(edges)])  # the plain way, not faithfulness_without
     assert faithful >= 0.9 and ablated < 0.2
     assert faithful == pytest.approx(card.evidence["edge_circuit_faithfulness"], abs=0.02)
     assert ablated == pytest.approx(card.evidence["edge_circuit_ablated_faithfulness"], abs=0.02)
