@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from circuitkit import names
+from circuitkit.circuit import rank_auc, roc_auc
 from circuitkit.patching import graph as g
 from circuitkit.patching.attribution import eap, eap_ig, exact_edge_patching
 
@@ -31,14 +32,11 @@ ABLATION = "mean"
 
 
 def _roc_auc(scores, positives) -> float:
-    """ROC-AUC by the rank-sum formula (ties get average ranks), no sklearn needed."""
-    s = pd.Series(list(scores), dtype=float)
-    pos = pd.Series(list(positives), dtype=bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    """:func:`circuitkit.circuit.rank_auc`, NaN where every component (or none) is positive."""
+    positives = [bool(p) for p in positives]
+    if all(positives) or not any(positives):
         return float("nan")
-    ranks = s.rank(method="average")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return rank_auc(torch.tensor([float(x) for x in scores]), torch.tensor(positives))
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,7 +111,7 @@ def main() -> None:
         if card is None or not card.circuit_edges:
             continue
         hidden = set(card.evidence.get("mean_ablation_invisible_edges", {}))
-        gold_edges = set(card.circuit_edges) - hidden
+        gold_edges = set(card.circuit_edges)
         gold_nodes = set(card.circuit_nodes)
         node_labels = [n for n in index.upstream if n != names.INPUT]  # input is in every circuit
         node_scores = {
@@ -122,11 +120,9 @@ def main() -> None:
             "exact": _exact_nodes(model, task, index),
         }
         for method, scores in (("eap", e), ("eap-ig", ig), ("exact", exact)):
-            visible = [i for i, x in enumerate(scores.labels) if x not in hidden]
             quality.append({
                 "model": name, "method": method, "hidden": len(hidden),
-                "edge_auc": _roc_auc([abs(float(scores.values[i])) for i in visible],
-                                     [scores.labels[i] in gold_edges for i in visible]),
+                "edge_auc": roc_auc(scores, gold_edges, level="edge", ignore=hidden),
                 "node_auc": _roc_auc([abs(node_scores[method][n]) for n in node_labels],
                                      [n in gold_nodes for n in node_labels]),
             })

@@ -65,7 +65,6 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
     rows = []
     ref_level = "edge" if reference.level == "edge" else "node"
     hidden = set(invisible) if ablation == "mean" else set()
-    ref_edges = [e for e in reference.edges if e not in hidden]
     for method in methods:
         start = time.perf_counter()
         circuit = discover(model, task, method, ablation=ablation, steps=steps,
@@ -73,12 +72,7 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
         seconds = time.perf_counter() - start
         auc = auc_nodes = math.nan
         if method != "acdc":  # ACDC tries edges greedily and scores only some; no ranking to score
-            edge_scores = circuit.scores("edge")
-            if ref_level == "edge":
-                visible = edge_scores.subset([x for x in edge_scores.labels if x not in hidden])
-                auc = roc_auc(visible, ref_edges, level="edge")
-            else:
-                auc = roc_auc(edge_scores, reference, level="node")
+            auc = roc_auc(circuit.scores("edge"), reference, level=ref_level, ignore=hidden)
             if reference.nodes:
                 auc_nodes = roc_auc(circuit.scores("edge"), reference, level="node")
         nodes = overlap(circuit, reference, "node") if reference.nodes else None

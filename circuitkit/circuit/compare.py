@@ -104,12 +104,14 @@ def node_scores_from_edges(scores: Scores) -> Scores:
 
 
 def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level: str | None = None,
-            by_abs: bool = True) -> float:
+            by_abs: bool = True, ignore: Iterable[str] = ()) -> float:
     """ROC-AUC of ``scores`` at finding ``reference``'s components (rank-based, ties halved).
 
     ``level`` defaults to edges when both the scores and the reference have edges, else nodes
     (edge scores are turned into node scores with :func:`node_scores_from_edges`). Every
     reference component must have a score; ``input`` / ``logits`` are left out at node level.
+    ``ignore``: components of that level left out of both the scores and the reference (e.g.
+    reference edges an ablation cannot see, zoo cards' ``mean_ablation_invisible_edges``).
     """
     if isinstance(scores, Circuit):
         scores = scores.scores()
@@ -126,6 +128,10 @@ def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level:
         scores = scores.subset([x for x in scores.labels if x not in _ENDPOINTS])
     else:
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+    ignored = set(ignore)
+    if ignored:
+        ref = ref - ignored
+        scores = scores.subset([x for x in scores.labels if x not in ignored])
     if not ref:
         raise ValueError(f"the reference circuit has no {level}s; pass the other level")
     missing = sorted(ref - set(scores.labels))

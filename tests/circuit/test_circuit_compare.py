@@ -44,6 +44,12 @@ def test_roc_auc_edges_and_nodes():
     assert roc_auc(scores, ["a0.h1"], level="node") == 0.0
     with pytest.raises(ValueError, match="without a score"):
         roc_auc(scores, ["a1.h0->logits"])
+    # ignore= leaves components out of both sides: the same as removing them by hand
+    ref3 = ["input->a0.h0<q>", "a0.h0->logits", "input->a0.h1<k>"]
+    hand = Scores.from_dict({k: v for k, v in scores.as_dict().items() if k != "a0.h0->logits"}, "eap")
+    # |scores|: positives 3, 0.5 vs negatives 1.0, 0.1 -> 3 of 4 pairs; with a0.h0->logits (2): 5 of 6
+    assert roc_auc(scores, ref3, ignore=["a0.h0->logits"]) == roc_auc(hand, [ref3[0], ref3[2]]) == pytest.approx(3 / 4)
+    assert roc_auc(scores, ref3) == pytest.approx(5 / 6)
 
 
 def test_overlap_and_cross_task_matrix():
