@@ -1,9 +1,10 @@
 """Circuit discovery quality: method x zoo model.
 
 For every zoo model whose card records a reference circuit, run each discovery method
-(``circuitkit.circuit.discover``: score every edge, prune to the smallest circuit reaching
-faithfulness 0.9; ACDC prunes itself) and report ROC-AUC of the scores against the reference
-(edges when the card lists edges, else nodes), node precision / recall of the pruned circuit,
+(``circuitkit.circuit.discover``: score every edge, cap each score by its receiver's widest route
+to the logits, prune to the smallest circuit reaching faithfulness 0.9; ACDC prunes itself) and
+report ROC-AUC of the scores against the reference (edges when the card lists edges, else nodes;
+``auc`` ranks by the route-capped scores discovery uses, ``auc_raw`` by the raw estimates), node precision / recall of the pruned circuit,
 its faithfulness and the seconds taken. ``auc_nodes`` ranks nodes by the summed |score| of their
 edges. Reference edges that a card measured as invisible to mean ablation
 (``evidence["mean_ablation_invisible_edges"]``: no effect when mean-ablated, a large one when
@@ -26,7 +27,7 @@ import time
 import torch
 
 from circuitkit.circuit import Circuit, overlap, roc_auc
-from circuitkit.circuit.discover import METHODS, discover
+from circuitkit.circuit.discover import METHODS, discover, score_edges
 
 
 def fallback_model():
@@ -67,16 +68,18 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
     hidden = set(invisible) if ablation == "mean" else set()
     for method in methods:
         start = time.perf_counter()
-        circuit = discover(model, task, method, ablation=ablation, steps=steps,
+        raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation)
+        circuit = discover(model, task, method, ablation=ablation, steps=steps, scores=raw,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start
-        auc = auc_nodes = math.nan
+        auc = auc_raw = auc_nodes = math.nan
         if method != "acdc":  # ACDC tries edges greedily and scores only some; no ranking to score
             auc = roc_auc(circuit.scores("edge"), reference, level=ref_level, ignore=hidden)
+            auc_raw = roc_auc(raw, reference, level=ref_level, ignore=hidden)
             if reference.nodes:
                 auc_nodes = roc_auc(circuit.scores("edge"), reference, level="node")
         nodes = overlap(circuit, reference, "node") if reference.nodes else None
-        rows.append({"model": name, "method": method, "auc": auc, "auc_level": ref_level, "hidden": len(hidden),
+        rows.append({"model": name, "method": method, "auc": auc, "auc_raw": auc_raw, "auc_level": ref_level, "hidden": len(hidden),
                      "auc_nodes": auc_nodes,
                      "precision": nodes.precision if nodes else math.nan,
                      "recall": nodes.recall if nodes else math.nan,

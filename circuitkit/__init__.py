@@ -15,6 +15,7 @@ from circuitkit.ablation import ABLATIONS, AblationResult, ablate, ablation_hook
 from circuitkit.circuit import (
     Circuit,
     acdc,
+    cap_by_route,
     completeness,
     discover,
     evaluate,
@@ -67,7 +68,7 @@ from circuitkit.zoo import ZooCard, list_zoo, verify, zoo_card, zoo_task
 __all__ = [
     "ABLATIONS", "AblationResult", "Circuit", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__",
     "ablate", "ablation_hooks", "acdc", "activation_patching", "attribution_patching", "build_task",
-    "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "evaluate", "exact_edge_patching",
+    "cap_by_route", "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "evaluate", "exact_edge_patching",
     "faithfulness", "faithfulness_curve", "greater_than", "head_scores", "induction", "ioi", "list_zoo",
     "load_circuit", "load_model", "load_results", "logit_lens", "make_kl_metric", "metrics",
     "multiple_choice", "names", "needle", "normalized", "overlap", "overlap_matrix", "patch_head_sets",

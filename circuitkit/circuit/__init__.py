@@ -24,10 +24,11 @@ from circuitkit.circuit.evaluate import (
 )
 from circuitkit.circuit.graph import Circuit
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
+from circuitkit.circuit.routes import cap_by_route, route_widths
 
 __all__ = [
     "FORMATS", "METHODS", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
     "convert", "discover", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
     "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
-    "save_circuit", "score_edges", "shared_components", "smallest_faithful",
+    "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
 ]

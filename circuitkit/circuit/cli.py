@@ -23,6 +23,8 @@ def register(sub) -> None:
     disc.add_argument("--target", type=float, default=0.9, help="faithfulness target when neither --top-k nor --threshold")
     disc.add_argument("--ablation", default="mean", choices=("mean", "resample", "corrupted", "zero"))
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
+    disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
+                      help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
     disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
     disc.add_argument("--device", default="cpu")
@@ -52,7 +54,8 @@ def _cmd_discover(args) -> int:
     model = load_model(args.model, device=args.device)
     task = _task(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.target,
-                       ablation=args.ablation, steps=args.steps, progress=not args.quiet)
+                       ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
+                       progress=not args.quiet)
     save_circuit(circuit, out)
     if args.html:
         circuit.to_html(args.html)

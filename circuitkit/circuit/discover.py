@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from circuitkit import names
 from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
 from circuitkit.circuit.graph import Circuit
+from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
 METHODS = ("eap-ig", "eap", "exact", "acdc")
@@ -110,11 +111,19 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corr
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
-             target: float = 0.9, ablation: str = "mean", steps: int = 10, progress: bool = False) -> Circuit:
+             target: float = 0.9, ablation: str = "mean", steps: int = 10, route_cap: bool = True,
+             scores: Scores | None = None, progress: bool = False) -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
     Edges are scored with the same ablation they are evaluated with.
+
+    ``route_cap`` (default): rank by :func:`~circuitkit.circuit.routes.cap_by_route` scores, each
+    edge's |score| capped by the widest route from its receiver to the logits, so that edges into
+    heads the output does not need rank by what they can pass on (the circuit's edge scores are
+    then the capped ones; ``score_edges`` gives the raw estimates). ``scores``: edge scores already
+    computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
+    scoring again.
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
@@ -125,12 +134,17 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     task.check_model(model)
     start = time.perf_counter()
     if method == "acdc":
-        if top_k is not None:
-            raise ValueError("ACDC prunes by its threshold; drop top_k (or pick another method)")
+        if top_k is not None or scores is not None:
+            raise ValueError("ACDC scores and prunes by itself; drop top_k / scores (or pick another method)")
         circuit = acdc(model, task, 0.01 if threshold is None else threshold, ablation=ablation, progress=progress)
         ev = EdgeEvaluator(model, task, ablation)
     else:
-        scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress)
+        if scores is None:
+            scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress)
+        elif not scores.is_edge:
+            raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
+        if route_cap:
+            scores = cap_by_route(scores)
         ev = EdgeEvaluator(model, task, ablation)
         if top_k is not None:
             circuit = full_circuit(scores, model, ev.model_edges).top_k(top_k)
@@ -140,5 +154,6 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
             circuit = smallest_faithful(model, task, scores, target=target, evaluator=ev)
     result = evaluate(model, task, circuit, evaluator=ev)
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
-                        seconds=time.perf_counter() - start, discovery=method)
+                        seconds=time.perf_counter() - start, discovery=method,
+                        route_cap=bool(route_cap and method != "acdc"))
     return circuit

@@ -49,3 +49,13 @@ def test_discover_with_eap_ig(known_model, known_task):
     assert len(scores) == 29  # every edge of the model was scored, the circuit keeps a few
     assert roc_auc(scores, Circuit.from_nodes_edges(LIVE_HEADS), level="node") == 1.0
     assert overlap(circuit, LIVE_HEADS).precision == 1.0
+
+
+def test_discover_ranks_by_route_capped_scores_unless_told_not_to(known_model, known_task, exact_scores):
+    from circuitkit.circuit import cap_by_route
+
+    capped = discover(known_model, known_task, "exact", top_k=4)
+    raw = discover(known_model, known_task, "exact", top_k=4, route_cap=False)
+    assert capped.meta["route_cap"] is True and raw.meta["route_cap"] is False
+    assert raw.scores("edge").as_dict() == pytest.approx(exact_scores.as_dict())
+    assert capped.scores("edge").as_dict() == pytest.approx(cap_by_route(exact_scores).as_dict())
