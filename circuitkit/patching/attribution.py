@@ -166,6 +166,116 @@ def _bind(fn, **kwargs):
     return hook
 
 
+def _qk_fixed_rows(model, task, index: g.GraphIndex, ablation: str, batch_size: int | None, seed: int,
+                   progress: bool) -> Tensor:
+    """AtP*'s QK fix (Kramar et al. 2024) for the edges into queries and keys.
+
+    A head's attention softmax saturates, so a gradient at the clean run can miss most of what
+    changing its query or key input does. Here, for each edge ``u -> head<q|k>``, the head's
+    attention pattern is recomputed exactly (TransformerLens's own attention layer, on the clean
+    inputs with only u's contribution to that q / k input ablated), and the pattern change is
+    multiplied by ``dM/d pattern`` at the clean run. Returns an ``[n_slots, n_upstream]`` matrix
+    with the q and k rows filled (other rows zero).
+    """
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
+                         "inside the block); use qk_fix=False")
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    matrix = torch.zeros(index.shape, device=g._device(model))
+    for idx in tqdm(_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
+        sub = task.subset(idx.cpu())
+        saved = _clean_run_for_qk_fix(model, index, sub, len(task))
+        clean = g._split_outputs(model, index, saved)
+        src = _rows(source, idx)
+        diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
+        with torch.no_grad(), g.graph_mode(model):
+            for layer in range(index.n_layers):
+                _qk_fix_layer(model, index, layer, saved, diffs, matrix)
+    return matrix
+
+
+def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict:
+    """One clean forward + backward: node outputs, each layer's q / k / v inputs, its attention
+    pattern (with ``.grad`` = dM/d pattern) and the attention mask its block received."""
+    saved: dict = {}
+
+    def keep(x, hook):
+        saved[hook.name] = x.detach()
+
+    def keep_pattern(x, hook):
+        x.retain_grad()
+        saved[hook.name] = x
+
+    def block_inputs(module, args, kwargs, layer):
+        saved[f"blocks.{layer}.attention_mask"] = kwargs.get("attention_mask")
+
+    hooks: list = [(g.INPUT_HOOK, keep)]
+    for layer in range(index.n_layers):
+        hooks += [(names.head_input_hook(layer, x), keep) for x in names.QKV]
+        hooks += [(g.result_hook(layer), keep), (f"blocks.{layer}.attn.hook_pattern", keep_pattern)]
+        if index.has_mlp:
+            hooks.append((names.output_hook(names.mlp(layer)), keep))
+    handles = [model.blocks[layer].register_forward_pre_hook(_bind_pre(block_inputs, layer=layer), with_kwargs=True)
+               for layer in range(index.n_layers)]
+    try:
+        with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+            logits = model(sub.clean)
+            (sub.per_prompt(logits).sum() / n_total).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
+                  senders_per_run: int = 8) -> None:
+    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``."""
+    pattern = saved[f"blocks.{layer}.attn.hook_pattern"]
+    grad = pattern.grad  # [b, H, q, k]
+    mask = saved[f"blocks.{layer}.attention_mask"]
+    block = model.blocks[layer]
+    inputs = [saved[names.head_input_hook(layer, x)] for x in names.QKV]
+    captured: dict = {}
+
+    def grab(x, hook):
+        captured["pattern"] = x
+
+    n_cols = index.n_before_slot_layer(layer)
+    for which in (0, 1):  # q, k
+        row = layer * index.slots_per_layer + which * index.n_heads
+        for start in range(0, n_cols, senders_per_run):
+            k = min(n_cols, start + senders_per_run) - start
+            # one copy of the prompts per sender, its diff added to every head's q (or k) input:
+            # a head's pattern depends on its own q / k input only, so heads do not interfere
+            moved = [x.repeat(k, 1, 1, 1) for x in inputs]
+            delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
+            moved[which] = moved[which] + delta.to(moved[which].dtype)
+            q_in, k_in, v_in = moved if g._is_post_norm(model.cfg) else [block.ln1(x) for x in moved]
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", grab)]):
+                block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
+                           attention_mask=None if mask is None else mask.repeat(k, 1))
+            change = captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None]
+            matrix[row: row + index.n_heads, start: start + k] += torch.einsum(
+                "cbhqk,bhqk->hc", change, grad.to(change.dtype))
+
+
+def _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress) -> Tensor:
+    """``matrix`` with its q and k rows replaced by :func:`_qk_fixed_rows`."""
+    fixed = _qk_fixed_rows(model, task, index, ablation, batch_size, seed, progress)
+    out = matrix.clone()
+    for layer in range(index.n_layers):
+        base = layer * index.slots_per_layer
+        out[base: base + 2 * index.n_heads] = fixed[base: base + 2 * index.n_heads]
+    return out
+
+
+def _bind_pre(fn, **kwargs):
+    def hook(module, args, kw):
+        fn(module, args, kw, **kwargs)
+
+    return hook
+
+
 def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **meta) -> Scores:
     if level == "edge":
         values = matrix.reshape(-1)[index.flat_edge_index().to(matrix.device)]
@@ -190,6 +300,7 @@ def eap(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    qk_fix: bool = False,
 ) -> Scores:
     """Edge attribution patching over every edge of the model's graph.
 
@@ -204,7 +315,9 @@ def eap(
     _check_level(level)
     task, index = _prepare(model, task, ablation, None, batch_size)
     matrix = _edge_matrix(model, task, index, ablation, None, batch_size, progress, seed)
-    return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation)
+    if qk_fix:
+        matrix = _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress)
+    return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
 
 
 def eap_ig(
@@ -216,6 +329,7 @@ def eap_ig(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    qk_fix: bool = False,
 ) -> Scores:
     """EAP with integrated gradients on the input embeddings (Hanna et al. 2024).
 
@@ -228,7 +342,9 @@ def eap_ig(
     _check_level(level)
     task, index = _prepare(model, task, ablation, steps, batch_size)
     matrix = _edge_matrix(model, task, index, ablation, steps, batch_size, progress, seed)
-    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps)
+    if qk_fix:
+        matrix = _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress)
+    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix)
 
 
 # --- exact edge patching ----------------------------------------------------------------------
