@@ -14,6 +14,8 @@ With ``logit_diff`` the components a behaviour relies on get negative scores; ra
 * :func:`eap_ig` (Hanna et al. 2024): the same difference times the gradient at ``input_v``
   averaged over runs whose input embeddings are interpolated from the source to the clean
   ones, ``alpha = k / steps`` for ``k = 1..steps`` (``steps=1`` is EAP).
+* ``qk_fix=True`` (either of the two): AtP*'s QK fix (Kramar et al. 2024) for edges into
+  queries and keys: the exact change of the head's attention pattern times dM/d pattern.
 * :func:`exact_edge_patching`: ablate each edge alone with :func:`graph.run_with_mask` (many
   edges per batched forward pass) and measure the metric change.
 """
@@ -70,11 +72,10 @@ def _edge_matrix(
     model,
     task,
     index: g.GraphIndex,
-    ablation: str,
+    source: dict[str, Tensor],
     steps: int | None,
     batch_size: int | None,
     progress: bool,
-    seed: int,
 ) -> Tensor:
     """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
 
@@ -82,7 +83,6 @@ def _edge_matrix(
     the clean outputs recorded in that same forward pass. Otherwise input embeddings are
     interpolated (integrated gradients over ``steps`` points).
     """
-    source = g.ablation_source(model, task, ablation, seed=seed)
     n_total = len(task)
     scores = torch.zeros(index.shape, device=g._device(model))
     batches = _batches(n_total, batch_size)
@@ -166,22 +166,23 @@ def _bind(fn, **kwargs):
     return hook
 
 
-def _qk_fixed_rows(model, task, index: g.GraphIndex, ablation: str, batch_size: int | None, seed: int,
-                   progress: bool) -> Tensor:
-    """AtP*'s QK fix (Kramar et al. 2024) for the edges into queries and keys.
+def _with_qk_fix(model, task, index: g.GraphIndex, matrix: Tensor, source: dict[str, Tensor],
+                 batch_size: int | None, progress: bool) -> Tensor:
+    """``matrix`` with its q and k rows rescored by AtP*'s QK fix (Kramar et al. 2024).
 
-    A head's attention softmax saturates, so a gradient at the clean run can miss most of what
-    changing its query or key input does. Here, for each edge ``u -> head<q|k>``, the head's
-    attention pattern is recomputed exactly (TransformerLens's own attention layer, on the clean
-    inputs with only u's contribution to that q / k input ablated), and the pattern change is
-    multiplied by ``dM/d pattern`` at the clean run. Returns an ``[n_slots, n_upstream]`` matrix
-    with the q and k rows filled (other rows zero).
+    A head's attention softmax saturates, so a gradient can miss most of what changing its query
+    or key input does. Here, for each edge ``u -> head<q|k>``, the head's attention pattern is
+    recomputed exactly (TransformerLens's own attention layer, on the clean inputs with only u's
+    contribution to that q / k input ablated), and the pattern change is multiplied by
+    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out.
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
                          "inside the block); use qk_fix=False")
-    source = g.ablation_source(model, task, ablation, seed=seed)
-    matrix = torch.zeros(index.shape, device=g._device(model))
+    out = matrix.clone()
+    for layer in range(index.n_layers):
+        base = layer * index.slots_per_layer
+        out[base: base + 2 * index.n_heads] = 0.0
     for idx in tqdm(_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
         saved = _clean_run_for_qk_fix(model, index, sub, len(task))
@@ -190,8 +191,8 @@ def _qk_fixed_rows(model, task, index: g.GraphIndex, ablation: str, batch_size: 
         diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
         with torch.no_grad(), g.graph_mode(model):
             for layer in range(index.n_layers):
-                _qk_fix_layer(model, index, layer, saved, diffs, matrix)
-    return matrix
+                _qk_fix_layer(model, index, layer, saved, diffs, out)
+    return out
 
 
 def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict:
@@ -241,6 +242,7 @@ def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Te
         captured["pattern"] = x
 
     n_cols = index.n_before_slot_layer(layer)
+    post_norm = g._is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
     for which in (0, 1):  # q, k
         row = layer * index.slots_per_layer + which * index.n_heads
         for start in range(0, n_cols, senders_per_run):
@@ -250,23 +252,13 @@ def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Te
             moved = [x.repeat(k, 1, 1, 1) for x in inputs]
             delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
             moved[which] = moved[which] + delta.to(moved[which].dtype)
-            q_in, k_in, v_in = moved if g._is_post_norm(model.cfg) else [block.ln1(x) for x in moved]
+            q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
             with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", grab)]):
                 block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
                            attention_mask=None if mask is None else mask.repeat(k, 1))
             change = captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None]
             matrix[row: row + index.n_heads, start: start + k] += torch.einsum(
                 "cbhqk,bhqk->hc", change, grad.to(change.dtype))
-
-
-def _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress) -> Tensor:
-    """``matrix`` with its q and k rows replaced by :func:`_qk_fixed_rows`."""
-    fixed = _qk_fixed_rows(model, task, index, ablation, batch_size, seed, progress)
-    out = matrix.clone()
-    for layer in range(index.n_layers):
-        base = layer * index.slots_per_layer
-        out[base: base + 2 * index.n_heads] = fixed[base: base + 2 * index.n_heads]
-    return out
 
 
 def _bind_pre(fn, **kwargs):
@@ -308,15 +300,18 @@ def eap(
     positions and averaged over prompts, with the gradient at the clean run. ``ablation``
     picks the source (:func:`graph.ablation_source`). ``level="node"`` sums each node's
     outgoing edges (labels ``input``, heads, MLPs). One forward + backward per prompt batch
-    (``batch_size`` prompts; all by default).
+    (``batch_size`` prompts; all by default). ``qk_fix``: score the edges into queries and keys
+    by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
+    forward + backward per batch and one attention-layer pass per sender).
 
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
     """
     _check_level(level)
     task, index = _prepare(model, task, ablation, None, batch_size)
-    matrix = _edge_matrix(model, task, index, ablation, None, batch_size, progress, seed)
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
     if qk_fix:
-        matrix = _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress)
+        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
     return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
 
 
@@ -338,12 +333,14 @@ def eap_ig(
     ``k = 1..steps``. ``steps=1`` equals :func:`eap`. Completeness: the scores of all edges
     leaving ``input`` sum to about ``metric(source input) - metric(clean)``, closer as
     ``steps`` grows. ``steps * batches`` forward + backward passes (tqdm shows them).
+    ``qk_fix``: as in :func:`eap`, q / k edges scored by AtP*'s QK fix.
     """
     _check_level(level)
     task, index = _prepare(model, task, ablation, steps, batch_size)
-    matrix = _edge_matrix(model, task, index, ablation, steps, batch_size, progress, seed)
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress)
     if qk_fix:
-        matrix = _with_qk_fix(model, task, index, matrix, ablation, batch_size, seed, progress)
+        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
     return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix)
 
 
