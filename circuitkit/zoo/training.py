@@ -165,17 +165,6 @@ def find_circuit(model, task, keep: float = 0.9, destroy: float = 0.2, progress:
     return CircuitSearch(circuit, per, final_only, final_cut, base.clean, base.baseline)
 
 
-def circuit_edges(model, nodes: list[str]) -> list[str]:
-    """Edges of ``names.all_edges`` between circuit nodes (plus input and logits)."""
-    keep = {*nodes, names.INPUT, names.LOGITS}
-    out = []
-    for e in names.all_edges(model.cfg.n_layers, model.cfg.n_heads, has_mlp=not model.cfg.attn_only):
-        parsed = names.parse_edge(e)
-        if parsed.parent in keep and parsed.child in keep:
-            out.append(e)
-    return out
-
-
 @dataclass
 class EdgeCircuitSearch:
     """What :func:`find_edge_circuit` found: the edges and the figures behind them."""
@@ -206,14 +195,16 @@ def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy:
     dropped, smallest |effect| first, if the rest stays faithful; finally edges are added back
     until ablating the circuit's edges leaves faithfulness below ``destroy``.
     """
-    from circuitkit.circuit.evaluate import EdgeEvaluator
+    from circuitkit.circuit import Circuit
+    from circuitkit.circuit.evaluate import EdgeEvaluator, circuit_edges
     from circuitkit.patching.attribution import exact_edge_patching
 
     ev = EdgeEvaluator(model, task, "mean")
     span = ev.metric_full - ev.metric_empty
     raw = exact_edge_patching(model, task, ablation="mean", progress=progress)
     effects = {label: float(v) / span for label, v in zip(raw.labels, raw.values.tolist(), strict=True)}
-    candidates = sorted(circuit_edges(model, nodes), key=lambda e: -abs(effects[e]))
+    node_edges = circuit_edges(Circuit.from_nodes_edges(nodes), ev.model_edges)
+    candidates = sorted(node_edges, key=lambda e: -abs(effects[e]))
 
     kept = len(candidates)
     for k in tqdm(range(1, len(candidates) + 1), desc="grow edges", disable=not progress):
@@ -225,14 +216,16 @@ def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy:
         trial = [x for x in circuit if x != e]
         if trial and ev.faithfulness(trial) >= keep:
             circuit = trial
+    ablated = ev.faithfulness_without(circuit)
     for e in candidates:
-        if ev.faithfulness_without(circuit) < destroy:
+        if ablated < destroy:
             break
         if e not in circuit:
             circuit.append(e)
+            ablated = ev.faithfulness_without(circuit)
     order = {e: i for i, e in enumerate(ev.model_edges)}
     circuit.sort(key=order.__getitem__)
-    return EdgeCircuitSearch(circuit, effects, ev.faithfulness(circuit), ev.faithfulness_without(circuit))
+    return EdgeCircuitSearch(circuit, effects, ev.faithfulness(circuit), ablated)
 
 
 def task_accuracy(model, task) -> float:
