@@ -65,6 +65,23 @@ def test_tiny_lm_records_no_edge_circuit(zoo):
     assert card.circuit_edges == [] and card.accuracy == 0.0 and "none recorded" in card.evidence["edges"]
 
 
+def test_tiny_lm_does_not_copy_repeated_text(zoo):
+    """What the README says of tiny-lm: held-out docstrings written twice are predicted about as
+    badly the second time as the first (an induction head would make the second copy far easier)."""
+    from circuitkit.tokenizers import python_docs_corpus
+
+    model, _, _ = zoo["tiny-lm"]
+    ids = torch.tensor(model.tokenizer.encode(python_docs_corpus(), add_special_tokens=False))
+    val = ids[int(len(ids) * 0.95):]
+    starts = torch.linspace(0, len(val) - 65, 16).long()
+    rows = torch.stack([torch.cat([val[s: s + 64], val[s: s + 64]]) for s in starts])
+    with torch.no_grad():
+        loss = model(rows, return_type="loss", loss_per_token=True)  # [row, pos - 1]
+    first, second = float(loss[:, :63].mean()), float(loss[:, 64:].mean())
+    assert first < 0.6 * math.log(model.cfg.d_vocab)  # it does model the text...
+    assert first - second < 0.3  # ...but gains almost nothing from having seen it
+
+
 def test_recircuit_reproduces_the_shipped_circuit(tmp_path):
     """recircuit() on the shipped weights finds the card's nodes and edges again (into another root)."""
     card = training.recircuit("induction-fixed-period", root=tmp_path, progress=False)
