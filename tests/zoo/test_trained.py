@@ -30,6 +30,16 @@ def zoo():
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_lm_held_out(zoo):
+    """tiny-lm's held-out tokens: the last 5% of the docstring corpus (as its recipe splits it)."""
+    from circuitkit.tokenizers import python_docs_corpus
+
+    model = zoo["tiny-lm"][0]
+    ids = torch.tensor(model.tokenizer.encode(python_docs_corpus(), add_special_tokens=False))
+    return ids[int(len(ids) * 0.95):]
+
+
 @pytest.mark.parametrize("name", TRAINED)
 def test_loads_offline_and_reaches_recorded_accuracy(zoo, name):
     model, card, task = zoo[name]
@@ -65,14 +75,11 @@ def test_tiny_lm_records_no_edge_circuit(zoo):
     assert card.circuit_edges == [] and card.accuracy == 0.0 and "none recorded" in card.evidence["edges"]
 
 
-def test_tiny_lm_does_not_copy_repeated_text(zoo):
+def test_tiny_lm_does_not_copy_repeated_text(zoo, tiny_lm_held_out):
     """What the README says of tiny-lm: held-out docstrings written twice are predicted about as
     badly the second time as the first (an induction head would make the second copy far easier)."""
-    from circuitkit.tokenizers import python_docs_corpus
-
     model, _, _ = zoo["tiny-lm"]
-    ids = torch.tensor(model.tokenizer.encode(python_docs_corpus(), add_special_tokens=False))
-    val = ids[int(len(ids) * 0.95):]
+    val = tiny_lm_held_out
     starts = torch.linspace(0, len(val) - 65, 16).long()
     rows = torch.stack([torch.cat([val[s: s + 64], val[s: s + 64]]) for s in starts])
     with torch.no_grad():
@@ -188,12 +195,9 @@ def test_needle_retrieval_heads_attend_to_the_needle_and_are_in_the_circuit(zoo)
     assert all(len(ids) >= 2 for ids in task.meta["answer_tokens"]), "needle values must be multi-token"
 
 
-def test_tiny_lm_validation_loss_matches_card(zoo):
-    from circuitkit.tokenizers import python_docs_corpus
-
+def test_tiny_lm_validation_loss_matches_card(zoo, tiny_lm_held_out):
     model, card, _ = zoo["tiny-lm"]
-    ids = torch.tensor(model.tokenizer.encode(python_docs_corpus(), add_special_tokens=False))
-    val = ids[int(len(ids) * 0.95):]
+    val = tiny_lm_held_out
     # The stdlib docstring corpus can differ by a few characters between processes (import order).
     assert len(val) == pytest.approx(card.recipe["validation_tokens"], rel=0.01)
     loss = training.validation_loss(model, val)
