@@ -615,15 +615,20 @@ def validation_loss(model, ids: Tensor, length: int = 128, n_windows: int = 64) 
         return float(model(tokens, return_type="loss"))
 
 
-def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
-    """2-layer language model (d_model 64, BPE 2048) trained on Python's docstrings."""
+def docs_token_split(tok, held_out: float = 0.05) -> tuple[Tensor, Tensor]:
+    """(train, held-out) token ids of ``python_docs_corpus()``: the last ``held_out`` share held out."""
     from circuitkit.tokenizers import python_docs_corpus
 
+    ids = torch.tensor(tok.encode(python_docs_corpus(), add_special_tokens=False))
+    split = int(len(ids) * (1 - held_out))
+    return ids[:split], ids[split:]
+
+
+def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
+    """2-layer language model (d_model 64, BPE 2048) trained on Python's docstrings."""
     t0 = time.time()
     tok = docs_bpe_tokenizer()
-    ids = torch.tensor(tok.encode(python_docs_corpus(), add_special_tokens=False))
-    split = int(len(ids) * 0.95)
-    train_ids, val_ids = ids[:split], ids[split:]
+    train_ids, val_ids = docs_token_split(tok)
     model = new_model(tok, **TINY_LM_CFG, seed=seed, model_name="tiny-lm")
     steps = steps or 1500
     lr = 3e-3
@@ -632,7 +637,7 @@ def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circ
     task_spec = {"builder": "induction", "params": {"n_prompts": 64, "seq_len": 10, "seed": 0}, "metric": "logit_diff"}
     recipe = {"steps": steps, "lr": lr, "batch": 16, "seed": seed, "weight_decay": 0.01,
               "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
-              "data": f"python_docs_corpus() (Python stdlib docstrings, {len(ids)} BPE tokens), first 95% for "
+              "data": f"python_docs_corpus() (Python stdlib docstrings, {len(train_ids) + len(val_ids)} BPE tokens), first 95% for "
                       "training in random 128-token windows, 1/4 of rows a 64-token window written twice; "
                       "last 5% held out",
               "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),

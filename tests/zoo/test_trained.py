@@ -32,12 +32,8 @@ def zoo():
 
 @pytest.fixture(scope="module")
 def tiny_lm_held_out(zoo):
-    """tiny-lm's held-out tokens: the last 5% of the docstring corpus (as its recipe splits it)."""
-    from circuitkit.tokenizers import python_docs_corpus
-
-    model = zoo["tiny-lm"][0]
-    ids = torch.tensor(model.tokenizer.encode(python_docs_corpus(), add_special_tokens=False))
-    return ids[int(len(ids) * 0.95):]
+    """tiny-lm's held-out tokens, split as its recipe splits them."""
+    return training.docs_token_split(zoo["tiny-lm"][0].tokenizer)[1]
 
 
 @pytest.mark.parametrize("name", TRAINED)
