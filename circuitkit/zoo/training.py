@@ -37,18 +37,25 @@ BatchFn = Callable[[random.Random], tuple[Tensor, Tensor]]
 # --- training loop ----------------------------------------------------------------------------
 
 def train_model(model, batch_fn: BatchFn, steps: int, lr: float, seed: int = 0, progress: bool = True,
-                desc: str = "train", weight_decay: float = 0.0, warmup: int = 50) -> list[float]:
+                desc: str = "train", weight_decay: float = 0.0, warmup: int = 50,
+                horizon: int | None = None) -> list[float]:
     """Adam with linear warm-up and cosine decay on next-token loss at masked positions.
 
-    Returns the loss of every step.
+    The cosine reaches 0 after ``horizon`` steps (default ``steps``; a longer horizon stops
+    training part-way down the curve). A ``batch_fn`` with an ``observe(loss)`` method is told
+    every step's loss (for curricula that adapt to it). Returns the loss of every step.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    horizon = horizon or steps
+    if horizon < steps:
+        raise ValueError(f"horizon must be >= steps ({steps}), got {horizon}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, horizon) / horizon)))
+    observe = getattr(batch_fn, "observe", None)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
@@ -62,6 +69,8 @@ def train_model(model, batch_fn: BatchFn, steps: int, lr: float, seed: int = 0, 
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if observe is not None:
+            observe(losses[-1])
         if len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
     model.eval()
@@ -319,25 +328,31 @@ FIXED_PERIOD_CFG = {**INDUCTION_CFG, "n_ctx": 64}
 
 
 def varied_repeat_batch(pool: list[int], bos: int, batch: int = 32, length: int = 48,
-                        min_period: int = 3, max_period: int = 12) -> BatchFn:
+                        min_period: int = 3, max_period: int = 12, copies: int | None = None) -> BatchFn:
     """Rows ``BOS, random prefix, segment, segment, segment...`` (the segment repeated to the end of
-    the row): the prefix length (offset) and the segment length (period) are drawn per row, so only
-    content-based copying predicts the repeats. The loss covers every token of the second and later
-    copies except the second copy's first (whose previous token has no earlier occurrence)."""
+    the row, or ``copies`` times and then random tokens): the prefix length (offset) and the segment
+    length (period) are drawn per row, so only content-based copying predicts the repeats. The loss
+    covers every token of the second and later copies except the second copy's first (whose
+    previous token has no earlier occurrence)."""
+    reps = copies or 2
+    if length < 1 + reps * max_period:
+        raise ValueError(f"length {length} cannot hold BOS and {reps} copies of a {max_period}-token segment")
+
     def batch_fn(rng: random.Random):
         rows, masks = [], []
         for _ in range(batch):
             period = rng.randint(min_period, max_period)
-            prefix = rng.randint(0, length - 1 - 2 * period)
+            prefix = rng.randint(0, length - 1 - reps * period)
             seg = rng.choices(pool, k=period)
             row = [bos, *rng.choices(pool, k=prefix)]
             first = len(row)
-            while len(row) < length:
+            while len(row) < length and (copies is None or len(row) < first + copies * period):
                 row += seg
-            row = row[:length]
+            end = min(len(row), length)  # the repeats end here; random tokens fill the rest
+            row = (row + rng.choices(pool, k=max(0, length - len(row))))[:length]
             mask = [False] * length
-            # Targets: every token from the second copy on (mask[i] marks predicting row[i + 1]).
-            for i in range(first + period, length - 1):
+            # Targets: every repeated token from the second copy on (mask[i] marks predicting row[i + 1]).
+            for i in range(first + period, end - 1):
                 mask[i] = True
             rows.append(row)
             masks.append(mask)
@@ -585,24 +600,75 @@ def retrieval_heads(model, task, threshold: float = 0.3) -> dict[str, float]:
 
 # --- tiny language model -----------------------------------------------------------------------
 
-TINY_LM_CFG = dict(n_layers=2, n_heads=4, d_model=64, d_mlp=256, n_ctx=128, normalization_type="LN")
+# Attention-only with learned positions: with MLPs (or rotary positions) the copying data below
+# gave no induction circuit within the 15-minute budget (period-specific tricks or nothing).
+TINY_LM_CFG = dict(n_layers=2, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=128,
+                   normalization_type="LN")
 
 
-def text_batch(ids: Tensor, batch: int = 16, length: int = 128, repeat_share: float = 0.25) -> BatchFn:
-    """Random windows of the token stream; a ``repeat_share`` of rows instead hold a 64-token
-    window of real text written twice (so that copying what came before pays off often enough
-    for induction heads to form in a few thousand steps)."""
+class CopyCurriculum:
+    """Two-copy repeat rows (:func:`varied_repeat_batch` with ``copies=2``) over the ``k`` most
+    frequent tokens, ``k`` doubling each time copying works at the current size.
+
+    Induction forms fastest over a small vocabulary (a few hundred tokens) and then carries over to
+    the rest as the pool grows. "Works": the mean loss of the last ``patience`` batches is below
+    half of ``ln k``. Call it as a :data:`BatchFn`; :func:`train_model` feeds ``observe`` the loss.
+    """
+
+    def __init__(self, ranked_ids: list[int], bos: int, start: int = 228, batch: int = 32, length: int = 100,
+                 min_period: int = 6, max_period: int = 40, patience: int = 50):
+        self.ranked_ids, self.bos, self.k = list(ranked_ids), bos, min(start, len(ranked_ids))
+        self.batch, self.length, self.min_period, self.max_period, self.patience = batch, length, min_period, max_period, patience
+        self.grown_at: list[int] = []  # batches drawn when k doubled
+        self._drawn, self._losses = 0, []
+
+    def __call__(self, rng: random.Random) -> tuple[Tensor, Tensor]:
+        self._drawn += 1
+        return varied_repeat_batch(self.ranked_ids[:self.k], self.bos, self.batch, self.length,
+                                   self.min_period, self.max_period, copies=2)(rng)
+
+    def observe(self, loss: float) -> None:
+        self._losses.append(loss)
+        recent = self._losses[-self.patience:]
+        if len(recent) == self.patience and sum(recent) / self.patience < 0.5 * math.log(self.k) \
+                and self.k < len(self.ranked_ids):
+            self.k = min(len(self.ranked_ids), 2 * self.k)
+            self.grown_at.append(self._drawn)
+            self._losses = []
+
+
+class MixedBatches:
+    """Each step one batch: from ``second`` with probability ``share``, else from ``first``; the
+    loss goes back to whichever drew the batch (if it observes)."""
+
+    def __init__(self, first: BatchFn, second: BatchFn, share: float):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        self.first, self.second, self.share = first, second, share
+        self._last: BatchFn = first
+
+    def __call__(self, rng: random.Random) -> tuple[Tensor, Tensor]:
+        self._last = self.second if rng.random() < self.share else self.first
+        return self._last(rng)
+
+    def observe(self, loss: float) -> None:
+        observe = getattr(self._last, "observe", None)
+        if observe is not None:
+            observe(loss)
+
+
+def frequency_ranked(ids: Tensor, pool: list[int]) -> list[int]:
+    """``pool`` ordered by how often each token occurs in ``ids`` (most frequent first; ties and
+    unseen tokens keep ``pool`` order)."""
+    counts = torch.bincount(ids, minlength=max(pool) + 1)
+    return sorted(pool, key=lambda t: -int(counts[t]))
+
+
+def text_batch(ids: Tensor, batch: int = 16, length: int = 128) -> BatchFn:
+    """Random ``length``-token windows of the token stream, every position a target."""
     def batch_fn(rng: random.Random):
-        rows = []
-        for _ in range(batch):
-            if rng.random() < repeat_share:
-                s = rng.randrange(0, len(ids) - length // 2)
-                half = ids[s: s + length // 2]
-                rows.append(torch.cat([half, half]))
-            else:
-                s = rng.randrange(0, len(ids) - length)
-                rows.append(ids[s: s + length])
-        tokens = torch.stack(rows)
+        starts = [rng.randrange(0, len(ids) - length) for _ in range(batch)]
+        tokens = torch.stack([ids[s: s + length] for s in starts])
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
     return batch_fn
 
@@ -615,6 +681,16 @@ def validation_loss(model, ids: Tensor, length: int = 128, n_windows: int = 64) 
         return float(model(tokens, return_type="loss"))
 
 
+def repeated_text_losses(model, ids: Tensor, half: int = 64, n_rows: int = 16) -> tuple[float, float]:
+    """Mean loss on the first and on the second copy of held-out text windows written twice
+    (``[n_rows, 2 * half]`` rows): an induction circuit makes the second copy far easier."""
+    starts = torch.linspace(0, len(ids) - half - 1, n_rows).long()
+    rows = torch.stack([torch.cat([ids[s: s + half], ids[s: s + half]]) for s in starts])
+    with torch.no_grad():
+        loss = model(rows, return_type="loss", loss_per_token=True)  # [row, pos - 1]
+    return float(loss[:, : half - 1].mean()), float(loss[:, half:].mean())
+
+
 def docs_token_split(tok, held_out: float = 0.05) -> tuple[Tensor, Tensor]:
     """(train, held-out) token ids of ``python_docs_corpus()``: the last ``held_out`` share held out."""
     from circuitkit.tokenizers import python_docs_corpus
@@ -625,26 +701,49 @@ def docs_token_split(tok, held_out: float = 0.05) -> tuple[Tensor, Tensor]:
 
 
 def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
-    """2-layer language model (d_model 64, BPE 2048) trained on Python's docstrings."""
+    """2-layer attention-only language model (d_model 128, BPE 2048) on Python's docstrings, with
+    induction heads: a copying phase forms them, a text phase (still 1/5 copying) keeps them."""
+    from circuitkit.tokenizers import bos_id, ordinary_token_ids
+
     t0 = time.time()
     tok = docs_bpe_tokenizer()
     train_ids, val_ids = docs_token_split(tok)
     model = new_model(tok, **TINY_LM_CFG, seed=seed, model_name="tiny-lm")
-    steps = steps or 1500
-    lr = 3e-3
-    losses = train_model(model, text_batch(train_ids), steps, lr, seed, progress, desc="tiny-lm", weight_decay=0.01)
+    steps = steps or 5000
+    copy_steps = max(1, steps // 2)  # half copying, half text
+    text_steps = max(1, steps - copy_steps)
+    copy_lr, text_lr, copy_share = 1e-3, 3e-3, 0.2
+    copying = CopyCurriculum(frequency_ranked(train_ids, ordinary_token_ids(tok)), bos_id(tok))
+    # Phase 1 stops half-way down its cosine (lr 5e-4): the circuit forms at about step 1500-2000.
+    copy_losses = train_model(model, copying, copy_steps, copy_lr, seed, progress, desc="tiny-lm copying",
+                              weight_decay=0.01, horizon=2 * copy_steps)
+    copy_grown = list(copying.grown_at)
+    losses = train_model(model, MixedBatches(text_batch(train_ids), copying, copy_share), text_steps, text_lr,
+                         seed, progress, desc="tiny-lm text", weight_decay=0.01)
     val = validation_loss(model, val_ids)
+    first, second = repeated_text_losses(model, val_ids)
     task_spec = {"builder": "induction", "params": {"n_prompts": 64, "seq_len": 10, "seed": 0}, "metric": "logit_diff"}
-    recipe = {"steps": steps, "lr": lr, "batch": 16, "seed": seed, "weight_decay": 0.01,
-              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine",
-              "data": f"python_docs_corpus() (Python stdlib docstrings, {len(train_ids) + len(val_ids)} BPE tokens), first 95% for "
-                      "training in random 128-token windows, 1/4 of rows a 64-token window written twice; "
-                      "last 5% held out",
-              "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
-              "validation_loss": round(val, 4), "validation_tokens": int(len(val_ids))}
-    return _finish("tiny-lm", "2-layer language model (d_model 64, byte-level BPE 2048) trained on Python's "
-                   "docstrings (a base for SAE features). Undertrained: no induction heads yet (induction accuracy 0).", model, tok, task_spec, recipe,
-                   {}, progress, t0, circuit)
+    recipe = {"steps": copy_steps + text_steps, "seed": seed, "weight_decay": 0.01,
+              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine, per phase",
+              "phases": [
+                  {"steps": copy_steps, "lr": copy_lr, "cosine_horizon": 2 * copy_steps, "batch": 32,
+                   "data": "copying: 100-token rows BOS, random prefix, a random segment of 6..40 tokens, the "
+                           "segment again, random tokens; tokens from the k most frequent training tokens, k from "
+                           "228 doubling whenever the last 50 batches' mean loss < ln(k) / 2; loss on the second "
+                           "copy but its first token",
+                   "pool_doubled_at_batch": copy_grown,
+                   "final_loss": round(sum(copy_losses[-20:]) / len(copy_losses[-20:]), 4)},
+                  {"steps": text_steps, "lr": text_lr, "batch": 16,
+                   "data": f"each step a batch of 16 random 128-token windows of the training text, or (probability "
+                           f"{copy_share}) a copying batch as in phase 1",
+                   "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}],
+              "data": f"python_docs_corpus() (Python stdlib docstrings, {len(train_ids) + len(val_ids)} BPE tokens), "
+                      "first 95% for training, last 5% held out",
+              "validation_loss": round(val, 4), "validation_tokens": int(len(val_ids)),
+              "held_out_text_twice_loss": {"first_copy": round(first, 4), "second_copy": round(second, 4)}}
+    return _finish("tiny-lm", "2-layer attention-only language model (d_model 128, byte-level BPE 2048) trained on "
+                   "Python's docstrings, with induction heads (a copying phase, then text); a base for SAE "
+                   "features.", model, tok, task_spec, recipe, {}, progress, t0, circuit)
 
 
 RECIPES: dict[str, Callable[..., tuple[Any, Any, ZooCard]]] = {
