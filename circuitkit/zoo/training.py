@@ -681,13 +681,18 @@ def validation_loss(model, ids: Tensor, length: int = 128, n_windows: int = 64) 
         return float(model(tokens, return_type="loss"))
 
 
-def repeated_text_losses(model, ids: Tensor, half: int = 64, n_rows: int = 16) -> tuple[float, float]:
-    """Mean loss on the first and on the second copy of held-out text windows written twice
-    (``[n_rows, 2 * half]`` rows): an induction circuit makes the second copy far easier."""
+def repeated_text_losses(model, ids: Tensor, half: int = 64, n_rows: int = 16,
+                         ablated: list[str] | None = None) -> tuple[float, float]:
+    """Mean loss on the first and on the second copy of text windows written twice
+    (``[n_rows, 2 * half]`` rows): an induction circuit makes the second copy far easier.
+    ``ablated``: components (``a1.h2``...) mean-ablated, means over these rows."""
+    from circuitkit.ablation.hooks import ablation_hooks
+
     starts = torch.linspace(0, len(ids) - half - 1, n_rows).long()
     rows = torch.stack([torch.cat([ids[s: s + half], ids[s: s + half]]) for s in starts])
+    hooks = ablation_hooks(model, ablated, "mean", rows) if ablated else []
     with torch.no_grad():
-        loss = model(rows, return_type="loss", loss_per_token=True)  # [row, pos - 1]
+        loss = model.run_with_hooks(rows, return_type="loss", loss_per_token=True, fwd_hooks=hooks)  # [row, pos - 1]
     return float(loss[:, : half - 1].mean()), float(loss[:, half:].mean())
 
 
