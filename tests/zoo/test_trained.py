@@ -5,6 +5,7 @@ induction model's data varies; every recipe runs."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -248,3 +249,64 @@ def test_bad_steps_is_a_clear_error(zoo):
     model, _, _ = zoo["induction-fixed-period"]
     with pytest.raises(ValueError, match="steps must be >= 1"):
         training.train_model(model, lambda rng: None, 0, 1e-3)
+
+
+def test_two_copy_rows_mark_only_the_second_copy():
+    rows, mask = training.varied_repeat_batch(list(range(10, 60)), 1, batch=8, length=40, min_period=5,
+                                              max_period=12, copies=2)(random.Random(0))
+    for row, m in zip(rows.tolist(), mask.tolist(), strict=True):
+        targets = [i for i, t in enumerate(m) if t]
+        period = len(targets) + 1  # the second copy's tokens but its first
+        start = targets[0]  # the second copy's first token
+        assert row[start - period: start] == row[start: start + period]  # two equal copies...
+        assert 5 <= period <= 12 and all(row[i + 1] == row[i + 1 - period] for i in targets)
+    with pytest.raises(ValueError, match="cannot hold BOS and 2 copies"):
+        training.varied_repeat_batch([3, 4], 1, length=20, max_period=12, copies=2)
+
+
+def test_copy_curriculum_grows_its_pool_only_once_copying_works():
+    ranked = list(range(10, 1010))
+    curriculum = training.CopyCurriculum(ranked, 1, start=100, patience=5)
+    rng = random.Random(0)
+    tokens, _ = curriculum(rng)
+    assert int(tokens[:, 1:].max()) < 110  # only the 100 most frequent tokens
+    for _ in range(20):
+        curriculum(rng)
+        curriculum.observe(0.9 * math.log(100))  # not below ln(k) / 2
+    assert curriculum.k == 100 and curriculum.grown_at == []
+    for _ in range(5):
+        curriculum(rng)
+        curriculum.observe(0.1)
+    # The mean of the last 5 losses drops below ln(100) / 2 with the third low one: batch 24.
+    assert curriculum.k == 200 and curriculum.grown_at == [24]
+
+
+def test_mixed_batches_send_the_loss_to_the_source_that_drew_the_batch():
+    seen = []
+
+    class Source:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, rng):
+            return self.name, None
+
+        def observe(self, loss):
+            seen.append((self.name, loss))
+
+    mix = training.MixedBatches(Source("text"), Source("copy"), share=0.5)
+    rng = random.Random(0)
+    drawn = []
+    for step in range(20):
+        drawn.append(mix(rng)[0])
+        mix.observe(float(step))
+    assert seen == [(name, float(step)) for step, name in enumerate(drawn)]
+    assert {"text", "copy"} == set(drawn)
+    with pytest.raises(ValueError, match="share must be in"):
+        training.MixedBatches(Source("a"), Source("b"), share=1.5)
+
+
+def test_horizon_shorter_than_steps_is_a_clear_error(zoo):
+    model, _, _ = zoo["induction-fixed-period"]
+    with pytest.raises(ValueError, match="horizon must be >= steps"):
+        training.train_model(model, lambda rng: None, 10, 1e-3, horizon=5)
