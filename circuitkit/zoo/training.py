@@ -77,6 +77,11 @@ def train_model(model, batch_fn: BatchFn, steps: int, lr: float, seed: int = 0, 
     return losses
 
 
+def final_loss(losses: list[float], last: int = 20) -> float:
+    """The mean of the last ``last`` training losses, rounded for a card."""
+    return round(sum(losses[-last:]) / len(losses[-last:]), 4)
+
+
 def new_model(tokenizer, **cfg_kwargs):
     """A fresh HookedTransformer with ``tokenizer`` (seeded by ``cfg_kwargs['seed']``)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -387,7 +392,7 @@ def _induction_common(name, seed, progress, steps, lr, batch_fn_of, data, descri
     losses = train_model(model, batch_fn, steps, lr, seed, progress, desc=name, warmup=warmup)
     task_spec = {"builder": "induction", "params": {"n_prompts": 64, "seq_len": 10, "seed": 0}, "metric": "logit_diff"}
     recipe = {"steps": steps, "lr": lr, "batch": batch, "seed": seed, "warmup": warmup,
-              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine", "data": data, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+              "optimizer": "AdamW(0.9, 0.98), warm-up + cosine", "data": data, "final_loss": final_loss(losses)}
     return _finish(name, description, model, tok, task_spec, recipe, {}, progress, t0, circuit)
 
 
@@ -565,7 +570,7 @@ def needle_trained(seed: int = 0, progress: bool = True, steps: int | None = Non
                       "the first 60k characters (the task's haystack), needle at a uniform random depth, value "
                       "an invented 2-3 syllable word over 41 onsets or (half the time) a random 4-10 letter word of "
                       "that text, never a task value; loss on the value's tokens",
-              "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+              "final_loss": final_loss(losses)}
     model.eval()
     out = _finish("needle-trained", "4-layer attention-only model (n_ctx 264) trained to retrieve a multi-token "
                   "needle value from a 256-token haystack of Python docstrings.", model, tok, task_spec, recipe,
@@ -737,11 +742,11 @@ def tiny_lm(seed: int = 0, progress: bool = True, steps: int | None = None, circ
                            "228 doubling whenever the last 50 batches' mean loss < ln(k) / 2; loss on the second "
                            "copy but its first token",
                    "pool_doubled_at_batch": copy_grown,
-                   "final_loss": round(sum(copy_losses[-20:]) / len(copy_losses[-20:]), 4)},
+                   "final_loss": final_loss(copy_losses)},
                   {"steps": text_steps, "lr": text_lr, "batch": 16,
                    "data": f"each step a batch of 16 random 128-token windows of the training text, or (probability "
                            f"{copy_share}) a copying batch as in phase 1",
-                   "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}],
+                   "final_loss": final_loss(losses)}],
               "data": f"python_docs_corpus() (Python stdlib docstrings, {len(train_ids) + len(val_ids)} BPE tokens), "
                       "first 95% for training, last 5% held out",
               "validation_loss": round(val, 4), "validation_tokens": int(len(val_ids)),
