@@ -97,7 +97,7 @@ class PatchRuns:
     source_cache: dict[str, Tensor]
     shortformer_pos_embed: Tensor | None
     attention_mask: Tensor | None
-    base_logits: Tensor  # [batch, pos, vocab]
+    base_logits: Tensor  # [batch, pos, vocab]; [batch, vocab] (answer position) when the task reads only that
     prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched)
 
     def normalised(self, logits: Tensor) -> float:
@@ -135,13 +135,23 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     """Validate, run clean and corrupted once (caching only the named hooks) and score them."""
     check_direction(direction)
     task.check_model(model)
-    device = model.cfg.device
+    cfg = model.cfg
+    device = cfg.device
     task = task.to(device)
     base_tokens, source_tokens = (task.corrupted, task.clean) if direction == "denoise" else (task.clean, task.corrupted)
     base_set, source_set = set(base_hooks), set(source_hooks)
+    # Every hook patched or cached lives inside a block, so when the metric reads only the answer
+    # position the two reference runs stop at the final residual and unembed that position alone
+    # (with a realistic vocabulary the full unembedding is most of a forward pass).
+    stop = cfg.n_layers if task.reads_answer_position_only else None
     with torch.no_grad():
-        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set)
-        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set)
+        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set,
+                                                       stop_at_layer=stop)
+        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set,
+                                                           stop_at_layer=stop)
+        if stop is not None:
+            base_logits = answer_position_logits(model, task, base_logits, task.answer_pos)
+            source_logits = answer_position_logits(model, task, source_logits, task.answer_pos)
         _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
     base_score, source_score = float(task.score(base_logits)), float(task.score(source_logits))
     clean_score, corrupted_score = (source_score, base_score) if direction == "denoise" else (base_score, source_score)
@@ -151,7 +161,6 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
             f"({clean_score:.4g}), so patching effects cannot be normalised; use a task whose "
             "corruption changes the model's behaviour"
         )
-    cfg = model.cfg
     # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
     # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
     prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
@@ -221,24 +230,30 @@ def _answer_logits(model, runs: PatchRuns, final_resid: Tensor, copies: int, pre
     """Logits ``[copies * batch, vocab]`` at each prompt's answer position from the residual stream
     after the last block (positions ``prefix..``); answers before ``prefix`` keep the base run's."""
     answer_pos = runs.task.answer_pos.to(final_resid.device).repeat(copies)
-    rows = torch.arange(len(answer_pos), device=final_resid.device)
-    picked = final_resid[rows, (answer_pos - prefix).clamp(min=0)]
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked[:, None])[:, 0]
-    columns = runs.task.metric_token_ids()
-    if columns is None:
-        logits = model.unembed(picked[:, None])[:, 0]
-    else:  # only the logits the metric reads (the rest stay 0 and are never looked at)
-        columns = columns.to(picked.device)
-        logits = picked.new_zeros(len(picked), model.cfg.d_vocab_out)
-        logits[:, columns] = picked @ model.W_U[:, columns] + model.b_U[columns]
-    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    logits = answer_position_logits(model, runs.task, final_resid, (answer_pos - prefix).clamp(min=0))
     if prefix:
         before = answer_pos < prefix
         if bool(before.any()):
-            base = runs.base_logits[torch.arange(len(runs.task), device=logits.device), runs.task.answer_pos]
-            logits = torch.where(before[:, None], base.repeat(copies, 1), logits)
+            logits = torch.where(before[:, None], runs.base_logits.repeat(copies, 1), logits)
     return logits
+
+
+def answer_position_logits(model, task: Task, final_resid: Tensor, positions: Tensor) -> Tensor:
+    """Logits ``[rows, vocab]`` at ``positions[i]`` of row ``i`` of the residual stream after the
+    last block (``[rows, pos, d_model]``); when the metric is the logit difference, only the answer
+    and wrong-answer columns are computed (the rest stay 0 and are never read)."""
+    rows = torch.arange(final_resid.shape[0], device=final_resid.device)
+    picked = final_resid[rows, positions.to(final_resid.device)]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked[:, None])[:, 0]
+    columns = task.metric_token_ids()
+    if columns is None:
+        logits = model.unembed(picked[:, None])[:, 0]
+    else:
+        columns = columns.to(picked.device)
+        logits = picked.new_zeros(len(picked), model.cfg.d_vocab_out)
+        logits[:, columns] = picked @ model.W_U[:, columns] + model.b_U[columns]
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
 def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int):
