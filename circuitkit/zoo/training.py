@@ -477,7 +477,10 @@ def ioi_trained(seed: int = 0, progress: bool = True, steps: int | None = None, 
 
 # Rotary positions: retrieval is relative-position-free, and rotary lets mostly-short training rows
 # carry over to 256-token prompts.
-NEEDLE_CFG = dict(n_layers=4, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=264,
+# Two layers: a 4-layer model of this recipe (loss 0.82) spread retrieval over ten interchangeable
+# heads of layers 1-3, so no single circuit was the true one and no reference could be trusted;
+# with two layers (loss 0.36) the previous-token heads of layer 0 feed one main retrieval head.
+NEEDLE_CFG = dict(n_layers=2, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=264,
                   normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16)
 # Task values: invented words that the docs BPE splits into several tokens (multi-token needles);
 # training draws other invented words, so the task measures retrieval of unseen values.
@@ -547,7 +550,7 @@ def needle_batch(tok, hay_ids: list[int], batch: int = 16, min_len: int = 32, ma
 
 
 def needle_trained(seed: int = 0, progress: bool = True, steps: int | None = None, circuit: bool = True):
-    """4-layer attention-only model trained to answer the needle question with the needle's
+    """2-layer attention-only model trained to answer the needle question with the needle's
     (multi-token, never-seen) value from anywhere in a 256-token docstring haystack."""
     from circuitkit.tokenizers import python_docs_corpus
 
@@ -572,7 +575,7 @@ def needle_trained(seed: int = 0, progress: bool = True, steps: int | None = Non
                       "that text, never a task value; loss on the value's tokens",
               "final_loss": final_loss(losses)}
     model.eval()
-    out = _finish("needle-trained", "4-layer attention-only model (n_ctx 264) trained to retrieve a multi-token "
+    out = _finish("needle-trained", "2-layer attention-only model (n_ctx 264) trained to retrieve a multi-token "
                   "needle value from a 256-token haystack of Python docstrings.", model, tok, task_spec, recipe,
                   {}, progress, t0, circuit)
     from circuitkit.tasks.builders import build_task

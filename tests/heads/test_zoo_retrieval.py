@@ -2,7 +2,7 @@
 
 ``retrieval-handbuilt`` (hand-built: the card lists its retrieval heads) must be found exactly and
 its top heads' ablation must destroy needle accuracy while random ablations keep it; on
-``needle-trained`` retrieval is spread over redundant heads, which must be found and must carry it.
+``needle-trained`` retrieval is shared by its last layer's heads, which must be found and must carry it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitkit import load_model, zoo_card, zoo_task
+from circuitkit import load_model, names, zoo_card, zoo_task
 from circuitkit.heads import (
     needle_prompts,
     retrieval_causal_check,
@@ -66,12 +66,12 @@ def test_handbuilt_causal_check(handbuilt, handbuilt_scores):
     assert clean_draws and all(acc == 1.0 for acc in clean_draws)
 
 
-def test_needle_trained_retrieval_is_spread_over_redundant_heads():
-    """needle-trained answers every needle's first token; retrieval is spread over many heads of
-    layers 1-3 (Wu et al.'s score finds the heads that attend to the needle), so ablating them all
-    removes it while ablating any one of them changes little. (The top-k vs random-heads check of
-    Wu et al. does not apply here: the only non-retrieval heads are the layer 0-1 heads that every
-    path reads, e.g. a0.h3.)"""
+def test_needle_trained_retrieval_is_shared_by_its_last_layer_heads():
+    """needle-trained answers every needle's whole (multi-token) value; Wu et al.'s score finds the
+    heads that copy it, all in its last layer (layer 0 only feeds them), and they share the work:
+    ablating them all removes retrieval, ablating any one of the top three leaves most of it. (The
+    top-k vs random-heads check of Wu et al. does not apply: every other head is a layer-0 head
+    that every path reads.)"""
     from circuitkit.heads.causal import needle_accuracy
 
     model, card = _zoo_model("needle-trained")
@@ -79,12 +79,13 @@ def test_needle_trained_retrieval_is_spread_over_redundant_heads():
     scores = retrieval_scores(model, task, progress=False)
     found = list(scores.meta["retrieval_heads"])
     assert set(card.evidence["retrieval_heads"]) <= set(found)  # attention on the needle => retrieval score
-    assert len(found) >= 4 and all(not h.startswith("a0.") for h in found)
+    assert len(found) >= 3
+    assert all(names.parse_node(h).layer == model.cfg.n_layers - 1 for h in found)
 
-    def first_token_accuracy(heads):
-        return needle_accuracy(model, task, ablate=heads, accuracy="first")[0]
+    def accuracy(heads, which="first"):
+        return needle_accuracy(model, task, ablate=heads, accuracy=which)[0]
 
-    assert first_token_accuracy([]) >= 0.95
-    assert first_token_accuracy(found) <= 0.05
+    assert accuracy([]) >= 0.95 and accuracy([], "full") >= 0.95
+    assert accuracy(found) <= 0.05
     for head in found[:3]:  # the three highest-scoring
-        assert first_token_accuracy([head]) >= 0.9
+        assert accuracy([head]) >= 0.75
