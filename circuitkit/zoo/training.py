@@ -479,7 +479,8 @@ def ioi_trained(seed: int = 0, progress: bool = True, steps: int | None = None, 
 # carry over to 256-token prompts.
 # Two layers: a 4-layer model of this recipe (loss 0.82) spread retrieval over ten interchangeable
 # heads of layers 1-3, so no single circuit was the true one and no reference could be trusted;
-# with two layers (loss 0.36) the previous-token heads of layer 0 feed one main retrieval head.
+# with two layers (loss 0.30) layer-0 heads that attend back to the needle sentence feed, through
+# K-composition, the layer-1 heads that copy the value: a circuit exact ablation can pin down.
 NEEDLE_CFG = dict(n_layers=2, n_heads=4, d_model=128, d_head=32, attn_only=True, n_ctx=264,
                   normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16)
 # Task values: invented words that the docs BPE splits into several tokens (multi-token needles);

@@ -13,7 +13,7 @@ import torch
 from circuitkit import names
 from circuitkit.ablation import ablate
 from circuitkit.models.loading import load_model
-from circuitkit.tasks.builders import build_task
+from circuitkit.tasks.builders import NEEDLE_TEMPLATE, build_task
 from circuitkit.zoo import training, zoo_card, zoo_task
 
 TRAINED = ["induction-trained", "induction-fixed-period", "ioi-trained", "needle-trained", "tiny-lm"]
@@ -219,9 +219,11 @@ def test_needle_retrieval_heads_attend_to_the_needle_and_are_in_the_circuit(zoo)
         _, cache = model.run_with_cache(task.clean, names_filter="blocks.0.attn.hook_pattern")
     rows, start = torch.arange(len(task)), task.positions["needle_start"]
     pattern = cache["blocks.0.attn.hook_pattern"][rows, :, start]  # [prompt, head, key] from the value's first token
+    before_value = " " + NEEDLE_TEMPLATE.split("{VALUE}")[0].strip()  # " The secret code is"
+    n_before = len(model.tokenizer.encode(before_value, add_special_tokens=False))
     sentence = torch.zeros_like(pattern[:, 0], dtype=torch.bool)
     for i, s in enumerate(start.tolist()):
-        sentence[i, max(0, s - 6): s] = True  # " The secret code is" before the value
+        sentence[i, max(0, s - n_before): s] = True
     on_sentence = (pattern * sentence[:, None]).sum(-1).mean(0)  # [head]
     assert max(float(on_sentence[names.parse_node(f).head]) for f in feeders) > 0.5
     assert all(len(ids) >= 2 for ids in task.meta["answer_tokens"]), "needle values must be multi-token"
