@@ -150,8 +150,8 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
         source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set,
                                                            stop_at_layer=stop)
         if stop is not None:
-            base_logits = answer_position_logits(model, task, base_logits, task.answer_pos)
-            source_logits = answer_position_logits(model, task, source_logits, task.answer_pos)
+            base_logits = _answer_position_logits(model, task, base_logits, task.answer_pos)
+            source_logits = _answer_position_logits(model, task, source_logits, task.answer_pos)
         _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
     base_score, source_score = float(task.score(base_logits)), float(task.score(source_logits))
     clean_score, corrupted_score = (source_score, base_score) if direction == "denoise" else (base_score, source_score)
@@ -230,7 +230,7 @@ def _answer_logits(model, runs: PatchRuns, final_resid: Tensor, copies: int, pre
     """Logits ``[copies * batch, vocab]`` at each prompt's answer position from the residual stream
     after the last block (positions ``prefix..``); answers before ``prefix`` keep the base run's."""
     answer_pos = runs.task.answer_pos.to(final_resid.device).repeat(copies)
-    logits = answer_position_logits(model, runs.task, final_resid, (answer_pos - prefix).clamp(min=0))
+    logits = _answer_position_logits(model, runs.task, final_resid, (answer_pos - prefix).clamp(min=0))
     if prefix:
         before = answer_pos < prefix
         if bool(before.any()):
@@ -238,7 +238,7 @@ def _answer_logits(model, runs: PatchRuns, final_resid: Tensor, copies: int, pre
     return logits
 
 
-def answer_position_logits(model, task: Task, final_resid: Tensor, positions: Tensor) -> Tensor:
+def _answer_position_logits(model, task: Task, final_resid: Tensor, positions: Tensor) -> Tensor:
     """Logits ``[rows, vocab]`` at ``positions[i]`` of row ``i`` of the residual stream after the
     last block (``[rows, pos, d_model]``); when the metric is the logit difference, only the answer
     and wrong-answer columns are computed (the rest stay 0 and are never read)."""
