@@ -6,7 +6,7 @@ import pytest
 
 from circuitkit.circuit import Circuit, load_circuit, roc_auc
 from circuitkit.cli import main
-from circuitkit.zoo import list_zoo
+from circuitkit.zoo import list_zoo, zoo_card
 
 WITH_REFERENCE = [card.name for card in list_zoo() if card.circuit_edges]
 
@@ -17,7 +17,7 @@ def test_every_zoo_model_with_a_reference_is_covered():
 
 @pytest.mark.parametrize("name", WITH_REFERENCE)
 def test_eap_ig_discover_recovers_the_reference(name, tmp_path):
-    card = next(c for c in list_zoo() if c.name == name)
+    card = zoo_card(name)
     out = tmp_path / "circuit.json"
     assert main(["discover", "--model", f"zoo:{name}", "--method", "eap-ig", "--out", str(out), "--quiet"]) == 0
     circuit = load_circuit(out)
