@@ -17,8 +17,6 @@ from circuitkit.tasks.builders import NEEDLE_TEMPLATE, build_task
 from circuitkit.zoo import training, zoo_card, zoo_task
 
 TRAINED = ["induction-trained", "induction-fixed-period", "ioi-trained", "needle-trained", "tiny-lm"]
-# Models whose recorded circuit meets both bars (alone >= 0.9, ablated < 0.2).
-MEETS_BOTH_BARS = ["induction-trained", "induction-fixed-period", "ioi-trained", "needle-trained", "tiny-lm"]
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +49,7 @@ def test_loads_offline_and_reaches_recorded_accuracy(zoo, name):
 def test_recorded_circuit_passes_ablation_checks(zoo, name):
     model, card, task = zoo[name]
     only, cut = training.circuit_recovery(model, task, card.circuit_nodes)
-    assert only >= 0.9
-    if name in MEETS_BOTH_BARS:
-        assert cut < 0.2
+    assert only >= 0.9 and cut < 0.2
     assert only == pytest.approx(card.evidence["circuit_only_recovered"], abs=0.02)
     assert cut == pytest.approx(card.evidence["circuit_ablated_recovered"], abs=0.02)
     # Edges only join circuit nodes (and input / logits).
@@ -61,9 +57,6 @@ def test_recorded_circuit_passes_ablation_checks(zoo, name):
     for e in card.circuit_edges:
         parsed = names.parse_edge(e)
         assert parsed.parent in allowed and parsed.child in allowed
-
-
-WITH_EDGES = TRAINED
 
 
 def test_tiny_lm_copies_repeated_text_through_its_circuit(zoo, tiny_lm_held_out):
@@ -117,7 +110,7 @@ def test_recircuit_reproduces_the_shipped_circuit(tmp_path):
         training.recircuit("induction-handbuilt", root=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("name", WITH_EDGES)
+@pytest.mark.parametrize("name", TRAINED)
 def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     """The card's edges were established by exact single-edge ablation: re-measured, the edges
     alone (every other edge mean-ablated) keep >= 0.9 of the behaviour and ablating them leaves
