@@ -13,7 +13,11 @@ computed much faster:
 * when the task's metric reads only the answer position (every built-in metric does), logits are
   computed at that position alone, and for the logit difference only for the answer and
   wrong-answer tokens: on real vocabularies the unembedding is a large share of a forward pass
-  (a third of GPT-2 small's, most of Pythia-14m's) and full logits cap the batch.
+  (a third of GPT-2 small's, most of Pythia-14m's) and full logits cap the batch;
+* with causal attention only the positions that can change the metric are run: none after the
+  last answer position (when the metric reads only answer positions), and none before the first
+  position where the clean and corrupted tokens differ or, by position, before the patched one
+  (those keep the base run's values; later positions attend to its cached keys and values).
 
 Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
 
@@ -98,7 +102,9 @@ class PatchRuns:
     shortformer_pos_embed: Tensor | None
     attention_mask: Tensor | None
     base_logits: Tensor  # [batch, pos, vocab]; [batch, vocab] (answer position) when the task reads only that
-    prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched)
+    prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched, prepare_runs)
+    # Positions before this one hold the same tokens in both runs, so patching them changes nothing.
+    same_tokens_before: int = 0
 
     def normalised(self, logits: Tensor) -> float:
         """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
@@ -131,14 +137,38 @@ def check_direction(direction: str) -> None:
         )
 
 
-def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], source_hooks: Iterable[str]) -> PatchRuns:
-    """Validate, run clean and corrupted once (caching only the named hooks) and score them."""
+def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], source_hooks: Iterable[str],
+                 trim_from_layer: int | None = None) -> PatchRuns:
+    """Validate, run clean and corrupted once (caching only the named hooks) and score them.
+
+    ``trim_from_layer``: the patched runs start at this layer or later and may skip positions
+    that cannot change the metric (causal attention only): the runs end at the last answer
+    position when the metric reads nothing else (every cached activation is then that much
+    shorter), and ``same_tokens_before`` records the unchanged prefix, with the keys and values
+    of layers ``>= trim_from_layer`` cached for :func:`run_batched`'s ``prefix``.
+    """
     check_direction(direction)
     task.check_model(model)
     cfg = model.cfg
     device = cfg.device
     task = task.to(device)
     base_tokens, source_tokens = (task.corrupted, task.clean) if direction == "denoise" else (task.clean, task.corrupted)
+    with torch.no_grad():
+        _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
+    # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
+    # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
+    prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
+                 and cfg.positional_embedding_type in ("standard", "rotary")
+                 and not getattr(cfg, "use_local_attn", False))
+    prefix_ok = prefix_ok and trim_from_layer is not None
+    same_before = 0
+    if prefix_ok:
+        if task.reads_answer_position_only:
+            end = int(task.answer_pos.max()) + 1
+            base_tokens, source_tokens = base_tokens[:, :end], source_tokens[:, :end]
+        differs = (base_tokens != source_tokens).any(dim=0).nonzero()
+        same_before = int(differs[0]) if len(differs) else base_tokens.shape[1]
+        base_hooks = [*base_hooks, *_kv_hooks(model, [trim_from_layer])]
     base_set, source_set = set(base_hooks), set(source_hooks)
     # Every hook patched or cached lives inside a block, so when the metric reads only the answer
     # position the two reference runs stop at the final residual and unembed that position alone
@@ -152,7 +182,6 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
         if stop is not None:
             base_logits = _answer_position_logits(model, task, base_logits, task.answer_pos)
             source_logits = _answer_position_logits(model, task, source_logits, task.answer_pos)
-        _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
     base_score, source_score = float(task.score(base_logits)), float(task.score(source_logits))
     clean_score, corrupted_score = (source_score, base_score) if direction == "denoise" else (base_score, source_score)
     if abs(clean_score - corrupted_score) < 1e-6:
@@ -161,15 +190,10 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
             f"({clean_score:.4g}), so patching effects cannot be normalised; use a task whose "
             "corruption changes the model's behaviour"
         )
-    # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
-    # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
-    prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
-                 and cfg.positional_embedding_type in ("standard", "rotary")
-                 and not getattr(cfg, "use_local_attn", False))
     return PatchRuns(
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
-        shortformer, attention_mask, base_logits, prefix_ok,
+        shortformer, attention_mask, base_logits, prefix_ok, same_before,
     )
 
 
@@ -368,22 +392,34 @@ def sweep_patches(
     batch_size: int | None,
     progress: bool,
     desc: str,
-    pos_axis: int | None = None,
+    pos_axis: int,
 ) -> Tensor:
     """The normalised metric for each patch ``{layer: mask}`` (several layers = patched together).
 
     Patches are grouped by their first layer and run from that layer's cached residual stream,
-    ``k`` patches per forward pass. When ``pos_axis`` (the position axis of the masks) is given,
-    patches are ordered by their first patched position and each pass starts at the first
-    position any of its patches touches (see :func:`run_batched`). Returns ``[len(patches)]``.
+    ``k`` patches per forward pass. ``pos_axis`` is the position axis of the masks. Where
+    ``runs.prefix_ok``, patches are ordered by their first patched position and each pass starts
+    at the first position any of its patches touches, and not before the first position whose
+    tokens differ between the runs (see :func:`run_batched`); masks are cut to the positions the
+    runs hold, and a patch left empty keeps the base run's value. Returns ``[len(patches)]``.
     """
     k_max = rows_per_pass(model, runs, batch_size)
+    seq = runs.base_tokens.shape[1]
     results = torch.full((len(patches),), float("nan"))
+    unchanged = float(runs.normalised_copies(runs.base_logits, 1)[0])
     by_start: dict[int, list[tuple[int, int]]] = {}
+    cut = []
     for i, patch in enumerate(patches):
+        patch = {layer: mask.narrow(pos_axis, 0, seq) for layer, mask in patch.items()}
+        cut.append(patch)
         prefix = 0
-        if pos_axis is not None and runs.prefix_ok:
-            prefix = min(_first_position(mask, pos_axis) for mask in patch.values())
+        if runs.prefix_ok:
+            lo = runs.same_tokens_before
+            firsts = [_first_position(mask.narrow(pos_axis, lo, seq - lo), pos_axis) for mask in patch.values()]
+            prefix = lo + min(firsts)
+            if prefix >= seq:  # patches only positions whose source and base values are equal anyway
+                results[i] = unchanged
+                continue
         by_start.setdefault(min(patch), []).append((prefix, i))
     chunks = []
     for start, items in sorted(by_start.items()):
@@ -394,27 +430,28 @@ def sweep_patches(
     device = runs.base_tokens.device
     for (start, prefix), chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         k = len(chunk)
-        layers = sorted({layer for i in chunk for layer in patches[i]})
+        layers = sorted({layer for i in chunk for layer in cut[i]})
         hooks = []
         for layer in layers:
-            some = next(patches[i][layer] for i in chunk if layer in patches[i])
+            some = next(cut[i][layer] for i in chunk if layer in cut[i])
             mask = torch.zeros((k, *some.shape), dtype=torch.bool)
             for j, i in enumerate(chunk):
-                if layer in patches[i]:
-                    mask[j] = patches[i][layer]
+                if layer in cut[i]:
+                    mask[j] = cut[i][layer]
             name = get_act_name(hook_short, layer)
-            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis or 0)))
+            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis)))
         logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
         results[chunk] = runs.normalised_copies(logits, k)
     return results
 
 
 def _first_position(mask: Tensor, pos_axis: int) -> int:
-    """The first position a mask patches (positions before it keep their base values)."""
+    """The first position a mask patches (positions before it keep their base values); the
+    mask's length if it patches none."""
     other = [d for d in range(mask.ndim) if d != pos_axis]
     touched = mask.any(dim=other) if other else mask
     hits = touched.nonzero()
-    return int(hits[0]) if len(hits) else 0
+    return int(hits[0]) if len(hits) else mask.shape[pos_axis]
 
 
 def _pos_axis(spec: _Target) -> int:
@@ -489,12 +526,11 @@ def activation_patching(
     used_layers = sorted({e[0] for e in entries})
     hook_names = [get_act_name(spec.hook, layer) for layer in used_layers]
     runs = prepare_runs(model, task, direction,
-                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers]
-                        + (_kv_hooks(model, used_layers) if by_pos else []),
-                        source_hooks=hook_names)
+                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers],
+                        source_hooks=hook_names, trim_from_layer=used_layers[0])
     patches = [{flat[0]: _mask(spec, dict(zip(dims, flat, strict=True)), seq, n_heads)} for flat in entries]
     values = sweep_patches(model, runs, spec.hook, patches, batch_size, progress, f"patching {target}",
-                           pos_axis=_pos_axis(spec) if by_pos else None)
+                           pos_axis=_pos_axis(spec))
 
     grid = torch.full(shape, float("nan"))
     labels = []
@@ -542,5 +578,6 @@ def patch_head_sets(
     layers = sorted({layer for p in patches for layer in p})
     runs = prepare_runs(model, task, direction,
                         base_hooks=[get_act_name("resid_pre", layer) for layer in layers],
-                        source_hooks=[get_act_name(spec.hook, layer) for layer in layers])
-    return sweep_patches(model, runs, spec.hook, patches, batch_size, progress, "patching head sets")
+                        source_hooks=[get_act_name(spec.hook, layer) for layer in layers], trim_from_layer=layers[0])
+    return sweep_patches(model, runs, spec.hook, patches, batch_size, progress, "patching head sets",
+                         pos_axis=_pos_axis(spec))

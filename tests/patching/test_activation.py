@@ -97,7 +97,49 @@ def test_noising_matches_transformer_lens(setups, config, target):
     expected = transformer_lens_grid(model, task, target, True, direction="noise")
     scores = activation_patching(model, task, target, by_pos=True, direction="noise", batch_size=5, progress=False)
     torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
-    assert prepare_runs(model, task, "noise", [], []).prefix_ok  # the prefix-skipping path really ran
+    assert prepare_runs(model, task, "noise", [], [], trim_from_layer=0).prefix_ok  # the prefix-skipping path ran
+
+
+def shared_prefix_task(model, seed: int = 7) -> Task:
+    """Clean and corrupted prompts equal on their first 3 tokens; answers at positions 4-6 of 9,
+    so the runs can skip the prefix and the last 2 positions."""
+    task = random_task(model, n_prompts=3, seq=9, seed=seed)
+    corrupted = task.corrupted.clone()
+    corrupted[:, :3] = task.clean[:, :3]
+    return Task("shared-prefix", task.clean, corrupted, task.answers, task.wrong_answers, answer_pos=[5, 4, 6])
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_runs_skip_positions_that_cannot_change_the_metric(setups, config):
+    """Only positions 3..6 differ or are read, yet every grid equals transformer_lens.patching's
+    full-length runs (positions outside patch nothing: 0 denoising, 1 noising)."""
+    model, _ = setups[config]
+    task = shared_prefix_task(model)
+    runs = prepare_runs(model, task, "denoise", [], [], trim_from_layer=0)
+    assert (runs.same_tokens_before, runs.base_tokens.shape[1]) == (3, 7)
+    seen = []
+    model.add_hook(lambda name: name.endswith("hook_resid_post"), lambda act, hook: seen.append(act.shape[1]))
+    try:
+        for target, by_pos, direction in [("head_out", False, "denoise"), ("head_out", True, "noise"),
+                                          ("resid_pre", True, "denoise"), ("pattern", True, "denoise"),
+                                          ("v", False, "noise"), ("pattern", False, "noise")]:
+            seen.clear()
+            scores = activation_patching(model, task, target, by_pos=by_pos, direction=direction, batch_size=6,
+                                         progress=False)
+            # the reference runs cover positions 0..6, every patched run 3..6 or fewer
+            assert max(seen) == 7 and sorted(set(seen))[-2] <= 4, (target, by_pos, sorted(set(seen)))
+            expected = transformer_lens_grid(model, task, target, by_pos, direction)
+            torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+            if by_pos:
+                outside = [0, 1, 2, 7, 8]
+                grid = scores.meta["grid"]
+                picked = grid[:, :, outside] if target == "pattern" else grid[:, outside]
+                assert torch.all(picked == (0.0 if direction == "denoise" else 1.0))
+    finally:
+        model.reset_hooks()
+    sets = patch_head_sets(model, task, [["a0.h1", "a1.h2"], ["a1.h0"]], progress=False)
+    single = activation_patching(model, task, "head_out", heads=["a1.h0"], progress=False)
+    assert sets[1] == pytest.approx(single["a1.h0"], abs=1e-6)
 
 
 def test_labels_and_grid_layout(setups):
