@@ -76,33 +76,53 @@ def _edge_matrix(
     steps: int | None,
     batch_size: int | None,
     progress: bool,
+    interpolate: str = "inputs",
 ) -> Tensor:
     """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
 
     ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
-    the clean outputs recorded in that same forward pass. Otherwise input embeddings are
-    interpolated (integrated gradients over ``steps`` points).
+    the clean outputs recorded in that same forward pass. Otherwise integrated gradients over
+    ``steps`` points: the input embeddings are interpolated (``interpolate="inputs"``), or, one
+    group at a time, the outputs of the input, each layer's heads and each MLP
+    (``"activations"``; the gradients of all the groups' runs are averaged).
     """
     n_total = len(task)
     scores = torch.zeros(index.shape, device=g._device(model))
     batches = _batches(n_total, batch_size)
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
-    bar = tqdm(total=len(batches) * len(alphas), disable=not progress,
-               desc="EAP" if steps is None else f"EAP-IG ({steps} steps)")
+    groups = _output_groups(index) if steps is not None and interpolate == "activations" else [None]
+    bar = tqdm(total=len(batches) * len(alphas) * len(groups), disable=not progress,
+               desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
     for idx in batches:
         sub = task.subset(idx.cpu())
         src = _rows(source, idx)
         # IG runs are not at the clean point, so the clean outputs come from their own pass.
         clean = None if steps is None else g.node_outputs(model, sub.clean)
-        for alpha in alphas:
-            _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores)
-            bar.update()
+        for group in groups:
+            for alpha in alphas:
+                _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores, group)
+                bar.update()
     bar.close()
-    return scores / len(alphas)
+    return scores / (len(alphas) * len(groups))
 
 
-def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores) -> None:
+def _output_groups(index: g.GraphIndex) -> list[tuple[str, list[str]]]:
+    """``(hook, nodes)``: where each group's summed output enters the residual stream."""
+    groups = [(g.INPUT_HOOK, [names.INPUT])]
+    for layer in range(index.n_layers):
+        groups.append((f"blocks.{layer}.hook_attn_out", [names.head(layer, h) for h in range(index.n_heads)]))
+        if index.has_mlp:
+            groups.append((names.output_hook(names.mlp(layer)), [names.mlp(layer)]))
+    return groups
+
+
+def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
+                           group: tuple[str, list[str]] | None = None) -> None:
+    """Add one run's ``(out_source - out_clean) . dM/d input_v`` to ``scores``. ``clean=None``: EAP
+    at the clean run. Otherwise IG at ``alpha``: the input embeddings are interpolated, or with
+    ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean."""
     state: dict = {"clean": clean, "diff": None, "outputs": {}}
+    input_alpha = alpha if group is None or group[0] == g.INPUT_HOOK else 1.0
 
     def diff() -> Tensor:
         # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
@@ -117,7 +137,7 @@ def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores
             state["leaf"] = x.detach().requires_grad_(True)
         else:
             src_in = src[names.INPUT].to(x.dtype)
-            interpolated = src_in + alpha * (state["clean"][names.INPUT] - src_in)
+            interpolated = src_in + input_alpha * (state["clean"][names.INPUT] - src_in)
             state["leaf"] = interpolated.expand_as(x).detach().clone().requires_grad_(True)
         return state["leaf"]
 
@@ -151,7 +171,13 @@ def _accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores
     last = len(index.slots) - 1
     hooks.append((g.final_resid_hook(model), _bind(
         slot_hook, rows=slice(last, last + 1), n_cols=len(index.upstream), squeeze=True)))
-
+    if group is not None and group[0] != g.INPUT_HOOK:
+        # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
+        # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
+        # is the clean output: the value is clean + shift, and the gradient to the group's own
+        # inputs is scaled by alpha.
+        shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
+        hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
     with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
@@ -325,8 +351,9 @@ def eap_ig(
     seed: int = 0,
     progress: bool = True,
     qk_fix: bool = False,
+    interpolate: Literal["inputs", "activations"] = "inputs",
 ) -> Scores:
-    """EAP with integrated gradients on the input embeddings (Hanna et al. 2024).
+    """EAP with integrated gradients (Hanna et al. 2024).
 
     score(u -> v) = ``(out_u_source - out_u_clean) . (1/steps) sum_k dM/d input_v (x_k)`` where
     ``x_k = x_source + (k/steps)(x_clean - x_source)`` are interpolated input embeddings,
@@ -334,14 +361,28 @@ def eap_ig(
     leaving ``input`` sum to about ``metric(source input) - metric(clean)``, closer as
     ``steps`` grows. ``steps * batches`` forward + backward passes (tqdm shows them).
     ``qk_fix``: as in :func:`eap`, q / k edges scored by AtP*'s QK fix.
+
+    ``interpolate="activations"`` (after the EAP-IG authors' "EAP-IG-activations", their choice
+    for mean and zero ablation, where no input embedding produces the ablated activations): the
+    gradient is averaged over runs that each interpolate one group of node outputs (the input,
+    one layer's heads, one MLP), everything else clean. Each run is the edge-mask state of
+    :func:`graph.run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
+    see ``alpha * live + (1 - alpha) * source``, so gradients reach the group's own inputs
+    scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
+    ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
+    ``steps=1`` still equals :func:`eap`.
     """
     _check_level(level)
+    if interpolate not in ("inputs", "activations"):
+        raise ValueError(f"interpolate must be 'inputs' (the input embeddings) or 'activations' "
+                         f"(each layer's outputs in turn), got {interpolate!r}")
     task, index = _prepare(model, task, ablation, steps, batch_size)
     source = g.ablation_source(model, task, ablation, seed=seed)
-    matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress)
+    matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
-    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix)
+    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix,
+                        interpolate=interpolate)
 
 
 # --- exact edge patching ----------------------------------------------------------------------

@@ -27,8 +27,9 @@ def test_eap_labels_and_ig_with_one_step_is_eap(tiny_model, task):
     scores = eap(tiny_model, task, progress=False)
     assert scores.labels == names.all_edges(2, 4, has_mlp=True)
     assert scores.method == "eap" and scores.task == "induction" and scores.metric == "logit_diff"
-    one_step = eap_ig(tiny_model, task, steps=1, progress=False)
-    assert torch.allclose(one_step.values, scores.values, atol=1e-6)
+    for interpolate in ("inputs", "activations"):
+        one_step = eap_ig(tiny_model, task, steps=1, progress=False, interpolate=interpolate)
+        assert torch.allclose(one_step.values, scores.values, atol=1e-6)
     assert scores.values.abs().max() > 1e-3
 
 
@@ -36,7 +37,8 @@ def test_eap_is_exact_where_the_model_is_linear(tiny_attn_only, task):
     """No final norm and a logit-difference metric: edges into logits act linearly."""
     exact = exact_edge_patching(tiny_attn_only, task, progress=False)
     into_logits = _into_logits(exact)
-    for scores in (eap(tiny_attn_only, task, progress=False), eap_ig(tiny_attn_only, task, steps=3, progress=False)):
+    for scores in (eap(tiny_attn_only, task, progress=False), eap_ig(tiny_attn_only, task, steps=3, progress=False),
+                   eap_ig(tiny_attn_only, task, steps=3, progress=False, interpolate="activations")):
         approx = scores.subset(into_logits).values
         assert torch.allclose(approx, exact.subset(into_logits).values, atol=1e-4)
     assert exact.subset(into_logits).values.abs().max() > 1e-3
@@ -53,6 +55,37 @@ def test_ig_completeness_improves_with_steps(request, task, model_name):
         errors.append(abs(scores["input"] - gap))
     assert errors[2] < errors[1] < errors[0]
     assert errors[2] < 0.05 * abs(gap)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "gqa_model"])
+def test_ig_activations_runs_equal_mask_gradients(request, task, model_name):
+    """Each run of ``interpolate="activations"`` (one group's outputs at ``source + alpha (clean -
+    source)``) against the gradient of ``graph.run_with_mask`` with that group's outgoing edges
+    ablated by ``1 - alpha``: ``d metric / d mask[v, u] = (source_u - live_u) . dM/d input_v``,
+    which is the same score wherever u's live output is its clean one (u not downstream of the
+    group). Every later layer's edges are compared, so the interpolated state really reaches them."""
+    from circuitkit.patching.attribution import _accumulate_edge_grads, _output_groups
+
+    model = request.getfixturevalue(model_name)
+    index = g.graph_index(model)
+    source = g.ablation_source(model, task, "mean")
+    clean = g.node_outputs(model, task.clean)
+    valid = index.valid_mask()
+    alpha = 0.4
+    groups = _output_groups(index)
+    assert [hook for hook, _ in groups][:3] == [g.INPUT_HOOK, "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"]
+    for hook, group_nodes in groups:
+        fast = torch.zeros(index.shape)
+        _accumulate_edge_grads(model, task, index, source, clean, alpha, len(task), fast, (hook, group_nodes))
+        cols = [index.upstream_index(n) for n in group_nodes]
+        mask = torch.full(index.shape, 1e-7)  # > 0 everywhere, so every edge's gradient is computed
+        mask[:, cols] = 1 - alpha
+        mask = (mask * valid).requires_grad_(True)
+        metric = task.score(g.run_with_mask(model, task.clean, mask, source))
+        slow = torch.autograd.grad(metric, mask)[0]
+        last = max(cols)  # upstream nodes come in graph order: up to the group's last, none reads it
+        torch.testing.assert_close(fast[:, :last + 1], slow[:, :last + 1], atol=2e-4, rtol=1e-3)
+        assert slow[:, cols].abs().max() > 1e-3
 
 
 def test_node_level_equals_attribution_patching(tiny_model, task):
@@ -136,6 +169,8 @@ def test_bad_input(tiny_model, tiny_attn_only, task, bpe_tokenizer):
         eap(tiny_model, task, ablation="gaussian", progress=False)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         eap_ig(tiny_model, task, steps=0, progress=False)
+    with pytest.raises(ValueError, match="interpolate must be 'inputs'"):
+        eap_ig(tiny_model, task, interpolate="outputs", progress=False)
     with pytest.raises(ValueError, match="level must be"):
         eap(tiny_model, task, level="layer", progress=False)
     with pytest.raises(ValueError, match="unknown attribution target"):
