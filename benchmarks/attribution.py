@@ -7,7 +7,8 @@
     ``circuitkit.circuit.cap_by_route`` scores (what ``discover`` ranks by).
 
 ``eap-ig+qk`` is EAP-IG with AtP*'s QK fix (``qk_fix=True``: edges into queries and keys scored
-by the exact attention-pattern change times dM/d pattern).
+by the exact attention-pattern change times dM/d pattern); ``eap-ig-act`` interpolates each
+layer's outputs in turn instead of the input embeddings (``interpolate="activations"``).
 
 All three score edges by mean ablation (means over the task's clean prompts), the ablation the
 trained models' reference edges were established with; reference edges a card measured as
@@ -109,11 +110,15 @@ def main() -> None:
         t3 = time.perf_counter()
         ig_qk = eap_ig(model, task, steps=args.steps, ablation=ABLATION, progress=False, qk_fix=True)
         t4 = time.perf_counter()
+        ig_act = eap_ig(model, task, steps=args.steps, ablation=ABLATION, progress=False, interpolate="activations")
+        t5 = time.perf_counter()
         speed.append({"model": name, "prompts": len(task), "edges": len(index.edges),
-                      "eap_s": t1 - t0, f"eap_ig{args.steps}_s": t2 - t1, f"eap_ig{args.steps}+qk_s": t4 - t3, "exact_s": t3 - t2,
+                      "eap_s": t1 - t0, f"eap_ig{args.steps}_s": t2 - t1, f"eap_ig{args.steps}+qk_s": t4 - t3,
+                      f"eap_ig{args.steps}_act_s": t5 - t4, "exact_s": t3 - t2,
                       "exact/eap_ig": (t3 - t2) / (t2 - t1),
                       "spearman(eap_ig,exact)": _spearman(ig.values, exact.values),
                       "spearman(eap_ig+qk,exact)": _spearman(ig_qk.values, exact.values),
+                      "spearman(eap_ig_act,exact)": _spearman(ig_act.values, exact.values),
                       "spearman(eap,exact)": _spearman(e.values, exact.values)})
         if card is None or not card.circuit_edges:
             continue
@@ -124,10 +129,13 @@ def main() -> None:
         node_scores = {
             "eap": eap(model, task, level="node", ablation=ABLATION, progress=False).as_dict(),
             "eap-ig": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False).as_dict(),
+            "eap-ig-act": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False,
+                                 interpolate="activations").as_dict(),
             "exact": _exact_nodes(model, task, index),
         }
         node_scores["eap-ig+qk"] = node_scores["eap-ig"]  # the QK fix rescores edges, not nodes
-        for method, scores in (("eap", e), ("eap-ig", ig), ("eap-ig+qk", ig_qk), ("exact", exact)):
+        for method, scores in (("eap", e), ("eap-ig", ig), ("eap-ig+qk", ig_qk), ("eap-ig-act", ig_act),
+                               ("exact", exact)):
             quality.append({
                 "model": name, "method": method, "hidden": len(hidden),
                 "edge_auc": roc_auc(scores, gold_edges, level="edge", ignore=hidden),
