@@ -14,7 +14,7 @@ edge AUC under mean ablation (column ``hidden``); other ablations score every ed
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
 
-    python benchmarks/discovery.py [--methods eap-ig eap exact acdc] [--ablation mean] [--models NAME ...]
+    python benchmarks/discovery.py [--methods eap-ig eap exact acdc] [--ablation mean] [--interpolate inputs] [--models NAME ...]
                                    [--max-prompts N] [--out table.parquet]
 """
 
@@ -62,13 +62,15 @@ def zoo_cases(only=None, max_prompts=None):
         yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
 
 
-def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset()) -> list[dict]:
+def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
+             interpolate: str = "inputs") -> list[dict]:
     rows = []
     ref_level = "edge" if reference.level == "edge" else "node"
     hidden = set(invisible) if ablation == "mean" else set()
     for method in methods:
         start = time.perf_counter()
-        raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation)
+        raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
+                                                        interpolate=interpolate)
         circuit = discover(model, task, method, ablation=ablation, steps=steps, scores=raw,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start
@@ -95,6 +97,8 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--ablation", default="mean", choices=("mean", "resample", "corrupted", "zero"))
     parser.add_argument("--steps", type=int, default=10, help="EAP-IG integration steps")
+    parser.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),
+                        help="EAP-IG's path: the input embeddings, or each layer's outputs in turn")
     parser.add_argument("--models", nargs="*", default=None, help="zoo models to run (default: all with a circuit)")
     parser.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts per task")
     parser.add_argument("--out", default=None, help="also write the table as Parquet")
@@ -104,14 +108,16 @@ def main(argv=None) -> None:
 
     rows = []
     for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
-        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible)
+        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
+                         args.interpolate)
         print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")
         model, task, reference = fallback_model()
         rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps)
     table = pd.DataFrame(rows)
-    print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL)")
+    print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL)"
+          + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else ""))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.out:
         table.to_parquet(args.out)

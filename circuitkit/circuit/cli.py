@@ -23,6 +23,8 @@ def register(sub) -> None:
     disc.add_argument("--target", type=float, default=0.9, help="faithfulness target when neither --top-k nor --threshold")
     disc.add_argument("--ablation", default="mean", choices=("mean", "resample", "corrupted", "zero"))
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
+    disc.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),
+                      help="eap-ig's path: the input embeddings, or each layer's outputs in turn")
     disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
                       help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
@@ -55,7 +57,7 @@ def _cmd_discover(args) -> int:
     task = _task(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.target,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
-                       progress=not args.quiet)
+                       progress=not args.quiet, interpolate=args.interpolate)
     save_circuit(circuit, out)
     if args.html:
         circuit.to_html(args.html)

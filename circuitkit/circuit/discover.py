@@ -96,15 +96,18 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = "corrupted", metr
     return circuit
 
 
-def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False) -> Scores:
+def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
+                interpolate: str = "inputs") -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
-    :mod:`circuitkit.patching.attribution`; a score estimates m(edge ablated) - m(clean))."""
+    :mod:`circuitkit.patching.attribution`; a score estimates m(edge ablated) - m(clean)).
+    ``interpolate``: EAP-IG's path, ``"inputs"`` or ``"activations"`` (see ``eap_ig``)."""
     from circuitkit.patching import attribution
 
     if method == "exact":
         return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
     if method == "eap-ig":
-        return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress)
+        return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress,
+                                  interpolate=interpolate)
     if method == "eap":
         return attribution.eap(model, task, ablation=ablation, progress=progress)
     raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact'")
@@ -112,7 +115,7 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corr
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
              target: float = 0.9, ablation: str = "mean", steps: int = 10, route_cap: bool = True,
-             scores: Scores | None = None, progress: bool = False) -> Circuit:
+             scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs") -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
@@ -124,6 +127,9 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     then the capped ones; ``score_edges`` gives the raw estimates). ``scores``: edge scores already
     computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
     scoring again.
+
+    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``) or each
+    layer's outputs in turn (``"activations"``; see :func:`circuitkit.patching.attribution.eap_ig`).
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
@@ -140,7 +146,8 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         ev = EdgeEvaluator(model, task, ablation)
     else:
         if scores is None:
-            scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress)
+            scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress,
+                                 interpolate=interpolate)
         elif not scores.is_edge:
             raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
         if route_cap:
@@ -156,4 +163,6 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,
                         route_cap=bool(route_cap and method != "acdc"))
+    if method == "eap-ig":
+        circuit.meta["interpolate"] = scores.meta.get("interpolate", interpolate)
     return circuit

@@ -32,6 +32,10 @@ def test_discover_and_export(zoo, capsys):
     mib = zoo / "c.mib.json"
     assert main(["export", str(out), "--to", "mib", "--out", str(mib)]) == 0
     assert set(json.loads(mib.read_text())) == {"cfg", "nodes", "edges"} and load_circuit(mib) == circuit
+    act = zoo / "act.json"
+    assert main(["discover", "--model", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
+                 "--steps", "2", "--top-k", "4", "--out", str(act), "--quiet"]) == 0
+    assert load_circuit(act).meta["interpolate"] == "activations"
 
 
 def test_cli_errors_write_nothing(zoo, capsys):
@@ -43,3 +47,5 @@ def test_cli_errors_write_nothing(zoo, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["discover", "--model", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
+    with pytest.raises(SystemExit):
+        main(["discover", "--model", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])

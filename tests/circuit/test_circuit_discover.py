@@ -51,6 +51,20 @@ def test_discover_with_eap_ig(known_model, known_task):
     assert overlap(circuit, LIVE_HEADS).precision == 1.0
 
 
+def test_discover_with_eap_ig_over_activations(known_model, known_task):
+    from circuitkit.circuit.discover import score_edges
+    from circuitkit.patching.attribution import eap_ig
+
+    circuit = discover(known_model, known_task, "eap-ig", steps=3, ablation="mean", interpolate="activations",
+                       route_cap=False)
+    assert circuit.meta["interpolate"] == "activations" and circuit.meta["faithfulness"] >= 0.9
+    assert overlap(circuit, LIVE_HEADS).precision == 1.0
+    expected = eap_ig(known_model, known_task, steps=3, ablation="mean", interpolate="activations", progress=False)
+    assert circuit.scores("edge").as_dict() == pytest.approx(expected.as_dict())
+    inputs = score_edges(known_model, known_task, "eap-ig", steps=3, ablation="mean")
+    assert inputs.as_dict() != pytest.approx(expected.as_dict())  # the two paths do differ here
+
+
 def test_discover_ranks_by_route_capped_scores_unless_told_not_to(known_model, known_task, exact_scores):
     from circuitkit.circuit import cap_by_route
 
