@@ -94,11 +94,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="*", default=None, help="zoo models to run (default: all with short prompts)")
     parser.add_argument("--max-tokens", type=int, default=64, help="skip zoo models with longer prompts")
+    parser.add_argument("--disagreements", type=int, default=2,
+                        help="list this many edges per model where EAP-IG and exact patching rank furthest apart")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     assert abs(_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) - 0.75) < 1e-12  # hand-checked example
 
-    speed, quality = [], []
+    speed, quality, disagree = [], [], []
     for name, model, task, card in _models(args.max_prompts, args.models, args.max_tokens):
         index = g.graph_index(model)
         t0 = time.perf_counter()
@@ -120,6 +122,11 @@ def main() -> None:
                       "spearman(eap_ig+qk,exact)": _spearman(ig_qk.values, exact.values),
                       "spearman(eap_ig_act,exact)": _spearman(ig_act.values, exact.values),
                       "spearman(eap,exact)": _spearman(e.values, exact.values)})
+        ranks = pd.DataFrame({"exact": exact.values.numpy(), "eap_ig": ig.values.numpy(),
+                              "eap_ig_act": ig_act.values.numpy()}, index=exact.labels)
+        gap = (ranks["exact"].rank() - ranks["eap_ig"].rank()).abs()
+        for edge in gap.sort_values(ascending=False).index[:args.disagreements]:
+            disagree.append({"model": name, "edge": edge, **ranks.loc[edge].to_dict(), "rank_gap": gap[edge]})
         if card is None or not card.circuit_edges:
             continue
         hidden = set(card.evidence.get("mean_ablation_invisible_edges", {}))
@@ -146,6 +153,9 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print(f"(b) EAP-IG ({args.steps} steps) vs exact edge patching, {ABLATION} ablation, {args.threads} thread(s)")
     print(pd.DataFrame(speed).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if disagree:
+        print(f"\n(b) the {args.disagreements} edges per model where EAP-IG and exact patching rank furthest apart")
+        print(pd.DataFrame(disagree).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if quality:
         print("\n(c) ROC-AUC of |score| against the zoo's reference circuits")
         print(pd.DataFrame(quality).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
