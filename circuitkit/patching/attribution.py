@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from circuitkit import names
 from circuitkit.patching import graph as g
@@ -110,7 +111,7 @@ def _output_groups(index: g.GraphIndex) -> list[tuple[str, list[str]]]:
     """``(hook, nodes)``: where each group's summed output enters the residual stream."""
     groups = [(g.INPUT_HOOK, [names.INPUT])]
     for layer in range(index.n_layers):
-        groups.append((f"blocks.{layer}.hook_attn_out", [names.head(layer, h) for h in range(index.n_heads)]))
+        groups.append((get_act_name("attn_out", layer), [names.head(layer, h) for h in range(index.n_heads)]))
         if index.has_mlp:
             groups.append((names.output_hook(names.mlp(layer)), [names.mlp(layer)]))
     return groups
