@@ -10,7 +10,7 @@
 by the exact attention-pattern change times dM/d pattern); ``eap-ig-act`` interpolates each
 layer's outputs in turn instead of the input embeddings (``interpolate="activations"``).
 
-All three score edges by mean ablation (means over the task's clean prompts), the ablation the
+Every method scores edges by mean ablation (means over the task's clean prompts), the ablation the
 trained models' reference edges were established with; reference edges a card measured as
 invisible to mean ablation are left out of the edge AUC (``hidden``). Uses every zoo model found
 (``circuitkit.zoo.list_zoo()``) whose prompts are at most ``--max-tokens`` long (exact patching of
