@@ -155,12 +155,11 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     base_tokens, source_tokens = (task.corrupted, task.clean) if direction == "denoise" else (task.clean, task.corrupted)
     with torch.no_grad():
         _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
-    # Only where a position cannot see later ones and TransformerLens's KV cache is the plain
-    # (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
-    prefix_ok = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
-                 and cfg.positional_embedding_type in ("standard", "rotary")
+    # Only where asked, where a position cannot see later ones and TransformerLens's KV cache is the
+    # plain (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
+    prefix_ok = (trim_from_layer is not None and attention_mask is None and shortformer is None
+                 and cfg.attention_dir == "causal" and cfg.positional_embedding_type in ("standard", "rotary")
                  and not getattr(cfg, "use_local_attn", False))
-    prefix_ok = prefix_ok and trim_from_layer is not None
     same_before = 0
     if prefix_ok:
         if task.reads_answer_position_only:
