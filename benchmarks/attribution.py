@@ -48,7 +48,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman"))
 
 
-def _models(max_prompts: int, only=None, max_tokens: int = 64):
+def _models(max_prompts: int, only=None, max_tokens: int = 64, quiet: bool = False):
     from circuitkit.zoo import list_zoo, load_zoo_model, zoo_task
 
     cards = list_zoo()
@@ -58,7 +58,8 @@ def _models(max_prompts: int, only=None, max_tokens: int = 64):
         model = load_zoo_model(card.name)
         task = zoo_task(card, model)
         if not only and task.clean.shape[1] > max_tokens:
-            print(f"{card.name}: skipped ({task.clean.shape[1]}-token prompts; pass --models {card.name})")
+            if not quiet:
+                print(f"{card.name}: skipped ({task.clean.shape[1]}-token prompts; pass --models {card.name})")
             continue
         yield card.name, model, task.subset(slice(0, max_prompts)), card
     if not cards:
@@ -87,7 +88,7 @@ def _exact_nodes(model, task, index) -> dict[str, float]:
                 for n in index.upstream}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--max-prompts", type=int, default=16)
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="skip zoo models with longer prompts")
     parser.add_argument("--disagreements", type=int, default=2,
                         help="list this many edges per model where EAP-IG and exact patching rank furthest apart")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     assert abs(_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) - 0.75) < 1e-12  # hand-checked example
 

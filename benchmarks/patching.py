@@ -7,6 +7,8 @@
     d_model 128 and at d_model 32 (both with the 232-token word vocabulary), and one shaped like
     Pythia-14m (6 layers x 4 heads, d_model 128, rotary, parallel attention + MLP, 50304-row
     embedding as in the real model), where the unembedding is most of a forward pass.
+    Then the same sweeps on the zoo models and tasks (16 prompts) that (b) and (c) use, so all
+    three parts are measured on the same models and tasks.
 (b), (c) attribution: ``benchmarks/attribution.py``, run from here.
 """
 
@@ -110,17 +112,23 @@ def main() -> None:
     pythia, pythia_task = setup(shape="pythia-14m")
     print("    same task, Pythia-14m-shaped model: 6 layers x 4 heads, d_model 128, vocab 50304 (random weights)")
     _print_rows(part_a(pythia, pythia_task))
-    _attribution_parts()
+    attribution = _attribution_module()
+    for name, zoo_model, zoo_task, _ in attribution._models(16, quiet=True):
+        c = zoo_model.cfg
+        print(f"    zoo model {name} on its task ({len(zoo_task)} prompts x {zoo_task.clean.shape[1]} tokens): "
+              f"{c.n_layers} layers x {c.n_heads} heads, d_model {c.d_model}, vocab {c.d_vocab}")
+        _print_rows(part_a(zoo_model, zoo_task))
+    attribution.main([])
 
 
-def _attribution_parts() -> None:
+def _attribution_module():
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("attribution_bench", Path(__file__).with_name("attribution.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main()
+    return module
 
 
 def _print_rows(rows: list[dict]) -> None:
