@@ -17,7 +17,10 @@ computed much faster:
 * with causal attention only the positions that can change the metric are run: none after the
   last answer position (when the metric reads only answer positions), and none before the first
   position where the clean and corrupted tokens differ or, by position, before the patched one
-  (those keep the base run's values; later positions attend to its cached keys and values).
+  (those keep the base run's values; later positions attend to its cached keys and values);
+  in the last layer, a head's output, query or pattern, the attention / MLP output or resid_mid matter only
+  at the answer positions, so those patches run from the first answer position, and by-position
+  patches elsewhere take the base run's value without a run.
 
 Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
 
@@ -400,17 +403,26 @@ def sweep_patches(
     ``runs.prefix_ok``, patches are ordered by their first patched position and each pass starts
     at the first position any of its patches touches, and not before the first position whose
     tokens differ between the runs (see :func:`run_batched`); masks are cut to the positions the
-    runs hold, and a patch left empty keeps the base run's value. Returns ``[len(patches)]``.
+    runs hold and, for patches confined to the last layer of a hook that feeds no keys or values
+    there, to the answer positions when the metric reads nothing else. A patch left empty keeps the
+    base run's value. Returns ``[len(patches)]``.
     """
     k_max = rows_per_pass(model, runs, batch_size)
     seq = runs.base_tokens.shape[1]
     results = torch.full((len(patches),), float("nan"))
     unchanged = float(runs.normalised_copies(runs.base_logits, 1)[0])
+    read_in_last_layer = _positions_read_in_last_layer(runs, hook_short, seq)
     by_start: dict[int, list[tuple[int, int]]] = {}
     cut = []
     for i, patch in enumerate(patches):
         patch = {layer: mask.narrow(pos_axis, 0, seq) for layer, mask in patch.items()}
+        if read_in_last_layer is not None and min(patch) == model.cfg.n_layers - 1:
+            patch = {layer: mask & read_in_last_layer.view([seq if d == pos_axis else 1 for d in range(mask.ndim)])
+                     for layer, mask in patch.items()}
         cut.append(patch)
+        if not any(bool(mask.any()) for mask in patch.values()):
+            results[i] = unchanged
+            continue
         prefix = 0
         if runs.prefix_ok:
             lo = runs.same_tokens_before
@@ -442,6 +454,22 @@ def sweep_patches(
         logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
         results[chunk] = runs.normalised_copies(logits, k)
     return results
+
+
+# Hooks whose value at a position reaches the rest of the model only through the residual stream
+# at that same position (not through later layers' keys / values), once they are in the last layer.
+_POSITION_LOCAL_HOOKS = frozenset({"z", "q", "pattern", "attn_out", "mlp_out", "resid_mid"})
+
+
+def _positions_read_in_last_layer(runs: PatchRuns, hook_short: str, seq: int) -> Tensor | None:
+    """Where a patch of ``hook_short`` in the last layer can change the metric: the answer positions
+    (``[seq]`` bool), or None where every position can (the metric reads other positions, or the
+    hook feeds the last layer's keys / values)."""
+    if hook_short not in _POSITION_LOCAL_HOOKS or not runs.task.reads_answer_position_only:
+        return None
+    read = torch.zeros(seq, dtype=torch.bool)
+    read[runs.task.answer_pos.cpu()] = True
+    return read
 
 
 def _first_position(mask: Tensor, pos_axis: int) -> int:

@@ -128,6 +128,10 @@ def test_runs_skip_positions_that_cannot_change_the_metric(setups, config):
                                          progress=False)
             # the reference runs cover positions 0..6, every patched run 3..6 or fewer
             assert max(seen) == 7 and sorted(set(seen))[-2] <= 4, (target, by_pos, sorted(set(seen)))
+            if not by_pos:
+                # in the last layer a head's output or pattern matters only at the answers (4..6),
+                # its values at every position (through the keys / values there)
+                assert min(seen) == (4 if target == "v" else 3), (target, sorted(set(seen)))
             expected = transformer_lens_grid(model, task, target, by_pos, direction)
             torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
             if by_pos:
