@@ -20,7 +20,10 @@ computed much faster:
   (those keep the base run's values; later positions attend to its cached keys and values);
   in the last layer, a head's output, query or pattern, the attention / MLP output or resid_mid matter only
   at the answer positions, so those patches run from the first answer position, and by-position
-  patches elsewhere take the base run's value without a run.
+  patches elsewhere take the base run's value without a run;
+* a by-position patch of those hooks in an earlier layer changes only its own position in that
+  layer, so the later positions start one layer up from the base run's residual stream
+  (:func:`run_split`).
 
 Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
 
@@ -282,7 +285,10 @@ def _answer_position_logits(model, task: Task, final_resid: Tensor, positions: T
     return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
-def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int):
+def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int,
+                  keys_values: Callable[[int], tuple[Tensor, Tensor]] | None = None):
+    """A frozen TransformerLens KV cache holding ``prefix`` positions for layers ``>= start``: the
+    base run's keys and values, or ``keys_values(layer)`` (already ``copies`` times the batch)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -291,23 +297,82 @@ def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int):
         if layer < start:  # never read: those blocks do not run
             entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, runs.base_tokens.device, 1))
             continue
-        # hook_k / hook_v hold keys before rotary, exactly what the cache stores
-        keys = runs.base_cache[get_act_name("k", layer)][:, :prefix].repeat(copies, 1, 1, 1)
-        values = runs.base_cache[get_act_name("v", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+        if keys_values is not None:
+            keys, values = keys_values(layer)
+        else:  # hook_k / hook_v hold keys before rotary, exactly what the cache stores
+            keys = runs.base_cache[get_act_name("k", layer)][:, :prefix].repeat(copies, 1, 1, 1)
+            values = runs.base_cache[get_act_name("v", layer)][:, :prefix].repeat(copies, 1, 1, 1)
         entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
     mask = torch.ones(copies * runs.base_tokens.shape[0], prefix, dtype=torch.int, device=runs.base_tokens.device)
     return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
 
 
-def masked_patch_hook(mask: Tensor, source: Tensor, copies: int, prefix: int = 0, pos_axis: int = 0) -> Callable:
+def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callable]], copies: int,
+              lo: int, hi: int) -> Tensor:
+    """:func:`run_batched` with ``prefix=lo`` for patches of a position-local hook (see
+    :data:`_POSITION_LOCAL_HOOKS`) in layer ``start`` at positions ``lo..hi`` only.
+
+    In layer ``start`` such patches change positions ``lo..hi`` alone, so the run is split in two:
+    those positions through every layer from ``start``, then the later ones from layer ``start + 1``
+    (their residual stream there is the base run's), attending to the first part's keys and values.
+    When layer ``start + 1`` is the last and the metric reads only answer positions, the second part
+    runs only from the first answer position: the last layer's keys and values between are the
+    base run's. Requires ``runs.prefix_ok`` and ``resid_pre`` of layer ``start + 1`` in the base cache.
+    """
+    cfg = model.cfg
+    answer_only = runs.task.reads_answer_position_only
+    stop = cfg.n_layers if answer_only else None
+    seq = runs.base_tokens.shape[1]
+    captured: dict[str, Tensor] = {}
+
+    def capture(act: Tensor, hook) -> None:
+        captured[hook.name] = act
+
+    kv_names = [get_act_name(x, layer) for layer in range(start + 1, cfg.n_layers) for x in ("k", "v")]
+    resid = runs.base_cache[get_act_name("resid_pre", start)][:, lo:hi + 1].repeat(copies, 1, 1)
+    with torch.no_grad():
+        first = model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=stop,
+                                     past_kv_cache=_prefix_cache(model, runs, start, copies, lo) if lo else None,
+                                     fwd_hooks=hooks + [(name, capture) for name in kv_names])
+    later_from = hi + 1
+    if answer_only and start + 1 == cfg.n_layers - 1:
+        later_from = max(later_from, int(runs.task.answer_pos.min()))
+
+    def keys_values(layer: int) -> tuple[Tensor, Tensor]:
+        out = []
+        for x in ("k", "v"):
+            base = runs.base_cache[get_act_name(x, layer)]
+            out.append(torch.cat([base[:, :lo].repeat(copies, 1, 1, 1), captured[get_act_name(x, layer)],
+                                  base[:, hi + 1:later_from].repeat(copies, 1, 1, 1)], dim=1))
+        return out[0], out[1]
+
+    resid = runs.base_cache[get_act_name("resid_pre", start + 1)][:, later_from:].repeat(copies, 1, 1)
+    with torch.no_grad():
+        later = model(resid, start_at_layer=start + 1, stop_at_layer=stop,
+                      past_kv_cache=_prefix_cache(model, runs, start + 1, copies, later_from, keys_values))
+    # positions hi + 1 .. later_from - 1 are never read (no answer there): zeros stand in
+    gap = first.new_zeros(first.shape[0], later_from - hi - 1, *first.shape[2:])
+    out = torch.cat([first, gap, later], dim=1)
+    assert out.shape[1] == seq - lo
+    if answer_only:
+        return _answer_logits(model, runs, out, copies, lo)
+    return torch.cat([runs.base_logits[:, :lo].repeat(copies, 1, 1), out], dim=1) if lo else out
+
+
+def masked_patch_hook(mask: Tensor, source: Tensor, copies: int, prefix: int = 0, pos_axis: int = 0,
+                      end: int | None = None) -> Callable:
     """A hook giving copy ``i`` of the batch ``source`` wherever ``mask[i]`` is True.
 
     ``mask``: ``[copies, *index_dims]`` over the activation's dims after batch, minus the last.
-    ``prefix``: the run covers positions ``prefix..`` only (``pos_axis`` of the index dims).
+    ``prefix`` / ``end``: the run covers positions ``prefix..end - 1`` only (``pos_axis`` of the
+    index dims; ``end`` None = to the last).
     """
-    if prefix:
-        mask = mask.narrow(1 + pos_axis, prefix, mask.shape[1 + pos_axis] - prefix)
-        source = source.narrow(1 + pos_axis, prefix, source.shape[1 + pos_axis] - prefix)
+    end = mask.shape[1 + pos_axis] if end is None else end
+    if prefix or end < mask.shape[1 + pos_axis]:
+        mask = mask.narrow(1 + pos_axis, prefix, end - prefix)
+        source = source.narrow(1 + pos_axis, prefix, end - prefix)
+        if pos_axis == 1:  # a pattern [batch, head, dest, src]: the run holds keys 0..end - 1 only
+            source = source[..., :end]
 
     def hook(act: Tensor, hook) -> Tensor:
         shaped = act.reshape(copies, -1, *act.shape[1:])
@@ -405,7 +470,8 @@ def sweep_patches(
     tokens differ between the runs (see :func:`run_batched`); masks are cut to the positions the
     runs hold and, for patches confined to the last layer of a hook that feeds no keys or values
     there, to the answer positions when the metric reads nothing else. A patch left empty keeps the
-    base run's value. Returns ``[len(patches)]``.
+    base run's value. Passes whose patches of such a hook sit in one layer and end before the last
+    position run in two parts (:func:`run_split`). Returns ``[len(patches)]``.
     """
     k_max = rows_per_pass(model, runs, batch_size)
     seq = runs.base_tokens.shape[1]
@@ -439,9 +505,14 @@ def sweep_patches(
             part = items[j:j + k_max]
             chunks.append(((start, part[0][0]), [i for _, i in part]))
     device = runs.base_tokens.device
+    split_ok = runs.prefix_ok and hook_short in _POSITION_LOCAL_HOOKS
     for (start, prefix), chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         k = len(chunk)
         layers = sorted({layer for i in chunk for layer in cut[i]})
+        # the last position the chunk patches; later ones need running from layer start + 1 only
+        hi = max(_last_position(cut[i][start], pos_axis) for i in chunk)
+        split = (split_ok and layers == [start] and hi < seq - 1
+                 and get_act_name("resid_pre", start + 1) in runs.base_cache)
         hooks = []
         for layer in layers:
             some = next(cut[i][layer] for i in chunk if layer in cut[i])
@@ -450,8 +521,12 @@ def sweep_patches(
                 if layer in cut[i]:
                     mask[j] = cut[i][layer]
             name = get_act_name(hook_short, layer)
-            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis)))
-        logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
+            hooks.append((name, masked_patch_hook(mask.to(device), runs.source_cache[name], k, prefix, pos_axis,
+                                                  end=hi + 1 if split else None)))
+        if split:
+            logits = run_split(model, runs, start, hooks, k, prefix, hi)
+        else:
+            logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
         results[chunk] = runs.normalised_copies(logits, k)
     return results
 
@@ -479,6 +554,13 @@ def _first_position(mask: Tensor, pos_axis: int) -> int:
     touched = mask.any(dim=other) if other else mask
     hits = touched.nonzero()
     return int(hits[0]) if len(hits) else mask.shape[pos_axis]
+
+
+def _last_position(mask: Tensor, pos_axis: int) -> int:
+    """The last position a mask patches (-1 if none)."""
+    other = [d for d in range(mask.ndim) if d != pos_axis]
+    hits = (mask.any(dim=other) if other else mask).nonzero()
+    return int(hits[-1]) if len(hits) else -1
 
 
 def _pos_axis(spec: _Target) -> int:
@@ -552,8 +634,10 @@ def activation_patching(
         raise ValueError("nothing to patch: the heads / layers given select no component")
     used_layers = sorted({e[0] for e in entries})
     hook_names = [get_act_name(spec.hook, layer) for layer in used_layers]
+    # run_split starts the positions after a by-position patch at the next layer
+    resid_layers = sorted({*used_layers, *(x + 1 for x in used_layers if by_pos and x + 1 < n_layers)})
     runs = prepare_runs(model, task, direction,
-                        base_hooks=[get_act_name("resid_pre", layer) for layer in used_layers],
+                        base_hooks=[get_act_name("resid_pre", layer) for layer in resid_layers],
                         source_hooks=hook_names, trim_from_layer=used_layers[0])
     patches = [{flat[0]: _mask(spec, dict(zip(dims, flat, strict=True)), seq, n_heads)} for flat in entries]
     values = sweep_patches(model, runs, spec.hook, patches, batch_size, progress, f"patching {target}",

@@ -146,6 +146,35 @@ def test_runs_skip_positions_that_cannot_change_the_metric(setups, config):
     assert sets[1] == pytest.approx(single["a1.h0"], abs=1e-6)
 
 
+@pytest.mark.parametrize("config", ["ln_learned_3l", "rms_rotary_gqa_parallel_3l"])
+@pytest.mark.parametrize("target", ["head_out", "q", "pattern", "mlp_out", "k"])
+def test_by_position_runs_split_after_the_patch_on_deeper_models(word_tokenizer, monkeypatch, config, target):
+    """In its own layer a by-position patch of a head's output, query, pattern or MLP output
+    changes only its position, so later positions start one layer up (``run_split``); the grids
+    still equal transformer_lens.patching's, with answer-position and full logits, on models deep
+    enough that the later part runs through more than the last layer."""
+    from circuitkit.patching import activation
+
+    overrides = {"ln_learned_3l": dict(n_layers=3, seed=8),
+                 "rms_rotary_gqa_parallel_3l": dict(n_layers=3, normalization_type="RMS", positional_embedding_type="rotary",
+                                                    rotary_dim=8, n_key_value_heads=2, parallel_attn_mlp=True, seed=9)}
+    model = make_model(word_tokenizer, **overrides[config])
+    task = shared_prefix_task(model)
+    full = Task("full-logits", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=task.answer_pos,
+                metric=lambda logits, t: task.per_prompt(logits))
+    split_calls = []
+    real = activation.run_split
+    monkeypatch.setattr(activation, "run_split", lambda *a, **k: split_calls.append(a[2]) or real(*a, **k))
+    expected = transformer_lens_grid(model, task, target, True)
+    for t in (task, full):
+        split_calls.clear()
+        scores = activation_patching(model, t, target, by_pos=True, batch_size=6, progress=False)
+        torch.testing.assert_close(scores.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+        # keys feed every later position of their own layer: no split for them
+        assert (set(split_calls) == {0, 1}) == (target != "k"), (target, split_calls)
+    assert expected.abs().max() > 1e-2
+
+
 def test_labels_and_grid_layout(setups):
     model, task = setups["gpt2_ln_learned"]
     seq = task.clean.shape[1]
