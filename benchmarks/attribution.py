@@ -48,6 +48,15 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman"))
 
 
+EDGE_KINDS = ("q/k", "v", "mlp/logits")
+
+
+def _edge_kind(label: str) -> str:
+    """Which of :data:`EDGE_KINDS` an edge enters (the QK fix rescores the ``q/k`` ones)."""
+    qkv = names.parse_edge(label).qkv
+    return "q/k" if qkv in ("q", "k") else qkv or "mlp/logits"
+
+
 def _models(max_prompts: int, only=None, max_tokens: int = 64, quiet: bool = False):
     from circuitkit.zoo import list_zoo, load_zoo_model, zoo_task
 
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     assert abs(_roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) - 0.75) < 1e-12  # hand-checked example
 
-    speed, quality, disagree = [], [], []
+    speed, quality, disagree, by_kind = [], [], [], []
     for name, model, task, card in _models(args.max_prompts, args.models, args.max_tokens):
         index = g.graph_index(model)
         t0 = time.perf_counter()
@@ -123,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
                       "spearman(eap_ig+qk,exact)": _spearman(ig_qk.values, exact.values),
                       "spearman(eap_ig_act,exact)": _spearman(ig_act.values, exact.values),
                       "spearman(eap,exact)": _spearman(e.values, exact.values)})
+        kinds = [_edge_kind(label) for label in exact.labels]
+        by_kind.append({"model": name, **{
+            f"{method} {kind}": _spearman(*(torch.stack([v for v, k in zip(x.values, kinds, strict=True) if k == kind])
+                                           for x in (scores, exact)))
+            for method, scores in (("eap_ig", ig), ("eap_ig+qk", ig_qk), ("eap_ig_act", ig_act))
+            for kind in EDGE_KINDS}})
         ranks = pd.DataFrame({"exact": exact.values.numpy(), "eap_ig": ig.values.numpy(),
                               "eap_ig_act": ig_act.values.numpy()}, index=exact.labels)
         gap = (ranks["exact"].rank() - ranks["eap_ig"].rank()).abs()
@@ -154,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     pd.set_option("display.width", 200)
     print(f"(b) EAP-IG ({args.steps} steps) vs exact edge patching, {ABLATION} ablation, {args.threads} thread(s)")
     print(pd.DataFrame(speed).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print("\n(b) the same Spearman correlations over the edges into queries / keys, values, and MLPs / logits")
+    print(pd.DataFrame(by_kind).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if disagree:
         print(f"\n(b) the {args.disagreements} edges per model where EAP-IG and exact patching rank furthest apart")
         print(pd.DataFrame(disagree).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
