@@ -79,7 +79,8 @@ def part_a(model, task, repeats: int = 2) -> list[dict]:
     from circuitkit.patching.activation import prepare_runs
 
     # circuitkit's time includes its clean and corrupted reference runs (transformer_lens's excludes
-    # its clean run), so no speed-up can pass transformer_lens's time over theirs: the "ceiling".
+    # the clean run filling its cache and the scores its metric normalises by), so no speed-up can
+    # pass transformer_lens's time over theirs: the "ceiling".
     t_ref, runs = _best_of(lambda: prepare_runs(model, task, "denoise", [], []), repeats)
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(task.clean)
