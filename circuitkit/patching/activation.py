@@ -248,11 +248,16 @@ def run_batched(
             resid.repeat(copies, 1, 1), start_at_layer=start,
             stop_at_layer=model.cfg.n_layers if answer_only else stop_at_layer, fwd_hooks=hooks, **kwargs,
         )
-        if answer_only:
-            return _answer_logits(model, runs, out, copies, prefix)
-    if prefix and stop_at_layer is None:
-        out = torch.cat([runs.base_logits[:, :prefix].repeat(copies, 1, 1), out], dim=1)
-    return out
+        return out if stop_at_layer is not None else _patched_logits(model, runs, out, copies, prefix)
+
+
+def _patched_logits(model, runs: PatchRuns, out: Tensor, copies: int, prefix: int) -> Tensor:
+    """A patched run's output for positions ``prefix..`` (the residual stream after the last block
+    when the metric reads only answer positions, else logits) as :func:`run_batched` returns it,
+    with the base run's values before ``prefix``."""
+    if runs.task.reads_answer_position_only:
+        return _answer_logits(model, runs, out, copies, prefix)
+    return torch.cat([runs.base_logits[:, :prefix].repeat(copies, 1, 1), out], dim=1) if prefix else out
 
 
 def _answer_logits(model, runs: PatchRuns, final_resid: Tensor, copies: int, prefix: int) -> Tensor:
@@ -322,7 +327,6 @@ def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callabl
     cfg = model.cfg
     answer_only = runs.task.reads_answer_position_only
     stop = cfg.n_layers if answer_only else None
-    seq = runs.base_tokens.shape[1]
     captured: dict[str, Tensor] = {}
 
     def capture(act: Tensor, hook) -> None:
@@ -350,13 +354,9 @@ def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callabl
     with torch.no_grad():
         later = model(resid, start_at_layer=start + 1, stop_at_layer=stop,
                       past_kv_cache=_prefix_cache(model, runs, start + 1, copies, later_from, keys_values))
-    # positions hi + 1 .. later_from - 1 are never read (no answer there): zeros stand in
-    gap = first.new_zeros(first.shape[0], later_from - hi - 1, *first.shape[2:])
-    out = torch.cat([first, gap, later], dim=1)
-    assert out.shape[1] == seq - lo
-    if answer_only:
-        return _answer_logits(model, runs, out, copies, lo)
-    return torch.cat([runs.base_logits[:, :lo].repeat(copies, 1, 1), out], dim=1) if lo else out
+        # positions hi + 1 .. later_from - 1 are never read (no answer there): zeros stand in
+        gap = first.new_zeros(first.shape[0], later_from - hi - 1, *first.shape[2:])
+        return _patched_logits(model, runs, torch.cat([first, gap, later], dim=1), copies, lo)
 
 
 def masked_patch_hook(mask: Tensor, source: Tensor, copies: int, prefix: int = 0, pos_axis: int = 0,
@@ -491,12 +491,12 @@ def sweep_patches(
             continue
         prefix = 0
         if runs.prefix_ok:
-            lo = runs.same_tokens_before
-            firsts = [_first_position(mask.narrow(pos_axis, lo, seq - lo), pos_axis) for mask in patch.values()]
-            prefix = lo + min(firsts)
-            if prefix >= seq:  # patches only positions whose source and base values are equal anyway
+            patched = torch.cat([_patched_positions(mask, pos_axis) for mask in patch.values()])
+            changed = patched[patched >= runs.same_tokens_before]
+            if not len(changed):  # patches only positions whose source and base values are equal anyway
                 results[i] = unchanged
                 continue
+            prefix = int(changed.min())
         by_start.setdefault(min(patch), []).append((prefix, i))
     chunks = []
     for start, items in sorted(by_start.items()):
@@ -509,10 +509,10 @@ def sweep_patches(
     for (start, prefix), chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         k = len(chunk)
         layers = sorted({layer for i in chunk for layer in cut[i]})
+        split = split_ok and layers == [start] and get_act_name("resid_pre", start + 1) in runs.base_cache
         # the last position the chunk patches; later ones need running from layer start + 1 only
-        hi = max(_last_position(cut[i][start], pos_axis) for i in chunk)
-        split = (split_ok and layers == [start] and hi < seq - 1
-                 and get_act_name("resid_pre", start + 1) in runs.base_cache)
+        hi = max(int(_patched_positions(cut[i][start], pos_axis)[-1]) for i in chunk) if split else seq - 1
+        split = split and hi < seq - 1
         hooks = []
         for layer in layers:
             some = next(cut[i][layer] for i in chunk if layer in cut[i])
@@ -547,20 +547,10 @@ def _positions_read_in_last_layer(runs: PatchRuns, hook_short: str, seq: int) ->
     return read
 
 
-def _first_position(mask: Tensor, pos_axis: int) -> int:
-    """The first position a mask patches (positions before it keep their base values); the
-    mask's length if it patches none."""
+def _patched_positions(mask: Tensor, pos_axis: int) -> Tensor:
+    """The positions a mask patches, ascending (``[n]``)."""
     other = [d for d in range(mask.ndim) if d != pos_axis]
-    touched = mask.any(dim=other) if other else mask
-    hits = touched.nonzero()
-    return int(hits[0]) if len(hits) else mask.shape[pos_axis]
-
-
-def _last_position(mask: Tensor, pos_axis: int) -> int:
-    """The last position a mask patches (-1 if none)."""
-    other = [d for d in range(mask.ndim) if d != pos_axis]
-    hits = (mask.any(dim=other) if other else mask).nonzero()
-    return int(hits[-1]) if len(hits) else -1
+    return (mask.any(dim=other) if other else mask).nonzero()[:, 0]
 
 
 def _pos_axis(spec: _Target) -> int:
