@@ -531,8 +531,10 @@ def sweep_patches(
     return results
 
 
-# Hooks whose value at a position reaches the rest of the model only through the residual stream
-# at that same position (not through later layers' keys / values), once they are in the last layer.
+# Hooks whose value at a position reaches the rest of their layer only through the residual stream
+# at that same position (they feed none of the layer's keys / values): patched in the last layer
+# they matter only at the answer positions, in an earlier one they leave the layer's other
+# positions as they were.
 _POSITION_LOCAL_HOOKS = frozenset({"z", "q", "pattern", "attn_out", "mlp_out", "resid_mid"})
 
 
