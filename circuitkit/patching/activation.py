@@ -486,17 +486,13 @@ def sweep_patches(
             patch = {layer: mask & read_in_last_layer.view([seq if d == pos_axis else 1 for d in range(mask.ndim)])
                      for layer, mask in patch.items()}
         cut.append(patch)
-        if not any(bool(mask.any()) for mask in patch.values()):
+        patched = torch.cat([_patched_positions(mask, pos_axis) for mask in patch.values()])
+        if runs.prefix_ok:  # source and base values are equal before the first differing token
+            patched = patched[patched >= runs.same_tokens_before]
+        if not len(patched):
             results[i] = unchanged
             continue
-        prefix = 0
-        if runs.prefix_ok:
-            patched = torch.cat([_patched_positions(mask, pos_axis) for mask in patch.values()])
-            changed = patched[patched >= runs.same_tokens_before]
-            if not len(changed):  # patches only positions whose source and base values are equal anyway
-                results[i] = unchanged
-                continue
-            prefix = int(changed.min())
+        prefix = int(patched.min()) if runs.prefix_ok else 0
         by_start.setdefault(min(patch), []).append((prefix, i))
     chunks = []
     for start, items in sorted(by_start.items()):
