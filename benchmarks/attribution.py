@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 
 from circuitkit import names
+from circuitkit.ablation import edges as g
+from circuitkit.attribution import eap, eap_ig, exact_edge_patching
 from circuitkit.circuit import cap_by_route, rank_auc, roc_auc
-from circuitkit.patching import graph as g
-from circuitkit.patching.attribution import eap, eap_ig, exact_edge_patching
 
 ABLATION = "mean"
 

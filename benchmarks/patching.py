@@ -76,7 +76,7 @@ def part_a(model, task, repeats: int = 2) -> list[dict]:
     import transformer_lens.patching as tlp
 
     from circuitkit.patching import activation_patching
-    from circuitkit.patching.activation import prepare_runs
+    from circuitkit.patching.engine import prepare_runs
 
     # circuitkit's time includes its clean and corrupted reference runs (transformer_lens's excludes
     # the clean run filling its cache and the scores its metric normalises by), so no speed-up can

@@ -46,7 +46,7 @@ def top_k_precision_recall(scores: dict[str, float], positives: set[str]) -> tup
 
 
 def find_eap_ig():
-    for module in ("circuitkit.patching.eap_ig", "circuitkit.patching.attribution", "circuitkit.patching"):
+    for module in ("circuitkit.patching.eap_ig", "circuitkit.attribution.eap", "circuitkit.patching"):
         try:
             if importlib.util.find_spec(module) is None:
                 continue
@@ -65,11 +65,11 @@ def head_scores(scores) -> dict[str, float]:
 
 def evaluate(model, task, reference: set[str], seeds: int, steps: int, eap_ig) -> list[dict]:
     rows = []
-    for normalise in (False, True):
+    for normalize in (False, True):
         aucs, precs, recs, times = [], [], [], []
         for seed in range(seeds):
             start = time.perf_counter()
-            scores = discrete_sae_head_scores(model, task, steps=steps, seed=seed, normalise=normalise)
+            scores = discrete_sae_head_scores(model, task, steps=steps, seed=seed, normalize=normalize)
             times.append(time.perf_counter() - start)
             heads = head_scores(scores)
             if reference:
@@ -77,7 +77,7 @@ def evaluate(model, task, reference: set[str], seeds: int, steps: int, eap_ig) -
                 precs.append(p)
                 recs.append(r)
                 aucs.append(roc_auc(heads, reference))
-        rows.append(dict(method=f"discrete-sae{' (normalised)' if normalise else ''}", seeds=seeds,
+        rows.append(dict(method=f"discrete-sae{' (normalised)' if normalize else ''}", seeds=seeds,
                          mean_score=float(scores.values.mean()),
                          precision=_mean(precs), recall=_mean(recs), roc_auc=_mean(aucs), seconds=_mean(times),
                          top=", ".join(label for label, _ in scores.top(5, by_abs=False))))

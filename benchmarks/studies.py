@@ -18,10 +18,10 @@ from pathlib import Path
 def make_zoo(root: Path) -> None:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    from circuitkit.models.zoo_store import config_to_json
     from circuitkit.tasks.builders import default_words
     from circuitkit.tokenizers import word_level_tokenizer
     from circuitkit.zoo import ZooCard, save_zoo_model
-    from circuitkit.zoo.registry import config_to_json
 
     tok = word_level_tokenizer(default_words())
     for name, seed in (("bench-a", 1), ("bench-b", 2)):

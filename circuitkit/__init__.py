@@ -8,10 +8,16 @@ This module re-exports the public API; SAE functions live in :mod:`circuitkit.sa
 studies in :mod:`circuitkit.studies` (both import heavier dependencies on first use).
 """
 
-__version__ = "0.1.0"
-
 from circuitkit import names
-from circuitkit.ablation import ABLATIONS, AblationResult, ablate, ablation_hooks, run_ablated
+from circuitkit.ablation import (
+    ABLATIONS,
+    AblationResult,
+    ablate,
+    ablation_hooks,
+    run_ablated,
+    run_with_edges,
+)
+from circuitkit.attribution import attribution_patching, eap, eap_ig, exact_edge_patching
 from circuitkit.circuit import (
     Circuit,
     acdc,
@@ -40,15 +46,10 @@ from circuitkit.heads import (
 from circuitkit.models import ModelLoadError, load_model
 from circuitkit.patching import (
     activation_patching,
-    attribution_patching,
     direct_logit_attribution,
-    eap,
-    eap_ig,
-    exact_edge_patching,
     logit_lens,
     patch_head_sets,
     path_patching,
-    run_with_edges,
 )
 from circuitkit.scores import Scores
 from circuitkit.tasks import (
@@ -63,6 +64,7 @@ from circuitkit.tasks import (
     needle,
     normalized,
 )
+from circuitkit.version import __version__
 from circuitkit.zoo import ZooCard, list_zoo, verify, zoo_card, zoo_task
 
 __all__ = [

@@ -17,14 +17,22 @@ def _parent(path: Path, make_parents: bool) -> None:
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
 
 
-def write_with(path: str | os.PathLike, write: Callable[[str], object], *, make_parents: bool = False) -> Path:
-    """Call ``write(tmp_path)`` (e.g. ``frame.to_parquet``) and rename the result onto ``path``."""
+TEMP_SUFFIX = ".tmp"  # what an interrupted write leaves behind: ``.{name}.XXXX.tmp`` beside the target
+
+
+def write_with(path: str | os.PathLike, write: Callable[[str], object], *, fsync: bool = False,
+               make_parents: bool = False) -> Path:
+    """Call ``write(tmp_path)`` (e.g. ``frame.to_parquet``) and rename the result onto ``path``;
+    ``fsync`` flushes the finished file to disk before the rename."""
     path = Path(path)
     _parent(path, make_parents)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
@@ -41,11 +49,8 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False, ma
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
 
-    return write_with(path, write, make_parents=make_parents)
+    return write_with(path, write, fsync=fsync, make_parents=make_parents)
 
 
 def write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:

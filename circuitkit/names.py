@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from transformer_lens.utilities import get_act_name
+
 INPUT = "input"
 LOGITS = "logits"
 QKV = ("q", "k", "v")
@@ -225,6 +227,13 @@ def all_nodes(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
     return nodes
 
 
+def model_components(model) -> list[str]:
+    """Every head and MLP of ``model`` (the nodes ablation acts on), in computation order."""
+    cfg = model.cfg
+    nodes = all_nodes(cfg.n_layers, cfg.n_heads, has_mlp=not cfg.attn_only)
+    return [n for n in nodes if n not in (INPUT, LOGITS)]
+
+
 def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
     """Every edge of the residual-stream graph: each upstream node into each later input.
 
@@ -245,6 +254,16 @@ def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
 
 
 # --- hook points (TransformerLens names; the same names exist on TransformerBridge) -----------
+# Every hook name circuitkit uses is built here, by TransformerLens's own get_act_name.
+
+def hook(short: str, layer: int | None = None) -> str:
+    """The full TransformerLens hook name: ``hook("pattern", 1)`` -> ``'blocks.1.attn.hook_pattern'``.
+
+    ``short`` is any name :func:`transformer_lens.utilities.get_act_name` knows (``resid_pre``,
+    ``z``, ``q``, ``pattern``, ``mlp_in``, ``q_input`` ...); ``layer`` None gives top-level hooks.
+    """
+    return get_act_name(short, layer)
+
 
 def output_hook(node: Node | str) -> str:
     """The hook whose value is what this node writes into the residual stream."""
@@ -252,9 +271,9 @@ def output_hook(node: Node | str) -> str:
     if node.kind == "input":
         return "hook_embed"
     if node.kind == "head":
-        return f"blocks.{node.layer}.attn.hook_z"
+        return hook("z", node.layer)
     if node.kind == "mlp":
-        return f"blocks.{node.layer}.hook_mlp_out"
+        return hook("mlp_out", node.layer)
     raise ValueError(f"{format_node(node)!r} writes nothing into the residual stream")
 
 
@@ -262,4 +281,50 @@ def head_input_hook(layer: int, qkv: str) -> str:
     """The per-head input hook (needs ``model.set_use_split_qkv_input(True)``)."""
     if qkv not in QKV:
         raise ValueError(f"qkv must be one of {QKV}, got {qkv!r}")
-    return f"blocks.{layer}.hook_{qkv}_input"
+    return hook(f"{qkv}_input", layer)
+
+
+# --- range checks: the one place that says whether a component exists in a model -----------
+
+def check_in_model(node: Node | str, n_layers: int, n_heads: int, has_mlp: bool = True, *,
+                   model_name: str | None = None, what: str = "head") -> Node:
+    """Raise ``ValueError`` naming the valid range when a head or MLP is not in the model.
+
+    ``what`` names the heads in the message (``"key/value head"``, ``"sender head"``); other node
+    kinds pass unchecked. Returns the parsed node.
+    """
+    node = parse_node(node) if isinstance(node, str) else node
+    label = format_node(node)
+    model = f"model {model_name!r}" if model_name else "the model"
+    if node.kind == "head" and not (0 <= node.layer < n_layers and 0 <= node.head < n_heads):
+        raise ValueError(
+            f"{what} {label!r} is out of range: {model} has {n_layers} layers x {n_heads} {what}s "
+            f"(a0.h0 .. a{n_layers - 1}.h{n_heads - 1})"
+        )
+    if node.kind == "mlp":
+        if not has_mlp:
+            raise ValueError(f"{label!r}: {model} is attention-only and has no MLPs")
+        if not 0 <= node.layer < n_layers:
+            raise ValueError(f"MLP {label!r} is out of range: {model} has {n_layers} layers")
+    return node
+
+
+def check_model_components(model, components, kinds: tuple[str, ...] = ("head", "mlp"), *,
+                           n_heads: int | None = None, what: str = "head",
+                           purpose: str = "used here") -> list[Node]:
+    """Parse component ids and check each exists in ``model`` (:func:`check_in_model`) and is
+    of one of ``kinds``; ``ValueError`` naming the bad one and the accepted forms."""
+    cfg = model.cfg
+    forms = {"head": "heads (a<L>.h<H>)", "mlp": "MLPs (m<L>)"}
+    nodes = []
+    for comp in components:
+        node = parse_node(comp) if isinstance(comp, str) else comp
+        if node.kind not in kinds:
+            if kinds == ("head",):
+                raise ValueError(f"{format_node(node)!r} is not an attention head; give heads as "
+                                 "'a<layer>.h<head>', e.g. 'a1.h0'")
+            accepted = " and ".join(forms.get(k, k) for k in kinds)
+            raise ValueError(f"only {accepted} can be {purpose}, not {format_node(node)!r}")
+        nodes.append(check_in_model(node, cfg.n_layers, n_heads or cfg.n_heads, not cfg.attn_only,
+                                    model_name=cfg.model_name, what=what))
+    return nodes

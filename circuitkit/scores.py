@@ -1,9 +1,23 @@
-"""``Scores``: the one result type every method returns.
+"""``Scores``: the one result type every estimator returns.
 
 A Scores is a 1-D tensor of values with one component label per value (node ids such as
 ``a1.h0`` or ``m2@5``, or edge ids such as ``a0.h0->a1.h0<k>``; see :mod:`circuitkit.names`),
 plus what produced it. Grids (layer x head, layer x position) are views computed from the
 labels, so every method's output can become a table, a heatmap or a circuit the same way.
+
+``meta`` keys (:data:`META_KEYS` says what each means; an estimator sets those that apply):
+
+* shape of the model: ``n_layers``, ``n_heads``, ``has_mlp``, ``model``;
+* how the numbers were made: ``ablation``, ``level``, ``steps``, ``interpolate``, ``qk_fix``,
+  ``target``, ``by_pos``, ``direction``, ``receivers``, ``receiver_input``, ``freeze_mlps``,
+  ``which``, ``kind``, ``hook_name``, ``threshold``, ``min_recall``, ``n_latents``, ``l1``,
+  ``normalize``, ``route_capped``, ``from_edges``, ``d_sae``;
+* reference values: ``clean_score`` / ``corrupted_score`` (patching), ``clean_metric`` /
+  ``corrupted_metric`` (attribution), ``bias``, ``logit_diff``, ``normalized`` (the formula);
+* views: ``grid`` (the values in TransformerLens's shape, NaN where not measured) with
+  ``grid_dims`` (its axes), ``per_prompt`` (values per prompt), ``retrieval_heads``, ``kept``,
+  ``n_kept``, ``recall``, ``context_length``, ``needle_depth``, ``n_prompts``, ``n_positive``,
+  ``n_negative``.
 """
 
 from __future__ import annotations
@@ -15,6 +29,56 @@ from typing import Any
 import torch
 
 from circuitkit import names
+
+# What each ``meta`` key means: one line per key, the key, then its meaning.
+_META_TABLE = """
+n_layers          layers of the model
+n_heads           heads per layer
+has_mlp           whether the model has MLPs
+model             the model's name
+ablation          the ablation kind of the source (circuitkit.ablation.kinds)
+level             'edge' or 'node' scores
+steps             integration steps (EAP-IG) or SAE training steps
+interpolate       EAP-IG's path: 'inputs' or 'activations'
+qk_fix            whether q / k edges use the QK fix
+target            what was patched or attributed (head_out, resid_pre, ...)
+by_pos            one value per position
+direction         'denoise' (clean into corrupted) or 'noise'
+receivers         path patching's receivers
+receiver_input    the receivers' input patched (q, k, v, mlp, resid)
+freeze_mlps       whether path patching froze the MLPs
+which             the logit lens's read-out
+kind              the head-score kind
+hook_name         the hook an SAE reads
+threshold         the cut a selection used
+min_recall        the answer recall a retrieval trial needs
+n_latents         latents of the discrete SAE
+l1                its L1 coefficient
+normalize         whether head counts are divided by the codes used
+route_capped      scores capped by the widest route to the logits (circuit.routes)
+from_edges        how node scores were summed from edge scores
+clean_score       the metric on the clean run
+corrupted_score   the metric on the corrupted run
+clean_metric      the metric on the clean run
+corrupted_metric  the metric on the corrupted run
+bias              the logit difference the biases contribute
+logit_diff        the model's logit difference
+normalized        the formula of a normalized metric
+grid              the values in TransformerLens's shape (NaN where not measured)
+grid_dims         the grid's axes
+per_prompt        values per prompt
+retrieval_heads   heads above the retrieval threshold, best first
+kept              per trial, whether it was kept
+n_kept            trials kept
+recall            per trial, the answer recall
+context_length    per trial, its context length
+needle_depth      per trial, the needle's depth
+n_prompts         prompts used
+n_positive        positive prompts
+n_negative        negative prompts
+d_sae             latents of the SAE
+"""
+META_KEYS: dict[str, str] = dict(line.split(None, 1) for line in _META_TABLE.strip().splitlines())
 
 
 @dataclass

@@ -6,6 +6,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `zoo train` without --out writes to the user's zoo folder, which the zoo also searches: the tests
+# get a folder of their own, so nothing they write shadows the bundled models or reaches $HOME.
+if "CIRCUITKIT_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["CIRCUITKIT_HOME"] = tempfile.mkdtemp(prefix="circuitkit-tests-home-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -42,3 +48,18 @@ def tiny_model(word_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_attn_only(word_tokenizer):
     return make_model(word_tokenizer, attn_only=True, normalization_type=None, seed=1)
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The hand-wired toy retrieval model (retrieval head known: a1.h0)."""
+    from circuitkit.heads.toy import copy_retrieval_model
+
+    return copy_retrieval_model(n_ctx=80)
+
+
+@pytest.fixture(scope="session")
+def toy_task(toy_model):
+    from circuitkit.heads.toy import toy_needle_task
+
+    return toy_needle_task(toy_model, context_lengths=(24, 48), depths=(0.0, 0.5, 1.0))

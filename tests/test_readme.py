@@ -6,7 +6,7 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _quickstart_code() -> str:
+def quickstart_code() -> str:
     text = README.read_text()
     section = text.split("<!-- section:quickstart -->", 1)[1].split("<!-- /section:quickstart -->", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
@@ -15,7 +15,7 @@ def _quickstart_code() -> str:
 
 
 def test_quickstart_runs(capsys):
-    code = _quickstart_code()
+    code = quickstart_code()
     assert len(code.strip().splitlines()) <= 10
     exec(compile(code, "README-quickstart", "exec"), {})
     assert capsys.readouterr().out.strip()

@@ -12,6 +12,7 @@ from circuitkit.circuit.compare import (
     roc_auc,
     shared_components,
 )
+from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover import METHODS, acdc, discover, score_edges
 from circuitkit.circuit.evaluate import (
     CircuitEvaluation,
@@ -22,7 +23,6 @@ from circuitkit.circuit.evaluate import (
     faithfulness_curve,
     smallest_faithful,
 )
-from circuitkit.circuit.graph import Circuit
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
 from circuitkit.circuit.routes import cap_by_route, route_widths
 

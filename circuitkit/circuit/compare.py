@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitkit import names
-from circuitkit.circuit.graph import Circuit
+from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
 
 _ENDPOINTS = {names.INPUT, names.LOGITS}

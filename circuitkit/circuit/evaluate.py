@@ -2,7 +2,7 @@
 
 Every edge outside the circuit reads its parent's activation from an ablation source (mean over
 clean prompts, a resampled prompt, or the corrupted prompt) via
-:func:`circuitkit.patching.graph.run_with_edges`; a node-level circuit keeps every model edge
+:func:`circuitkit.ablation.edges.run_with_edges`; a node-level circuit keeps every model edge
 among its nodes (plus ``input`` and ``logits``).
 
 ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``: 1 = the circuit alone reproduces the model.
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from circuitkit import names
-from circuitkit.circuit.graph import Circuit
+from circuitkit.ablation import edges as edge_graph
+from circuitkit.ablation.kinds import check_kind
+from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
+from circuitkit.tasks.metrics import normalized
 
-ABLATIONS = ("mean", "resample", "corrupted", "zero")
 MIB_KS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # % of edges
 
 
@@ -44,8 +46,6 @@ class CircuitEvaluation:
     task: str
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -53,10 +53,7 @@ class EdgeEvaluator:
     """Caches the ablation source and the full / empty metrics of one (model, task, ablation)."""
 
     def __init__(self, model, task, ablation: str = "mean", seed: int = 0) -> None:
-        from circuitkit.patching import graph as edge_graph
-
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
+        check_kind(ablation)
         task.check_model(model)
         self.model, self.task, self.ablation = model, task, ablation
         self._graph = edge_graph
@@ -90,11 +87,12 @@ class EdgeEvaluator:
             self._cache[keep] = float(self.task.score(logits))
         return self._cache[keep]
 
-    def normalised(self, value: float) -> float:
-        return (value - self.metric_empty) / (self.metric_full - self.metric_empty)
+    def normalized(self, value: float) -> float:
+        """``value`` between the empty circuit (0) and the full model (1)."""
+        return float(normalized(value, self.metric_full, self.metric_empty))
 
     def faithfulness(self, keep_edges: Iterable[str]) -> float:
-        return self.normalised(self.metric(keep_edges))
+        return self.normalized(self.metric(keep_edges))
 
     def faithfulness_without(self, ablate_edges: Iterable[str]) -> float:
         """Faithfulness of the model with only ``ablate_edges`` ablated (every other edge kept)."""
@@ -130,7 +128,7 @@ def evaluate(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 
         complement = circuit_edges(others, ev.model_edges)
     m_circuit, m_complement = ev.metric(keep), ev.metric(complement)
     return CircuitEvaluation(
-        faithfulness=ev.normalised(m_circuit), completeness=1.0 - ev.normalised(m_complement),
+        faithfulness=ev.normalized(m_circuit), completeness=1.0 - ev.normalized(m_complement),
         metric_circuit=m_circuit, metric_complement=m_complement, metric_full=ev.metric_full,
         metric_empty=ev.metric_empty, n_edges=len(keep), n_model_edges=len(ev.model_edges), ablation=ev.ablation,
         task=task.name)
@@ -153,7 +151,7 @@ def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool) -> list
     unknown = [label for label in values if label not in set(model_edges)]
     if unknown:
         raise ValueError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
-                         "(circuitkit.patching.graph.graph_edges)")
+                         "(circuitkit.ablation.edges.graph_edges)")
     def key(edge: str):
         v = values.get(edge)
         return (v is None, -(abs(v) if by_abs else v) if v is not None else 0.0, edge)
@@ -201,7 +199,7 @@ def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
     """A circuit holding every model edge: scored edges with their score, the rest with None."""
     circuit = Circuit.from_scores(scores, **Circuit.for_model(model))
     missing = [e for e in model_edges if e not in set(scores.labels)]
-    circuit._add_edges(((e, None) for e in missing), scores.method, scores.task, False)
+    circuit.add_edges(((e, None) for e in missing), scores.method, scores.task, False)
     return circuit
 
 

@@ -7,6 +7,8 @@ from circuitkit.heads.causal import (
     retrieval_causal_check,
     uniform_attention_hooks,
 )
+from circuitkit.heads.patterns import KINDS as HEAD_SCORE_KINDS
+from circuitkit.heads.patterns import head_scores, repeated_tokens
 from circuitkit.heads.retrieval import (
     NeedlePrompt,
     needle_prompts,
@@ -15,8 +17,6 @@ from circuitkit.heads.retrieval import (
     retrieval_scores_generate,
     rouge1_recall,
 )
-from circuitkit.heads.scores import KINDS as HEAD_SCORE_KINDS
-from circuitkit.heads.scores import head_scores, repeated_tokens
 
 __all__ = [
     "CausalCheck",

@@ -20,7 +20,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.ablation.hooks import validate_components
 from circuitkit.heads.retrieval import (
     RETRIEVAL_THRESHOLD,
     NeedlePrompt,
@@ -35,7 +34,7 @@ from circuitkit.tasks.task import Task
 def uniform_attention_hooks(model, heads: Iterable[str]) -> list[tuple[str, object]]:
     """Forward hooks that make ``heads``' attention uniform over each query's causal context."""
     by_layer: dict[int, list[int]] = {}
-    for node in validate_components(model, heads):
+    for node in names.check_model_components(model, heads):
         if node.kind != "head":
             raise ValueError(f"only attention heads can get uniform attention, not {names.format_node(node)!r}")
         by_layer.setdefault(node.layer, []).append(node.head)
@@ -50,7 +49,7 @@ def uniform_attention_hooks(model, heads: Iterable[str]) -> list[tuple[str, obje
             pattern[:, idx.to(pattern.device)] = causal / causal.sum(-1, keepdim=True)
             return pattern
 
-        hooks.append((f"blocks.{layer}.attn.hook_pattern", uniform))
+        hooks.append((names.hook("pattern", layer), uniform))
     return hooks
 
 
@@ -161,7 +160,7 @@ def retrieval_causal_check(
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     head_values = {label: v for label, v in scores.as_dict().items() if names.parse_node(label).kind == "head"}
-    validate_components(model, head_values)
+    names.check_model_components(model, head_values)
     if len(head_values) != n_heads_total:
         raise ValueError(f"scores cover {len(head_values)} heads but the model has {n_heads_total}; "
                          "score every head (retrieval_scores does)")

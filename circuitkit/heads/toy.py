@@ -24,6 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
+from circuitkit.tasks.builders import needle
+from circuitkit.tokenizers import word_level_tokenizer
+
 HAYSTACK_WORDS = ("the cat sat on a mat and dog ran far away from big red house near old tree "
                   "under blue sky with green grass").split()
 NEEDLE_WORDS = ("The", "secret", "code", "is", "Recall", ".")
@@ -42,8 +45,6 @@ def toy_vocabulary(values: Sequence[str] = TOY_VALUES) -> list[str]:
 def toy_tokenizer(values: Sequence[str] = TOY_VALUES):
     """Word-level tokenizer over the toy words and the chunks of ``values`` (space-separated
     one- or two-digit numbers; each value's chunks must be distinct for the toy to retrieve it)."""
-    from circuitkit.tokenizers import word_level_tokenizer
-
     return word_level_tokenizer(toy_vocabulary(values))
 
 
@@ -59,8 +60,6 @@ def toy_haystack(n_words: int = 600, seed: int = 0) -> str:
 def toy_needle_task(model_or_tokenizer, context_lengths: Sequence[int] = (32, 64),
                     depths: Sequence[float] = (0.0, 0.5, 1.0), values: Sequence[str] = TOY_VALUES):
     """A needle task the toy model solves: multi-token values, question without other ``is``."""
-    from circuitkit.tasks.builders import needle
-
     return needle(model_or_tokenizer, context_lengths=context_lengths, depths=depths, values=values,
                   question=TOY_QUESTION, haystack=toy_haystack(), metric="accuracy")
 

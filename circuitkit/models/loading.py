@@ -7,14 +7,49 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformer_lens import HookedTransformer
 
+from circuitkit.models.zoo_store import load_zoo_model
+
 log = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model spec names: ``kind`` is ``"zoo"`` (``name`` = the zoo model), ``"dir"`` (a local
+    Hugging Face directory, ``name`` = its path) or ``"name"`` (a TransformerLens model name)."""
+
+    kind: Literal["zoo", "dir", "name"]
+    name: str
+
+    @property
+    def zoo_name(self) -> str | None:
+        return self.name if self.kind == "zoo" else None
+
+
+def parse_spec(spec: str | os.PathLike) -> ModelSpec:
+    """The one reader of model specs (``zoo:NAME``, a directory, a TransformerLens name).
+
+    ``ModelLoadError`` for a path-like spec with no directory behind it.
+    """
+    text = os.fspath(spec)
+    if text.startswith(ZOO_PREFIX):
+        return ModelSpec("zoo", text[len(ZOO_PREFIX):])
+    if Path(text).expanduser().is_dir():
+        return ModelSpec("dir", text)
+    if os.sep in text or text.startswith((".", "~")):
+        raise ModelLoadError(
+            f"no model directory at {text!r}; pass an existing Hugging Face model directory, "
+            "a TransformerLens model name (e.g. 'gpt2-small') or 'zoo:NAME' (see `circuitkit zoo list`)"
+        )
+    return ModelSpec("name", text)
 
 
 class ModelLoadError(RuntimeError):
@@ -40,20 +75,12 @@ def load_model(
     """
     device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
-    spec_str = os.fspath(spec)
-    if spec_str.startswith(ZOO_PREFIX):
-        from circuitkit.zoo.registry import load_zoo_model
-
-        return load_zoo_model(spec_str[len(ZOO_PREFIX):], device=device, dtype=torch_dtype)
-    path = Path(spec_str).expanduser()
-    if path.is_dir():
-        return _load_local_hf(path, device, torch_dtype, **kwargs)
-    if os.sep in spec_str or spec_str.startswith((".", "~")):
-        raise ModelLoadError(
-            f"no model directory at {spec_str!r}; pass an existing Hugging Face model directory, "
-            "a TransformerLens model name (e.g. 'gpt2-small') or 'zoo:NAME' (see `circuitkit zoo list`)"
-        )
-    return _load_pretrained(spec_str, device, torch_dtype, **kwargs)
+    parsed = parse_spec(spec)
+    if parsed.kind == "zoo":
+        return load_zoo_model(parsed.name, device=device, dtype=torch_dtype)
+    if parsed.kind == "dir":
+        return _load_local_hf(Path(parsed.name).expanduser(), device, torch_dtype, **kwargs)
+    return _load_pretrained(parsed.name, device, torch_dtype, **kwargs)
 
 
 def _resolve_device(device) -> str:

@@ -7,7 +7,7 @@ For each sender head ``s`` the effect of the path ``s -> receivers' <input>``:
    ``freeze_mlps``); record what the receivers read (their q, k or v, the MLP output, or the
    final residual stream);
 2. run the clean prompts again, patching only the receivers' input with those values;
-3. score the normalised metric ``(m - m_corrupted) / (m_clean - m_corrupted)``: 1 = the path does
+3. score the normalized metric ``(m - m_corrupted) / (m_clean - m_corrupted)``: 1 = the path does
    not matter, lower = the path carries the clean behaviour.
 
 Senders of the same layer share batched forward passes started at that layer's cached
@@ -21,16 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.utilities import get_act_name
 
 from circuitkit import names
-from circuitkit.patching.activation import (
-    PatchRuns,
-    prepare_runs,
-    rows_per_pass,
-    run_batched,
-    validate_heads,
-)
+from circuitkit.patching.activation import validate_heads
+from circuitkit.patching.engine import PatchRuns, prepare_runs, rows_per_pass, run_batched
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
 
@@ -106,7 +100,7 @@ def path_patching(
         progress: show a tqdm bar.
 
     Returns:
-        Scores per sender head (normalised metric, 1 = no effect); ``meta["grid"]`` is
+        Scores per sender head (normalized metric, 1 = no effect); ``meta["grid"]`` is
         ``[n_layers, n_heads]`` (NaN for heads not swept).
     """
     sites = _receiver_sites(model, receivers, receiver_input)
@@ -121,15 +115,15 @@ def path_patching(
         raise ValueError("freeze_mlps=True but the model is attention-only (it has no MLPs)")
     sender_layers = sorted({layer for layer, _ in pairs})
     receiver_short = _hook_short(receiver_input)
-    receiver_hooks = [get_act_name(receiver_short, layer) for layer in sites]
+    receiver_hooks = [names.hook(receiver_short, layer) for layer in sites]
     first_receiver = min(sites) if sites else None
-    z_hooks = [get_act_name("z", layer) for layer in range(cfg.n_layers)]
-    mlp_hooks = [get_act_name("mlp_out", layer) for layer in range(cfg.n_layers)] if freeze_mlps else []
+    z_hooks = [names.hook("z", layer) for layer in range(cfg.n_layers)]
+    mlp_hooks = [names.hook("mlp_out", layer) for layer in range(cfg.n_layers)] if freeze_mlps else []
     start_layers = sender_layers + ([first_receiver] if first_receiver is not None else [])
     runs = prepare_runs(
         model, task, "noise",
-        base_hooks=[get_act_name("resid_pre", layer) for layer in start_layers] + z_hooks + mlp_hooks + receiver_hooks,
-        source_hooks=[get_act_name("z", layer) for layer in sender_layers],
+        base_hooks=[names.hook("resid_pre", layer) for layer in start_layers] + z_hooks + mlp_hooks + receiver_hooks,
+        source_hooks=[names.hook("z", layer) for layer in sender_layers],
     )
     k_max = rows_per_pass(model, runs, batch_size)
     chunks = []
@@ -152,7 +146,7 @@ def path_patching(
               "freeze_mlps": freeze_mlps, "grid": grid, "grid_dims": ("layer", "head"),
               "clean_score": runs.clean_score, "corrupted_score": runs.corrupted_score,
               "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-              "normalised": "(m - corrupted) / (clean - corrupted); 1 = no effect"},
+              "normalized": "(m - corrupted) / (clean - corrupted); 1 = no effect"},
     )
 
 
@@ -176,19 +170,19 @@ def _path_chunk(model, runs: PatchRuns, sender_layer: int, heads: list[int], sit
     mask[torch.arange(k), torch.tensor(heads)] = True
     hooks = []
     for layer in range(sender_layer, last):
-        z = get_act_name("z", layer)
+        z = names.hook("z", layer)
         hooks.append((z, _freeze_hook(mask if layer == sender_layer else None, runs.source_cache.get(z),
                                       runs.base_cache[z], k)))
         if freeze_mlps:
-            mlp = get_act_name("mlp_out", layer)
+            mlp = names.hook("mlp_out", layer)
             hooks.append((mlp, _freeze_hook(None, None, runs.base_cache[mlp], k)))
     if not sites:  # receivers = the final residual stream: step 1's logits are the answer
         logits = run_batched(model, runs, sender_layer, hooks, k)
-        return [runs.normalised(x) for x in logits.reshape(k, -1, *logits.shape[1:])]
+        return [runs.normalized(x) for x in logits.reshape(k, -1, *logits.shape[1:])]
 
     captured: dict[str, Tensor] = {}
     for layer in sites:
-        name = get_act_name(receiver_short, layer)
+        name = names.hook(receiver_short, layer)
         clean = runs.base_cache[name]
         # Receivers below the sender see only clean values.
         captured[name] = clean.unsqueeze(0).expand(k, *clean.shape).reshape(k * clean.shape[0], *clean.shape[1:])
@@ -201,10 +195,10 @@ def _path_chunk(model, runs: PatchRuns, sender_layer: int, heads: list[int], sit
 
     patch_hooks = []
     for layer, head_idx in sites.items():
-        name = get_act_name(receiver_short, layer)
+        name = names.hook(receiver_short, layer)
         patch_hooks.append((name, _receiver_hook(captured[name], head_idx)))
     logits = run_batched(model, runs, min(sites), patch_hooks, k)
-    return [runs.normalised(x) for x in logits.reshape(k, -1, *logits.shape[1:])]
+    return [runs.normalized(x) for x in logits.reshape(k, -1, *logits.shape[1:])]
 
 
 def _receiver_hook(values: Tensor, head_idx: list[int] | None) -> Callable:

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from circuitkit import names
 from circuitkit.sae.train import quiet_sae_lens
 from circuitkit.scores import Scores
+from circuitkit.tasks.task import Task
 from circuitkit.tokenizers import check_token_ids
 
 
@@ -37,7 +39,7 @@ def head_output_means(model, tokens, lengths: Tensor | None = None, batch_size: 
     lengths = torch.full((n,), seq) if lengths is None else torch.as_tensor(lengths).reshape(-1).cpu()
     if lengths.shape[0] != n or bool((lengths < 1).any()) or bool((lengths > seq).any()):
         raise ValueError(f"lengths must give 1..{seq} real positions for each of the {n} prompts")
-    hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    hooks = [names.hook("z", layer) for layer in range(model.cfg.n_layers)]
     out = []
     for start in range(0, n, batch_size):
         batch = tokens[start:start + batch_size]
@@ -56,8 +58,6 @@ def head_output_means(model, tokens, lengths: Tensor | None = None, batch_size: 
 
 
 def _lengths_of(task_or_tokens) -> tuple[Tensor, Tensor | None]:
-    from circuitkit.tasks.task import Task
-
     if isinstance(task_or_tokens, Task):
         # Positions past the scored one are padding (or after the question): leave them out.
         return task_or_tokens.clean, task_or_tokens.answer_pos + 1
@@ -111,11 +111,11 @@ def codes_of(sae, vectors: Tensor) -> Tensor:
     return torch.where(acts.amax(-1) > 0, code, torch.full_like(code, -1))
 
 
-def unique_code_scores(pos_codes: Tensor, neg_codes: Tensor, normalise: bool = False) -> Tensor:
+def unique_code_scores(pos_codes: Tensor, neg_codes: Tensor, normalize: bool = False) -> Tensor:
     """Per head: number of codes seen on positive prompts and never on negative ones.
 
     Args: ``pos_codes`` ``[n_pos, n_layers, n_heads]``, ``neg_codes`` ``[n_neg, n_layers, n_heads]``
-    (``-1`` = no code, ignored). With ``normalise`` the count is divided by the size of the
+    (``-1`` = no code, ignored). With ``normalize`` the count is divided by the size of the
     union of codes the head uses. Returns ``[n_layers, n_heads]``.
     """
     n_layers, n_heads = pos_codes.shape[1:]
@@ -126,12 +126,12 @@ def unique_code_scores(pos_codes: Tensor, neg_codes: Tensor, normalise: bool = F
             neg = set(neg_codes[:, layer, h].tolist()) - {-1}
             unique = len(pos - neg)
             union = len(pos | neg)
-            grid[layer, h] = unique / union if normalise and union else unique
+            grid[layer, h] = unique / union if normalize and union else unique
     return grid
 
 
 def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=None, n_latents: int = 200,
-                             l1: float = 0.02, steps: int = 400, lr: float = 1e-3, normalise: bool = False,
+                             l1: float = 0.02, steps: int = 400, lr: float = 1e-3, normalize: bool = False,
                              only_correct: bool = True, seed: int = 0, progress: bool = False) -> Scores:
     """Head scores of the discrete-SAE method.
 
@@ -140,15 +140,14 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
             corrupted prompts the negative ones unless ``negative_tokens`` is given) or tokens
             ``[n_pos, pos]``.
         negative_tokens: ``[n_neg, pos]`` prompts where the model cannot do the task.
-        n_latents, l1: the shared ReLU SAE (paper: 200 latents, L1 0.02).
-        normalise: divide each head's count by the number of codes it uses.
+        n_latents: latents of the shared ReLU SAE (paper: 200).
+        l1: its L1 coefficient (paper: 0.02).
+        normalize: divide each head's count by the number of codes it uses.
         only_correct: with a Task, keep as positive only the clean prompts the model predicts
             correctly (its top next-token at ``answer_pos`` is one of the answers), as the paper does.
 
     Returns head Scores (``a{layer}.h{head}``), method ``"discrete-sae"``.
     """
-    from circuitkit.tasks.task import Task
-
     positive, pos_lengths = _lengths_of(positive_task_or_tokens)
     if negative_tokens is None:
         if not isinstance(positive_task_or_tokens, Task):
@@ -174,8 +173,8 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
     # One global scale so the L1 coefficient means the same on any model: mean norm sqrt(d_model).
     scale = math.sqrt(d_model) / both.norm(dim=-1).mean().clamp_min(1e-8)
     sae = train_code_sae(both * scale, n_latents, l1, steps, lr=lr, seed=seed, progress=progress)
-    grid = unique_code_scores(codes_of(sae, pos_vec * scale), codes_of(sae, neg_vec * scale), normalise)
+    grid = unique_code_scores(codes_of(sae, pos_vec * scale), codes_of(sae, neg_vec * scale), normalize)
     task_name = positive_task_or_tokens.name if isinstance(positive_task_or_tokens, Task) else ""
     return Scores.from_head_grid(grid, "discrete-sae", task=task_name,
-                                 meta={"n_latents": n_latents, "l1": l1, "steps": steps, "normalise": normalise,
+                                 meta={"n_latents": n_latents, "l1": l1, "steps": steps, "normalize": normalize,
                                        "n_positive": len(pos_vec), "n_negative": len(neg_vec)})

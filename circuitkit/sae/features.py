@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitkit import names
 from circuitkit.tokenizers import check_token_ids
 
 # --- hook checks ------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ def check_sae_fits(model, sae, hook_name: str | None = None) -> str:
 
 
 
-def _flat(act: Tensor) -> Tensor:
+def flatten_heads(act: Tensor) -> Tensor:
+    """``[batch, pos, ...]`` -> ``[batch, pos, width]`` (a ``hook_z``'s heads side by side)."""
     return act.reshape(*act.shape[:2], -1)
 
 
@@ -105,7 +107,7 @@ def hook_activations(model, tokens, hook_name: str, batch_size: int = 32) -> Ten
     out = []
     for start in range(0, len(tokens), batch_size):
         _, cache = model.run_with_cache(tokens[start:start + batch_size], names_filter=[hook_name])
-        out.append(_flat(cache[hook_name]))
+        out.append(flatten_heads(cache[hook_name]))
     return torch.cat(out)
 
 
@@ -195,8 +197,6 @@ class FeatureCard:
 
 def feature_label(sae, feature: int, hook_name: str | None = None) -> str:
     """``f{layer}.{hook}.{index}`` via :func:`circuitkit.names.feature`."""
-    from circuitkit import names
-
     name = sae_hook_name(sae, hook_name)
     parts = name.split(".")
     layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else 0

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from circuitkit.sae.features import _flat, check_sae_fits, flat_input
+from circuitkit.sae.features import check_sae_fits, flat_input, flatten_heads
 from circuitkit.tokenizers import check_token_ids
 
 
@@ -74,7 +74,7 @@ def sae_quality(model, sae, tokens, hook_name: str | None = None, batch_size: in
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start:start + batch_size]
         _, cache = model.run_with_cache(batch, names_filter=[name])
-        x = _flat(cache[name]).reshape(-1, sae.cfg.d_in).to(sae.device)
+        x = flatten_heads(cache[name]).reshape(-1, sae.cfg.d_in).to(sae.device)
         with flat_input(sae):
             feats = sae.encode(x)
             recon = sae.decode(feats)

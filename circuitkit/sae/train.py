@@ -25,14 +25,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from circuitkit import names
 from circuitkit.atomic import replace_dir
+from circuitkit.models.loading import load_model
 from circuitkit.sae.features import check_hook, hook_width
-from circuitkit.tokenizers import check_token_ids
+from circuitkit.tokenizers import check_token_ids, python_docs_corpus
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "zoo:tiny-lm"
-DEFAULT_HOOK = "blocks.1.hook_resid_pre"
+DEFAULT_HOOK = names.hook("resid_pre", 1)
 WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
 CONFIG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 
@@ -51,8 +53,6 @@ def _training_config_class(architecture: str):
 
 def _resolve_model(model):
     if isinstance(model, (str, os.PathLike)):
-        from circuitkit.models.loading import load_model
-
         return load_model(model, device="cpu")
     return model
 
@@ -80,8 +80,6 @@ def training_tokens(model, data=None, context_size: int = 64, n_chars: int = 800
     """Token rows ``[n, context_size]`` from a tensor, a text file path, a string or (None) the
     Python-docstring corpus the zoo's tiny LM was trained on."""
     if data is None:
-        from circuitkit.tokenizers import python_docs_corpus
-
         return text_to_tokens(model, python_docs_corpus(n_chars), context_size)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
         return text_to_tokens(model, Path(data).read_text(encoding="utf-8", errors="replace"), context_size)

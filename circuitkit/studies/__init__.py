@@ -1,25 +1,17 @@
-"""Batch ablation studies: a spec file -> resumable, parallel runs -> a Parquet table and a report."""
+"""Batch ablation studies: a spec file -> resumable, parallel runs -> a Parquet table.
 
-from circuitkit.studies.runner import (
-    Unit,
-    UnitRunner,
-    load_results,
-    plan_units,
-    run_study,
-    top_k_heads,
-)
-from circuitkit.studies.spec import SpecError, StudySpec, TaskSpec, validate
+The HTML report of a study is drawn by :func:`circuitkit.viz.report.write_report` (figures live in
+:mod:`circuitkit.viz`, above this package).
+"""
+
+from circuitkit.studies.checks import validate
+from circuitkit.studies.plan import Unit, plan_units
+from circuitkit.studies.run import load_results, run_study
+from circuitkit.studies.runner import UnitRunner, top_k_heads
+from circuitkit.studies.spec import SpecError, StudySpec, TaskSpec
+from circuitkit.studies.summary import summarize
 
 __all__ = [
     "SpecError", "StudySpec", "TaskSpec", "Unit", "UnitRunner", "load_results", "plan_units", "run_study",
-    "top_k_heads", "validate", "write_report",
+    "summarize", "top_k_heads", "validate",
 ]
-
-
-def __getattr__(name: str):
-    # The report pulls in Plotly; import it only when asked for.
-    if name == "write_report":
-        from circuitkit.studies.report import write_report
-
-        return write_report
-    raise AttributeError(f"module 'circuitkit.studies' has no attribute {name!r}")

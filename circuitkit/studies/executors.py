@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from tqdm.auto import tqdm
 
 from circuitkit.studies import store
-from circuitkit.studies.runner import Unit, UnitRunner
+from circuitkit.studies.plan import Unit
+from circuitkit.studies.runner import UnitRunner
 from circuitkit.studies.spec import StudySpec
 
 EXECUTOR_NAMES = ("serial", "process", "ray")

@@ -17,7 +17,7 @@ A spec is a YAML (``yaml.safe_load``) or TOML (``tomllib``) file, or the same da
     batch_size: 16                                           # prompts per forward pass (null = all)
     output_dir: results/head_ablation                        # relative to the spec file
 
-:meth:`StudySpec.from_dict` checks shapes and names (unknown keys, types, values); :func:`validate`
+:meth:`StudySpec.from_dict` checks shapes and names (unknown keys, types, values); :func:`circuitkit.studies.checks.validate`
 then checks the spec against each model (the model exists, each task builds with its tokenizer
 and fits its vocabulary and context, every target head / MLP exists) and that the output
 directory is writable — everything that can fail, before any unit runs.
@@ -30,13 +30,12 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from circuitkit import names
-from circuitkit.ablation.hooks import ABLATIONS
+from circuitkit.ablation.kinds import NODE_ABLATION_KINDS as ABLATIONS
 from circuitkit.tasks.builders import BUILDERS
 from circuitkit.tasks.metrics import METRICS
 
@@ -292,123 +291,3 @@ def _targets(value) -> Targets:
     if not (targets.every_head or targets.every_mlp or targets.head_sets or targets.top_k_from):
         raise SpecError("targets: nothing to ablate; set every_head: true, every_mlp: true, head_sets or top_k_from")
     return targets
-
-
-# --- checks against the models and the file system -------------------------------------------
-
-@dataclass
-class ModelInfo:
-    """What planning needs from a model, read without its weights where possible."""
-
-    spec: str
-    n_layers: int
-    n_heads: int
-    attn_only: bool
-    d_vocab: int
-    n_ctx: int
-    tokenizer: Any
-
-
-def model_info(model_spec: str) -> ModelInfo:
-    """A zoo model's card config and tokenizer (no weights); other models are loaded."""
-    from circuitkit.models.loading import ZOO_PREFIX, load_model
-
-    if model_spec.startswith(ZOO_PREFIX):
-        from circuitkit.zoo.registry import zoo_card, zoo_tokenizer
-
-        card = zoo_card(model_spec[len(ZOO_PREFIX):])
-        cfg = card.config
-        d_mlp = cfg.get("d_mlp")
-        return ModelInfo(model_spec, int(cfg["n_layers"]), int(cfg["n_heads"]),
-                         bool(cfg.get("attn_only", False)) or d_mlp in (None, 0),
-                         int(cfg["d_vocab"]), int(cfg["n_ctx"]), zoo_tokenizer(card))
-    model = load_model(model_spec, device="cpu")
-    cfg = model.cfg
-    return ModelInfo(model_spec, cfg.n_layers, cfg.n_heads, bool(cfg.attn_only), cfg.d_vocab, cfg.n_ctx, model.tokenizer)
-
-
-def build_unit_task(task_spec: TaskSpec, tokenizer, seed: int, metric: str = "logit_diff"):
-    """The task for one seed: the spec's seed feeds the builder unless its params fix one."""
-    from circuitkit.tasks.builders import build_task
-
-    params = dict(task_spec.params)
-    if "seed" in inspect.signature(BUILDERS[task_spec.name]).parameters and "seed" not in params:
-        params["seed"] = seed
-    return build_task(task_spec.name, tokenizer, **params, metric=metric)
-
-
-def validate(spec: StudySpec) -> dict[str, ModelInfo]:
-    """Check ``spec`` against its models and output folder; raise ``SpecError`` before any unit runs.
-
-    Loads each model's config (zoo: card only), builds each task with its tokenizer for every
-    seed, checks vocabulary / context, target components and ``top_k_from.k`` ranges.
-    """
-    infos: dict[str, ModelInfo] = {}
-    for j, task_spec in enumerate(spec.tasks):
-        unknown = [m for m in task_spec.models if m not in spec.models]
-        if unknown:
-            raise SpecError(f"tasks[{j}].models: {unknown} are not in the spec's models {spec.models}; "
-                            "list each model in 'models' first")
-    for i, model_spec in enumerate(spec.models):
-        try:
-            infos[model_spec] = info = model_info(model_spec)
-        except (KeyError, ValueError, RuntimeError, OSError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise SpecError(f"models[{i}]: cannot load {model_spec!r}: {message}") from None
-        where = f"model {model_spec!r} ({info.n_layers} layers x {info.n_heads} heads"
-        where += ", attention-only)" if info.attn_only else ")"
-        if spec.targets.every_mlp and info.attn_only:
-            raise SpecError(f"targets.every_mlp: {where} has no MLPs; drop every_mlp or this model")
-        for set_name, comps in spec.targets.head_sets.items():
-            for comp in comps:
-                node = names.parse_node(comp)
-                if node.kind == "head" and not (node.layer < info.n_layers and node.head < info.n_heads):
-                    raise SpecError(f"targets.head_sets.{set_name}: head {comp!r} is out of range for {where}; "
-                                    f"use a0.h0 .. {names.head(info.n_layers - 1, info.n_heads - 1)}")
-                if node.kind == "mlp" and (info.attn_only or node.layer >= info.n_layers):
-                    raise SpecError(f"targets.head_sets.{set_name}: MLP {comp!r} does not exist in {where}")
-        top = spec.targets.top_k_from
-        if top is not None and top.k > info.n_layers * info.n_heads:
-            raise SpecError(f"targets.top_k_from.k: {top.k} exceeds the {info.n_layers * info.n_heads} heads of {where}")
-        for j, task_spec in enumerate(spec.tasks):
-            if not task_spec.applies_to(model_spec):
-                continue
-            for seed in spec.seeds:
-                try:
-                    task = build_unit_task(task_spec, info.tokenizer, seed)
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise SpecError(f"tasks[{j}] ({task_spec.label}): cannot build for {where}, seed {seed}: {exc}") from None
-                _check_task_fits(task, info, f"tasks[{j}] ({task_spec.label})", where)
-                if "resample" in spec.ablations and len(task) < 2:
-                    raise SpecError(f"tasks[{j}] ({task_spec.label}): resample ablation needs at least 2 prompts; "
-                                    "raise params.n_prompts")
-    check_output_dir(spec.output_dir)
-    return infos
-
-
-def _check_task_fits(task, info: ModelInfo, what: str, where: str) -> None:
-    if task.d_vocab is not None and task.d_vocab != info.d_vocab:
-        raise SpecError(f"{what}: built with a vocabulary of {task.d_vocab} tokens but {where} has {info.d_vocab}; "
-                        "the model's tokenizer and embedding disagree")
-    if task.clean.shape[1] > info.n_ctx:
-        raise SpecError(f"{what}: prompts of {task.clean.shape[1]} tokens exceed the context ({info.n_ctx}) of {where}; "
-                        "use shorter prompts")
-
-
-def check_output_dir(path: Path) -> None:
-    """The folder exists (or can be created) and is readable and writable."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SpecError(f"output_dir: {str(path)!r} is a file, not a folder; choose another output_dir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpecError(f"output_dir: cannot create {str(path)!r} ({exc.strerror}); choose a writable output_dir") from None
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise SpecError(f"output_dir: {str(path)!r} is not readable; fix its permissions or choose another output_dir")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise SpecError(f"output_dir: {str(path)!r} is not writable ({exc.strerror}); fix its permissions "
-                        "or choose another output_dir") from None

@@ -5,7 +5,7 @@ Layout of ``output_dir``::
     study.json               the spec, its hash and the planned unit count (written temp + rename)
     parts/part-<id>.parquet  finished rows; ``<id>`` hashes the unit keys inside, so re-running a
                              unit rewrites the same file instead of adding a duplicate
-    parts/.tmp-*             half-written parts of a killed run: ignored, removed on the next start
+    parts/.*.tmp             half-written parts of a killed run: ignored, removed on the next start
 
 The ``parts`` folder is the manifest: a row exists once its part's rename happened, so a run
 killed at any instant (``kill -9`` included) loses only unfinished units. Reading concatenates
@@ -19,14 +19,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from circuitkit.atomic import write_bytes
+from circuitkit.atomic import TEMP_SUFFIX, write_bytes, write_with
 
 UNIT_KEY = ("model", "task", "ablation", "target", "seed")
 PARTS = "parts"
@@ -55,7 +54,7 @@ def prepare(out: Path) -> None:
     """Create ``parts/`` and remove temp files a killed run left behind."""
     parts = Path(out) / PARTS
     parts.mkdir(parents=True, exist_ok=True)
-    for tmp in parts.glob(".tmp-*"):
+    for tmp in parts.glob(f".*{TEMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
 
 
@@ -75,17 +74,7 @@ def commit_rows(out: Path, rows: list[dict[str, Any]]) -> Path:
     keys = sorted(unit_id(tuple(r[k] for k in UNIT_KEY)) for r in rows)
     path = Path(out) / PARTS / f"part-{unit_id(keys)}.parquet"
     table = pa.Table.from_pylist(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_with(path, lambda tmp: pq.write_table(table, tmp), fsync=True)
 
 
 def part_files(out: Path) -> list[Path]:

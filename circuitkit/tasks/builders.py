@@ -21,6 +21,7 @@ from circuitkit.tokenizers import (
     encode,
     ordinary_token_ids,
     pad_id,
+    python_docs_corpus,
     single_token_id,
     tokenizer_of,
 )
@@ -307,8 +308,6 @@ def _mc_prompt(target: str, options: Sequence[str], perm: Sequence[int], letters
 
 
 def _default_haystack() -> str:
-    from circuitkit.tokenizers import python_docs_corpus
-
     return python_docs_corpus(max_chars=60_000)
 
 
@@ -349,8 +348,8 @@ def needle(
                 raise ValueError(f"needle: depth {depth} is outside [0, 1]")
             for vi, value in enumerate(values):
                 other = values[(vi + 1) % len(values)]
-                built = _needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos)
-                alt = _needle_prompt(tok, hay_ids, length, depth, other, needle_template, question, prepend_bos)
+                built = needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos)
+                alt = needle_prompt(tok, hay_ids, length, depth, other, needle_template, question, prepend_bos)
                 if built is None or alt is None:
                     continue
                 (ids, start, end, value_ids, text), (alt_ids, _, _, alt_value_ids, alt_text) = built, alt
@@ -368,7 +367,10 @@ def needle(
     return task
 
 
-def _needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos):
+def needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos):
+    """One needle prompt: ``hay_ids`` cut to ``length`` tokens with the needle sentence inserted at
+    ``depth`` (moved back to a sentence boundary), then the question; the ``needle`` builder's and
+    the needle-trained recipe's prompts are both made here. None when the prompt does not fit."""
     needle_text = " " + needle_template.format(VALUE=value)
     question_text = " " + question
     needle_ids = tok.encode(needle_text, add_special_tokens=False)

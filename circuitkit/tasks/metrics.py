@@ -6,7 +6,7 @@ answer logit with the mean wrong-answer logit; probability sums the answers' pro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,13 +85,29 @@ def make_kl_metric(reference_logits: Tensor):
     return kl_to_reference
 
 
-def normalized(metric_value: Tensor | float, clean_value: Tensor | float, corrupted_value: Tensor | float) -> Tensor:
-    """(m - m_corrupt) / (m_clean - m_corrupt): 1 = clean behaviour restored, 0 = corrupted."""
-    m, clean, corrupt = (torch.as_tensor(x, dtype=torch.float32) for x in (metric_value, clean_value, corrupted_value))
+def _as_float(x: Tensor | float) -> Tensor:
+    """Tensors keep their floating dtype; Python numbers become float64 (no precision lost)."""
+    if isinstance(x, Tensor):
+        return x if x.is_floating_point() else x.float()
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def normalized(metric_value: Tensor | float, clean_value: Tensor | float, corrupted_value: Tensor | float,
+               on_equal: Literal["raise", "nan"] = "raise") -> Tensor:
+    """(m - m_corrupt) / (m_clean - m_corrupt): 1 = clean behaviour restored, 0 = corrupted.
+
+    The one normalization circuitkit uses (patching, ablation, faithfulness, studies). Where the
+    clean and corrupted values are equal (within 1e-8) it raises ``ValueError``, or with
+    ``on_equal="nan"`` returns NaN there.
+    """
+    m, clean, corrupt = (_as_float(x) for x in (metric_value, clean_value, corrupted_value))
     gap = clean - corrupt
-    if torch.any(gap.abs() < 1e-8):
+    equal = gap.abs() < 1e-8
+    if torch.any(equal):
+        if on_equal == "nan":
+            return torch.where(equal, torch.full_like(m, float("nan")), (m - corrupt) / torch.where(equal, 1.0, gap))
         raise ValueError(
-            f"cannot normalise: the clean and corrupted metric are equal ({float(clean.mean()):.4g}); "
+            f"cannot normalize: the clean and corrupted metric are equal ({float(clean.mean()):.4g}); "
             "the corruption does not change the behaviour, so pick a task or corruption that does"
         )
     return (m - corrupt) / gap

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitkit.tasks import metrics as _metrics
+from circuitkit.tasks import metrics
 
 # metric(logits [batch, pos, vocab], task) -> per-prompt values [batch]
 Metric = Callable[[Tensor, "Task"], Tensor]
@@ -104,9 +104,9 @@ class Task:
             self.check_vocab(self.d_vocab)
         if self.prompts is not None and len(self.prompts) != batch:
             raise ValueError(f"task {self.name!r}: {len(self.prompts)} prompt strings for {batch} token rows")
-        if isinstance(self.metric, str) and self.metric not in _metrics.METRICS:
+        if isinstance(self.metric, str) and self.metric not in metrics.METRICS:
             raise ValueError(
-                f"task {self.name!r}: unknown metric {self.metric!r}; choose one of {sorted(_metrics.METRICS)} "
+                f"task {self.name!r}: unknown metric {self.metric!r}; choose one of {sorted(metrics.METRICS)} "
                 "or pass a callable metric(logits, task) -> [batch]"
             )
 
@@ -184,7 +184,7 @@ class Task:
         return ids[ids != PAD_ANSWER].unique()
 
     def metric_fn(self) -> Metric:
-        return _metrics.METRICS[self.metric] if isinstance(self.metric, str) else self.metric
+        return metrics.METRICS[self.metric] if isinstance(self.metric, str) else self.metric
 
     def per_prompt(self, logits: Tensor) -> Tensor:
         """The metric for each prompt, ``[batch]``."""

@@ -17,6 +17,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuitkit import names
+from circuitkit.atomic import write_text
 
 POSITIVE = "#2563eb"
 NEGATIVE = "#dc2626"
@@ -200,8 +201,5 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
 
 def to_html(circuit, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Standalone HTML (Plotly's JavaScript bundled in, opens offline), written atomically."""
-    from circuitkit.circuit.io import atomic_write
-
     fig = circuit_figure(circuit, **kwargs)
-    html = fig.to_html(include_plotlyjs=True, full_html=True)
-    return atomic_write(path, html.encode())
+    return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))

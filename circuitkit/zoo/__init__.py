@@ -1,6 +1,6 @@
 """Bundled models whose circuits are known (``data/zoo``)."""
 
-from circuitkit.zoo.registry import (
+from circuitkit.models.zoo_store import (
     ZooCard,
     list_zoo,
     load_zoo_model,

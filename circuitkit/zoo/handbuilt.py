@@ -1,6 +1,6 @@
 """Zoo models whose weights are set by construction (no training): their circuits are true by design.
 
-Both models are attention-only ``HookedTransformer``s without normalisation, so the residual
+Both models are attention-only ``HookedTransformer``s without normalization, so the residual
 stream is a plain sum and each component can be given its own named subspace:
 
 * ``TOK``  one-hot current token (the token embedding);
@@ -21,8 +21,14 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.attribution import exact_edge_patching
+from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
+from circuitkit.tokenizers import bos_id, word_level_tokenizer
+from circuitkit.zoo.evidence import node_evidence
+from circuitkit.zoo.verify import ablate_each, measure
 
 POS_PERIOD = 8  # positions are matched modulo this period, the nearest match wins
 MATCH = 40.0  # attention logit of a content match (token == previous token of the key)
@@ -75,8 +81,6 @@ def _config(name: str, d_model: int, d_head: int, n_ctx: int, d_vocab: int, n_he
 
 
 def _empty_model(config: dict, tokenizer):
-    from circuitkit.zoo.registry import model_from_config
-
     model = model_from_config(config, tokenizer)
     with torch.no_grad():
         for param in model.parameters():
@@ -172,8 +176,6 @@ def _layout(d_vocab: int, junk: int) -> _Layout:
 
 
 def _progress(steps: list, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(steps, desc=desc, disable=not progress, leave=False)
 
 
@@ -199,9 +201,6 @@ def build_induction(seed: int = 0, progress: bool = True):
     """The hand-built induction model: ``a0.h0`` previous-token head, ``a1.h0`` induction head
     composing through K; ``a0.h1-3`` / ``a1.h1-3`` have random Q/K/V and write only into a junk
     subspace. Returns ``(model, tokenizer, card)``."""
-    from circuitkit.tokenizers import bos_id, word_level_tokenizer
-    from circuitkit.zoo.registry import ZooCard, config_to_json
-
     name = "induction-handbuilt"
     tokenizer = word_level_tokenizer(INDUCTION_WORDS)
     d_vocab = len(tokenizer)
@@ -238,8 +237,7 @@ def build_induction(seed: int = 0, progress: bool = True):
                 "constants": {"MATCH": MATCH, "POS_MATCH": POS_MATCH, "RECENCY": RECENCY, "UNEMBED": UNEMBED,
                               "POS_PERIOD": POS_PERIOD}},
         circuit={"nodes": list(INDUCTION_CIRCUIT_NODES), "edges": induction_circuit_edges()},
-        evidence={"method": "construction",
-                  "previous_token_heads": [names.head(0, 0)], "induction_heads": [names.head(1, 0)],
+        evidence={"previous_token_heads": [names.head(0, 0)], "induction_heads": [names.head(1, 0)],
                   "auxiliary_edges": {names.edge(names.INPUT, names.head(1, 0), "k"):
                                       "BOS fallback when the current token has no earlier occurrence; unused on task prompts"}},
     )
@@ -289,9 +287,6 @@ def build_retrieval(seed: int = 0, progress: bool = True):
     has been generated, to the token after it, and so on. Every other head attends locally: to
     2 or 3 positions back, or to the BOS sink. Returns ``(model, tokenizer, card)``.
     """
-    from circuitkit.tokenizers import bos_id, word_level_tokenizer
-    from circuitkit.zoo.registry import ZooCard, config_to_json
-
     name = "retrieval-handbuilt"
     words = list(dict.fromkeys([*NEEDLE_WORDS, *NUMBER_CHUNKS, *HAYSTACK_WORDS]))
     tokenizer = word_level_tokenizer(words)
@@ -339,7 +334,7 @@ def build_retrieval(seed: int = 0, progress: bool = True):
                 "local_heads": {names.head(layer, h): (f"attends {off} back" if kind == "offset" else "attends BOS")
                                 for layer in range(2) for h, (kind, off) in local.items()}},
         circuit={"nodes": list(RETRIEVAL_CIRCUIT_NODES), "edges": retrieval_circuit_edges()},
-        evidence={"method": "construction", "retrieval_heads": list(RETRIEVAL_HEADS),
+        evidence={"retrieval_heads": list(RETRIEVAL_HEADS),
                   "previous_token_heads": [names.head(0, 0)]},
     )
     _record_measurements(model, card)
@@ -347,21 +342,16 @@ def build_retrieval(seed: int = 0, progress: bool = True):
 
 
 def _record_measurements(model, card) -> None:
-    """Accuracy and the verify figures, measured on the card's task, written into the card."""
-    from circuitkit.zoo.registry import zoo_task
-    from circuitkit.zoo.verify import ablate_each, measure, model_components
-
+    """Accuracy and the evidence schema's figures, measured on the card's task, written into the card."""
     task = zoo_task(card, model)
     report = measure(model, task, card)
-    heads = model_components(model)
+    heads = names.model_components(model)
     single = ablate_each(model, task, [[h] for h in heads])
     card.accuracy = round(report.accuracy, 4)
     card.evidence.update({
-        "full_metric": round(report.full_metric, 4),
-        "circuit_only_recovered": round(report.circuit_only, 4),
-        "circuit_ablated_recovered": round(report.circuit_ablated, 4),
-        "head_ablation_recovered": {h: round(r.recovered, 4) for h, r in zip(heads, single, strict=True)},
-        "ablation": "mean over the task's clean prompts",
+        **node_evidence("construction", report.full_metric, report.corrupted_metric,
+                        {h: r.recovered for h, r in zip(heads, single, strict=True)},
+                        report.circuit_only, report.circuit_ablated),
         "mean_ablation_invisible_edges": mean_ablation_invisible_edges(model, task, card.circuit_edges),
     })
 
@@ -372,8 +362,6 @@ def mean_ablation_invisible_edges(model, task, edges: list[str]) -> dict[str, di
     metric). They carry what is the same in every prompt at their positions: position (the
     previous-token head's query and key), or a token every prompt has there (the question's last
     word). Mean ablation keeps it, so no method scored under mean ablation can see these edges."""
-    from circuitkit.patching.attribution import exact_edge_patching
-
     with torch.no_grad():
         full = abs(float(task.score(model(task.clean))))
     mean = exact_edge_patching(model, task, edges, ablation="mean", progress=False)

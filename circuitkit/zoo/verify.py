@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from circuitkit import names
+from circuitkit.ablation.nodes import AblationResult, run_ablated
+from circuitkit.circuit.evaluate import EdgeEvaluator
+from circuitkit.models.loading import parse_spec
+from circuitkit.models.zoo_store import load_zoo_model, zoo_card, zoo_task
 
 MIN_CIRCUIT_ONLY = 0.9
 MAX_CIRCUIT_ABLATED = 0.2
@@ -91,16 +95,9 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def model_components(model) -> list[str]:
-    """Every head and MLP of ``model`` (the ablatable nodes), in computation order."""
-    cfg = model.cfg
-    nodes = names.all_nodes(cfg.n_layers, cfg.n_heads, has_mlp=not cfg.attn_only)
-    return [n for n in nodes if names.parse_node(n).kind in ("head", "mlp")]
-
-
 def split_components(model, circuit_nodes: list[str]) -> tuple[list[str], list[str]]:
     """(circuit heads/MLPs, the model's other heads/MLPs); ``ValueError`` for nodes the model lacks."""
-    components = model_components(model)
+    components = names.model_components(model)
     inside = [n for n in circuit_nodes if names.parse_node(n).kind in ("head", "mlp")]
     unknown = [n for n in inside if n not in components]
     if unknown:
@@ -116,8 +113,6 @@ def ablate_each(model, task, component_sets, kind: str = "mean", with_accuracy: 
     clean and one corrupted run (the same figures; tests check they agree). An empty set leaves
     the model intact. With ``with_accuracy``, also returns the clean top-1 accuracy:
     ``(results, accuracy)``."""
-    from circuitkit.ablation.hooks import AblationResult, run_ablated
-
     task.check_model(model)
     with torch.no_grad():
         clean_logits = model(task.clean)
@@ -142,8 +137,6 @@ def measure(model, task, card, kind: str = "mean") -> VerifyReport:
     circuit_only, circuit_ablated = results
     edge_figures = {}
     if card.circuit_edges:
-        from circuitkit.circuit.evaluate import EdgeEvaluator
-
         ev = EdgeEvaluator(model, task, kind)
         edge_figures = dict(
             edge_faithfulness=ev.faithfulness(card.circuit_edges),
@@ -165,10 +158,8 @@ def verify(name_or_model, card=None, task=None, device: str = "cpu", **task_over
     defaults to the card's task built with the model's tokenizer (``task_overrides`` change its
     parameters).
     """
-    from circuitkit.zoo.registry import load_zoo_model, zoo_card, zoo_task
-
     if isinstance(name_or_model, str):
-        name = name_or_model.removeprefix("zoo:")
+        name = parse_spec(name_or_model).zoo_name or name_or_model
         card = card if card is not None else zoo_card(name)
         model = load_zoo_model(name, device=device)
     else:

@@ -52,8 +52,8 @@ def test_discover_with_eap_ig(known_model, known_task):
 
 
 def test_discover_with_eap_ig_over_activations(known_model, known_task):
+    from circuitkit.attribution import eap_ig
     from circuitkit.circuit.discover import score_edges
-    from circuitkit.patching.attribution import eap_ig
 
     circuit = discover(known_model, known_task, "eap-ig", steps=3, ablation="mean", interpolate="activations",
                        route_cap=False)

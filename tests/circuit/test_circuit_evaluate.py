@@ -4,6 +4,7 @@ import pytest
 from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit import Scores
+from circuitkit.ablation.edges import graph_edges
 from circuitkit.circuit import Circuit
 from circuitkit.circuit.evaluate import (
     EdgeEvaluator,
@@ -13,7 +14,6 @@ from circuitkit.circuit.evaluate import (
     rank_edges,
     smallest_faithful,
 )
-from circuitkit.patching.graph import graph_edges
 
 LIVE_HEADS = ["a0.h0", "a1.h1"]  # see conftest.dead_head_model
 DEAD_HEADS = ["a0.h1", "a1.h0"]

@@ -9,7 +9,7 @@ from model_factory import make_model
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, patch_head_sets
-from circuitkit.patching.activation import prepare_runs
+from circuitkit.patching.engine import prepare_runs
 from circuitkit.tasks.task import Task
 
 CONFIGS = {
@@ -153,7 +153,7 @@ def test_by_position_runs_split_after_the_patch_on_deeper_models(word_tokenizer,
     changes only its position, so later positions start one layer up (``run_split``); the grids
     still equal transformer_lens.patching's, with answer-position and full logits, on models deep
     enough that the later part runs through more than the last layer."""
-    from circuitkit.patching import activation
+    from circuitkit.patching import engine
 
     overrides = {"ln_learned_3l": dict(n_layers=3, seed=8),
                  "rms_rotary_gqa_parallel_3l": dict(n_layers=3, normalization_type="RMS", positional_embedding_type="rotary",
@@ -163,8 +163,8 @@ def test_by_position_runs_split_after_the_patch_on_deeper_models(word_tokenizer,
     full = Task("full-logits", task.clean, task.corrupted, task.answers, task.wrong_answers, answer_pos=task.answer_pos,
                 metric=lambda logits, t: task.per_prompt(logits))
     split_calls = []
-    real = activation.run_split
-    monkeypatch.setattr(activation, "run_split", lambda *a, **k: split_calls.append(a[2]) or real(*a, **k))
+    real = engine.run_split
+    monkeypatch.setattr(engine, "run_split", lambda *a, **k: split_calls.append(a[2]) or real(*a, **k))
     expected = transformer_lens_grid(model, task, target, True)
     for t in (task, full):
         split_calls.clear()
@@ -224,7 +224,7 @@ def test_head_sets_equal_patching_the_heads_together(setups):
             return act
         with torch.no_grad():
             logits = model.run_with_hooks(task.corrupted, fwd_hooks=[(f"blocks.{x}.attn.hook_z", patch) for x in (0, 1)])
-        assert value == pytest.approx(runs.normalised(logits), abs=1e-5)
+        assert value == pytest.approx(runs.normalized(logits), abs=1e-5)
     # one head alone equals its head_out patching score
     single = activation_patching(model, task, "head_out", heads=["a1.h0"], progress=False)
     assert fast[1] == pytest.approx(single["a1.h0"], abs=1e-6)
@@ -325,41 +325,12 @@ def test_bad_direction_and_misused_heads(setups):
 def test_corruption_without_effect(setups):
     model, task = setups["gpt2_ln_learned"]
     same = Task("same", task.clean, task.clean, task.answers, task.wrong_answers)
-    with pytest.raises(ValueError, match=r"same logit_diff.*cannot be normalised"):
+    with pytest.raises(ValueError, match=r"same logit_diff.*cannot be normalized"):
         activation_patching(model, same, "head_out")
 
 
-# --- command line ---------------------------------------------------------------------------
-
-def test_cli_patch_writes_table_and_heatmap(tmp_path, word_tokenizer, capsys):
-    import pandas as pd
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuitkit.cli import main
-    from circuitkit.models.loading import load_model
-    from circuitkit.tasks.builders import ioi
-
-    model_dir = tmp_path / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(word_tokenizer), n_positions=32, n_embd=16, n_layer=2,
-                               n_head=2)).save_pretrained(model_dir)
-    word_tokenizer.save_pretrained(model_dir)
-    out, html = tmp_path / "scores.csv", tmp_path / "map.html"
-    assert main(["patch", str(model_dir), "--task", "ioi", "--n-prompts", "3", "--target", "head_out",
-                 "--out", str(out), "--html", str(html), "--no-progress"]) == 0
-    frame = pd.read_csv(out)
-    assert list(frame["component"]) == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]
-    model = load_model(str(model_dir))
-    expected = activation_patching(model, ioi(model, n_prompts=3), "head_out", progress=False)
-    assert frame["score"].tolist() == pytest.approx(expected.values.tolist(), abs=1e-5)
-    assert "plotly" in html.read_text()
-    assert "4 scores (head_out" in capsys.readouterr().out
-    assert main(["patch", str(model_dir), "--out", str(tmp_path / "x.txt")]) == 2
-    assert "--out must end in .csv or .parquet" in capsys.readouterr().err
-    assert not (tmp_path / "x.txt").exists()
-
-
 def test_heatmap_layouts(setups):
-    from circuitkit.patching.cli import patching_heatmap
+    from circuitkit.viz.patching import patching_heatmap
 
     model, task = setups["gpt2_ln_learned"]
     seq = task.clean.shape[1]

@@ -8,7 +8,7 @@ from model_factory import make_model
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, path_patching
-from circuitkit.patching.activation import prepare_runs
+from circuitkit.patching.engine import prepare_runs
 from circuitkit.tasks.task import Task
 
 
@@ -60,7 +60,7 @@ def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_ml
         hooks += [(f"blocks.{layer}.hook_mlp_out", freeze) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         if receiver_input == "resid":
-            return runs.normalised(model.run_with_hooks(task.clean, fwd_hooks=hooks))
+            return runs.normalized(model.run_with_hooks(task.clean, fwd_hooks=hooks))
         nodes = [names.parse_node(r) for r in receivers]
         hook_of = {n: (f"blocks.{n.layer}.hook_mlp_out" if receiver_input == "mlp"
                        else f"blocks.{n.layer}.attn.hook_{receiver_input}") for n in nodes}
@@ -83,7 +83,7 @@ def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_ml
             return act
 
         logits = model.run_with_hooks(task.clean, fwd_hooks=[(h, patch) for h in set(hook_of.values())])
-    return runs.normalised(logits)
+    return runs.normalized(logits)
 
 
 CASES = [

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from circuitkit.sae import feature_attribution, feature_patching, spliced_sae
+from circuitkit.scores import META_KEYS
 from circuitkit.tasks.builders import ioi
 
 
@@ -43,6 +44,7 @@ def test_attribution_tracks_exact_patching_through_layernorm(tiny_model, random_
     approx = torch.tensor([scores[label] for label in exact.labels])
     assert (torch.sign(approx) == torch.sign(exact.values)).all()
     assert torch.corrcoef(torch.stack([approx, exact.values]))[0, 1] > 0.95
+    assert set(scores.meta) | set(exact.meta) <= set(META_KEYS)
 
 
 def test_attribution_rejects_bad_features(tiny_model, random_sae, ioi_task):

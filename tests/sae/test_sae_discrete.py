@@ -28,7 +28,7 @@ def test_unique_code_scores():
     neg = torch.tensor([[[0, 1]], [[0, 4]]])
     grid = unique_code_scores(pos, neg)
     assert grid.tolist() == [[2.0, 0.0]]  # head 0: codes {2, 3} never negative; head 1: none
-    norm = unique_code_scores(pos, neg, normalise=True)
+    norm = unique_code_scores(pos, neg, normalize=True)
     assert norm.tolist() == [[pytest.approx(2 / 3), 0.0]]  # union {0, 2, 3}
 
 

@@ -8,8 +8,8 @@ import pytest
 @pytest.fixture(scope="session")
 def study_zoo(tmp_path_factory, word_tokenizer):
     """Folder holding zoo models ``tiny-attn`` (2x2, attention-only) and ``tiny-mlp`` (2x2 with MLPs)."""
+    from circuitkit.models.zoo_store import config_to_json
     from circuitkit.zoo import ZooCard, save_zoo_model
-    from circuitkit.zoo.registry import config_to_json
 
     root = tmp_path_factory.mktemp("study-zoo")
     from transformer_lens import HookedTransformer, HookedTransformerConfig

@@ -15,7 +15,7 @@ from study_helpers import small_spec
 from circuitkit import load_model
 from circuitkit.ablation import ablate
 from circuitkit.studies import SpecError, StudySpec, load_results, run_study, top_k_heads
-from circuitkit.studies.spec import build_unit_task
+from circuitkit.studies.checks import build_unit_task
 from circuitkit.studies.store import UNIT_KEY, part_files
 
 KILL_SPEC = dict(tasks=[{"name": "ioi", "params": {"n_prompts": 6}}])  # 24 units, each committed on its own
@@ -39,9 +39,10 @@ def assert_same_table(a: pd.DataFrame, b: pd.DataFrame) -> None:
 @pytest.fixture(scope="module")
 def reference(study_zoo, tmp_path_factory):
     """An uninterrupted serial run of the kill-test spec."""
-    os.environ["CIRCUITKIT_ZOO_PATH"] = str(study_zoo)
     out = tmp_path_factory.mktemp("reference") / "out"
-    return run_study(small_spec(out, **KILL_SPEC), progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # the test zoo for this run only, not for later modules
+        patch.setenv("CIRCUITKIT_ZOO_PATH", str(study_zoo))
+        return run_study(small_spec(out, **KILL_SPEC), progress=False)
 
 
 def test_rows_match_ablate(zoo_env, tmp_path, reference):
@@ -116,7 +117,7 @@ def test_sigkill_midway_then_resume(zoo_env, tmp_path, reference, capsys):
 
     assert main(["study", "run", str(spec_path), "--no-progress"]) == 0
     assert f"{len(reference)} rows" in capsys.readouterr().out
-    assert not list((out / "parts").glob(".tmp-*"))
+    assert not list((out / "parts").glob(".*.tmp"))  # leftovers of the killed write are gone
     assert_same_table(load_results(out), reference)
     # A changed spec is refused on the command line with a one-line error.
     spec_path.write_text(yaml.safe_dump(small_spec("out", seeds=[5])))

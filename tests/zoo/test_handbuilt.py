@@ -6,9 +6,10 @@ import torch
 from transformer_lens.head_detector import detect_head
 
 from circuitkit import load_model, names, zoo_card, zoo_task
-from circuitkit.ablation.hooks import ablate, run_ablated
+from circuitkit.ablation.nodes import ablate, run_ablated
+from circuitkit.names import model_components
 from circuitkit.zoo.handbuilt import INDUCTION_WORDS
-from circuitkit.zoo.verify import ablate_each, model_components
+from circuitkit.zoo.verify import ablate_each
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +179,7 @@ def test_edges_marked_invisible_to_mean_ablation(name, induction_model, inductio
     """The edges the card marks change nothing when mean-ablated (each position keeps its mean)
     but break the circuit when zero-ablated, as recorded; the previous-token head's query and key
     (position only, by construction) are among them; a content edge matters either way."""
-    from circuitkit.patching.attribution import exact_edge_patching
+    from circuitkit.attribution import exact_edge_patching
 
     model, task = {"induction-handbuilt": (induction_model, induction_task),
                    "retrieval-handbuilt": (retrieval_model, retrieval_task)}[name]

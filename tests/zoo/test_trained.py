@@ -12,6 +12,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.ablation import ablate
+from circuitkit.circuit.discover import exhaustive
 from circuitkit.models.loading import load_model
 from circuitkit.tasks.builders import NEEDLE_TEMPLATE, build_task
 from circuitkit.zoo import training, zoo_card, zoo_task
@@ -48,7 +49,7 @@ def test_loads_offline_and_reaches_recorded_accuracy(zoo, name):
 @pytest.mark.parametrize("name", TRAINED)
 def test_recorded_circuit_passes_ablation_checks(zoo, name):
     model, card, task = zoo[name]
-    only, cut = training.circuit_recovery(model, task, card.circuit_nodes)
+    only, cut = exhaustive.circuit_recovery(model, task, card.circuit_nodes)
     assert only >= 0.9 and cut < 0.2
     assert only == pytest.approx(card.evidence["circuit_only_recovered"], abs=0.02)
     assert cut == pytest.approx(card.evidence["circuit_ablated_recovered"], abs=0.02)
@@ -80,7 +81,7 @@ def test_tiny_lm_has_previous_token_and_induction_heads(zoo):
     """On the task's repeated random tokens (period 10) layer-0 heads attend to the previous token
     and the card's layer-1 heads to the token after the current token's earlier occurrence,
     composing through K; the copying carries over to periods it was not asked about (20-60)."""
-    from circuitkit.heads.scores import repeated_tokens
+    from circuitkit.heads.patterns import repeated_tokens
 
     model, card, _ = zoo["tiny-lm"]
     period = 10
@@ -115,8 +116,8 @@ def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     """The card's edges were established by exact single-edge ablation: re-measured, the edges
     alone (every other edge mean-ablated) keep >= 0.9 of the behaviour and ablating them leaves
     < 0.2; every model edge's single-ablation effect is recorded, and the largest ones agree."""
+    from circuitkit.attribution import exact_edge_patching
     from circuitkit.circuit.evaluate import EdgeEvaluator
-    from circuitkit.patching.attribution import exact_edge_patching
 
     model, card, task = zoo[name]
     ev = EdgeEvaluator(model, task, "mean")
@@ -142,7 +143,7 @@ def _answer_loss(logits, task):
 
 def test_ablating_trained_induction_circuit_drops_to_chance(zoo):
     model, card, task = zoo["induction-trained"]
-    from circuitkit.ablation.hooks import run_ablated
+    from circuitkit.ablation.nodes import run_ablated
     from circuitkit.tokenizers import ordinary_token_ids
 
     chance = math.log(len(ordinary_token_ids(model.tokenizer)))
@@ -198,7 +199,7 @@ def test_needle_retrieval_heads_attend_to_the_needle_and_are_in_the_circuit(zoo)
     model, card, task = zoo["needle-trained"]
     recorded = card.evidence["retrieval_heads"]
     assert recorded, "the needle model should record the heads that attend to the needle"
-    again = training.retrieval_heads(model, task)
+    again = training.value_attending_heads(model, task)
     assert set(again) == set(recorded)
     assert set(recorded) & set(card.circuit_nodes)
     assert model.cfg.n_ctx >= 256
@@ -234,7 +235,7 @@ def test_tiny_lm_validation_loss_matches_card(zoo, tiny_lm_held_out):
 
 def test_find_circuit_reproduces_recorded_circuit(zoo):
     model, card, task = zoo["induction-fixed-period"]
-    found = training.find_circuit(model, task, progress=False)
+    found = exhaustive.find_circuit(model, task, progress=False)
     assert found.nodes == card.circuit_nodes
     for comp, value in card.evidence["per_component_recovered"].items():
         assert found.per_component[comp] == pytest.approx(value, abs=1e-3)
@@ -248,7 +249,7 @@ def test_recipe_runs_for_a_few_steps(name, tmp_path):
     model, tok, card = training.RECIPES[name](seed=0, progress=False, steps=2, circuit=False)
     assert card.name == name and card.construction == "trained"
     assert card.recipe["steps"] == 2 and card.recipe["seed"] == 0
-    from circuitkit.zoo.registry import save_zoo_model
+    from circuitkit.models.zoo_store import save_zoo_model
 
     path = save_zoo_model(model, card, tok, root=tmp_path)
     assert (path / "model.safetensors").exists() and (path / "card.json").exists()

@@ -8,10 +8,10 @@ import pytest
 from safetensors.torch import load_file
 
 from circuitkit import load_model, names, zoo_card, zoo_task
-from circuitkit.ablation.hooks import ablate
+from circuitkit.ablation.nodes import ablate
 from circuitkit.cli import main
+from circuitkit.models.zoo_store import BUNDLED_ZOO, CARD_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from circuitkit.zoo.recipes import RECIPES, train
-from circuitkit.zoo.registry import BUNDLED_ZOO, CARD_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from circuitkit.zoo.verify import ablate_each, split_components, verify
 
 HANDBUILT = ("induction-handbuilt", "retrieval-handbuilt")

@@ -1,0 +1,439 @@
+"""The residual-stream edge graph of a HookedTransformer, and runs with edges ablated.
+
+Nodes are ``input`` (token + learned position embedding: ``blocks.0.hook_resid_pre``), every
+attention head ``a{L}.h{H}`` (its ``hook_z`` times its ``W_O``: TransformerLens's ``hook_result``
+without materialising TransformerLens's slow broadcast product), every MLP ``m{L}`` (``hook_mlp_out``) and
+``logits``; edges are :func:`circuitkit.names.all_edges`. With split q/k/v inputs, per-head results
+and ``hook_mlp_in`` switched on, every downstream input (a head's q, k or v input, an MLP's input,
+the final residual read by ``ln_final``/``unembed``) is exactly the sum of the outputs of the nodes
+before it plus biases. Ablating the edge ``u -> v`` replaces, in v's input only, u's live output by
+u's output from an ablation source::
+
+    input_v = live_input_v - sum_{ablated u -> v} (out_u_live - out_u_source)
+
+Edge masks are dense ``[n_slots, n_upstream]`` matrices (a *slot* is one downstream input, an
+*upstream* node is one that writes to the residual stream); :class:`GraphIndex` maps edge names to
+matrix cells. A mask may carry a leading batch dimension, so many different ablations run in one
+forward pass (each batch row with its own edges ablated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from circuitkit import names
+from circuitkit.ablation.kinds import check_kind, resample_permutation
+from circuitkit.tokenizers import check_token_ids
+
+_GRAPH_FLAGS = ("use_split_qkv_input", "use_hook_mlp_in", "ungroup_grouped_query_attention")
+
+
+# --- the graph's index ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphIndex:
+    """Where each node and edge of a model's graph lives in the dense edge matrices.
+
+    Upstream nodes (rows of nothing, columns of the matrices) in computation order:
+    ``input, a0.h0 .. a0.h{H-1}, m0, a1.h0, ...``. Slots (rows): per layer ``L`` the q inputs of
+    its heads, then k, then v, then (if the model has MLPs) ``m{L}``'s input; ``logits`` last.
+    """
+
+    n_layers: int
+    n_heads: int
+    has_mlp: bool
+    upstream: tuple[str, ...] = field(init=False)
+    slots: tuple[str, ...] = field(init=False)  # "a1.h0<q>", "m1", "logits"
+    edges: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        nodes = names.all_nodes(self.n_layers, self.n_heads, self.has_mlp)
+        object.__setattr__(self, "upstream", tuple(nodes[:-1]))
+        slots: list[str] = []
+        for layer in range(self.n_layers):
+            for x in names.QKV:
+                slots += [f"{names.head(layer, h)}<{x}>" for h in range(self.n_heads)]
+            if self.has_mlp:
+                slots.append(names.mlp(layer))
+        slots.append(names.LOGITS)
+        object.__setattr__(self, "slots", tuple(slots))
+        object.__setattr__(self, "edges", tuple(names.all_edges(self.n_layers, self.n_heads, self.has_mlp)))
+
+    @property
+    def block(self) -> int:
+        """Upstream nodes written per layer."""
+        return self.n_heads + int(self.has_mlp)
+
+    @property
+    def slots_per_layer(self) -> int:
+        return 3 * self.n_heads + int(self.has_mlp)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.slots), len(self.upstream)
+
+    def upstream_index(self, node: str) -> int:
+        n = names.parse_node(node)
+        if n.pos is not None:
+            raise ValueError(f"graph nodes carry no position; drop the '@' suffix of {node!r}")
+        if n.kind == "input":
+            return 0
+        self._check_range(n, node)
+        if n.kind == "head":
+            return 1 + n.layer * self.block + n.head
+        if n.kind == "mlp":
+            return 1 + n.layer * self.block + self.n_heads
+        raise ValueError(f"{node!r} writes nothing into the residual stream, so no edge leaves it")
+
+    def slot_index(self, child: str, qkv: str | None) -> int:
+        n = names.parse_node(child)
+        if n.kind == "logits":
+            return len(self.slots) - 1
+        self._check_range(n, child)
+        base = n.layer * self.slots_per_layer
+        if n.kind == "head":
+            return base + names.QKV.index(qkv) * self.n_heads + n.head
+        if n.kind == "mlp":
+            return base + 3 * self.n_heads
+        raise ValueError(f"{child!r} reads nothing from the residual stream, so no edge enters it")
+
+    def n_before_slot_layer(self, layer: int, mlp: bool = False) -> int:
+        """How many upstream nodes a layer's heads (or, with ``mlp``, its MLP) can read."""
+        return 1 + layer * self.block + (self.n_heads if mlp else 0)
+
+    def cell(self, edge_name: str) -> tuple[int, int]:
+        """``(slot, upstream)`` of an edge; ``ValueError`` naming the fix for unknown edges."""
+        cells = _edge_cells(self)
+        try:
+            return cells[edge_name]
+        except KeyError:
+            pass
+        e = names.parse_edge(edge_name)  # a malformed id raises with the expected form
+        self.upstream_index(e.parent)  # a node outside the model raises naming its range
+        self.slot_index(e.child, e.qkv)
+        raise ValueError(
+            f"edge {edge_name!r} is not in this model's graph ({self.n_layers} layers x {self.n_heads} heads"
+            f"{', with MLPs' if self.has_mlp else ', attention-only'}): {e.parent!r} must exist and come "
+            f"before {e.child!r}; list valid edges with graph_edges(model)"
+        )
+
+    def mask(self, edge_names: Iterable[str], device=None) -> Tensor:
+        """A boolean ``[n_slots, n_upstream]`` matrix, True at the given edges."""
+        m = torch.zeros(self.shape, dtype=torch.bool)
+        rows, cols = [], []
+        for e in edge_names:
+            r, c = self.cell(e)
+            rows.append(r)
+            cols.append(c)
+        if rows:
+            m[torch.tensor(rows), torch.tensor(cols)] = True
+        return m.to(device) if device is not None else m
+
+    def valid_mask(self, device=None) -> Tensor:
+        """True at every cell that is an edge of the graph."""
+        return self.mask(self.edges, device)
+
+    def flat_edge_index(self) -> Tensor:
+        """``[n_edges]`` flat indices (into ``mask.reshape(-1)``) of :attr:`edges`, in order."""
+        cells = _edge_cells(self)
+        n_up = len(self.upstream)
+        return torch.tensor([cells[e][0] * n_up + cells[e][1] for e in self.edges], dtype=torch.long)
+
+    def _check_range(self, n: names.Node, label: str) -> None:
+        names.check_in_model(n, self.n_layers, self.n_heads, self.has_mlp)
+
+
+@lru_cache(maxsize=16)
+def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
+    cells = {}
+    for e_name in index.edges:
+        e = names.parse_edge(e_name)
+        cells[e_name] = (index.slot_index(e.child, e.qkv), index.upstream_index(e.parent))
+    return cells
+
+
+def graph_index(model) -> GraphIndex:
+    """The :class:`GraphIndex` of ``model``; ``ValueError`` for architectures the graph cannot express."""
+    cfg = model.cfg
+    if getattr(cfg, "parallel_attn_mlp", False):
+        raise ValueError(
+            f"model {cfg.model_name!r} runs attention and MLP in parallel (GPT-J style), so its MLPs do "
+            "not read same-layer heads as the edge graph assumes; use a sequential-block model"
+        )
+    if getattr(cfg, "use_normalization_before_and_after", False) or is_post_norm(cfg):
+        raise ValueError(
+            f"model {cfg.model_name!r} normalizes attention/MLP outputs before adding them to the residual "
+            "stream, so head outputs are not additive; the edge graph needs a pre-norm model"
+        )
+    return GraphIndex(cfg.n_layers, cfg.n_heads, not cfg.attn_only)
+
+
+def is_post_norm(cfg) -> bool:
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    except ImportError:  # older TransformerLens: no post-norm architectures
+        return False
+    return cfg.original_architecture in POST_NORM_ARCHITECTURES
+
+
+@contextmanager
+def graph_mode(model) -> Iterator[None]:
+    """Switch on the hooks the graph reads (split q/k/v inputs, ``hook_mlp_in``,
+    ungrouped GQA keys/values so each query head has its own k/v input); restore them after."""
+    cfg = model.cfg
+    old = {k: getattr(cfg, k, None) for k in _GRAPH_FLAGS}
+    cfg.use_split_qkv_input = True
+    if not cfg.attn_only:
+        cfg.use_hook_mlp_in = True
+    if getattr(cfg, "n_key_value_heads", None) is not None:
+        cfg.ungroup_grouped_query_attention = True
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is not None:
+                setattr(cfg, k, v)
+
+
+# --- hook names -------------------------------------------------------------------------------
+
+INPUT_HOOK = names.hook("resid_pre", 0)
+
+
+def result_hook(layer: int) -> str:
+    """The hook whose value gives a layer's head outputs (``hook_z``; see :func:`head_results`)."""
+    return names.output_hook(names.head(layer, 0))
+
+
+def head_results(model, layer: int, z: Tensor) -> Tensor:
+    """``[batch, pos, n_heads, d_model]``: what each head of ``layer`` writes (``z @ W_O`` per head)."""
+    w_o = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
+    return torch.einsum("bphe,hed->bphd", z, w_o.to(z.dtype))
+
+
+def mlp_in_hook(layer: int) -> str:
+    return names.hook("mlp_in", layer)
+
+
+def final_resid_hook(model) -> str:
+    return names.hook("resid_post", model.cfg.n_layers - 1)
+
+
+def output_hooks(index: GraphIndex) -> list[str]:
+    hooks = [INPUT_HOOK]
+    for layer in range(index.n_layers):
+        hooks.append(result_hook(layer))
+        if index.has_mlp:
+            hooks.append(names.output_hook(names.mlp(layer)))
+    return hooks
+
+
+# --- public API -------------------------------------------------------------------------------
+
+def graph_edges(model) -> list[str]:
+    """Every edge of ``model``'s graph (:func:`circuitkit.names.all_edges`)."""
+    return list(graph_index(model).edges)
+
+
+def graph_nodes(model) -> list[str]:
+    """Every node of ``model``'s graph: ``input``, heads, MLPs, ``logits``."""
+    index = graph_index(model)
+    return [*index.upstream, names.LOGITS]
+
+
+def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
+    """What each node writes into the residual stream on ``tokens``.
+
+    Returns node id -> ``[batch, pos, d_model]`` (``input`` = embeddings, incl. learned position
+    embeddings; a head = its ``hook_result`` value, i.e. ``z @ W_O``; an MLP = ``hook_mlp_out``). No gradients.
+    """
+    index = graph_index(model)
+    tokens = check_token_ids(model, tokens)
+    wanted = set(output_hooks(index))
+    with graph_mode(model), torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+        return split_outputs(model, index, {n: cache[n] for n in wanted})
+
+
+def split_outputs(model, index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {names.INPUT: acts[INPUT_HOOK]}
+    for layer in range(index.n_layers):
+        result = head_results(model, layer, acts[result_hook(layer)])
+        for h in range(index.n_heads):
+            out[names.head(layer, h)] = result[:, :, h]
+        if index.has_mlp:
+            out[names.mlp(layer)] = acts[names.output_hook(names.mlp(layer))]
+    return out
+
+
+def ablation_source(model, task, kind: str = "corrupted", seed: int = 0) -> dict[str, Tensor]:
+    """Node outputs that ablated edges read instead of the live ones.
+
+    ``kind``: ``"corrupted"`` (outputs on ``task.corrupted``, ``[batch, pos, d_model]``),
+    ``"mean"`` (mean over the clean prompts at each position, ``[1, pos, d_model]``),
+    ``"resample"`` (each prompt gets another clean prompt's outputs, a seeded derangement,
+    ``[batch, pos, d_model]``), ``"zero"`` (zeros, ``[1, pos, d_model]``).
+    """
+    check_kind(kind, what="ablation kind")
+    task.check_model(model)
+    device = model_device(model)
+    if kind == "corrupted":
+        return node_outputs(model, task.corrupted.to(device))
+    clean = node_outputs(model, task.clean.to(device))
+    if kind == "mean":
+        return {k: v.mean(0, keepdim=True) for k, v in clean.items()}
+    if kind == "zero":
+        return {k: torch.zeros_like(v[:1]) for k, v in clean.items()}
+    perm = resample_permutation(len(task), seed=seed, prompts="clean").to(device)
+    return {k: v[perm] for k, v in clean.items()}
+
+
+def run_with_edges(
+    model,
+    tokens: Tensor,
+    keep_edges: Iterable[str] | None,
+    source: dict[str, Tensor],
+    ablate_edges: Iterable[str] | None = None,
+) -> Tensor:
+    """Logits ``[batch, pos, vocab]`` of ``model`` on ``tokens`` with some edges ablated.
+
+    Every edge NOT in ``keep_edges`` reads its parent's ``source`` output (see
+    :func:`ablation_source`); alternatively pass ``keep_edges=None`` and ``ablate_edges`` to
+    ablate only those. Unknown edge names raise ``ValueError``. Gradients flow if enabled.
+    """
+    if (keep_edges is None) == (ablate_edges is None):
+        raise ValueError("give exactly one of keep_edges (ablate the rest) or ablate_edges (keep the rest)")
+    index = graph_index(model)
+    device = model_device(model)
+    if keep_edges is not None:
+        keep_list = [keep_edges] if isinstance(keep_edges, str) else list(keep_edges)
+        mask = index.valid_mask() & ~index.mask(keep_list)
+    else:
+        ablate_list = [ablate_edges] if isinstance(ablate_edges, str) else list(ablate_edges)
+        mask = index.mask(ablate_list)
+    return run_with_mask(model, tokens, mask.to(device), source)
+
+
+def run_with_mask(model, tokens: Tensor, ablate: Tensor, source: dict[str, Tensor]) -> Tensor:
+    """Logits with the edges where ``ablate`` is nonzero ablated.
+
+    ``ablate``: ``[n_slots, n_upstream]`` (one ablation for the whole batch) or
+    ``[batch, n_slots, n_upstream]`` (each row of ``tokens`` its own); fractional values
+    interpolate between live (0) and source (1).
+    """
+    index = graph_index(model)
+    tokens = check_token_ids(model, tokens)
+    if ablate.shape[-2:] != index.shape or ablate.ndim not in (2, 3):
+        raise ValueError(f"edge mask must be [n_slots, n_upstream] = {list(index.shape)} (optionally with a "
+                         f"leading batch dimension), got {list(ablate.shape)}")
+    if ablate.ndim == 3 and ablate.shape[0] != tokens.shape[0]:
+        raise ValueError(f"a batched edge mask needs one row per prompt: {ablate.shape[0]} masks for {tokens.shape[0]} prompts")
+    _check_source(index, source, tokens)
+    hooks = _ablation_hooks(model, index, ablate.to(model_device(model)).float(), source)
+    with graph_mode(model), model.hooks(fwd_hooks=hooks):
+        return model(tokens)
+
+
+# --- the hooks --------------------------------------------------------------------------------
+
+def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, Tensor]) -> list:
+    """Forward hooks that record ``live - source`` per upstream block and correct each slot.
+
+    Upstream blocks: ``input`` (1 node), each layer's heads (H nodes), each MLP (1 node); each
+    holds a ``[batch, pos, n, d_model]`` difference. A slot group (a layer's q, k or v inputs,
+    an MLP input, the final residual) subtracts ``einsum(diff_block, mask_block)`` over the blocks
+    before it, skipping blocks with nothing ablated (sparse ablations stay cheap).
+    """
+    batched = ablate.ndim == 3
+    diffs: list[tuple[int, Tensor | None]] = []  # (first upstream column, diff or None)
+    used_cols = ablate.reshape(-1, *index.shape).amax(0).amax(0) > 0  # upstream nodes with ablated edges
+
+    def record(start: int, live: Tensor | None, node_names: list[str], z_layer: int | None = None) -> None:
+        if not bool(used_cols[start:start + len(node_names)].any()):
+            diffs.append((start, None))
+            return
+        if z_layer is not None:
+            live = head_results(model, z_layer, live)
+        src = torch.stack([source[n] for n in node_names], dim=2).to(live.dtype)
+        diffs.append((start, live - src))
+
+    def correction(rows: slice, x: Tensor, n_cols: int) -> Tensor | None:
+        total = None
+        for start, diff in diffs:
+            if diff is None or start >= n_cols:
+                continue
+            width = diff.shape[2]
+            m = ablate[..., rows, start:start + width]
+            if not bool(m.any()):
+                continue
+            eq = "bpnd,bhn->bphd" if batched else "bpnd,hn->bphd"
+            term = torch.einsum(eq, diff, m.to(diff.dtype))
+            total = term if total is None else total + term
+        return total
+
+    def input_hook(x, hook):
+        record(0, x[:, :, None], [names.INPUT])
+
+    def result_hook_fn(x, hook, layer):
+        record(1 + layer * index.block, x, [names.head(layer, h) for h in range(index.n_heads)], z_layer=layer)
+
+    def mlp_out_fn(x, hook, layer):
+        record(1 + layer * index.block + index.n_heads, x[:, :, None], [names.mlp(layer)])
+
+    def qkv_in_fn(x, hook, layer, which):
+        base = layer * index.slots_per_layer + which * index.n_heads
+        corr = correction(slice(base, base + index.n_heads), x, index.n_before_slot_layer(layer))
+        return x if corr is None else x - corr.to(x.dtype)
+
+    def mlp_in_fn(x, hook, layer):
+        row = layer * index.slots_per_layer + 3 * index.n_heads
+        corr = correction(slice(row, row + 1), x, index.n_before_slot_layer(layer, mlp=True))
+        return x if corr is None else x - corr[:, :, 0].to(x.dtype)
+
+    def final_fn(x, hook):
+        row = len(index.slots) - 1
+        corr = correction(slice(row, row + 1), x, len(index.upstream))
+        return x if corr is None else x - corr[:, :, 0].to(x.dtype)
+
+    hooks: list = [(INPUT_HOOK, input_hook)]
+    for layer in range(index.n_layers):
+        for which, x in enumerate(names.QKV):
+            hooks.append((names.head_input_hook(layer, x), _bind(qkv_in_fn, layer=layer, which=which)))
+        hooks.append((result_hook(layer), _bind(result_hook_fn, layer=layer)))
+        if index.has_mlp:
+            hooks.append((mlp_in_hook(layer), _bind(mlp_in_fn, layer=layer)))
+            hooks.append((names.output_hook(names.mlp(layer)), _bind(mlp_out_fn, layer=layer)))
+    hooks.append((final_resid_hook(model), final_fn))
+    return hooks
+
+
+def _bind(fn, **kwargs):
+    def hook(x, hook):
+        return fn(x, hook, **kwargs)
+
+    return hook
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def model_device(model) -> torch.device:
+    return model.cfg.device if isinstance(model.cfg.device, torch.device) else torch.device(model.cfg.device or "cpu")
+
+
+def _check_source(index: GraphIndex, source: dict[str, Tensor], tokens: Tensor) -> None:
+    missing = [n for n in index.upstream if n not in source]
+    if missing:
+        raise ValueError(f"ablation source lacks node outputs for {missing[:4]}; build it with ablation_source(model, task)")
+    batch, pos = tokens.shape
+    ref = source[names.INPUT]
+    if ref.ndim != 3 or ref.shape[1] != pos or ref.shape[0] not in (1, batch):
+        raise ValueError(
+            f"ablation source has shape {list(ref.shape)} per node but the tokens are [{batch}, {pos}]: it "
+            f"must be [1 or {batch}, {pos}, d_model]; build it from prompts of the same length and count"
+        )

@@ -1,0 +1,40 @@
+"""The one ablation vocabulary: what an ablated component (or edge) reads instead of its live value.
+
+* ``zero`` — zeros;
+* ``mean`` — the mean over the reference (clean) prompts at each position;
+* ``resample`` — another reference prompt's value (a seeded derangement: never the prompt's own);
+* ``corrupted`` — the value on the matched corrupted prompt (edge ablation and patching only).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+AblationKind = Literal["zero", "mean", "resample", "corrupted"]
+ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "resample", "zero")
+# Node ablation reads its values from one reference batch, so it has no paired "corrupted" kind.
+NODE_ABLATION_KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
+
+
+def check_kind(kind: str, allowed: tuple[str, ...] = ABLATION_KINDS, what: str = "ablation") -> AblationKind:
+    """``kind`` if it is one of ``allowed``, else ``ValueError`` listing them."""
+    if kind not in allowed:
+        raise ValueError(f"unknown {what} {kind!r}; choose one of {allowed}")
+    return kind  # type: ignore[return-value]
+
+
+def resample_permutation(n_reference: int, n: int | None = None, seed: int = 0, prompts: str = "reference") -> Tensor:
+    """``[n]`` indices into ``n_reference`` prompts, row ``i`` never reading prompt ``i mod n_reference``.
+
+    A seeded random non-zero shift per row, so every prompt gets another prompt's activation.
+    """
+    if n_reference < 2:
+        raise ValueError(f"resample ablation needs at least 2 {prompts} prompts to draw from, got {n_reference}; "
+                         "add prompts or use kind='mean'")
+    n = n_reference if n is None else n
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(1, n_reference, (n,), generator=gen)
+    return (torch.arange(n) + offsets) % n_reference

@@ -1,0 +1,169 @@
+"""Zero / mean / resample ablation of heads and MLPs, as TransformerLens forward hooks.
+
+A head is ablated at ``blocks.L.attn.hook_z`` (its output before ``W_O``), an MLP at
+``blocks.L.hook_mlp_out``. Mean ablation replaces the activation by its mean over the reference
+batch at each position; resample ablation by the activation of another reference prompt (a
+seeded derangement), so each prompt gets a realistic value from a different input.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitkit import names
+from circuitkit.ablation.kinds import NODE_ABLATION_KINDS, check_kind, resample_permutation
+from circuitkit.tasks.metrics import normalized
+
+Hook = tuple[str, Callable]
+
+
+@dataclass
+class AblationPlan:
+    """Which heads (per layer) and MLPs to ablate and how."""
+
+    heads: dict[int, list[int]]
+    mlps: list[int]
+    kind: str
+
+    def hook_names(self) -> list[str]:
+        return [names.output_hook(names.Node("head", layer=layer, head=0)) for layer in self.heads] + [
+            names.output_hook(names.Node("mlp", layer=layer)) for layer in self.mlps
+        ]
+
+
+def plan(model, components: Iterable[str], kind: str) -> AblationPlan:
+    check_kind(kind, NODE_ABLATION_KINDS)
+    heads: dict[int, list[int]] = defaultdict(list)
+    mlps: list[int] = []
+    for node in names.check_model_components(model, components, purpose="ablated"):
+        if node.kind == "head":
+            heads[node.layer].append(node.head)
+        else:
+            mlps.append(node.layer)
+    return AblationPlan(dict(heads), sorted(set(mlps)), kind)
+
+
+def reference_activations(model, reference: Tensor, hook_names: list[str]) -> dict[str, Tensor]:
+    """Cache only the hooks that ablation needs, on the reference tokens."""
+    if not hook_names:
+        return {}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(reference, names_filter=lambda n: n in set(hook_names))
+    return {n: cache[n] for n in hook_names}
+
+
+def _replacement(act: Tensor, ref: Tensor | None, kind: str, perm: Tensor | None) -> Tensor:
+    if kind == "zero":
+        return torch.zeros_like(act)
+    assert ref is not None
+    seq = act.shape[1]
+    if kind == "mean":
+        if ref.shape[1] >= seq:
+            return ref[:, :seq].mean(0, keepdim=True).expand_as(act)
+        return ref.mean((0, 1), keepdim=True).expand_as(act)
+    # resample
+    if ref.shape[1] < seq:
+        raise ValueError(f"resample ablation needs reference prompts at least as long as the input ({ref.shape[1]} < {seq})")
+    return ref[perm % ref.shape[0], :seq]
+
+
+def ablation_hooks(
+    model,
+    components: Iterable[str],
+    kind: str = "mean",
+    reference: Tensor | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[Hook]:
+    """Forward hooks that ablate ``components`` (node ids such as ``a1.h0``, ``m2``).
+
+    ``reference``: token ids whose activations define mean / resample values (e.g. the task's
+    clean prompts); required unless ``kind="zero"``. ``batch_size`` of the runs the hooks will be
+    used in (for resample pairing; defaults to the reference batch size).
+    """
+    p = plan(model, components, kind)
+    if kind != "zero" and reference is None:
+        raise ValueError(f"{kind} ablation needs reference tokens (e.g. task.clean); or use kind='zero'")
+    refs = reference_activations(model, reference, p.hook_names()) if kind != "zero" else {}
+    perm = None
+    if kind == "resample":
+        perm = resample_permutation(reference.shape[0], batch_size or reference.shape[0], seed)
+
+    hooks: list[Hook] = []
+    for layer, head_list in p.heads.items():
+        name = names.output_hook(names.Node("head", layer=layer, head=0))
+        idx = torch.tensor(sorted(set(head_list)))
+
+        def head_hook(z, hook, idx=idx, name=name):
+            replacement = _replacement(z, refs.get(name), kind, _fit(perm, z))
+            z = z.clone()
+            z[:, :, idx] = replacement[:, :, idx].to(z.dtype)
+            return z
+
+        hooks.append((name, head_hook))
+    for layer in p.mlps:
+        name = names.output_hook(names.Node("mlp", layer=layer))
+
+        def mlp_hook(out, hook, name=name):
+            return _replacement(out, refs.get(name), kind, _fit(perm, out)).to(out.dtype).clone()
+
+        hooks.append((name, mlp_hook))
+    return hooks
+
+
+def _fit(perm: Tensor | None, act: Tensor) -> Tensor | None:
+    if perm is None:
+        return None
+    if perm.shape[0] < act.shape[0]:
+        reps = -(-act.shape[0] // perm.shape[0])
+        perm = perm.repeat(reps)
+    return perm[: act.shape[0]].to(act.device)
+
+
+def run_ablated(
+    model,
+    tokens: Tensor,
+    components: Iterable[str],
+    kind: str = "mean",
+    reference: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Logits of ``model`` on ``tokens`` with ``components`` ablated."""
+    reference = tokens if reference is None and kind != "zero" else reference
+    hooks = ablation_hooks(model, components, kind, reference, seed, batch_size=tokens.shape[0])
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@dataclass
+class AblationResult:
+    """Metric with and without the ablation, and the share of behaviour kept."""
+
+    components: list[str]
+    kind: str
+    clean: float
+    ablated: float
+    baseline: float  # corrupted-run metric: the "behaviour gone" floor
+
+    @property
+    def recovered(self) -> float:
+        """:func:`~circuitkit.tasks.metrics.normalized` ablated metric: 1 = intact, 0 = as bad as
+        corrupted (NaN when the corruption does not change the metric)."""
+        return float(normalized(self.ablated, self.clean, self.baseline, on_equal="nan"))
+
+
+def ablate(model, task, components: Iterable[str], kind: str = "mean", seed: int = 0) -> AblationResult:
+    """Ablate ``components`` on ``task``'s clean prompts and compare its metric with the clean and
+    corrupted runs. Mean / resample values come from the clean prompts."""
+    components = list(components)
+    task.check_model(model)
+    with torch.no_grad():
+        clean = float(task.score(model(task.clean)))
+        baseline = float(task.score(model(task.corrupted)))
+        ablated = float(task.score(run_ablated(model, task.clean, components, kind, task.clean, seed)))
+    return AblationResult([str(c) for c in components], kind, clean, ablated, baseline)

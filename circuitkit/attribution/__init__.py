@@ -1,0 +1,12 @@
+"""circuitkit.attribution: gradient estimates of patching effects and the exact reference.
+
+* :func:`attribution_patching` — node attribution (a linear estimate of activation patching);
+* :func:`eap` / :func:`eap_ig` — edge attribution patching (with integrated gradients, the QK fix);
+* :func:`exact_edge_patching` — every edge ablated alone, exactly: the estimators' ground truth.
+"""
+
+from circuitkit.attribution.eap import eap, eap_ig
+from circuitkit.attribution.exact import exact_edge_patching
+from circuitkit.attribution.node import ATTRIBUTION_TARGETS, attribution_patching
+
+__all__ = ["ATTRIBUTION_TARGETS", "attribution_patching", "eap", "eap_ig", "exact_edge_patching"]

@@ -1,0 +1,355 @@
+"""Edge attribution patching: EAP (Syed et al. 2023) and EAP-IG (Hanna et al. 2024), with AtP*'s
+QK fix (Kramar et al. 2024).
+
+Sign convention (shared by every method of :mod:`circuitkit.attribution`, so their scores are
+directly comparable): a score estimates ``metric(clean run with the component / edge ablated) -
+metric(clean run)``. With ``logit_diff`` the components a behaviour relies on get negative scores;
+rank by ``abs`` (``Scores.top`` does) when the direction does not matter.
+
+* :func:`eap`: for the edge ``u -> v``, ``(out_u_source - out_u_clean) . dM/d input_v`` with
+  gradients at v's input (a head's q/k/v input, an MLP's input, the final residual) from one
+  forward + backward pass.
+* :func:`eap_ig`: the same difference times the gradient at ``input_v`` averaged over runs whose
+  input embeddings are interpolated from the source to the clean ones, ``alpha = k / steps`` for
+  ``k = 1..steps`` (``steps=1`` is EAP).
+* ``qk_fix=True`` (either of the two): for edges into queries and keys, the exact change of the
+  head's attention pattern times dM/d pattern.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitkit import names
+from circuitkit.ablation import edges as g
+from circuitkit.attribution.common import (
+    prepare_attribution,
+    prompt_batches,
+    scores_meta,
+    source_rows,
+)
+from circuitkit.scores import Scores
+
+# --- EAP and EAP-IG ---------------------------------------------------------------------------
+
+def _edge_matrix(
+    model,
+    task,
+    index: g.GraphIndex,
+    source: dict[str, Tensor],
+    steps: int | None,
+    batch_size: int | None,
+    progress: bool,
+    interpolate: str = "inputs",
+) -> Tensor:
+    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
+
+    ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
+    the clean outputs recorded in that same forward pass. Otherwise integrated gradients over
+    ``steps`` points: the input embeddings are interpolated (``interpolate="inputs"``), or, one
+    group at a time, the outputs of the input, each layer's heads and each MLP
+    (``"activations"``; the gradients of all the groups' runs are averaged).
+    """
+    n_total = len(task)
+    scores = torch.zeros(index.shape, device=g.model_device(model))
+    batches = prompt_batches(n_total, batch_size)
+    alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
+    groups = output_groups(index) if steps is not None and interpolate == "activations" else [None]
+    bar = tqdm(total=len(batches) * len(alphas) * len(groups), disable=not progress,
+               desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
+    for idx in batches:
+        sub = task.subset(idx.cpu())
+        src = source_rows(source, idx)
+        # IG runs are not at the clean point, so the clean outputs come from their own pass.
+        clean = None if steps is None else g.node_outputs(model, sub.clean)
+        for group in groups:
+            for alpha in alphas:
+                accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores, group)
+                bar.update()
+    bar.close()
+    return scores / (len(alphas) * len(groups))
+
+
+def output_groups(index: g.GraphIndex) -> list[tuple[str, list[str]]]:
+    """``(hook, nodes)``: where each group's summed output enters the residual stream."""
+    groups = [(g.INPUT_HOOK, [names.INPUT])]
+    for layer in range(index.n_layers):
+        groups.append((names.hook("attn_out", layer), [names.head(layer, h) for h in range(index.n_heads)]))
+        if index.has_mlp:
+            groups.append((names.output_hook(names.mlp(layer)), [names.mlp(layer)]))
+    return groups
+
+
+def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
+                           group: tuple[str, list[str]] | None = None) -> None:
+    """Add one run's ``(out_source - out_clean) . dM/d input_v`` to ``scores``. ``clean=None``: EAP
+    at the clean run. Otherwise IG at ``alpha``: the input embeddings are interpolated, or with
+    ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean."""
+    state: dict = {"clean": clean, "diff": None, "outputs": {}}
+    input_alpha = alpha if group is None or group[0] == g.INPUT_HOOK else 1.0
+
+    def diff() -> Tensor:
+        # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
+        if state["diff"] is None:
+            cl = state["clean"] if state["clean"] is not None else g.split_outputs(model, index, state["outputs"])
+            state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
+        return state["diff"]
+
+    def input_hook(x, hook):
+        if state["clean"] is None:
+            state["outputs"][hook.name] = x.detach()
+            state["leaf"] = x.detach().requires_grad_(True)
+        else:
+            src_in = src[names.INPUT].to(x.dtype)
+            interpolated = src_in + input_alpha * (state["clean"][names.INPUT] - src_in)
+            state["leaf"] = interpolated.expand_as(x).detach().clone().requires_grad_(True)
+        return state["leaf"]
+
+    def record(x, hook):
+        if state["clean"] is None:
+            state["outputs"][hook.name] = x.detach()
+
+    def slot_hook(x, hook, rows: slice, n_cols: int, squeeze: bool):
+        def on_grad(grad):
+            d = diff()[:, :, :n_cols]
+            if squeeze:
+                scores[rows, :n_cols] += torch.einsum("bpnd,bpd->n", d, grad.to(d.dtype))[None]
+            else:
+                scores[rows, :n_cols] += torch.einsum("bpnd,bphd->hn", d, grad.to(d.dtype))
+
+        x.register_hook(on_grad)
+
+    hooks: list = [(g.INPUT_HOOK, input_hook)]
+    for layer in range(index.n_layers):
+        n_heads_before = index.n_before_slot_layer(layer)
+        for which, q in enumerate(names.QKV):
+            base = layer * index.slots_per_layer + which * index.n_heads
+            hooks.append((names.head_input_hook(layer, q), _bind(
+                slot_hook, rows=slice(base, base + index.n_heads), n_cols=n_heads_before, squeeze=False)))
+        hooks.append((g.result_hook(layer), record))
+        if index.has_mlp:
+            row = layer * index.slots_per_layer + 3 * index.n_heads
+            hooks.append((g.mlp_in_hook(layer), _bind(
+                slot_hook, rows=slice(row, row + 1), n_cols=index.n_before_slot_layer(layer, mlp=True), squeeze=True)))
+            hooks.append((names.output_hook(names.mlp(layer)), record))
+    last = len(index.slots) - 1
+    hooks.append((g.final_resid_hook(model), _bind(
+        slot_hook, rows=slice(last, last + 1), n_cols=len(index.upstream), squeeze=True)))
+    if group is not None and group[0] != g.INPUT_HOOK:
+        # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
+        # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
+        # is the clean output: the value is clean + shift, and the gradient to the group's own
+        # inputs is scaled by alpha.
+        shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
+        hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
+    with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+        logits = model(sub.clean)
+        # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
+        metric = sub.per_prompt(logits).sum() / n_total
+        torch.autograd.grad(metric, state["leaf"])
+
+
+def _bind(fn, **kwargs):
+    def hook(x, hook):
+        return fn(x, hook, **kwargs)
+
+    return hook
+
+
+def _with_qk_fix(model, task, index: g.GraphIndex, matrix: Tensor, source: dict[str, Tensor],
+                 batch_size: int | None, progress: bool) -> Tensor:
+    """``matrix`` with its q and k rows rescored by AtP*'s QK fix (Kramar et al. 2024).
+
+    A head's attention softmax saturates, so a gradient can miss most of what changing its query
+    or key input does. Here, for each edge ``u -> head<q|k>``, the head's attention pattern is
+    recomputed exactly (TransformerLens's own attention layer, on the clean inputs with only u's
+    contribution to that q / k input ablated), and the pattern change is multiplied by
+    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out.
+    """
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
+                         "inside the block); use qk_fix=False")
+    out = matrix.clone()
+    for layer in range(index.n_layers):
+        base = layer * index.slots_per_layer
+        out[base: base + 2 * index.n_heads] = 0.0
+    for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
+        sub = task.subset(idx.cpu())
+        saved = _clean_run_for_qk_fix(model, index, sub, len(task))
+        clean = g.split_outputs(model, index, saved)
+        src = source_rows(source, idx)
+        diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
+        with torch.no_grad(), g.graph_mode(model):
+            for layer in range(index.n_layers):
+                _qk_fix_layer(model, index, layer, saved, diffs, out)
+    return out
+
+
+def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict:
+    """One clean forward + backward: node outputs, each layer's q / k / v inputs, its attention
+    pattern (with ``.grad`` = dM/d pattern) and the attention mask its block received."""
+    saved: dict = {}
+
+    def keep(x, hook):
+        saved[hook.name] = x.detach()
+
+    def keep_pattern(x, hook):
+        x.retain_grad()
+        saved[hook.name] = x
+
+    def block_inputs(module, args, kwargs, layer):
+        saved[("attention_mask", layer)] = kwargs.get("attention_mask")
+
+    hooks: list = [(g.INPUT_HOOK, keep)]
+    for layer in range(index.n_layers):
+        hooks += [(names.head_input_hook(layer, x), keep) for x in names.QKV]
+        hooks += [(g.result_hook(layer), keep), (names.hook("pattern", layer), keep_pattern)]
+        if index.has_mlp:
+            hooks.append((names.output_hook(names.mlp(layer)), keep))
+    handles = [model.blocks[layer].register_forward_pre_hook(_bind_pre(block_inputs, layer=layer), with_kwargs=True)
+               for layer in range(index.n_layers)]
+    try:
+        with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+            logits = model(sub.clean)
+            (sub.per_prompt(logits).sum() / n_total).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
+                  senders_per_run: int = 8) -> None:
+    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``."""
+    pattern = saved[names.hook("pattern", layer)]
+    grad = pattern.grad  # [b, H, q, k]
+    mask = saved[("attention_mask", layer)]
+    block = model.blocks[layer]
+    inputs = [saved[names.head_input_hook(layer, x)] for x in names.QKV]
+    captured: dict = {}
+
+    def grab(x, hook):
+        captured["pattern"] = x
+
+    n_cols = index.n_before_slot_layer(layer)
+    post_norm = g.is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
+    for which in (0, 1):  # q, k
+        row = layer * index.slots_per_layer + which * index.n_heads
+        for start in range(0, n_cols, senders_per_run):
+            k = min(n_cols, start + senders_per_run) - start
+            # one copy of the prompts per sender, its diff added to every head's q (or k) input:
+            # a head's pattern depends on its own q / k input only, so heads do not interfere
+            moved = [x.repeat(k, 1, 1, 1) for x in inputs]
+            delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
+            moved[which] = moved[which] + delta.to(moved[which].dtype)
+            q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
+            with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
+                block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
+                           attention_mask=None if mask is None else mask.repeat(k, 1))
+            change = captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None]
+            matrix[row: row + index.n_heads, start: start + k] += torch.einsum(
+                "cbhqk,bhqk->hc", change, grad.to(change.dtype))
+
+
+def _bind_pre(fn, **kwargs):
+    def hook(module, args, kw):
+        fn(module, args, kw, **kwargs)
+
+    return hook
+
+
+def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **meta) -> Scores:
+    if level == "edge":
+        values = matrix.reshape(-1)[index.flat_edge_index().to(matrix.device)]
+        labels = list(index.edges)
+    else:
+        values = matrix.sum(0)  # an upstream node's effect through all its outgoing edges
+        labels = list(index.upstream)
+    return Scores(values, labels, method, task.name, task.metric_name,
+                  meta=scores_meta(model, index, level=level, **meta))
+
+
+def _check_level(level: str) -> None:
+    if level not in ("edge", "node"):
+        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+
+
+def eap(
+    model,
+    task,
+    ablation: str = "corrupted",
+    level: Literal["edge", "node"] = "edge",
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    qk_fix: bool = False,
+) -> Scores:
+    """Edge attribution patching over every edge of the model's graph.
+
+    score(u -> v) = ``(out_u_source - out_u_clean) . dM/d input_v`` summed over prompts'
+    positions and averaged over prompts, with the gradient at the clean run. ``ablation``
+    picks the source (:func:`graph.ablation_source`). ``level="node"`` sums each node's
+    outgoing edges (labels ``input``, heads, MLPs). One forward + backward per prompt batch
+    (``batch_size`` prompts; all by default). ``qk_fix``: score the edges into queries and keys
+    by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
+    forward + backward per batch and one attention-layer pass per sender).
+
+    Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
+    """
+    _check_level(level)
+    task, index = prepare_attribution(model, task, ablation, None, batch_size)
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
+    if qk_fix:
+        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
+
+
+def eap_ig(
+    model,
+    task,
+    steps: int = 5,
+    ablation: str = "corrupted",
+    level: Literal["edge", "node"] = "edge",
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    qk_fix: bool = False,
+    interpolate: Literal["inputs", "activations"] = "inputs",
+) -> Scores:
+    """EAP with integrated gradients (Hanna et al. 2024).
+
+    score(u -> v) = ``(out_u_source - out_u_clean) . (1/steps) sum_k dM/d input_v (x_k)`` where
+    ``x_k = x_source + (k/steps)(x_clean - x_source)`` are interpolated input embeddings,
+    ``k = 1..steps``. ``steps=1`` equals :func:`eap`. Completeness: the scores of all edges
+    leaving ``input`` sum to about ``metric(source input) - metric(clean)``, closer as
+    ``steps`` grows. ``steps * batches`` forward + backward passes (tqdm shows them).
+    ``qk_fix``: as in :func:`eap`, q / k edges scored by AtP*'s QK fix.
+
+    ``interpolate="activations"`` (after the EAP-IG authors' "EAP-IG-activations", their choice
+    for mean and zero ablation, where no input embedding produces the ablated activations): the
+    gradient is averaged over runs that each interpolate one group of node outputs (the input,
+    one layer's heads, one MLP), everything else clean. Each run is the edge-mask state of
+    :func:`graph.run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
+    see ``alpha * live + (1 - alpha) * source``, so gradients reach the group's own inputs
+    scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
+    ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
+    ``steps=1`` still equals :func:`eap`.
+    """
+    _check_level(level)
+    if interpolate not in ("inputs", "activations"):
+        raise ValueError(f"interpolate must be 'inputs' (the input embeddings) or 'activations' "
+                         f"(each layer's outputs in turn), got {interpolate!r}")
+    task, index = prepare_attribution(model, task, ablation, steps, batch_size)
+    source = g.ablation_source(model, task, ablation, seed=seed)
+    matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
+    if qk_fix:
+        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix,
+                        interpolate=interpolate)
+
+

@@ -1,0 +1,89 @@
+"""Discovery as one call: score every edge with a method, then prune to a circuit and evaluate it.
+
+Methods: ``eap-ig`` / ``eap`` / ``exact`` (edge scores from :mod:`circuitkit.attribution`; ``exact``
+patches one edge at a time, the ground truth the others approximate) and ``acdc``
+(:mod:`circuitkit.circuit.discover.acdc`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from circuitkit import attribution
+from circuitkit.circuit.core import Circuit
+from circuitkit.circuit.discover.acdc import acdc
+from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
+from circuitkit.circuit.routes import cap_by_route
+from circuitkit.scores import Scores
+
+METHODS = ("eap-ig", "eap", "exact", "acdc")
+
+
+def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
+                interpolate: str = "inputs") -> Scores:
+    """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
+    :mod:`circuitkit.attribution.eap`; a score estimates m(edge ablated) - m(clean)).
+    ``interpolate``: EAP-IG's path, ``"inputs"`` or ``"activations"`` (see ``eap_ig``)."""
+    if method == "exact":
+        return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
+    if method == "eap-ig":
+        return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress,
+                                  interpolate=interpolate)
+    if method == "eap":
+        return attribution.eap(model, task, ablation=ablation, progress=progress)
+    raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact'")
+
+
+def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
+             target: float = 0.9, ablation: str = "mean", steps: int = 10, route_cap: bool = True,
+             scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs") -> Circuit:
+    """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
+    |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
+    ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
+    Edges are scored with the same ablation they are evaluated with.
+
+    ``route_cap`` (default): rank by :func:`~circuitkit.circuit.routes.cap_by_route` scores, each
+    edge's |score| capped by the widest route from its receiver to the logits, so that edges into
+    heads the output does not need rank by what they can pass on (the circuit's edge scores are
+    then the capped ones; ``score_edges`` gives the raw estimates). ``scores``: edge scores already
+    computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
+    scoring again.
+
+    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``) or each
+    layer's outputs in turn (``"activations"``; see :func:`circuitkit.attribution.eap.eap_ig`).
+
+    The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown discovery method {method!r}; choose one of {METHODS}")
+    if top_k is not None and threshold is not None:
+        raise ValueError("give top_k or threshold, not both")
+    task.check_model(model)
+    start = time.perf_counter()
+    if method == "acdc":
+        if top_k is not None or scores is not None:
+            raise ValueError("ACDC scores and prunes by itself; drop top_k / scores (or pick another method)")
+        circuit = acdc(model, task, 0.01 if threshold is None else threshold, ablation=ablation, progress=progress)
+        ev = EdgeEvaluator(model, task, ablation)
+    else:
+        if scores is None:
+            scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress,
+                                 interpolate=interpolate)
+        elif not scores.is_edge:
+            raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
+        if route_cap:
+            scores = cap_by_route(scores)
+        ev = EdgeEvaluator(model, task, ablation)
+        if top_k is not None:
+            circuit = full_circuit(scores, model, ev.model_edges).top_k(top_k)
+        elif threshold is not None:
+            circuit = full_circuit(scores, model, ev.model_edges).threshold(threshold)
+        else:
+            circuit = smallest_faithful(model, task, scores, target=target, evaluator=ev)
+    result = evaluate(model, task, circuit, evaluator=ev)
+    circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
+                        seconds=time.perf_counter() - start, discovery=method,
+                        route_cap=bool(route_cap and method != "acdc"))
+    if method == "eap-ig":
+        circuit.meta["interpolate"] = scores.meta.get("interpolate", interpolate)
+    return circuit

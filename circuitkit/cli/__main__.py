@@ -1,0 +1,7 @@
+"""``python -m circuitkit.cli``: the same as the ``circuitkit`` command."""
+
+import sys
+
+from circuitkit.cli.main import main
+
+sys.exit(main())

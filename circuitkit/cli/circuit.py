@@ -1,0 +1,78 @@
+"""``circuitkit discover`` and ``circuitkit export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuitkit.ablation.kinds import ABLATION_KINDS
+from circuitkit.cli.common import check_out_folder, resolve_task
+
+
+def register(sub) -> None:
+    from circuitkit.circuit.discover import METHODS
+    from circuitkit.circuit.io import FORMATS
+
+    disc = sub.add_parser(
+        "discover", help="find a circuit: score edges and prune",
+        description="Score MODEL's edges on TASK with METHOD, prune to a circuit (top-k, threshold, or the "
+                    "smallest circuit reaching --target faithfulness), evaluate it and write it.")
+    disc.add_argument("--model", required=True, help="zoo:NAME, a TransformerLens name or a local HF directory")
+    disc.add_argument("--task", default=None,
+                      help="task builder name (ioi, induction, greater_than, ...); defaults to the zoo card's task")
+    disc.add_argument("--method", default="eap-ig", choices=METHODS)
+    prune = disc.add_mutually_exclusive_group()
+    prune.add_argument("--top-k", type=int, default=None, help="keep this many edges (by |score|)")
+    prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
+    disc.add_argument("--target", type=float, default=0.9, help="faithfulness target when neither --top-k nor --threshold")
+    disc.add_argument("--ablation", default="mean", choices=ABLATION_KINDS)
+    disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
+    disc.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),
+                      help="eap-ig's path: the input embeddings, or each layer's outputs in turn")
+    disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
+                      help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
+    disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
+    disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
+    disc.add_argument("--device", default="cpu")
+    disc.add_argument("--quiet", action="store_true", help="no progress bars")
+    disc.set_defaults(func=_cmd_discover)
+
+    exp = sub.add_parser("export", help="convert a circuit file to another format",
+                         description="Read a circuit file (circuitkit JSON, GraphML, GEXF, EAP-IG/MIB JSON or an "
+                                     "attribution graph) and write it in another format. Nothing is written on error.")
+    exp.add_argument("circuit", help="input circuit file")
+    exp.add_argument("--to", required=True, choices=FORMATS)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--from", dest="src_format", default=None, choices=FORMATS,
+                     help="input format (recognised from the suffix / keys by default)")
+    exp.set_defaults(func=_cmd_export)
+
+
+def _cmd_discover(args) -> int:
+    from circuitkit.circuit.discover import discover
+    from circuitkit.circuit.io import save_circuit
+    from circuitkit.models import load_model
+    from circuitkit.viz.circuit import to_html
+
+    out = Path(args.out)
+    check_out_folder(out, args.html)
+    model = load_model(args.model, device=args.device)
+    task = resolve_task(args.model, model, args.task)
+    circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.target,
+                       ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
+                       progress=not args.quiet, interpolate=args.interpolate)
+    save_circuit(circuit, out)
+    if args.html:
+        to_html(circuit, args.html)
+    meta = circuit.meta
+    print(f"{args.method} circuit on {task.name}: {len(circuit.edges)} edges, {len(circuit.nodes)} nodes; "
+          f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
+          f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from circuitkit.circuit.io import convert
+
+    path = convert(args.circuit, args.out, args.to, args.src_format)
+    print(f"wrote {args.to} circuit to {path}")
+    return 0

@@ -1,0 +1,132 @@
+"""``circuitkit heads retrieval MODEL ...`` and ``circuitkit heads score MODEL --kind ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuitkit.cli.common import check_out_folder, write_figure, write_table
+from circuitkit.models.loading import parse_spec
+
+
+def register(sub) -> None:
+    heads = sub.add_parser("heads", help="attention-head scores (retrieval, induction, locality...)",
+                           description="Score every attention head of a model: retrieval heads on a "
+                                       "needle-in-a-haystack task, or induction / previous-token / "
+                                       "duplicate-token / locality / echo signatures.")
+    hsub = heads.add_subparsers(dest="heads_command", metavar="HEADS_COMMAND")
+    hsub.required = True
+
+    ret = hsub.add_parser("retrieval", help="retrieval scores (Wu et al. 2024) on needle prompts",
+                          description="Build needle-in-a-haystack prompts with MODEL's tokenizer and "
+                                      "score every head by teacher forcing.")
+    _common(ret)
+    ret.add_argument("--lengths", type=int, nargs="+", default=[64], help="context lengths in tokens")
+    ret.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
+    ret.add_argument("--values", nargs="+", default=None,
+                     help="needle values (default: a zoo model's card, else the builder's)")
+    ret.add_argument("--needle-template", default=None, help="needle sentence with {VALUE}")
+    ret.add_argument("--question", default=None, help="question that ends right before the value")
+    ret.add_argument("--haystack", type=Path, default=None, help="text file with the haystack (default: bundled)")
+    ret.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold (default 0.1)")
+    ret.add_argument("--min-recall", type=float, default=0.5, help="keep trials with ROUGE-1 recall above this")
+    ret.add_argument("--causal", type=int, default=0, metavar="K",
+                     help="also ablate the top-K heads vs K random non-retrieval heads and print the table")
+    ret.add_argument("--n-random", type=int, default=5, help="random draws for --causal")
+    ret.set_defaults(func=_cmd_retrieval)
+
+    score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
+                            description="Score every head for one attention signature on repeated random tokens.")
+    _common(score)
+    score.add_argument("--kind", required=True,
+                       choices=["previous_token", "duplicate_token", "induction", "locality", "echo"])
+    score.add_argument("--n-prompts", type=int, default=8)
+    score.add_argument("--seq-len", type=int, default=20, help="random tokens per repeat")
+    score.add_argument("--repeats", type=int, default=2)
+    score.add_argument("--sink", type=int, default=4, help="locality: number of sink tokens")
+    score.add_argument("--window", type=int, default=8, help="locality: recent-window size")
+    score.add_argument("--seed", type=int, default=0)
+    score.set_defaults(func=_cmd_score)
+
+
+def _common(parser) -> None:
+    parser.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    parser.add_argument("--out", type=Path, default=None, help="write scores as CSV (or .parquet)")
+    parser.add_argument("--html", type=Path, default=None, help="write a layer x head heatmap as HTML")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--top", type=int, default=10, help="print the top-N heads")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _cmd_retrieval(args) -> int:
+    from circuitkit.heads.causal import retrieval_causal_check
+    from circuitkit.heads.retrieval import retrieval_scores
+    from circuitkit.models.loading import load_model
+    from circuitkit.tasks.builders import needle
+
+    check_out_folder(args.out, args.html)
+    params = _zoo_needle_params(args.model)
+    for key in ("values", "needle_template", "question"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    if args.haystack is not None:
+        if not args.haystack.is_file():
+            raise FileNotFoundError(f"no haystack file at {args.haystack}; pass a text file")
+        params["haystack"] = args.haystack.read_text()
+    model = load_model(args.model, device=args.device)
+    task = needle(model, context_lengths=args.lengths, depths=args.depths, metric="accuracy", **params)
+    scores = retrieval_scores(model, task, batch_size=args.batch_size, threshold=args.threshold,
+                              min_recall=args.min_recall, progress=not args.no_progress)
+    print(f"kept {scores.meta['n_kept']} of {len(task)} trials; retrieval heads (> {args.threshold}): "
+          f"{scores.meta['retrieval_heads']}")
+    _print_top(scores, args.top)
+    _write(scores, args, title=f"retrieval scores of {args.model}")
+    if args.causal:
+        check = retrieval_causal_check(model, task, scores, args.causal, args.n_random, threshold=args.threshold,
+                                       batch_size=args.batch_size, progress=not args.no_progress)
+        print(check.to_frame().to_string(index=False))
+    return 0
+
+
+def _zoo_needle_params(spec: str) -> dict:
+    """A zoo model trained / built on needle prompts keeps its own haystack, values and question."""
+    from circuitkit.models.zoo_store import zoo_card
+
+    zoo = parse_spec(spec).zoo_name
+    if zoo is None:
+        return {}
+    card = zoo_card(zoo)
+    if card.task.get("builder") != "needle":
+        return {}
+    drop = ("context_lengths", "depths", "metric", "prepend_bos")
+    return {k: v for k, v in card.task.get("params", {}).items() if k not in drop}
+
+
+def _cmd_score(args) -> int:
+    from circuitkit.heads.patterns import head_scores, repeated_tokens
+    from circuitkit.models.loading import load_model
+
+    check_out_folder(args.out, args.html)
+    model = load_model(args.model, device=args.device)
+    tokens = repeated_tokens(model, args.n_prompts, args.seq_len, args.repeats, args.seed)
+    scores = head_scores(model, tokens, args.kind, sink=args.sink, window=args.window,
+                         batch_size=args.batch_size, progress=not args.no_progress)
+    _print_top(scores, args.top)
+    _write(scores, args, title=f"{args.kind} scores of {args.model}")
+    return 0
+
+
+def _print_top(scores, n: int) -> None:
+    for label, value in scores.top(n, by_abs=False):
+        print(f"  {label:10s} {value:.4f}")
+
+
+def _write(scores, args, title: str) -> None:
+    if args.out is not None:
+        write_table(args.out, scores.to_frame())
+        print(f"wrote {args.out}")
+    if args.html is not None:
+        from circuitkit.viz.heads import head_heatmap
+
+        write_figure(args.html, head_heatmap(scores, title=title))
+        print(f"wrote {args.html}")

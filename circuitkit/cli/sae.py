@@ -1,0 +1,128 @@
+"""``circuitkit sae train | report | card | heads``."""
+
+from __future__ import annotations
+
+import json
+
+from circuitkit import names
+from circuitkit.cli.common import write_html
+
+
+def register(sub) -> None:
+    sae = sub.add_parser("sae", help="sparse autoencoders (SAELens): train, report, feature cards",
+                         description="Train SAEs on any hook point, measure them, explain features, and "
+                                     "score heads with the discrete-SAE circuit method.")
+    ssub = sae.add_subparsers(dest="sae_command", metavar="SAE_COMMAND")
+    ssub.required = True
+
+    train = ssub.add_parser("train", help="train an SAE on a hook point and save it (SAELens format)",
+                            description="Train an SAE with SAELens on MODEL's HOOK activations over a token "
+                                        "set (default: the Python-docstring corpus) and save it to OUT.")
+    train.add_argument("model", nargs="?", default="zoo:tiny-lm", help="zoo:NAME, TransformerLens name or HF dir")
+    train.add_argument("--hook", default=names.hook("resid_pre", 1), help="hook point name")
+    train.add_argument("--out", required=True, help="output directory (cfg.json + sae_weights.safetensors)")
+    train.add_argument("--text", default=None, help="local text file to train on (default: Python docstrings)")
+    train.add_argument("--arch", default="topk", choices=["standard", "topk", "jumprelu"])
+    train.add_argument("--d-sae", type=int, default=None, help="latents (default 8 * width)")
+    train.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (standard)")
+    train.add_argument("--k", type=int, default=16, help="active latents (topk)")
+    train.add_argument("--l0", type=float, default=1.0, help="L0 coefficient (jumprelu)")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch", type=int, default=1024, help="tokens per step")
+    train.add_argument("--context", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    report = ssub.add_parser("report", help="quality report of a saved SAE",
+                             description="Explained variance, L0, dead fraction and CE loss recovered of the SAE "
+                                         "in SAE_DIR on MODEL, over held-out text.")
+    report.add_argument("model")
+    report.add_argument("sae_dir")
+    report.add_argument("--text", default=None, help="text file to evaluate on (default: held-out Python docstrings)")
+    report.add_argument("--prompts", type=int, default=128, help="number of context windows")
+    report.add_argument("--context", type=int, default=64)
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=_cmd_report)
+
+    card = ssub.add_parser("card", help="a feature's top examples and output-token effects",
+                           description="Print feature FEATURE's top-activating contexts and the tokens it boosts / "
+                                       "suppresses through the unembedding; --html writes a standalone page.")
+    card.add_argument("model")
+    card.add_argument("sae_dir")
+    card.add_argument("feature", type=int)
+    card.add_argument("--text", default=None, help="text file to search (default: held-out Python docstrings)")
+    card.add_argument("--prompts", type=int, default=128)
+    card.add_argument("--context", type=int, default=64)
+    card.add_argument("--html", default=None, help="write the card as HTML to this file")
+    card.set_defaults(func=_cmd_card)
+
+
+def _eval_tokens(model, text_path, n_prompts: int, context: int):
+    from pathlib import Path
+
+    from circuitkit.sae.train import text_to_tokens
+    from circuitkit.tokenizers import python_docs_corpus
+
+    if text_path is not None:
+        if not Path(text_path).is_file():
+            raise FileNotFoundError(f"no text file at {text_path!r}")
+        text = Path(text_path).read_text(encoding="utf-8", errors="replace")
+    else:
+        # The tail of the corpus beyond what `sae train` reads by default: held out.
+        text = python_docs_corpus(1_200_000)[-400_000:]
+    return text_to_tokens(model, text, context)[-n_prompts:]
+
+
+def _cmd_train(args) -> int:
+    import time
+
+    from circuitkit.models.loading import load_model
+    from circuitkit.sae.train import save_sae, train_sae
+
+    model = load_model(args.model, device="cpu")
+    start = time.perf_counter()
+    sae = train_sae(model, args.hook, args.text, architecture=args.arch, d_sae=args.d_sae, l1_coefficient=args.l1,
+                    k=args.k, l0_coefficient=args.l0, steps=args.steps, batch_size_tokens=args.batch,
+                    context_size=args.context, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    path = save_sae(sae, args.out)
+    print(f"trained {args.arch} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) on {args.hook} of {args.model} "
+          f"in {time.perf_counter() - start:.0f} s; saved to {path}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from circuitkit.models.loading import load_model
+    from circuitkit.sae.quality import sae_quality
+    from circuitkit.sae.train import load_sae
+
+    model = load_model(args.model, device="cpu")
+    sae = load_sae(args.sae_dir)
+    quality = sae_quality(model, sae, _eval_tokens(model, args.text, args.prompts, args.context))
+    if args.json:
+        print(json.dumps(quality.to_frame().iloc[0].to_dict(), indent=2, default=str))
+    else:
+        print(quality.to_frame().T.to_string(header=False))
+    return 0
+
+
+def _cmd_card(args) -> int:
+    from circuitkit.models.loading import load_model
+    from circuitkit.sae.features import feature_card
+    from circuitkit.sae.train import load_sae
+
+    model = load_model(args.model, device="cpu")
+    sae = load_sae(args.sae_dir)
+    card = feature_card(model, sae, args.feature, _eval_tokens(model, args.text, args.prompts, args.context))
+    print(f"{card.label}: density {card.density:.4f}, mean activation {card.mean_activation:.3f}")
+    print("boosts:    " + ", ".join(repr(t) for t in card.boosted["token"]))
+    print("suppresses:" + ", ".join(repr(t) for t in card.suppressed["token"]))
+    for _, ex in card.examples.iterrows():
+        context = "".join(f"[[{t}]]" if i == ex["center"] else t for i, t in enumerate(ex["context_tokens"]))
+        print(f"  {ex['activation']:7.3f}  {context!r}")
+    if args.html:
+        from circuitkit.viz.sae import feature_card_html
+
+        print(f"wrote {write_html(args.html, feature_card_html(card))}")
+    return 0

@@ -1,0 +1,47 @@
+"""``circuitkit study run SPEC`` and ``circuitkit study report DIR``."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    study = sub.add_parser("study", help="batch ablation studies from a spec file",
+                           description="Run ablation studies described by a YAML / TOML spec, resumably, "
+                                       "and report their results.")
+    ssub = study.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")
+    ssub.required = True
+    run = ssub.add_parser(
+        "run", help="run or resume a study",
+        description="Run every (model, task, ablation, target, seed) unit of SPEC that is not yet in its "
+                    "output_dir. Interrupted runs resume with the same command. Spec keys: models, tasks "
+                    "({name, params, label}), ablations (zero|mean|resample), targets (every_head, every_mlp, "
+                    "head_sets, top_k_from {score, k}), metrics, seeds, batch_size, output_dir.")
+    run.add_argument("spec", help="study spec (.yaml, .yml or .toml)")
+    run.add_argument("--executor", choices=("serial", "process", "ray"), default="serial",
+                     help="where units run (default: serial)")
+    run.add_argument("--workers", type=int, default=None, help="parallel workers for process / ray")
+    run.add_argument("--force-new", action="store_true",
+                     help="delete results made with a different spec and start over")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.set_defaults(func=_cmd_run)
+    report = ssub.add_parser("report", help="write an HTML report and a summary CSV",
+                             description="Write report.html (Plotly figures) and summary.csv for a study folder.")
+    report.add_argument("dir", help="the study's output_dir")
+    report.add_argument("--out", default=None, help="folder for report.html and summary.csv (default: DIR)")
+    report.set_defaults(func=_cmd_report)
+
+
+def _cmd_run(args) -> int:
+    from circuitkit.studies import run_study
+
+    results = run_study(args.spec, executor=args.executor, workers=args.workers, force_new=args.force_new,
+                        progress=not args.no_progress)
+    print(f"{len(results)} rows in the results table")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from circuitkit.viz.report import write_report
+
+    html, csv = write_report(args.dir, args.out)
+    print(f"wrote {html}\nwrote {csv}")
+    return 0

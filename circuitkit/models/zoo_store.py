@@ -1,0 +1,224 @@
+"""The zoo's store: bundled models, each a folder ``data/zoo/NAME/`` holding
+
+* ``card.json``      — architecture config, tokenizer file, task builder + parameters, training
+                       recipe and seed, recorded accuracy, the reference circuit and its evidence;
+* ``model.safetensors`` — the weights (never pickles);
+* ``tokenizer.json`` — a Hugging Face fast tokenizer.
+
+The top-level ``data/`` folder is installed as the package ``circuitkit.data`` (``setup.py`` maps
+it), so a wheel carries the bundled models and they are read through :mod:`importlib.resources`.
+Folders are searched in this order (the first holding a name wins): ``CIRCUITKIT_ZOO_PATH``
+(``os.pathsep``-separated), the user's zoo folder (:func:`user_zoo_dir`, where ``zoo train``
+writes), the bundled models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitkit.atomic import replace_dir
+from circuitkit.tasks.builders import build_task
+from circuitkit.tokenizers import load_tokenizer_file
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+CARD_VERSION = 1
+
+BUNDLED_ZOO = Path(str(resources.files("circuitkit.data") / "zoo"))
+
+
+def user_zoo_dir() -> Path:
+    """Where ``zoo train`` writes by default: ``$CIRCUITKIT_HOME/zoo``, else the user's data folder
+    (``$XDG_DATA_HOME/circuitkit/zoo``, ``~/.local/share/circuitkit/zoo``); never the installed package."""
+    home = os.environ.get("CIRCUITKIT_HOME")
+    if home:
+        return Path(home).expanduser() / "zoo"
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data).expanduser() / "circuitkit" / "zoo"
+
+
+@dataclass
+class ZooCard:
+    """What a bundled model is, what it does, and its known circuit."""
+
+    name: str
+    description: str
+    config: dict[str, Any]
+    task: dict[str, Any]  # {"builder": "induction", "params": {...}, "metric": "logit_diff"}
+    construction: str = "trained"  # "hand-built" or "trained"
+    recipe: dict[str, Any] = field(default_factory=dict)
+    accuracy: float | None = None
+    circuit: dict[str, list[str]] = field(default_factory=lambda: {"nodes": [], "edges": []})
+    evidence: dict[str, Any] = field(default_factory=dict)
+    version: int = CARD_VERSION
+    path: Path | None = None
+
+    @property
+    def circuit_nodes(self) -> list[str]:
+        return list(self.circuit.get("nodes", []))
+
+    @property
+    def circuit_edges(self) -> list[str]:
+        return list(self.circuit.get("edges", []))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("path")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path | None = None) -> ZooCard:
+        if data.get("version") != CARD_VERSION:
+            raise ValueError(f"zoo card {path} has version {data.get('version')!r}; this circuitkit reads version {CARD_VERSION}")
+        missing = [k for k in ("name", "description", "config", "task") if k not in data]
+        if missing:
+            raise ValueError(f"zoo card {path} lacks {missing}; re-create it with `circuitkit zoo train NAME`")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"}
+        return cls(**known, path=path)
+
+
+def zoo_dirs() -> list[Path]:
+    """The folders searched for zoo models, first match wins."""
+    extra = [Path(p) for p in os.environ.get("CIRCUITKIT_ZOO_PATH", "").split(os.pathsep) if p]
+    return [*extra, user_zoo_dir(), BUNDLED_ZOO]
+
+
+def empty_zoo_reason() -> str:
+    """Why :func:`list_zoo` finds nothing, and the fix."""
+    searched = ", ".join(str(d) for d in zoo_dirs())
+    bundled = "is missing" if not BUNDLED_ZOO.is_dir() else "holds no model cards"
+    return (f"no zoo models found in {searched}: the bundled folder {BUNDLED_ZOO} {bundled}. Reinstall "
+            "circuitkit from a wheel or checkout that ships data/zoo, or point CIRCUITKIT_ZOO_PATH at a zoo folder")
+
+
+def list_zoo() -> list[ZooCard]:
+    """Every model found on the zoo path (first folder wins on a name clash)."""
+    cards: dict[str, ZooCard] = {}
+    for root in zoo_dirs():
+        if not root.is_dir():
+            continue
+        for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
+            card = _read_card(card_path)
+            cards.setdefault(card.name, card)
+    return sorted(cards.values(), key=lambda c: c.name)
+
+
+def _read_card(card_path: Path) -> ZooCard:
+    try:
+        data = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"zoo card {card_path} is not valid JSON ({exc}); re-create it with `circuitkit zoo train`") from None
+    return ZooCard.from_json(data, path=card_path.parent)
+
+
+def zoo_card(name: str) -> ZooCard:
+    for root in zoo_dirs():
+        card_path = root / name / CARD_FILE
+        if card_path.exists():
+            return _read_card(card_path)
+    available = [c.name for c in list_zoo()]
+    raise KeyError(f"no zoo model named {name!r}; available: {available} (see `circuitkit zoo list`)")
+
+
+def zoo_tokenizer(card: ZooCard):
+    tok_path = card.path / TOKENIZER_FILE
+    if not tok_path.exists():
+        raise FileNotFoundError(f"zoo model {card.name!r} has no {TOKENIZER_FILE} in {card.path}")
+    return load_tokenizer_file(tok_path, name=card.name)
+
+
+def model_from_config(config: dict[str, Any], tokenizer=None, device: str = "cpu", dtype=torch.float32):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**config, "device": device, "dtype": dtype})
+    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
+
+
+def load_zoo_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Build the HookedTransformer of zoo model ``name`` and load its safetensors weights."""
+    from safetensors.torch import load_file
+
+    card = zoo_card(name)
+    weights = card.path / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(
+            f"zoo model {name!r} has a card but no weights at {weights}; run `circuitkit zoo train {name}`"
+        )
+    model = model_from_config(card.config, zoo_tokenizer(card), device=device, dtype=dtype)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as exc:
+        raise ValueError(f"cannot read {weights}: {exc}; the file is corrupt, re-create it with `circuitkit zoo train {name}`") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Buffers (masks, rotary tables) are rebuilt from the config; weights must all be there.
+    missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
+    if missing or unexpected:
+        raise ValueError(f"weights of zoo model {name!r} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model
+
+
+def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
+    """The card's task, built with the model's tokenizer (parameters overridable)."""
+    card = zoo_card(name_or_card) if isinstance(name_or_card, str) else name_or_card
+    tok = model if model is not None else zoo_tokenizer(card)
+    params = {**card.task.get("params", {}), **overrides}
+    if "metric" in card.task and "metric" not in params:
+        params["metric"] = card.task["metric"]
+    return build_task(card.task["builder"], tok, **params)
+
+
+def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None) -> Path:
+    """Write ``card.json``, ``model.safetensors`` and ``tokenizer.json`` atomically into ``root/NAME``
+    (``root`` defaults to :func:`user_zoo_dir`)."""
+    from safetensors.torch import save_file
+
+    root = Path(root) if root is not None else user_zoo_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / card.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{card.name}-", dir=root))
+    try:
+        state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in model.state_dict().items()
+                 if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
+        (tmp / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2, default=_json_default) + "\n")
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    card.path = final
+    return final
+
+
+def config_to_json(cfg) -> dict[str, Any]:
+    """The HookedTransformerConfig fields needed to rebuild a model (JSON-safe)."""
+    keep = ("d_model", "d_head", "n_layers", "n_ctx", "n_heads", "d_mlp", "d_vocab", "act_fn",
+            "normalization_type", "attn_only", "positional_embedding_type", "rotary_dim", "n_key_value_heads",
+            "model_name", "original_architecture", "tokenizer_prepends_bos", "default_prepend_bos",
+            "attn_scale", "use_attn_scale", "d_vocab_out", "parallel_attn_mlp", "gated_mlp", "final_rms", "seed")
+    # None is meaningful for these (no LayerNorm, no MLP); the config's defaults would differ.
+    keep_none = ("normalization_type", "d_mlp")
+    out = {}
+    for key in keep:
+        value = getattr(cfg, key, None)
+        if value is not None or key in keep_none:
+            out[key] = value
+    return out
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a zoo card")

@@ -1,0 +1,51 @@
+# ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
+import json
+
+import pytest
+from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
+
+from circuitkit.circuit import load_circuit
+from circuitkit.cli import main
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch, known_model, word_tokenizer):
+    from circuitkit.models.zoo_store import config_to_json
+    from circuitkit.zoo import ZooCard, save_zoo_model
+
+    card = ZooCard(name="dead-heads", description="two heads write nothing", config=config_to_json(known_model.cfg),
+                   task={"builder": "induction", "params": {"n_prompts": 8, "seq_len": 6}, "metric": "logit_diff"},
+                   construction="hand-built", circuit={"nodes": ["a0.h0", "a1.h1"], "edges": []})
+    save_zoo_model(known_model, card, word_tokenizer, root=tmp_path / "zoo")
+    monkeypatch.setenv("CIRCUITKIT_ZOO_PATH", str(tmp_path / "zoo"))
+    return tmp_path
+
+
+def test_discover_and_export(zoo, capsys):
+    out, html = zoo / "c.json", zoo / "c.html"
+    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--threshold", "1e-4",
+                 "--ablation", "corrupted", "--out", str(out), "--html", str(html), "--quiet"]) == 0
+    assert "faithfulness" in capsys.readouterr().out
+    circuit = load_circuit(out)
+    assert circuit.nodes == ["input", "a0.h0", "a1.h1", "logits"] and circuit.meta["discovery"] == "acdc"
+    assert html.read_text().lower().startswith("<!doctype html>")
+    mib = zoo / "c.mib.json"
+    assert main(["export", str(out), "--to", "mib", "--out", str(mib)]) == 0
+    assert set(json.loads(mib.read_text())) == {"cfg", "nodes", "edges"} and load_circuit(mib) == circuit
+    act = zoo / "act.json"
+    assert main(["discover", "--model", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
+                 "--steps", "2", "--top-k", "4", "--out", str(act), "--quiet"]) == 0
+    assert load_circuit(act).meta["interpolate"] == "activations"
+
+
+def test_cli_errors_write_nothing(zoo, capsys):
+    bad = zoo / "bad.json"
+    bad.write_text(json.dumps({"format": "circuitkit-circuit", "format_version": 7}))
+    assert main(["export", str(bad), "--to", "gexf", "--out", str(zoo / "x.gexf")]) == 2
+    assert "format_version 7" in capsys.readouterr().err and not (zoo / "x.gexf").exists()
+    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--out", str(zoo / "no" / "c.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["discover", "--model", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
+    with pytest.raises(SystemExit):
+        main(["discover", "--model", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])

@@ -1,0 +1,52 @@
+"""`circuitkit sae train | report | card` on a tiny model placed on the zoo path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from circuitkit.cli import main
+
+
+@pytest.fixture
+def zoo_with_tiny(tmp_path, monkeypatch, tiny_model, word_tokenizer):
+    from circuitkit.models.zoo_store import config_to_json
+    from circuitkit.zoo import ZooCard, save_zoo_model
+
+    monkeypatch.setenv("CIRCUITKIT_ZOO_PATH", str(tmp_path / "zoo"))
+    card = ZooCard(name="tiny-sae-test", description="random weights for SAE CLI tests",
+                   config=config_to_json(tiny_model.cfg), task={"builder": "ioi", "params": {"n_prompts": 4}})
+    save_zoo_model(tiny_model, card, word_tokenizer, root=tmp_path / "zoo")
+    text = tmp_path / "corpus.txt"
+    text.write_text(" ".join(["When Mary and John went to the store , John gave a book to Mary ."] * 60))
+    return tmp_path, text
+
+
+def test_train_report_card(zoo_with_tiny, capsys):
+    tmp_path, text = zoo_with_tiny
+    out = tmp_path / "sae"
+    assert main(["sae", "train", "zoo:tiny-sae-test", "--hook", "blocks.0.hook_resid_post", "--out", str(out),
+                 "--text", str(text), "--arch", "topk", "--k", "4", "--d-sae", "32", "--steps", "10",
+                 "--batch", "64", "--context", "16", "--no-progress"]) == 0
+    assert "saved to" in capsys.readouterr().out
+    assert (out / "sae_weights.safetensors").exists()
+    assert main(["sae", "report", "zoo:tiny-sae-test", str(out), "--text", str(text), "--prompts", "4",
+                 "--context", "16", "--json"]) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads(stdout[stdout.index("{"):])  # TransformerLens may print a dtype notice first
+    assert report["hook_name"] == "blocks.0.hook_resid_post" and report["l0"] <= 4 and report["n_tokens"] == 64
+    page = tmp_path / "card.html"
+    assert main(["sae", "card", "zoo:tiny-sae-test", str(out), "3", "--text", str(text), "--prompts", "4",
+                 "--context", "16", "--html", str(page)]) == 0
+    assert "f0.resid_post.3" in capsys.readouterr().out and "f0.resid_post.3" in page.read_text()
+
+
+def test_cli_errors_are_one_line(zoo_with_tiny, capsys):
+    tmp_path, text = zoo_with_tiny
+    assert main(["sae", "train", "zoo:tiny-sae-test", "--hook", "blocks.0.hook_resid_psot", "--out",
+                 str(tmp_path / "x"), "--text", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "no hook point 'blocks.0.hook_resid_psot'" in err and "blocks.0.hook_resid_post" in err
+    assert main(["sae", "report", "zoo:tiny-sae-test", str(tmp_path / "missing")]) == 2
+    assert "no SAE directory" in capsys.readouterr().err
