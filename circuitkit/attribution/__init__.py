@@ -5,7 +5,7 @@
 * :func:`exact_edge_patching` — every edge ablated alone, exactly: the estimators' ground truth.
 """
 
-from circuitkit.attribution.eap import eap, eap_ig
+from circuitkit.attribution.edge import eap, eap_ig
 from circuitkit.attribution.exact import exact_edge_patching
 from circuitkit.attribution.node import ATTRIBUTION_TARGETS, attribution_patching
 

@@ -64,7 +64,7 @@ def test_ig_activations_runs_equal_mask_gradients(request, task, model_name):
     ablated by ``1 - alpha``: ``d metric / d mask[v, u] = (source_u - live_u) . dM/d input_v``,
     which is the same score wherever u's live output is its clean one (u not downstream of the
     group). Every later layer's edges are compared, so the interpolated state really reaches them."""
-    from circuitkit.attribution.eap import accumulate_edge_grads, output_groups
+    from circuitkit.attribution.edge import accumulate_edge_grads, output_groups
 
     model = request.getfixturevalue(model_name)
     index = g.graph_index(model)

@@ -22,7 +22,7 @@ METHODS = ("eap-ig", "eap", "exact", "acdc")
 def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
                 interpolate: str = "inputs") -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
-    :mod:`circuitkit.attribution.eap`; a score estimates m(edge ablated) - m(clean)).
+    :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
     ``interpolate``: EAP-IG's path, ``"inputs"`` or ``"activations"`` (see ``eap_ig``)."""
     if method == "exact":
         return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
@@ -50,7 +50,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     scoring again.
 
     ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``) or each
-    layer's outputs in turn (``"activations"``; see :func:`circuitkit.attribution.eap.eap_ig`).
+    layer's outputs in turn (``"activations"``; see :func:`circuitkit.attribution.eap_ig`).
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
