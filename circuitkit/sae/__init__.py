@@ -1,6 +1,6 @@
 """circuitkit.sae: sparse autoencoders through SAELens — train, load, measure, explain, attribute.
 
-* :func:`train_sae` / :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae`
+* :func:`train_sae` (hyperparameters: :class:`SAETrainConfig`) / :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae`
 * :func:`sae_quality` -> :class:`SAEQuality` (explained variance, L0, dead fraction, CE recovered)
 * :func:`encode`, :func:`top_activating_examples`, :func:`feature_card`
 * :func:`feature_attribution` (attribution patching through the spliced SAE, error term kept),
@@ -19,11 +19,12 @@ from circuitkit.sae.features import (
     top_activating_examples,
 )
 from circuitkit.sae.quality import SAEQuality, sae_quality
-from circuitkit.sae.train import load_pretrained_sae, load_sae, save_sae, train_sae
+from circuitkit.sae.train import SAETrainConfig, load_pretrained_sae, load_sae, save_sae, train_sae
 
 __all__ = [
     "FeatureCard",
     "SAEQuality",
+    "SAETrainConfig",
     "check_sae_fits",
     "discrete_sae_head_scores",
     "encode",

@@ -10,6 +10,7 @@ Training is SAELens's own ``LanguageModelSAETrainingRunner`` (its ``ActivationsS
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +96,38 @@ def training_tokens(model, data=None, context_size: int = 64, n_chars: int = 800
     return tokens[:, :context_size]
 
 
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """The hyperparameters of :func:`train_sae` (SAELens's training runner does the training).
+
+    ``l1_coefficient``: ``standard`` (ReLU + L1) SAEs; ``k``: ``topk``; ``l0_coefficient``,
+    ``jumprelu_init_threshold``, ``jumprelu_bandwidth``: ``jumprelu``. ``steps`` optimiser steps of
+    ``batch_size_tokens`` activations each, from prompts of ``context_size`` tokens.
+    """
+
+    l1_coefficient: float = 5.0
+    k: int = 16
+    l0_coefficient: float = 1.0
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_bandwidth: float = 0.05
+    steps: int = 2000
+    batch_size_tokens: int = 1024
+    context_size: int = 64
+    lr: float = 1e-3
+    lr_warm_up_steps: int = 0
+    seed: int = 0
+
+
+def config_with(config: SAETrainConfig | None, overrides: dict[str, Any]) -> SAETrainConfig:
+    """``config`` (default :class:`SAETrainConfig`) with ``overrides``; ``TypeError`` naming the
+    fields for an unknown one."""
+    fields = {f.name for f in dataclasses.fields(SAETrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"train_sae got unknown hyperparameters {unknown}; SAETrainConfig has {sorted(fields)}")
+    return dataclasses.replace(config or SAETrainConfig(), **overrides)
+
+
 def train_sae(
     model: Any = DEFAULT_MODEL,
     hook_name: str = DEFAULT_HOOK,
@@ -101,19 +135,10 @@ def train_sae(
     architecture: Architecture = "standard",
     d_sae: int | None = None,
     *,
-    l1_coefficient: float = 5.0,
-    k: int = 16,
-    l0_coefficient: float = 1.0,
-    jumprelu_init_threshold: float = 0.01,
-    jumprelu_bandwidth: float = 0.05,
-    steps: int = 2000,
-    batch_size_tokens: int = 1024,
-    context_size: int = 64,
-    lr: float = 1e-3,
-    lr_warm_up_steps: int = 0,
-    seed: int = 0,
+    config: SAETrainConfig | None = None,
     device: str = "cpu",
     progress: bool = True,
+    **hyperparameters: Any,
 ):
     """Train an SAE on ``hook_name`` of ``model`` with SAELens; return the inference ``SAE``.
 
@@ -126,7 +151,8 @@ def train_sae(
         architecture: ``"standard"`` (ReLU + L1, ``l1_coefficient``), ``"topk"`` (``k``) or
             ``"jumprelu"`` (``l0_coefficient``, ``jumprelu_init_threshold``, ``jumprelu_bandwidth``).
         d_sae: number of latents (default ``8 * d_in``).
-        steps: optimiser steps of ``batch_size_tokens`` activations each.
+        config: the training hyperparameters (:class:`SAETrainConfig`); keyword arguments named
+            like its fields (``steps=400``, ``k=16`` ...) override single ones.
 
     Returns a SAELens ``StandardSAE`` / ``TopKSAE`` / ``JumpReLUSAE`` with ``cfg.metadata``
     naming the hook and the model.
@@ -135,37 +161,38 @@ def train_sae(
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
     cfg_class = _training_config_class(architecture)
+    hp = config_with(config, hyperparameters)
     model = _resolve_model(model)
     check_hook(model, hook_name)
-    if steps < 1 or batch_size_tokens < 1:
-        raise ValueError(f"steps ({steps}) and batch_size_tokens ({batch_size_tokens}) must be positive")
+    if hp.steps < 1 or hp.batch_size_tokens < 1:
+        raise ValueError(f"steps ({hp.steps}) and batch_size_tokens ({hp.batch_size_tokens}) must be positive")
     d_in = hook_width(model, hook_name)
     d_sae = int(d_sae or 8 * d_in)
-    tokens = training_tokens(model, tokens_or_text_path, context_size)
+    tokens = training_tokens(model, tokens_or_text_path, hp.context_size)
     arch_params: dict[str, Any] = {
-        "standard": dict(l1_coefficient=l1_coefficient),
-        "topk": dict(k=int(k)),
-        "jumprelu": dict(l0_coefficient=l0_coefficient, jumprelu_init_threshold=jumprelu_init_threshold,
-                         jumprelu_bandwidth=jumprelu_bandwidth),
+        "standard": dict(l1_coefficient=hp.l1_coefficient),
+        "topk": dict(k=int(hp.k)),
+        "jumprelu": dict(l0_coefficient=hp.l0_coefficient, jumprelu_init_threshold=hp.jumprelu_init_threshold,
+                         jumprelu_bandwidth=hp.jumprelu_bandwidth),
     }[architecture]
-    if architecture == "topk" and not 0 < k <= d_sae:
-        raise ValueError(f"k={k} must lie in 1..d_sae={d_sae}")
+    if architecture == "topk" and not 0 < hp.k <= d_sae:
+        raise ValueError(f"k={hp.k} must lie in 1..d_sae={d_sae}")
     sae_cfg = cfg_class(d_in=d_in, d_sae=d_sae, device=device, **arch_params)
     # The mixing buffer must hold at least one training batch: size it to two.
-    n_batches_in_buffer = max(2, math.ceil(2 * batch_size_tokens / context_size))
+    n_batches_in_buffer = max(2, math.ceil(2 * hp.batch_size_tokens / hp.context_size))
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg, model_name=model.cfg.model_name, hook_name=hook_name, dataset_path="",
-        is_dataset_tokenized=True, streaming=False, context_size=context_size,
-        training_tokens=steps * batch_size_tokens, train_batch_size_tokens=batch_size_tokens,
-        store_batch_size_prompts=max(1, min(32, batch_size_tokens // context_size)),
-        n_batches_in_buffer=n_batches_in_buffer, prepend_bos=False, device=device, seed=seed,
-        lr=lr, lr_warm_up_steps=lr_warm_up_steps, lr_scheduler_name="constant",
+        is_dataset_tokenized=True, streaming=False, context_size=hp.context_size,
+        training_tokens=hp.steps * hp.batch_size_tokens, train_batch_size_tokens=hp.batch_size_tokens,
+        store_batch_size_prompts=max(1, min(32, hp.batch_size_tokens // hp.context_size)),
+        n_batches_in_buffer=n_batches_in_buffer, prepend_bos=False, device=device, seed=hp.seed,
+        lr=hp.lr, lr_warm_up_steps=hp.lr_warm_up_steps, lr_scheduler_name="constant",
         logger=LoggingConfig(log_to_wandb=False), output_path=None, checkpoint_path=None, n_checkpoints=0,
-        verbose=False, n_eval_batches=1, dead_feature_window=max(50, steps // 10),
-        feature_sampling_window=max(100, steps // 5),
+        verbose=False, n_eval_batches=1, dead_feature_window=max(50, hp.steps // 10),
+        feature_sampling_window=max(100, hp.steps // 5),
     )
     dataset = Dataset.from_dict({"tokens": tokens.tolist()})
-    torch.manual_seed(seed)
+    torch.manual_seed(hp.seed)
     was_training = model.training
     with quiet_sae_lens(progress):
         runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)

@@ -97,3 +97,15 @@ def test_pretrained_offline_error_says_how_to_get_it(monkeypatch):
         load_pretrained_sae("gpt2-small-res-jbb", "blocks.0.hook_resid_pre")
     with pytest.raises(ValueError, match="never unpickles"):
         load_pretrained_sae("gpt2-small-hook-z-kk", "blocks.0.hook_z")
+
+
+def test_a_config_sets_the_hyperparameters_and_keywords_override_them(tiny_model, sae_tokens):
+    from circuitkit.sae import SAETrainConfig
+
+    config = SAETrainConfig(k=3, steps=5, batch_size_tokens=32, context_size=16)
+    sae = train_sae(tiny_model, HOOK, sae_tokens, "topk", d_sae=16, config=config, progress=False)
+    assert sae.cfg.k == 3 and sae.cfg.d_sae == 16
+    again = train_sae(tiny_model, HOOK, sae_tokens, "topk", d_sae=16, config=config, k=5, progress=False)
+    assert again.cfg.k == 5
+    with pytest.raises(TypeError, match=r"unknown hyperparameters \['stepz'\]; SAETrainConfig has"):
+        train_sae(tiny_model, HOOK, sae_tokens, stepz=3)
