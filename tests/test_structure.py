@@ -23,7 +23,7 @@ FLOORS = {
     "circuitkit.cli": 7,
     "circuitkit": 8,  # the top-level package: the public API
 }
-# Late (in-function) imports that are allowed, and why: the CLI keeps `--help` fast; the top-level
+# Late (in-function) imports that are allowed, and why: a CLI command imports what it runs; the top-level
 # package loads the studies (pyarrow, process pools) on first use; Circuit and FeatureCard keep
 # one-line drawing conveniences over their viz functions.
 LATE_OK = {

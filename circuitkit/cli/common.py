@@ -1,8 +1,5 @@
-"""What several commands share: resolving a model's task, writing tables and figures.
-
-The command modules import the heavy parts of circuitkit inside their handlers, so that
-``circuitkit --help`` stays fast; this module imports only light ones at the top for the same reason.
-"""
+"""What several commands share: resolving a model's task, checking output folders, writing tables
+and figures (through :mod:`circuitkit.atomic`, so nothing is left half-written)."""
 
 from __future__ import annotations
 
@@ -50,6 +47,7 @@ def write_figure(path: str | Path, fig, make_parents: bool = False) -> Path:
 
 
 def write_html(path: str | Path, body: str) -> Path:
+    """An HTML fragment as a standalone page, written atomically."""
     return write_text(path, f"<!doctype html><meta charset='utf-8'><body>{body}</body>")
 
 

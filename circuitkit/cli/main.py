@@ -1,9 +1,9 @@
 """``circuitkit`` command line: a thin layer over the public API.
 
 Each command lives in its own module of ``circuitkit.cli`` with a ``register(subparsers)``
-function, so this file stays small. The command modules import the rest of circuitkit inside
-their handlers, on purpose: ``circuitkit --help`` then stays fast. ``circuitkit.cli.common``
-holds what several commands share.
+function, so this file stays small. The command modules import what a command runs (methods,
+model loading, figures) inside its handler, on purpose: each command pays only for what it uses.
+``circuitkit.cli.common`` holds what several commands share.
 """
 
 from __future__ import annotations
