@@ -84,7 +84,7 @@ class GraphIndex:
             raise ValueError(f"graph nodes carry no position; drop the '@' suffix of {node!r}")
         if n.kind == "input":
             return 0
-        self._check_range(n, node)
+        names.check_in_model(n, self.n_layers, self.n_heads, self.has_mlp)
         if n.kind == "head":
             return 1 + n.layer * self.block + n.head
         if n.kind == "mlp":
@@ -95,7 +95,7 @@ class GraphIndex:
         n = names.parse_node(child)
         if n.kind == "logits":
             return len(self.slots) - 1
-        self._check_range(n, child)
+        names.check_in_model(n, self.n_layers, self.n_heads, self.has_mlp)
         base = n.layer * self.slots_per_layer
         if n.kind == "head":
             return base + names.QKV.index(qkv) * self.n_heads + n.head
@@ -145,9 +145,6 @@ class GraphIndex:
         n_up = len(self.upstream)
         return torch.tensor([cells[e][0] * n_up + cells[e][1] for e in self.edges], dtype=torch.long)
 
-    def _check_range(self, n: names.Node, label: str) -> None:
-        names.check_in_model(n, self.n_layers, self.n_heads, self.has_mlp)
-
 
 @lru_cache(maxsize=16)
 def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
@@ -175,6 +172,7 @@ def graph_index(model) -> GraphIndex:
 
 
 def is_post_norm(cfg) -> bool:
+    """Whether TransformerLens lists the model's architecture as post-norm."""
     try:
         from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
     except ImportError:  # older TransformerLens: no post-norm architectures
@@ -262,6 +260,7 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
 
 
 def split_outputs(model, index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Node id -> ``[batch, pos, d_model]`` from the cached output hooks (:func:`output_hooks`)."""
     out = {names.INPUT: acts[INPUT_HOOK]}
     for layer in range(index.n_layers):
         result = head_results(model, layer, acts[result_hook(layer)])
@@ -423,6 +422,7 @@ def _bind(fn, **kwargs):
 # --- helpers ----------------------------------------------------------------------------------
 
 def model_device(model) -> torch.device:
+    """The device the model's config names (CPU when it names none)."""
     return model.cfg.device if isinstance(model.cfg.device, torch.device) else torch.device(model.cfg.device or "cpu")
 
 

@@ -131,6 +131,7 @@ class Circuit:
                                     n_heads=cfg.get("n_heads"), has_mlp=not cfg.get("attn_only", False))
 
     def add_edges(self, items: Iterable[tuple[str, float | None]], method: str, task: str, in_graph: bool) -> None:
+        """Add ``(edge id, score)`` pairs with their endpoints (an in-graph edge marks both in-graph)."""
         for label, value in items:
             e = names.parse_edge(label)
             for endpoint in (e.parent, e.child):
@@ -141,6 +142,7 @@ class Circuit:
             self.graph.add_edge(e.parent, e.child, key=label, **edge_attrs(label, value, method, task, in_graph))
 
     def infer_shape(self) -> None:
+        """Fill in ``n_layers`` / ``n_heads`` / ``has_mlp`` the graph attributes lack from its node ids."""
         g = self.graph.graph
         heads = [names.parse_node(n) for n in self.graph if names.parse_node(n).kind in ("head", "mlp")]
         if g.get("n_layers") is None and heads:

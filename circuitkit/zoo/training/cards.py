@@ -57,8 +57,9 @@ def finish_recipe(name, description, model, tok, task_spec, recipe, extra_eviden
 
 def recircuit(name: str, root=None, progress: bool = True):
     """Re-establish the circuit (nodes and edges) of shipped trained model ``name`` on its own
-    weights, keeping its recipe and description, and save the card atomically; returns the card.
-    For changes to how circuits are found, without retraining."""
+    weights, keeping its recipe and description, and save the model atomically under ``root``
+    (default: the user's zoo folder; ``data/zoo`` in a checkout updates the bundled card); returns
+    the card. For changes to how circuits are found, without retraining."""
     old = zoo_card(name)
     if old.construction != "trained":
         raise ValueError(f"zoo model {name!r} is {old.construction}, not trained; its circuit is set by construction")
@@ -67,5 +68,5 @@ def recircuit(name: str, root=None, progress: bool = True):
     search = find_circuit(model, task, progress=progress)
     kept = {k: v for k, v in old.evidence.items() if k == "retrieval_heads"}
     card = make_card(name, old.description, model, task, old.task, old.recipe, search, kept, progress)
-    save_zoo_model(model, card, model.tokenizer, root=root if root is not None else old.path.parent)
+    save_zoo_model(model, card, model.tokenizer, root=root)
     return card
