@@ -1,11 +1,28 @@
 """circuitkit: mechanistic interpretability with circuit discovery.
 
 TransformerLens hooked models drive activation patching, attribution (EAP / EAP-IG),
-retrieval-head identification and SAE feature extraction; results are labelled ``Scores`` that
-become a networkx ``Circuit`` rendered with Plotly. Every method: ``method(model, task, ...) -> Scores``.
+retrieval-head identification and SAE feature extraction; the results become a networkx
+``Circuit`` rendered with Plotly. One data flow::
+
+    model (HookedTransformer) + Task  ->  method  ->  Scores  ->  Circuit  ->  evaluate / compare / export / render
+
+The result contract:
+
+* estimators (``activation_patching``, ``path_patching``, ``attribution_patching``, ``eap``,
+  ``eap_ig``, ``exact_edge_patching``, ``logit_lens``, ``direct_logit_attribution``,
+  ``head_scores``, ``retrieval_scores``, the SAE attributions) return :class:`Scores`: one value
+  per component id, with the ``meta`` keys listed in :data:`circuitkit.scores.META_KEYS`;
+* selectors (``discover``, ``acdc``, ``smallest_faithful``, ``Circuit.top_k`` / ``threshold``)
+  return a :class:`Circuit`;
+* checks (``ablate``, ``evaluate``, ``retrieval_causal_check``, ``verify``, ``sae_quality``)
+  return small report dataclasses;
+* ``patch_head_sets`` returns a ``[n_sets]`` tensor (its items are sets of heads, which no
+  component id labels), ``retrieval_heads`` the ids of the heads above a threshold and
+  ``faithfulness_curve`` a pandas table.
 
 This module re-exports the public API; SAE functions live in :mod:`circuitkit.sae` and batch
-studies in :mod:`circuitkit.studies` (both import heavier dependencies on first use).
+studies in :mod:`circuitkit.studies` (``run_study`` / ``load_results`` import on first use:
+they pull in pyarrow and process pools). See ``docs/architecture.md`` for the layout.
 """
 
 from circuitkit import names
