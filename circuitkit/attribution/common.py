@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitkit.ablation import edges as g
+from circuitkit.ablation.edges import GraphIndex, graph_index, model_device
 from circuitkit.ablation.kinds import check_kind
 
 
@@ -18,8 +18,8 @@ def prepare_attribution(model, task, ablation: str | None = None, steps: int | N
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     task.check_model(model)
-    index = g.graph_index(model)
-    return task.to(g.model_device(model)), index
+    index = graph_index(model)
+    return task.to(model_device(model)), index
 
 
 def prompt_batches(n: int, batch_size: int | None) -> list[Tensor]:
@@ -32,5 +32,5 @@ def source_rows(source: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     return {k: v if v.shape[0] == 1 else v[idx.to(v.device)] for k, v in source.items()}
 
 
-def scores_meta(model, index: g.GraphIndex, **extra) -> dict:
+def scores_meta(model, index: GraphIndex, **extra) -> dict:
     return {"n_layers": index.n_layers, "n_heads": index.n_heads, "model": model.cfg.model_name, **extra}

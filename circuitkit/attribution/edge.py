@@ -25,7 +25,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.ablation import edges as g
+from circuitkit.ablation.edges import (
+    INPUT_HOOK,
+    GraphIndex,
+    ablation_source,
+    final_resid_hook,
+    graph_mode,
+    is_post_norm,
+    mlp_in_hook,
+    model_device,
+    node_outputs,
+    result_hook,
+    split_outputs,
+)
 from circuitkit.attribution.common import (
     prepare_attribution,
     prompt_batches,
@@ -39,7 +51,7 @@ from circuitkit.scores import Scores
 def _edge_matrix(
     model,
     task,
-    index: g.GraphIndex,
+    index: GraphIndex,
     source: dict[str, Tensor],
     steps: int | None,
     batch_size: int | None,
@@ -55,7 +67,7 @@ def _edge_matrix(
     (``"activations"``; the gradients of all the groups' runs are averaged).
     """
     n_total = len(task)
-    scores = torch.zeros(index.shape, device=g.model_device(model))
+    scores = torch.zeros(index.shape, device=model_device(model))
     batches = prompt_batches(n_total, batch_size)
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
     groups = output_groups(index) if steps is not None and interpolate == "activations" else [None]
@@ -65,7 +77,7 @@ def _edge_matrix(
         sub = task.subset(idx.cpu())
         src = source_rows(source, idx)
         # IG runs are not at the clean point, so the clean outputs come from their own pass.
-        clean = None if steps is None else g.node_outputs(model, sub.clean)
+        clean = None if steps is None else node_outputs(model, sub.clean)
         for group in groups:
             for alpha in alphas:
                 accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores, group)
@@ -74,9 +86,9 @@ def _edge_matrix(
     return scores / (len(alphas) * len(groups))
 
 
-def output_groups(index: g.GraphIndex) -> list[tuple[str, list[str]]]:
+def output_groups(index: GraphIndex) -> list[tuple[str, list[str]]]:
     """``(hook, nodes)``: where each group's summed output enters the residual stream."""
-    groups = [(g.INPUT_HOOK, [names.INPUT])]
+    groups = [(INPUT_HOOK, [names.INPUT])]
     for layer in range(index.n_layers):
         groups.append((names.hook("attn_out", layer), [names.head(layer, h) for h in range(index.n_heads)]))
         if index.has_mlp:
@@ -90,12 +102,12 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
     at the clean run. Otherwise IG at ``alpha``: the input embeddings are interpolated, or with
     ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean."""
     state: dict = {"clean": clean, "diff": None, "outputs": {}}
-    input_alpha = alpha if group is None or group[0] == g.INPUT_HOOK else 1.0
+    input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
 
     def diff() -> Tensor:
         # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
         if state["diff"] is None:
-            cl = state["clean"] if state["clean"] is not None else g.split_outputs(model, index, state["outputs"])
+            cl = state["clean"] if state["clean"] is not None else split_outputs(model, index, state["outputs"])
             state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
         return state["diff"]
 
@@ -123,30 +135,30 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
 
         x.register_hook(on_grad)
 
-    hooks: list = [(g.INPUT_HOOK, input_hook)]
+    hooks: list = [(INPUT_HOOK, input_hook)]
     for layer in range(index.n_layers):
         n_heads_before = index.n_before_slot_layer(layer)
         for which, q in enumerate(names.QKV):
             base = layer * index.slots_per_layer + which * index.n_heads
             hooks.append((names.head_input_hook(layer, q), _bind(
                 slot_hook, rows=slice(base, base + index.n_heads), n_cols=n_heads_before, squeeze=False)))
-        hooks.append((g.result_hook(layer), record))
+        hooks.append((result_hook(layer), record))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
-            hooks.append((g.mlp_in_hook(layer), _bind(
+            hooks.append((mlp_in_hook(layer), _bind(
                 slot_hook, rows=slice(row, row + 1), n_cols=index.n_before_slot_layer(layer, mlp=True), squeeze=True)))
             hooks.append((names.output_hook(names.mlp(layer)), record))
     last = len(index.slots) - 1
-    hooks.append((g.final_resid_hook(model), _bind(
+    hooks.append((final_resid_hook(model), _bind(
         slot_hook, rows=slice(last, last + 1), n_cols=len(index.upstream), squeeze=True)))
-    if group is not None and group[0] != g.INPUT_HOOK:
+    if group is not None and group[0] != INPUT_HOOK:
         # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
         # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
         # is the clean output: the value is clean + shift, and the gradient to the group's own
         # inputs is scaled by alpha.
         shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
         hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
-    with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total
@@ -160,7 +172,7 @@ def _bind(fn, **kwargs):
     return hook
 
 
-def _with_qk_fix(model, task, index: g.GraphIndex, matrix: Tensor, source: dict[str, Tensor],
+def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source: dict[str, Tensor],
                  batch_size: int | None, progress: bool) -> Tensor:
     """``matrix`` with its q and k rows rescored by AtP*'s QK fix (Kramar et al. 2024).
 
@@ -180,16 +192,16 @@ def _with_qk_fix(model, task, index: g.GraphIndex, matrix: Tensor, source: dict[
     for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
         saved = _clean_run_for_qk_fix(model, index, sub, len(task))
-        clean = g.split_outputs(model, index, saved)
+        clean = split_outputs(model, index, saved)
         src = source_rows(source, idx)
         diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
-        with torch.no_grad(), g.graph_mode(model):
+        with torch.no_grad(), graph_mode(model):
             for layer in range(index.n_layers):
                 _qk_fix_layer(model, index, layer, saved, diffs, out)
     return out
 
 
-def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict:
+def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
     """One clean forward + backward: node outputs, each layer's q / k / v inputs, its attention
     pattern (with ``.grad`` = dM/d pattern) and the attention mask its block received."""
     saved: dict = {}
@@ -204,16 +216,16 @@ def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict
     def block_inputs(module, args, kwargs, layer):
         saved[("attention_mask", layer)] = kwargs.get("attention_mask")
 
-    hooks: list = [(g.INPUT_HOOK, keep)]
+    hooks: list = [(INPUT_HOOK, keep)]
     for layer in range(index.n_layers):
         hooks += [(names.head_input_hook(layer, x), keep) for x in names.QKV]
-        hooks += [(g.result_hook(layer), keep), (names.hook("pattern", layer), keep_pattern)]
+        hooks += [(result_hook(layer), keep), (names.hook("pattern", layer), keep_pattern)]
         if index.has_mlp:
             hooks.append((names.output_hook(names.mlp(layer)), keep))
     handles = [model.blocks[layer].register_forward_pre_hook(_bind_pre(block_inputs, layer=layer), with_kwargs=True)
                for layer in range(index.n_layers)]
     try:
-        with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+        with graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
             logits = model(sub.clean)
             (sub.per_prompt(logits).sum() / n_total).backward()
     finally:
@@ -222,7 +234,7 @@ def _clean_run_for_qk_fix(model, index: g.GraphIndex, sub, n_total: int) -> dict
     return saved
 
 
-def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
+def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
                   senders_per_run: int = 8) -> None:
     """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``."""
     pattern = saved[names.hook("pattern", layer)]
@@ -236,7 +248,7 @@ def _qk_fix_layer(model, index: g.GraphIndex, layer: int, saved: dict, diffs: Te
         captured["pattern"] = x
 
     n_cols = index.n_before_slot_layer(layer)
-    post_norm = g.is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
+    post_norm = is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
     for which in (0, 1):  # q, k
         row = layer * index.slots_per_layer + which * index.n_heads
         for start in range(0, n_cols, senders_per_run):
@@ -292,7 +304,7 @@ def eap(
 
     score(u -> v) = ``(out_u_source - out_u_clean) . dM/d input_v`` summed over prompts'
     positions and averaged over prompts, with the gradient at the clean run. ``ablation``
-    picks the source (:func:`graph.ablation_source`). ``level="node"`` sums each node's
+    picks the source (:func:`~circuitkit.ablation.edges.ablation_source`). ``level="node"`` sums each node's
     outgoing edges (labels ``input``, heads, MLPs). One forward + backward per prompt batch
     (``batch_size`` prompts; all by default). ``qk_fix``: score the edges into queries and keys
     by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
@@ -302,7 +314,7 @@ def eap(
     """
     _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
-    source = g.ablation_source(model, task, ablation, seed=seed)
+    source = ablation_source(model, task, ablation, seed=seed)
     matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
@@ -334,7 +346,7 @@ def eap_ig(
     for mean and zero ablation, where no input embedding produces the ablated activations): the
     gradient is averaged over runs that each interpolate one group of node outputs (the input,
     one layer's heads, one MLP), everything else clean. Each run is the edge-mask state of
-    :func:`graph.run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
+    :func:`~circuitkit.ablation.edges.run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
     see ``alpha * live + (1 - alpha) * source``, so gradients reach the group's own inputs
     scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
     ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
@@ -345,7 +357,7 @@ def eap_ig(
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings) or 'activations' "
                          f"(each layer's outputs in turn), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
-    source = g.ablation_source(model, task, ablation, seed=seed)
+    source = ablation_source(model, task, ablation, seed=seed)
     matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)

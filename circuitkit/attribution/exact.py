@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from circuitkit.ablation import edges as g
+from circuitkit.ablation.edges import ablation_source, model_device, run_with_mask
 from circuitkit.attribution.common import (
     prepare_attribution,
     scores_meta,
@@ -27,7 +27,7 @@ def exact_edge_patching(
 ) -> Scores:
     """``metric(clean with the edge ablated) - metric(clean)`` for each edge, exactly.
 
-    ``edges``: edge ids (all of :func:`graph.graph_edges` by default). Each forward pass runs
+    ``edges``: edge ids (all of :func:`~circuitkit.ablation.edges.graph_edges` by default). Each forward pass runs
     ``max(1, batch_size // n_prompts)`` edges at once, each on its own copy of the prompts with
     its own edge mask. Unknown edge names raise ``ValueError`` before any run.
     """
@@ -39,9 +39,9 @@ def exact_edge_patching(
         raise ValueError("no edges to patch; pass edge ids or edges=None for all of them")
     if len(set(edge_list)) != len(edge_list):
         raise ValueError("edges contains repeats; pass each edge once")
-    device = g.model_device(model)
+    device = model_device(model)
     cells = torch.tensor([index.cell(e) for e in edge_list], device=device)  # validates names first
-    source = g.ablation_source(model, task, ablation, seed=seed)
+    source = ablation_source(model, task, ablation, seed=seed)
     n = len(task)
     per_run = max(1, batch_size // n)
     values = torch.empty(len(edge_list))
@@ -55,7 +55,7 @@ def exact_edge_patching(
             masks = masks.repeat_interleave(n, 0)  # [k * n, slots, upstream]: edge-major
             src = {key: v if v.shape[0] == 1 else v.repeat(k, 1, 1) for key, v in source.items()}
             repeated = task.subset(torch.arange(n).repeat(k))
-            logits = g.run_with_mask(model, task.clean.repeat(k, 1), masks, src)
+            logits = run_with_mask(model, task.clean.repeat(k, 1), masks, src)
             per_prompt = repeated.per_prompt(logits).reshape(k, n).mean(1)
             values[start:start + k] = (per_prompt - clean_metric).cpu()
     return Scores(values, edge_list, "exact", task.name, task.metric_name,

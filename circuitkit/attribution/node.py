@@ -8,7 +8,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.ablation import edges as g
+from circuitkit.ablation.edges import INPUT_HOOK, GraphIndex, graph_mode, result_hook
 from circuitkit.attribution.common import (
     prepare_attribution,
     prompt_batches,
@@ -20,7 +20,7 @@ SITE_TARGETS = ("resid_pre", "attn_out", "resid_mid", "resid_post")
 ATTRIBUTION_TARGETS = ("head_out", "mlp_out", "nodes", "z", "q", "k", "v", "pattern", *SITE_TARGETS)
 
 
-def _target_hooks(index: g.GraphIndex, target: str) -> list[tuple[str, str, int | None]]:
+def _target_hooks(index: GraphIndex, target: str) -> list[tuple[str, str, int | None]]:
     """(hook name, kind, layer) for a target; kind says how to label its axes."""
     if target not in ATTRIBUTION_TARGETS:
         raise ValueError(f"unknown attribution target {target!r}; choose one of {ATTRIBUTION_TARGETS}")
@@ -28,10 +28,10 @@ def _target_hooks(index: g.GraphIndex, target: str) -> list[tuple[str, str, int 
         raise ValueError(f"target {target!r} needs MLPs but the model is attention-only; use 'head_out' or 'resid_pre'")
     out: list[tuple[str, str, int | None]] = []
     if target == "nodes":
-        out.append((g.INPUT_HOOK, "input", None))
+        out.append((INPUT_HOOK, "input", None))
     for layer in range(index.n_layers):
         if target in ("head_out", "nodes"):
-            out.append((g.result_hook(layer), "heads", layer))
+            out.append((result_hook(layer), "heads", layer))
         elif target in ("z", "q", "k", "v"):
             out.append((names.hook(target, layer), "heads", layer))
         elif target == "pattern":
@@ -97,7 +97,7 @@ def attribution_patching(
 
 def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[str, Tensor]:
     """Per hook: ``sum over batch and features of (corrupted - clean) * grad``, ``[pos, ...]``."""
-    with g.graph_mode(model), torch.no_grad():
+    with graph_mode(model), torch.no_grad():
         _, corrupted = model.run_with_cache(sub.corrupted, names_filter=lambda n: n in hook_names)
     grads: dict[str, Tensor] = {}
     clean: dict[str, Tensor] = {}
@@ -111,8 +111,8 @@ def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[s
         leaf.append(x.detach().requires_grad_(True))
         return leaf[0]
 
-    fwd = [(g.INPUT_HOOK, make_leaf)] + [(h, save) for h in sorted(hook_names)]
-    with g.graph_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
+    fwd = [(INPUT_HOOK, make_leaf)] + [(h, save) for h in sorted(hook_names)]
+    with graph_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
         metric = sub.per_prompt(model(sub.clean)).sum() / n_total
         torch.autograd.grad(metric, leaf[0])
     out = {}

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from circuitkit import names
-from circuitkit.ablation import edges as edge_graph
+from circuitkit.ablation.edges import ablation_source, graph_edges, run_with_edges
 from circuitkit.ablation.kinds import check_kind
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
@@ -56,10 +56,9 @@ class EdgeEvaluator:
         check_kind(ablation)
         task.check_model(model)
         self.model, self.task, self.ablation = model, task, ablation
-        self._graph = edge_graph
-        self.model_edges: list[str] = edge_graph.graph_edges(model)
+        self.model_edges: list[str] = graph_edges(model)
         self._edge_set = set(self.model_edges)
-        self.source = edge_graph.ablation_source(model, task, kind=ablation, seed=seed)
+        self.source = ablation_source(model, task, kind=ablation, seed=seed)
         self._cache: dict[frozenset[str], float] = {}
         with torch.no_grad():
             self.metric_full = float(task.score(model(task.clean)))
@@ -83,7 +82,7 @@ class EdgeEvaluator:
         keep = frozenset(self.check_edges(keep_edges))
         if keep not in self._cache:
             with torch.no_grad():
-                logits = self._graph.run_with_edges(self.model, self.task.clean, keep_edges=keep, source=self.source)
+                logits = run_with_edges(self.model, self.task.clean, keep_edges=keep, source=self.source)
             self._cache[keep] = float(self.task.score(logits))
         return self._cache[keep]
 

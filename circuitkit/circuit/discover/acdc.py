@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.ablation import edges as edge_graph
+from circuitkit.ablation.edges import ablation_source, graph_edges, graph_nodes, run_with_edges
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import kl_div
@@ -28,20 +28,20 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = "corrupted", metr
     if metric not in ("kl", "task"):
         raise ValueError(f"ACDC metric must be 'kl' or 'task', got {metric!r}")
     task.check_model(model)
-    edges = edge_graph.graph_edges(model)
-    source = edge_graph.ablation_source(model, task, kind=ablation, seed=seed)
+    edges = graph_edges(model)
+    source = ablation_source(model, task, kind=ablation, seed=seed)
     with torch.no_grad():
         full_logits = model(task.clean)
 
     def damage(keep: set[str]) -> float:
         with torch.no_grad():
-            logits = edge_graph.run_with_edges(model, task.clean, keep_edges=keep, source=source)
+            logits = run_with_edges(model, task.clean, keep_edges=keep, source=source)
         return float(kl_div(logits, task, full_logits).mean()) if metric == "kl" else -float(task.score(logits))
 
     incoming: dict[str, list[str]] = {}
     for edge in edges:
         incoming.setdefault(names.parse_edge(edge).child, []).append(edge)
-    order = names.sort_nodes(edge_graph.graph_nodes(model), model.cfg.n_layers)
+    order = names.sort_nodes(graph_nodes(model), model.cfg.n_layers)
     kept, tried = set(edges), {}
     current = damage(kept)
     bar = tqdm(total=len(edges), desc="acdc", disable=not progress)
