@@ -43,3 +43,28 @@ def test_corrupt_weights_and_card(temp_zoo):
     (temp_zoo / "tiny-random" / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="version 99"):
         zoo_card("tiny-random")
+
+
+def test_an_empty_zoo_says_why_and_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    from circuitkit.cli import main
+    from circuitkit.models import zoo_store
+
+    monkeypatch.setattr(zoo_store, "BUNDLED_ZOO", tmp_path / "site-packages" / "circuitkit" / "data" / "zoo")
+    monkeypatch.setenv("CIRCUITKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CIRCUITKIT_ZOO_PATH", raising=False)
+    assert zoo_store.list_zoo() == []
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no zoo models found in" in out and "bundled folder" in out and "is missing" in out
+    assert "CIRCUITKIT_ZOO_PATH" in out and str(tmp_path / "home" / "zoo") in out
+
+
+def test_zoo_train_defaults_to_the_user_folder(tmp_path, monkeypatch):
+    from circuitkit.models import zoo_store
+
+    monkeypatch.setenv("CIRCUITKIT_HOME", str(tmp_path / "home"))
+    assert zoo_store.user_zoo_dir() == tmp_path / "home" / "zoo"
+    assert zoo_store.zoo_dirs()[-2:] == [tmp_path / "home" / "zoo", zoo_store.BUNDLED_ZOO]
+    monkeypatch.delenv("CIRCUITKIT_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert zoo_store.user_zoo_dir() == tmp_path / "xdg" / "circuitkit" / "zoo"
