@@ -6,6 +6,7 @@ import json
 
 from circuitkit import names
 from circuitkit.cli.common import write_html
+from circuitkit.sae.train import SAETrainConfig
 
 
 def register(sub) -> None:
@@ -24,39 +25,42 @@ def register(sub) -> None:
     train.add_argument("--text", default=None, help="local text file to train on (default: Python docstrings)")
     train.add_argument("--arch", default="topk", choices=["standard", "topk", "jumprelu"])
     train.add_argument("--d-sae", type=int, default=None, help="latents (default 8 * width)")
-    train.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (standard)")
-    train.add_argument("--k", type=int, default=16, help="active latents (topk)")
-    train.add_argument("--l0", type=float, default=1.0, help="L0 coefficient (jumprelu)")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--batch", type=int, default=1024, help="tokens per step")
-    train.add_argument("--context", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
+    defaults = SAETrainConfig()
+    train.add_argument("--l1", type=float, default=defaults.l1_coefficient, help="L1 coefficient (standard)")
+    train.add_argument("--k", type=int, default=defaults.k, help="active latents (topk)")
+    train.add_argument("--l0", type=float, default=defaults.l0_coefficient, help="L0 coefficient (jumprelu)")
+    train.add_argument("--steps", type=int, default=defaults.steps)
+    train.add_argument("--batch", type=int, default=defaults.batch_size_tokens, help="tokens per step")
+    train.add_argument("--context", type=int, default=defaults.context_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
     report = ssub.add_parser("report", help="quality report of a saved SAE",
                              description="Explained variance, L0, dead fraction and CE loss recovered of the SAE "
                                          "in SAE_DIR on MODEL, over held-out text.")
-    report.add_argument("model")
-    report.add_argument("sae_dir")
-    report.add_argument("--text", default=None, help="text file to evaluate on (default: held-out Python docstrings)")
-    report.add_argument("--prompts", type=int, default=128, help="number of context windows")
-    report.add_argument("--context", type=int, default=64)
+    _saved_sae_arguments(report, "evaluate on")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=_cmd_report)
 
     card = ssub.add_parser("card", help="a feature's top examples and output-token effects",
                            description="Print feature FEATURE's top-activating contexts and the tokens it boosts / "
                                        "suppresses through the unembedding; --html writes a standalone page.")
-    card.add_argument("model")
-    card.add_argument("sae_dir")
-    card.add_argument("feature", type=int)
-    card.add_argument("--text", default=None, help="text file to search (default: held-out Python docstrings)")
-    card.add_argument("--prompts", type=int, default=128)
-    card.add_argument("--context", type=int, default=64)
+    _saved_sae_arguments(card, "search", feature=True)
     card.add_argument("--html", default=None, help="write the card as HTML to this file")
     card.set_defaults(func=_cmd_card)
+
+
+def _saved_sae_arguments(parser, use: str, feature: bool = False) -> None:
+    """MODEL, SAE_DIR (and FEATURE) and the held-out text a saved SAE is read on."""
+    parser.add_argument("model")
+    parser.add_argument("sae_dir")
+    if feature:
+        parser.add_argument("feature", type=int)
+    parser.add_argument("--text", default=None, help=f"text file to {use} (default: held-out Python docstrings)")
+    parser.add_argument("--prompts", type=int, default=128, help="number of context windows")
+    parser.add_argument("--context", type=int, default=64, help="tokens per context window")
 
 
 def _eval_tokens(model, text_path, n_prompts: int, context: int):
@@ -83,9 +87,10 @@ def _cmd_train(args) -> int:
 
     model = load_model(args.model, device="cpu")
     start = time.perf_counter()
-    sae = train_sae(model, args.hook, args.text, architecture=args.arch, d_sae=args.d_sae, l1_coefficient=args.l1,
-                    k=args.k, l0_coefficient=args.l0, steps=args.steps, batch_size_tokens=args.batch,
-                    context_size=args.context, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    config = SAETrainConfig(l1_coefficient=args.l1, k=args.k, l0_coefficient=args.l0, steps=args.steps,
+                            batch_size_tokens=args.batch, context_size=args.context, lr=args.lr, seed=args.seed)
+    sae = train_sae(model, args.hook, args.text, architecture=args.arch, d_sae=args.d_sae, config=config,
+                    progress=not args.no_progress)
     path = save_sae(sae, args.out)
     print(f"trained {args.arch} SAE (d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) on {args.hook} of {args.model} "
           f"in {time.perf_counter() - start:.0f} s; saved to {path}")
