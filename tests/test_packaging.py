@@ -36,7 +36,9 @@ def installed(tmp_path_factory):
     """(venv python, venv bin folder, a working folder outside the checkout, environment)."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], tmp, dict(os.environ))
+    # --no-build-isolation: build with this environment's setuptools, so the test runs offline
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+         tmp, dict(os.environ))
     (wheel,) = dist.glob("circuitkit-*.whl")
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, dict(os.environ))
