@@ -9,7 +9,8 @@ import pandas as pd
 
 from circuitkit.studies import store
 from circuitkit.studies.executors import EXECUTORS, check_executor
-from circuitkit.studies.plan import StudySpec, coerce_spec, prepare_run
+from circuitkit.studies.plan import coerce_spec, prepare_run
+from circuitkit.studies.spec import StudySpec
 
 
 def run_study(
