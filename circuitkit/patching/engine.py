@@ -72,6 +72,9 @@ class PatchRuns:
     prefix_ok: bool = False  # whether patched runs may skip an unchanged prefix (see run_batched, prepare_runs)
     # Positions before this one hold the same tokens in both runs, so patching them changes nothing.
     same_tokens_before: int = 0
+    # Per layer, the keys and values TransformerLens's KV cache stores for the base run
+    # ([batch, pos, kv_head, d_head] each; after QK-norm and clipping, before rotary), where prefix_ok.
+    base_keys_values: list[tuple[Tensor, Tensor]] | None = None
 
     def normalized(self, logits: Tensor) -> float:
         """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
@@ -111,7 +114,9 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     that cannot change the metric (causal attention only): the runs end at the last answer
     position when the metric reads nothing else (every cached activation is then that much
     shorter), and ``same_tokens_before`` records the unchanged prefix, with the keys and values
-    of layers ``>= trim_from_layer`` cached for :func:`run_batched`'s ``prefix``.
+    the base run leaves in a TransformerLens KV cache kept for :func:`run_batched`'s ``prefix``.
+    (Those are not ``hook_k`` / ``hook_v``: where the model normalises or clips keys, the cache
+    holds the result.)
     """
     check_direction(direction)
     task.check_model(model)
@@ -133,15 +138,20 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
             base_tokens, source_tokens = base_tokens[:, :end], source_tokens[:, :end]
         differs = (base_tokens != source_tokens).any(dim=0).nonzero()
         same_before = int(differs[0]) if len(differs) else base_tokens.shape[1]
-        base_hooks = [*base_hooks, *_kv_hooks(model, [trim_from_layer])]
     base_set, source_set = set(base_hooks), set(source_hooks)
     # Every hook patched or cached lives inside a block, so when the metric reads only the answer
     # position the two reference runs stop at the final residual and unembed that position alone
     # (with a realistic vocabulary the full unembedding is most of a forward pass).
     stop = cfg.n_layers if task.reads_answer_position_only else None
+    kv_cache = TransformerLensKeyValueCache.init_cache(cfg, device, base_tokens.shape[0]) if prefix_ok else None
     with torch.no_grad():
-        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set,
-                                                       stop_at_layer=stop)
+        if kv_cache is None:
+            base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set,
+                                                           stop_at_layer=stop)
+        else:  # from the embedding, so TransformerLens builds no padding mask from the tokenizer
+            embedded = model.input_to_embed(base_tokens)[0]
+            base_logits, base_cache = model.run_with_cache(embedded, start_at_layer=0, past_kv_cache=kv_cache,
+                                                           names_filter=lambda n: n in base_set, stop_at_layer=stop)
         source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set,
                                                            stop_at_layer=stop)
         if stop is not None:
@@ -159,6 +169,7 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
         shortformer, attention_mask, base_logits, prefix_ok, same_before,
+        None if kv_cache is None else [(e.past_keys, e.past_values) for e in kv_cache.entries],
     )
 
 
@@ -186,7 +197,7 @@ def run_batched(
 
     ``prefix > 0``: the patches leave positions ``< prefix`` untouched (causal attention), so
     only the later positions are run, attending to the base run's cached keys and values
-    (``base_cache`` must hold ``hook_k`` / ``hook_v`` of layers ``>= start``); the prefix's logits
+    (``runs.base_keys_values``, kept where ``runs.prefix_ok``); the prefix's logits
     are the base run's. Hooks then see activations of positions ``prefix..`` only.
 
     Returns logits ``[copies * batch, pos, vocab]``, or ``[copies * batch, vocab]`` at each prompt's
@@ -251,22 +262,26 @@ def _answer_position_logits(model, task: Task, final_resid: Tensor, positions: T
 
 
 def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int,
-                  keys_values: Callable[[int], tuple[Tensor, Tensor]] | None = None):
-    """A frozen TransformerLens KV cache holding ``prefix`` positions for layers ``>= start``: the
-    base run's keys and values, or ``keys_values(layer)`` (already ``copies`` times the batch)."""
+                  keys_values: Callable[[int], tuple[Tensor, Tensor]] | None = None, frozen: bool = True):
+    """A TransformerLens KV cache holding ``prefix`` positions for layers ``>= start``: the base
+    run's keys and values, or ``keys_values(layer)`` (already ``copies`` times the batch).
+
+    ``frozen``: the run leaves the cache as it is; otherwise each layer's entry gains the run's
+    own keys and values (as TransformerLens stores them), for :func:`run_split` to reuse.
+    """
     entries = []
+    rows = copies * runs.base_tokens.shape[0]
     for layer in range(model.cfg.n_layers):
         if layer < start:  # never read: those blocks do not run
             entries.append(TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, runs.base_tokens.device, 1))
             continue
         if keys_values is not None:
             keys, values = keys_values(layer)
-        else:  # hook_k / hook_v hold keys before rotary, exactly what the cache stores
-            keys = runs.base_cache[names.hook("k", layer)][:, :prefix].repeat(copies, 1, 1, 1)
-            values = runs.base_cache[names.hook("v", layer)][:, :prefix].repeat(copies, 1, 1, 1)
-        entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=True))
-    mask = torch.ones(copies * runs.base_tokens.shape[0], prefix, dtype=torch.int, device=runs.base_tokens.device)
-    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+        else:
+            keys, values = (x[:, :prefix].repeat(copies, 1, 1, 1) for x in runs.base_keys_values[layer])
+        entries.append(TransformerLensKeyValueCacheEntry(keys, values, frozen=frozen))
+    mask = torch.ones(rows, prefix, dtype=torch.int, device=runs.base_tokens.device)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=frozen)
 
 
 def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callable]], copies: int,
@@ -284,28 +299,21 @@ def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callabl
     cfg = model.cfg
     answer_only = runs.task.reads_answer_position_only
     stop = cfg.n_layers if answer_only else None
-    captured: dict[str, Tensor] = {}
-
-    def capture(act: Tensor, hook) -> None:
-        captured[hook.name] = act
-
-    kv_names = [names.hook(x, layer) for layer in range(start + 1, cfg.n_layers) for x in ("k", "v")]
     resid = runs.base_cache[names.hook("resid_pre", start)][:, lo:hi + 1].repeat(copies, 1, 1)
+    # a growing cache: afterwards each layer's entry holds positions 0..hi as the model stores them
+    grown = _prefix_cache(model, runs, start, copies, lo, frozen=False)
     with torch.no_grad():
-        first = model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=stop,
-                                     past_kv_cache=_prefix_cache(model, runs, start, copies, lo) if lo else None,
-                                     fwd_hooks=hooks + [(name, capture) for name in kv_names])
+        first = model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=stop, past_kv_cache=grown,
+                                     fwd_hooks=hooks)
     later_from = hi + 1
     if answer_only and start + 1 == cfg.n_layers - 1:
         later_from = max(later_from, int(runs.task.answer_pos.min()))
 
     def keys_values(layer: int) -> tuple[Tensor, Tensor]:
-        out = []
-        for x in ("k", "v"):
-            base = runs.base_cache[names.hook(x, layer)]
-            out.append(torch.cat([base[:, :lo].repeat(copies, 1, 1, 1), captured[names.hook(x, layer)],
-                                  base[:, hi + 1:later_from].repeat(copies, 1, 1, 1)], dim=1))
-        return out[0], out[1]
+        entry = grown.entries[layer]
+        return tuple(torch.cat([ran, base[:, hi + 1:later_from].repeat(copies, 1, 1, 1)], dim=1)
+                     for ran, base in zip((entry.past_keys, entry.past_values), runs.base_keys_values[layer],
+                                          strict=True))
 
     resid = runs.base_cache[names.hook("resid_pre", start + 1)][:, later_from:].repeat(copies, 1, 1)
     with torch.no_grad():
@@ -436,8 +444,3 @@ def _patched_positions(mask: Tensor, pos_axis: int) -> Tensor:
     """The positions a mask patches, ascending (``[n]``)."""
     other = [d for d in range(mask.ndim) if d != pos_axis]
     return (mask.any(dim=other) if other else mask).nonzero()[:, 0]
-
-
-def _kv_hooks(model, layers: Iterable[int]) -> list[str]:
-    first = min(layers)
-    return [names.hook(x, layer) for layer in range(first, model.cfg.n_layers) for x in ("k", "v")]
