@@ -234,17 +234,20 @@ def model_components(model) -> list[str]:
     return [n for n in nodes if n not in (INPUT, LOGITS)]
 
 
-def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True) -> list[str]:
+def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True, parallel: bool = False) -> list[str]:
     """Every edge of the residual-stream graph: each upstream node into each later input.
 
     Heads read q, k and v separately; an MLP reads its layer's attention outputs (it sits after
-    them); logits read everything.
+    them) unless the blocks are ``parallel`` (GPT-J / GPT-NeoX: attention and MLP both read the
+    block's input, so an MLP's parents are the nodes of earlier layers); logits read everything.
     """
     nodes = all_nodes(n_layers, n_heads, has_mlp)
     edges: list[str] = []
     for child in nodes[1:]:
         child_node = parse_node(child)
         child_depth = depth(child_node, n_layers)
+        if parallel and child_node.kind == "mlp":
+            child_depth = float(child_node.layer)  # level with its layer's heads
         parents = [p for p in nodes if depth(p, n_layers) < child_depth]
         if child_node.kind == "head":
             edges += [edge(p, child, x) for x in QKV for p in parents]

@@ -11,6 +11,19 @@ u's output from an ablation source::
 
     input_v = live_input_v - sum_{ablated u -> v} (out_u_live - out_u_source)
 
+Parallel blocks (GPT-J, GPT-NeoX / Pythia): an MLP reads its block's input, so its parents are
+the nodes of earlier layers only.
+
+Post-norm outputs (Gemma-2 / Gemma-3's ``ln1_post``, OLMo-2's post-norm ``ln1``): a layer's heads
+reach the residual stream only through ``N(sum_h result_h + b_O)``, one normalisation of their
+sum, so a head's contribution to a reader is not a term of its own. There the reader's input is
+recomputed from that layer's normalised sum with the ablated senders' outputs swapped in::
+
+    input_v = live_input_v - sum_L [N(pre_L) - N(pre_L - sum_{ablated a_L.h -> v} (result_h_live - result_h_source))]
+
+(``pre_L`` the live sum), which keeps every edge = the model and ablates exactly what an edge
+carries; MLP outputs (``hook_mlp_out``, after their own post-norm) stay additive.
+
 Edge masks are dense ``[n_slots, n_upstream]`` matrices (a *slot* is one downstream input, an
 *upstream* node is one that writes to the residual stream); :class:`GraphIndex` maps edge names to
 matrix cells. A mask may carry a leading batch dimension, so many different ablations run in one
@@ -48,6 +61,7 @@ class GraphIndex:
     n_layers: int
     n_heads: int
     has_mlp: bool
+    parallel: bool = False  # attention and MLP both read the block's input (GPT-J / GPT-NeoX)
     upstream: tuple[str, ...] = field(init=False)
     slots: tuple[str, ...] = field(init=False)  # "a1.h0<q>", "m1", "logits"
     edges: tuple[str, ...] = field(init=False)
@@ -63,7 +77,8 @@ class GraphIndex:
                 slots.append(names.mlp(layer))
         slots.append(names.LOGITS)
         object.__setattr__(self, "slots", tuple(slots))
-        object.__setattr__(self, "edges", tuple(names.all_edges(self.n_layers, self.n_heads, self.has_mlp)))
+        object.__setattr__(self, "edges", tuple(names.all_edges(self.n_layers, self.n_heads, self.has_mlp,
+                                                                 self.parallel)))
 
     @property
     def block(self) -> int:
@@ -104,8 +119,9 @@ class GraphIndex:
         raise ValueError(f"{child!r} reads nothing from the residual stream, so no edge enters it")
 
     def n_before_slot_layer(self, layer: int, mlp: bool = False) -> int:
-        """How many upstream nodes a layer's heads (or, with ``mlp``, its MLP) can read."""
-        return 1 + layer * self.block + (self.n_heads if mlp else 0)
+        """How many upstream nodes a layer's heads (or, with ``mlp``, its MLP) can read: the first
+        ``n`` columns (an MLP of a parallel block reads no head of its own layer)."""
+        return 1 + layer * self.block + (self.n_heads if mlp and not self.parallel else 0)
 
     def cell(self, edge_name: str) -> tuple[int, int]:
         """``(slot, upstream)`` of an edge; ``ValueError`` naming the fix for unknown edges."""
@@ -119,8 +135,10 @@ class GraphIndex:
         self.slot_index(e.child, e.qkv)
         raise ValueError(
             f"edge {edge_name!r} is not in this model's graph ({self.n_layers} layers x {self.n_heads} heads"
-            f"{', with MLPs' if self.has_mlp else ', attention-only'}): {e.parent!r} must exist and come "
-            f"before {e.child!r}; list valid edges with graph_edges(model)"
+            f"{', with MLPs' if self.has_mlp else ', attention-only'}{', parallel blocks' if self.parallel else ''}): "
+            f"{e.parent!r} must exist and come before {e.child!r}"
+            f"{' (in a parallel block an MLP reads no head of its own layer)' if self.parallel else ''}; "
+            "list valid edges with graph_edges(model)"
         )
 
     def mask(self, edge_names: Iterable[str], device=None) -> Tensor:
@@ -156,19 +174,43 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 
 
 def graph_index(model) -> GraphIndex:
-    """The :class:`GraphIndex` of ``model``; ``ValueError`` for architectures the graph cannot express."""
+    """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included)."""
     cfg = model.cfg
-    if getattr(cfg, "parallel_attn_mlp", False):
-        raise ValueError(
-            f"model {cfg.model_name!r} runs attention and MLP in parallel (GPT-J style), so its MLPs do "
-            "not read same-layer heads as the edge graph assumes; use a sequential-block model"
-        )
-    if getattr(cfg, "use_normalization_before_and_after", False) or is_post_norm(cfg):
-        raise ValueError(
-            f"model {cfg.model_name!r} normalizes attention/MLP outputs before adding them to the residual "
-            "stream, so head outputs are not additive; the edge graph needs a pre-norm model"
-        )
-    return GraphIndex(cfg.n_layers, cfg.n_heads, not cfg.attn_only)
+    return GraphIndex(cfg.n_layers, cfg.n_heads, not cfg.attn_only, bool(getattr(cfg, "parallel_attn_mlp", False)))
+
+
+def attn_output_norm(model, layer: int):
+    """The normalisation a layer applies to its heads' summed output before the residual stream
+    (Gemma-2 / Gemma-3's ``ln1_post``, OLMo-2 / OLMo-3's post-norm ``ln1``), or None."""
+    cfg = model.cfg
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        return model.blocks[layer].ln1_post
+    if is_post_norm(cfg):
+        return model.blocks[layer].ln1
+    return None
+
+
+def attn_pre_norm_sum(model, layer: int, results: Tensor) -> Tensor:
+    """``sum_h result_h + b_O`` (``[batch, pos, d_model]``) from per-head results ``[batch, pos, n_heads, d_model]``."""
+    return results.sum(2) + model.blocks[layer].attn.b_O.to(results.dtype)
+
+
+def post_norm_head_diffs(model, layer: int, pre: Tensor, diff: Tensor, linear: bool) -> Tensor:
+    """What replacing each head's result by ``result + diff`` changes in what a post-norm layer adds
+    to the residual stream, one head at a time (``[batch, pos, n_heads, d_model]``).
+
+    ``pre``: the layer's summed head output before its norm (``[batch, pos, d_model]``, see
+    :func:`attn_pre_norm_sum`); ``diff``: ``[batch, pos, n_heads, d_model]``. ``linear``: the
+    first-order change ``J_N(pre) diff`` (what a gradient sees: EAP's term); otherwise the exact
+    ``N(pre + diff) - N(pre)``.
+    """
+    norm = attn_output_norm(model, layer)
+    pre = pre.detach()[:, :, None].expand_as(diff)
+    with torch.enable_grad():
+        if linear:
+            return torch.func.jvp(norm, (pre.contiguous(),), (diff.contiguous(),))[1].detach()
+    with torch.no_grad():
+        return norm(pre + diff) - norm(pre)
 
 
 def is_post_norm(cfg) -> bool:
@@ -350,21 +392,26 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
     before it, skipping blocks with nothing ablated (sparse ablations stay cheap).
     """
     batched = ablate.ndim == 3
-    diffs: list[tuple[int, Tensor | None]] = []  # (first upstream column, diff or None)
+    # (first upstream column, diff or None, post-norm of the block or None, live pre-norm sum or None)
+    diffs: list[tuple[int, Tensor | None, object, Tensor | None]] = []
     used_cols = ablate.reshape(-1, *index.shape).amax(0).amax(0) > 0  # upstream nodes with ablated edges
 
     def record(start: int, live: Tensor | None, node_names: list[str], z_layer: int | None = None) -> None:
         if not bool(used_cols[start:start + len(node_names)].any()):
-            diffs.append((start, None))
+            diffs.append((start, None, None, None))
             return
+        norm = pre = None
         if z_layer is not None:
             live = head_results(model, z_layer, live)
+            norm = attn_output_norm(model, z_layer)
+            if norm is not None:
+                pre = attn_pre_norm_sum(model, z_layer, live)[:, :, None]
         src = torch.stack([source[n] for n in node_names], dim=2).to(live.dtype)
-        diffs.append((start, live - src))
+        diffs.append((start, live - src, norm, pre))
 
     def correction(rows: slice, x: Tensor, n_cols: int) -> Tensor | None:
         total = None
-        for start, diff in diffs:
+        for start, diff, norm, pre in diffs:
             if diff is None or start >= n_cols:
                 continue
             width = diff.shape[2]
@@ -373,6 +420,8 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
                 continue
             eq = "bpnd,bhn->bphd" if batched else "bpnd,hn->bphd"
             term = torch.einsum(eq, diff, m.to(diff.dtype))
+            if norm is not None:  # what the layer adds, live minus with the ablated senders swapped in
+                term = norm(pre) - norm(pre - term)
             total = term if total is None else total + term
         return total
 

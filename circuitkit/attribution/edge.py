@@ -29,12 +29,16 @@ from circuitkit.ablation.edges import (
     INPUT_HOOK,
     GraphIndex,
     ablation_source,
+    attn_output_norm,
+    attn_pre_norm_sum,
     final_resid_hook,
     graph_mode,
+    head_results,
     is_post_norm,
     mlp_in_hook,
     model_device,
     node_outputs,
+    post_norm_head_diffs,
     result_hook,
     split_outputs,
 )
@@ -101,14 +105,19 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
     """Add one run's ``(out_source - out_clean) . dM/d input_v`` to ``scores``. ``clean=None``: EAP
     at the clean run. Otherwise IG at ``alpha``: the input embeddings are interpolated, or with
     ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean."""
-    state: dict = {"clean": clean, "diff": None, "outputs": {}}
+    state: dict = {"clean": clean, "diff": None, "outputs": {}, "pre": {}, "z": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
+    post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
 
     def diff() -> Tensor:
         # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
         if state["diff"] is None:
             cl = state["clean"] if state["clean"] is not None else split_outputs(model, index, state["outputs"])
-            state["diff"] = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
+            d = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
+            for layer in post_norm_layers:  # a head reaches readers through its layer's norm: J_N diff
+                cols = slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
+                d[:, :, cols] = post_norm_head_diffs(model, layer, state["pre"][layer], d[:, :, cols], linear=True)
+            state["diff"] = d
         return state["diff"]
 
     def input_hook(x, hook):
@@ -124,6 +133,12 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
     def record(x, hook):
         if state["clean"] is None:
             state["outputs"][hook.name] = x.detach()
+
+    def record_z(x, hook, layer: int):
+        record(x, hook)
+        if layer in post_norm_layers:  # where the layer's norm is linearised: the run's own sum
+            state["z"][layer] = x
+            state["pre"][layer] = attn_pre_norm_sum(model, layer, head_results(model, layer, x.detach()))
 
     def slot_hook(x, hook, rows: slice, n_cols: int, squeeze: bool):
         def on_grad(grad):
@@ -142,7 +157,7 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
             base = layer * index.slots_per_layer + which * index.n_heads
             hooks.append((names.head_input_hook(layer, q), _bind(
                 slot_hook, rows=slice(base, base + index.n_heads), n_cols=n_heads_before, squeeze=False)))
-        hooks.append((result_hook(layer), record))
+        hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
             hooks.append((mlp_in_hook(layer), _bind(
@@ -156,13 +171,34 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
         # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
         # is the clean output: the value is clean + shift, and the gradient to the group's own
         # inputs is scaled by alpha.
-        shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
-        hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
+        first = names.parse_node(group[1][0])
+        if first.kind == "head" and first.layer in post_norm_layers:
+            hooks.append((group[0], _post_norm_interpolation(model, first.layer, group[1], src, alpha, state)))
+        else:
+            shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
+            hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
     with graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total
         torch.autograd.grad(metric, state["leaf"])
+
+
+def _post_norm_interpolation(model, layer: int, heads: list[str], src: dict[str, Tensor], alpha: float, state: dict):
+    """The hook at a post-norm layer's ``hook_attn_out`` for one activation-IG run: readers see
+    ``N(alpha * pre + (1 - alpha) * pre_source)``, the edge-mask state with the heads' outgoing
+    edges ablated by ``1 - alpha`` (gradients reach the heads' inputs scaled by ``alpha``), and the
+    layer's norm is linearised there."""
+    norm = attn_output_norm(model, layer)
+    source_pre = attn_pre_norm_sum(model, layer, torch.stack([src[n] for n in heads], dim=2))
+
+    def hook(x, hook):
+        live_pre = attn_pre_norm_sum(model, layer, head_results(model, layer, state["z"][layer]))
+        point = alpha * live_pre + (1 - alpha) * source_pre.to(live_pre.dtype)
+        state["pre"][layer] = point.detach()
+        return norm(point).to(x.dtype)
+
+    return hook
 
 
 def _bind(fn, **kwargs):
@@ -195,6 +231,11 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source: dict[st
         clean = split_outputs(model, index, saved)
         src = source_rows(source, idx)
         diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
+        for layer in range(index.n_layers):  # post-norm layers: the exact change a head's ablation makes
+            if attn_output_norm(model, layer) is not None:
+                cols = slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
+                pre = attn_pre_norm_sum(model, layer, head_results(model, layer, saved[result_hook(layer)]))
+                diffs[:, :, cols] = post_norm_head_diffs(model, layer, pre, diffs[:, :, cols], linear=False)
         with torch.no_grad(), graph_mode(model):
             for layer in range(index.n_layers):
                 _qk_fix_layer(model, index, layer, saved, diffs, out)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.ablation.edges import attn_output_norm
 from circuitkit.scores import Scores
 from circuitkit.tasks import metrics
 from circuitkit.tasks.task import PAD_ANSWER, Task
@@ -56,7 +57,13 @@ def direct_logit_attribution(model, task: Task, *, which: str = "clean") -> Scor
     cfg = model.cfg
     if getattr(cfg, "output_logits_soft_cap", 0) and cfg.output_logits_soft_cap > 0:
         raise ValueError("direct logit attribution needs linear logits; this model soft-caps them "
-                         "(output_logits_soft_cap > 0), so the decomposition would not add up")
+                         "(output_logits_soft_cap > 0), so the decomposition would not add up; use "
+                         "eap / exact_edge_patching on the edges into logits, or activation_patching")
+    if any(attn_output_norm(model, layer) is not None for layer in range(cfg.n_layers)):
+        raise ValueError("direct logit attribution needs heads that add to the residual stream; this model "
+                         "normalises each layer's summed head outputs (post-norm), so a head has no direct "
+                         "term of its own; use eap / exact_edge_patching on the edges into logits, or "
+                         "activation_patching")
     tokens = _tokens(task, which).to(cfg.device)
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens)
@@ -80,6 +87,8 @@ def direct_logit_attribution(model, task: Task, *, which: str = "clean") -> Scor
             rows[names.head(int(layer), int(head))] = contribution
         elif label.endswith("_mlp_out"):
             rows[names.mlp(int(label.split("_")[0]))] = contribution
+        elif label == "pos_embed" and cfg.positional_embedding_type == "shortformer":
+            continue  # added to queries and keys only, never to the residual stream
         elif label in ("embed", "pos_embed"):
             rows[names.INPUT] = rows.get(names.INPUT, 0) + contribution
         else:  # "bias": the summed attention / MLP output biases
