@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitkit.models.zoo_store import load_zoo_model
 
@@ -160,15 +160,22 @@ def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> Hoo
     # TransformerLens converts by architecture; the directory path stands in for the hub name.
     hf_cfg = hf_model.config.to_dict()
     try:
-        with _config_dir_for_transformer_lens(path, hf_cfg) as cfg_dir:
-            cfg = loading.get_pretrained_model_config(str(cfg_dir), hf_cfg=hf_cfg, fold_ln=kwargs.get("fold_ln", True),
-                                                      device=device, dtype=dtype)
+        gemma = _gemma_config(hf_cfg)
+        if gemma is not None:
+            cfg = HookedTransformerConfig(**gemma, model_name=path.name, device=device, dtype=dtype, init_weights=False)
+            kwargs = {**kwargs, "fold_ln": False, "center_writing_weights": False}
+        else:
+            with _config_dir_for_transformer_lens(path, hf_cfg) as cfg_dir:
+                cfg = loading.get_pretrained_model_config(str(cfg_dir), hf_cfg=hf_cfg,
+                                                          fold_ln=kwargs.get("fold_ln", True), device=device, dtype=dtype)
     except Exception as exc:
         arch = (hf_cfg.get("architectures") or ["?"])[0]
         raise ModelLoadError(
             f"TransformerLens cannot convert architecture {arch!r} from {str(path)!r}: {exc}. "
             "Supported architectures are those TransformerLens supports (GPT-2, GPT-NeoX, Llama, ...)"
         ) from None
+    if (cfg.output_logits_soft_cap or 0) > 0:  # as from_pretrained: soft-capping is not shift-invariant
+        kwargs = {**kwargs, "center_unembed": False}
     state_dict = loading.get_pretrained_state_dict(str(path.resolve()), cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
@@ -180,6 +187,43 @@ def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> Hoo
     )
     model.cfg.model_name = path.name
     return model.to(device)
+
+
+# TransformerLens knows Gemma only by the sizes Google published (it reads no Gemma config), so a
+# Gemma-shaped folder of any other size gets its configuration here, key for key as TransformerLens
+# writes it for google/gemma-2-2b and google/gemma-3-1b; the weights go through its own converter.
+_GEMMA_ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+
+def _gemma_config(hf_cfg: dict) -> dict | None:
+    """HookedTransformerConfig fields for a Gemma-2 / Gemma-3 (text) Hugging Face config, else None."""
+    arch = (hf_cfg.get("architectures") or [None])[0]
+    if arch not in _GEMMA_ARCHITECTURES:
+        return None
+    rope = hf_cfg.get("rope_parameters") or {}
+    layer_types = hf_cfg.get("layer_types") or []
+    cfg = dict(
+        d_model=hf_cfg["hidden_size"], d_head=hf_cfg["head_dim"], n_heads=hf_cfg["num_attention_heads"],
+        d_mlp=hf_cfg["intermediate_size"], n_layers=hf_cfg["num_hidden_layers"],
+        n_ctx=hf_cfg["max_position_embeddings"], eps=hf_cfg["rms_norm_eps"], d_vocab=hf_cfg["vocab_size"],
+        act_fn=hf_cfg.get("hidden_activation") or "gelu_pytorch_tanh", initializer_range=hf_cfg["initializer_range"],
+        normalization_type="RMS", positional_embedding_type="rotary", use_attn_scale=True,
+        attn_scale=float(hf_cfg["query_pre_attn_scalar"]) ** 0.5, n_key_value_heads=hf_cfg["num_key_value_heads"],
+        gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
+        window_size=hf_cfg["sliding_window"], use_local_attn=True,
+        attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types],
+        original_architecture=arch,
+    )
+    if arch == "Gemma2ForCausalLM":
+        cfg.update(rotary_base=rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0)),
+                   attn_scores_soft_cap=hf_cfg.get("attn_logit_softcapping") or -1.0,
+                   output_logits_soft_cap=hf_cfg.get("final_logit_softcapping") or -1.0)
+    else:
+        full, sliding = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+        cfg.update(rotary_base=full.get("rope_theta", hf_cfg.get("rope_theta", 1_000_000.0)),
+                   rotary_base_local=sliding.get("rope_theta", hf_cfg.get("rope_local_base_freq", 10000.0)),
+                   use_qk_norm=True)
+    return cfg
 
 
 @contextlib.contextmanager
