@@ -49,3 +49,25 @@ def test_cli_errors_write_nothing(zoo, capsys):
         main(["discover", "--model", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
     with pytest.raises(SystemExit):
         main(["discover", "--model", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
+
+
+@pytest.mark.parametrize("arch", ["neox", "gemma2"])
+def test_discover_on_local_hugging_face_folders(tmp_path, word_tokenizer, capsys, arch):
+    """A Pythia-shaped (parallel blocks) and a Gemma-2-shaped (post-norm, soft-capped) random model
+    saved as Hugging Face folders: discover runs end to end, and the circuit's edges are the
+    family's (no same-layer head feeds an MLP in a parallel block)."""
+    from model_factory import save_hf_folder
+
+    _, folder = save_hf_folder(tmp_path, arch, word_tokenizer)
+    out = tmp_path / "c.json"
+    assert main(["discover", "--model", str(folder), "--task", "induction", "--method", "eap-ig",
+                 "--top-k", "12", "--out", str(out), "--quiet"]) == 0
+    assert "faithfulness" in capsys.readouterr().out
+    circuit = load_circuit(out)
+    assert 0 < len(circuit.edges) <= 12  # the top 12, less any left without a route to the logits
+    if arch == "neox":
+        from circuitkit import names
+        for edge in circuit.all_edges:
+            e = names.parse_edge(edge)
+            child, parent = names.parse_node(e.child), names.parse_node(e.parent)
+            assert not (child.kind == "mlp" and parent.kind == "head" and parent.layer == child.layer), edge

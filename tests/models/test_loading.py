@@ -2,49 +2,27 @@
 
 import pytest
 import torch
+from model_factory import save_hf_folder
 
 from circuitkit import ModelLoadError, load_model
 
 
-def _save_hf(tmp_path, arch, tokenizer):
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTNeoXConfig,
-        GPTNeoXForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    v = len(tokenizer)
-    configs = {
-        "gpt2": (GPT2LMHeadModel, GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
-        "neox": (GPTNeoXForCausalLM, GPTNeoXConfig(vocab_size=v, max_position_embeddings=64, hidden_size=32,
-                                                   num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
-        "llama": (LlamaForCausalLM, LlamaConfig(vocab_size=v, max_position_embeddings=64, hidden_size=32,
-                                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                                intermediate_size=64)),
-    }
-    cls, cfg = configs[arch]
-    torch.manual_seed(0)
-    hf = cls(cfg).eval()
-    path = tmp_path / f"tiny-{arch}"
-    hf.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return hf, path
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "gptj", "llama", "mistral", "qwen3", "gemma2", "gemma3"])
 def test_local_hf_directory_matches_hf(tmp_path, word_tokenizer, arch):
-    hf, path = _save_hf(tmp_path, arch, word_tokenizer)
+    """Each family's tiny random Hugging Face folder loads to the same next-token distribution
+    (Gemma, which TransformerLens knows only by published size, through circuitkit's config)."""
+    hf, path = save_hf_folder(tmp_path, arch, word_tokenizer)
     model = load_model(path, device="cpu")
-    tokens = model.to_tokens("When Mary and John went to the store", prepend_bos=True)
-    assert tokens[0, 0].item() == word_tokenizer.bos_token_id and tokens.shape[1] == 9
+    tokens = model.to_tokens("When Mary and John went to the store then Mary gave", prepend_bos=True)
+    assert tokens[0, 0].item() == word_tokenizer.bos_token_id and tokens.shape[1] == 12
     with torch.no_grad():
         ours, theirs = model(tokens).log_softmax(-1), hf(tokens).logits.log_softmax(-1)
     assert torch.allclose(ours, theirs, atol=1e-4)
-    if arch == "llama":
+    if arch in ("llama", "mistral", "qwen3", "gemma2", "gemma3"):
         assert model.cfg.n_key_value_heads == 2  # grouped-query attention kept
+    assert model.cfg.use_qk_norm == (arch in ("qwen3", "gemma3"))
+    assert model.cfg.use_normalization_before_and_after == (arch in ("gemma2", "gemma3"))
+    assert model.cfg.parallel_attn_mlp == (arch in ("neox", "gptj"))
 
 
 def test_pretrained_name_offline_has_clear_error(monkeypatch, tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformer_lens.patching as tlp
 from model_factory import make_model
+from oracles import TL_FUNCTIONS, transformer_lens_grid
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, patch_head_sets
@@ -20,22 +20,6 @@ CONFIGS = {
     "attn_only": dict(n_layers=2, attn_only=True, normalization_type=None, initializer_range=0.5, seed=5),
 }
 
-TL_FUNCTIONS = {
-    ("resid_pre", True): tlp.get_act_patch_resid_pre,
-    ("resid_mid", True): tlp.get_act_patch_resid_mid,
-    ("attn_out", True): tlp.get_act_patch_attn_out,
-    ("mlp_out", True): tlp.get_act_patch_mlp_out,
-    ("head_out", False): tlp.get_act_patch_attn_head_out_all_pos,
-    ("head_out", True): tlp.get_act_patch_attn_head_out_by_pos,
-    ("q", False): tlp.get_act_patch_attn_head_q_all_pos,
-    ("q", True): tlp.get_act_patch_attn_head_q_by_pos,
-    ("k", False): tlp.get_act_patch_attn_head_k_all_pos,
-    ("k", True): tlp.get_act_patch_attn_head_k_by_pos,
-    ("v", False): tlp.get_act_patch_attn_head_v_all_pos,
-    ("v", True): tlp.get_act_patch_attn_head_v_by_pos,
-    ("pattern", False): tlp.get_act_patch_attn_head_pattern_all_pos,
-    ("pattern", True): tlp.get_act_patch_attn_head_pattern_by_pos,
-}
 
 
 def random_task(model, n_prompts: int = 2, seq: int = 4, seed: int = 0, metric="logit_diff") -> Task:
@@ -65,13 +49,6 @@ def setups(word_tokenizer):
         model = make_model(word_tokenizer, **overrides)
         out[name] = (model, random_task(model))
     return out
-
-
-def transformer_lens_grid(model, task, target, by_pos, direction="denoise"):
-    runs = prepare_runs(model, task, direction, [], [])
-    with torch.no_grad():
-        _, source_cache = model.run_with_cache(runs.source_tokens)
-    return TL_FUNCTIONS[(target, by_pos)](model, runs.base_tokens, source_cache, runs.metric())
 
 
 CASES = [(config, target, by_pos) for config in CONFIGS for (target, by_pos) in TL_FUNCTIONS

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from model_factory import make_model
+from oracles import slow_path_patching
 
 from circuitkit import names
 from circuitkit.patching import activation_patching, path_patching
-from circuitkit.patching.engine import prepare_runs
 from circuitkit.tasks.task import Task
 
 
@@ -39,51 +39,6 @@ def setups(word_tokenizer):
         model = make_model(word_tokenizer, **overrides)
         out[name] = (model, random_task(model))
     return out
-
-
-def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_mlps=False):
-    """The obvious procedure, one sender at a time, full forward passes, no batching."""
-    runs = prepare_runs(model, task, "noise", [], [])
-    with torch.no_grad():
-        _, clean = model.run_with_cache(task.clean)
-        _, corrupted = model.run_with_cache(task.corrupted)
-    s = names.parse_node(sender)
-
-    def freeze(act, hook):
-        out = clean[hook.name].clone()
-        if hook.name == f"blocks.{s.layer}.attn.hook_z":
-            out[:, :, s.head] = corrupted[hook.name][:, :, s.head]
-        return out
-
-    hooks = [(f"blocks.{layer}.attn.hook_z", freeze) for layer in range(model.cfg.n_layers)]
-    if freeze_mlps:
-        hooks += [(f"blocks.{layer}.hook_mlp_out", freeze) for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        if receiver_input == "resid":
-            return runs.normalized(model.run_with_hooks(task.clean, fwd_hooks=hooks))
-        nodes = [names.parse_node(r) for r in receivers]
-        hook_of = {n: (f"blocks.{n.layer}.hook_mlp_out" if receiver_input == "mlp"
-                       else f"blocks.{n.layer}.attn.hook_{receiver_input}") for n in nodes}
-        stored = {}
-
-        def capture(act, hook):
-            stored[hook.name] = act.clone()
-
-        model.run_with_hooks(task.clean, fwd_hooks=hooks + [(h, capture) for h in set(hook_of.values())])
-        kv_group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
-        group = kv_group if receiver_input in ("k", "v") else 1
-
-        def patch(act, hook):
-            for n in nodes:
-                if hook_of[n] == hook.name:
-                    if receiver_input == "mlp":
-                        act = stored[hook.name]
-                    else:
-                        act[:, :, n.head // group] = stored[hook.name][:, :, n.head // group]
-            return act
-
-        logits = model.run_with_hooks(task.clean, fwd_hooks=[(h, patch) for h in set(hook_of.values())])
-    return runs.normalized(logits)
 
 
 CASES = [

@@ -1,0 +1,134 @@
+"""Reference procedures the tests hold circuitkit to: TransformerLens's own ``patching`` functions
+and slow, obvious recomputations through TransformerLens's forward pass (import as
+``from oracles import ...``; a module of its own because several test folders have a ``conftest.py``)."""
+
+from __future__ import annotations
+
+import torch
+import transformer_lens.patching as tlp
+
+from circuitkit import names
+from circuitkit.ablation import edges as g
+from circuitkit.patching.engine import prepare_runs
+
+TL_FUNCTIONS = {
+    ("resid_pre", True): tlp.get_act_patch_resid_pre,
+    ("resid_mid", True): tlp.get_act_patch_resid_mid,
+    ("attn_out", True): tlp.get_act_patch_attn_out,
+    ("mlp_out", True): tlp.get_act_patch_mlp_out,
+    ("head_out", False): tlp.get_act_patch_attn_head_out_all_pos,
+    ("head_out", True): tlp.get_act_patch_attn_head_out_by_pos,
+    ("q", False): tlp.get_act_patch_attn_head_q_all_pos,
+    ("q", True): tlp.get_act_patch_attn_head_q_by_pos,
+    ("k", False): tlp.get_act_patch_attn_head_k_all_pos,
+    ("k", True): tlp.get_act_patch_attn_head_k_by_pos,
+    ("v", False): tlp.get_act_patch_attn_head_v_all_pos,
+    ("v", True): tlp.get_act_patch_attn_head_v_by_pos,
+    ("pattern", False): tlp.get_act_patch_attn_head_pattern_all_pos,
+    ("pattern", True): tlp.get_act_patch_attn_head_pattern_by_pos,
+}
+
+
+def transformer_lens_grid(model, task, target, by_pos, direction="denoise"):
+    runs = prepare_runs(model, task, direction, [], [])
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(runs.source_tokens)
+    return TL_FUNCTIONS[(target, by_pos)](model, runs.base_tokens, source_cache, runs.metric())
+
+
+def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_mlps=False):
+    """The obvious procedure, one sender at a time, full forward passes, no batching."""
+    runs = prepare_runs(model, task, "noise", [], [])
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean)
+        _, corrupted = model.run_with_cache(task.corrupted)
+    s = names.parse_node(sender)
+
+    def freeze(act, hook):
+        out = clean[hook.name].clone()
+        if hook.name == f"blocks.{s.layer}.attn.hook_z":
+            out[:, :, s.head] = corrupted[hook.name][:, :, s.head]
+        return out
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", freeze) for layer in range(model.cfg.n_layers)]
+    if freeze_mlps:
+        hooks += [(f"blocks.{layer}.hook_mlp_out", freeze) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        if receiver_input == "resid":
+            return runs.normalized(model.run_with_hooks(task.clean, fwd_hooks=hooks))
+        nodes = [names.parse_node(r) for r in receivers]
+        hook_of = {n: (f"blocks.{n.layer}.hook_mlp_out" if receiver_input == "mlp"
+                       else f"blocks.{n.layer}.attn.hook_{receiver_input}") for n in nodes}
+        stored = {}
+
+        def capture(act, hook):
+            stored[hook.name] = act.clone()
+
+        model.run_with_hooks(task.clean, fwd_hooks=hooks + [(h, capture) for h in set(hook_of.values())])
+        kv_group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+        group = kv_group if receiver_input in ("k", "v") else 1
+
+        def patch(act, hook):
+            for n in nodes:
+                if hook_of[n] == hook.name:
+                    if receiver_input == "mlp":
+                        act = stored[hook.name]
+                    else:
+                        act[:, :, n.head // group] = stored[hook.name][:, :, n.head // group]
+            return act
+
+        logits = model.run_with_hooks(task.clean, fwd_hooks=[(h, patch) for h in set(hook_of.values())])
+    return runs.normalized(logits)
+
+
+def explicit_edge_ablation(model, clean_tokens, source_tokens, edge_name: str):
+    """Logits with the one edge ``u -> v`` ablated (u's value on ``source_tokens``), by TransformerLens's
+    own forward pass and nothing of circuitkit's graph engine.
+
+    Run A freezes every node at its clean output (each head's ``hook_z``, each ``hook_mlp_out``)
+    except u, which takes its source value; whatever the model does between nodes (a post-norm of
+    the summed heads, a parallel block, soft-capping) TransformerLens recomputes, so v's input in
+    run A is exactly what v reads with only that edge ablated. Run B is the clean run with v's
+    input (its head's q/k/v input, its MLP input, or the final residual) replaced by run A's.
+    """
+    e = names.parse_edge(edge_name)
+    parent, child = names.parse_node(e.parent), names.parse_node(e.child)
+    n_layers = model.cfg.n_layers
+    z_hooks = [names.hook("z", layer) for layer in range(n_layers)]
+    mlp_hooks = [] if model.cfg.attn_only else [names.hook("mlp_out", layer) for layer in range(n_layers)]
+    input_hook = names.hook("resid_pre", 0)
+    wanted = set(z_hooks + mlp_hooks + [input_hook])
+    if child.kind == "head":
+        child_hook = names.hook(f"{e.qkv}_input", child.layer)
+    elif child.kind == "mlp":
+        child_hook = names.hook("mlp_in", child.layer)
+    else:
+        child_hook = names.hook("resid_post", n_layers - 1)
+    with g.graph_mode(model), torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens, names_filter=lambda n: n in wanted)
+        _, source = model.run_with_cache(source_tokens, names_filter=lambda n: n in wanted)
+
+        def freeze(act, hook):
+            out = clean[hook.name].clone()
+            if parent.kind == "head" and hook.name == names.hook("z", parent.layer):
+                out[:, :, parent.head] = source[hook.name][:, :, parent.head]
+            elif (parent.kind == "mlp" and hook.name == names.hook("mlp_out", parent.layer)) or (
+                    parent.kind == "input" and hook.name == input_hook):
+                out = source[hook.name].clone()
+            return out
+
+        read = {}
+
+        def capture(act, hook):
+            read["input"] = act.clone()
+
+        model.run_with_hooks(clean_tokens, fwd_hooks=[(h, freeze) for h in sorted(wanted)] + [(child_hook, capture)])
+
+        def replace(act, hook):
+            act = act.clone()
+            if child.kind == "head":
+                act[:, :, child.head] = read["input"][:, :, child.head]
+                return act
+            return read["input"]
+
+        return model.run_with_hooks(clean_tokens, fwd_hooks=[(child_hook, replace)])
