@@ -29,7 +29,11 @@ FAMILIES: dict[str, dict] = {
                     attn_scores_soft_cap=2.0, output_logits_soft_cap=3.0, tie=True, seed=17),
     "gemma-3": dict(_GEMMA, use_qk_norm=True, attn_types=["local", "global"], use_local_attn=True, window_size=3,
                     tie=True, seed=18),
-    "qwen-3-olmo-2-qk-norm": dict(_LLAMA, n_key_value_heads=2, use_qk_norm=True, seed=19),
+    "qwen-3-qk-norm": dict(_LLAMA, n_key_value_heads=2, use_qk_norm=True, seed=19),
+    # TransformerLens's OLMo-2 block: raw residual into attention / MLP, their outputs normalised
+    # (post-norm ln1 / ln2), QK-norm over whole projected vectors
+    # (multi-head, as the released OLMo-2 models are)
+    "olmo-2-post-norm": dict(_LLAMA, original_architecture="Olmo2ForCausalLM", seed=25),
     "bloom-alibi": dict(positional_embedding_type="alibi", seed=20),
     "opt-shortformer": dict(positional_embedding_type="shortformer", seed=21),
     "mixtral-moe": dict(_LLAMA, n_key_value_heads=2, num_experts=4, experts_per_token=2, seed=22),
@@ -37,7 +41,8 @@ FAMILIES: dict[str, dict] = {
     "attention-only": dict(attn_only=True, normalization_type=None, initializer_range=0.2, seed=24),
 }
 
-POST_NORM = {name for name, cfg in FAMILIES.items() if cfg.get("use_normalization_before_and_after")}
+POST_NORM = {name for name, cfg in FAMILIES.items()
+             if cfg.get("use_normalization_before_and_after") or cfg.get("original_architecture") == "Olmo2ForCausalLM"}
 PARALLEL = {name for name, cfg in FAMILIES.items() if cfg.get("parallel_attn_mlp")}
 
 

@@ -45,6 +45,8 @@ from circuitkit.ablation.kinds import check_kind, resample_permutation
 from circuitkit.tokenizers import check_token_ids
 
 _GRAPH_FLAGS = ("use_split_qkv_input", "use_hook_mlp_in", "ungroup_grouped_query_attention")
+# TransformerLens architectures whose QK-norm spans every head's projection (OLMo-2 / OLMo-3 / OLMoE)
+_WHOLE_VECTOR_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 # --- the graph's index ------------------------------------------------------------------------
@@ -174,8 +176,17 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 
 
 def graph_index(model) -> GraphIndex:
-    """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included)."""
+    """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
+    ``ValueError`` naming the reason and the alternative where the graph cannot be built."""
     cfg = model.cfg
+    kv_heads = getattr(cfg, "n_key_value_heads", None)
+    if whole_vector_qk_norm(cfg) and kv_heads is not None and kv_heads < cfg.n_heads:
+        raise ValueError(
+            f"model {cfg.model_name!r} ({cfg.original_architecture}) normalises its keys over all key/value heads "
+            "at once, and grouped-query attention: the edge graph gives each query head its own key input "
+            "(TransformerLens's ungroup_grouped_query_attention), which that norm cannot take; use activation "
+            "patching, path patching or attribution_patching on this model instead"
+        )
     return GraphIndex(cfg.n_layers, cfg.n_heads, not cfg.attn_only, bool(getattr(cfg, "parallel_attn_mlp", False)))
 
 
@@ -211,6 +222,12 @@ def post_norm_head_diffs(model, layer: int, pre: Tensor, diff: Tensor, linear: b
             return torch.func.jvp(norm, (pre.contiguous(),), (diff.contiguous(),))[1].detach()
     with torch.no_grad():
         return norm(pre + diff) - norm(pre)
+
+
+def whole_vector_qk_norm(cfg) -> bool:
+    """Whether the model's QK-norm spans every head's projection at once (TransformerLens's OLMo-2 /
+    OLMo-3 / OLMoE blocks), so one head's query depends on the other heads' query inputs."""
+    return cfg.original_architecture in _WHOLE_VECTOR_QK_NORM
 
 
 def is_post_norm(cfg) -> bool:

@@ -41,6 +41,7 @@ from circuitkit.ablation.edges import (
     post_norm_head_diffs,
     result_hook,
     split_outputs,
+    whole_vector_qk_norm,
 )
 from circuitkit.attribution.common import (
     prepare_attribution,
@@ -290,22 +291,26 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
 
     n_cols = index.n_before_slot_layer(layer)
     post_norm = is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
+    # A head's pattern depends on its own q / k input only, so one run can move every head's input
+    # at once; where the QK-norm spans all heads (OLMo-2), each head is moved in a run of its own.
+    apart = list(range(index.n_heads)) if whole_vector_qk_norm(model.cfg) else [None]
     for which in (0, 1):  # q, k
         row = layer * index.slots_per_layer + which * index.n_heads
         for start in range(0, n_cols, senders_per_run):
             k = min(n_cols, start + senders_per_run) - start
-            # one copy of the prompts per sender, its diff added to every head's q (or k) input:
-            # a head's pattern depends on its own q / k input only, so heads do not interfere
-            moved = [x.repeat(k, 1, 1, 1) for x in inputs]
+            # one copy of the prompts per sender, its diff added to the heads' q (or k) input
             delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
-            moved[which] = moved[which] + delta.to(moved[which].dtype)
-            q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
-            with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
-                block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
-                           attention_mask=None if mask is None else mask.repeat(k, 1))
-            change = captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None]
-            matrix[row: row + index.n_heads, start: start + k] += torch.einsum(
-                "cbhqk,bhqk->hc", change, grad.to(change.dtype))
+            for head in apart:
+                moved = [x.repeat(k, 1, 1, 1) for x in inputs]
+                heads = slice(None) if head is None else slice(head, head + 1)
+                moved[which][:, :, heads] = moved[which][:, :, heads] + delta.to(moved[which].dtype)
+                q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
+                with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
+                    block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
+                               attention_mask=None if mask is None else mask.repeat(k, 1))
+                change = (captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None])[:, :, heads]
+                rows = slice(row, row + index.n_heads) if head is None else slice(row + head, row + head + 1)
+                matrix[rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, grad[:, heads].to(change.dtype))
 
 
 def _bind_pre(fn, **kwargs):

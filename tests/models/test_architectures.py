@@ -286,3 +286,11 @@ def test_head_detectors_and_retrieval_scores_run(family, bpe_tokenizer, name):
     fast = retrieval_scores(bpe_model, task, min_recall=-1.0, progress=False)
     slow = retrieval_scores_generate(bpe_model, task, min_recall=-1.0, progress=False)
     assert torch.equal(fast.meta["per_prompt"], slow.meta["per_prompt"])
+
+
+def test_olmo_with_grouped_query_attention_is_refused_up_front(word_tokenizer):
+    model = family_model("olmo-2-post-norm", word_tokenizer, n_key_value_heads=2)
+    task = family_task(model)
+    with pytest.raises(ValueError, match=r"normalises its keys over all key/value heads.*use activation patching"):
+        eap(model, task, progress=False)
+    activation_patching(model, task, "head_out", progress=False)  # what it points to does run
