@@ -3,6 +3,7 @@
 circuits (:mod:`~circuitkit.circuit.discover.exhaustive`)."""
 
 from circuitkit.circuit.discover.acdc import acdc
+from circuitkit.circuit.discover.edge_pruning import edge_pruning
 from circuitkit.circuit.discover.exhaustive import (
     CircuitSearch,
     EdgeCircuitSearch,
@@ -13,4 +14,4 @@ from circuitkit.circuit.discover.exhaustive import (
 from circuitkit.circuit.discover.pipeline import METHODS, discover, score_edges
 
 __all__ = ["METHODS", "CircuitSearch", "EdgeCircuitSearch", "acdc", "circuit_recovery", "discover",
-           "find_circuit", "find_edge_circuit", "score_edges"]
+           "edge_pruning", "find_circuit", "find_edge_circuit", "score_edges"]

@@ -1,7 +1,8 @@
 """Discovery as one call: score every edge with a method, then prune to a circuit and evaluate it.
 
 Methods: ``eap-ig`` / ``eap`` / ``exact`` (edge scores from :mod:`circuitkit.attribution`; ``exact``
-patches one edge at a time, the ground truth the others approximate) and ``acdc``
+patches one edge at a time, the ground truth the others approximate), ``edge-pruning`` (a learned
+edge mask, :mod:`circuitkit.circuit.discover.edge_pruning`) and ``acdc``
 (:mod:`circuitkit.circuit.discover.acdc`).
 """
 
@@ -12,11 +13,12 @@ import time
 from circuitkit import attribution
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
+from circuitkit.circuit.discover.edge_pruning import edge_pruning
 from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
-METHODS = ("eap-ig", "eap", "exact", "acdc")
+METHODS = ("eap-ig", "eap", "exact", "edge-pruning", "acdc")
 
 
 def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
@@ -31,7 +33,10 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corr
                                   interpolate=interpolate)
     if method == "eap":
         return attribution.eap(model, task, ablation=ablation, progress=progress)
-    raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact'")
+    if method == "edge-pruning":
+        return edge_pruning(model, task, ablation=ablation, progress=progress)
+    raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact', "
+                     "'edge-pruning'")
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
