@@ -199,6 +199,7 @@ def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
     circuit = Circuit.from_scores(scores, **Circuit.for_model(model))
     missing = [e for e in model_edges if e not in set(scores.labels)]
     circuit.add_edges(((e, None) for e in missing), scores.method, scores.task, False)
+    circuit.meta["d_model"] = int(model.cfg.d_model)  # EAP-IG / MIB files need it
     return circuit
 
 

@@ -15,6 +15,7 @@ def circuit():
     scores = Scores(values, edges, "eap-ig", task="ioi", meta={"n_layers": 2, "n_heads": 2, "has_mlp": True})
     c = Circuit.from_scores(scores).top_k(12)
     c.meta["faithfulness"] = 0.93
+    c.meta["d_model"] = 16  # EAP-IG / MIB files need it
     c.graph.nodes["a1.h0"]["note"] = "name mover"  # extra attributes survive too
     c.graph.nodes["a0.h1"]["score"] = 0.0  # a zero score (sign 0) is not None
     c.graph.nodes["a0.h1"]["sign"] = 0
@@ -50,7 +51,8 @@ def test_reads_foreign_mib_and_tracer_files(tmp_path):
     path = tmp_path / "mib.json"
     path.write_text(json.dumps(mib))
     c = load_circuit(path)
-    assert c.edges == ["input->a0.h0<q>", "a0.h0->logits"] and c.edge_data("input->logits")["score"] == 0.01
+    assert c.edges == ["input->a0.h0<q>", "a0.h0->logits"]
+    assert c.edge_data("input->logits")["score"] == -0.01  # MIB's loss attributions, in circuitkit's sign
     tracer = {"metadata": {"slug": "demo", "scan": "gemma-2-2b", "prompt": "The capital", "schema_version": 1},
               "qParams": {"pinnedIds": []},
               "nodes": [{"node_id": "E_651_0", "feature": 651, "layer": "E", "ctx_idx": 0, "feature_type": "embedding",
