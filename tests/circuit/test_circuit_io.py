@@ -16,6 +16,8 @@ def circuit():
     c = Circuit.from_scores(scores).top_k(12)
     c.meta["faithfulness"] = 0.93
     c.meta["d_model"] = 16  # EAP-IG / MIB files need it
+    c.meta["example_prompt"] = {"prompt": "When Mary and John", "prompt_tokens": ["When", " Mary", " and", " John"],
+                                "token_ids": [5, 6, 7, 8], "logits": [{"token": " Mary", "token_id": 6, "prob": 0.5}]}
     c.graph.nodes["a1.h0"]["note"] = "name mover"  # extra attributes survive too
     c.graph.nodes["a0.h1"]["score"] = 0.0  # a zero score (sign 0) is not None
     c.graph.nodes["a0.h1"]["sign"] = 0
@@ -32,7 +34,8 @@ def test_round_trip_keeps_everything(circuit, tmp_path, fmt):
     assert back.edges == circuit.edges and back.nodes == circuit.nodes
     for node, data in circuit.graph.nodes(data=True):
         assert back.graph.nodes[node] == data  # None stays None, bools stay bools
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
+    index = ["graph-metadata.json"] if fmt == "attribution-graph" else []  # the viewer's list of graphs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, *index])  # no temp files left behind
 
 
 def test_mib_layout_matches_eap_ig(circuit):
@@ -68,7 +71,7 @@ def test_reads_foreign_mib_and_tracer_files(tmp_path):
                         {"source": "3_error_0", "target": "26_9_0", "weight": -0.3}]}
     c = from_attribution_graph(tracer)
     assert set(c.nodes) == {"input@0", "f3.transcoder.1234@0", "m3@0", "f26.logit.9@0"}
-    assert c.edge_data("f3.transcoder.1234@0->f26.logit.9@0")["score"] == 1.2
+    assert c.edge_data("f3.transcoder.1234@0->f26.logit.9@0")["score"] == -1.2  # -weight: circuitkit's sign
     assert c.graph.nodes["f26.logit.9@0"]["clerp"] == 'Output "Austin" (p=0.4)'
     # and it round-trips through our own formats
     save_circuit(c, tmp_path / "t.graphml")

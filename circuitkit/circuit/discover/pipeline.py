@@ -13,6 +13,7 @@ from circuitkit import attribution
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
 from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
+from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
@@ -86,6 +87,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         for label, value in raw.as_dict().items():  # the estimator's own values, for exports (MIB)
             circuit.edge_data(label)["raw_score"] = float(value)
     circuit.meta.setdefault("d_model", int(model.cfg.d_model))
+    circuit.meta.setdefault("example_prompt", example_prompt(model, task))  # for attribution-graph exports
     result = evaluate(model, task, circuit, evaluator=ev)
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,

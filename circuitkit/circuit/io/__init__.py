@@ -21,7 +21,12 @@ from typing import Any
 
 from circuitkit.atomic import write_bytes
 from circuitkit.circuit.core import EDGE_ATTRS, NODE_ATTRS, Circuit
-from circuitkit.circuit.io.attribution_graph import from_attribution_graph, to_attribution_graph
+from circuitkit.circuit.io.attribution_graph import (
+    example_prompt,
+    from_attribution_graph,
+    to_attribution_graph,
+    update_index,
+)
 from circuitkit.circuit.io.common import FORMAT_VERSION
 from circuitkit.circuit.io.graphml import from_gexf, from_graphml, to_gexf, to_graphml
 from circuitkit.circuit.io.mib import from_mib, to_mib
@@ -56,9 +61,17 @@ def _format_for(path: Path, fmt: str | None) -> str:
 
 def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None, **options: Any) -> Path:
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
-    else node-link JSON). ``options`` go to :func:`to_mib` / :func:`to_attribution_graph`."""
+    else node-link JSON). ``options`` go to :func:`to_mib` / :func:`to_attribution_graph`.
+    An attribution graph takes its slug from the file name and is also listed in
+    ``graph-metadata.json`` next to it (circuit-tracer's viewer reads that index)."""
     path = Path(path)
     fmt = _format_for(path, format)
+    if fmt == "attribution-graph":  # the viewer loads graph_data/{slug}.json and lists graph-metadata.json
+        graph = to_attribution_graph(circuit, **{"slug": path.stem, **options})
+        payload = (json.dumps(graph) + "\n").encode()
+        written = write_bytes(path, payload)
+        update_index(path.parent, graph)
+        return written
     payload = _serialise(circuit, "node-link" if fmt == "json" else fmt, options)
     return write_bytes(path, payload)
 
@@ -106,6 +119,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format:
     return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 
-__all__ = ["EDGE_ATTRS", "FORMATS", "FORMAT_VERSION", "NODE_ATTRS", "convert", "from_attribution_graph",
+__all__ = ["EDGE_ATTRS", "FORMATS", "FORMAT_VERSION", "NODE_ATTRS", "convert", "example_prompt", "from_attribution_graph",
            "from_mib", "from_node_link", "load_circuit", "save_circuit", "to_attribution_graph", "to_mib",
-           "to_node_link"]
+           "to_node_link", "update_index"]
