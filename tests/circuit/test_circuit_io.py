@@ -107,3 +107,32 @@ def test_bad_files_raise_and_write_nothing(circuit, tmp_path):
     with pytest.raises(TypeError):
         save_circuit(circuit, tmp_path / "partial.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_graphml_and_gexf_speak_their_schemas(circuit):
+    """Booleans as XML Schema spells them (true / false), read by the XML itself, and no helper
+    attribute on every element (None-valued core attributes are just left out)."""
+    import xml.etree.ElementTree as ET
+
+    from circuitkit.circuit.io.graphml import from_graphml, to_gexf, to_graphml
+
+    circuit.graph.nodes["a1.h0"]["role"] = None  # an extra attribute that is None still comes back
+    raw = to_graphml(circuit)
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    root = ET.fromstring(raw)
+    keys = {k.get("id"): k for k in root.findall("g:key", ns)}
+    booleans = {i for i, k in keys.items() if k.get("attr.type") == "boolean"}
+    values = {d.text for d in root.iter("{http://graphml.graphdrawing.org/xmlns}data") if d.get("key") in booleans}
+    assert booleans and values == {"true", "false"}
+    assert not any(k.get("attr.name", "").startswith("_") for k in keys.values())
+    gexf = ET.fromstring(to_gexf(circuit))
+    gns = "{http://www.gexf.net/1.2draft}"
+    titles = {a.get("id"): a for a in gexf.iter(f"{gns}attribute")}
+    assert not any(a.get("title").startswith("_") for a in titles.values())
+    flags = {v.get("value") for v in gexf.iter(f"{gns}attvalue") if titles[v.get("for")].get("type") == "boolean"}
+    assert flags == {"true", "false"}
+    assert from_graphml(raw, "x") == circuit
+    # files written with the old per-element helper attribute still read
+    old = raw.replace(b'<key id="d0"', b'<key id="dx" for="node" attr.name="_none_attrs" attr.type="string" />\n  <key id="d0"')
+    old = old.replace(b'<node id="a1.h0">', b'<node id="a1.h0">\n      <data key="dx">old_extra</data>', 1)
+    assert from_graphml(old, "old").graph.nodes["a1.h0"]["old_extra"] is None
