@@ -144,16 +144,31 @@ def completeness(model, task, circuit: Circuit, ablation: str = "mean", seed: in
     return evaluate(model, task, circuit, ablation, seed).completeness
 
 
-def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool) -> list[str]:
-    """Model edges best first (unscored edges last), ties broken by id for determinism."""
+SIGNS = ("circuitkit", "mib")
+
+
+def _check_sign(sign: str) -> None:
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be 'circuitkit' (scores estimate m(ablated) - m(clean): needed edges negative) "
+                         f"or 'mib' (loss attributions: needed edges positive), got {sign!r}")
+
+
+def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool, sign: str = "circuitkit") -> list[str]:
+    """Model edges best first (unscored edges last), ties broken by id for determinism.
+
+    ``by_abs=False`` ranks by signed importance, the edges the behaviour needs first: the most
+    negative scores for ``sign="circuitkit"`` (a score estimates m(edge ablated) - m(clean)), the
+    most positive for ``sign="mib"`` (MIB attributes the loss, -metric)."""
+    _check_sign(sign)
     values = scores.as_dict()
     unknown = [label for label in values if label not in set(model_edges)]
     if unknown:
         raise ValueError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
                          "(circuitkit.ablation.edges.graph_edges)")
+    factor = -1.0 if sign == "circuitkit" else 1.0
     def key(edge: str):
         v = values.get(edge)
-        return (v is None, -(abs(v) if by_abs else v) if v is not None else 0.0, edge)
+        return (v is None, -(abs(v) if by_abs else factor * v) if v is not None else 0.0, edge)
     return sorted(model_edges, key=key)
 
 
@@ -163,34 +178,72 @@ def _check_edge_scores(scores: Scores) -> None:
                          "build circuits with Circuit.from_scores(scores).top_k(k) and call faithfulness()")
 
 
-def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS, ablation: str = "mean",
-                       seed: int = 0, evaluator: EdgeEvaluator | None = None):
-    """The MIB circuit-localisation curve: for each k (% of the model's edges) keep the top-k edges
-    and ablate the rest.
+def mib_size(k: float, n_total: int) -> int:
+    """MIB's circuit size at ``k`` % of ``n_total`` edges: ``int(k / 100 * n_total)`` (rounded down)."""
+    return min(n_total, math.floor(k * n_total / 100 + 1e-9))
 
-    Returns a DataFrame with columns ``k`` (%), ``n_edges``, ``f_signed`` (top-k by signed score,
-    for CPR) and ``f_abs`` (top-k by |score|, for CMD); ``frame.attrs`` holds ``cpr`` (area under
-    f_signed, higher is better) and ``cmd`` (area under |1 - f_abs|, lower is better), trapezoids
-    over k as a fraction.
+
+def mib_prune(edges: Iterable[str]) -> list[str]:
+    """The edges MIB evaluates of an edge set: EAP-IG's ``Graph.prune`` drops nodes lacking an
+    in-graph input (the input node excepted) or output edge until nothing changes, which on a DAG
+    keeps the edges on ``input -> logits`` paths (:meth:`Circuit.prune_dangling`)."""
+    edges = list(edges)
+    if not edges:
+        return []
+    return Circuit.from_nodes_edges(edges=edges).prune_dangling().edges
+
+
+def curve_areas(ks: Sequence[float], faithfulness: Sequence[float]) -> tuple[float, float]:
+    """``(area under f, area under |1 - f|)`` by trapezoids over ``k / 100``: MIB's ``area_under``
+    (CPR, from the signed curve) and ``area_from_1`` (CMD, from the absolute one).
+    MIB's grid runs from 0.1 % to 100 %, so the widest possible area is 0.999."""
+    x = [k / 100 for k in ks]
+    f = [float(v) for v in faithfulness]
+    under = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1))
+    from_1 = sum((x[i + 1] - x[i]) * (abs(1 - f[i]) + abs(1 - f[i + 1])) / 2 for i in range(len(x) - 1))
+    return float(under), float(from_1)
+
+
+def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS, ablation: str = "mean",
+                       seed: int = 0, evaluator: EdgeEvaluator | None = None, sign: str = "circuitkit",
+                       prune: bool = True):
+    """The MIB circuit-localisation curve: for each k (% of the model's edges) keep the top
+    ``int(k / 100 * n_edges)`` edges, drop those on no ``input -> logits`` path (``prune``, as MIB's
+    ``apply_topn(..., prune=True)`` does) and ablate the rest.
+
+    ``sign`` says what ``scores`` hold: ``"circuitkit"`` (every circuitkit estimator: m(edge
+    ablated) - m(clean), the edges a behaviour needs are negative) or ``"mib"`` (MIB / EAP-IG
+    loss attributions: they are positive). The signed curve keeps the most needed edges first
+    either way, so the same edges give the same curve under both conventions.
+
+    Returns a DataFrame with columns ``k`` (%), ``n_edges`` (MIB's size), ``n_signed`` /
+    ``n_abs`` (edges left after pruning), ``f_signed`` (top-k by signed importance, for CPR) and
+    ``f_abs`` (top-k by |score|, for CMD); ``frame.attrs`` holds ``cpr`` (area under f_signed,
+    higher is better) and ``cmd`` (area under |1 - f_abs|, lower is better), see :func:`curve_areas`.
     """
     import pandas as pd
 
     _check_edge_scores(scores)
+    _check_sign(sign)
     ks = sorted(float(k) for k in ks)
     if not ks or ks[0] <= 0 or ks[-1] > 100:
         raise ValueError(f"ks are percentages of edges in (0, 100], got {ks}")
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
-    signed, absolute = rank_edges(scores, ev.model_edges, False), rank_edges(scores, ev.model_edges, True)
+    signed = rank_edges(scores, ev.model_edges, False, sign)
+    absolute = rank_edges(scores, ev.model_edges, True)
     n_total = len(ev.model_edges)
+    keep = mib_prune if prune else list
     rows = []
     for k in ks:
-        n = min(n_total, math.ceil(k / 100 * n_total - 1e-9))
-        rows.append({"k": k, "n_edges": n, "f_signed": ev.faithfulness(signed[:n]), "f_abs": ev.faithfulness(absolute[:n])})
+        n = mib_size(k, n_total)
+        top_signed, top_abs = keep(signed[:n]), keep(absolute[:n])
+        rows.append({"k": k, "n_edges": n, "n_signed": len(top_signed), "n_abs": len(top_abs),
+                     "f_signed": ev.faithfulness(top_signed), "f_abs": ev.faithfulness(top_abs)})
     frame = pd.DataFrame(rows)
-    x = frame["k"].to_numpy() / 100
-    frame.attrs.update(cpr=_trapezoid(x, frame["f_signed"].to_numpy()),
-                       cmd=_trapezoid(x, abs(1 - frame["f_abs"].to_numpy())), ablation=ev.ablation,
-                       method=scores.method, task=task.name)
+    cpr, _ = curve_areas(ks, frame["f_signed"])
+    _, cmd = curve_areas(ks, frame["f_abs"])
+    frame.attrs.update(cpr=cpr, cmd=cmd, sign=sign, pruned=prune, ablation=ev.ablation, method=scores.method,
+                       task=task.name)
     return frame
 
 
@@ -199,11 +252,8 @@ def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
     circuit = Circuit.from_scores(scores, **Circuit.for_model(model))
     missing = [e for e in model_edges if e not in set(scores.labels)]
     circuit.add_edges(((e, None) for e in missing), scores.method, scores.task, False)
+    circuit.meta["d_model"] = int(model.cfg.d_model)  # EAP-IG / MIB files need it
     return circuit
-
-
-def _trapezoid(x, y) -> float:
-    return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
 
 
 def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation: str = "mean", seed: int = 0,

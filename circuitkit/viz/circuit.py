@@ -2,9 +2,11 @@
 
 Input at the bottom, logits at the top; a layer's heads side by side with its MLP beside them
 (slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
-hovering a node or an edge's midpoint shows the component, score and method. A slider built into
-the figure filters edges by |score| (each step toggles trace visibility), so the filter works in
-notebooks and in static HTML alike.
+the dash which input of a head an edge feeds (q dotted, k dashed, v dash-dotted, each arriving a
+little apart; the legend says so), hovering a node or an edge's midpoint shows the component,
+score and method. A slider built into the figure filters edges by |score| (each step toggles trace
+visibility and retitles the figure with what is left), so the filter works in notebooks and in
+static HTML alike.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ UNSIGNED = "#9ca3af"
 KIND_COLOURS = {"input": "#374151", "logits": "#374151", "head": "#0d9488", "mlp": "#d97706", "feature": "#7c3aed"}
 KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp": "square", "feature": "circle"}
 MLP_LIFT = 0.4  # an MLP sits a little above its layer's heads so that head -> MLP edges are visible
+QKV_DASH = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
+QKV_OFFSET = {"q": -0.15, "k": 0.0, "v": 0.15, None: 0.0}  # q, k and v edges between two nodes stay apart
+QKV_LEGEND = {"q": "into a head's query", "k": "into a head's key", "v": "into a head's value",
+              None: "into an MLP or the logits"}
 
 
 def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
@@ -55,6 +61,13 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
             xy = (float(order), names.depth(parsed, n_layers))
         positions[node_id] = (xy[0] + block, xy[1])
     return positions
+
+
+def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where an edge's line starts and ends: at its child, a q / k / v edge lands a little apart."""
+    e = names.parse_edge(edge_id)
+    (x1, y1) = pos[e.child]
+    return pos[e.parent], (x1 + QKV_OFFSET[e.qkv], y1)
 
 
 def _fmt(score: float | None) -> str:
@@ -121,30 +134,41 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             strength = max((abs(s) for _, s in members if s is not None), default=0.0) / max_abs
             line_width = 1.0 + 6.0 * math.sqrt(strength)
             for colour, sign in ((POSITIVE, 1), (NEGATIVE, -1), (UNSIGNED, None)):
-                group = [e for e, s in members if (s is None and sign is None) or
-                         (s is not None and sign is not None and (s >= 0) == (sign > 0))]
-                if not group:
-                    continue
-                xs: list[float | None] = []
-                ys: list[float | None] = []
-                for e in group:
-                    parent, child = names.parse_edge(e).parent, names.parse_edge(e).child
-                    xs += [pos[parent][0], pos[child][0], None]
-                    ys += [pos[parent][1], pos[child][1], None]
-                bucket_traces[b].append(len(fig.data))
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                         line={"color": colour, "width": line_width}, opacity=0.75,
-                                         name=f"edges |score| ≥ {thresholds[b]:.3g}"))
+                signed = [e for e, s in members if (s is None and sign is None) or
+                          (s is not None and sign is not None and (s >= 0) == (sign > 0))]
+                for qkv in names.QKV + (None,):
+                    group = [e for e in signed if names.parse_edge(e).qkv == qkv]
+                    if not group:
+                        continue
+                    xs: list[float | None] = []
+                    ys: list[float | None] = []
+                    for e in group:
+                        (x0, y0), (x1, y1) = _ends(pos, e)
+                        xs += [x0, x1, None]
+                        ys += [y0, y1, None]
+                    bucket_traces[b].append(len(fig.data))
+                    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                             line={"color": colour, "width": line_width, "dash": QKV_DASH[qkv]},
+                                             opacity=0.75, name=f"edges |score| ≥ {thresholds[b]:.3g}"))
             # hover targets at edge midpoints (lines only hover at their points)
             mids = [(e, s) for e, s in members]
             bucket_traces[b].append(len(fig.data))
             fig.add_trace(go.Scatter(
-                x=[(pos[names.parse_edge(e).parent][0] + pos[names.parse_edge(e).child][0]) / 2 for e, _ in mids],
-                y=[(pos[names.parse_edge(e).parent][1] + pos[names.parse_edge(e).child][1]) / 2 for e, _ in mids],
+                x=[(_ends(pos, e)[0][0] + _ends(pos, e)[1][0]) / 2 for e, _ in mids],
+                y=[(_ends(pos, e)[0][1] + _ends(pos, e)[1][1]) / 2 for e, _ in mids],
                 mode="markers", marker={"size": 6, "color": "rgba(0,0,0,0)"}, showlegend=False,
                 hovertext=[f"<b>{e}</b><br>score: {_fmt(s)}<br>method: {circuit.edge_data(e)['method']}"
                            f"<br>task: {circuit.edge_data(e)['task']}" for e, s in mids],
                 hoverinfo="text"))
+        # the legend: one entry per edge input drawn, and the two signs (empty traces)
+        drawn = {names.parse_edge(e).qkv for e in edge_ids}
+        for qkv in names.QKV + (None,):
+            if qkv in drawn:
+                fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=QKV_LEGEND[qkv], hoverinfo="skip",
+                                         line={"color": "#6b7280", "width": 2, "dash": QKV_DASH[qkv]}))
+        for colour, what in ((POSITIVE, "score > 0"), (NEGATIVE, "score < 0")):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=what, hoverinfo="skip",
+                                     line={"color": colour, "width": 4}))
 
     def node_trace(ids: list[str], visible: bool = True) -> go.Scatter:
         colours, sizes, text = [], [], []
@@ -178,10 +202,22 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     xs = [x for x, _ in pos.values()]
     # the whole model's width, so a small circuit keeps heads in their columns
     x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
-    label = title or (f"{circuit.method or 'circuit'} · {circuit.task or 'task'} · "
-                      f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges")
+    def label(j: int) -> str:
+        """The title at slider step ``j``: what the figure shows at that threshold."""
+        shown = [item for item, s in zip(items, scores, strict=True) if _bucket(s, thresholds) >= j]
+        if edge_level:
+            n_nodes = len({n for e in shown for n in (names.parse_edge(e).parent, names.parse_edge(e).child)})
+            counts = f"{n_nodes} nodes, {len(shown)} edges"
+        else:
+            counts = f"{len(shown)} nodes"
+        if title is not None:
+            return title if j == 0 else f"{title} · |score| ≥ {thresholds[j]:.3g}: {counts}"
+        cut = f" (|score| ≥ {thresholds[j]:.3g})" if j else ""
+        return f"{circuit.method or 'circuit'} · {circuit.task or 'task'} · {counts}{cut}"
+
     fig.update_layout(
-        title=label, template="plotly_white", hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
+        title=label(0), template="plotly_white", showlegend=edge_level,
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
         xaxis={"visible": False, "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
@@ -193,7 +229,8 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
         for j, t in enumerate(thresholds):
             visible = [i in always or any(i in bucket_traces[b] for b in range(j, n_buckets))
                        for i in range(len(fig.data))]
-            steps.append({"method": "restyle", "args": [{"visible": visible}], "label": f"{t:.3g}"})
+            steps.append({"method": "update", "args": [{"visible": visible}, {"title": {"text": label(j)}}],
+                          "label": f"{t:.3g}"})
         fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "|score| ≥ "},
                                     "pad": {"t": 30}}])
     return fig

@@ -15,6 +15,9 @@ def circuit():
     scores = Scores(values, edges, "eap-ig", task="ioi", meta={"n_layers": 2, "n_heads": 2, "has_mlp": True})
     c = Circuit.from_scores(scores).top_k(12)
     c.meta["faithfulness"] = 0.93
+    c.meta["d_model"] = 16  # EAP-IG / MIB files need it
+    c.meta["example_prompt"] = {"prompt": "When Mary and John", "prompt_tokens": ["When", " Mary", " and", " John"],
+                                "token_ids": [5, 6, 7, 8], "logits": [{"token": " Mary", "token_id": 6, "prob": 0.5}]}
     c.graph.nodes["a1.h0"]["note"] = "name mover"  # extra attributes survive too
     c.graph.nodes["a0.h1"]["score"] = 0.0  # a zero score (sign 0) is not None
     c.graph.nodes["a0.h1"]["sign"] = 0
@@ -31,7 +34,8 @@ def test_round_trip_keeps_everything(circuit, tmp_path, fmt):
     assert back.edges == circuit.edges and back.nodes == circuit.nodes
     for node, data in circuit.graph.nodes(data=True):
         assert back.graph.nodes[node] == data  # None stays None, bools stay bools
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
+    index = ["graph-metadata.json"] if fmt == "attribution-graph" else []  # the viewer's list of graphs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, *index])  # no temp files left behind
 
 
 def test_mib_layout_matches_eap_ig(circuit):
@@ -50,7 +54,8 @@ def test_reads_foreign_mib_and_tracer_files(tmp_path):
     path = tmp_path / "mib.json"
     path.write_text(json.dumps(mib))
     c = load_circuit(path)
-    assert c.edges == ["input->a0.h0<q>", "a0.h0->logits"] and c.edge_data("input->logits")["score"] == 0.01
+    assert c.edges == ["input->a0.h0<q>", "a0.h0->logits"]
+    assert c.edge_data("input->logits")["score"] == -0.01  # MIB's loss attributions, in circuitkit's sign
     tracer = {"metadata": {"slug": "demo", "scan": "gemma-2-2b", "prompt": "The capital", "schema_version": 1},
               "qParams": {"pinnedIds": []},
               "nodes": [{"node_id": "E_651_0", "feature": 651, "layer": "E", "ctx_idx": 0, "feature_type": "embedding",
@@ -66,7 +71,7 @@ def test_reads_foreign_mib_and_tracer_files(tmp_path):
                         {"source": "3_error_0", "target": "26_9_0", "weight": -0.3}]}
     c = from_attribution_graph(tracer)
     assert set(c.nodes) == {"input@0", "f3.transcoder.1234@0", "m3@0", "f26.logit.9@0"}
-    assert c.edge_data("f3.transcoder.1234@0->f26.logit.9@0")["score"] == 1.2
+    assert c.edge_data("f3.transcoder.1234@0->f26.logit.9@0")["score"] == -1.2  # -weight: circuitkit's sign
     assert c.graph.nodes["f26.logit.9@0"]["clerp"] == 'Output "Austin" (p=0.4)'
     # and it round-trips through our own formats
     save_circuit(c, tmp_path / "t.graphml")
@@ -102,3 +107,32 @@ def test_bad_files_raise_and_write_nothing(circuit, tmp_path):
     with pytest.raises(TypeError):
         save_circuit(circuit, tmp_path / "partial.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_graphml_and_gexf_speak_their_schemas(circuit):
+    """Booleans as XML Schema spells them (true / false), read by the XML itself, and no helper
+    attribute on every element (None-valued core attributes are just left out)."""
+    import xml.etree.ElementTree as ET
+
+    from circuitkit.circuit.io.graphml import from_graphml, to_gexf, to_graphml
+
+    circuit.graph.nodes["a1.h0"]["role"] = None  # an extra attribute that is None still comes back
+    raw = to_graphml(circuit)
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    root = ET.fromstring(raw)
+    keys = {k.get("id"): k for k in root.findall("g:key", ns)}
+    booleans = {i for i, k in keys.items() if k.get("attr.type") == "boolean"}
+    values = {d.text for d in root.iter("{http://graphml.graphdrawing.org/xmlns}data") if d.get("key") in booleans}
+    assert booleans and values == {"true", "false"}
+    assert not any(k.get("attr.name", "").startswith("_") for k in keys.values())
+    gexf = ET.fromstring(to_gexf(circuit))
+    gns = "{http://www.gexf.net/1.2draft}"
+    titles = {a.get("id"): a for a in gexf.iter(f"{gns}attribute")}
+    assert not any(a.get("title").startswith("_") for a in titles.values())
+    flags = {v.get("value") for v in gexf.iter(f"{gns}attvalue") if titles[v.get("for")].get("type") == "boolean"}
+    assert flags == {"true", "false"}
+    assert from_graphml(raw, "x") == circuit
+    # files written with the old per-element helper attribute still read
+    old = raw.replace(b'<key id="d0"', b'<key id="dx" for="node" attr.name="_none_attrs" attr.type="string" />\n  <key id="d0"')
+    old = old.replace(b'<node id="a1.h0">', b'<node id="a1.h0">\n      <data key="dx">old_extra</data>', 1)
+    assert from_graphml(old, "old").graph.nodes["a1.h0"]["old_extra"] is None

@@ -1,12 +1,17 @@
-"""Every notebook runs top to bottom offline on the zoo models and shows a Plotly figure."""
+"""Every notebook runs top to bottom offline on the zoo models and shows a Plotly figure, which
+nbconvert's HTML export (what ``jupyter nbconvert --to html`` writes) draws too."""
 
+import os
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbconvert import HTMLExporter
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
@@ -19,8 +24,10 @@ def test_notebooks_exist():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("PLOTLY_RENDERER", "plotly_mimetype")
+    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)  # the notebooks pick circuitkit's renderer
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the kernel imports this checkout's circuitkit, not whichever one is installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("CIRCUITKIT_NOTEBOOK_OUT", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
     stored = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -28,4 +35,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any(PLOTLY_MIME in o.get("data", {}) for o in outputs), f"{path.name} shows no Plotly figure"
+    figures = [o for o in outputs if PLOTLY_MIME in o.get("data", {})]
+    assert figures, f"{path.name} shows no Plotly figure"
+    # each figure also carries HTML, and the HTML export draws it with plotly.js embedded (offline)
+    assert all("plotly-graph-div" in o["data"].get("text/html", "") for o in figures)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert html.count("Plotly.newPlot(") >= len(figures), f"the HTML export of {path.name} lacks figures"
+    assert "plotly.js v" in html, f"the HTML export of {path.name} does not embed plotly.js"
+    assert not re.search(r'(src=|import )"https://cdn\.plot\.ly', html), "figures must not need plotly's CDN"

@@ -33,7 +33,7 @@ def test_figure_edges_hover_and_slider(circuit):
     for edge in circuit.edges:
         assert edge in hover
     assert "method: eap-ig" in hover and "score: " in hover
-    lines = [t for t in fig.data if t.mode == "lines"]
+    lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is False]  # drawn edges, not legend entries
     assert {t.line.color for t in lines} == {"#2563eb", "#dc2626"}  # both signs present
     widths = sorted({t.line.width for t in lines})
     assert len(widths) > 1  # width follows |score|
@@ -45,6 +45,28 @@ def test_figure_edges_hover_and_slider(circuit):
     visible = [t for t, v in zip(fig.data, steps[-1].args[0]["visible"], strict=True) if v and t.hovertext and t.mode == "markers"]
     shown = [h for t in visible for h in t.hovertext if "->" in h]
     assert shown and all(abs(float(h.split("score: ")[1].split("<")[0])) >= threshold for h in shown)
+
+
+def test_legend_names_the_head_inputs_and_the_title_follows_the_slider(circuit):
+    fig = circuit_figure(circuit)
+    legend = {t.name: t.line for t in fig.data if t.showlegend is not False}
+    dash = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
+    drawn = {names.parse_edge(e).qkv for e in circuit.edges}
+    assert drawn >= {"q", "k", "v", None}
+    assert {legend[n].dash for n in ("into a head's query", "into a head's key", "into a head's value",
+                                      "into an MLP or the logits")} == set(dash.values())
+    assert (legend["score > 0"].color, legend["score < 0"].color) == ("#2563eb", "#dc2626")
+    # the edges are drawn with those dashes (q / k / v into one head land apart: see _ends)
+    assert {t.line.dash for t in fig.data if t.mode == "lines" and t.showlegend is False} == set(dash.values())
+    steps = fig.layout.sliders[0].steps
+    titles = [s.args[1]["title"]["text"] for s in steps]
+    assert titles[0] == fig.layout.title.text == f"eap-ig · ioi · {len(circuit.nodes)} nodes, {len(circuit.edges)} edges"
+    for s, text in zip(steps[1:], titles[1:], strict=True):  # the edges the step leaves visible
+        shown = [h.split("</b>")[0][3:] for t, v in zip(fig.data, s.args[0]["visible"], strict=True)
+                 if v and t.mode == "markers" for h in (t.hovertext or ()) if "->" in h]
+        n_nodes = len({n for e in shown for n in (names.parse_edge(e).parent, names.parse_edge(e).child)})
+        assert text == f"eap-ig · ioi · {n_nodes} nodes, {len(shown)} edges (|score| ≥ {s.label})"
+    assert circuit_figure(circuit, title="Mine").layout.sliders[0].steps[-1].args[1]["title"]["text"].startswith("Mine · ")
 
 
 def test_node_circuit_figure():

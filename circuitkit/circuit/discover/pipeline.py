@@ -15,6 +15,7 @@ from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
 from circuitkit.circuit.discover.edge_pruning import edge_pruning
 from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
+from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
@@ -50,7 +51,8 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     ``route_cap`` (default): rank by :func:`~circuitkit.circuit.routes.cap_by_route` scores, each
     edge's |score| capped by the widest route from its receiver to the logits, so that edges into
     heads the output does not need rank by what they can pass on (the circuit's edge scores are
-    then the capped ones; ``score_edges`` gives the raw estimates). ``scores``: edge scores already
+    then the capped ones, and each edge keeps the estimator's value as ``raw_score``, which
+    :func:`~circuitkit.circuit.io.to_mib` exports by default). ``scores``: edge scores already
     computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
     scoring again.
 
@@ -76,6 +78,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
                                  interpolate=interpolate)
         elif not scores.is_edge:
             raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
+        raw = scores
         if route_cap:
             scores = cap_by_route(scores)
         ev = EdgeEvaluator(model, task, ablation)
@@ -85,6 +88,11 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
             circuit = full_circuit(scores, model, ev.model_edges).threshold(threshold)
         else:
             circuit = smallest_faithful(model, task, scores, target=target, evaluator=ev)
+    if method != "acdc" and route_cap:
+        for label, value in raw.as_dict().items():  # the estimator's own values, for exports (MIB)
+            circuit.edge_data(label)["raw_score"] = float(value)
+    circuit.meta.setdefault("d_model", int(model.cfg.d_model))
+    circuit.meta.setdefault("example_prompt", example_prompt(model, task))  # for attribution-graph exports
     result = evaluate(model, task, circuit, evaluator=ev)
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,

@@ -21,7 +21,12 @@ from typing import Any
 
 from circuitkit.atomic import write_bytes
 from circuitkit.circuit.core import EDGE_ATTRS, NODE_ATTRS, Circuit
-from circuitkit.circuit.io.attribution_graph import from_attribution_graph, to_attribution_graph
+from circuitkit.circuit.io.attribution_graph import (
+    example_prompt,
+    from_attribution_graph,
+    to_attribution_graph,
+    update_index,
+)
 from circuitkit.circuit.io.common import FORMAT_VERSION
 from circuitkit.circuit.io.graphml import from_gexf, from_graphml, to_gexf, to_graphml
 from circuitkit.circuit.io.mib import from_mib, to_mib
@@ -31,7 +36,10 @@ FORMATS = ("node-link", "graphml", "gexf", "mib", "attribution-graph")
 
 _SUFFIX = {".graphml": "graphml", ".gexf": "gexf"}
 
-def _serialise(circuit: Circuit, fmt: str) -> bytes:
+def _serialise(circuit: Circuit, fmt: str, options: dict[str, Any]) -> bytes:
+    if options and fmt not in ("mib", "attribution-graph"):
+        raise ValueError(f"the {fmt} format takes no options, got {sorted(options)}; options are for 'mib' "
+                         "(sign, scores, dangling, d_model) and 'attribution-graph' (prompt_tokens, ...)")
     if fmt == "node-link":
         return (json.dumps(to_node_link(circuit), indent=1) + "\n").encode()
     if fmt == "graphml":
@@ -39,9 +47,9 @@ def _serialise(circuit: Circuit, fmt: str) -> bytes:
     if fmt == "gexf":
         return to_gexf(circuit)
     if fmt == "mib":
-        return (json.dumps(to_mib(circuit), indent=1) + "\n").encode()
+        return (json.dumps(to_mib(circuit, **options), indent=1) + "\n").encode()
     if fmt == "attribution-graph":
-        return (json.dumps(to_attribution_graph(circuit)) + "\n").encode()
+        return (json.dumps(to_attribution_graph(circuit, **options)) + "\n").encode()
     raise ValueError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
 
 def _format_for(path: Path, fmt: str | None) -> str:
@@ -51,12 +59,20 @@ def _format_for(path: Path, fmt: str | None) -> str:
         return fmt
     return _SUFFIX.get(path.suffix.lower(), "json")
 
-def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None) -> Path:
+def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None, **options: Any) -> Path:
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
-    else node-link JSON)."""
+    else node-link JSON). ``options`` go to :func:`to_mib` / :func:`to_attribution_graph`.
+    An attribution graph takes its slug from the file name and is also listed in
+    ``graph-metadata.json`` next to it (circuit-tracer's viewer reads that index)."""
     path = Path(path)
     fmt = _format_for(path, format)
-    payload = _serialise(circuit, "node-link" if fmt == "json" else fmt)
+    if fmt == "attribution-graph":  # the viewer loads graph_data/{slug}.json and lists graph-metadata.json
+        graph = to_attribution_graph(circuit, **{"slug": path.stem, **options})
+        payload = (json.dumps(graph) + "\n").encode()
+        written = write_bytes(path, payload)
+        update_index(path.parent, graph)
+        return written
+    payload = _serialise(circuit, "node-link" if fmt == "json" else fmt, options)
     return write_bytes(path, payload)
 
 def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
@@ -94,13 +110,15 @@ def _sniff(data: Any, where: str) -> str:
     raise ValueError(f"{where} is no known circuit format: expected circuitkit node-link JSON (format/format_version), "
                      "EAP-IG/MIB JSON (cfg/nodes/edges) or an attribution graph (metadata/nodes/links)")
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format: str | None = None) -> Path:
-    """Read ``src`` and write it as ``to`` (nothing is written if ``src`` cannot be read)."""
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format: str | None = None,
+            **options: Any) -> Path:
+    """Read ``src`` and write it as ``to`` (nothing is written if ``src`` cannot be read);
+    ``options`` as for :func:`save_circuit`."""
     if to not in FORMATS:
         raise ValueError(f"unknown export format {to!r}; choose one of {FORMATS}")
-    return save_circuit(load_circuit(src, src_format), dst, to)
+    return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 
-__all__ = ["EDGE_ATTRS", "FORMATS", "FORMAT_VERSION", "NODE_ATTRS", "convert", "from_attribution_graph",
+__all__ = ["EDGE_ATTRS", "FORMATS", "FORMAT_VERSION", "NODE_ATTRS", "convert", "example_prompt", "from_attribution_graph",
            "from_mib", "from_node_link", "load_circuit", "save_circuit", "to_attribution_graph", "to_mib",
-           "to_node_link"]
+           "to_node_link", "update_index"]
