@@ -91,8 +91,16 @@ class UnitRunner:
             self._top_k[unit.model] = top_k_heads(self.model(unit.model), top.score, top.k)
         return self._top_k[unit.model]
 
+    def units_per_pass(self, unit: Unit) -> int:
+        """How many units like ``unit`` share one forward pass (serial runs commit that many at once)."""
+        return 1
+
+    def run_many(self, units: list[Unit]) -> list[dict[str, Any]]:
+        """Rows of ``units`` (one model)."""
+        return [self.run(unit) for unit in units]
+
     def run(self, unit: Unit) -> dict[str, Any]:
-        """Compute one unit's row."""
+        """Compute one unit's row, unit by unit: one full forward pass with ablation hooks."""
         start = time.perf_counter()
         model = self.model(unit.model)
         base = self.baseline(unit.model, unit.task, unit.seed)
