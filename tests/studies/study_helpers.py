@@ -17,7 +17,7 @@ def small_spec(out, **overrides) -> dict:
     return spec
 
 
-def assert_same_table(a, b) -> None:
+def assert_same_table(a, b, rtol: float = 1e-5, atol: float = 1e-6) -> None:
     """Same unit keys (no loss, no duplicates) and the same values (``seconds`` aside)."""
     import numpy as np
     import pandas as pd
@@ -29,7 +29,7 @@ def assert_same_table(a, b) -> None:
     assert list(a.columns) == list(b.columns)
     pd.testing.assert_frame_equal(a.select_dtypes(exclude="number"), b.select_dtypes(exclude="number"))
     np.testing.assert_allclose(a.select_dtypes("number").to_numpy(float), b.select_dtypes("number").to_numpy(float),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=rtol, atol=atol)
 
 
 def study_cli(*args, **kw):
