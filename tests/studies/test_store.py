@@ -56,6 +56,12 @@ def test_two_concurrent_runs_compute_each_unit_once(zoo_env, tmp_path, reference
         f"SELECT count(*), count(DISTINCT (model, task, ablation, target, seed)) FROM '{out}/parts/*.parquet'").fetchone()
     assert n_rows == n_units == len(reference)
     assert len(pd.read_parquet(out / "parts")) == len(reference)  # pandas reads the folder as one dataset
+    try:
+        import polars
+    except ImportError:  # not a dependency; checked where it is installed
+        polars = None
+    if polars is not None:
+        assert polars.read_parquet(f"{out}/parts/*.parquet").height == len(reference)
     assert len(part_files(out)) == 1 and part_files(out)[0].name.startswith("results-")  # compacted
     assert not (out / "claims").exists()
     assert_same_table(load_results(out), reference)
