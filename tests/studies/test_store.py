@@ -41,6 +41,23 @@ def _wait_for_parts(out, n, proc, timeout=90):
         time.sleep(0.02)
 
 
+def _worker_pids(pid: int) -> list[int]:
+    """The process-pool workers a driver spawned (not its resource tracker)."""
+    children = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in children.splitlines()
+            if "spawn_main" in line and "resource_tracker" not in line]
+
+
+def _wait_for_workers(proc, n: int = 2, timeout: float = 240) -> list[int]:
+    # Spawned workers import torch and TransformerLens first: slow on a loaded machine.
+    deadline = time.time() + timeout
+    while len(_worker_pids(proc.pid)) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _worker_pids(proc.pid)
+    assert workers, f"no worker processes appeared (exit code {proc.poll()})"
+    return workers
+
+
 def test_two_concurrent_runs_compute_each_unit_once(zoo_env, tmp_path, reference):
     duckdb = pytest.importorskip("duckdb")
     spec_path = _spec_file(tmp_path)
@@ -146,7 +163,8 @@ def test_ctrl_c_with_worker_processes(zoo_env, tmp_path, reference):
     out = tmp_path / "out"
     proc = study_cli("run", str(spec_path), "--no-progress", "--executor", "process", "--workers", "2",
                      start_new_session=True)
-    _wait_for_parts(out, 1, proc)
+    _wait_for_workers(proc)
+    _wait_for_parts(out, 1, proc, timeout=30)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -241,3 +259,19 @@ def test_compaction_merges_parts_and_keeps_each_unit_once(zoo_env, tmp_path):
         other.shared()
         mine.shared()
         assert not store.compact(out, mine, wait_s=0.2) and len(part_files(out)) == 2
+
+
+def test_dead_worker_process_prints_one_line_and_resumes(zoo_env, tmp_path):
+    spec = dict(batch_size=None, models=["zoo:tiny-mlp"])
+    spec_path = _spec_file(tmp_path, **spec)
+    out = tmp_path / "out"
+    proc = study_cli("run", str(spec_path), "--no-progress", "--executor", "process", "--workers", "2")
+    workers = _wait_for_workers(proc)
+    os.kill(workers[0], signal.SIGKILL)  # while workers are still starting up or running chunks
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    saved = len(load_results(out))
+    assert stderr.strip().startswith("stopped (a worker process died") and "\n" not in stderr.strip()
+    assert stderr.strip().endswith(f": {saved}/12 units saved; rerun the same command to resume")
+    expected = run_study(small_spec(tmp_path / "serial", **SPEC, **spec), progress=False)
+    assert_same_table(run_study(small_spec(out, **SPEC, **spec), progress=False), expected)
