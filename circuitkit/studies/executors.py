@@ -10,8 +10,10 @@ Chunks are claimed as workers free up, not all at the start, so concurrent runs 
 from __future__ import annotations
 
 import math
+import multiprocessing.context as mpc
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -128,13 +130,32 @@ def run_serial(spec: StudySpec, queue: UnitQueue, total: int, workers: int | Non
 _WORKER_RUNNER: UnitRunner | None = None
 
 
+class _QuietProcess(mpc.SpawnProcess):
+    """A spawned worker that starts with SIGINT ignored, from its first instruction.
+
+    Ctrl-C reaches the whole process group: the driver alone handles it (one message, no
+    traceback per worker, even one still importing torch) and stops the workers. A child
+    keeps an ignored SIGINT (Python installs KeyboardInterrupt only where the parent did not).
+    """
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _QuietSpawnContext(mpc.SpawnContext):
+    Process = _QuietProcess
+
+
 def _init_worker(spec: StudySpec, threads: int) -> None:
     import torch
 
     global _WORKER_RUNNER
-    # Ctrl-C reaches the whole process group: the driver alone handles it (one message, no
-    # traceback per worker), and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORKER_RUNNER = UnitRunner(spec)
 
@@ -149,13 +170,12 @@ def _default_workers(workers: int | None) -> int:
 
 
 def run_process(spec: StudySpec, queue: UnitQueue, total: int, workers: int | None, progress: bool) -> None:
-    import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     n = _default_workers(workers)
     threads = max(1, (os.cpu_count() or 1) // n)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=_QuietSpawnContext(),
                                initializer=_init_worker, initargs=(spec, threads))
     pending: set = set()
     finished: deque = deque()
