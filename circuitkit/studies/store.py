@@ -251,7 +251,7 @@ def quarantine(out: Path, path: Path, reason: str) -> Path:
     target_dir.mkdir(exist_ok=True)
     target = target_dir / path.name
     try:
-        os.replace(path, target)
+        path.rename(target)  # a move aside (replacing an earlier one of that name), not a write
     except FileNotFoundError:  # another reader moved it first
         return target
     warnings.warn(f"study store: {path} is unreadable ({reason}); moved it to {target} and its units "

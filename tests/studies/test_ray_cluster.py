@@ -38,6 +38,27 @@ def _start_node(args: list[str], log, env) -> subprocess.Popen:
                              *_node_ports()], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _kill_node(node: subprocess.Popen) -> None:
+    """Kill a node as a lost machine dies: every process under its ``ray start`` (raylet, Ray
+    workers, which run in sessions of their own), at once."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(node.pid), *psutil.Process(node.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(node.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    node.wait()
+
+
 def _wait_for(condition, what: str, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -80,11 +101,7 @@ def cluster(zoo_env, tmp_path, monkeypatch):
         yield address, nodes[1]
     finally:
         for node in nodes:
-            try:
-                os.killpg(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            node.wait()
+            _kill_node(node)
 
 
 def test_study_on_two_nodes_survives_losing_one(cluster, tmp_path, monkeypatch):
@@ -104,7 +121,7 @@ def test_study_on_two_nodes_survives_losing_one(cluster, tmp_path, monkeypatch):
 
         def kill_worker_node():  # once some chunks are committed, i.e. mid-run
             _wait_for(lambda: len(part_files(out)) >= 2 if (out / "parts").is_dir() else False, "two parts", 120)
-            os.killpg(worker_node.pid, signal.SIGKILL)
+            _kill_node(worker_node)
             killed.set()
         killer = threading.Thread(target=kill_worker_node, daemon=True)
         killer.start()
