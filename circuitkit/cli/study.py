@@ -31,10 +31,19 @@ def register(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    from circuitkit.studies import run_study
+    import sys
 
-    results = run_study(args.spec, executor=args.executor, workers=args.workers, force_new=args.force_new,
-                        progress=not args.no_progress)
+    from circuitkit.studies import StudyInterrupted, run_study
+
+    try:
+        results = run_study(args.spec, executor=args.executor, workers=args.workers, force_new=args.force_new,
+                            progress=not args.no_progress)
+    except StudyInterrupted as exc:  # one line: what is saved and how to resume
+        print(exc, file=sys.stderr)
+        return 130 if exc.cause == "interrupt" else 1
+    except KeyboardInterrupt:  # before any unit ran (checking the spec, loading models)
+        print("interrupted before any unit ran; nothing was saved", file=sys.stderr)
+        return 130
     print(f"{len(results)} rows in the results table")
     return 0
 

@@ -1,15 +1,22 @@
 """Where units run: this process, spawned processes, or Ray actors.
 
-Every executor hands chunks of units of one model to a worker that keeps a :class:`UnitRunner`
-(so each worker loads each model once) and commits each finished chunk from the driver, so
-the store is only ever written by one process.
+Every executor takes chunks of units of one model from a :class:`UnitQueue` (which claims each
+unit in the store first, so concurrent runs on one folder never compute a unit twice), hands
+them to a worker that keeps a :class:`UnitRunner` (so each worker loads each model once) and
+commits each finished chunk from the driver, so the store is only ever written by drivers.
+Chunks are claimed as workers free up, not all at the start, so concurrent runs share the work.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing.context as mpc
 import os
-from collections.abc import Callable, Iterator
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
@@ -19,6 +26,11 @@ from circuitkit.studies.runner import UnitRunner
 from circuitkit.studies.spec import StudySpec
 
 EXECUTOR_NAMES = ("serial", "process", "ray")
+_POLL_S = 0.05  # wait between looks at units another run is computing
+
+
+class WorkerDied(RuntimeError):
+    """A worker process or Ray actor (or its node) died; the units it held were not committed."""
 
 
 def check_executor(executor: str, workers: int | None) -> None:
@@ -33,33 +45,111 @@ def check_executor(executor: str, workers: int | None) -> None:
             raise ValueError("the ray executor needs Ray: pip install 'circuitkit[ray]'") from None
 
 
-def chunks(units: list[Unit], n_workers: int) -> list[list[Unit]]:
-    """Split units into chunks of one model each, about four per worker per model (1..16 units)."""
-    by_model: dict[str, list[Unit]] = {}
-    for unit in units:
-        by_model.setdefault(unit.model, []).append(unit)
-    out = []
-    for model_units in by_model.values():
-        size = max(1, min(16, math.ceil(len(model_units) / (4 * n_workers))))
-        out += [model_units[i:i + size] for i in range(0, len(model_units), size)]
-    return out
+class UnitQueue:
+    """The units a run still lacks, handed out in chunks of one model, each unit claimed first.
+
+    Units another live run has claimed are set aside and offered again once the rest is done:
+    if that run commits them they are dropped, if it dies its claims vanish and they run here.
+    """
+
+    def __init__(self, units: list[Unit], claims: store.Claims, commit_to: os.PathLike):
+        self._pending = deque(units)
+        self._busy: list[Unit] = []
+        self.claims = claims
+        self.out = commit_to
+        self.committed = 0
+
+    @property
+    def finished(self) -> bool:
+        return not self._pending and not self._busy
+
+    def peek(self) -> Unit | None:
+        return self._pending[0] if self._pending else (self._busy[0] if self._busy else None)
+
+    def take(self, size: int) -> list[Unit]:
+        """Up to ``size`` claimed units of one model (empty: none free right now; see ``finished``)."""
+        if not self._pending:
+            self._pending.extend(self._busy)
+            self._busy = []
+        chunk: list[Unit] = []
+        while self._pending and len(chunk) < size:
+            unit = self._pending[0]
+            if chunk and unit.model != chunk[0].model:
+                break
+            self._pending.popleft()
+            state = self.claims.claim(unit.key)
+            if state == store.Claims.MINE:
+                chunk.append(unit)
+            elif state == store.Claims.BUSY:
+                self._busy.append(unit)
+        return chunk
+
+    def commit(self, rows: list[dict]) -> None:
+        store.commit_rows(self.out, rows)
+        self.claims.finish(store.row_key(r) for r in rows)
+        self.committed += len(rows)
+
+
+def chunk_size(n_units: int, n_workers: int) -> int:
+    """Units per chunk for parallel executors: about four chunks per worker, 1..16 units."""
+    return max(1, min(16, math.ceil(n_units / (4 * n_workers))))
 
 
 def _bar(total: int, progress: bool, executor: str):
     return tqdm(total=total, desc=f"study ({executor})", unit="unit", disable=not progress)
 
 
-def run_serial(spec: StudySpec, units: list[Unit], workers: int | None, progress: bool) -> None:
+def _drive(queue: UnitQueue, size: int, capacity: int, submit: Callable[[list[Unit]], object],
+           wait_one: Callable[[], list[dict]], in_flight: Callable[[], int], bar) -> None:
+    """Keep up to ``capacity`` chunks running; commit each as it finishes."""
+    while True:
+        while in_flight() < capacity and (chunk := queue.take(size)):
+            submit(chunk)
+        if in_flight():
+            rows = wait_one()
+            queue.commit(rows)
+            bar.update(len(rows))
+        elif queue.finished:
+            return
+        else:  # only units another live run holds: wait for it to commit them (or die)
+            time.sleep(_POLL_S)
+
+
+def run_serial(spec: StudySpec, queue: UnitQueue, total: int, workers: int | None, progress: bool) -> None:
     runner = UnitRunner(spec)
-    with _bar(len(units), progress, "serial") as bar:
-        for unit in units:
-            store.commit_rows(spec.output_dir, [runner.run(unit)])
-            bar.update(1)
+    done: deque[list[dict]] = deque()
+    with _bar(total, progress, "serial") as bar:
+        first = queue.peek()
+        size = runner.units_per_pass(first) if first is not None else 1
+        _drive(queue, size, 1, lambda chunk: done.append(runner.run_many(chunk)), done.popleft,
+               lambda: len(done), bar)
 
 
 # --- process pool -------------------------------------------------------------------------------
 
 _WORKER_RUNNER: UnitRunner | None = None
+
+
+class _QuietProcess(mpc.SpawnProcess):
+    """A spawned worker that starts with SIGINT ignored, from its first instruction.
+
+    Ctrl-C reaches the whole process group: the driver alone handles it (one message, no
+    traceback per worker, even one still importing torch) and stops the workers. A child
+    keeps an ignored SIGINT (Python installs KeyboardInterrupt only where the parent did not).
+    """
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _QuietSpawnContext(mpc.SpawnContext):
+    Process = _QuietProcess
 
 
 def _init_worker(spec: StudySpec, threads: int) -> None:
@@ -72,47 +162,64 @@ def _init_worker(spec: StudySpec, threads: int) -> None:
 
 def _run_chunk(units: list[Unit]) -> list[dict]:
     assert _WORKER_RUNNER is not None
-    return [_WORKER_RUNNER.run(unit) for unit in units]
+    return _WORKER_RUNNER.run_many(units)
 
 
 def _default_workers(workers: int | None) -> int:
     return workers or max(1, min(4, os.cpu_count() or 1))
 
 
-def run_process(spec: StudySpec, units: list[Unit], workers: int | None, progress: bool) -> None:
-    import multiprocessing as mp
+def run_process(spec: StudySpec, queue: UnitQueue, total: int, workers: int | None, progress: bool) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     n = _default_workers(workers)
     threads = max(1, (os.cpu_count() or 1) // n)
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(spec, threads)) as pool, \
-            _bar(len(units), progress, "process") as bar:
-        pending = {pool.submit(_run_chunk, chunk) for chunk in chunks(units, n)}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                rows = future.result()
-                store.commit_rows(spec.output_dir, rows)
-                bar.update(len(rows))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=_QuietSpawnContext(),
+                               initializer=_init_worker, initargs=(spec, threads))
+    pending: set = set()
+    finished: deque = deque()
+
+    def wait_one() -> list[dict]:
+        nonlocal pending
+        if not finished:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished.extend(done)
+        try:
+            return finished.popleft().result()
+        except BrokenProcessPool as exc:
+            raise WorkerDied(f"a worker process died ({exc})") from None
+
+    try:
+        with _bar(total, progress, "process") as bar:
+            _drive(queue, chunk_size(total, n), 2 * n, lambda chunk: pending.add(pool.submit(_run_chunk, chunk)),
+                   wait_one, lambda: len(pending) + len(finished), bar)
+    except BaseException:
+        # Stop at once: running chunks would only be lost anyway (their claims are released).
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 # --- Ray ----------------------------------------------------------------------------------------
 
-def _ray_results(spec: StudySpec, units: list[Unit], n: int) -> Iterator[list[dict]]:
+def run_ray(spec: StudySpec, queue: UnitQueue, total: int, workers: int | None, progress: bool) -> None:
     import ray
-    from ray.util import ActorPool
+    from ray.exceptions import RayActorError, WorkerCrashedError
 
+    n = workers or 2
     started_here = False
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(include_dashboard=False)
+            ray.init(include_dashboard=False, log_to_driver=False)
         else:
             # Workers inherit this process's environment (zoo path, PYTHONPATH) on a local instance.
             ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
         started_here = True
     try:
-        threads = max(1, int(ray.cluster_resources().get("CPU", n)) // n) if not os.environ.get("RAY_ADDRESS") else 1
+        threads = 1 if os.environ.get("RAY_ADDRESS") else max(1, int(ray.cluster_resources().get("CPU", n)) // n)
 
         @ray.remote(num_cpus=1)
         class UnitWorker:
@@ -123,25 +230,33 @@ def _ray_results(spec: StudySpec, units: list[Unit], n: int) -> Iterator[list[di
                 self.runner = UnitRunner(StudySpec.from_dict(spec_dict))
 
             def run(self, chunk: list[Unit]) -> list[dict]:
-                return [self.runner.run(unit) for unit in chunk]
+                return self.runner.run_many(chunk)
 
         spec_dict = spec.to_dict()
-        pool = ActorPool([UnitWorker.remote(spec_dict) for _ in range(n)])
-        yield from pool.map_unordered(lambda actor, chunk: actor.run.remote(chunk), chunks(units, n))
+        actors = [UnitWorker.remote(spec_dict) for _ in range(n)]
+        idle = deque(actors)
+        running: dict = {}  # object ref -> actor
+
+        def submit(chunk: list[Unit]) -> None:
+            actor = idle.popleft()
+            running[actor.run.remote(chunk)] = actor
+
+        def wait_one() -> list[dict]:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            idle.append(running.pop(ref))
+            try:
+                return ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                raise WorkerDied(f"a Ray worker died ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+        with _bar(total, progress, "ray") as bar:
+            _drive(queue, chunk_size(total, n), n, submit, wait_one, lambda: len(running), bar)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def run_ray(spec: StudySpec, units: list[Unit], workers: int | None, progress: bool) -> None:
-    n = workers or 2
-    with _bar(len(units), progress, "ray") as bar:
-        for rows in _ray_results(spec, units, n):
-            store.commit_rows(spec.output_dir, rows)
-            bar.update(len(rows))
-
-
-EXECUTORS: dict[str, Callable[[StudySpec, list[Unit], int | None, bool], None]] = {
+EXECUTORS: dict[str, Callable[[StudySpec, UnitQueue, int, int | None, bool], None]] = {
     "serial": run_serial,
     "process": run_process,
     "ray": run_ray,

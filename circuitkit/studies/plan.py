@@ -63,26 +63,31 @@ def coerce_spec(spec_or_path: StudySpec | str | os.PathLike | dict) -> StudySpec
     return StudySpec.from_file(spec_or_path)
 
 
-def prepare_run(spec: StudySpec, force_new: bool = False) -> list[Unit]:
-    """Validate, check the output folder against the spec's hash, and list units still to run."""
+def prepare_run(spec: StudySpec, force_new: bool = False) -> tuple[list[Unit], int, store.FolderLock]:
+    """Validate, check the output folder against the spec's hash: the units still to run, the
+    number planned, and the run's lock on ``output_dir`` (held shared; the caller closes it)."""
     infos = validate(spec)
     units = plan_units(spec, infos)
     out = spec.output_dir
-    spec_hash = spec.hash()
-    existing = store.read_study_file(out)
-    has_parts = bool(store.part_files(out))
-    if existing is not None and existing.get("spec_hash") != spec_hash or existing is None and has_parts:
-        if not force_new:
-            old = existing.get("spec_hash") if existing else "unknown"
-            raise SpecError(
-                f"output_dir {str(out)!r} holds results of a different spec (hash {old}, this spec {spec_hash}); "
-                "use another output_dir, restore the old spec to resume, or pass --force-new "
-                "(force_new=True) to delete the old results and start over"
-            )
-        store.clear(out)
-    store.prepare(out)
-    store.write_study_file(out, {"spec_hash": spec_hash, "spec": spec.to_dict(), "n_units": len(units)})
-    done = store.done_keys(out)
-    return [u for u in units if u.key not in done]
-
-
+    lock = store.FolderLock(out)
+    try:
+        lock.shared()
+        spec_hash = spec.hash()
+        existing = store.read_study_file(out)
+        has_parts = bool(store.part_files(out))
+        if existing is not None and existing.get("spec_hash") != spec_hash or existing is None and has_parts:
+            if not force_new:
+                old = existing.get("spec_hash") if existing else "unknown"
+                raise SpecError(
+                    f"output_dir {str(out)!r} holds results of a different spec (hash {old}, this spec {spec_hash}); "
+                    "use another output_dir, restore the old spec to resume, or pass --force-new "
+                    "(force_new=True) to delete the old results and start over"
+                )
+            store.clear(out, lock)
+        store.prepare(out, lock)
+        store.write_study_file(out, {"spec_hash": spec_hash, "spec": spec.to_dict(), "n_units": len(units)})
+        done = store.done_keys(out)
+    except BaseException:
+        lock.close()
+        raise
+    return [u for u in units if u.key not in done], len(units), lock

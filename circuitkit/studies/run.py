@@ -1,16 +1,40 @@
-"""Run (or resume) a whole study: plan, execute the missing units, return the results table."""
+"""Run (or resume) a whole study: plan, execute the missing units, compact, return the results table."""
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from circuitkit.studies import store
-from circuitkit.studies.executors import EXECUTORS, check_executor
+from circuitkit.studies.executors import EXECUTORS, UnitQueue, WorkerDied, check_executor
 from circuitkit.studies.plan import coerce_spec, prepare_run
 from circuitkit.studies.spec import StudySpec
+
+
+class StudyInterrupted(RuntimeError):
+    """A run stopped early (Ctrl-C, a full disk, a dead worker); everything committed is kept.
+
+    ``str(exc)`` is the one line to show, e.g. ``interrupted: 57/96 units saved; rerun the same
+    command to resume``. ``saved`` / ``total`` count units; ``cause`` is ``"interrupt"``,
+    ``"disk full"`` or ``"worker died"``.
+    """
+
+    def __init__(self, cause: str, saved: int, total: int, detail: str = ""):
+        self.cause, self.saved, self.total, self.detail = cause, saved, total, detail
+        fix = "free some space, then rerun" if cause == "disk full" else "rerun"
+        head = "interrupted" if cause == "interrupt" else f"stopped ({detail or cause})"
+        super().__init__(f"{head}: {saved}/{total} units saved; {fix} the same command to resume")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # pyarrow reports a full disk as an OSError without errno, naming it in the message.
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                                         or "No space left on device" in str(exc)
+                                         or "Disk quota exceeded" in str(exc))
 
 
 def run_study(
@@ -25,14 +49,46 @@ def run_study(
     ``executor``: ``"serial"`` (this process), ``"process"`` (``workers`` spawned processes on
     this machine) or ``"ray"`` (``workers`` Ray actors; connects to a running cluster when
     ``RAY_ADDRESS`` is set, else starts a local one). Finished units are committed as they come,
-    so calling again after an interruption runs only what is missing.
+    so calling again after an interruption runs only what is missing. Several runs may work on
+    one ``output_dir`` at once: each unit is computed by one of them. The last run to finish
+    compacts the store into one Parquet file.
+
+    Raises :class:`StudyInterrupted` (a one-line message with the count of saved units) on
+    Ctrl-C, a full disk or a dead worker.
     """
     check_executor(executor, workers)
     spec = coerce_spec(spec_or_path)
-    todo = prepare_run(spec, force_new)
-    if todo:
-        EXECUTORS[executor](spec, todo, workers, progress)
-    return store.load_results(spec.output_dir)
+    out = spec.output_dir
+    todo, total, lock = prepare_run(spec, force_new)
+    claims = store.Claims(out) if todo else None
+    try:
+        if todo:
+            EXECUTORS[executor](spec, UnitQueue(todo, claims, out), total, workers, progress)
+        try:
+            store.compact(out, lock)
+        except OSError as exc:
+            if _disk_full(exc):  # nothing lost: the parts stay, the next run compacts them
+                warnings.warn(f"study store: no space to compact {out}/parts; the parts are kept and the next "
+                              "run compacts them", stacklevel=2)
+            else:
+                raise
+    except (KeyboardInterrupt, WorkerDied, OSError) as exc:
+        if isinstance(exc, OSError) and not _disk_full(exc):
+            raise
+        if claims is not None:
+            claims.release_all()
+        lock.close()  # before reading: this process's own reader lock would wait on it
+        saved = len(store.done_keys(out))
+        if isinstance(exc, KeyboardInterrupt):
+            raise StudyInterrupted("interrupt", saved, total) from exc
+        if isinstance(exc, OSError):
+            raise StudyInterrupted("disk full", saved, total, "disk full: No space left on device") from exc
+        raise StudyInterrupted("worker died", saved, total, str(exc)) from exc
+    finally:
+        if claims is not None:
+            claims.release_all()
+        lock.close()
+    return store.load_results(out)
 
 
 def load_results(output_dir: str | os.PathLike | Path) -> pd.DataFrame:

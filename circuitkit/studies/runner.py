@@ -1,7 +1,19 @@
-"""Run units: :class:`UnitRunner` computes one unit's row (each metric with the target ablated, the
+"""Run units: :class:`UnitRunner` computes units' rows (each metric with the target ablated, the
 clean and corrupted baselines, computed once per model / task / seed, and the share of behaviour
 kept). Executors (:mod:`~circuitkit.studies.executors`) only decide where it runs; the numbers
 are the same.
+
+Two paths give the same numbers (tested):
+
+* unit by unit (:meth:`UnitRunner.run`): one full forward pass with
+  :func:`~circuitkit.ablation.nodes.ablation_hooks`, the slow obvious path;
+* batched (:meth:`UnitRunner.run_many`): units sharing a model, task, seed and ablation kind run
+  many per forward pass with the patching engine's helpers
+  (:func:`~circuitkit.patching.engine.run_batched`, :func:`~circuitkit.patching.engine.masked_patch_hook`):
+  copy ``i`` of the clean prompts along the batch gets unit ``i``'s components replaced, the pass
+  starts from the cached residual stream at the lowest ablated layer, stops at the last answer
+  position (causal attention), and a pass confined to the last layer runs only from the first
+  answer position. Replacement values come from one cached clean run per (model, task, seed).
 """
 
 from __future__ import annotations
@@ -15,8 +27,10 @@ from torch import Tensor
 from transformer_lens.head_detector import detect_head
 
 from circuitkit import names
+from circuitkit.ablation.kinds import resample_permutation
 from circuitkit.ablation.nodes import ablation_hooks
 from circuitkit.models.loading import load_model
+from circuitkit.patching.engine import PatchRuns, masked_patch_hook, rows_per_pass, run_batched
 from circuitkit.studies.checks import build_unit_task
 from circuitkit.studies.plan import Unit
 from circuitkit.studies.spec import HEAD_SCORES, StudySpec
@@ -31,15 +45,30 @@ class _Baseline:
     values: dict[str, tuple[float, float]]  # metric -> (clean, corrupted)
 
 
-class UnitRunner:
-    """Runs units of one spec, keeping loaded models, tasks and baselines between units."""
+@dataclass
+class _CleanRun:
+    """The clean run a batched pass starts from: the engine's :class:`PatchRuns` (base = clean
+    prompts, cut after the last answer position where attention is causal) whose cache holds
+    ``resid_pre``, ``hook_z`` and ``hook_mlp_out`` of every layer and the last layer's keys and values."""
 
-    def __init__(self, spec: StudySpec, device: str = "cpu"):
+    runs: PatchRuns
+    replacements: dict[tuple[str, str], Tensor]  # (kind, hook) -> [batch, pos, ...] values read instead
+
+
+class UnitRunner:
+    """Runs units of one spec, keeping loaded models, tasks, baselines and clean caches between units.
+
+    ``batched``: :meth:`run_many` runs many units per forward pass (else one by one, as :meth:`run`).
+    """
+
+    def __init__(self, spec: StudySpec, device: str = "cpu", batched: bool = True):
         self.spec = spec
         self.device = device
+        self.batched = batched
         self._tasks = {t.label: t for t in spec.tasks}
         self._models: dict[str, Any] = {}
         self._baselines: dict[tuple[str, str, int], _Baseline] = {}
+        self._clean_runs: dict[tuple[str, str, int], _CleanRun] = {}
         self._top_k: dict[str, tuple[str, ...]] = {}
 
     def model(self, model_spec: str):
@@ -91,8 +120,119 @@ class UnitRunner:
             self._top_k[unit.model] = top_k_heads(self.model(unit.model), top.score, top.k)
         return self._top_k[unit.model]
 
+    def units_per_pass(self, unit: Unit) -> int:
+        """How many units like ``unit`` share one forward pass (serial runs commit that many at once)."""
+        if not self.batched:
+            return 1
+        model = self.model(unit.model)
+        return rows_per_pass(model, self.clean_run(unit.model, unit.task, unit.seed).runs, self.spec.batch_size)
+
+    def run_many(self, units: list[Unit]) -> list[dict[str, Any]]:
+        """Rows of ``units`` (any mix), batched where ``self.batched``: grouped by model, task,
+        seed, ablation kind and lowest ablated layer, as many per forward pass as
+        :func:`~circuitkit.patching.engine.rows_per_pass` allows for ``spec.batch_size``."""
+        if not self.batched:
+            return [self.run(unit) for unit in units]
+        groups: dict[tuple, list[tuple[Unit, list[names.Node]]]] = {}
+        for unit in units:
+            nodes = [names.parse_node(c) for c in self.components(unit)]
+            key = (unit.model, unit.task, unit.seed, unit.ablation, min(n.layer for n in nodes))
+            groups.setdefault(key, []).append((unit, nodes))
+        rows: dict[tuple, dict[str, Any]] = {}
+        for (model_spec, task_label, seed, kind, start), members in groups.items():
+            model = self.model(model_spec)
+            clean = self.clean_run(model_spec, task_label, seed)
+            k_max = rows_per_pass(model, clean.runs, self.spec.batch_size)
+            for i in range(0, len(members), k_max):
+                part = members[i:i + k_max]
+                begin = time.perf_counter()
+                finals = self._run_pass(model, clean, kind, seed, start, [nodes for _, nodes in part])
+                seconds = (time.perf_counter() - begin) / len(part)
+                base = self.baseline(model_spec, task_label, seed)
+                for (unit, _), final in zip(part, finals, strict=True):
+                    rows[unit.key] = self._row(unit, base, self._scores(base.task, final, base.clean_final), seconds)
+        return [rows[unit.key] for unit in units]
+
+    def clean_run(self, model_spec: str, task_label: str, seed: int) -> _CleanRun:
+        """The cached clean run of (model, task, seed) that batched passes start from."""
+        key = (model_spec, task_label, seed)
+        if key not in self._clean_runs:
+            model = self.model(model_spec)
+            base = self.baseline(model_spec, task_label, seed)
+            cfg = model.cfg
+            # Only the logit difference reads just two columns of the logits; other metrics get all.
+            task = base.task.with_metric("logit_diff" if self.spec.metrics == ["logit_diff"] else "accuracy")
+            tokens = task.clean
+            with torch.no_grad():
+                _, _, shortformer, attention_mask = model.input_to_embed(tokens)
+            # Positions after the last answer cannot change the metric where a position sees only
+            # earlier ones (the conditions under which the engine trims runs).
+            causal = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
+                      and cfg.positional_embedding_type in ("standard", "rotary") and not getattr(cfg, "use_local_attn", False))
+            if causal:
+                tokens = tokens[:, :int(task.answer_pos.max()) + 1]
+            hooks = [names.hook("resid_pre", layer) for layer in range(cfg.n_layers)]
+            hooks += [names.hook("z", layer) for layer in range(cfg.n_layers)]
+            if not cfg.attn_only:
+                hooks += [names.hook("mlp_out", layer) for layer in range(cfg.n_layers)]
+            if causal:
+                hooks += [names.hook(x, cfg.n_layers - 1) for x in ("k", "v")]
+            wanted = set(hooks)
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=cfg.n_layers)
+            runs = PatchRuns(task, "noise", tokens, task.corrupted[:, :tokens.shape[1]], float("nan"), float("nan"),
+                             {h: cache[h] for h in hooks}, {}, shortformer, attention_mask, base.clean_final,
+                             prefix_ok=causal)
+            self._clean_runs[key] = _CleanRun(runs, {})
+        return self._clean_runs[key]
+
+    def _replacement(self, clean: _CleanRun, kind: str, hook: str, seed: int) -> Tensor:
+        """What ablation of ``kind`` reads at ``hook`` for each clean prompt ``[batch, pos, ...]``: the
+        values :func:`~circuitkit.ablation.nodes.ablation_hooks` gives :meth:`run` (resample pairs
+        prompts within each ``batch_size`` chunk as :meth:`run` does)."""
+        if (kind, hook) not in clean.replacements:
+            act = clean.runs.base_cache[hook]
+            n = act.shape[0]
+            if kind == "zero":
+                value = torch.zeros_like(act)
+            elif kind == "mean":
+                value = act.mean(0, keepdim=True).expand_as(act)
+            else:  # chunk [a, b) reads reference row (perm[i] + a) % n, perm of the chunk's size
+                size = self.spec.batch_size or n
+                index = torch.cat([(resample_permutation(n, min(n, a + size) - a, seed) + a) % n
+                                   for a in range(0, n, size)])
+                value = act[index.to(act.device)]
+            clean.replacements[(kind, hook)] = value
+        return clean.replacements[(kind, hook)]
+
+    def _run_pass(self, model, clean: _CleanRun, kind: str, seed: int, start: int,
+                  units: list[list[names.Node]]) -> list[Tensor]:
+        """One forward pass for ``len(units)`` units: answer-position logits ``[batch, vocab]`` each."""
+        runs = clean.runs
+        cfg = model.cfg
+        k = len(units)
+        n, seq = runs.base_tokens.shape
+        # Confined to the last layer (z and mlp_out feed no keys or values there): only the answer
+        # positions can change, so the pass starts at the first one, reading earlier keys / values.
+        prefix = int(runs.task.answer_pos.min()) if runs.prefix_ok and start == cfg.n_layers - 1 else 0
+        masks: dict[str, Tensor] = {}
+        for j, nodes in enumerate(units):
+            for node in nodes:
+                if node.kind == "head":
+                    name = names.hook("z", node.layer)
+                    mask = masks.setdefault(name, torch.zeros(k, seq, cfg.n_heads, dtype=torch.bool))
+                    mask[j, :, node.head] = True
+                else:
+                    name = names.hook("mlp_out", node.layer)
+                    masks.setdefault(name, torch.zeros(k, seq, dtype=torch.bool))[j] = True
+        device = runs.base_tokens.device
+        hooks = [(name, masked_patch_hook(mask.to(device), self._replacement(clean, kind, name, seed), k, prefix))
+                 for name, mask in masks.items()]
+        logits = run_batched(model, runs, start, hooks, k, prefix=prefix)
+        return list(logits.reshape(k, n, *logits.shape[1:]))
+
     def run(self, unit: Unit) -> dict[str, Any]:
-        """Compute one unit's row."""
+        """Compute one unit's row, unit by unit: one full forward pass with ablation hooks."""
         start = time.perf_counter()
         model = self.model(unit.model)
         base = self.baseline(unit.model, unit.task, unit.seed)
@@ -109,11 +249,14 @@ class UnitRunner:
             def hooks_for_chunk(a, b):
                 return shared
         final = self._final_logits(model, task, hooks_for_chunk)
-        ablated = self._scores(task, final, base.clean_final)
+        return self._row(unit, base, self._scores(task, final, base.clean_final), time.perf_counter() - start)
+
+    def _row(self, unit: Unit, base: _Baseline, ablated: dict[str, float], seconds: float) -> dict[str, Any]:
+        comps = list(self.components(unit))
         row: dict[str, Any] = {
             "model": unit.model, "task": unit.task, "ablation": unit.ablation, "target": unit.target,
             "seed": int(unit.seed), "target_kind": unit.target_kind, "components": ",".join(comps),
-            "n_components": len(comps), "n_prompts": n,
+            "n_components": len(comps), "n_prompts": len(base.task),
         }
         for metric in self.spec.metrics:
             clean, corrupted = base.values[metric]
@@ -122,7 +265,7 @@ class UnitRunner:
             row[f"{metric}_corrupted"] = corrupted
             row[f"{metric}_recovered"] = float(normalized(ablated[metric], clean, corrupted, on_equal="nan"))
         row["recovered"] = row[f"{self.spec.metrics[0]}_recovered"]
-        row["seconds"] = time.perf_counter() - start
+        row["seconds"] = seconds
         return row
 
 

@@ -1,22 +1,18 @@
 """Running studies: rows match the slow obvious path, resume, spec changes, executors agree, report."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from study_helpers import small_spec
+from study_helpers import assert_same_table, small_spec, study_cli
 
 from circuitkit import load_model
 from circuitkit.ablation import ablate
 from circuitkit.studies import SpecError, StudySpec, load_results, run_study, top_k_heads
 from circuitkit.studies.checks import build_unit_task
-from circuitkit.studies.store import UNIT_KEY, part_files
+from circuitkit.studies.store import part_files
 
 KILL_SPEC = dict(tasks=[{"name": "ioi", "params": {"n_prompts": 6}}])  # 24 units, each committed on its own
 PARALLEL_SPEC = dict(models=["zoo:tiny-mlp"], tasks=[{"name": "ioi", "params": {"n_prompts": 6}}])  # 12 units
@@ -24,16 +20,6 @@ PARALLEL_SPEC = dict(models=["zoo:tiny-mlp"], tasks=[{"name": "ioi", "params": {
 
 def _subset(reference, spec):
     return reference[reference.model.isin(spec["models"]) & reference.task.isin([t["name"] for t in spec["tasks"]])]
-
-
-def assert_same_table(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    """Same unit keys (no loss, no duplicates) and the same values."""
-    assert not a.duplicated(list(UNIT_KEY)).any() and not b.duplicated(list(UNIT_KEY)).any()
-    a, b = (t.drop(columns="seconds").sort_values(list(UNIT_KEY)).reset_index(drop=True) for t in (a, b))
-    assert list(a.columns) == list(b.columns)
-    pd.testing.assert_frame_equal(a.select_dtypes(exclude="number"), b.select_dtypes(exclude="number"))
-    np.testing.assert_allclose(a.select_dtypes("number").to_numpy(float), b.select_dtypes("number").to_numpy(float),
-                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +79,11 @@ def test_resume_and_changed_spec(zoo_env, tmp_path, reference):
     assert set(fresh.seed) == {7} and len(fresh) == len(first)
 
 
-def _cli(*args, **kw):
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "circuitkit.cli", "study", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_sigkill_midway_then_resume(zoo_env, tmp_path, reference, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(small_spec("out", **KILL_SPEC)))
     out = tmp_path / "out"
-    proc = _cli("run", str(spec_path), "--no-progress")
+    proc = study_cli("run", str(spec_path), "--no-progress")
     deadline = time.time() + 60
     while len(part_files(out)) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
