@@ -29,12 +29,15 @@ def test_edge_pruning_is_deterministic_and_leaves_the_model_untouched(tiny_model
 
     task = induction(word_tokenizer, n_prompts=4, seq_len=4, seed=0)
     before = [p.detach().clone() for p in tiny_model.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in tiny_model.parameters()]
     a = edge_pruning(tiny_model, task, steps=20, seed=3, progress=False)
     b = edge_pruning(tiny_model, task, steps=20, seed=3, progress=False)
     c = edge_pruning(tiny_model, task, steps=20, seed=4, progress=False)
     assert torch.equal(a.values, b.values) and not torch.equal(a.values, c.values)
     assert all(torch.equal(x, y) for x, y in zip(before, tiny_model.parameters(), strict=True))
-    assert all(p.grad is None for p in tiny_model.parameters())
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad)  # no gradient reached the weights
+               for g, p in zip(grads, tiny_model.parameters(), strict=True))
+    assert all(p.requires_grad for p in tiny_model.parameters())  # restored
     assert a.method == "edge-pruning" and a.meta["target_edges"] == len(a) // 10
 
 
