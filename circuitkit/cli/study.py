@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+COMMANDS = {"study": "batch ablation studies from a spec file"}
+
 
 def register(sub) -> None:
-    study = sub.add_parser("study", help="batch ablation studies from a spec file",
+    study = sub.add_parser("study", help=COMMANDS["study"],
                            description="Run ablation studies described by a YAML / TOML spec, resumably, "
                                        "and report their results.")
     ssub = study.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")

@@ -433,10 +433,31 @@ BUILDERS = {
 }
 
 
+def builder_parameters(name: str) -> list[str]:
+    """The keyword parameters builder ``name`` takes (all but the model / tokenizer)."""
+    import inspect
+
+    if name not in BUILDERS:
+        raise TaskError(f"unknown task {name!r}; choose one of {sorted(BUILDERS)} or give a task file "
+                        "(.json / .yaml / .safetensors)")
+    return [p for p in inspect.signature(BUILDERS[name]).parameters if p != "model_or_tokenizer"]
+
+
+def check_builder_params(name: str, params: dict) -> None:
+    """``TaskError`` naming a parameter builder ``name`` does not take, and the ones it does."""
+    import difflib
+
+    accepted = builder_parameters(name)
+    for key in params:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TaskError(f"task {name!r} takes no parameter {key!r}{hint}; its parameters are {accepted}")
+
+
 def build_task(name: str, model_or_tokenizer, **params) -> Task:
     """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(BUILDERS)}")
+    check_builder_params(name, params)
     return BUILDERS[name](model_or_tokenizer, **params)
 
 
