@@ -48,7 +48,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in text:
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in text:
             return text
         return f"{text} (default: %(default)s)".strip()
 
@@ -86,6 +87,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _HelpFormatter
     for action in parser._actions:
+        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints no help line for an option without help
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 _show_defaults(child)

@@ -5,7 +5,8 @@ safetensors (token tensors). Nothing is unpickled: JSON through :mod:`json`, YAM
 JSON / YAML (one entry per prompt; every key but ``clean`` and ``answers`` optional)::
 
     name: my-task                      # default: the file's name
-    metric: logit_diff                 # any of circuitkit.tasks.METRICS
+    metric: logit_diff                 # any of circuitkit.tasks.METRICS (default: logit_diff when
+                                       # wrong answers are given, else answer_logprob)
     prepend_bos: false                 # text prompts only; default: BOS first when the tokenizer has one
     position_reduce: mean              # several answer positions: mean or sum over them
     prompts:
@@ -183,7 +184,7 @@ def _from_mapping(spec: dict, path: Path, model_or_tokenizer, prepend_bos: bool 
         name=str(spec.get("name") or path.stem),
         clean=tensors["clean"], corrupted=tensors["corrupted"], answers=tensors["answers"],
         wrong_answers=tensors["wrong_answers"], answer_pos=tensors["answer_pos"],
-        metric=spec.get("metric", "logit_diff"), prompts=texts if text_prompts else None,
+        metric=spec.get("metric", _default_metric(tensors["wrong_answers"])), prompts=texts if text_prompts else None,
         corrupted_prompts=corrupted_texts if text_prompts else None,
         d_vocab=len(tok) if tok is not None else None, data=data,
         position_reduce=spec.get("position_reduce", "mean"),
@@ -191,6 +192,11 @@ def _from_mapping(spec: dict, path: Path, model_or_tokenizer, prepend_bos: bool 
         # fallback pad (id 0) is an ordinary token that prompts may contain.
         meta={"source": str(path), "prepend_bos": bool(prepend_bos)},
     )
+
+
+def _default_metric(wrong_answers) -> str:
+    """The logit difference when wrong answers are given, else the answers' log-probability."""
+    return "logit_diff" if wrong_answers is not None and bool((wrong_answers != PAD_ANSWER).any()) else "answer_logprob"
 
 
 def _has_text(value) -> bool:
@@ -265,6 +271,6 @@ def _from_safetensors(path: Path) -> Task:
     return Task(
         name=meta.get("name", path.stem), clean=given["clean"], corrupted=given.get("corrupted", given["clean"]),
         answers=given["answers"], wrong_answers=given.get("wrong_answers"), answer_pos=given.get("answer_pos"),
-        metric=meta.get("metric", "logit_diff"), position_reduce=meta.get("position_reduce", "mean"),
+        metric=meta.get("metric", _default_metric(given.get("wrong_answers"))), position_reduce=meta.get("position_reduce", "mean"),
         data=data, meta={"source": str(path)},
     )

@@ -23,8 +23,8 @@ def zoo(tmp_path, monkeypatch, known_model, word_tokenizer):
 
 def test_discover_and_export(zoo, capsys):
     out, html = zoo / "c.json", zoo / "c.html"
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--threshold", "1e-4",
-                 "--ablation", "corrupted", "--out", str(out), "--html", str(html), "--quiet"]) == 0
+    assert main(["discover", "zoo:dead-heads", "--method", "acdc", "--threshold", "1e-4",
+                 "--ablation", "corrupted", "--out", str(out), "--html", str(html), "--no-progress"]) == 0
     assert "faithfulness" in capsys.readouterr().out
     circuit = load_circuit(out)
     assert circuit.nodes == ["input", "a0.h0", "a1.h1", "logits"] and circuit.meta["discovery"] == "acdc"
@@ -33,8 +33,8 @@ def test_discover_and_export(zoo, capsys):
     assert main(["export", str(out), "--to", "mib", "--out", str(mib)]) == 0
     assert set(json.loads(mib.read_text())) == {"cfg", "nodes", "edges"} and load_circuit(mib) == circuit
     act = zoo / "act.json"
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
-                 "--steps", "2", "--top-k", "4", "--out", str(act), "--quiet"]) == 0
+    assert main(["discover", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
+                 "--steps", "2", "--top-k", "4", "--out", str(act), "--no-progress"]) == 0
     assert load_circuit(act).meta["interpolate"] == "activations"
 
 
@@ -43,9 +43,9 @@ def test_cli_errors_write_nothing(zoo, capsys):
     bad.write_text(json.dumps({"format": "circuitkit-circuit", "format_version": 7}))
     assert main(["export", str(bad), "--to", "gexf", "--out", str(zoo / "x.gexf")]) == 2
     assert "format_version 7" in capsys.readouterr().err and not (zoo / "x.gexf").exists()
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--out", str(zoo / "no" / "c.json")]) == 2
+    assert main(["discover", "zoo:dead-heads", "--method", "acdc", "--out", str(zoo / "no" / "c.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["discover", "--model", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
+        main(["discover", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
     with pytest.raises(SystemExit):
-        main(["discover", "--model", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
+        main(["discover", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])

@@ -28,16 +28,16 @@ def test_train_report_card(zoo_with_tiny, capsys):
     out = tmp_path / "sae"
     assert main(["sae", "train", "zoo:tiny-sae-test", "--hook", "blocks.0.hook_resid_post", "--out", str(out),
                  "--text", str(text), "--arch", "topk", "--k", "4", "--d-sae", "32", "--steps", "10",
-                 "--batch", "64", "--context", "16", "--no-progress"]) == 0
+                 "--batch-tokens", "64", "--context", "16", "--no-progress"]) == 0
     assert "saved to" in capsys.readouterr().out
     assert (out / "sae_weights.safetensors").exists()
-    assert main(["sae", "report", "zoo:tiny-sae-test", str(out), "--text", str(text), "--prompts", "4",
+    assert main(["sae", "report", "zoo:tiny-sae-test", str(out), "--text", str(text), "--n-prompts", "4",
                  "--context", "16", "--json"]) == 0
     stdout = capsys.readouterr().out
     report = json.loads(stdout[stdout.index("{"):])  # TransformerLens may print a dtype notice first
     assert report["hook_name"] == "blocks.0.hook_resid_post" and report["l0"] <= 4 and report["n_tokens"] == 64
     page = tmp_path / "card.html"
-    assert main(["sae", "card", "zoo:tiny-sae-test", str(out), "3", "--text", str(text), "--prompts", "4",
+    assert main(["sae", "card", "zoo:tiny-sae-test", str(out), "3", "--text", str(text), "--n-prompts", "4",
                  "--context", "16", "--html", str(page)]) == 0
     assert "f0.resid_post.3" in capsys.readouterr().out and "f0.resid_post.3" in page.read_text()
 
