@@ -39,6 +39,7 @@ from circuitkit.ablation.edges import (
     split_outputs,
 )
 from circuitkit.attribution.common import (
+    check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
     scores_meta,
@@ -318,6 +319,7 @@ def eap(
     matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    check_nonzero_scores(model, task, matrix, "eap")
     return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
 
 
@@ -361,6 +363,7 @@ def eap_ig(
     matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    check_nonzero_scores(model, task, matrix, "eap_ig")
     return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix,
                         interpolate=interpolate)
 
