@@ -38,6 +38,7 @@ from circuitkit.ablation.edges import (
     result_hook,
     split_outputs,
 )
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
     check_nonzero_scores,
     prepare_attribution,
@@ -294,7 +295,7 @@ def _check_level(level: str) -> None:
 def eap(
     model,
     task,
-    ablation: str = "corrupted",
+    ablation: str = DEFAULT_ABLATION,
     level: Literal["edge", "node"] = "edge",
     batch_size: int | None = None,
     seed: int = 0,
@@ -327,7 +328,7 @@ def eap_ig(
     model,
     task,
     steps: int = 5,
-    ablation: str = "corrupted",
+    ablation: str = DEFAULT_ABLATION,
     level: Literal["edge", "node"] = "edge",
     batch_size: int | None = None,
     seed: int = 0,

@@ -15,7 +15,7 @@ COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "conv
 
 
 def register(sub) -> None:
-    from circuitkit.ablation.kinds import ABLATION_KINDS
+    from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
     from circuitkit.circuit.discover import METHODS
     from circuitkit.circuit.io import FORMATS
 
@@ -31,7 +31,7 @@ def register(sub) -> None:
     prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
     disc.add_argument("--faithfulness", type=float, default=0.9,
                       help="faithfulness the circuit must reach when neither --top-k nor --threshold (formerly --target)")
-    disc.add_argument("--ablation", default="mean", choices=ABLATION_KINDS,
+    disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
     disc.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),

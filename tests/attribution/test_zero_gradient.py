@@ -39,4 +39,4 @@ def test_an_ablation_that_changes_nothing_is_named(model):
     _, clean, _ = _tasks(model)
     same = Task("same", clean, clean, [1, 2, 3], [4, 5, 6])
     with pytest.raises(ValueError, match="every score is about 0 .below 1e-05. though the metric.s gradient is not: the ablation source"):
-        eap(model, same, progress=False)
+        eap(model, same, ablation="corrupted", progress=False)

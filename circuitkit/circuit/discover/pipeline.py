@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from circuitkit import attribution
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
 from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
@@ -19,7 +20,7 @@ from circuitkit.scores import Scores
 METHODS = ("eap-ig", "eap", "exact", "acdc")
 
 
-def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
+def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAULT_ABLATION, progress: bool = False,
                 interpolate: str = "inputs") -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
     :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
@@ -35,7 +36,7 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corr
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
-             target: float = 0.9, ablation: str = "mean", steps: int = 10, route_cap: bool = True,
+             target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int = 10, route_cap: bool = True,
              scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs") -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
