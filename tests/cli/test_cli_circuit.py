@@ -49,3 +49,18 @@ def test_cli_errors_write_nothing(zoo, capsys):
         main(["discover", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
     with pytest.raises(SystemExit):
         main(["discover", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
+
+
+def test_api_defaults_and_the_cli_give_the_same_circuit(tmp_path):
+    """One default ablation: scoring with eap's defaults and pruning with smallest_faithful's
+    gives the circuit `circuitkit discover` gives (the README's Circuits block relies on it)."""
+    from circuitkit import cap_by_route, discover, eap, load_model, smallest_faithful, zoo_task
+    from circuitkit.circuit import load_circuit
+
+    out = tmp_path / "c.json"
+    assert main(["discover", "zoo:induction-handbuilt", "--method", "eap", "--out", str(out), "--no-progress"]) == 0
+    model = load_model("zoo:induction-handbuilt")
+    task = zoo_task("induction-handbuilt", model)
+    by_hand = smallest_faithful(model, task, cap_by_route(eap(model, task, progress=False)), target=0.9)
+    assert load_circuit(out).edges == by_hand.edges == discover(model, task, "eap").edges
+    assert 0 < len(by_hand.edges) < 20
