@@ -221,7 +221,7 @@ def _str_list(value, where: str) -> list[str]:
 def _resolve_model(spec: str, base_dir) -> str:
     """A model written as a relative folder path is relative to the spec file's folder (like
     ``output_dir``); zoo names and TransformerLens names are kept as written."""
-    if base_dir is None or spec.startswith("zoo:") or os.path.isabs(os.path.expanduser(spec)):
+    if base_dir is None or os.path.isabs(os.path.expanduser(spec)):
         return spec
     candidate = Path(base_dir) / spec
     if candidate.is_dir() or os.sep in spec or spec.startswith("."):
