@@ -20,69 +20,75 @@ The result contract:
   component id labels), ``retrieval_heads`` the ids of the heads above a threshold and
   ``faithfulness_curve`` a pandas table.
 
-This module re-exports the public API; SAE functions live in :mod:`circuitkit.sae` and batch
+This module re-exports the public API (each name imported on first use); SAE functions live in :mod:`circuitkit.sae` and batch
 studies in :mod:`circuitkit.studies` (``run_study`` / ``load_results`` import on first use:
 they pull in pyarrow and process pools). See ``docs/architecture.md`` for the layout.
 """
 
-from circuitkit import names
-from circuitkit.ablation import (
-    ABLATIONS,
-    AblationResult,
-    ablate,
-    ablation_hooks,
-    run_ablated,
-    run_with_edges,
-)
-from circuitkit.attribution import attribution_patching, eap, eap_ig, exact_edge_patching
-from circuitkit.circuit import (
-    Circuit,
-    acdc,
-    cap_by_route,
-    completeness,
-    discover,
-    evaluate,
-    faithfulness,
-    faithfulness_curve,
-    load_circuit,
-    overlap,
-    overlap_matrix,
-    precision,
-    recall,
-    roc_auc,
-    save_circuit,
-    smallest_faithful,
-)
-from circuitkit.heads import (
-    head_scores,
-    retrieval_causal_check,
-    retrieval_heads,
-    retrieval_scores,
-    retrieval_scores_generate,
-)
-from circuitkit.models import ModelLoadError, load_model
-from circuitkit.patching import (
-    activation_patching,
-    direct_logit_attribution,
-    logit_lens,
-    patch_head_sets,
-    path_patching,
-)
-from circuitkit.scores import Scores
-from circuitkit.tasks import (
-    Task,
-    build_task,
-    greater_than,
-    induction,
-    ioi,
-    make_kl_metric,
-    metrics,
-    multiple_choice,
-    needle,
-    normalized,
-)
 from circuitkit.version import __version__
-from circuitkit.zoo import ZooCard, list_zoo, verify, zoo_card, zoo_task
+
+# Public name -> the module it lives in. Names are imported on first use (PEP 562), so that
+# `import circuitkit` (and the command line's `--help`) loads no torch / TransformerLens until a
+# name that needs them is used.
+_EXPORTS = {
+    "names": "circuitkit.names",
+    "ABLATIONS": "circuitkit.ablation",
+    "AblationResult": "circuitkit.ablation",
+    "ablate": "circuitkit.ablation",
+    "ablation_hooks": "circuitkit.ablation",
+    "run_ablated": "circuitkit.ablation",
+    "run_with_edges": "circuitkit.ablation",
+    "attribution_patching": "circuitkit.attribution",
+    "eap": "circuitkit.attribution",
+    "eap_ig": "circuitkit.attribution",
+    "exact_edge_patching": "circuitkit.attribution",
+    "Circuit": "circuitkit.circuit",
+    "acdc": "circuitkit.circuit",
+    "cap_by_route": "circuitkit.circuit",
+    "completeness": "circuitkit.circuit",
+    "discover": "circuitkit.circuit",
+    "evaluate": "circuitkit.circuit",
+    "faithfulness": "circuitkit.circuit",
+    "faithfulness_curve": "circuitkit.circuit",
+    "load_circuit": "circuitkit.circuit",
+    "overlap": "circuitkit.circuit",
+    "overlap_matrix": "circuitkit.circuit",
+    "precision": "circuitkit.circuit",
+    "recall": "circuitkit.circuit",
+    "roc_auc": "circuitkit.circuit",
+    "save_circuit": "circuitkit.circuit",
+    "smallest_faithful": "circuitkit.circuit",
+    "head_scores": "circuitkit.heads",
+    "retrieval_causal_check": "circuitkit.heads",
+    "retrieval_heads": "circuitkit.heads",
+    "retrieval_scores": "circuitkit.heads",
+    "retrieval_scores_generate": "circuitkit.heads",
+    "ModelLoadError": "circuitkit.models",
+    "load_model": "circuitkit.models",
+    "activation_patching": "circuitkit.patching",
+    "direct_logit_attribution": "circuitkit.patching",
+    "logit_lens": "circuitkit.patching",
+    "patch_head_sets": "circuitkit.patching",
+    "path_patching": "circuitkit.patching",
+    "Scores": "circuitkit.scores",
+    "Task": "circuitkit.tasks",
+    "build_task": "circuitkit.tasks",
+    "greater_than": "circuitkit.tasks",
+    "induction": "circuitkit.tasks",
+    "ioi": "circuitkit.tasks",
+    "make_kl_metric": "circuitkit.tasks",
+    "metrics": "circuitkit.tasks",
+    "multiple_choice": "circuitkit.tasks",
+    "needle": "circuitkit.tasks",
+    "normalized": "circuitkit.tasks",
+    "ZooCard": "circuitkit.zoo",
+    "list_zoo": "circuitkit.zoo",
+    "verify": "circuitkit.zoo",
+    "zoo_card": "circuitkit.zoo",
+    "zoo_task": "circuitkit.zoo",
+    "run_study": "circuitkit.studies",
+    "load_results": "circuitkit.studies",
+}
 
 __all__ = [
     "ABLATIONS", "AblationResult", "Circuit", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__",
@@ -98,9 +104,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Batch studies pull in pyarrow and process pools; import them on first use.
-    if name in ("run_study", "load_results"):
-        from circuitkit import studies
+    import importlib
 
-        return getattr(studies, name)
-    raise AttributeError(f"module 'circuitkit' has no attribute {name!r}")
+    home = _EXPORTS.get(name)
+    if home is None:
+        raise AttributeError(f"module 'circuitkit' has no attribute {name!r}")
+    module = importlib.import_module(home)
+    value = module if home == f"circuitkit.{name}" else getattr(module, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -37,12 +37,32 @@ def encode(tokenizer, text: str, prepend_bos: bool = True) -> list[int]:
     return ids
 
 
+def read_text_file(path) -> str:
+    """A text file's contents as UTF-8; ``ValueError`` for a binary file (NUL bytes or bytes that
+    are not UTF-8), naming the offset, instead of training or evaluating on garbage."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no text file at {str(path)!r}; pass an existing UTF-8 text file")
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ValueError(f"{str(path)!r} is a binary file, not text (a NUL byte at offset {nul}); pass a UTF-8 "
+                         "text file (convert documents with e.g. `pdftotext` first)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                         "pass a UTF-8 text file, or re-encode it (e.g. `iconv -t UTF-8`)") from None
+
+
 def bos_id(tokenizer) -> int:
     for attr in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start prompts with; pass prepend_bos=False")
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start prompts with; pass prepend_bos=False (on the command line: --no-prepend-bos)")
 
 
 def pad_id(tokenizer) -> int:

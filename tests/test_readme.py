@@ -1,13 +1,25 @@
-"""The README's quickstart is executed, so it cannot rot."""
+"""Every Python block of the README and the docs is executed, so none can rot.
+
+Blocks of one page run in order in one namespace (a later block may use an earlier one's names),
+in a temporary working directory (the blocks write files).
+"""
 
 import re
+import shutil
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
 def quickstart_code() -> str:
-    text = README.read_text()
+    text = (ROOT / "README.md").read_text()
     section = text.split("<!-- section:quickstart -->", 1)[1].split("<!-- /section:quickstart -->", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, "the README quickstart has no python block"
@@ -19,3 +31,17 @@ def test_quickstart_runs(capsys):
     assert len(code.strip().splitlines()) <= 10
     exec(compile(code, "README-quickstart", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_every_page_with_python_is_collected():
+    pages = [p.name for p in PAGES if python_blocks(p)]
+    assert {"README.md", "patching.md", "circuits.md", "sae.md", "attribution.md"} <= set(pages)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
+def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # the studies page runs examples/ specs
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for i, code in enumerate(python_blocks(page)):
+        exec(compile(code, f"{page.name}-block{i}", "exec"), namespace)

@@ -25,9 +25,11 @@ FLOORS = {
 }
 # Late (in-function) imports that are allowed, and why: a CLI command imports what it runs; the top-level
 # package loads the studies (pyarrow, process pools) on first use; Circuit and FeatureCard keep
-# one-line drawing conveniences over their viz functions.
+# one-line drawing conveniences over their viz functions; the zoo store reads cards (`zoo list`)
+# without the task builders' torch.
 LATE_OK = {
     "circuitkit": {"circuitkit.studies"},
+    "circuitkit.models.zoo_store": {"circuitkit.tasks.builders"},
     "circuitkit.circuit.core": {"circuitkit.viz.circuit"},
     "circuitkit.sae.features": {"circuitkit.viz.sae"},
 }

@@ -15,6 +15,10 @@ from torch import Tensor
 
 AblationKind = Literal["zero", "mean", "resample", "corrupted"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "resample", "zero")
+# The one default of every circuit method (eap, eap_ig, exact_edge_patching, acdc, discover,
+# evaluate, smallest_faithful, faithfulness_curve), so the API and `circuitkit discover` score and
+# prune with the same ablation and give the same circuit.
+DEFAULT_ABLATION: AblationKind = "mean"
 # Node ablation reads its values from one reference batch, so it has no paired "corrupted" kind.
 NODE_ABLATION_KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
 

@@ -22,6 +22,37 @@ def prepare_attribution(model, task, ablation: str | None = None, steps: int | N
     return task.to(model_device(model)), index
 
 
+# Scores (metric units) and per-prompt metric gradients below these are float noise around 0.
+ZERO_SCORE = 1e-5
+ZERO_GRADIENT = 1e-6
+
+
+def check_nonzero_scores(model, task, scores: Tensor, method: str) -> None:
+    """Refuse gradient scores that are all (about) 0, naming the cause: a metric whose gradient
+    vanishes at the clean run (a distance to the clean output, KL to the clean distribution: the
+    clean run is their minimum), or a corruption that changes nothing. Costs one forward pass,
+    and only when every score is below ``ZERO_SCORE``."""
+    if scores.numel() == 0 or float(scores.abs().max()) > ZERO_SCORE:
+        return
+    with torch.no_grad():
+        logits = model(task.clean)
+    logits = logits.detach().float().requires_grad_(True)
+    (grad,) = torch.autograd.grad(task.per_prompt(logits).sum(), logits, allow_unused=True)
+    if grad is None or float(grad.abs().max()) <= ZERO_GRADIENT:
+        raise ValueError(
+            f"{method}: every score is about 0 because the gradient of metric {task.metric_name!r} is 0 at the clean run "
+            "(a distance to the clean output or KL to the clean distribution is at its minimum there), and "
+            f"{method} multiplies by that gradient; use eap_ig (steps > 1, gradients along the path from the "
+            "corrupted run), exact patching (exact_edge_patching / method 'exact'), or a metric whose gradient "
+            "is not 0 at the clean run (logit_diff, answer_logprob, or the distance to the corrupted output)"
+        )
+    raise ValueError(
+        f"{method}: every score is about 0 (below {ZERO_SCORE:g}) though the metric's gradient is not: the "
+        "ablation source (nearly) equals the clean run (corrupted prompts identical to the clean ones, or a mean "
+        "over a single prompt); use corrupted prompts that differ, or more prompts"
+    )
+
+
 def prompt_batches(n: int, batch_size: int | None) -> list[Tensor]:
     size = n if batch_size is None else batch_size
     return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]

@@ -43,7 +43,9 @@ from circuitkit.ablation.edges import (
     split_outputs,
     whole_vector_qk_norm,
 )
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
+    check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
     scores_meta,
@@ -339,7 +341,7 @@ def _check_level(level: str) -> None:
 def eap(
     model,
     task,
-    ablation: str = "corrupted",
+    ablation: str = DEFAULT_ABLATION,
     level: Literal["edge", "node"] = "edge",
     batch_size: int | None = None,
     seed: int = 0,
@@ -364,6 +366,7 @@ def eap(
     matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    check_nonzero_scores(model, task, matrix, "eap")
     return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
 
 
@@ -371,7 +374,7 @@ def eap_ig(
     model,
     task,
     steps: int = 5,
-    ablation: str = "corrupted",
+    ablation: str = DEFAULT_ABLATION,
     level: Literal["edge", "node"] = "edge",
     batch_size: int | None = None,
     seed: int = 0,
@@ -407,6 +410,7 @@ def eap_ig(
     matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+    check_nonzero_scores(model, task, matrix, "eap_ig")
     return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix,
                         interpolate=interpolate)
 

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitkit.ablation.edges import ablation_source, model_device, run_with_mask
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
     prepare_attribution,
     scores_meta,
@@ -20,7 +21,7 @@ def exact_edge_patching(
     model,
     task,
     edges: Iterable[str] | None = None,
-    ablation: str = "corrupted",
+    ablation: str = DEFAULT_ABLATION,
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from circuitkit import names
 from circuitkit.ablation.edges import INPUT_HOOK, GraphIndex, graph_mode, result_hook
 from circuitkit.attribution.common import (
+    check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
     scores_meta,
@@ -91,6 +92,7 @@ def attribution_patching(
         else:
             values += t.sum(0).tolist()
             labels += node_names
+    check_nonzero_scores(model, task, torch.tensor(values), "attribution_patching")
     return Scores(torch.tensor(values), labels, "attribution-patching", task.name, task.metric_name,
                   meta=scores_meta(model, index, target=target, by_pos=by_pos))
 

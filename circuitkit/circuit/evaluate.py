@@ -18,7 +18,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.ablation.edges import ablation_source, graph_edges, run_with_edges
-from circuitkit.ablation.kinds import check_kind
+from circuitkit.ablation.kinds import DEFAULT_ABLATION, check_kind
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import normalized
@@ -52,7 +52,7 @@ class CircuitEvaluation:
 class EdgeEvaluator:
     """Caches the ablation source and the full / empty metrics of one (model, task, ablation)."""
 
-    def __init__(self, model, task, ablation: str = "mean", seed: int = 0) -> None:
+    def __init__(self, model, task, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> None:
         check_kind(ablation)
         task.check_model(model)
         self.model, self.task, self.ablation = model, task, ablation
@@ -112,7 +112,7 @@ def circuit_edges(circuit: Circuit, model_edges: Sequence[str]) -> list[str]:
     return [e for e in model_edges if {names.parse_edge(e).parent, names.parse_edge(e).child} <= kept]
 
 
-def evaluate(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0,
+def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0,
              evaluator: EdgeEvaluator | None = None) -> CircuitEvaluation:
     """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`)."""
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
@@ -133,13 +133,13 @@ def evaluate(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 
         task=task.name)
 
 
-def faithfulness(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0) -> float:
+def faithfulness(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> float:
     """``(m(circuit) - m(∅)) / (m(full) - m(∅))`` with every edge outside the circuit ablated."""
     ev = EdgeEvaluator(model, task, ablation, seed)
     return ev.faithfulness(circuit_edges(circuit, ev.model_edges))
 
 
-def completeness(model, task, circuit: Circuit, ablation: str = "mean", seed: int = 0) -> float:
+def completeness(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> float:
     """``1 - f(complement)``: ablate the circuit, keep everything else."""
     return evaluate(model, task, circuit, ablation, seed).completeness
 
@@ -204,7 +204,7 @@ def curve_areas(ks: Sequence[float], faithfulness: Sequence[float]) -> tuple[flo
     return float(under), float(from_1)
 
 
-def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS, ablation: str = "mean",
+def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS, ablation: str = DEFAULT_ABLATION,
                        seed: int = 0, evaluator: EdgeEvaluator | None = None, sign: str = "circuitkit",
                        prune: bool = True):
     """The MIB circuit-localisation curve: for each k (% of the model's edges) keep the top
@@ -256,8 +256,8 @@ def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
     return circuit
 
 
-def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation: str = "mean", seed: int = 0,
-                      search: str = "binary", evaluator: EdgeEvaluator | None = None) -> Circuit:
+def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation: str = DEFAULT_ABLATION,
+                      seed: int = 0, search: str = "binary", evaluator: EdgeEvaluator | None = None) -> Circuit:
     """The fewest top-|score| edges whose circuit reaches ``target`` faithfulness.
 
     ``search="binary"``: evaluate the MIB grid of sizes (0.1 % ... 100 % of edges), then binary

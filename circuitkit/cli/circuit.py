@@ -4,27 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from circuitkit.ablation.kinds import ABLATION_KINDS
-from circuitkit.cli.common import check_out_folder, resolve_task
+from circuitkit.cli.common import (
+    add_model_argument,
+    add_task_arguments,
+    check_out_folder,
+    task_from_args,
+)
+
+COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "convert a circuit file to another format"}
 
 
 def register(sub) -> None:
+    from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
     from circuitkit.circuit.discover import METHODS
     from circuitkit.circuit.io import FORMATS
 
     disc = sub.add_parser(
-        "discover", help="find a circuit: score edges and prune",
+        "discover", help=COMMANDS["discover"],
         description="Score MODEL's edges on TASK with METHOD, prune to a circuit (top-k, threshold, or the "
-                    "smallest circuit reaching --target faithfulness), evaluate it and write it.")
-    disc.add_argument("--model", required=True, help="zoo:NAME, a TransformerLens name or a local HF directory")
-    disc.add_argument("--task", default=None,
-                      help="task builder name (ioi, induction, greater_than, ...); defaults to the zoo card's task")
+                    "smallest circuit reaching --faithfulness), evaluate it and write it.")
+    add_model_argument(disc)
+    add_task_arguments(disc, "the zoo card's task (required for other models)")
     disc.add_argument("--method", default="eap-ig", choices=METHODS)
     prune = disc.add_mutually_exclusive_group()
     prune.add_argument("--top-k", type=int, default=None, help="keep this many edges (by |score|)")
     prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
-    disc.add_argument("--target", type=float, default=0.9, help="faithfulness target when neither --top-k nor --threshold")
-    disc.add_argument("--ablation", default="mean", choices=ABLATION_KINDS)
+    disc.add_argument("--faithfulness", type=float, default=0.9,
+                      help="faithfulness the circuit must reach when neither --top-k nor --threshold (formerly --target)")
+    disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
+                      help="how edges outside the circuit are removed, when scoring and evaluating")
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
     disc.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),
                       help="eap-ig's path: the input embeddings, or each layer's outputs in turn")
@@ -33,10 +41,10 @@ def register(sub) -> None:
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
     disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
     disc.add_argument("--device", default="cpu")
-    disc.add_argument("--quiet", action="store_true", help="no progress bars")
+    disc.add_argument("--no-progress", action="store_true", help="hide the progress bars (formerly --quiet)")
     disc.set_defaults(func=_cmd_discover)
 
-    exp = sub.add_parser("export", help="convert a circuit file to another format",
+    exp = sub.add_parser("export", help=COMMANDS["export"],
                          description="Read a circuit file (circuitkit JSON, GraphML, GEXF, EAP-IG/MIB JSON or an "
                                      "attribution graph) and write it in another format. Nothing is written on error.")
     exp.add_argument("circuit", help="input circuit file")
@@ -56,10 +64,10 @@ def _cmd_discover(args) -> int:
     out = Path(args.out)
     check_out_folder(out, args.html)
     model = load_model(args.model, device=args.device)
-    task = resolve_task(args.model, model, args.task)
-    circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.target,
+    task = task_from_args(args, model)
+    circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
-                       progress=not args.quiet, interpolate=args.interpolate)
+                       progress=not args.no_progress, interpolate=args.interpolate)
     save_circuit(circuit, out)
     if args.html:
         to_html(circuit, args.html)

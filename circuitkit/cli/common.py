@@ -3,17 +3,102 @@ and figures (through :mod:`circuitkit.atomic`, so nothing is left half-written).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from circuitkit.atomic import write_text, write_with
-from circuitkit.models.loading import parse_spec
+
+TASK_HELP = ("a task builder (ioi, induction, greater_than, multiple_choice, needle) or a task file "
+             "(.json / .yaml with prompts and answers, .safetensors with token tensors; format: "
+             "circuitkit.tasks.files)")
 
 
-def resolve_task(model_spec: str, model, task_name: str | None, *, default: str | None = None, **params):
+def add_model_argument(parser) -> None:
+    """MODEL, the first positional argument of every command that runs a model."""
+    parser.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+
+
+def add_task_arguments(parser, default_help: str, n_prompts: int | None = 16) -> None:
+    """``--task NAME|FILE``, ``--task-arg KEY=VALUE`` (repeatable), ``--prepend-bos / --no-prepend-bos``
+    and (when ``n_prompts`` is given) ``--n-prompts``: one spelling for every command."""
+    parser.add_argument("--task", default=None, help=f"{TASK_HELP}; default: {default_help}")
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", dest="task_args",
+                        help="a builder parameter, repeatable; VALUE is read as YAML (safe_load): "
+                             "--task-arg names='[Ann, Bob, Cid, Dan, Eve]' --task-arg seed=3")
+    parser.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start each prompt with the tokenizer's BOS token (default: the builder's choice, "
+                             "BOS first; a task file's own setting); --no-prepend-bos for BOS-less tokenizers")
+    if n_prompts is not None:
+        parser.add_argument("--n-prompts", type=int, default=None,
+                            help=f"prompts to build (default: the zoo card's, else {n_prompts})")
+        parser.set_defaults(n_prompts_default=n_prompts)
+
+
+def parse_task_args(pairs: list[str]) -> dict:
+    """``["k=v", ...]`` -> ``{k: yaml.safe_load(v)}``; ``ValueError`` naming a malformed pair."""
+    import yaml
+
+    params: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--task-arg {pair!r}: expected KEY=VALUE, e.g. --task-arg n_prompts=32")
+        if key in params:
+            raise ValueError(f"--task-arg {key!r} is given twice; give each parameter once")
+        try:
+            params[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--task-arg {pair!r}: the value is not valid YAML ({exc}); quote it") from None
+    return params
+
+
+def task_from_args(args, model, *, default: str | None = None, **fixed):
+    """The task a command runs, from ``--task`` (a builder or a task file), ``--task-arg``,
+    ``--prepend-bos`` and ``--n-prompts``; ``fixed`` are parameters the command itself sets."""
+    params = parse_task_args(getattr(args, "task_args", []))
+    bos = getattr(args, "prepend_bos", None)
+    task = args.task
+    if task is not None and _looks_like_file(task):
+        from circuitkit.tasks.files import load_task_file
+
+        if params:
+            raise ValueError(f"--task-arg sets a builder's parameters, but --task {task!r} is a task file; "
+                             "write the values into the file instead")
+        return load_task_file(task, model, prepend_bos=bos)
+    if bos is not None:
+        params["prepend_bos"] = bos
+    n = getattr(args, "n_prompts", None)
+    if n is not None:
+        if "n_prompts" in params:
+            raise ValueError("give the prompt count once: --n-prompts or --task-arg n_prompts=..., not both")
+        params["n_prompts"] = n
+    for key, value in fixed.items():
+        if key in params:
+            raise ValueError(f"--task-arg {key!r}: this command sets {key} itself (to {value!r}); drop it")
+        params[key] = value
+    return resolve_task(args.model, model, task, default=default,
+                        n_prompts_default=getattr(args, "n_prompts_default", None), **params)
+
+
+def _looks_like_file(task: str) -> bool:
+    from circuitkit.tasks.files import is_task_file
+
+    if is_task_file(task):
+        return True
+    if Path(task).exists():
+        raise ValueError(f"--task {task!r} is a file without a task-file suffix; name it .json, .yaml, .yml "
+                         "or .safetensors (pickles are never read)")
+    return False
+
+
+def resolve_task(model_spec: str, model, task_name: str | None, *, default: str | None = None,
+                 n_prompts_default: int | None = None, **params):
     """The task a command runs: a zoo model's own card task (when ``task_name`` is None or names the
     card's builder), else the named builder (``default`` when none is named) with the model's tokenizer."""
+    from circuitkit.models.loading import parse_spec
     from circuitkit.models.zoo_store import zoo_card, zoo_task
-    from circuitkit.tasks.builders import build_task
+    from circuitkit.tasks.builders import build_task, builder_parameters
 
     zoo = parse_spec(model_spec).zoo_name
     if zoo is not None:
@@ -22,7 +107,9 @@ def resolve_task(model_spec: str, model, task_name: str | None, *, default: str 
             return zoo_task(card, model, **params)
     name = task_name or default
     if name is None:
-        raise ValueError("--task is required for models outside the zoo (e.g. --task ioi)")
+        raise ValueError("--task is required for models outside the zoo (e.g. --task ioi, or --task my_task.yaml)")
+    if n_prompts_default is not None and "n_prompts" not in params and "n_prompts" in builder_parameters(name):
+        params["n_prompts"] = n_prompts_default
     return build_task(name, model, **params)
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from circuitkit.cli.common import check_out_folder, write_figure, write_table
-from circuitkit.models.loading import parse_spec
+from circuitkit.cli.common import (
+    add_model_argument,
+    add_task_arguments,
+    check_out_folder,
+    task_from_args,
+    write_figure,
+    write_table,
+)
+
+COMMANDS = {"heads": "attention-head scores (retrieval, induction, locality...)"}
 
 
 def register(sub) -> None:
-    heads = sub.add_parser("heads", help="attention-head scores (retrieval, induction, locality...)",
+    heads = sub.add_parser("heads", help=COMMANDS["heads"],
                            description="Score every attention head of a model: retrieval heads on a "
                                        "needle-in-a-haystack task, or induction / previous-token / "
                                        "duplicate-token / locality / echo signatures.")
@@ -20,6 +29,15 @@ def register(sub) -> None:
                           description="Build needle-in-a-haystack prompts with MODEL's tokenizer and "
                                       "score every head by teacher forcing.")
     _common(ret)
+    ret.add_argument("--task", default=None,
+                     help="a needle task file (.json / .yaml / .safetensors) instead of built needle prompts; "
+                          "it must carry needle_start / needle_end positions (default: the needle builder)")
+    ret.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", dest="task_args",
+                     help="a needle-builder parameter, repeatable, VALUE read as YAML (e.g. --task-arg "
+                          "'haystack=Some text. More text.')")
+    ret.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
+                     help="start prompts with the tokenizer's BOS token (default: yes); --no-prepend-bos for "
+                          "BOS-less tokenizers")
     ret.add_argument("--lengths", type=int, nargs="+", default=[64], help="context lengths in tokens")
     ret.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
     ret.add_argument("--values", nargs="+", default=None,
@@ -27,7 +45,7 @@ def register(sub) -> None:
     ret.add_argument("--needle-template", default=None, help="needle sentence with {VALUE}")
     ret.add_argument("--question", default=None, help="question that ends right before the value")
     ret.add_argument("--haystack", type=Path, default=None, help="text file with the haystack (default: bundled)")
-    ret.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold (default 0.1)")
+    ret.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold")
     ret.add_argument("--min-recall", type=float, default=0.5, help="keep trials with ROUGE-1 recall above this")
     ret.add_argument("--causal", type=int, default=0, metavar="K",
                      help="also ablate the top-K heads vs K random non-retrieval heads and print the table")
@@ -39,23 +57,23 @@ def register(sub) -> None:
     _common(score)
     score.add_argument("--kind", required=True,
                        choices=["previous_token", "duplicate_token", "induction", "locality", "echo"])
-    score.add_argument("--n-prompts", type=int, default=8)
+    add_task_arguments(score, "repeated random tokens (--n-prompts, --seq-len, --repeats)", n_prompts=8)
     score.add_argument("--seq-len", type=int, default=20, help="random tokens per repeat")
-    score.add_argument("--repeats", type=int, default=2)
+    score.add_argument("--repeats", type=int, default=2, help="times the random tokens are repeated")
     score.add_argument("--sink", type=int, default=4, help="locality: number of sink tokens")
     score.add_argument("--window", type=int, default=8, help="locality: recent-window size")
-    score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
     score.set_defaults(func=_cmd_score)
 
 
 def _common(parser) -> None:
-    parser.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    add_model_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write scores as CSV (or .parquet)")
     parser.add_argument("--html", type=Path, default=None, help="write a layer x head heatmap as HTML")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--top", type=int, default=10, help="print the top-N heads")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _cmd_retrieval(args) -> int:
@@ -74,7 +92,18 @@ def _cmd_retrieval(args) -> int:
             raise FileNotFoundError(f"no haystack file at {args.haystack}; pass a text file")
         params["haystack"] = args.haystack.read_text()
     model = load_model(args.model, device=args.device)
-    task = needle(model, context_lengths=args.lengths, depths=args.depths, metric="accuracy", **params)
+    if args.task is not None:
+        task = task_from_args(args, model)
+    else:
+        from circuitkit.cli.common import parse_task_args
+
+        params.update(parse_task_args(args.task_args))
+        if args.prepend_bos is not None:
+            params["prepend_bos"] = args.prepend_bos
+        for key in ("context_lengths", "depths", "metric"):
+            if key in params:
+                raise ValueError(f"--task-arg {key!r}: set by this command (--lengths / --depths; metric accuracy); drop it")
+        task = needle(model, context_lengths=args.lengths, depths=args.depths, metric="accuracy", **params)
     scores = retrieval_scores(model, task, batch_size=args.batch_size, threshold=args.threshold,
                               min_recall=args.min_recall, progress=not args.no_progress)
     print(f"kept {scores.meta['n_kept']} of {len(task)} trials; retrieval heads (> {args.threshold}): "
@@ -90,6 +119,7 @@ def _cmd_retrieval(args) -> int:
 
 def _zoo_needle_params(spec: str) -> dict:
     """A zoo model trained / built on needle prompts keeps its own haystack, values and question."""
+    from circuitkit.models.loading import parse_spec
     from circuitkit.models.zoo_store import zoo_card
 
     zoo = parse_spec(spec).zoo_name
@@ -108,7 +138,14 @@ def _cmd_score(args) -> int:
 
     check_out_folder(args.out, args.html)
     model = load_model(args.model, device=args.device)
-    tokens = repeated_tokens(model, args.n_prompts, args.seq_len, args.repeats, args.seed)
+    if args.task is not None:
+        tokens = task_from_args(args, model)  # a Task: each prompt scored up to its answer position
+    else:
+        if args.task_args:
+            raise ValueError("--task-arg needs --task (a builder or a task file) to apply to")
+        n = args.n_prompts if args.n_prompts is not None else args.n_prompts_default
+        bos = True if args.prepend_bos is None else args.prepend_bos
+        tokens = repeated_tokens(model, n, args.seq_len, args.repeats, args.seed, prepend_bos=bos)
     scores = head_scores(model, tokens, args.kind, sink=args.sink, window=args.window,
                          batch_size=args.batch_size, progress=not args.no_progress)
     _print_top(scores, args.top)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+COMMANDS = {"study": "batch ablation studies from a spec file"}
+
 
 def register(sub) -> None:
-    study = sub.add_parser("study", help="batch ablation studies from a spec file",
+    study = sub.add_parser("study", help=COMMANDS["study"],
                            description="Run ablation studies described by a YAML / TOML spec, resumably, "
                                        "and report their results.")
     ssub = study.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")
@@ -13,7 +15,8 @@ def register(sub) -> None:
         "run", help="run or resume a study",
         description="Run every (model, task, ablation, target, seed) unit of SPEC that is not yet in its "
                     "output_dir. Interrupted runs resume with the same command. Spec keys: models, tasks "
-                    "({name, params, label}), ablations (zero|mean|resample), targets (every_head, every_mlp, "
+                    "({name, params, label} for a builder, {file, label} for a task file; relative paths and model folders "
+                    "are relative to the spec), ablations (zero|mean|resample), targets (every_head, every_mlp, "
                     "head_sets, top_k_from {score, k}), metrics, seeds, batch_size, output_dir.")
     run.add_argument("spec", help="study spec (.yaml, .yml or .toml)")
     run.add_argument("--executor", choices=("serial", "process", "ray"), default="serial",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+COMMANDS = {"zoo": "bundled models with known circuits"}
+
 
 def register(sub) -> None:
-    zoo = sub.add_parser("zoo", help="bundled models with known circuits",
+    zoo = sub.add_parser("zoo", help=COMMANDS["zoo"],
                          description="List, inspect, train and verify the bundled zoo models.")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zsub.required = True

@@ -40,8 +40,10 @@ DETECTOR_KINDS = {
 KINDS = (*DETECTOR_KINDS, "locality", "echo", "retrieval")
 
 
-def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int = 2, seed: int = 0) -> Tensor:
-    """``[n_prompts, 1 + seq_len * n_repeats]``: BOS then a random token sequence repeated."""
+def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int = 2, seed: int = 0,
+                    prepend_bos: bool = True) -> Tensor:
+    """``[n_prompts, 1 + seq_len * n_repeats]``: BOS then a random token sequence repeated (no BOS,
+    ``[n_prompts, seq_len * n_repeats]``, with ``prepend_bos=False``, for BOS-less tokenizers)."""
     tok = getattr(model, "tokenizer", None)
     pool = torch.tensor(ordinary_token_ids(tok)) if tok is not None else torch.arange(model.cfg.d_vocab)
     if len(pool) < seq_len:
@@ -53,6 +55,8 @@ def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int
         )
     gen = torch.Generator().manual_seed(seed)
     draws = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:seq_len]] for _ in range(n_prompts)])
+    if not prepend_bos:
+        return draws.repeat(1, n_repeats)
     bos = bos_id(tok) if tok is not None else 0
     return torch.cat([torch.full((n_prompts, 1), bos), draws.repeat(1, n_repeats)], dim=1)
 

@@ -1,16 +1,32 @@
 """Models: ``load_model(spec)`` for TransformerLens names, local Hugging Face directories and
 ``zoo:NAME``; :func:`parse_spec` reads a spec; the zoo store (cards, weights) in
-:mod:`circuitkit.models.zoo_store`."""
+:mod:`circuitkit.models.zoo_store`.
 
-from circuitkit.models.loading import ModelLoadError, ModelSpec, load_model, parse_spec
-from circuitkit.models.zoo_store import (
-           ZooCard,
-           list_zoo,
-           load_zoo_model,
-           zoo_card,
-           zoo_task,
-           zoo_tokenizer,
-)
+Names are imported on first use: the zoo store reads cards without torch or TransformerLens,
+which :mod:`circuitkit.models.loading` needs.
+"""
 
-__all__ = ["ModelLoadError", "ModelSpec", "ZooCard", "list_zoo", "load_model", "load_zoo_model", "parse_spec",
-           "zoo_card", "zoo_task", "zoo_tokenizer"]
+_EXPORTS = {
+    "ModelLoadError": "circuitkit.models.loading",
+    "ModelSpec": "circuitkit.models.loading",
+    "load_model": "circuitkit.models.loading",
+    "parse_spec": "circuitkit.models.loading",
+    "ZooCard": "circuitkit.models.zoo_store",
+    "list_zoo": "circuitkit.models.zoo_store",
+    "load_zoo_model": "circuitkit.models.zoo_store",
+    "zoo_card": "circuitkit.models.zoo_store",
+    "zoo_task": "circuitkit.models.zoo_store",
+    "zoo_tokenizer": "circuitkit.models.zoo_store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'circuitkit.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

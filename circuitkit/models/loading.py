@@ -84,8 +84,27 @@ def load_model(
 
 
 def _resolve_device(device) -> str:
+    """The device as a string; ``ModelLoadError`` naming an unusable device (before any file is read)."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r} ({exc}); use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if parsed.type == "meta":
+        raise ModelLoadError("device 'meta' is not supported: meta tensors hold no weights, and every circuitkit "
+                             "method runs the model; load on 'cpu' or 'cuda'")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine (torch "
+                                 f"{torch.__version__}); load on 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                                 f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: Apple MPS is not available on this machine; load on 'cpu'")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return str(device)
 
 

@@ -23,11 +23,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from circuitkit.atomic import replace_dir
-from circuitkit.tasks.builders import build_task
 from circuitkit.tokenizers import load_tokenizer_file
+
+# torch and the task builders are imported where used: listing and reading cards (`zoo list`,
+# `zoo show`) needs neither, and stays fast.
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -137,14 +137,16 @@ def zoo_tokenizer(card: ZooCard):
     return load_tokenizer_file(tok_path, name=card.name)
 
 
-def model_from_config(config: dict[str, Any], tokenizer=None, device: str = "cpu", dtype=torch.float32):
+def model_from_config(config: dict[str, Any], tokenizer=None, device: str = "cpu", dtype=None):
+    import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    dtype = torch.float32 if dtype is None else dtype
     cfg = HookedTransformerConfig(**{**config, "device": device, "dtype": dtype})
     return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
 
 
-def load_zoo_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_zoo_model(name: str, device: str = "cpu", dtype=None):
     """Build the HookedTransformer of zoo model ``name`` and load its safetensors weights."""
     from safetensors.torch import load_file
 
@@ -170,6 +172,8 @@ def load_zoo_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.fl
 
 def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
     """The card's task, built with the model's tokenizer (parameters overridable)."""
+    from circuitkit.tasks.builders import build_task
+
     card = zoo_card(name_or_card) if isinstance(name_or_card, str) else name_or_card
     tok = model if model is not None else zoo_tokenizer(card)
     params = {**card.task.get("params", {}), **overrides}
@@ -181,6 +185,7 @@ def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
 def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None) -> Path:
     """Write ``card.json``, ``model.safetensors`` and ``tokenizer.json`` atomically into ``root/NAME``
     (``root`` defaults to :func:`user_zoo_dir`)."""
+    import torch
     from safetensors.torch import save_file
 
     root = Path(root) if root is not None else user_zoo_dir()
@@ -217,6 +222,8 @@ def config_to_json(cfg) -> dict[str, Any]:
 
 
 def _json_default(obj):
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):

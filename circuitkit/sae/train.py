@@ -31,7 +31,7 @@ from circuitkit import names
 from circuitkit.atomic import replace_dir
 from circuitkit.models.loading import load_model
 from circuitkit.sae.features import check_hook, hook_width
-from circuitkit.tokenizers import check_token_ids, python_docs_corpus
+from circuitkit.tokenizers import check_token_ids, python_docs_corpus, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def training_tokens(model, data=None, context_size: int = 64, n_chars: int = 800
     if data is None:
         return text_to_tokens(model, python_docs_corpus(n_chars), context_size)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        return text_to_tokens(model, Path(data).read_text(encoding="utf-8", errors="replace"), context_size)
+        return text_to_tokens(model, read_text_file(data), context_size)
     if isinstance(data, (str, os.PathLike)) and (os.sep in str(data) or str(data).endswith(".txt")):
         raise FileNotFoundError(f"no text file at {str(data)!r}; pass an existing text file or a token tensor")
     if isinstance(data, str):

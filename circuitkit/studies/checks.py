@@ -15,6 +15,7 @@ from circuitkit.models.loading import load_model, parse_spec
 from circuitkit.models.zoo_store import zoo_card, zoo_tokenizer
 from circuitkit.studies.spec import SpecError, StudySpec, TaskSpec
 from circuitkit.tasks.builders import BUILDERS, build_task
+from circuitkit.tasks.files import load_task_file
 
 
 @dataclass
@@ -46,7 +47,10 @@ def model_info(model_spec: str) -> ModelInfo:
 
 
 def build_unit_task(task_spec: TaskSpec, tokenizer, seed: int, metric: str = "logit_diff"):
-    """The task for one seed: the spec's seed feeds the builder unless its params fix one."""
+    """The task for one seed: the spec's seed feeds the builder unless its params fix one (a task
+    file is the same for every seed)."""
+    if task_spec.file:
+        return load_task_file(task_spec.file, tokenizer, prepend_bos=task_spec.params.get("prepend_bos"), metric=metric)
     params = dict(task_spec.params)
     if "seed" in inspect.signature(BUILDERS[task_spec.name]).parameters and "seed" not in params:
         params["seed"] = seed
@@ -94,7 +98,7 @@ def validate(spec: StudySpec) -> dict[str, ModelInfo]:
             for seed in spec.seeds:
                 try:
                     task = build_unit_task(task_spec, info.tokenizer, seed)
-                except (ValueError, TypeError, KeyError) as exc:
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
                     raise SpecError(f"tasks[{j}] ({task_spec.label}): cannot build for {where}, seed {seed}: {exc}") from None
                 _check_task_fits(task, info, f"tasks[{j}] ({task_spec.label})", where)
                 if "resample" in spec.ablations and len(task) < 2:

@@ -2,10 +2,11 @@
 
 A spec is a YAML (``yaml.safe_load``) or TOML (``tomllib``) file, or the same data as a dict::
 
-    models: [zoo:induction-handbuilt, zoo:ioi-trained]
+    models: [zoo:induction-handbuilt, zoo:ioi-trained, ./my-gpt2]   # a relative folder: relative to the spec file
     tasks:
       - {name: induction, params: {n_prompts: 16}}
-      - {name: ioi, params: {n_prompts: 16}, label: ioi16}    # label: optional, must be unique
+      - {name: ioi, params: {n_prompts: 16, prepend_bos: false}, label: ioi16}    # label: optional, must be unique
+      - {file: my_task.yaml}                                 # a task file (circuitkit.tasks.files), relative to the spec
     ablations: [zero, mean, resample]
     targets:
       every_head: true
@@ -47,7 +48,8 @@ HEAD_SCORES = {
 }
 
 TOP_KEYS = ("models", "tasks", "ablations", "targets", "metrics", "seeds", "batch_size", "output_dir")
-TASK_KEYS = ("name", "params", "label", "models")
+TASK_KEYS = ("name", "params", "label", "models", "file")
+FILE_TASK_PARAMS = ("prepend_bos",)  # the parameters a task file takes from the spec
 TARGET_KEYS = ("every_head", "every_mlp", "head_sets", "top_k_from")
 TOP_K_KEYS = ("score", "k")
 
@@ -58,12 +60,14 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task builder (``circuitkit.tasks.BUILDERS``) and its parameters; ``label`` names it in results."""
+    """A task builder (``circuitkit.tasks.BUILDERS``) and its parameters, or a task ``file`` (its
+    ``name`` is then the file's stem); ``label`` names it in results."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     models: tuple[str, ...] = ()  # run only on these models (empty: every model in the spec)
+    file: str = ""  # a task file (absolute path), instead of a builder
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -136,8 +140,8 @@ class StudySpec:
         for key in ("models", "tasks", "ablations", "targets"):
             if key not in data:
                 raise SpecError(f"spec: missing required key {key!r}; see `circuitkit study run --help` for the format")
-        models = _str_list(data["models"], "models")
-        tasks = _tasks(data["tasks"])
+        models = [_resolve_model(m, base_dir) for m in _str_list(data["models"], "models")]
+        tasks = _tasks(data["tasks"], base_dir)
         ablations = _str_list(data["ablations"], "ablations")
         for i, kind in enumerate(ablations):
             if kind not in ABLATIONS:
@@ -171,11 +175,13 @@ class StudySpec:
         """JSON-safe form, accepted back by :meth:`from_dict`."""
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
-        for task in data["tasks"]:  # omit the default (all models) so older specs keep their hash
+        for task in data["tasks"]:  # omit the defaults (all models, no file) so older specs keep their hash
             if task["models"]:
                 task["models"] = list(task["models"])
             else:
                 task.pop("models")
+            if not task["file"]:
+                task.pop("file")
         if self.targets.top_k_from is None:
             data["targets"].pop("top_k_from")
         return data
@@ -212,7 +218,18 @@ def _str_list(value, where: str) -> list[str]:
     return list(value)
 
 
-def _tasks(value) -> list[TaskSpec]:
+def _resolve_model(spec: str, base_dir) -> str:
+    """A model written as a relative folder path is relative to the spec file's folder (like
+    ``output_dir``); zoo names and TransformerLens names are kept as written."""
+    if base_dir is None or os.path.isabs(os.path.expanduser(spec)):
+        return spec
+    candidate = Path(base_dir) / spec
+    if candidate.is_dir() or os.sep in spec or spec.startswith("."):
+        return str(candidate.resolve())
+    return spec
+
+
+def _tasks(value, base_dir=None) -> list[TaskSpec]:
     if not isinstance(value, list) or not value:
         raise SpecError(f"tasks: expected a non-empty list of {{name: BUILDER, params: {{...}}}}, got {value!r}")
     tasks = []
@@ -223,24 +240,44 @@ def _tasks(value) -> list[TaskSpec]:
         if not isinstance(entry, dict):
             raise SpecError(f"{where}: expected a builder name or {{name: BUILDER, params: {{...}}}}, got {entry!r}")
         _check_keys(entry, TASK_KEYS, where)
-        name = entry.get("name")
-        if name not in BUILDERS:
-            raise SpecError(f"{where}.name: unknown task {name!r}{_hint(name, BUILDERS)}; choose from {sorted(BUILDERS)}")
         params = entry.get("params", {}) or {}
         if not isinstance(params, dict):
             raise SpecError(f"{where}.params: expected a mapping of builder arguments, got {params!r}")
-        accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p != "model_or_tokenizer"]
-        for key in params:
-            if key not in accepted:
-                raise SpecError(f"{where}.params: task {name!r} takes no parameter {key!r}{_hint(key, accepted)}; "
-                                f"its parameters are {accepted}")
+        file = ""
+        if "file" in entry:
+            if "name" in entry:
+                raise SpecError(f"{where}: give a builder 'name' or a task 'file', not both")
+            file_path = Path(str(entry["file"])).expanduser()
+            if not file_path.is_absolute() and base_dir is not None:
+                file_path = Path(base_dir) / file_path
+            if not file_path.is_file():
+                raise SpecError(f"{where}.file: no task file at {str(file_path)!r} (relative paths are relative to "
+                                "the spec file); give a .json / .yaml / .safetensors task file")
+            for key in params:
+                if key not in FILE_TASK_PARAMS:
+                    raise SpecError(f"{where}.params: a task file takes only {list(FILE_TASK_PARAMS)} from the spec, "
+                                    f"not {key!r}; write the rest into the file")
+            file, name = str(file_path.resolve()), file_path.stem
+        else:
+            name = entry.get("name")
+            if name not in BUILDERS:
+                raise SpecError(f"{where}.name: unknown task {name!r}{_hint(name, BUILDERS)}; choose from "
+                                f"{sorted(BUILDERS)}, or give a task file with 'file: my_task.yaml'")
+            accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p != "model_or_tokenizer"]
+            for key in params:
+                if key not in accepted:
+                    raise SpecError(f"{where}.params: task {name!r} takes no parameter {key!r}{_hint(key, accepted)}; "
+                                    f"its parameters are {accepted}")
+            n = params.get("n_prompts")
+            if n is not None and (not _is_int(n) or n < 1):
+                raise SpecError(f"{where}.params.n_prompts: expected a positive whole number of prompts, got {n!r}")
         if "metric" in params:
             raise SpecError(f"{where}.params.metric: set metrics with the top-level 'metrics' list instead")
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
             raise SpecError(f"{where}.label: expected a non-empty string, got {label!r}")
         models = _str_list(entry["models"], f"{where}.models") if "models" in entry else []
-        tasks.append(TaskSpec(name, dict(params), label, tuple(models)))
+        tasks.append(TaskSpec(name, dict(params), label, tuple(models), file))
     labels = [t.label for t in tasks]
     for label in labels:
         if labels.count(label) > 1:

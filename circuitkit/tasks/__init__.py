@@ -11,9 +11,16 @@ from circuitkit.tasks.builders import (
     needle,
 )
 from circuitkit.tasks.metrics import METRICS, make_kl_metric, normalized
-from circuitkit.tasks.task import PAD_ANSWER, Metric, Task
+from circuitkit.tasks.task import (
+    PAD_ANSWER,
+    PAD_POSITION,
+    Metric,
+    OutOfVocabularyError,
+    Task,
+    TaskError,
+)
 
 __all__ = [
-    "BUILDERS", "METRICS", "PAD_ANSWER", "Metric", "Task", "build_task", "greater_than", "induction", "ioi",
+    "BUILDERS", "METRICS", "PAD_ANSWER", "PAD_POSITION", "Metric", "OutOfVocabularyError", "Task", "TaskError", "build_task", "greater_than", "induction", "ioi",
     "make_kl_metric", "metrics", "multiple_choice", "needle", "normalized",
 ]

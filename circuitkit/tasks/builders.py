@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitkit.tasks.task import PAD_ANSWER, Task
+from circuitkit.tasks.task import PAD_ANSWER, Task, TaskError
 from circuitkit.tokenizers import (
     continuation_ids,
     encode,
@@ -27,6 +27,29 @@ from circuitkit.tokenizers import (
 )
 
 log = logging.getLogger(__name__)
+
+# More prompts than any circuit method needs (hundreds to a few thousand); beyond this a typo is
+# far likelier than intent, and the tokens and logits would not fit in memory.
+MAX_PROMPTS = 100_000
+
+
+def check_n_prompts(name: str, n_prompts, tok, seq_len: int) -> None:
+    """``TaskError`` for a prompt count that is not a positive integer, or one so large that the
+    task's tokens and one unbatched forward pass's logits would not fit (with the estimate)."""
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int):
+        raise TaskError(f"{name}: n_prompts must be a whole number of prompts, got {n_prompts!r}")
+    if n_prompts < 1:
+        raise TaskError(f"{name}: n_prompts is {n_prompts}; ask for at least 1 prompt (16-256 is typical)")
+    if n_prompts > MAX_PROMPTS:
+        tokens_gb = 2 * n_prompts * seq_len * 8 / 1e9  # clean + corrupted int64 ids
+        logits_gb = n_prompts * seq_len * len(tok) * 4 / 1e9  # float32 logits of one full forward pass
+        raise TaskError(
+            f"{name}: n_prompts={n_prompts:,} is more than the {MAX_PROMPTS:,} allowed: its prompts alone hold "
+            f"~{tokens_gb:.1f} GB of token ids and one unbatched forward pass ~{logits_gb:,.0f} GB of logits "
+            f"(~{seq_len} tokens x {len(tok):,} vocabulary); circuit methods need tens to a few thousand prompts, "
+            f"so ask for n_prompts <= {MAX_PROMPTS:,}"
+        )
+
 
 NAMES = (
     "Mary John Alice Bob Tom James Sarah Michael Anna David Laura Paul Kate Mark Lisa Peter Emma "
@@ -135,6 +158,7 @@ def ioi(
     if order not in ("ABBA", "BABA", "mixed"):
         raise ValueError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}")
     tok = tokenizer_of(model_or_tokenizer)
+    check_n_prompts("ioi", n_prompts, tok, 20)
     name_ids = _single_tokens(tok, names)
     usable = [n for n in names if n in name_ids]
     if len(usable) < 5:
@@ -186,6 +210,7 @@ def induction(
     the first copy), ``second`` (start of the repeat), ``END``.
     """
     tok = tokenizer_of(model_or_tokenizer)
+    check_n_prompts("induction", n_prompts, tok, 2 * seq_len)
     pool = list(token_ids) if token_ids is not None else ordinary_token_ids(tok)
     if len(pool) < 2 * seq_len + 1:
         raise ValueError(f"induction: need at least {2 * seq_len + 1} distinct tokens to sample from, got {len(pool)}")
@@ -224,6 +249,7 @@ def greater_than(
     zoo's word-level tokenizer); start years whose chunk is not are dropped.
     """
     tok = tokenizer_of(model_or_tokenizer)
+    check_n_prompts("greater_than", n_prompts, tok, 16)
     prefix = template.split("{CENTURY}{YY}")[0].format(NOUN=nouns[0]) + str(century)
     yy_ids = {}
     for yy in range(100):
@@ -273,6 +299,7 @@ def multiple_choice(
     is that letter, so the metric measures whether the model tracks the option's position.
     """
     tok = tokenizer_of(model_or_tokenizer)
+    check_n_prompts("multiple_choice", n_prompts, tok, 20)
     categories = dict(categories or MC_CATEGORIES)
     if len(categories) < len(letters):
         raise ValueError(f"multiple_choice: need at least {len(letters)} categories for {len(letters)} options")
@@ -406,10 +433,31 @@ BUILDERS = {
 }
 
 
+def builder_parameters(name: str) -> list[str]:
+    """The keyword parameters builder ``name`` takes (all but the model / tokenizer)."""
+    import inspect
+
+    if name not in BUILDERS:
+        raise TaskError(f"unknown task {name!r}; choose one of {sorted(BUILDERS)} or give a task file "
+                        "(.json / .yaml / .safetensors)")
+    return [p for p in inspect.signature(BUILDERS[name]).parameters if p != "model_or_tokenizer"]
+
+
+def check_builder_params(name: str, params: dict) -> None:
+    """``TaskError`` naming a parameter builder ``name`` does not take, and the ones it does."""
+    import difflib
+
+    accepted = builder_parameters(name)
+    for key in params:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TaskError(f"task {name!r} takes no parameter {key!r}{hint}; its parameters are {accepted}")
+
+
 def build_task(name: str, model_or_tokenizer, **params) -> Task:
     """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(BUILDERS)}")
+    check_builder_params(name, params)
     return BUILDERS[name](model_or_tokenizer, **params)
 
 

@@ -2,6 +2,11 @@
 
 Several answers per prompt (padded with -1) are pooled: logit difference compares the mean
 answer logit with the mean wrong-answer logit; probability sums the answers' probabilities.
+On a task scored at several positions per prompt each metric is computed at every position
+and reduced over them by ``task.position_reduce`` (mean or sum).
+
+Higher is better for every metric but ``kl``, ``mse`` and ``l2`` (distances: lower is better);
+:func:`normalized` maps both kinds to 0 = corrupted, 1 = clean.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ if TYPE_CHECKING:
 
 
 def final_logits(logits: Tensor, task: Task) -> Tensor:
-    """Logits at each prompt's answer position, ``[batch, vocab]``."""
+    """Logits at each prompt's answer position, ``[batch, vocab]``; ``[batch, k, vocab]`` for a
+    task scored at ``k`` positions (padding positions read position 0 and are masked later)."""
     if logits.ndim == 2:
         return logits
     batch = torch.arange(logits.shape[0], device=logits.device)
-    return logits[batch, task.answer_pos.to(logits.device)]
+    pos = task.answer_pos.to(logits.device)
+    if pos.ndim == 2:
+        return logits[batch[:, None], pos.clamp(min=0)]
+    return logits[batch, pos]
 
 
 def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
@@ -34,7 +43,7 @@ def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
 def logit_diff(logits: Tensor, task: Task) -> Tensor:
     """Mean answer logit minus mean wrong-answer logit."""
     last = final_logits(logits, task)
-    return _gather_mean(last, task.answers) - _gather_mean(last, task.wrong_answers)
+    return task.reduce_positions(_gather_mean(last, task.answers) - _gather_mean(last, task.wrong_answers))
 
 
 def answer_prob(logits: Tensor, task: Task) -> Tensor:
@@ -42,7 +51,7 @@ def answer_prob(logits: Tensor, task: Task) -> Tensor:
     probs = final_logits(logits, task).float().softmax(-1)
     ids = task.answers.to(probs.device)
     mask = ids >= 0
-    return (probs.gather(-1, ids.clamp(min=0)) * mask).sum(-1)
+    return task.reduce_positions((probs.gather(-1, ids.clamp(min=0)) * mask).sum(-1))
 
 
 def answer_logprob(logits: Tensor, task: Task) -> Tensor:
@@ -50,30 +59,72 @@ def answer_logprob(logits: Tensor, task: Task) -> Tensor:
     logp = final_logits(logits, task).float().log_softmax(-1)
     ids = task.answers.to(logp.device)
     picked = logp.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
-    return torch.logsumexp(picked, -1)
+    value = torch.logsumexp(picked, -1)
+    if value.ndim == 2:  # padding positions have no answer (-inf); they are masked out
+        value = value.masked_fill(~task.position_mask().to(value.device), 0.0)
+    return task.reduce_positions(value)
 
 
 def accuracy(logits: Tensor, task: Task) -> Tensor:
     """1.0 where the top prediction is one of the answers."""
     top = final_logits(logits, task).argmax(-1, keepdim=True)
-    return (top == task.answers.to(top.device)).any(-1).float()
+    return task.reduce_positions((top == task.answers.to(top.device)).any(-1).float())
 
 
 def kl_div(logits: Tensor, task: Task, reference: Tensor | None = None) -> Tensor:
     """KL(reference || model) at the answer position; the reference defaults to the clean run.
 
-    The reference logits must be given (``make_kl_metric``) or stored in ``task.meta["clean_logits"]``.
+    The reference logits must be given (``make_kl_metric``) or stored per prompt in
+    ``task.data["clean_logits"]`` (``[batch, pos, vocab]``; it follows ``task.subset``), or in
+    ``task.meta["clean_logits"]`` (older form, not subset).
     """
     if reference is None:
-        reference = task.meta.get("clean_logits")
+        reference = task.data.get("clean_logits", task.meta.get("clean_logits"))
     if reference is None:
         raise ValueError(
-            "the KL metric needs the clean run's logits: use make_kl_metric(clean_logits) or store "
-            "them in task.meta['clean_logits']"
+            "the KL metric needs the clean run's logits: store them in task.data['clean_logits'] "
+            "(they then follow subsets and batches) or use make_kl_metric(clean_logits)"
         )
     ref_logp = final_logits(reference.to(logits.device), task).float().log_softmax(-1)
     logp = final_logits(logits, task).float().log_softmax(-1)
-    return F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
+    return task.reduce_positions(F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1))
+
+
+def _output_and_target(logits: Tensor, task: Task) -> tuple[Tensor, Tensor]:
+    """The model's numeric output at the answer position(s) and ``task.data["target"]``.
+
+    ``target`` shaped like the answer-position logits (``[batch, (k,) d_vocab_out]``) compares the
+    whole output vector; shaped ``[batch]`` / ``[batch, k]`` it compares one scalar output, the
+    logit of the prompt's (first) answer id, which names the output dimension read.
+    """
+    if "target" not in task.data:
+        raise ValueError(f"task {task.name!r}: the mse / l2 metrics need task.data['target']")
+    out = final_logits(logits, task).float()
+    target = task.data["target"].to(out.device).float()
+    if target.shape == out.shape:
+        return out, target
+    if target.shape == out.shape[:-1]:
+        column = task.answers[..., :1].to(out.device).clamp(min=0)
+        return out.gather(-1, column)[..., 0], target
+    raise ValueError(f"task {task.name!r}: data['target'] has shape {tuple(target.shape)}; give "
+                     f"{tuple(out.shape)} (the whole output) or {tuple(out.shape[:-1])} (the answer column's value)")
+
+
+def mse(logits: Tensor, task: Task) -> Tensor:
+    """Mean squared error between the numeric output and ``task.data["target"]`` (lower is better)."""
+    out, target = _output_and_target(logits, task)
+    sq = (out - target) ** 2
+    if sq.ndim == (3 if task.multi_position else 2):
+        sq = sq.mean(-1)
+    return task.reduce_positions(sq)
+
+
+def l2(logits: Tensor, task: Task) -> Tensor:
+    """Euclidean distance between the numeric output and ``task.data["target"]`` (lower is better)."""
+    out, target = _output_and_target(logits, task)
+    diff = out - target
+    dist = diff.norm(dim=-1) if diff.ndim == (3 if task.multi_position else 2) else diff.abs()
+    return task.reduce_positions(dist)
 
 
 def make_kl_metric(reference_logits: Tensor):
@@ -119,4 +170,6 @@ METRICS = {
     "answer_logprob": answer_logprob,
     "accuracy": accuracy,
     "kl": kl_div,
+    "mse": mse,
+    "l2": l2,
 }

@@ -51,7 +51,7 @@ def test_ig_completeness_improves_with_steps(request, task, model_name):
         gap = float(task.score(model(task.corrupted)) - task.score(model(task.clean)))
     errors = []
     for steps in (1, 4, 24):
-        scores = eap_ig(model, task, steps=steps, level="node", progress=False)
+        scores = eap_ig(model, task, steps=steps, level="node", ablation="corrupted", progress=False)
         errors.append(abs(scores["input"] - gap))
     assert errors[2] < errors[1] < errors[0]
     assert errors[2] < 0.05 * abs(gap)
@@ -89,7 +89,7 @@ def test_ig_activations_runs_equal_mask_gradients(request, task, model_name):
 
 
 def test_node_level_equals_attribution_patching(tiny_model, task):
-    nodes = eap(tiny_model, task, level="node", progress=False)
+    nodes = eap(tiny_model, task, level="node", ablation="corrupted", progress=False)  # attribution_patching's source
     assert nodes.labels == g.graph_nodes(tiny_model)[:-1]
     per_node = attribution_patching(tiny_model, task, "nodes", progress=False)
     assert per_node.labels == nodes.labels

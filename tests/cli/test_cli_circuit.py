@@ -23,8 +23,8 @@ def zoo(tmp_path, monkeypatch, known_model, word_tokenizer):
 
 def test_discover_and_export(zoo, capsys):
     out, html = zoo / "c.json", zoo / "c.html"
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--threshold", "1e-4",
-                 "--ablation", "corrupted", "--out", str(out), "--html", str(html), "--quiet"]) == 0
+    assert main(["discover", "zoo:dead-heads", "--method", "acdc", "--threshold", "1e-4",
+                 "--ablation", "corrupted", "--out", str(out), "--html", str(html), "--no-progress"]) == 0
     assert "faithfulness" in capsys.readouterr().out
     circuit = load_circuit(out)
     assert circuit.nodes == ["input", "a0.h0", "a1.h1", "logits"] and circuit.meta["discovery"] == "acdc"
@@ -33,8 +33,8 @@ def test_discover_and_export(zoo, capsys):
     assert main(["export", str(out), "--to", "mib", "--out", str(mib)]) == 0
     assert set(json.loads(mib.read_text())) == {"cfg", "nodes", "edges"} and load_circuit(mib) == circuit
     act = zoo / "act.json"
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
-                 "--steps", "2", "--top-k", "4", "--out", str(act), "--quiet"]) == 0
+    assert main(["discover", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
+                 "--steps", "2", "--top-k", "4", "--out", str(act), "--no-progress"]) == 0
     assert load_circuit(act).meta["interpolate"] == "activations"
 
 
@@ -43,12 +43,12 @@ def test_cli_errors_write_nothing(zoo, capsys):
     bad.write_text(json.dumps({"format": "circuitkit-circuit", "format_version": 7}))
     assert main(["export", str(bad), "--to", "gexf", "--out", str(zoo / "x.gexf")]) == 2
     assert "format_version 7" in capsys.readouterr().err and not (zoo / "x.gexf").exists()
-    assert main(["discover", "--model", "zoo:dead-heads", "--method", "acdc", "--out", str(zoo / "no" / "c.json")]) == 2
+    assert main(["discover", "zoo:dead-heads", "--method", "acdc", "--out", str(zoo / "no" / "c.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["discover", "--model", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
+        main(["discover", "zoo:dead-heads", "--top-k", "3", "--threshold", "0.1", "--out", "c.json"])
     with pytest.raises(SystemExit):
-        main(["discover", "--model", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
+        main(["discover", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
 
 
 @pytest.mark.parametrize("arch", ["neox", "gemma2"])
@@ -60,8 +60,8 @@ def test_discover_on_local_hugging_face_folders(tmp_path, word_tokenizer, capsys
 
     _, folder = save_hf_folder(tmp_path, arch, word_tokenizer)
     out = tmp_path / "c.json"
-    assert main(["discover", "--model", str(folder), "--task", "induction", "--method", "eap-ig",
-                 "--top-k", "12", "--out", str(out), "--quiet"]) == 0
+    assert main(["discover", str(folder), "--task", "induction", "--method", "eap-ig",
+                 "--top-k", "12", "--out", str(out), "--no-progress"]) == 0
     assert "faithfulness" in capsys.readouterr().out
     circuit = load_circuit(out)
     assert 0 < len(circuit.edges) <= 12  # the top 12, less any left without a route to the logits
@@ -71,3 +71,21 @@ def test_discover_on_local_hugging_face_folders(tmp_path, word_tokenizer, capsys
             e = names.parse_edge(edge)
             child, parent = names.parse_node(e.child), names.parse_node(e.parent)
             assert not (child.kind == "mlp" and parent.kind == "head" and parent.layer == child.layer), edge
+
+
+        main(["discover", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
+
+
+def test_api_defaults_and_the_cli_give_the_same_circuit(tmp_path):
+    """One default ablation: scoring with eap's defaults and pruning with smallest_faithful's
+    gives the circuit `circuitkit discover` gives (the README's Circuits block relies on it)."""
+    from circuitkit import cap_by_route, discover, eap, load_model, smallest_faithful, zoo_task
+    from circuitkit.circuit import load_circuit
+
+    out = tmp_path / "c.json"
+    assert main(["discover", "zoo:induction-handbuilt", "--method", "eap", "--out", str(out), "--no-progress"]) == 0
+    model = load_model("zoo:induction-handbuilt")
+    task = zoo_task("induction-handbuilt", model)
+    by_hand = smallest_faithful(model, task, cap_by_route(eap(model, task, progress=False)), target=0.9)
+    assert load_circuit(out).edges == by_hand.edges == discover(model, task, "eap").edges
+    assert 0 < len(by_hand.edges) < 20

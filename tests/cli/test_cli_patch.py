@@ -18,7 +18,7 @@ def test_cli_patch_writes_table_and_heatmap(tmp_path, word_tokenizer, capsys):
                                n_head=2)).save_pretrained(model_dir)
     word_tokenizer.save_pretrained(model_dir)
     out, html = tmp_path / "scores.csv", tmp_path / "map.html"
-    assert main(["patch", str(model_dir), "--task", "ioi", "--n-prompts", "3", "--target", "head_out",
+    assert main(["patch", str(model_dir), "--task", "ioi", "--n-prompts", "3", "--component", "head_out",
                  "--out", str(out), "--html", str(html), "--no-progress"]) == 0
     frame = pd.read_csv(out)
     assert list(frame["component"]) == ["a0.h0", "a0.h1", "a1.h0", "a1.h1"]

@@ -28,16 +28,16 @@ def test_train_report_card(zoo_with_tiny, capsys):
     out = tmp_path / "sae"
     assert main(["sae", "train", "zoo:tiny-sae-test", "--hook", "blocks.0.hook_resid_post", "--out", str(out),
                  "--text", str(text), "--arch", "topk", "--k", "4", "--d-sae", "32", "--steps", "10",
-                 "--batch", "64", "--context", "16", "--no-progress"]) == 0
+                 "--batch-tokens", "64", "--context", "16", "--no-progress"]) == 0
     assert "saved to" in capsys.readouterr().out
     assert (out / "sae_weights.safetensors").exists()
-    assert main(["sae", "report", "zoo:tiny-sae-test", str(out), "--text", str(text), "--prompts", "4",
+    assert main(["sae", "report", "zoo:tiny-sae-test", str(out), "--text", str(text), "--n-prompts", "4",
                  "--context", "16", "--json"]) == 0
     stdout = capsys.readouterr().out
     report = json.loads(stdout[stdout.index("{"):])  # TransformerLens may print a dtype notice first
     assert report["hook_name"] == "blocks.0.hook_resid_post" and report["l0"] <= 4 and report["n_tokens"] == 64
     page = tmp_path / "card.html"
-    assert main(["sae", "card", "zoo:tiny-sae-test", str(out), "3", "--text", str(text), "--prompts", "4",
+    assert main(["sae", "card", "zoo:tiny-sae-test", str(out), "3", "--text", str(text), "--n-prompts", "4",
                  "--context", "16", "--html", str(page)]) == 0
     assert "f0.resid_post.3" in capsys.readouterr().out and "f0.resid_post.3" in page.read_text()
 
@@ -50,3 +50,24 @@ def test_cli_errors_are_one_line(zoo_with_tiny, capsys):
     assert "no hook point 'blocks.0.hook_resid_psot'" in err and "blocks.0.hook_resid_post" in err
     assert main(["sae", "report", "zoo:tiny-sae-test", str(tmp_path / "missing")]) == 2
     assert "no SAE directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 20, r"is a binary file, not text \(a NUL byte at offset 7\)"),
+    ("caf\u00e9 ".encode("latin-1") * 20, r"is not UTF-8 text \(byte 0xe9 at offset 3\)"),
+])
+def test_train_refuses_a_binary_text_file_before_loading(zoo_with_tiny, capsys, content, match):
+    import re
+
+    tmp_path, _ = zoo_with_tiny
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(content)
+    out = tmp_path / "sae"
+    assert main(["sae", "train", "zoo:tiny-sae-test", "--out", str(out), "--text", str(binary), "--steps", "1",
+                 "--no-progress"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not out.exists()
+    from circuitkit.sae.train import training_tokens
+
+    with pytest.raises(ValueError, match=match):  # the API refuses it too
+        training_tokens(None, binary)

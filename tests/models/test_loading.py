@@ -45,3 +45,20 @@ def test_unknown_specs():
 def test_directory_without_config(tmp_path):
     with pytest.raises(ModelLoadError, match="has no config.json"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("device, match", [
+    ("meta", "device 'meta' is not supported: meta tensors hold no weights"),
+    ("tpu", "unknown device 'tpu'"),
+    ("xpu", "device 'xpu' is not supported"),
+])
+def test_unusable_devices_are_named_not_blamed_on_the_file(device, match):
+    with pytest.raises(ModelLoadError, match=match) as info:
+        load_model("zoo:induction-handbuilt", device=device)
+    assert "corrupt" not in str(info.value) and "zoo train" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_named():
+    with pytest.raises(ModelLoadError, match="CUDA is not available on this machine"):
+        load_model("zoo:induction-handbuilt", device="cuda")

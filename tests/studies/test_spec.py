@@ -108,3 +108,25 @@ def test_task_restricted_to_some_models(zoo_env, tmp_path):
     bad = small_spec(tmp_path / "out2", tasks=[{"name": "induction", "models": ["zoo:elsewhere"]}])
     with pytest.raises(SpecError, match=r"tasks\[0\].models: \['zoo:elsewhere'\] are not in the spec's models"):
         validate(StudySpec.from_dict(bad))
+
+
+def test_prompt_counts_are_refused_with_the_real_cause(tmp_path, zoo_env):
+    with pytest.raises(SpecError, match=r"tasks\[0\].params.n_prompts: expected a positive whole number of prompts, got 0"):
+        StudySpec.from_dict(_bad(tmp_path / "out", tasks=[{"name": "ioi", "params": {"n_prompts": 0}}]))
+    spec = StudySpec.from_dict(_bad(tmp_path / "out", tasks=[{"name": "ioi", "params": {"n_prompts": 100_000_000}}]))
+    with pytest.raises(SpecError, match=r"n_prompts=100,000,000 is more than the 100,000 allowed: .* GB of token ids"):
+        validate(spec)
+
+
+def test_task_files_and_relative_model_folders_resolve_against_the_spec(tmp_path):
+    (tmp_path / "task.yaml").write_text("prompts:\n  - {clean: [1, 2, 3], answers: [4]}\n")
+    (tmp_path / "my-model").mkdir()
+    spec = StudySpec.from_dict(_bad("out", models=["zoo:tiny-attn", "./my-model", "gpt2-small"],
+                                    tasks=[{"file": "task.yaml", "params": {"prepend_bos": False}}]), base_dir=tmp_path)
+    assert spec.models == ["zoo:tiny-attn", str((tmp_path / "my-model").resolve()), "gpt2-small"]
+    assert spec.tasks[0].file == str((tmp_path / "task.yaml").resolve()) and spec.tasks[0].label == "task"
+    assert spec.output_dir == tmp_path / "out"
+    with pytest.raises(SpecError, match=r"tasks\[0\].file: no task file at .*relative to the spec file"):
+        StudySpec.from_dict(_bad("out", tasks=[{"file": "missing.yaml"}]), base_dir=tmp_path)
+    with pytest.raises(SpecError, match=r"a task file takes only \['prepend_bos'\] from the spec, not 'n_prompts'"):
+        StudySpec.from_dict(_bad("out", tasks=[{"file": "task.yaml", "params": {"n_prompts": 3}}]), base_dir=tmp_path)

@@ -98,3 +98,16 @@ def test_build_task_by_name(word_tokenizer):
     assert build_task("ioi", word_tokenizer, n_prompts=3).name == "ioi"
     with pytest.raises(ValueError, match="unknown task 'iol'"):
         build_task("iol", word_tokenizer)
+
+
+@pytest.mark.parametrize("builder", ["ioi", "induction", "greater_than", "multiple_choice"])
+def test_prompt_counts_zero_and_absurd_are_refused_with_the_real_cause(word_tokenizer, builder):
+    from circuitkit.tasks import TaskError, build_task
+
+    with pytest.raises(TaskError, match=rf"{builder}: n_prompts is 0; ask for at least 1 prompt"):
+        build_task(builder, word_tokenizer, n_prompts=0)
+    with pytest.raises(TaskError, match=r"n_prompts=100,000,000 is more than the 100,000 allowed: .* GB of token ids "
+                                        r"and one unbatched forward pass ~[\d,]+ GB of logits"):
+        build_task(builder, word_tokenizer, n_prompts=100_000_000)
+    with pytest.raises(TaskError, match="n_prompts must be a whole number of prompts, got '16'"):
+        build_task(builder, word_tokenizer, n_prompts="16")

@@ -98,3 +98,18 @@ def test_normalized_needs_a_gap():
 def test_kl_needs_reference():
     with pytest.raises(ValueError, match="clean run's logits"):
         _task(metric="kl").score(torch.zeros(2, 3, 10))
+
+
+def test_out_of_vocabulary_is_a_named_error_when_built_and_when_scored(tiny_model):
+    from circuitkit.tasks import OutOfVocabularyError, TaskError
+
+    assert issubclass(OutOfVocabularyError, TaskError) and issubclass(TaskError, ValueError)
+    with pytest.raises(OutOfVocabularyError, match=r"answer of prompt 0 has token id 11, outside the vocabulary of size 10"):
+        _task(answers=[11, 4])
+    # no sizes given when built: refused by check_model, and at scoring (not a raw IndexError)
+    big = tiny_model.cfg.d_vocab + 3
+    t = _task(answers=[big, 4], d_vocab=None)
+    with pytest.raises(OutOfVocabularyError, match=f"answer of prompt 0 has token id {big}, outside model 'tiny-test'"):
+        t.check_model(tiny_model)
+    with pytest.raises(OutOfVocabularyError, match=f"answer token id {big} is outside the model's {big - 3} output logits"):
+        t.score(tiny_model(t.clean))

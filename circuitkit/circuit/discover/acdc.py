@@ -7,12 +7,13 @@ from tqdm.auto import tqdm
 
 from circuitkit import names
 from circuitkit.ablation.edges import ablation_source, graph_edges, graph_nodes, run_with_edges
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import kl_div
 
 
-def acdc(model, task, threshold: float = 0.01, ablation: str = "corrupted", metric: str = "kl", seed: int = 0,
+def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION, metric: str = "kl", seed: int = 0,
          progress: bool = False) -> Circuit:
     """ACDC (Conmy et al. 2023): visit nodes from the logits backwards (reverse topological order);
     for each incoming edge, ablate it and keep it ablated if the damage grows by less than

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from circuitkit import attribution
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
 from circuitkit.circuit.discover.edge_pruning import edge_pruning
@@ -22,7 +23,7 @@ from circuitkit.scores import Scores
 METHODS = ("eap-ig", "eap", "exact", "edge-pruning", "acdc")
 
 
-def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corrupted", progress: bool = False,
+def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAULT_ABLATION, progress: bool = False,
                 interpolate: str = "inputs") -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
     :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
@@ -41,7 +42,7 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = "corr
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
-             target: float = 0.9, ablation: str = "mean", steps: int = 10, route_cap: bool = True,
+             target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int = 10, route_cap: bool = True,
              scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs") -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching

@@ -88,7 +88,7 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     if fmt == "gexf":
         return from_gexf(raw, where)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=lambda name: _non_finite(name, where))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{where} is not valid JSON ({exc}); give a circuit file written by circuitkit, EAP-IG or circuit-tracer") from None
     if fmt == "json":
@@ -98,6 +98,12 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     if fmt == "mib":
         return from_mib(data, where)
     return from_attribution_graph(data, where)
+
+def _non_finite(name: str, where: str):
+    # json accepts NaN / Infinity, which are not JSON and no score can be; refuse them when read.
+    raise ValueError(f"{where} holds {name}, which is not a number a circuit score can be; fix or drop that "
+                     "score in the file (circuitkit never writes one)")
+
 
 def _sniff(data: Any, where: str) -> str:
     if isinstance(data, dict):

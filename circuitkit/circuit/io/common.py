@@ -33,7 +33,16 @@ def graph_attrs(circuit: Circuit) -> dict[str, Any]:
     return {k: v for k, v in circuit.graph.graph.items()}
 
 def rebuild(graph: nx.MultiDiGraph, where: str) -> Circuit:
-    """``Circuit(graph)``, with a read error naming the file instead of the failed check."""
+    """``Circuit(graph)``, with a read error naming the file instead of the failed check; NaN or
+    infinite scores (GraphML / GEXF store them as text) are refused, naming the component."""
+    import math
+
+    items = [(k, d) for _, _, k, d in graph.edges(keys=True, data=True)] + list(graph.nodes(data=True))
+    for key, attrs in items:
+        score = attrs.get("score")
+        if isinstance(score, (int, float)) and not math.isfinite(score):
+            raise ValueError(f"{where}: {key} has score {score}, which is not a finite number; fix or drop that "
+                             "score in the file (circuitkit never writes one)")
     try:
         return Circuit(graph)
     except (ValueError, TypeError, KeyError) as exc:
