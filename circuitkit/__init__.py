@@ -47,6 +47,7 @@ _EXPORTS = {
     "cap_by_route": "circuitkit.circuit",
     "completeness": "circuitkit.circuit",
     "discover": "circuitkit.circuit",
+    "edge_pruning": "circuitkit.circuit",
     "evaluate": "circuitkit.circuit",
     "faithfulness": "circuitkit.circuit",
     "faithfulness_curve": "circuitkit.circuit",
@@ -93,7 +94,7 @@ _EXPORTS = {
 __all__ = [
     "ABLATIONS", "AblationResult", "Circuit", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__",
     "ablate", "ablation_hooks", "acdc", "activation_patching", "attribution_patching", "build_task",
-    "cap_by_route", "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "evaluate", "exact_edge_patching",
+    "cap_by_route", "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "edge_pruning", "evaluate", "exact_edge_patching",
     "faithfulness", "faithfulness_curve", "greater_than", "head_scores", "induction", "ioi", "list_zoo",
     "load_circuit", "load_model", "load_results", "logit_lens", "make_kl_metric", "metrics",
     "multiple_choice", "names", "needle", "normalized", "overlap", "overlap_matrix", "patch_head_sets",

@@ -13,7 +13,7 @@ from circuitkit.circuit.compare import (
     shared_components,
 )
 from circuitkit.circuit.core import Circuit
-from circuitkit.circuit.discover import METHODS, acdc, discover, score_edges
+from circuitkit.circuit.discover import METHODS, acdc, discover, edge_pruning, score_edges
 from circuitkit.circuit.evaluate import (
     CircuitEvaluation,
     EdgeEvaluator,
@@ -28,7 +28,7 @@ from circuitkit.circuit.routes import cap_by_route, route_widths
 
 __all__ = [
     "FORMATS", "METHODS", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
-    "convert", "discover", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
+    "convert", "discover", "edge_pruning", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
     "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
     "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
 ]

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitkit.ablation.edges import ablation_source, graph_index, model_device, run_with_mask
+from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import scores_meta
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import kl_div
@@ -45,7 +46,7 @@ def _gates(log_alpha: torch.Tensor, generator: torch.Generator | None) -> torch.
 def edge_pruning(
     model,
     task,
-    ablation: str = "mean",
+    ablation: str = DEFAULT_ABLATION,
     *,
     target_edges: int | None = None,
     steps: int = 300,
