@@ -143,15 +143,13 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     # position the two reference runs stop at the final residual and unembed that position alone
     # (with a realistic vocabulary the full unembedding is most of a forward pass).
     stop = cfg.n_layers if task.reads_answer_position_only else None
-    kv_cache = TransformerLensKeyValueCache.init_cache(cfg, device, base_tokens.shape[0]) if prefix_ok else None
+    keys_values = None
     with torch.no_grad():
-        if kv_cache is None:
+        if prefix_ok:
+            base_logits, base_cache, keys_values = run_keeping_keys_values(model, base_tokens, base_set, stop)
+        else:
             base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set,
                                                            stop_at_layer=stop)
-        else:  # from the embedding, so TransformerLens builds no padding mask from the tokenizer
-            embedded = model.input_to_embed(base_tokens)[0]
-            base_logits, base_cache = model.run_with_cache(embedded, start_at_layer=0, past_kv_cache=kv_cache,
-                                                           names_filter=lambda n: n in base_set, stop_at_layer=stop)
         source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set,
                                                            stop_at_layer=stop)
         if stop is not None:
@@ -168,9 +166,21 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     return PatchRuns(
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
-        shortformer, attention_mask, base_logits, prefix_ok, same_before,
-        None if kv_cache is None else [(e.past_keys, e.past_values) for e in kv_cache.entries],
+        shortformer, attention_mask, base_logits, prefix_ok, same_before, keys_values,
     )
+
+
+def run_keeping_keys_values(model, tokens: Tensor, hooks: set[str], stop_at_layer: int | None = None):
+    """``model.run_with_cache(tokens)`` caching only ``hooks``, plus, per layer, the keys and values
+    TransformerLens's KV cache stores (``[batch, pos, kv_head, d_head]`` each: after QK-norm and
+    clipping, before rotary; not ``hook_k`` / ``hook_v``), for runs that skip a prefix of positions
+    (:func:`run_batched`'s ``prefix``). Returns ``(output, cache, keys_values)``."""
+    kv_cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
+    # from the embedding, so TransformerLens builds no padding mask from the tokenizer
+    embedded = model.input_to_embed(tokens)[0]
+    out, cache = model.run_with_cache(embedded, start_at_layer=0, past_kv_cache=kv_cache,
+                                      names_filter=lambda n: n in hooks, stop_at_layer=stop_at_layer)
+    return out, cache, [(e.past_keys, e.past_values) for e in kv_cache.entries]
 
 
 def rows_per_pass(model, runs: PatchRuns, batch_size: int | None) -> int:

@@ -30,7 +30,13 @@ from circuitkit import names
 from circuitkit.ablation.kinds import resample_permutation
 from circuitkit.ablation.nodes import ablation_hooks
 from circuitkit.models.loading import load_model
-from circuitkit.patching.engine import PatchRuns, masked_patch_hook, rows_per_pass, run_batched
+from circuitkit.patching.engine import (
+    PatchRuns,
+    masked_patch_hook,
+    rows_per_pass,
+    run_batched,
+    run_keeping_keys_values,
+)
 from circuitkit.studies.checks import build_unit_task
 from circuitkit.studies.plan import Unit
 from circuitkit.studies.spec import HEAD_SCORES, StudySpec
@@ -175,14 +181,17 @@ class UnitRunner:
             hooks += [names.hook("z", layer) for layer in range(cfg.n_layers)]
             if not cfg.attn_only:
                 hooks += [names.hook("mlp_out", layer) for layer in range(cfg.n_layers)]
-            if causal:
-                hooks += [names.hook(x, cfg.n_layers - 1) for x in ("k", "v")]
             wanted = set(hooks)
+            keys_values = None
             with torch.no_grad():
-                _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=cfg.n_layers)
+                if causal:  # last-layer passes start at the first answer, reading earlier keys / values
+                    _, cache, keys_values = run_keeping_keys_values(model, tokens, wanted, cfg.n_layers)
+                else:
+                    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted,
+                                                    stop_at_layer=cfg.n_layers)
             runs = PatchRuns(task, "noise", tokens, task.corrupted[:, :tokens.shape[1]], float("nan"), float("nan"),
                              {h: cache[h] for h in hooks}, {}, shortformer, attention_mask, base.clean_final,
-                             prefix_ok=causal)
+                             prefix_ok=causal, base_keys_values=keys_values)
             self._clean_runs[key] = _CleanRun(runs, {})
         return self._clean_runs[key]
 

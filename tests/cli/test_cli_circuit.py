@@ -73,9 +73,6 @@ def test_discover_on_local_hugging_face_folders(tmp_path, word_tokenizer, capsys
             assert not (child.kind == "mlp" and parent.kind == "head" and parent.layer == child.layer), edge
 
 
-        main(["discover", "zoo:dead-heads", "--interpolate", "outputs", "--out", "c.json"])
-
-
 def test_api_defaults_and_the_cli_give_the_same_circuit(tmp_path):
     """One default ablation: scoring with eap's defaults and pruning with smallest_faithful's
     gives the circuit `circuitkit discover` gives (the README's Circuits block relies on it)."""

@@ -159,7 +159,7 @@ def test_edge_graph_is_exact(family, name):
             fast = g.run_with_edges(model, task.clean, None, source, ablate_edges=[edge])
             torch.testing.assert_close(fast, slow, atol=atol, rtol=0)
             expected.append(float(task.score(slow) - task.score(clean)))
-    exact = exact_edge_patching(model, task, edges=picks, batch_size=8, progress=False)
+    exact = exact_edge_patching(model, task, edges=picks, ablation="corrupted", batch_size=8, progress=False)
     torch.testing.assert_close(exact.values, torch.tensor(expected), atol=1e-4, rtol=0)
     assert max(abs(x) for x in expected) > 1e-3  # the ablations did something
 

@@ -69,7 +69,9 @@ def example_prompt(model, task, index: int = 0) -> dict[str, Any]:
     """The prompt an attribution graph is drawn over: ``task``'s clean prompt ``index`` up to its
     answer position, with the model's probability of the right (and wrong) answer there.
     JSON-able; :func:`circuitkit.discover` stores it as ``circuit.meta["example_prompt"]``."""
-    pos = int(task.answer_pos[index])
+    positions = task.answer_pos[index]
+    # a task with answers at several positions: the graph is drawn at the first one
+    pos = int(positions) if positions.ndim == 0 else int(positions[positions >= 0][0])
     tokens = task.clean[index, : pos + 1]
     with torch.no_grad():
         probs = torch.softmax(model(tokens[None].to(next(model.parameters()).device))[0, -1].float(), -1).cpu()
@@ -78,7 +80,8 @@ def example_prompt(model, task, index: int = 0) -> dict[str, Any]:
         return [model.tokenizer.decode([int(t)]) if model.tokenizer is not None else str(int(t)) for t in ids]
 
     logits = []
-    for tok in (int(task.answers[index, 0]), int(task.wrong_answers[index, 0])):
+    wrong = [] if task.wrong_answers is None else [int(task.wrong_answers[index, 0])]
+    for tok in (int(task.answers[index, 0]), *wrong):
         if tok >= 0:
             logits.append({"token": to_str([tok])[0], "token_id": tok, "prob": float(probs[tok])})
     return {"prompt": "".join(to_str(tokens.tolist())), "prompt_tokens": to_str(tokens.tolist()),
