@@ -409,8 +409,9 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
     before it, skipping blocks with nothing ablated (sparse ablations stay cheap).
     """
     batched = ablate.ndim == 3
-    # (first upstream column, diff or None, post-norm of the block or None, live pre-norm sum or None)
-    diffs: list[tuple[int, Tensor | None, object, Tensor | None]] = []
+    # (first upstream column, diff or None, post-norm of the block or None, its live pre-norm sum and
+    # the norm of that, or None)
+    diffs: list[tuple[int, Tensor | None, object, tuple[Tensor, Tensor] | None]] = []
     used_cols = ablate.reshape(-1, *index.shape).amax(0).amax(0) > 0  # upstream nodes with ablated edges
 
     def record(start: int, live: Tensor | None, node_names: list[str], z_layer: int | None = None) -> None:
@@ -422,7 +423,8 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
             live = head_results(model, z_layer, live)
             norm = attn_output_norm(model, z_layer)
             if norm is not None:
-                pre = attn_pre_norm_sum(model, z_layer, live)[:, :, None]
+                summed = attn_pre_norm_sum(model, z_layer, live)[:, :, None]
+                pre = (summed, norm(summed))
         src = torch.stack([source[n] for n in node_names], dim=2).to(live.dtype)
         diffs.append((start, live - src, norm, pre))
 
@@ -438,7 +440,8 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
             eq = "bpnd,bhn->bphd" if batched else "bpnd,hn->bphd"
             term = torch.einsum(eq, diff, m.to(diff.dtype))
             if norm is not None:  # what the layer adds, live minus with the ablated senders swapped in
-                term = norm(pre) - norm(pre - term)
+                summed, normed = pre
+                term = normed - norm(summed - term)
             total = term if total is None else total + term
         return total
 
