@@ -63,3 +63,15 @@ def toy_task(toy_model):
     from circuitkit.heads.toy import toy_needle_task
 
     return toy_needle_task(toy_model, context_lengths=(24, 48), depths=(0.0, 0.5, 1.0))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: fastest there, and no OpenMP spin-waits
+    on a busy machine (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

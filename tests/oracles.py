@@ -132,3 +132,27 @@ def explicit_edge_ablation(model, clean_tokens, source_tokens, edge_name: str):
             return read["input"]
 
         return model.run_with_hooks(clean_tokens, fwd_hooks=[(child_hook, replace)])
+
+
+def pattern_change_times_gradient(model, task, source, edge_name: str) -> float:
+    """AtP*'s QK-fix score the slow, obvious way: ablate the edge (reading ``source``) in a full run,
+    read its head's new pattern, and dot the change with dM/d pattern from a clean backward pass."""
+    head = names.parse_node(names.parse_edge(edge_name).child)
+    hook_name = names.hook("pattern", head.layer)
+    kept = {}
+
+    def keep(x, hook):
+        x.retain_grad()
+        kept["clean"] = x
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(task.clean, fwd_hooks=[(hook_name, keep)])
+        (task.per_prompt(logits).sum() / len(task)).backward()
+
+    def grab(x, hook):
+        kept["ablated"] = x.detach()
+
+    with model.hooks(fwd_hooks=[(hook_name, grab)]), torch.no_grad():
+        g.run_with_edges(model, task.clean, None, source, ablate_edges=[edge_name])
+    change = kept["ablated"][:, head.head] - kept["clean"].detach()[:, head.head]
+    return float((kept["clean"].grad[:, head.head] * change).sum())

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from model_factory import make_model
+from oracles import pattern_change_times_gradient
 
 from circuitkit import names
 from circuitkit.ablation import edges as g
@@ -205,33 +206,6 @@ def test_benchmark_roc_auc_matches_hand_count():
     assert bench._roc_auc([0.2, 0.9], [1, 0]) == 0.0
 
 
-def _pattern_attribution_by_hand(model, task, edge: str) -> float:
-    """AtP*'s QK-fix score the slow, obvious way: ablate the edge in a full run, read the new
-    pattern of its head, and dot the change with dM/d pattern from a clean backward pass."""
-    e = names.parse_edge(edge)
-    head = names.parse_node(e.child)
-    hook_name = f"blocks.{head.layer}.attn.hook_pattern"
-    kept = {}
-
-    def keep(x, hook):
-        x.retain_grad()
-        kept["clean"] = x
-
-    with torch.enable_grad():
-        logits = model.run_with_hooks(task.clean, fwd_hooks=[(hook_name, keep)])
-        (task.per_prompt(logits).sum() / len(task)).backward()
-    grad = kept["clean"].grad[:, head.head]
-
-    def grab(x, hook):
-        kept["ablated"] = x.detach()
-
-    source = g.ablation_source(model, task, "mean")
-    with model.hooks(fwd_hooks=[(hook_name, grab)]), torch.no_grad():
-        g.run_with_edges(model, task.clean, keep_edges=None, ablate_edges=[edge], source=source)
-    change = kept["ablated"][:, head.head] - kept["clean"].detach()[:, head.head]
-    return float((grad * change).sum())
-
-
 @pytest.mark.parametrize("model_name", ["tiny_model", "tiny_attn_only", "gqa_model"])
 def test_qk_fix_equals_pattern_attribution_done_by_hand(request, task, model_name):
     model = request.getfixturevalue(model_name)
@@ -243,7 +217,8 @@ def test_qk_fix_equals_pattern_attribution_done_by_hand(request, task, model_nam
     # v / MLP / logits edges keep their EAP scores
     assert torch.allclose(fixed.subset(others).values, plain.subset(others).values, atol=1e-6)
     picks = [qk[0], qk[len(qk) // 2], qk[-1], "input->a1.h2<k>", "a0.h1->a1.h3<q>"]
-    by_hand = torch.tensor([_pattern_attribution_by_hand(model, task, edge) for edge in picks])
+    source = g.ablation_source(model, task, "mean")
+    by_hand = torch.tensor([pattern_change_times_gradient(model, task, source, edge) for edge in picks])
     assert by_hand.abs().max() > 1e-4  # the check is not vacuous
     assert torch.allclose(fixed.subset(picks).values, by_hand, atol=1e-5, rtol=1e-4)
     # batching prompts changes nothing

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from architectures import FAMILIES, PARALLEL, POST_NORM, family_model
-from oracles import TL_FUNCTIONS, explicit_edge_ablation, slow_path_patching, transformer_lens_grid
+from oracles import (
+    TL_FUNCTIONS,
+    explicit_edge_ablation,
+    pattern_change_times_gradient,
+    slow_path_patching,
+    transformer_lens_grid,
+)
 
 from circuitkit import names
 from circuitkit.ablation import edges as g
@@ -26,12 +32,7 @@ from circuitkit.tasks.task import Task
 FAMILY_NAMES = list(FAMILIES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def family_task(model, n_prompts: int = 2, seq: int = 5, seed: int = 0, **kwargs) -> Task:
@@ -58,9 +59,9 @@ def family(word_tokenizer):
 
 # --- activation and path patching equal TransformerLens -------------------------------------
 
-# every granularity denoising; noising by position (where runs skip an unchanged prefix) for one
-# target per kind of hook: residual, head output, pattern, value
-NOISED = {("resid_pre", True), ("head_out", True), ("pattern", True), ("v", True)}
+# every granularity denoising; noising by position (where runs skip an unchanged prefix) for the
+# residual stream and the pattern here, for head outputs and values in the shared-prefix test below
+NOISED = {("resid_pre", True), ("pattern", True)}
 PATCH_CASES = [(f, target, by_pos, direction) for f in FAMILY_NAMES for (target, by_pos) in TL_FUNCTIONS
                for direction in ("denoise", "noise") if direction == "denoise" or (target, by_pos) in NOISED]
 
@@ -234,32 +235,8 @@ def test_qk_fix_equals_the_exact_pattern_change(family, name):
     fixed = eap(model, task, ablation="corrupted", qk_fix=True, progress=False)
     source = g.ablation_source(model, task, "corrupted")
     for edge in ["a0.h1->a1.h2<k>", "a0.h3->a1.h0<q>", "input->a1.h1<q>"]:
-        assert fixed[edge] == pytest.approx(_pattern_change_times_gradient(model, task, source, edge), abs=1e-5,
+        assert fixed[edge] == pytest.approx(pattern_change_times_gradient(model, task, source, edge), abs=1e-5,
                                             rel=1e-4), edge
-
-
-def _pattern_change_times_gradient(model, task, source, edge: str) -> float:
-    """The slow way: ablate the edge in a full run, read its head's new pattern, dot the change with
-    dM/d pattern from a clean backward pass."""
-    head = names.parse_node(names.parse_edge(edge).child)
-    hook_name = names.hook("pattern", head.layer)
-    kept = {}
-
-    def keep(x, hook):
-        x.retain_grad()
-        kept["clean"] = x
-
-    with torch.enable_grad():
-        logits = model.run_with_hooks(task.clean, fwd_hooks=[(hook_name, keep)])
-        (task.per_prompt(logits).sum() / len(task)).backward()
-
-    def grab(x, hook):
-        kept["ablated"] = x.detach()
-
-    with model.hooks(fwd_hooks=[(hook_name, grab)]), torch.no_grad():
-        g.run_with_edges(model, task.clean, None, source, ablate_edges=[edge])
-    change = kept["ablated"][:, head.head] - kept["clean"].detach()[:, head.head]
-    return float((kept["clean"].grad[:, head.head] * change).sum())
 
 
 # --- direct logit attribution, head detectors and retrieval ----------------------------------

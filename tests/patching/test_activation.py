@@ -33,13 +33,7 @@ def random_task(model, n_prompts: int = 2, seq: int = 4, seed: int = 0, metric="
     return Task("random", clean, corrupted, answers, wrong, metric=metric)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: one thread is fastest, and avoids OpenMP spin-waits on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +45,9 @@ def setups(word_tokenizer):
     return out
 
 
-CASES = [(config, target, by_pos) for config in CONFIGS for (target, by_pos) in TL_FUNCTIONS
-         if not (config == "attn_only" and target in ("resid_mid", "mlp_out"))]
+# With the default batch size (every patch of a layer in one pass); tests/models/test_architectures.py
+# holds every granularity on every model family to transformer_lens.patching with two patches a pass.
+CASES = [("rms_rotary_gqa", target, by_pos) for (target, by_pos) in TL_FUNCTIONS]
 
 
 @pytest.mark.parametrize("config,target,by_pos", CASES)

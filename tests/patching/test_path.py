@@ -11,13 +11,7 @@ from circuitkit import names
 from circuitkit.patching import activation_patching, path_patching
 from circuitkit.tasks.task import Task
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_task(model, n_prompts: int = 2, seq: int = 5, seed: int = 0) -> Task:
