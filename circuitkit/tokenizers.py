@@ -169,6 +169,12 @@ def python_docs_corpus(max_chars: int = 2_000_000) -> str:
     import sys
     import warnings
 
+    # A stdlib module's attributes (and so the docstrings found) depend on what else the process has
+    # imported; importing the stack circuitkit runs on first gives every process the same corpus, the
+    # one the shipped tiny-lm was trained on, whatever its caller imported.
+    import torch  # noqa: F401
+    import transformer_lens  # noqa: F401
+
     skip = ("test", "idlelib", "tkinter", "turtle", "antigravity", "this", "lib2to3", "ensurepip", "venv")
     pieces: list[str] = []
     total = 0
