@@ -32,8 +32,16 @@ def zoo():
 
 @pytest.fixture(scope="module")
 def tiny_lm_held_out(zoo):
-    """tiny-lm's held-out tokens, split as its recipe splits them."""
-    return training.docs_token_split(zoo["tiny-lm"][0].tokenizer)[1]
+    """tiny-lm's held-out tokens, split as its recipe splits them, from the docstring corpus of a
+    fresh process (as ``zoo train`` builds it): in this one, whatever earlier tests imported has
+    changed the standard library modules' attributes and so the corpus."""
+    import subprocess
+    import sys
+
+    corpus = subprocess.run([sys.executable, "-c", "from circuitkit.tokenizers import python_docs_corpus; "
+                             "import sys; sys.stdout.buffer.write(python_docs_corpus().encode())"],
+                            capture_output=True, check=True).stdout.decode()
+    return training.docs_token_split(zoo["tiny-lm"][0].tokenizer, corpus=corpus)[1]
 
 
 @pytest.mark.parametrize("name", TRAINED)

@@ -120,8 +120,9 @@ def text_batch(ids: Tensor, batch: int = 16, length: int = 128) -> BatchFn:
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
     return batch_fn
 
-def docs_token_split(tok, held_out: float = 0.05) -> tuple[Tensor, Tensor]:
-    """(train, held-out) token ids of ``python_docs_corpus()``: the last ``held_out`` share held out."""
-    ids = torch.tensor(tok.encode(python_docs_corpus(), add_special_tokens=False))
+def docs_token_split(tok, held_out: float = 0.05, corpus: str | None = None) -> tuple[Tensor, Tensor]:
+    """(train, held-out) token ids of ``corpus`` (default ``python_docs_corpus()``): the last
+    ``held_out`` share held out."""
+    ids = torch.tensor(tok.encode(python_docs_corpus() if corpus is None else corpus, add_special_tokens=False))
     split = int(len(ids) * (1 - held_out))
     return ids[:split], ids[split:]
