@@ -1,10 +1,10 @@
-import os
 import shutil
 import struct
 import subprocess
 import zlib
 from pathlib import Path
 
+import browser
 import pytest
 import torch
 
@@ -118,19 +118,8 @@ def read_png(path: Path) -> tuple[int, int, int, list[bytes]]:
     return width, height, bpp, rows
 
 
-def _chromium() -> str:
-    """The headless browser, or a skip naming the fix; under CI (``CI=true``) a missing browser fails."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        fix = "the browser test needs Debian's chromium package: apt-get install -y chromium"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run the browser test: {fix}")
-        pytest.skip(fix)
-    return chromium
-
-
 def test_html_renders_in_headless_chromium(circuit, tmp_path):
-    chromium = _chromium()
+    chromium = browser.chromium()
     html = circuit.to_html(tmp_path / "circuit.html")
     text = html.read_text()
     assert "plotly" in text.lower() and "a1.h" in text and "<script src=\"http" not in text  # standalone
@@ -157,7 +146,7 @@ def test_a_missing_browser_skips_with_the_fix_and_fails_under_ci(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
-        _chromium()
+        browser.chromium()
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI must run the browser test.*apt-get install -y chromium"):
-        _chromium()
+        browser.chromium()
