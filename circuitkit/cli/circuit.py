@@ -18,6 +18,7 @@ def register(sub) -> None:
     from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
     from circuitkit.circuit.discover import METHODS
     from circuitkit.circuit.io import FORMATS
+    from circuitkit.circuit.io.mib import DANGLING, SCORE_CHOICES, SIGNS
 
     disc = sub.add_parser(
         "discover", help=COMMANDS["discover"],
@@ -52,6 +53,17 @@ def register(sub) -> None:
     exp.add_argument("--out", required=True)
     exp.add_argument("--from", dest="src_format", default=None, choices=FORMATS,
                      help="input format (recognised from the suffix / keys by default)")
+    mib = exp.add_argument_group("--to mib", "EAP-IG / MIB circuit JSON (see docs/circuits.md)")
+    mib.add_argument("--sign", choices=SIGNS, default=None,
+                     help="'mib' (default): -score, the loss's attribution, needed edges positive as MIB's CPR "
+                          "expects; 'circuitkit': the scores as stored (metric(ablated) - metric(clean))")
+    mib.add_argument("--scores", choices=SCORE_CHOICES, default=None,
+                     help="'raw' (default): each edge's estimator score before route capping; "
+                          "'circuit': the scores the circuit was pruned by")
+    mib.add_argument("--dangling", choices=DANGLING, default=None,
+                     help="'prune' (default): write the circuit MIB evaluates (nodes without inputs or outputs "
+                          "dropped, listed in cfg.circuitkit); 'error': refuse when that differs from this circuit")
+    mib.add_argument("--d-model", type=int, default=None, help="the model's d_model, when the circuit does not record it")
     exp.set_defaults(func=_cmd_export)
 
 
@@ -81,6 +93,11 @@ def _cmd_discover(args) -> int:
 def _cmd_export(args) -> int:
     from circuitkit.circuit.io import convert
 
-    path = convert(args.circuit, args.out, args.to, args.src_format)
+    mib_options = {"sign": args.sign, "scores": args.scores, "dangling": args.dangling, "d_model": args.d_model}
+    given = {key: value for key, value in mib_options.items() if value is not None}
+    if given and args.to != "mib":
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ValueError(f"{flags} only apply to --to mib (EAP-IG / MIB JSON), not --to {args.to}; drop them")
+    path = convert(args.circuit, args.out, args.to, args.src_format, **given)
     print(f"wrote {args.to} circuit to {path}")
     return 0

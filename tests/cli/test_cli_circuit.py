@@ -5,6 +5,7 @@ import pytest
 from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit.circuit import load_circuit
+from circuitkit.circuit.io import to_mib
 from circuitkit.cli import main
 
 
@@ -36,6 +37,20 @@ def test_discover_and_export(zoo, capsys):
     assert main(["discover", "zoo:dead-heads", "--method", "eap-ig", "--interpolate", "activations",
                  "--steps", "2", "--top-k", "4", "--out", str(act), "--no-progress"]) == 0
     assert load_circuit(act).meta["interpolate"] == "activations"
+
+
+def test_export_chooses_mibs_sign_and_scores(zoo, capsys):
+    out = zoo / "c.json"
+    assert main(["discover", "zoo:dead-heads", "--method", "eap", "--top-k", "3", "--out", str(out), "--no-progress"]) == 0
+    circuit = load_circuit(out)
+    for flags, options in (([], {}), (["--sign", "circuitkit", "--scores", "circuit"], {"sign": "circuitkit", "scores": "circuit"})):
+        dst = zoo / f"m{len(flags)}.json"
+        assert main(["export", str(out), "--to", "mib", "--out", str(dst), *flags]) == 0
+        assert json.loads(dst.read_text()) == json.loads(json.dumps(to_mib(circuit, **options)))
+    default, chosen = (json.loads((zoo / f"m{n}.json").read_text())["edges"] for n in (0, 4))
+    assert any(default[e]["score"] != chosen[e]["score"] for e in default)  # the flags change what is written
+    assert main(["export", str(out), "--to", "graphml", "--out", str(zoo / "c.graphml"), "--sign", "mib"]) == 2
+    assert "--sign only apply to --to mib" in capsys.readouterr().err and not (zoo / "c.graphml").exists()
 
 
 def test_cli_errors_write_nothing(zoo, capsys):
