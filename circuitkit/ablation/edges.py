@@ -335,14 +335,16 @@ def ablation_source(model, task, kind: str = "corrupted", seed: int = 0) -> dict
 
     ``kind``: ``"corrupted"`` (outputs on ``task.corrupted``, ``[batch, pos, d_model]``),
     ``"mean"`` (mean over the clean prompts at each position, ``[1, pos, d_model]``),
+    ``"mean-corrupted"`` (mean over the corrupted prompts at each position, ``[1, pos, d_model]``),
     ``"resample"`` (each prompt gets another clean prompt's outputs, a seeded derangement,
     ``[batch, pos, d_model]``), ``"zero"`` (zeros, ``[1, pos, d_model]``).
     """
     check_kind(kind, what="ablation kind")
     task.check_model(model)
     device = model_device(model)
-    if kind == "corrupted":
-        return node_outputs(model, task.corrupted.to(device))
+    if kind in ("corrupted", "mean-corrupted"):
+        corrupted = node_outputs(model, task.corrupted.to(device))
+        return corrupted if kind == "corrupted" else {k: v.mean(0, keepdim=True) for k, v in corrupted.items()}
     clean = node_outputs(model, task.clean.to(device))
     if kind == "mean":
         return {k: v.mean(0, keepdim=True) for k, v in clean.items()}
@@ -412,7 +414,12 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
     # (first upstream column, diff or None, post-norm of the block or None, its live pre-norm sum and
     # the norm of that, or None)
     diffs: list[tuple[int, Tensor | None, object, tuple[Tensor, Tensor] | None]] = []
+    # Blocks with nothing ablated are skipped, unless the mask's own gradient is wanted (it is
+    # not 0 where the mask is).
+    dense = ablate.requires_grad
     used_cols = ablate.reshape(-1, *index.shape).amax(0).amax(0) > 0  # upstream nodes with ablated edges
+    if dense:
+        used_cols = torch.ones_like(used_cols)
 
     def record(start: int, live: Tensor | None, node_names: list[str], z_layer: int | None = None) -> None:
         if not bool(used_cols[start:start + len(node_names)].any()):
@@ -435,7 +442,7 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
                 continue
             width = diff.shape[2]
             m = ablate[..., rows, start:start + width]
-            if not bool(m.any()):
+            if not dense and not bool(m.any()):
                 continue
             eq = "bpnd,bhn->bphd" if batched else "bpnd,hn->bphd"
             term = torch.einsum(eq, diff, m.to(diff.dtype))

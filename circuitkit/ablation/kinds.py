@@ -2,6 +2,8 @@
 
 * ``zero`` — zeros;
 * ``mean`` — the mean over the reference (clean) prompts at each position;
+* ``mean-corrupted`` — the mean over the corrupted prompts at each position (auto-circuit's
+  ``TOKENWISE_MEAN_CORRUPT``; edge ablation and patching only);
 * ``resample`` — another reference prompt's value (a seeded derangement: never the prompt's own);
 * ``corrupted`` — the value on the matched corrupted prompt (edge ablation and patching only).
 """
@@ -13,13 +15,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-AblationKind = Literal["zero", "mean", "resample", "corrupted"]
-ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "resample", "zero")
+AblationKind = Literal["zero", "mean", "mean-corrupted", "resample", "corrupted"]
+ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "mean-corrupted", "resample", "zero")
 # The one default of every circuit method (eap, eap_ig, exact_edge_patching, acdc, discover,
 # evaluate, smallest_faithful, faithfulness_curve), so the API and `circuitkit discover` score and
 # prune with the same ablation and give the same circuit.
 DEFAULT_ABLATION: AblationKind = "mean"
-# Node ablation reads its values from one reference batch, so it has no paired "corrupted" kind.
+# Node ablation reads its values from one reference batch, so it has no kind made of the corrupted prompts.
 NODE_ABLATION_KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
 
 

@@ -51,7 +51,11 @@ from circuitkit.attribution.common import (
     scores_meta,
     source_rows,
 )
+from circuitkit.attribution.mask import mask_ig_matrix
 from circuitkit.scores import Scores
+
+# EAP-IG's integration paths (see eap_ig)
+INTERPOLATIONS = ("inputs", "activations", "mask")
 
 # --- EAP and EAP-IG ---------------------------------------------------------------------------
 
@@ -380,7 +384,7 @@ def eap_ig(
     seed: int = 0,
     progress: bool = True,
     qk_fix: bool = False,
-    interpolate: Literal["inputs", "activations"] = "inputs",
+    interpolate: Literal["inputs", "activations", "mask"] = "inputs",
 ) -> Scores:
     """EAP with integrated gradients (Hanna et al. 2024).
 
@@ -400,14 +404,23 @@ def eap_ig(
     scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
     ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
     ``steps=1`` still equals :func:`eap`.
+
+    ``interpolate="mask"`` (auto-circuit's mask-gradient integrated gradients): every edge's mask
+    moves from clean (0) to ablated (1) at once and an edge scores its mask gradient averaged over
+    ``steps`` points from 0 to 1 inclusive (see :mod:`circuitkit.attribution.mask`; auto-circuit's
+    ``integrated_grad_samples=steps - 1`` gives ``-steps`` times these scores). ``steps=1`` equals
+    :func:`eap`.
     """
     _check_level(level)
-    if interpolate not in ("inputs", "activations"):
-        raise ValueError(f"interpolate must be 'inputs' (the input embeddings) or 'activations' "
-                         f"(each layer's outputs in turn), got {interpolate!r}")
+    if interpolate not in INTERPOLATIONS:
+        raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
+                         f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
     source = ablation_source(model, task, ablation, seed=seed)
-    matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
+    if interpolate == "mask":
+        matrix = mask_ig_matrix(model, task, index, source, steps, batch_size, progress)
+    else:
+        matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
     check_nonzero_scores(model, task, matrix, "eap_ig")

@@ -16,6 +16,7 @@ COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "conv
 
 def register(sub) -> None:
     from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
+    from circuitkit.attribution.edge import INTERPOLATIONS
     from circuitkit.circuit.discover import METHODS
     from circuitkit.circuit.io import FORMATS
     from circuitkit.circuit.io.mib import DANGLING, SCORE_CHOICES, SIGNS
@@ -35,8 +36,8 @@ def register(sub) -> None:
     disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
-    disc.add_argument("--interpolate", default="inputs", choices=("inputs", "activations"),
-                      help="eap-ig's path: the input embeddings, or each layer's outputs in turn")
+    disc.add_argument("--interpolate", default="inputs", choices=INTERPOLATIONS,
+                      help="eap-ig's path: the input embeddings, each layer's outputs in turn, or every edge's mask at once")
     disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
                       help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")

@@ -27,7 +27,7 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAU
                 interpolate: str = "inputs") -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
     :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
-    ``interpolate``: EAP-IG's path, ``"inputs"`` or ``"activations"`` (see ``eap_ig``)."""
+    ``interpolate``: EAP-IG's path, ``"inputs"``, ``"activations"`` or ``"mask"`` (see ``eap_ig``)."""
     if method == "exact":
         return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
     if method == "eap-ig":
@@ -57,8 +57,9 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
     scoring again.
 
-    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``) or each
-    layer's outputs in turn (``"activations"``; see :func:`circuitkit.attribution.eap_ig`).
+    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``), each
+    layer's outputs in turn (``"activations"``) or every edge's mask at once (``"mask"``; see
+    :func:`circuitkit.attribution.eap_ig`).
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
