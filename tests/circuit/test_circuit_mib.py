@@ -19,10 +19,11 @@ by key, what ``Graph.from_json`` reads (written from reading that code, not copi
 ``mib_prune`` re-states ``Graph.prune`` (what ``evaluate_graph`` runs first), the slow iterative
 way it is written there, to check that an export is already the circuit MIB evaluates.
 
-``data/eap_ig_to_json_1l2h.json`` is a file in the shape EAP-IG's ``Graph.to_json`` writes for a
-1-layer, 2-head model after ``apply_topn(3)`` (cfg of four keys, every node and edge in its
-insertion order, nodes without scores, edge scores as float32 values), written by hand from reading
-``to_json``: EAP-IG cannot be installed here to produce it.
+The two fixtures in ``data/`` were written by EAP-IG's own code (``make_eap_ig_fixtures.py`` beside
+this file, run on a checkout of github:hannamw/EAP-IG): ``eap_ig_to_json_1l2h.json`` by its
+``Graph.to_json`` (1 layer, 2 heads, seeded random scores, ``apply_topn(3)``), and
+``eap_ig_reads_circuitkit.json``, circuitkit's export of the ``dangling`` circuit with what EAP-IG's
+``Graph.from_json`` holds after reading it, before and after its ``prune()``.
 """
 
 import json
@@ -37,6 +38,7 @@ from circuitkit.circuit import Circuit, cap_by_route, load_circuit, save_circuit
 from circuitkit.circuit.io import from_mib, to_mib
 
 FIXTURE = Path(__file__).parent / "data" / "eap_ig_to_json_1l2h.json"
+EAP_IG_READS = json.loads((Path(__file__).parent / "data" / "eap_ig_reads_circuitkit.json").read_text())
 
 
 def their_graph(cfg: dict) -> tuple[list[str], list[str]]:
@@ -213,15 +215,31 @@ def test_attention_only_and_parallel_models_fit_their_graph():
 
 def test_reads_eap_ig_to_json_file():
     raw = json.loads(FIXTURE.read_text())
-    eap_ig_load(raw)  # the fixture is in their shape
+    eap_ig_load(raw)  # the restated loader takes their file
     c = load_circuit(FIXTURE)
-    assert set(c.edges) == {"input->a0.h0<v>", "a0.h0->logits", "input->logits"}
-    assert set(c.nodes) == {"input", "a0.h0", "logits"}
-    assert c.edge_data("a0.h0->logits")["score"] == -1.25  # loss attributions, in circuitkit's sign
-    assert from_mib(raw, sign="circuitkit").edge_data("a0.h0->logits")["score"] == 1.25
+    kept = {e for e, v in raw["edges"].items() if v["in_graph"]}
+    assert len(kept) == 3 and set(c.edges) == kept
+    assert set(c.nodes) == {n for n, v in raw["nodes"].items() if v["in_graph"]} | {"logits"}
+    for edge in kept:  # loss attributions, read in circuitkit's sign
+        assert c.edge_data(edge)["score"] == -raw["edges"][edge]["score"]
+        assert from_mib(raw, sign="circuitkit").edge_data(edge)["score"] == raw["edges"][edge]["score"]
     assert c.meta["d_model"] == 8 and c.graph.graph["n_layers"] == 1
     # and exported again it is their file, edge for edge
     back = to_mib(c)
     assert {k: (v["score"], v["in_graph"]) for k, v in back["edges"].items()} == \
         {k: (v["score"], v["in_graph"]) for k, v in raw["edges"].items()}
     assert {k: v["in_graph"] for k, v in back["nodes"].items()} == {k: v["in_graph"] for k, v in raw["nodes"].items()}
+
+
+def test_eap_ig_reads_the_export_as_circuitkit_means_it(dangling):
+    """EAP-IG's own ``from_json`` read today's export of ``dangling`` (the fixture holds what it
+    read); its ``prune()`` changed nothing, and the restated loader and prune above agree with it."""
+    assert to_mib(dangling) == EAP_IG_READS["export"]  # the file EAP-IG read is what circuitkit writes now
+    theirs, pruned = EAP_IG_READS["loaded"], EAP_IG_READS["pruned"]
+    assert pruned == theirs  # MIB's prune leaves the exported circuit as it is
+    ours = eap_ig_load(EAP_IG_READS["export"])
+    assert ours["nodes"] == theirs["nodes"]
+    assert set(ours["edges"]) == set(theirs["edges"])
+    for edge, (score, in_graph) in theirs["edges"].items():  # EAP-IG holds scores as float32
+        assert ours["edges"][edge][1] == in_graph and ours["edges"][edge][0] == pytest.approx(score, rel=1e-6, abs=1e-7)
+    assert mib_prune(ours) == {e for e, (_, in_graph) in pruned["edges"].items() if in_graph} == set(dangling.prune_dangling().edges)
