@@ -161,7 +161,8 @@ def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool, sign: s
     most positive for ``sign="mib"`` (MIB attributes the loss, -metric)."""
     _check_sign(sign)
     values = scores.as_dict()
-    unknown = [label for label in values if label not in set(model_edges)]
+    known = set(model_edges)
+    unknown = [label for label in values if label not in known]
     if unknown:
         raise ValueError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
                          "(circuitkit.ablation.edges.graph_edges)")

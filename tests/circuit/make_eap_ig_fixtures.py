@@ -8,7 +8,9 @@ Its ``eap.visualization`` needs matplotlib and pygraphviz only to draw; it is re
   random edge scores, ``apply_topn(3)``, then ``to_json`` — a file as EAP-IG writes it.
 * ``data/eap_ig_reads_circuitkit.json``: circuitkit's MIB export of an unpruned top-14 circuit
   (with dangling edges) and what EAP-IG's ``Graph.from_json`` then holds, before and after its
-  ``prune()`` (what MIB's evaluation runs first).
+  ``prune()`` (what MIB's evaluation runs first); and the edges its ``apply_topn(n, absolute,
+  prune=True)`` keeps at each size of MIB's curve (``int(pct * n_edges)``, MIB's percentages),
+  signed and absolute, for the same circuit's scores.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from circuitkit.circuit import Circuit
 from circuitkit.circuit.io import to_mib
 
 DATA = Path(__file__).parent / "data"
+MIB_PERCENTAGES = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1)  # MIB_circuit_track/evaluation.py
 
 
 def dangling_circuit() -> Circuit:
@@ -62,8 +65,21 @@ def main(checkout: Path) -> None:
         theirs = Graph.from_json(str(path))
     loaded = holds(theirs)
     theirs.prune()
-    result = {"eap_ig_commit": "795f560", "export": export, "loaded": loaded, "pruned": holds(theirs)}
-    (DATA / "eap_ig_reads_circuitkit.json").write_text(json.dumps(result, indent=1) + "\n")
+    pruned = holds(theirs)
+    # MIB's curve sizes on a bigger graph (6 layers x 6 heads), seeded scores in circuitkit's sign
+    big = Graph.from_model({"n_layers": 6, "n_heads": 6, "parallel_attn_mlp": False, "d_model": 16})
+    gen = torch.Generator().manual_seed(2)
+    scores = {e: round(float(torch.randn((), generator=gen)), 6) for e in big.edges}
+    for e, value in scores.items():
+        big.edges[e].score = -value  # MIB's sign: loss attributions
+    topn = {}
+    for pct in MIB_PERCENTAGES:  # as MIB's evaluate_area_under_curve sizes its circuits
+        for absolute in (False, True):
+            big.apply_topn(int(pct * len(big.edges)), absolute, prune=True)
+            topn[f"{pct}/{'abs' if absolute else 'signed'}"] = sorted(e for e, edge in big.edges.items() if edge.in_graph)
+    result = {"eap_ig_commit": "795f560", "export": export, "loaded": loaded, "pruned": pruned,
+              "apply_topn": {"scores": scores, "kept": topn}}
+    (DATA / "eap_ig_reads_circuitkit.json").write_text(json.dumps(result, separators=(",", ":")) + "\n")
     print(f"wrote {DATA / 'eap_ig_to_json_1l2h.json'} and {DATA / 'eap_ig_reads_circuitkit.json'}")
 
 

@@ -243,3 +243,22 @@ def test_eap_ig_reads_the_export_as_circuitkit_means_it(dangling):
     for edge, (score, in_graph) in theirs["edges"].items():  # EAP-IG holds scores as float32
         assert ours["edges"][edge][1] == in_graph and ours["edges"][edge][0] == pytest.approx(score, rel=1e-6, abs=1e-7)
     assert mib_prune(ours) == {e for e, (_, in_graph) in pruned["edges"].items() if in_graph} == set(dangling.prune_dangling().edges)
+
+
+def test_curve_sizes_and_pruning_are_eap_igs_apply_topn():
+    """At each size of MIB's curve, the edges circuitkit's faithfulness_curve evaluates (signed for
+    CPR, absolute for CMD) are those EAP-IG's apply_topn(int(pct * n_edges), absolute, prune=True)
+    kept (recorded from EAP-IG's code on a 6-layer, 6-head graph)."""
+    from circuitkit.circuit.evaluate import MIB_KS, mib_prune, mib_size, rank_edges
+
+    recorded = EAP_IG_READS["apply_topn"]
+    edges = names.all_edges(6, 6, True)
+    assert set(edges) == set(recorded["scores"])
+    scores = Scores(torch.tensor([recorded["scores"][e] for e in edges], dtype=torch.float64), edges, "eap-ig")
+    nonempty, ranked = 0, {absolute: rank_edges(scores, edges, absolute) for absolute in (False, True)}
+    for k, pct in zip(MIB_KS, (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1), strict=True):
+        for absolute in (False, True):
+            ours = mib_prune(ranked[absolute][:mib_size(k, len(edges))])
+            assert sorted(ours) == recorded["kept"][f"{pct}/{'abs' if absolute else 'signed'}"], (k, absolute)
+            nonempty += bool(ours)
+    assert nonempty >= 8
