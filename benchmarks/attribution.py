@@ -9,6 +9,7 @@
 ``eap-ig+qk`` is EAP-IG with AtP*'s QK fix (``qk_fix=True``: edges into queries and keys scored
 by the exact attention-pattern change times dM/d pattern); ``eap-ig-act`` interpolates each
 layer's outputs in turn instead of the input embeddings (``interpolate="activations"``).
+``eap-ig-mask`` is auto-circuit's estimator: every edge's mask interpolated at once (``interpolate="mask"``).
 
 Every method scores edges by mean ablation (means over the task's clean prompts), the ablation the
 trained models' reference edges were established with; reference edges a card measured as
@@ -124,19 +125,22 @@ def main(argv: list[str] | None = None) -> None:
         t4 = time.perf_counter()
         ig_act = eap_ig(model, task, steps=args.steps, ablation=ABLATION, progress=False, interpolate="activations")
         t5 = time.perf_counter()
+        ig_mask = eap_ig(model, task, steps=args.steps, ablation=ABLATION, progress=False, interpolate="mask")
+        t6 = time.perf_counter()
         speed.append({"model": name, "prompts": len(task), "edges": len(index.edges),
                       "eap_s": t1 - t0, f"eap_ig{args.steps}_s": t2 - t1, f"eap_ig{args.steps}+qk_s": t4 - t3,
-                      f"eap_ig{args.steps}_act_s": t5 - t4, "exact_s": t3 - t2,
+                      f"eap_ig{args.steps}_act_s": t5 - t4, f"eap_ig{args.steps}_mask_s": t6 - t5, "exact_s": t3 - t2,
                       "exact/eap_ig": (t3 - t2) / (t2 - t1),
                       "spearman(eap_ig,exact)": _spearman(ig.values, exact.values),
                       "spearman(eap_ig+qk,exact)": _spearman(ig_qk.values, exact.values),
                       "spearman(eap_ig_act,exact)": _spearman(ig_act.values, exact.values),
+                      "spearman(eap_ig_mask,exact)": _spearman(ig_mask.values, exact.values),
                       "spearman(eap,exact)": _spearman(e.values, exact.values)})
         kinds = [_edge_kind(label) for label in exact.labels]
         by_kind.append({"model": name, **{
             f"{method} {kind}": _spearman(*(torch.stack([v for v, k in zip(x.values, kinds, strict=True) if k == kind])
                                            for x in (scores, exact)))
-            for method, scores in (("eap_ig", ig), ("eap_ig+qk", ig_qk), ("eap_ig_act", ig_act))
+            for method, scores in (("eap_ig", ig), ("eap_ig+qk", ig_qk), ("eap_ig_act", ig_act), ("eap_ig_mask", ig_mask))
             for kind in EDGE_KINDS}})
         ranks = pd.DataFrame({"exact": exact.values.numpy(), "eap_ig": ig.values.numpy(),
                               "eap_ig_act": ig_act.values.numpy()}, index=exact.labels)
@@ -154,11 +158,13 @@ def main(argv: list[str] | None = None) -> None:
             "eap-ig": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False).as_dict(),
             "eap-ig-act": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False,
                                  interpolate="activations").as_dict(),
+            "eap-ig-mask": eap_ig(model, task, steps=args.steps, level="node", ablation=ABLATION, progress=False,
+                                  interpolate="mask").as_dict(),
             "exact": _exact_nodes(model, task, index),
         }
         node_scores["eap-ig+qk"] = node_scores["eap-ig"]  # the QK fix rescores edges, not nodes
         for method, scores in (("eap", e), ("eap-ig", ig), ("eap-ig+qk", ig_qk), ("eap-ig-act", ig_act),
-                               ("exact", exact)):
+                               ("eap-ig-mask", ig_mask), ("exact", exact)):
             quality.append({
                 "model": name, "method": method, "hidden": len(hidden),
                 "edge_auc": roc_auc(scores, gold_edges, level="edge", ignore=hidden),
