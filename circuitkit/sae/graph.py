@@ -209,8 +209,7 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
         ie_err.append(_reduce((g_err[i] * d_err[i]).sum(-1), positions))  # [npos]
         labels += [x for row in feats[i] for x in row] + errs[i]
         values += [ie_acts[i].reshape(-1), ie_err[i]]
-    meta = {"baseline": baseline, "positions": positions, "clean_metric": m0, "steps": len(alphas),
-            "method": method}
+    meta = {"baseline": baseline, "positions": positions, "clean_metric": m0, "steps": len(alphas)}
     node_scores = Scores(torch.cat(values).detach(), labels, f"feature-{method}", task=task.name,
                          metric=task.metric_name, meta=dict(meta))
 

@@ -79,6 +79,10 @@ def _hook_shape(model, hook_name: str) -> tuple[int, ...]:
     tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)], return_type=None)
+    if "s" not in shapes:
+        raise ValueError(f"hook {hook_name!r} is never reached in a forward pass of {model.cfg.model_name!r} "
+                         "(hook_mlp_in / hook_attn_in need model.set_use_hook_mlp_in(True) / "
+                         "set_use_attn_in(True)); splice at a hook the model runs, e.g. blocks.L.ln2.hook_normalized")
     return shapes["s"]
 
 
@@ -134,6 +138,7 @@ def make_sites(model, saes) -> list[Site]:
         if not hook_in:
             raise ValueError("an SAE's config names no hook (cfg.metadata.hook_name); pass {'blocks.L.hook_...': sae}")
         check_hook(model, hook_in)
+        _hook_shape(model, hook_in)
         width_in = hook_width(model, hook_in)
         if int(sae.cfg.d_in) != width_in:
             raise ValueError(
@@ -147,6 +152,7 @@ def make_sites(model, saes) -> list[Site]:
                 raise ValueError(f"the transcoder reading {hook_in!r} names no output hook "
                                  "(cfg.metadata.hook_name_out); pass {(hook_in, 'blocks.L.hook_mlp_out'): transcoder}")
             check_hook(model, hook_out)
+            _hook_shape(model, hook_out)
         else:
             if hook_out not in (None, hook_in):
                 raise ValueError(f"an SAE rewrites the hook it reads; got hook_in={hook_in!r}, hook_out={hook_out!r} "
