@@ -68,10 +68,11 @@ def build_induction_saes(card=None) -> dict[str, object]:
 
 
 def sae_dir(card=None) -> Path:
+    """``saes/`` inside the model's zoo folder."""
     card = card or zoo_card(MODEL)
     if card.path is None:
         raise ValueError(f"zoo card {card.name!r} has no folder")
-    return Path(card.path).parent / SAE_DIR
+    return Path(card.path) / SAE_DIR
 
 
 def save_induction_saes(card=None) -> list[Path]:
@@ -81,9 +82,10 @@ def save_induction_saes(card=None) -> list[Path]:
     return [save_sae(sae, root / hook) for hook, sae in build_induction_saes(card).items()]
 
 
-def load_induction_saes(device: str = "cpu") -> dict[str, object]:
-    """The shipped SAEs of ``induction-handbuilt``, ``{hook_name: SAE}`` in computation order."""
-    root = sae_dir()
+def load_induction_saes(device: str = "cpu", folder: str | Path | None = None) -> dict[str, object]:
+    """The shipped SAEs of ``induction-handbuilt`` (or those in ``folder``), ``{hook_name: SAE}``
+    in computation order."""
+    root = Path(folder) if folder is not None else sae_dir()
     missing = [h for h in SITES if not (root / h).is_dir()]
     if missing:
         raise FileNotFoundError(f"{root} lacks the SAEs {missing}; write them with "
@@ -124,3 +126,35 @@ def induction_feature_circuit(task, d_vocab: int) -> tuple[list[str], list[str]]
             parsed = names.parse_edge(e)
             nodes.update((parsed.parent, parsed.child))
     return names.sort_nodes(nodes), sorted(edges)
+
+
+def feature_circuit_record(card=None) -> dict:
+    """The card's ``evidence["feature_circuit"]``: the sites, the rule and the true feature circuit
+    of the card's task (union over its prompts)."""
+    from circuitkit.models.zoo_store import zoo_task
+
+    card = card or zoo_card(MODEL)
+    task = zoo_task(card)
+    nodes, edges = induction_feature_circuit(task, int(card.config["d_vocab"]))
+    return {"saes": SAE_DIR, "sites": list(SITES),
+            "features": {SITES[0]: "TOK[t] = t", SITES[1]: "TOK[t] = t, PREV[t] = V + t",
+                         SITES[2]: "TOK[t] = t, PREV[t] = V + t, OUT[t] = 2V + t"},
+            "rule": "query TOK[q]@E, key PREV[q]@k (from TOK[q]@k-1), value TOK[a]@k -> OUT[a]@E -> logits",
+            "baseline": "mean", "positions": "each", "nodes": nodes, "edges": edges}
+
+
+def write_feature_circuit(folder: str | Path) -> Path:
+    """Save the analytic SAEs into the model folder ``folder`` (``data/zoo/induction-handbuilt``)
+    and record the feature circuit in its card (atomically)."""
+    import json
+
+    from circuitkit.atomic import write_text
+    from circuitkit.models.zoo_store import CARD_FILE, ZooCard
+
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    data = json.loads(path.read_text())
+    card = ZooCard.from_json(data, folder)
+    save_induction_saes(card)
+    data["evidence"]["feature_circuit"] = feature_circuit_record(card)
+    return write_text(path, json.dumps(data, indent=2) + "\n")
