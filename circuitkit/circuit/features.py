@@ -65,6 +65,28 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     return graph_circuit(feature_graph(model, saes, task, **kwargs), model)
 
 
+def top_features(circuit: Circuit, k: int | None = None, threshold: float | None = None) -> Circuit:
+    """A copy keeping the ``k`` feature / error nodes of largest |score| (and / or those with
+    |score| >= ``threshold``), every input node and ``logits``, and the edges among them.
+
+    Unlike ``circuit.top_k(k, level="node")`` the input positions (never ablated) do not count
+    toward ``k``.
+    """
+    if k is None and threshold is None:
+        raise ValueError("give k (how many feature / error nodes to keep) and / or threshold (a |score| cut)")
+    if k is not None and (not isinstance(k, int) or k < 0):
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    g = circuit.graph
+    ranked = sorted(((n, abs(d["score"])) for n, d in g.nodes(data=True)
+                     if d["kind"] in ("feature", "error") and d["score"] is not None), key=lambda x: (-x[1], x[0]))
+    if threshold is not None:
+        ranked = [(n, s) for n, s in ranked if s >= threshold]
+    if k is not None:
+        ranked = ranked[:k]
+    keep = [n for n, _ in ranked] + [n for n, d in g.nodes(data=True) if d["kind"] in ("input", "logits")]
+    return circuit.with_members(keep, level="node")
+
+
 @dataclass
 class FeatureCircuitEvaluation:
     """Faithfulness of a feature circuit (features outside it at their mean).
