@@ -61,8 +61,14 @@ def graph_circuit(graph: FeatureGraph, model=None) -> Circuit:
 def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     """The feature graph of ``task`` as a :class:`Circuit` (``kwargs``: see
     :func:`~circuitkit.sae.graph.feature_graph`: ``method``, ``steps``, ``baseline``,
-    ``positions``, ``node_threshold``, ``max_nodes``)."""
-    return graph_circuit(feature_graph(model, saes, task, **kwargs), model)
+    ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
+    the task's first prompt, so the circuit exports to circuit-tracer's attribution graph."""
+    from circuitkit.circuit.io.attribution_graph import example_prompt
+
+    circuit = graph_circuit(feature_graph(model, saes, task, **kwargs), model)
+    circuit.meta["example_prompt"] = example_prompt(model, task)
+    circuit.meta["model"] = model.cfg.model_name
+    return circuit
 
 
 def top_features(circuit: Circuit, k: int | None = None, threshold: float | None = None) -> Circuit:
