@@ -29,7 +29,12 @@ import pandas as pd
 import torch
 
 from circuitkit.circuit.compare import rank_auc
-from circuitkit.circuit.features import check_estimates, evaluate_feature_circuit, graph_circuit, top_features
+from circuitkit.circuit.features import (
+    check_estimates,
+    evaluate_feature_circuit,
+    graph_circuit,
+    top_features,
+)
 from circuitkit.models import load_model
 from circuitkit.models.zoo_store import zoo_task
 from circuitkit.sae.graph import feature_graph

@@ -23,6 +23,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.circuit.core import Circuit, node_attrs
+from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.sae.graph import (
     FeatureGraph,
     baseline_values,
@@ -63,8 +64,6 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     :func:`~circuitkit.sae.graph.feature_graph`: ``method``, ``steps``, ``baseline``,
     ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
     the task's first prompt, so the circuit exports to circuit-tracer's attribution graph."""
-    from circuitkit.circuit.io.attribution_graph import example_prompt
-
     circuit = graph_circuit(feature_graph(model, saes, task, **kwargs), model)
     circuit.meta["example_prompt"] = example_prompt(model, task)
     circuit.meta["model"] = model.cfg.model_name

@@ -29,11 +29,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.ablation.kinds import FEATURE_ABLATION_KINDS, check_kind
 from circuitkit.sae.splice import INPUT_HOOK, Site, SpliceRecord, make_sites, splice_run
 from circuitkit.scores import Scores
 from circuitkit.tokenizers import check_token_ids
 
-BASELINES = ("mean", "corrupted", "zero")
+BASELINES = FEATURE_ABLATION_KINDS
 POSITIONS = ("each", "sum")
 
 
@@ -52,8 +53,7 @@ class Baseline:
 def baseline_values(model, sites: Sequence[Site], task, kind: str = "mean") -> Baseline:
     """Each node's ablated value: the mean over clean prompts at each position, the corrupted
     run's value, or zero."""
-    if kind not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
+    check_kind(kind, BASELINES, "feature baseline")
     clean = check_token_ids(model, task.clean)
     tokens = check_token_ids(model, task.corrupted) if kind == "corrupted" else clean
     rec_input: dict[str, Tensor] = {}
@@ -116,8 +116,7 @@ def _node_tables(sites, positions, n_pos):
 
 
 def _check_args(baseline: str, positions: str) -> None:
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    check_kind(baseline, BASELINES, "feature baseline")
     if positions not in POSITIONS:
         raise ValueError(f"positions must be 'each' (one node per position) or 'sum' (aggregated), got {positions!r}")
 

@@ -25,12 +25,14 @@ over prompts); the card records it for the card's task.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from circuitkit import names
-from circuitkit.models.zoo_store import zoo_card
+from circuitkit.atomic import write_text
+from circuitkit.models.zoo_store import CARD_FILE, ZooCard, zoo_card, zoo_task
 from circuitkit.sae import load_sae, save_sae
 
 MODEL = "induction-handbuilt"
@@ -131,8 +133,6 @@ def induction_feature_circuit(task, d_vocab: int) -> tuple[list[str], list[str]]
 def feature_circuit_record(card=None) -> dict:
     """The card's ``evidence["feature_circuit"]``: the sites, the rule and the true feature circuit
     of the card's task (union over its prompts)."""
-    from circuitkit.models.zoo_store import zoo_task
-
     card = card or zoo_card(MODEL)
     task = zoo_task(card)
     nodes, edges = induction_feature_circuit(task, int(card.config["d_vocab"]))
@@ -146,11 +146,6 @@ def feature_circuit_record(card=None) -> dict:
 def write_feature_circuit(folder: str | Path) -> Path:
     """Save the analytic SAEs into the model folder ``folder`` (``data/zoo/induction-handbuilt``)
     and record the feature circuit in its card (atomically)."""
-    import json
-
-    from circuitkit.atomic import write_text
-    from circuitkit.models.zoo_store import CARD_FILE, ZooCard
-
     folder = Path(folder)
     path = folder / CARD_FILE
     data = json.loads(path.read_text())

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
+import networkx as nx
 import pytest
 import torch
 
 from circuitkit import names
 from circuitkit.circuit import load_circuit, save_circuit
-from circuitkit.circuit.features import evaluate_feature_circuit, feature_circuit, spearman, top_features
+from circuitkit.circuit.features import (
+    evaluate_feature_circuit,
+    feature_circuit,
+    spearman,
+    top_features,
+)
 from circuitkit.circuit.io import from_attribution_graph, to_attribution_graph
 from circuitkit.sae.graph import baseline_values, run_with_features
 from circuitkit.sae.splice import make_sites
@@ -76,7 +82,7 @@ def test_prunes_exports_and_renders_like_any_circuit(circuit, tmp_path):
     assert 0 < len(pruned.edges) <= 30
     # every kept edge lies on a path from some input position to the logits
     view = pruned.subgraph()
-    assert all(any(names.parse_node(a).kind == "input" for a in __import__("networkx").ancestors(view, u) | {u})
+    assert all(any(names.parse_node(a).kind == "input" for a in nx.ancestors(view, u) | {u})
                for u, _ in view.edges())
     path = save_circuit(pruned, tmp_path / "fc.json")
     assert load_circuit(path) == pruned

@@ -80,7 +80,7 @@ def test_estimates_equal_exact_patching_where_the_model_is_linear(tiny_attn_only
 
 
 def test_bad_arguments_fail_early(tiny_model, saes, task):
-    with pytest.raises(ValueError, match="baseline must be one of"):
+    with pytest.raises(ValueError, match="unknown feature baseline"):
         feature_graph(tiny_model, saes, task, baseline="median")
     with pytest.raises(ValueError, match="positions must be 'each'"):
         feature_graph(tiny_model, saes, task, positions="all")
