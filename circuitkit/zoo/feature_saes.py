@@ -130,11 +130,11 @@ def induction_feature_circuit(task, d_vocab: int) -> tuple[list[str], list[str]]
     return names.sort_nodes(nodes), sorted(edges)
 
 
-def feature_circuit_record(card=None) -> dict:
+def feature_circuit_record(card=None, model=None) -> dict:
     """The card's ``evidence["feature_circuit"]``: the sites, the rule and the true feature circuit
     of the card's task (union over its prompts)."""
     card = card or zoo_card(MODEL)
-    task = zoo_task(card)
+    task = zoo_task(card, model)
     nodes, edges = induction_feature_circuit(task, int(card.config["d_vocab"]))
     return {"saes": SAE_DIR, "sites": list(SITES),
             "features": {SITES[0]: "TOK[t] = t", SITES[1]: "TOK[t] = t, PREV[t] = V + t",
