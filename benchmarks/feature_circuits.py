@@ -15,9 +15,14 @@ gradients side by side:
   (``check_estimates``: the largest half plus a random rest);
 * the wall time of each graph.
 
+``--tiny-lm``: also ``tiny-lm``'s induction task with its shipped top-k SAEs (resid_pre.0,
+resid_pre.1, resid_post.1; trained with ``circuitkit sae train zoo:tiny-lm --hook HOOK --arch topk
+--d-sae 512 --k 16 --steps 1500``), nodes summed over positions: faithfulness, completeness and
+the error nodes' share of the top-k feature / error nodes for several k (no ground truth there).
+
 Run:
 
-    OMP_NUM_THREADS=1 python benchmarks/feature_circuits.py [--prompts 32] [--steps 8] [--sample 30]
+    OMP_NUM_THREADS=1 python benchmarks/feature_circuits.py [--prompts 32] [--steps 8] [--sample 30] [--tiny-lm]
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from circuitkit.circuit.features import (
 from circuitkit.models import load_model
 from circuitkit.models.zoo_store import zoo_task
 from circuitkit.sae.graph import feature_graph
-from circuitkit.zoo.feature_saes import build_induction_saes, induction_feature_circuit
+from circuitkit.zoo.feature_saes import SITES, build_induction_saes, induction_feature_circuit
+
+TINY_LM_KS = (50, 100, 200, 300, 400)
 
 
 def aucs(graph, nodes, edges, pool_edges) -> tuple[float, float]:
@@ -58,6 +65,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sample", type=int, default=30, help="nodes and edges checked against exact patching")
     ap.add_argument("--node-threshold", type=float, default=1e-3)
+    ap.add_argument("--tiny-lm", action="store_true", help="also tiny-lm's induction task with its shipped SAEs")
+    ap.add_argument("--tiny-lm-prompts", type=int, default=16)
+    ap.add_argument("--tiny-lm-max-nodes", type=int, default=300, help="candidate features per site on tiny-lm")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_model("zoo:induction-handbuilt", device="cpu")
@@ -90,6 +100,35 @@ def main() -> None:
           f"completeness {known.completeness:.3f}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(pd.DataFrame(rows).round(3).to_string(index=False))
+    if args.tiny_lm:
+        tiny_lm(args)
+
+
+def tiny_lm(args) -> None:
+    from circuitkit.models.zoo_store import zoo_card
+    from circuitkit.sae import load_sae
+
+    card = zoo_card("tiny-lm")
+    model = load_model("zoo:tiny-lm", device="cpu")
+    task = zoo_task("tiny-lm", model).subset(range(args.tiny_lm_prompts))
+    saes = [load_sae(card.path / "saes" / hook) for hook in SITES]
+    t0 = time.perf_counter()
+    graph = feature_graph(model, saes, task, method="ig", steps=4, positions="sum", node_threshold=args.node_threshold,
+                          max_nodes=args.tiny_lm_max_nodes, progress=False)
+    seconds = time.perf_counter() - t0
+    circuit = graph_circuit(graph, model)
+    rows = []
+    n_all = sum(1 for n in circuit.nodes if n[0] in "fe")
+    for k in (*TINY_LM_KS, n_all):
+        for errors in ("circuit", "keep"):
+            ev = evaluate_feature_circuit(model, saes, task, top_features(circuit, k), errors=errors)
+            rows.append({"k": k, "errors": errors, "features": ev.n_features, "error_nodes": ev.n_errors,
+                         "faithfulness": ev.faithfulness, "completeness": ev.completeness,
+                         "error_share": ev.error_share})
+    print(f"tiny-lm induction, {args.tiny_lm_prompts} prompts, IG (4 steps), positions summed, "
+          f"{len(graph.candidates)} candidates of {sum(s.d_sae for s in graph.sites)} features + 3 error nodes, "
+          f"{len(graph.edges)} edges, {seconds:.1f} s")
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
 
 
 if __name__ == "__main__":
