@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -111,7 +112,10 @@ def tiny_lm(args) -> None:
     card = zoo_card("tiny-lm")
     model = load_model("zoo:tiny-lm", device="cpu")
     task = zoo_task("tiny-lm", model).subset(range(args.tiny_lm_prompts))
-    saes = [load_sae(card.path / "saes" / hook) for hook in SITES]
+    folder = card.path / "saes"
+    if not folder.is_dir():  # a checkout whose installed circuitkit.data is another checkout's
+        folder = Path(__file__).resolve().parents[1] / "data" / "zoo" / "tiny-lm" / "saes"
+    saes = [load_sae(folder / hook) for hook in SITES]
     t0 = time.perf_counter()
     graph = feature_graph(model, saes, task, method="ig", steps=4, positions="sum", node_threshold=args.node_threshold,
                           max_nodes=args.tiny_lm_max_nodes, progress=False)
