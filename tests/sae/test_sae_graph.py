@@ -88,3 +88,27 @@ def test_bad_arguments_fail_early(tiny_model, saes, task):
         feature_graph(tiny_model, saes, task, method="eap")
     with pytest.raises(ValueError, match="names no spliced site"):
         exact_node_effects(tiny_model, saes, task, ["f0.resid_pre.1@2"])
+
+
+def test_chain_rule_holds_through_a_transcoder(tiny_model, random_sae, task):
+    from sae_lens import Transcoder, TranscoderConfig
+
+    torch.manual_seed(7)
+    tc = Transcoder(TranscoderConfig(d_in=32, d_sae=20, d_out=32, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        tc.b_enc.uniform_(-0.1, 0.1)
+    tc.cfg.metadata.hook_name = "blocks.0.ln2.hook_normalized"
+    tc.cfg.metadata.hook_name_out = "blocks.0.hook_mlp_out"
+    saes = [tc, random_sae(32, 12, "blocks.1.hook_resid_post", seed=8)]
+    g = feature_graph(tiny_model, saes, task, method="attribution", node_threshold=-1.0, progress=False)
+    ie = g.nodes.as_dict()
+    out: dict[str, float] = {}
+    for label, value in zip(g.edges.labels, g.edges.values.tolist(), strict=True):
+        parent = names.parse_edge(label).parent
+        out[parent] = out.get(parent, 0.0) + value
+    checked = [u for u in out if u.startswith(("f0.mlp_out", "e0.mlp_out")) and abs(ie[u]) > 1e-4]
+    assert len(checked) > 10
+    for u in checked:
+        assert out[u] == pytest.approx(ie[u], rel=1e-3, abs=1e-5), u
+    # the transcoder's features reach the resid_post features directly
+    assert any(lab.startswith("f0.mlp_out") and "->f1.resid_post" in lab for lab in g.edges.labels)
