@@ -49,6 +49,8 @@ _EXPORTS = {
     "discover": "circuitkit.circuit",
     "edge_pruning": "circuitkit.circuit",
     "evaluate": "circuitkit.circuit",
+    "evaluate_feature_circuit": "circuitkit.circuit",
+    "feature_circuit": "circuitkit.circuit",
     "faithfulness": "circuitkit.circuit",
     "faithfulness_curve": "circuitkit.circuit",
     "load_circuit": "circuitkit.circuit",

@@ -4,7 +4,9 @@ Node ids follow the convention that EAP-IG and the Mechanistic Interpretability 
 exchange: ``input``, ``a{layer}.h{head}`` (attention head), ``m{layer}`` (MLP), ``logits``.
 An edge is ``parent->child``; when the child is a head, ``<q>``, ``<k>`` or ``<v>`` names the
 input it enters through (``a0.h3->a2.h1<k>``). A position suffix ``@{pos}`` may follow a node
-(``a1.h0@5``). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``).
+(``a1.h0@5``). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``); the error
+term of the SAE at that site (what its features leave unexplained) is ``e{layer}.{hook}``
+(``e2.resid_pre@7``).
 Whole-layer sites (used by activation patching and the logit lens) are ``{hook}.{layer}`` for
 ``resid_pre``, ``resid_mid``, ``resid_post`` and ``attn_out`` (``resid_pre.3``, ``attn_out.1@4``).
 
@@ -24,13 +26,14 @@ INPUT = "input"
 LOGITS = "logits"
 QKV = ("q", "k", "v")
 
-NodeKind = Literal["input", "head", "mlp", "logits", "feature", "site"]
+NodeKind = Literal["input", "head", "mlp", "logits", "feature", "error", "site"]
 SITE_HOOKS = ("resid_pre", "attn_out", "resid_mid", "resid_post")
 
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
 _SITE_RE = re.compile(r"^(resid_pre|attn_out|resid_mid|resid_post)\.(\d+)$")
 _FEATURE_RE = re.compile(r"^f(\d+)\.([A-Za-z_][A-Za-z0-9_]*)\.(\d+)$")
+_ERROR_RE = re.compile(r"^e(\d+)\.([A-Za-z_][A-Za-z0-9_]*)$")
 _EDGE_RE = re.compile(r"^(?P<parent>[^\s<>]+?)->(?P<child>[^\s<>]+?)(?:<(?P<qkv>[qkv])>)?$")
 
 
@@ -75,10 +78,20 @@ def site(hook: str, layer: int, pos: int | None = None) -> str:
     return _with_pos(f"{hook}.{int(layer)}", pos)
 
 
-def feature(layer: int, hook: str, index: int) -> str:
-    """``f{layer}.{hook}.{index}``: latent ``index`` of the SAE on ``hook`` at ``layer``."""
-    short = hook.split(".")[-1].removeprefix("hook_")
-    return f"f{int(layer)}.{short}.{int(index)}"
+def hook_short(hook: str) -> str:
+    """The short name of a hook point in feature ids: ``blocks.1.hook_resid_pre`` -> ``resid_pre``."""
+    return hook.split(".")[-1].removeprefix("hook_")
+
+
+def feature(layer: int, hook: str, index: int, pos: int | None = None) -> str:
+    """``f{layer}.{hook}.{index}``: latent ``index`` of the SAE on ``hook`` at ``layer``
+    (``@{pos}`` appended when a position is given)."""
+    return _with_pos(f"f{int(layer)}.{hook_short(hook)}.{int(index)}", pos)
+
+
+def error(layer: int, hook: str, pos: int | None = None) -> str:
+    """``e{layer}.{hook}``: the error term of the SAE on ``hook`` at ``layer`` (``@{pos}`` optional)."""
+    return _with_pos(f"e{int(layer)}.{hook_short(hook)}", pos)
 
 
 def with_pos(name: str, pos: int | None) -> str:
@@ -111,12 +124,15 @@ def parse_node(name: str) -> Node:
         return Node("mlp", layer=int(m[1]), pos=pos)
     if m := _FEATURE_RE.match(base):
         return Node("feature", layer=int(m[1]), hook=m[2], index=int(m[3]), pos=pos)
+    if m := _ERROR_RE.match(base):
+        return Node("error", layer=int(m[1]), hook=m[2], pos=pos)
     if m := _SITE_RE.match(base):
         return Node("site", layer=int(m[2]), hook=m[1], pos=pos)
     raise ValueError(
         f"unknown component name {name!r}: use 'input', 'logits', 'a<layer>.h<head>' (e.g. 'a3.h5'), "
         "'m<layer>' (e.g. 'm2'), '<hook>.<layer>' for hook resid_pre / attn_out / resid_mid / "
-        "resid_post (e.g. 'resid_pre.2') or 'f<layer>.<hook>.<index>', optionally followed by '@<pos>'"
+        "resid_post (e.g. 'resid_pre.2'), 'f<layer>.<hook>.<index>' (an SAE feature) or 'e<layer>.<hook>' "
+        "(an SAE's error term), optionally followed by '@<pos>'"
     )
 
 
@@ -132,6 +148,8 @@ def format_node(node: Node, with_pos: bool = True) -> str:
         return mlp(node.layer, pos)
     if node.kind == "feature":
         return _with_pos(f"f{node.layer}.{node.hook}.{node.index}", pos)
+    if node.kind == "error":
+        return _with_pos(f"e{node.layer}.{node.hook}", pos)
     if node.kind == "site":
         return site(node.hook, node.layer, pos)
     raise ValueError(f"unknown node kind {node.kind!r}")

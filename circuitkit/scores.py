@@ -77,6 +77,8 @@ n_prompts         prompts used
 n_positive        positive prompts
 n_negative        negative prompts
 d_sae             latents of the SAE
+baseline          the value an SAE feature graph's ablated nodes take: mean, corrupted or zero
+positions         an SAE feature graph's nodes: 'each' position or 'sum' over positions
 """
 META_KEYS: dict[str, str] = dict(line.split(None, 1) for line in _META_TABLE.strip().splitlines())
 

@@ -4,7 +4,8 @@ from circuitkit import names
 
 
 def test_round_trip_nodes():
-    for text in ["input", "logits", "a3.h5", "m2", "a0.h1@7", "m4@0", "f2.resid_pre.117"]:
+    for text in ["input", "logits", "a3.h5", "m2", "a0.h1@7", "m4@0", "f2.resid_pre.117", "f1.mlp_out.3@5",
+                 "e1.resid_pre", "e0.mlp_out@4", "input@3"]:
         assert str(names.parse_node(text)) == text
 
 
@@ -12,6 +13,12 @@ def test_formatters_match_parser():
     assert names.head(3, 5) == "a3.h5"
     assert names.mlp(2, pos=4) == "m2@4"
     assert names.feature(1, "blocks.1.hook_resid_pre", 9) == "f1.resid_pre.9"
+    assert names.feature(1, "resid_pre", 9, pos=4) == "f1.resid_pre.9@4"
+    assert names.error(1, "blocks.1.hook_resid_post", 2) == "e1.resid_post@2"
+    err = names.parse_node("e1.resid_pre@6")
+    assert (err.kind, err.layer, err.hook, err.pos) == ("error", 1, "resid_pre", 6)
+    assert names.depth("e1.resid_pre") == names.depth("f1.resid_pre.3") < names.depth("f1.resid_post.3")
+    assert names.edge("f0.resid_pre.3@9", "e1.resid_pre@10") == "f0.resid_pre.3@9->e1.resid_pre@10"
     assert names.edge("a0.h3", "a2.h1", "k") == "a0.h3->a2.h1<k>"
     assert names.edge("m1", "logits") == "m1->logits"
     e = names.parse_edge("a0.h3->a2.h1<k>")

@@ -23,6 +23,9 @@ ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "mean-corrupted
 DEFAULT_ABLATION: AblationKind = "mean"
 # Node ablation reads its values from one reference batch, so it has no kind made of the corrupted prompts.
 NODE_ABLATION_KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
+# What an SAE feature graph's ablated nodes take (circuitkit.sae.graph): a first-order estimate
+# needs one value per node and prompt, so no resample.
+FEATURE_ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "corrupted", "zero")
 
 
 def check_kind(kind: str, allowed: tuple[str, ...] = ABLATION_KINDS, what: str = "ablation") -> AblationKind:

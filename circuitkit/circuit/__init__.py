@@ -1,4 +1,5 @@
-"""Circuits: build from Scores, prune, discover, evaluate, compare, export and render."""
+"""Circuits: build from Scores, prune, discover, evaluate, compare, export and render; feature circuits
+over spliced SAEs (:mod:`circuitkit.circuit.features`)."""
 
 from circuitkit.circuit.compare import (
     Overlap,
@@ -23,6 +24,15 @@ from circuitkit.circuit.evaluate import (
     faithfulness_curve,
     smallest_faithful,
 )
+from circuitkit.circuit.features import (
+    EstimateCheck,
+    FeatureCircuitEvaluation,
+    check_estimates,
+    evaluate_feature_circuit,
+    feature_circuit,
+    graph_circuit,
+    top_features,
+)
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
 from circuitkit.circuit.routes import cap_by_route, route_widths
 
@@ -31,4 +41,6 @@ __all__ = [
     "convert", "discover", "edge_pruning", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
     "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
     "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
+    "EstimateCheck", "FeatureCircuitEvaluation", "check_estimates", "evaluate_feature_circuit", "feature_circuit",
+    "graph_circuit", "top_features",
 ]

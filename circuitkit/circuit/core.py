@@ -6,7 +6,7 @@ two nodes. Every edge's networkx key is its edge id (``names.edge(...)``), node 
 ``circuitkit.names`` ids. ``in_graph`` marks membership: a circuit keeps the scores of pruned
 components (for ROC-AUC, re-thresholding and the EAP-IG/MIB export) and prunes by flag.
 
-Node attributes: ``kind`` (input | head | mlp | logits | feature), ``layer``, ``head``, ``score``,
+Node attributes: ``kind`` (input | head | mlp | logits | feature | error | site), ``layer``, ``head``, ``score``,
 ``sign`` (+1 / -1 / 0, None without a score), ``method``, ``task``, ``in_graph``.
 Edge attributes: ``qkv``, ``score``, ``sign``, ``method``, ``task``, ``in_graph``.
 Graph attributes (``circuit.graph.graph``): ``method``, ``task``, ``n_layers``, ``n_heads``,
@@ -377,9 +377,12 @@ class Circuit:
         """A copy keeping only in-graph edges on some ``input -> logits`` path of in-graph edges."""
         out = self.copy()
         view = out.subgraph()
-        on_path: set[str] = set()
-        if names.INPUT in view and names.LOGITS in view:
-            on_path = (nx.descendants(view, names.INPUT) | {names.INPUT}) & (nx.ancestors(view, names.LOGITS) | {names.LOGITS})
+        # Sources and sinks by kind: position-resolved graphs have one input node per position.
+        sources = [n for n in view if self.graph.nodes[n]["kind"] == "input"]
+        sinks = [n for n in view if self.graph.nodes[n]["kind"] == "logits"]
+        below: set[str] = set(sources).union(*(nx.descendants(view, n) for n in sources))
+        above: set[str] = set(sinks).union(*(nx.ancestors(view, n) for n in sinks))
+        on_path = below & above
         for u, v, _, d in out.graph.edges(keys=True, data=True):
             d["in_graph"] = d["in_graph"] and u in on_path and v in on_path
         out._sync_nodes_to_edges()

@@ -1,12 +1,17 @@
-"""``circuitkit sae train | report | card``."""
+"""``circuitkit sae train | report | card | circuit``."""
 
 from __future__ import annotations
 
 import json
 
-from circuitkit.cli.common import add_model_argument, write_html
+from circuitkit.cli.common import (
+    add_model_argument,
+    add_task_arguments,
+    check_out_folder,
+    write_html,
+)
 
-COMMANDS = {"sae": "sparse autoencoders (SAELens): train, report, feature cards"}
+COMMANDS = {"sae": "sparse autoencoders (SAELens): train, report, feature cards, feature circuits"}
 
 
 def register(sub) -> None:
@@ -56,6 +61,31 @@ def register(sub) -> None:
     _saved_sae_arguments(card, "search", feature=True)
     card.add_argument("--html", default=None, help="write the card as HTML to this file")
     card.set_defaults(func=_cmd_card)
+
+    circ = ssub.add_parser("circuit", help="a feature circuit over several spliced SAEs / transcoders",
+                           description="Splice the SAEs in SAE_DIR... into MODEL (error terms kept), estimate "
+                                       "the feature graph of the task (nodes: features and error nodes at each "
+                                       "position; edges: direct effects), keep the --top feature / error nodes "
+                                       "and report the circuit's faithfulness with the rest mean-ablated.")
+    add_model_argument(circ)
+    circ.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
+                      help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors)")
+    add_task_arguments(circ, "the zoo card's task", n_prompts=16)
+    circ.add_argument("--method", default="ig", choices=["ig", "attribution"], help="estimates (default ig)")
+    circ.add_argument("--steps", type=int, default=8, help="integration steps (ig)")
+    circ.add_argument("--baseline", default="mean", choices=["mean", "corrupted", "zero"],
+                      help="the value an ablated node takes (default: the mean over clean prompts)")
+    circ.add_argument("--positions", default="each", choices=["each", "sum"],
+                      help="one node per position, or summed over positions")
+    circ.add_argument("--node-threshold", type=float, default=1e-3, help="|estimate| a candidate node needs")
+    circ.add_argument("--max-nodes", type=int, default=None, help="at most this many candidate features per site")
+    circ.add_argument("--top", type=int, default=50, help="feature / error nodes kept in the circuit")
+    circ.add_argument("--errors", default="circuit", choices=["circuit", "keep", "ablate"],
+                      help="error nodes in evaluation: as the circuit says, all kept, or all ablated")
+    circ.add_argument("--out", default=None, help="save the pruned circuit (.json node-link, .graphml, ...)")
+    circ.add_argument("--html", default=None, help="write the circuit figure (token by token) as HTML")
+    circ.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    circ.set_defaults(func=_cmd_circuit)
 
 
 def _saved_sae_arguments(parser, use: str, feature: bool = False) -> None:
@@ -136,4 +166,41 @@ def _cmd_card(args) -> int:
         from circuitkit.viz.sae import feature_card_html
 
         print(f"wrote {write_html(args.html, feature_card_html(card))}")
+    return 0
+
+
+def _cmd_circuit(args) -> int:
+    from circuitkit.circuit import (
+        evaluate_feature_circuit,
+        feature_circuit,
+        save_circuit,
+        top_features,
+    )
+    from circuitkit.cli.common import task_from_args, write_figure
+    from circuitkit.models.loading import load_model
+    from circuitkit.sae.splice import make_sites
+    from circuitkit.sae.train import load_sae
+
+    check_out_folder(args.out, args.html)
+    saes = [load_sae(d) for d in args.sae_dirs]
+    model = load_model(args.model, device="cpu")
+    make_sites(model, saes)  # a misfit SAE fails before the task is built
+    task = task_from_args(args, model)
+    circuit = feature_circuit(model, saes, task, method=args.method, steps=args.steps, baseline=args.baseline,
+                              positions=args.positions, node_threshold=args.node_threshold,
+                              max_nodes=args.max_nodes, progress=not args.no_progress)
+    small = top_features(circuit, args.top)
+    ev = evaluate_feature_circuit(model, saes, task, small, errors=args.errors, baseline=args.baseline)
+    share = "n/a" if ev.error_share is None else f"{ev.error_share:.3f}"
+    print(f"feature circuit of {task.name} on {args.model}: {ev.n_features} features + {ev.n_errors} error nodes, "
+          f"{len(small.edges)} edges; faithfulness {ev.faithfulness:.3f}, completeness {ev.completeness:.3f}, "
+          f"error share {share} (errors {args.errors})")
+    nodes, _ = small.to_frames()
+    nodes = nodes[nodes["in_graph"] & nodes["kind"].isin(["feature", "error"])]
+    top = nodes.reindex(nodes["score"].abs().sort_values(ascending=False).index).head(15)
+    print(top[["node", "kind", "score"]].to_string(index=False))
+    if args.out:
+        print(f"wrote {save_circuit(small, args.out)}")
+    if args.html:
+        print(f"wrote {write_figure(args.html, small.figure())}")
     return 0

@@ -6,6 +6,9 @@
 * :func:`feature_attribution` (attribution patching through the spliced SAE, error term kept),
   :func:`feature_patching` (exact), :func:`spliced_sae`
 * :func:`discrete_sae_head_scores` (O'Neill & Bui 2024)
+* :func:`make_sites` / :func:`splice_run` (several SAEs and transcoders spliced at once, error
+  terms kept), :func:`feature_graph` -> :class:`FeatureGraph` (node and edge estimates, Marks et
+  al. 2024), :func:`exact_node_effects` / :func:`exact_edge_effects`
 """
 
 from circuitkit.sae.attribution import feature_attribution, feature_patching, spliced_sae
@@ -18,11 +21,20 @@ from circuitkit.sae.features import (
     feature_label,
     top_activating_examples,
 )
+from circuitkit.sae.graph import FeatureGraph, exact_edge_effects, exact_node_effects, feature_graph
 from circuitkit.sae.quality import SAEQuality, sae_quality
+from circuitkit.sae.splice import Site, make_sites, splice_run
 from circuitkit.sae.train import SAETrainConfig, load_pretrained_sae, load_sae, save_sae, train_sae
 
 __all__ = [
     "FeatureCard",
+    "FeatureGraph",
+    "Site",
+    "exact_edge_effects",
+    "exact_node_effects",
+    "feature_graph",
+    "make_sites",
+    "splice_run",
     "SAEQuality",
     "SAETrainConfig",
     "check_sae_fits",

@@ -24,8 +24,10 @@ from circuitkit.atomic import write_text
 POSITIVE = "#2563eb"
 NEGATIVE = "#dc2626"
 UNSIGNED = "#9ca3af"
-KIND_COLOURS = {"input": "#374151", "logits": "#374151", "head": "#0d9488", "mlp": "#d97706", "feature": "#7c3aed"}
-KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp": "square", "feature": "circle"}
+KIND_COLOURS = {"input": "#374151", "logits": "#374151", "head": "#0d9488", "mlp": "#d97706", "feature": "#7c3aed",
+                "error": "#6b7280", "site": "#2563eb"}
+KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp": "square", "feature": "circle",
+                "error": "x", "site": "square"}
 MLP_LIFT = 0.4  # an MLP sits a little above its layer's heads so that head -> MLP edges are visible
 QKV_DASH = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
 QKV_OFFSET = {"q": -0.15, "k": 0.0, "v": 0.15, None: 0.0}  # q, k and v edges between two nodes stay apart
@@ -34,15 +36,20 @@ QKV_LEGEND = {"q": "into a head's query", "k": "into a head's key", "v": "into a
 
 
 def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """``node id -> (x, y)``: y by layer (input -1, logits n_layers), x by head within a layer."""
+    """``node id -> (x, y)``: y by layer (input -1, logits n_layers), x by head within a layer; with
+    positions, one block of columns per token (positions across, layers up), SAE features and
+    error nodes side by side within their position and depth."""
     n_layers = circuit.n_layers if circuit.n_layers is not None else 0
     n_heads = circuit.graph.graph.get("n_heads") or 1
-    features: dict[int, list[str]] = {}
+    # SAE features, error nodes and sites: side by side within their (position, depth) row.
+    rows: dict[tuple[int, float], list[str]] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
-        if parsed.kind == "feature":
-            features.setdefault(parsed.layer, []).append(node_id)
-    width = n_heads + 2  # one column block per token position
+        if parsed.kind in ("feature", "error", "site"):
+            rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
+    order_in_row = {n: i for row in rows.values() for i, n in enumerate(names.sort_nodes(row, n_layers))}
+    widest = max((len(r) for r in rows.values()), default=0)
+    width = max(n_heads + 2, widest + 1)  # one column block per token position
     positions: dict[str, tuple[float, float]] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
@@ -57,8 +64,7 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
         elif parsed.kind == "mlp":
             xy = (float(n_heads) + 0.5, parsed.layer + MLP_LIFT)
         else:
-            order = sorted(features[parsed.layer]).index(node_id)
-            xy = (float(order), names.depth(parsed, n_layers))
+            xy = (float(order_in_row[node_id]), names.depth(parsed, n_layers))
         positions[node_id] = (xy[0] + block, xy[1])
     return positions
 

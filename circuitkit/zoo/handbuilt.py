@@ -28,6 +28,7 @@ from circuitkit.attribution import exact_edge_patching
 from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
 from circuitkit.tokenizers import bos_id, word_level_tokenizer
 from circuitkit.zoo.evidence import node_evidence
+from circuitkit.zoo.feature_saes import feature_circuit_record
 from circuitkit.zoo.verify import ablate_each, measure
 
 POS_PERIOD = 8  # positions are matched modulo this period, the nearest match wins
@@ -242,6 +243,7 @@ def build_induction(seed: int = 0, progress: bool = True):
                                       "BOS fallback when the current token has no earlier occurrence; unused on task prompts"}},
     )
     _record_measurements(model, card)
+    card.evidence["feature_circuit"] = feature_circuit_record(card, model)
     return model, tokenizer, card
 
 

@@ -71,3 +71,22 @@ def test_train_refuses_a_binary_text_file_before_loading(zoo_with_tiny, capsys, 
 
     with pytest.raises(ValueError, match=match):  # the API refuses it too
         training_tokens(None, binary)
+
+
+def test_sae_circuit_on_the_handbuilt_models_shipped_saes(tmp_path, capsys):
+    from pathlib import Path
+
+    from circuitkit.circuit import load_circuit
+
+    saes = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"
+    dirs = [str(saes / h) for h in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")]
+    out = tmp_path / "fc.json"
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--n-prompts", "4", "--steps", "4", "--top", "40",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "faithfulness" in text and "error share" in text
+    circuit = load_circuit(out)
+    assert any(n.startswith("f1.resid_post.") for n in circuit.nodes)
+    # an SAE for another hook width fails before any work, naming the hook
+    assert main(["sae", "circuit", "zoo:tiny-lm", dirs[0], "--n-prompts", "4"]) != 0
+    assert "d_in=125" in capsys.readouterr().err

@@ -16,7 +16,8 @@ need, and so what :func:`to_attribution_graph` writes:
 circuitkit's graph maps onto it as: ``input`` -> the embedding of the prompt token at its position,
 a head -> ``feature_type="attention head"`` (``feature`` = head index), an MLP -> ``"mlp
 reconstruction error"`` (a whole MLP is what no transcoder explains; ``feature`` = ``n_heads``),
-an SAE feature -> ``"cross layer transcoder"`` with circuit-tracer's Cantor-paired ``feature``,
+an SAE feature -> ``"cross layer transcoder"`` with circuit-tracer's Cantor-paired ``feature``, an
+SAE's error node -> ``"mlp reconstruction error"`` (numbered after the layer's heads and MLP),
 ``logits`` -> the answer token's logit with its probability. Nodes without a position sit at the
 answer position (the last prompt token). Only in-graph nodes and edges become nodes and links;
 an edge into a head's q, k and v is one link whose ``weight`` is the sum, with ``q`` / ``k`` / ``v``
@@ -46,7 +47,10 @@ from circuitkit.circuit.io.common import check_header, endpoints, graph_attrs, h
 INDEX_FILE = "graph-metadata.json"
 
 _FEATURE_TYPES = {"input": "embedding", "logits": "logit", "head": "attention head",
-                  "mlp": "mlp reconstruction error", "feature": "cross layer transcoder"}
+                  "mlp": "mlp reconstruction error", "feature": "cross layer transcoder",
+                  "error": "mlp reconstruction error"}
+# An SAE's error node is numbered after the layer's heads and MLP, one number per hook kind.
+_ERROR_SLOTS = ("resid_pre", "attn_out", "z", "resid_mid", "mlp_out", "resid_post")
 
 
 def cantor_pair(x: int, y: int) -> int:
@@ -147,6 +151,11 @@ def to_attribution_graph(circuit: Circuit, *, slug: str | None = None, prompt_to
             if nid in seen:  # two SAEs in one layer
                 nid = f"{layer}_{parsed.hook}.{parsed.index}_{ctx}"
             js = nid
+        elif parsed.kind == "error":
+            layer = str(parsed.layer)
+            slot = _ERROR_SLOTS.index(parsed.hook) if parsed.hook in _ERROR_SLOTS else len(_ERROR_SLOTS)
+            feature = n_heads + 1 + slot
+            nid = js = f"{layer}_{feature}_{ctx}"
         else:
             layer = str(parsed.layer)
             feature = parsed.head if parsed.kind == "head" else n_heads  # the MLP numbered after the layer's heads
