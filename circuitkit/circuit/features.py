@@ -63,16 +63,20 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     """The feature graph of ``task`` as a :class:`Circuit` (``kwargs``: see
     :func:`~circuitkit.sae.graph.feature_graph`: ``method``, ``steps``, ``baseline``,
     ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
-    the task's first prompt, so the circuit exports to circuit-tracer's attribution graph."""
+    the prompt with the latest answer (every node's position lies within it), so the circuit
+    exports to circuit-tracer's attribution graph."""
     circuit = graph_circuit(feature_graph(model, saes, task, **kwargs), model)
-    circuit.meta["example_prompt"] = example_prompt(model, task)
+    # nodes sit at positions up to the latest answer of any prompt: draw the graph over that prompt
+    first_answer = task.answer_pos.reshape(len(task), -1)[:, 0]
+    circuit.meta["example_prompt"] = example_prompt(model, task, int(first_answer.argmax()))
     circuit.meta["model"] = model.cfg.model_name
     return circuit
 
 
 def top_features(circuit: Circuit, k: int | None = None, threshold: float | None = None) -> Circuit:
     """A copy keeping the ``k`` feature / error nodes of largest |score| (and / or those with
-    |score| >= ``threshold``), every input node and ``logits``, and the edges among them.
+    |score| >= ``threshold``), the input positions with an edge into them, ``logits``, and the
+    edges among them.
 
     Unlike ``circuit.top_k(k, level="node")`` the input positions (never ablated) do not count
     toward ``k``.
@@ -88,8 +92,10 @@ def top_features(circuit: Circuit, k: int | None = None, threshold: float | None
         ranked = [(n, s) for n, s in ranked if s >= threshold]
     if k is not None:
         ranked = ranked[:k]
-    keep = [n for n, _ in ranked] + [n for n, d in g.nodes(data=True) if d["kind"] in ("input", "logits")]
-    return circuit.with_members(keep, level="node")
+    kept = {n for n, _ in ranked} | {n for n, d in g.nodes(data=True) if d["kind"] == "logits"}
+    # the input positions that feed what is kept (not those after the answer, which reach nothing)
+    inputs = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and any(c in kept for c in g.successors(n))]
+    return circuit.with_members([n for n, _ in ranked] + inputs + sorted(kept - {n for n, _ in ranked}), level="node")
 
 
 @dataclass

@@ -9,8 +9,8 @@ skip without it; with ``CI`` set they fail.
 # ruff: noqa: F811  (pytest fixtures imported from circuit_fixtures are parameters here)
 import json
 import os
-import re
 
+import browser
 import pytest
 import torch
 from circuit_fixtures import known_model, known_task  # noqa: F401  (fixtures)
@@ -145,84 +145,11 @@ def test_reads_circuit_tracer_nodes():
     assert c.graph.nodes["f3.transcoder.1234@1"]["score"] == 2.0
 
 
-# circuit-tracer's viewer page loads six scripts from the web; the test serves npm's copies instead.
-# d3.js on transformer-circuits.pub is d3 v7; its jetpack build is d3-jetpack's, whose nestBy still
-# calls d3.nest (d3-collection, dropped from d3 in v6) and whose conventions() returns the chart
-# without a drawAxis method, which the 2024 build adds (a three-line shim below). The live-reload
-# client and the .npy reader are not needed to show a graph.
-VIEWER_SCRIPTS = {
-    "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/d3.js":
-        [("d3@7.9.0", "dist/d3.min.js"), ("d3-collection@1.0.7", "dist/d3-collection.min.js")],
-    "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/jetpack_2024-07-20.js":
-        [("d3-jetpack@2.2.1", "build/d3-jetpack.cjs")],
-    "https://unpkg.com/dagre@0.8.5/dist/dagre.min.js": [("dagre@0.8.5", "dist/dagre.min.js")],
-    "https://unpkg.com/pako@2.1.0/dist/pako.min.js": [("pako@2.1.0", "dist/pako.min.js")],
-    "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/hotserver-client-ws.js": [],
-    "https://transformer-circuits.pub/2025/attribution-graphs/static_js/lib/npy_v0.js": [],
-}
-DRAW_AXIS_SHIM = ("<script>(function(){var conventions = d3.conventions; d3.conventions = function(options){"
-                  "var c = conventions(options); c.drawAxis = function(svg){"
-                  "return d3.drawAxis(Object.assign({}, c, {svg: svg || c.svg}))}; return c}})()</script>")
-
-
-def _offline_viewer(folder):
-    """A copy of circuit-tracer's viewer (frontend/assets) whose scripts are all local."""
-    import shutil
-    from pathlib import Path
-
-    import browser
-    import circuit_tracer
-
-    shutil.copytree(Path(circuit_tracer.__file__).parent / "frontend" / "assets", folder)
-    page = (folder / "index.html").read_text()
-    remote = set(re.findall(r"<script src='(https?://[^']+)'></script>", page))
-    assert remote == set(VIEWER_SCRIPTS), f"circuit-tracer's viewer loads other scripts now: {remote ^ set(VIEWER_SCRIPTS)}"
-    for url, files in VIEWER_SCRIPTS.items():
-        tags = []
-        for spec, inside in files:
-            local = f"vendor/{spec.replace('@', '-')}.js"
-            (folder / "vendor").mkdir(exist_ok=True)
-            shutil.copy(browser.npm_package(spec) / inside, folder / local)
-            tags.append(f"<script src='./{local}'></script>")
-        if "jetpack" in url:
-            tags.append(DRAW_AXIS_SHIM)
-        page = page.replace(f"<script src='{url}'></script>", "".join(tags))
-    assert "<script src='http" not in page
-    (folder / "index.html").write_text(page)
-    return folder
-
-
 @tracer
 def test_circuit_tracers_viewer_draws_the_export(circuit, tmp_path):
-    """The export opened in circuit-tracer's own viewer, served by its own local server, in headless
-    Chromium: every node is drawn in the pinned subgraph with the label it was exported with, and
-    every link between them, and the page raises no error."""
-    import socket
-
-    import browser
-    from circuit_tracer.frontend.local_server import serve
-
-    chromium_path = browser.chromium()  # noqa: F841  (skip / fail before any work when absent)
-    front = _offline_viewer(tmp_path / "viewer")
+    """The export opened in circuit-tracer's own viewer (see ``browser.circuit_tracer_view``): every
+    node is drawn in the pinned subgraph with the label it was exported with, every link between
+    them too, and the page raises no error."""
     (tmp_path / "data").mkdir()
     save_circuit(circuit, tmp_path / "data" / "induction-demo.json", "attribution-graph")
-    graph = json.loads((tmp_path / "data" / "induction-demo.json").read_text())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = serve(str(tmp_path / "data"), frontend_dir=str(front), port=port)
-    try:
-        dom, console = browser.dump_dom(f"http://localhost:{port}/index.html?slug=induction-demo", tmp_path / "profile")
-    finally:
-        server.stop()
-    errors = [line for line in console if "Uncaught" in line or "Error" in line]
-    assert not errors, errors
-    labels = [re.sub(r"<[^>]+>", "\n", m).split("\n") for m in re.findall(r'class="node-text-container">(.*?)</div>', dom)]
-    shown = {text.strip() for label in labels for text in label if text.strip()}
-    for node in graph["nodes"]:
-        if node["feature_type"] == "embedding":
-            assert any(text.startswith("Emb:") and EXAMPLE["prompt_tokens"][node["ctx_idx"]].strip() in text for text in shown)
-        else:
-            assert node["clerp"] in shown, (node["clerp"], shown)
-    assert dom.count('class="node pinned"') == len(graph["nodes"])
-    assert dom.count('class="link-path"') == len(graph["links"])
+    browser.check_circuit_tracer_draws(tmp_path / "data", "induction-demo", tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import browser
 import networkx as nx
 import pytest
 import torch
@@ -99,6 +100,17 @@ def test_prunes_exports_and_renders_like_any_circuit(circuit, tmp_path):
         graph_models.Model.model_validate(json.loads(json.dumps(graph)))
     fig = pruned.figure()
     assert len(fig.data) > 0
+
+
+def test_circuit_tracers_viewer_draws_a_feature_circuit(circuit, tmp_path):
+    """Feature and error nodes at their token positions, exported and opened in circuit-tracer's own
+    viewer (``browser.check_circuit_tracer_draws``)."""
+    pytest.importorskip("circuit_tracer")
+    pruned = top_features(circuit, 8)
+    assert {"feature", "error", "input", "logits"} <= {names.parse_node(n).kind for n in pruned.nodes}
+    (tmp_path / "data").mkdir()
+    save_circuit(pruned, tmp_path / "data" / "features.json", "attribution-graph")
+    browser.check_circuit_tracer_draws(tmp_path / "data", "features", tmp_path)
 
 
 def test_spearman_matches_scipy():
