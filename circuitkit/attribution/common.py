@@ -72,7 +72,7 @@ def scores_meta(model, index: GraphIndex, **extra) -> dict:
 # Share of the memory available at the call that attribution uses when no ``max_memory`` is given.
 DEFAULT_MEMORY_SHARE = 0.5
 # Rows (batch x position) of one layer's split q / k / v gradients recomputed at once.
-RECOMPUTE_BYTES = 2 ** 27
+RECOMPUTE_BYTES = 2 ** 26
 
 
 def available_memory() -> int:
@@ -127,13 +127,18 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     budget = DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
     n_pos = task.clean.shape[1]
-    one = memory_per_prompt(model, index, n_pos, method) + (0 if method == "nodes" else 8 * RECOMPUTE_BYTES)
-    fits = int(budget // one)
+    per = memory_per_prompt(model, index, n_pos, method)
+    # the q / k / v input gradients rebuilt from dM/d hook_q: about 8 copies of a chunk of
+    # [n_heads, rows, d_model] values while the layer norm's backward runs, RECOMPUTE_BYTES at most
+    cfg = model.cfg
+    recompute = 0 if method == "nodes" else 8 * cfg.n_heads * cfg.d_model * n_pos * 4
+    cap = 8 * RECOMPUTE_BYTES
+    fits = max(int(budget // (per + recompute)), int((budget - cap) // per))
     if fits < 1:
         raise ValueError(
-            f"{method}: one prompt of {n_pos} tokens needs about {one / 2**30:.2f} GiB on this model "
-            f"({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {len(index.upstream)} sender nodes) but the "
-            f"memory budget is {budget / 2**30:.2f} GiB; pass a larger max_memory (bytes), use shorter prompts, or "
+            f"{method}: one prompt of {n_pos} tokens needs about {(per + recompute) / 2**30:.3g} GiB on this model "
+            f"({cfg.n_layers} layers, d_model {cfg.d_model}, {len(index.upstream)} sender nodes) but the "
+            f"memory budget is {budget / 2**30:.3g} GiB; pass a larger max_memory (bytes), use shorter prompts, or "
             "validate a subset of edges with exact_edge_patching(edges=...)"
         )
     n = len(task)
