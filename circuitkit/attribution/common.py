@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -166,3 +169,23 @@ def batch_source(model, task, kind: str, seed: int, batch_size: int):
             total[k] = total.get(k, 0) + v.sum(0, keepdim=True)
     mean = {k: v / n for k, v in total.items()}
     return lambda idx: mean
+
+
+@contextmanager
+def stream_mode(model) -> Iterator[None]:
+    """The flags of a gradient attribution run: q / k / v read one shared ``[batch, pos, d_model]``
+    input (no per-head copies kept for the backward pass; each head's input gradient is rebuilt
+    from ``dM/d hook_q`` as the backward pass reaches it), ``hook_mlp_in`` on, grouped keys and
+    values ungrouped (one k / v per query head, as the graph's slots are)."""
+    cfg = model.cfg
+    flags = {"use_split_qkv_input": False, "use_hook_mlp_in": True}
+    if getattr(cfg, "n_key_value_heads", None) is not None:
+        flags["ungroup_grouped_query_attention"] = True
+    old = {k: getattr(cfg, k) for k in flags}
+    for k, v in flags.items():
+        setattr(cfg, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(cfg, k, v)

@@ -18,8 +18,6 @@ rank by ``abs`` (``Scores.top`` does) when the direction does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -54,6 +52,7 @@ from circuitkit.attribution.common import (
     prompt_batches,
     scores_meta,
     source_rows,
+    stream_mode,
 )
 from circuitkit.scores import Scores
 
@@ -124,26 +123,6 @@ def output_groups(index: GraphIndex) -> list[tuple[str, list[str]]]:
         if index.has_mlp:
             groups.append((names.output_hook(names.mlp(layer)), [names.mlp(layer)]))
     return groups
-
-
-@contextmanager
-def _stream_mode(model) -> Iterator[None]:
-    """The flags of a streamed attribution run: q / k / v read one shared ``[batch, pos, d_model]``
-    input (no per-head copies kept for the backward pass; each head's input gradient is rebuilt
-    from ``dM/d hook_q`` as the backward pass reaches it), ``hook_mlp_in`` on, grouped keys and
-    values ungrouped (one k / v per query head, as the graph's slots are)."""
-    cfg = model.cfg
-    flags = {"use_split_qkv_input": False, "use_hook_mlp_in": True}
-    if getattr(cfg, "n_key_value_heads", None) is not None:
-        flags["ungroup_grouped_query_attention"] = True
-    old = {k: getattr(cfg, k) for k in flags}
-    for k, v in flags.items():
-        setattr(cfg, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(cfg, k, v)
 
 
 def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
@@ -286,7 +265,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         else:
             shift = (1 - alpha) * group_diff
             hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
-    with _stream_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with stream_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total
