@@ -212,7 +212,11 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         n_cols = index.n_before_slot_layer(layer)
         row = layer * index.slots_per_layer + which * index.n_heads
         block = model.blocks[layer]
+        norm = None if raw_input_norm else block.ln1
+        kind = _norm_kind(norm)
         w = (block.attn.W_Q, block.attn.W_K, block.attn.W_V)[which].detach().to(d.dtype)  # [h, d_model, d_head]
+        if kind in ("ln", "rms") and hasattr(norm, "w"):  # the norm's weight folded into the projection
+            w = w * norm.w.detach().to(d.dtype)[None, :, None]
         g = grad.reshape(b * p, index.n_heads, -1).to(d.dtype)
         x = state["resid"][layer].reshape(b * p, -1)
         n_heads, d_model = w.shape[0], w.shape[1]
@@ -221,10 +225,12 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         for r0 in range(0, b * p, step):
             r1 = min(b * p, r0 + step)
             g_in = torch.einsum("rhe,hde->hrd", g[r0:r1], w)  # dM/d (normalised) split input, head-major
-            if not raw_input_norm:
+            if kind in ("ln", "rms"):
+                _norm_backward_(g_in, x[r0:r1].to(d.dtype), norm.eps, centred=kind == "ln")
+            elif kind == "generic":
                 with torch.enable_grad():
                     x_rep = x[r0:r1].detach()[None].expand(n_heads, -1, -1).requires_grad_(True)
-                    (g_in,) = torch.autograd.grad(block.ln1(x_rep), x_rep, g_in)
+                    (g_in,) = torch.autograd.grad(norm(x_rep), x_rep, g_in)
             total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
         scores[row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
@@ -271,6 +277,36 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         metric = sub.per_prompt(logits).sum() / n_total
         del logits
         torch.autograd.grad(metric, state["leaf"])
+
+
+def _norm_kind(norm) -> str:
+    """How a head's input gradient passes its layer norm: ``"none"`` (no norm before attention),
+    ``"ln"`` / ``"rms"`` (TransformerLens's LayerNorm / RMSNorm, with or without weights: in
+    closed form), ``"generic"`` (any other module: autograd)."""
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+    if norm is None or isinstance(norm, torch.nn.Identity):
+        return "none"
+    if type(norm) in (LayerNorm, LayerNormPre):
+        return "ln"
+    if type(norm) in (RMSNorm, RMSNormPre):
+        return "rms"
+    return "generic"
+
+
+def _norm_backward_(grad: Tensor, x: Tensor, eps: float, centred: bool) -> None:
+    """In place: ``grad`` (``[heads, rows, d]``, at a LayerNorm's (``centred``) or RMSNorm's
+    normalised output, weight already applied) becomes the gradient at its input ``x`` (``[rows,
+    d]``, shared by every head): ``(g - mean g - x_hat mean(g x_hat)) / scale``."""
+    if centred:
+        x = x - x.mean(-1, keepdim=True)
+    inv_scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [rows, 1]
+    x_hat = x * inv_scale
+    along = torch.einsum("hrd,rd->hr", grad, x_hat) / x.shape[-1]
+    if centred:
+        grad -= grad.mean(-1, keepdim=True)
+    grad.addcmul_(x_hat[None], along[..., None], value=-1.0)
+    grad.mul_(inv_scale[None])
 
 
 def _post_norm_interpolation(model, layer: int, group_diff: Tensor, alpha: float, state: dict):
