@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 from circuitkit import names
 from circuitkit.ablation.edges import (
@@ -283,8 +284,6 @@ def _norm_kind(norm) -> str:
     """How a head's input gradient passes its layer norm: ``"none"`` (no norm before attention),
     ``"ln"`` / ``"rms"`` (TransformerLens's LayerNorm / RMSNorm, with or without weights: in
     closed form), ``"generic"`` (any other module: autograd)."""
-    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
-
     if norm is None or isinstance(norm, torch.nn.Identity):
         return "none"
     if type(norm) in (LayerNorm, LayerNormPre):

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.attribution.common import DEFAULT_MEMORY_SHARE, available_memory
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
 
@@ -138,8 +139,6 @@ def forward_memory_per_prompt(model, n_pos: int) -> int:
 
 
 def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, max_memory: float | None) -> int:
-    from circuitkit.attribution.common import DEFAULT_MEMORY_SHARE, available_memory
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
