@@ -199,8 +199,8 @@ def worker(spec: dict) -> list[dict]:
 
 
 def retrieval_worker(spec: dict) -> list[dict]:
-    """Retrieval scores on random-token needle prompts (needle span in the middle, a 2-token
-    answer: the random model's own greedy continuation) beside a bare forward pass over the same prompts in one batch each."""
+    """Retrieval scores on random-token needle prompts (a 1-token needle in the middle:
+    the token the random model itself produces at the end) beside a bare forward pass over the same prompts in one batch each."""
     import torch
 
     from circuitkit.heads import NeedlePrompt
@@ -214,11 +214,14 @@ def retrieval_worker(spec: dict) -> list[dict]:
     for _ in range(spec["n_prompts"]):
         tokens = torch.randint(10, 2000, (n_pos,), generator=gen)
         mid = n_pos // 2
-        # the answer is what the random model produces (2 greedy steps), so every trial is kept
+        # a 1-token needle that the random model itself produces at the end, so the trial is kept
         with torch.no_grad():
-            first = model(tokens[None])[0, -1].argmax()
-            second = model(torch.cat([tokens, first[None]])[None])[0, -1].argmax()
-        prompts.append(NeedlePrompt(tokens, mid, mid + 2, torch.stack([first, second])))
+            for _ in range(4):
+                answer = model(tokens[None])[0, -1].argmax()
+                if tokens[mid] == answer:
+                    break
+                tokens[mid] = answer
+        prompts.append(NeedlePrompt(tokens, mid, mid + 1, tokens[mid: mid + 1].clone()))
     rows = []
     seconds, peak, _ = measure(lambda: teacher_forced_batch(model, prompts, []))
     rows.append(dict(method=f"bare forward ({len(prompts)} prompts)", seconds=seconds, peak_added_gib=peak / GiB))
