@@ -194,7 +194,10 @@ def worker(spec: dict) -> list[dict]:
         if run is None:
             rows.append(dict(method="auto-circuit eap", note="not installed (pip install auto-circuit)"))
         else:
-            add("auto-circuit eap", run, floor=fb_s)
+            try:
+                add("auto-circuit eap", run, floor=fb_s)
+            except Exception as err:  # its API moves between releases: report, do not lose the other lines
+                rows.append(dict(method="auto-circuit eap", note=f"failed: {type(err).__name__}: {err}"[:200]))
     return rows
 
 
