@@ -156,3 +156,37 @@ def pattern_change_times_gradient(model, task, source, edge_name: str) -> float:
         g.run_with_edges(model, task.clean, None, source, ablate_edges=[edge_name])
     change = kept["ablated"][:, head.head] - kept["clean"].detach()[:, head.head]
     return float((kept["clean"].grad[:, head.head] * change).sum())
+
+
+def split_input_edge_matrix(model, task, source) -> torch.Tensor:
+    """EAP's ``[n_slots, n_upstream]`` matrix the obvious way (pre-norm models): one forward +
+    backward over all prompts with TransformerLens's split q / k / v inputs, every receiver
+    input's gradient kept, then ``sum (out_source - out_clean) . grad`` per cell."""
+    index = g.graph_index(model)
+    clean = g.node_outputs(model, task.clean)
+    diff = torch.stack([(source[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
+    kept = {}
+
+    def keep(x, hook):
+        x.retain_grad()
+        kept[hook.name] = x
+
+    receivers = [names.head_input_hook(layer, q) for layer in range(index.n_layers) for q in names.QKV]
+    if index.has_mlp:
+        receivers += [g.mlp_in_hook(layer) for layer in range(index.n_layers)]
+    receivers.append(g.final_resid_hook(model))
+    with g.graph_mode(model), model.hooks(fwd_hooks=[(r, keep) for r in receivers]), torch.enable_grad():
+        task.score(model(task.clean)).backward()
+    matrix = torch.zeros(index.shape)
+    for layer in range(index.n_layers):
+        n_cols = index.n_before_slot_layer(layer)
+        for which, q in enumerate(names.QKV):
+            row = layer * index.slots_per_layer + which * index.n_heads
+            grad = kept[names.head_input_hook(layer, q)].grad
+            matrix[row: row + index.n_heads, :n_cols] = torch.einsum("bpnd,bphd->hn", diff[:, :, :n_cols], grad)
+        if index.has_mlp:
+            n_cols = index.n_before_slot_layer(layer, mlp=True)
+            row = layer * index.slots_per_layer + 3 * index.n_heads
+            matrix[row, :n_cols] = torch.einsum("bpnd,bpd->n", diff[:, :, :n_cols], kept[g.mlp_in_hook(layer)].grad)
+    matrix[-1] = torch.einsum("bpnd,bpd->n", diff, kept[g.final_resid_hook(model)].grad)
+    return matrix

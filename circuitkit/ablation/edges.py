@@ -313,7 +313,7 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     index = graph_index(model)
     tokens = check_token_ids(model, tokens)
     wanted = set(output_hooks(index))
-    with graph_mode(model), torch.no_grad():
+    with torch.no_grad():  # hook_z, hook_mlp_out and the embeddings need no split q / k / v inputs
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
         return split_outputs(model, index, {n: cache[n] for n in wanted})
 

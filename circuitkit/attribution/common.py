@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
-from circuitkit.ablation.edges import GraphIndex, graph_index, model_device
-from circuitkit.ablation.kinds import check_kind
+from circuitkit.ablation.edges import GraphIndex, graph_index, model_device, node_outputs
+from circuitkit.ablation.kinds import check_kind, resample_permutation
 
 
 def prepare_attribution(model, task, ablation: str | None = None, steps: int | None = None, batch_size: int | None = None):
@@ -65,3 +68,125 @@ def source_rows(source: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
 
 def scores_meta(model, index: GraphIndex, **extra) -> dict:
     return {"n_layers": index.n_layers, "n_heads": index.n_heads, "model": model.cfg.model_name, **extra}
+
+
+# --- memory budget ----------------------------------------------------------------------------
+
+# Share of the memory available at the call that attribution uses when no ``max_memory`` is given.
+DEFAULT_MEMORY_SHARE = 0.5
+# Rows (batch x position) of one layer's split q / k / v gradients recomputed at once.
+RECOMPUTE_BYTES = 2 ** 26
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable`` of /proc/meminfo, psutil elsewhere; 8 GiB
+    where neither answers)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return 8 * 2 ** 30
+
+
+def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
+    """Estimated peak bytes one prompt of ``n_pos`` tokens adds to an attribution run.
+
+    ``method``: ``"eap"``, ``"eap_ig"``, ``"qk_fix"`` or ``"nodes"``. The forward + backward
+    activations TransformerLens keeps (per layer and token: about ``24 d_model + 8 d_mlp`` values
+    and ``4 n_heads n_pos`` attention values; logits and their gradient), plus the blocks of
+    sender outputs the method holds (``[n_upstream, pos, d_model]`` each: EAP one, EAP-IG and
+    the QK fix three) and, for the QK fix, its saved split q / k / v inputs and the attention
+    re-runs of 8 senders at once.
+    """
+    cfg = model.cfg
+    elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
+    d, h = cfg.d_model, cfg.n_heads
+    per_token_layer = 24 * d + (0 if cfg.attn_only else 8 * (cfg.d_mlp or 4 * d)) + 4 * h * n_pos
+    per_token = cfg.n_layers * per_token_layer + 4 * cfg.d_vocab_out
+    blocks = {"eap": 1, "eap_ig": 3, "qk_fix": 3, "nodes": 1}[method]
+    if method == "nodes":  # the corrupted run's cache of the targets: about one more pass of activations
+        per_token += cfg.n_layers * per_token_layer
+    else:
+        per_token += blocks * len(index.upstream) * d
+    if method == "qk_fix":
+        per_token += cfg.n_layers * (3 * h * d + 3 * h * n_pos) + 8 * 3 * 3 * h * d
+    return int(elem * n_pos * per_token)
+
+
+def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: int | None,
+                      max_memory: float | None) -> int:
+    """Prompts per batch: ``batch_size`` (all prompts when None), fewer where the memory budget
+    (``max_memory`` bytes; by default half the memory available now) holds fewer. ``ValueError``
+    before any work when not even one prompt fits."""
+    if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    budget = DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
+    n_pos = task.clean.shape[1]
+    per = memory_per_prompt(model, index, n_pos, method)
+    # the q / k / v input gradients rebuilt from dM/d hook_q: about 8 copies of a chunk of
+    # [n_heads, rows, d_model] values while the layer norm's backward runs, RECOMPUTE_BYTES at most
+    cfg = model.cfg
+    recompute = 0 if method == "nodes" else 8 * cfg.n_heads * cfg.d_model * n_pos * 4
+    cap = 8 * RECOMPUTE_BYTES
+    fits = max(int(budget // (per + recompute)), int((budget - cap) // per))
+    if fits < 1:
+        raise ValueError(
+            f"{method}: one prompt of {n_pos} tokens needs about {(per + recompute) / 2**30:.3g} GiB on this model "
+            f"({cfg.n_layers} layers, d_model {cfg.d_model}, {len(index.upstream)} sender nodes) but the "
+            f"memory budget is {budget / 2**30:.3g} GiB; pass a larger max_memory (bytes), use shorter prompts, or "
+            "validate a subset of edges with exact_edge_patching(edges=...)"
+        )
+    n = len(task)
+    return max(1, min(n if batch_size is None else batch_size, fits))
+
+
+def batch_source(model, task, kind: str, seed: int, batch_size: int):
+    """``idx -> source outputs of those prompts`` (what :func:`~circuitkit.ablation.edges.ablation_source`
+    returns, restricted to rows ``idx``), computed batch by batch so that no ``[n_prompts, pos,
+    d_model]`` block per node is held. The mean over all prompts is summed batch by batch once."""
+    check_kind(kind, what="ablation kind")
+    n = len(task)
+    if kind == "corrupted":
+        return lambda idx: node_outputs(model, task.corrupted[idx.to(task.corrupted.device)])
+    if kind == "resample":
+        perm = resample_permutation(n, seed=seed, prompts="clean")
+        return lambda idx: node_outputs(model, task.clean[perm[idx.cpu()].to(task.clean.device)])
+    if kind == "zero":
+        one = node_outputs(model, task.clean[:1])
+        zeros = {k: torch.zeros_like(v) for k, v in one.items()}
+        return lambda idx: zeros
+    prompts = task.corrupted if kind == "mean-corrupted" else task.clean  # "mean": the clean prompts'
+    total: dict[str, Tensor] = {}
+    for idx in prompt_batches(n, batch_size):
+        for k, v in node_outputs(model, prompts[idx.to(prompts.device)]).items():
+            total[k] = total.get(k, 0) + v.sum(0, keepdim=True)
+    mean = {k: v / n for k, v in total.items()}
+    return lambda idx: mean
+
+
+@contextmanager
+def stream_mode(model) -> Iterator[None]:
+    """The flags of a gradient attribution run: q / k / v read one shared ``[batch, pos, d_model]``
+    input (no per-head copies kept for the backward pass; each head's input gradient is rebuilt
+    from ``dM/d hook_q`` as the backward pass reaches it), ``hook_mlp_in`` on, grouped keys and
+    values ungrouped (one k / v per query head, as the graph's slots are)."""
+    cfg = model.cfg
+    flags = {"use_split_qkv_input": False, "use_hook_mlp_in": True}
+    if getattr(cfg, "n_key_value_heads", None) is not None:
+        flags["ungroup_grouped_query_attention"] = True
+    old = {k: getattr(cfg, k) for k in flags}
+    for k, v in flags.items():
+        setattr(cfg, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(cfg, k, v)

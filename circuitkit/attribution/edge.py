@@ -23,12 +23,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 from circuitkit import names
 from circuitkit.ablation.edges import (
     INPUT_HOOK,
     GraphIndex,
-    ablation_source,
     attn_output_norm,
     attn_pre_norm_sum,
     final_resid_hook,
@@ -45,11 +45,15 @@ from circuitkit.ablation.edges import (
 )
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
+    RECOMPUTE_BYTES,
+    batch_source,
+    budget_batch_size,
     check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
     scores_meta,
     source_rows,
+    stream_mode,
 )
 from circuitkit.attribution.mask import mask_ig_matrix
 from circuitkit.scores import Scores
@@ -63,7 +67,7 @@ def _edge_matrix(
     model,
     task,
     index: GraphIndex,
-    source: dict[str, Tensor],
+    source,
     steps: int | None,
     batch_size: int | None,
     progress: bool,
@@ -71,6 +75,8 @@ def _edge_matrix(
 ) -> Tensor:
     """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
 
+    ``source``: node outputs of every prompt (:func:`~circuitkit.ablation.edges.ablation_source`)
+    or ``idx -> those of prompts idx`` (:func:`~circuitkit.attribution.common.batch_source`).
     ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
     the clean outputs recorded in that same forward pass. Otherwise integrated gradients over
     ``steps`` points: the input embeddings are interpolated (``interpolate="inputs"``), or, one
@@ -80,21 +86,38 @@ def _edge_matrix(
     n_total = len(task)
     scores = torch.zeros(index.shape, device=model_device(model))
     batches = prompt_batches(n_total, batch_size)
+    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
     groups = output_groups(index) if steps is not None and interpolate == "activations" else [None]
     bar = tqdm(total=len(batches) * len(alphas) * len(groups), disable=not progress,
                desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
     for idx in batches:
         sub = task.subset(idx.cpu())
-        src = source_rows(source, idx)
-        # IG runs are not at the clean point, so the clean outputs come from their own pass.
-        clean = None if steps is None else node_outputs(model, sub.clean)
+        stack = _stack(index, source_of(idx), sub.clean.shape)
+        clean_input = None
+        if steps is not None:  # IG runs are not at the clean point: the clean outputs from their own pass
+            clean = node_outputs(model, sub.clean)
+            stack -= _stack(index, clean, sub.clean.shape)
+            clean_input = clean[names.INPUT]
+            del clean
         for group in groups:
             for alpha in alphas:
-                accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores, group)
+                _edge_grad_run(model, sub, index, stack, clean_input, alpha, n_total, scores, group)
                 bar.update()
+        del stack
     bar.close()
     return scores / (len(alphas) * len(groups))
+
+
+def _stack(index: GraphIndex, outputs: dict[str, Tensor], shape: torch.Size) -> Tensor:
+    """``[n_upstream, batch * pos, d_model]``: the nodes' outputs, one contiguous row block per
+    node (rows shared by all prompts, as a mean's, are repeated)."""
+    b, p = shape[0], shape[1]
+    first = outputs[index.upstream[0]]
+    out = torch.empty((len(index.upstream), b, p, first.shape[-1]), dtype=first.dtype, device=first.device)
+    for j, node in enumerate(index.upstream):
+        out[j] = outputs[node]
+    return out.reshape(len(index.upstream), b * p, -1)
 
 
 def output_groups(index: GraphIndex) -> list[tuple[str, list[str]]]:
@@ -111,34 +134,76 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
                            group: tuple[str, list[str]] | None = None) -> None:
     """Add one run's ``(out_source - out_clean) . dM/d input_v`` to ``scores``. ``clean=None``: EAP
     at the clean run. Otherwise IG at ``alpha``: the input embeddings are interpolated, or with
-    ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean."""
-    state: dict = {"clean": clean, "diff": None, "outputs": {}, "pre": {}, "z": {}}
+    ``group`` only that group's output, ``source + alpha (clean - source)``, everything else clean.
+    ``src`` / ``clean``: node id -> ``[batch or 1, pos, d_model]``."""
+    stack = _stack(index, src, sub.clean.shape)
+    if clean is not None:
+        stack -= _stack(index, clean, sub.clean.shape)
+    _edge_grad_run(model, sub, index, stack, None if clean is None else clean[names.INPUT], alpha, n_total,
+                   scores, group)
+
+
+def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Tensor | None, alpha: float,
+                   n_total: int, scores: Tensor, group: tuple[str, list[str]] | None = None) -> None:
+    """One forward + backward adding its scores to ``scores`` as the gradients arrive.
+
+    ``clean_input=None`` (EAP): ``stack`` holds the source outputs ``[n_upstream, rows, d_model]``
+    (``rows = batch * pos``) and becomes the differences in place once the run has recorded the
+    clean outputs. Otherwise ``stack`` is ``source - clean`` and the run is IG's at ``alpha``.
+    Each receiver's gradient is contracted with the differences when the backward pass reaches
+    it and then dropped: a head's q / k / v input gradient from ``dM/d hook_q`` (``W_Q`` and the
+    layer norm's backward, a few thousand rows at a time), an MLP's or the final residual's as it is.
+    """
+    at_clean = clean_input is None
+    b, p = sub.clean.shape[0], sub.clean.shape[1]
+    state: dict = {"diff": None, "outputs": {}, "pre": {}, "z": {}, "resid": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
+    raw_input_norm = is_post_norm(model.cfg)  # post-norm blocks feed the raw residual to attention
+
+    def head_cols(layer: int) -> slice:
+        return slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
 
     def diff() -> Tensor:
-        # [batch, pos, n_upstream, d_model]: source minus clean output of every upstream node
-        if state["diff"] is None:
-            cl = state["clean"] if state["clean"] is not None else split_outputs(model, index, state["outputs"])
-            d = torch.stack([(src[n] - cl[n]).expand_as(cl[n]) for n in index.upstream], dim=2)
-            for layer in post_norm_layers:  # a head reaches readers through its layer's norm: J_N diff
-                cols = slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
-                d[:, :, cols] = post_norm_head_diffs(model, layer, state["pre"][layer], d[:, :, cols], linear=True)
-            state["diff"] = d
-        return state["diff"]
+        # [n_upstream, rows, d_model]: source minus clean output of every upstream node
+        if state["diff"] is not None:
+            return state["diff"]
+        d = stack
+        if at_clean:
+            out = state["outputs"]
+            d[0] -= out[INPUT_HOOK].reshape(b * p, -1).to(d.dtype)
+            for layer in range(index.n_layers):
+                res = head_results(model, layer, out[result_hook(layer)])  # [b, p, h, d]
+                d[head_cols(layer)] -= res.permute(2, 0, 1, 3).reshape(index.n_heads, b * p, -1).to(d.dtype)
+                if index.has_mlp:
+                    col = 1 + layer * index.block + index.n_heads
+                    d[col] -= out[names.output_hook(names.mlp(layer))].reshape(b * p, -1).to(d.dtype)
+            state["outputs"] = {}
+        elif post_norm_layers:
+            d = d.clone()  # the run's own linearisation of each post-norm layer, not the shared raw difference
+        for layer in post_norm_layers:  # a head reaches readers through its layer's norm: J_N diff
+            cols = head_cols(layer)
+            heads = d[cols].reshape(index.n_heads, b, p, -1).permute(1, 2, 0, 3)
+            moved = post_norm_head_diffs(model, layer, state["pre"][layer], heads, linear=True)
+            d[cols] = moved.permute(2, 0, 1, 3).reshape(index.n_heads, b * p, -1).to(d.dtype)
+        state["diff"] = d
+        return d
 
     def input_hook(x, hook):
-        if state["clean"] is None:
+        if at_clean:
             state["outputs"][hook.name] = x.detach()
             state["leaf"] = x.detach().requires_grad_(True)
         else:
-            src_in = src[names.INPUT].to(x.dtype)
-            interpolated = src_in + input_alpha * (state["clean"][names.INPUT] - src_in)
-            state["leaf"] = interpolated.expand_as(x).detach().clone().requires_grad_(True)
+            shift = (1 - input_alpha) * stack[0].reshape(b, p, -1)
+            state["leaf"] = (clean_input.to(x.dtype) + shift.to(x.dtype)).expand_as(x).detach().clone().requires_grad_(True)
+        state["resid"][0] = state["leaf"].detach()
         return state["leaf"]
 
+    def record_resid(x, hook, layer: int):
+        state["resid"][layer] = x.detach()
+
     def record(x, hook):
-        if state["clean"] is None:
+        if at_clean:
             state["outputs"][hook.name] = x.detach()
 
     def record_z(x, hook, layer: int):
@@ -147,61 +212,118 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
             state["z"][layer] = x
             state["pre"][layer] = attn_pre_norm_sum(model, layer, head_results(model, layer, x.detach()))
 
-    def slot_hook(x, hook, rows: slice, n_cols: int, squeeze: bool):
-        def on_grad(grad):
-            d = diff()[:, :, :n_cols]
-            if squeeze:
-                scores[rows, :n_cols] += torch.einsum("bpnd,bpd->n", d, grad.to(d.dtype))[None]
-            else:
-                scores[rows, :n_cols] += torch.einsum("bpnd,bphd->hn", d, grad.to(d.dtype))
+    def head_grad(grad: Tensor, layer: int, which: int) -> None:
+        d = diff()
+        n_cols = index.n_before_slot_layer(layer)
+        row = layer * index.slots_per_layer + which * index.n_heads
+        block = model.blocks[layer]
+        norm = None if raw_input_norm else block.ln1
+        kind = _norm_kind(norm)
+        w = (block.attn.W_Q, block.attn.W_K, block.attn.W_V)[which].detach().to(d.dtype)  # [h, d_model, d_head]
+        if kind in ("ln", "rms") and hasattr(norm, "w"):  # the norm's weight folded into the projection
+            w = w * norm.w.detach().to(d.dtype)[None, :, None]
+        g = grad.reshape(b * p, index.n_heads, -1).to(d.dtype)
+        x = state["resid"][layer].reshape(b * p, -1)
+        n_heads, d_model = w.shape[0], w.shape[1]
+        step = max(1, RECOMPUTE_BYTES // (n_heads * d_model * d.element_size()))
+        total = torch.zeros((n_heads, n_cols), dtype=d.dtype, device=d.device)
+        for r0 in range(0, b * p, step):
+            r1 = min(b * p, r0 + step)
+            g_in = torch.einsum("rhe,hde->hrd", g[r0:r1], w)  # dM/d (normalised) split input, head-major
+            if kind in ("ln", "rms"):
+                _norm_backward_(g_in, x[r0:r1].to(d.dtype), norm.eps, centred=kind == "ln")
+            elif kind == "generic":
+                with torch.enable_grad():
+                    x_rep = x[r0:r1].detach()[None].expand(n_heads, -1, -1).requires_grad_(True)
+                    (g_in,) = torch.autograd.grad(norm(x_rep), x_rep, g_in)
+            total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
+        scores[row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
-        x.register_hook(on_grad)
+    def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
+        d = diff()
+        scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
+
+    def watch(fn, **kwargs):
+        def hook(x, hook):
+            if x.requires_grad:
+                x.register_hook(lambda grad: fn(grad, **kwargs))
+
+        return hook
 
     hooks: list = [(INPUT_HOOK, input_hook)]
     for layer in range(index.n_layers):
-        n_heads_before = index.n_before_slot_layer(layer)
+        if layer > 0:
+            hooks.append((names.hook("resid_pre", layer), _bind(record_resid, layer=layer)))
         for which, q in enumerate(names.QKV):
-            base = layer * index.slots_per_layer + which * index.n_heads
-            hooks.append((names.head_input_hook(layer, q), _bind(
-                slot_hook, rows=slice(base, base + index.n_heads), n_cols=n_heads_before, squeeze=False)))
+            hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
         hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
-            hooks.append((mlp_in_hook(layer), _bind(
-                slot_hook, rows=slice(row, row + 1), n_cols=index.n_before_slot_layer(layer, mlp=True), squeeze=True)))
+            hooks.append((mlp_in_hook(layer), watch(vector_grad, row=row,
+                                                    n_cols=index.n_before_slot_layer(layer, mlp=True))))
             hooks.append((names.output_hook(names.mlp(layer)), record))
-    last = len(index.slots) - 1
-    hooks.append((final_resid_hook(model), _bind(
-        slot_hook, rows=slice(last, last + 1), n_cols=len(index.upstream), squeeze=True)))
+    hooks.append((final_resid_hook(model), watch(vector_grad, row=len(index.slots) - 1, n_cols=len(index.upstream))))
     if group is not None and group[0] != INPUT_HOOK:
         # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
         # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
         # is the clean output: the value is clean + shift, and the gradient to the group's own
         # inputs is scaled by alpha.
+        cols = [index.upstream_index(n) for n in group[1]]
+        group_diff = stack[cols].sum(0).reshape(b, p, -1)  # sum of source - clean over the group
         first = names.parse_node(group[1][0])
         if first.kind == "head" and first.layer in post_norm_layers:
-            hooks.append((group[0], _post_norm_interpolation(model, first.layer, group[1], src, alpha, state)))
+            hooks.append((group[0], _post_norm_interpolation(model, first.layer, group_diff, alpha, state)))
         else:
-            shift = (1 - alpha) * sum(src[n] - clean[n] for n in group[1])
+            shift = (1 - alpha) * group_diff
             hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
-    with graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with stream_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total
+        del logits
         torch.autograd.grad(metric, state["leaf"])
 
 
-def _post_norm_interpolation(model, layer: int, heads: list[str], src: dict[str, Tensor], alpha: float, state: dict):
+def _norm_kind(norm) -> str:
+    """How a head's input gradient passes its layer norm: ``"none"`` (no norm before attention),
+    ``"ln"`` / ``"rms"`` (TransformerLens's LayerNorm / RMSNorm, with or without weights: in
+    closed form), ``"generic"`` (any other module: autograd)."""
+    if norm is None or isinstance(norm, torch.nn.Identity):
+        return "none"
+    if type(norm) in (LayerNorm, LayerNormPre):
+        return "ln"
+    if type(norm) in (RMSNorm, RMSNormPre):
+        return "rms"
+    return "generic"
+
+
+def _norm_backward_(grad: Tensor, x: Tensor, eps: float, centred: bool) -> None:
+    """In place: ``grad`` (``[heads, rows, d]``, at a LayerNorm's (``centred``) or RMSNorm's
+    normalised output, weight already applied) becomes the gradient at its input ``x`` (``[rows,
+    d]``, shared by every head): ``(g - mean g - x_hat mean(g x_hat)) / scale``."""
+    if centred:
+        x = x - x.mean(-1, keepdim=True)
+    inv_scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [rows, 1]
+    x_hat = x * inv_scale
+    along = torch.einsum("hrd,rd->hr", grad, x_hat) / x.shape[-1]
+    if centred:
+        grad -= grad.mean(-1, keepdim=True)
+    grad.addcmul_(x_hat[None], along[..., None], value=-1.0)
+    grad.mul_(inv_scale[None])
+
+
+def _post_norm_interpolation(model, layer: int, group_diff: Tensor, alpha: float, state: dict):
     """The hook at a post-norm layer's ``hook_attn_out`` for one activation-IG run: readers see
     ``N(alpha * pre + (1 - alpha) * pre_source)``, the edge-mask state with the heads' outgoing
     edges ablated by ``1 - alpha`` (gradients reach the heads' inputs scaled by ``alpha``), and the
-    layer's norm is linearised there."""
+    layer's norm is linearised there. The heads' inputs are clean, so ``pre_source`` is the live
+    sum plus ``group_diff`` (the heads' summed ``source - clean``)."""
     norm = attn_output_norm(model, layer)
-    source_pre = attn_pre_norm_sum(model, layer, torch.stack([src[n] for n in heads], dim=2))
 
     def hook(x, hook):
         live_pre = attn_pre_norm_sum(model, layer, head_results(model, layer, state["z"][layer]))
-        point = alpha * live_pre + (1 - alpha) * source_pre.to(live_pre.dtype)
+        source_pre = live_pre.detach() + group_diff.to(live_pre.dtype)
+        point = alpha * live_pre + (1 - alpha) * source_pre
         state["pre"][layer] = point.detach()
         return norm(point).to(x.dtype)
 
@@ -215,7 +337,7 @@ def _bind(fn, **kwargs):
     return hook
 
 
-def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source: dict[str, Tensor],
+def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
                  batch_size: int | None, progress: bool) -> Tensor:
     """``matrix`` with its q and k rows rescored by AtP*'s QK fix (Kramar et al. 2024).
 
@@ -223,7 +345,8 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source: dict[st
     or key input does. Here, for each edge ``u -> head<q|k>``, the head's attention pattern is
     recomputed exactly (TransformerLens's own attention layer, on the clean inputs with only u's
     contribution to that q / k input ablated), and the pattern change is multiplied by
-    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out.
+    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out. ``source``:
+    as in :func:`_edge_matrix`.
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
@@ -232,11 +355,12 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source: dict[st
     for layer in range(index.n_layers):
         base = layer * index.slots_per_layer
         out[base: base + 2 * index.n_heads] = 0.0
+    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
     for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
         saved = _clean_run_for_qk_fix(model, index, sub, len(task))
         clean = split_outputs(model, index, saved)
-        src = source_rows(source, idx)
+        src = source_of(idx)
         diffs = torch.stack([(src[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
         for layer in range(index.n_layers):  # post-norm layers: the exact change a head's ablation makes
             if attn_output_norm(model, layer) is not None:
@@ -351,6 +475,7 @@ def eap(
     seed: int = 0,
     progress: bool = True,
     qk_fix: bool = False,
+    max_memory: float | None = None,
 ) -> Scores:
     """Edge attribution patching over every edge of the model's graph.
 
@@ -362,14 +487,23 @@ def eap(
     by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
     forward + backward per batch and one attention-layer pass per sender).
 
+    Memory: each receiver's gradient is contracted with the sender differences as the backward
+    pass reaches it, so a batch holds one forward + backward pass and one ``[n_upstream, batch,
+    pos, d_model]`` block of differences. Batches get fewer prompts than ``batch_size`` where
+    ``max_memory`` (bytes; by default half the memory available at the call) holds fewer
+    (:func:`~circuitkit.attribution.common.memory_per_prompt`); ``ValueError`` before any work
+    when not even one prompt fits.
+
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
     """
     _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
-    source = ablation_source(model, task, ablation, seed=seed)
-    matrix = _edge_matrix(model, task, index, source, None, batch_size, progress)
+    size = budget_batch_size(model, index, task, "eap", batch_size, max_memory)
+    qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
+    source = batch_source(model, task, ablation, seed, size)
+    matrix = _edge_matrix(model, task, index, source, None, size, progress)
     if qk_fix:
-        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+        matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap")
     return _edge_scores(model, task, index, matrix, "eap", level, ablation=ablation, qk_fix=qk_fix)
 
@@ -385,6 +519,7 @@ def eap_ig(
     progress: bool = True,
     qk_fix: bool = False,
     interpolate: Literal["inputs", "activations", "mask"] = "inputs",
+    max_memory: float | None = None,
 ) -> Scores:
     """EAP with integrated gradients (Hanna et al. 2024).
 
@@ -403,26 +538,33 @@ def eap_ig(
     see ``alpha * live + (1 - alpha) * source``, so gradients reach the group's own inputs
     scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
     ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
-    ``steps=1`` still equals :func:`eap`.
+    ``steps=1`` still equals :func:`eap`. ``max_memory``: as in :func:`eap` (a batch holds three
+    blocks of sender outputs while its differences are built, then one).
 
     ``interpolate="mask"`` (auto-circuit's mask-gradient integrated gradients): every edge's mask
     moves from clean (0) to ablated (1) at once and an edge scores its mask gradient averaged over
     ``steps`` points from 0 to 1 inclusive (see :mod:`circuitkit.attribution.mask`; auto-circuit's
     ``integrated_grad_samples=steps - 1`` gives ``-steps`` times these scores). ``steps=1`` equals
-    :func:`eap`.
+    :func:`eap`. Its runs go through the edge-mask engine with every edge's mask live, which holds
+    the split q / k / v inputs: ``max_memory`` does not size its batches (give ``batch_size``).
     """
     _check_level(level)
     if interpolate not in INTERPOLATIONS:
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
                          f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
-    source = ablation_source(model, task, ablation, seed=seed)
     if interpolate == "mask":
-        matrix = mask_ig_matrix(model, task, index, source, steps, batch_size, progress)
+        size = qk_size = len(task) if batch_size is None else batch_size
     else:
-        matrix = _edge_matrix(model, task, index, source, steps, batch_size, progress, interpolate)
+        size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory)
+        qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
+    source = batch_source(model, task, ablation, seed, size)
+    if interpolate == "mask":
+        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress)
+    else:
+        matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate)
     if qk_fix:
-        matrix = _with_qk_fix(model, task, index, matrix, source, batch_size, progress)
+        matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap_ig")
     return _edge_scores(model, task, index, matrix, "eap-ig", level, ablation=ablation, steps=steps, qk_fix=qk_fix,
                         interpolate=interpolate)

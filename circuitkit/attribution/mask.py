@@ -28,11 +28,14 @@ def mask_alphas(steps: int) -> list[float]:
     return [0.0] if steps == 1 else [k / (steps - 1) for k in range(steps)]
 
 
-def mask_ig_matrix(model, task, index: GraphIndex, source: dict[str, Tensor], steps: int,
-                   batch_size: int | None, progress: bool) -> Tensor:
+def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_size: int | None,
+                   progress: bool) -> Tensor:
     """``[n_slots, n_upstream]``: the mean over :func:`mask_alphas` of ``dM/dm`` with every edge's
-    mask at that value (0 where the graph has no edge). ``steps * batches`` forward + backward
+    mask at that value (0 where the graph has no edge). ``source``: node outputs of every prompt
+    (:func:`~circuitkit.ablation.edges.ablation_source`) or ``idx -> those of prompts idx``
+    (:func:`~circuitkit.attribution.common.batch_source`). ``steps * batches`` forward + backward
     passes of the edge-mask engine."""
+    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
     device = model_device(model)
     valid = index.valid_mask(device)
     scores = torch.zeros(index.shape, device=device)
@@ -41,7 +44,7 @@ def mask_ig_matrix(model, task, index: GraphIndex, source: dict[str, Tensor], st
     bar = tqdm(total=len(batches) * len(alphas), disable=not progress, desc=f"EAP-IG ({steps} steps, mask)")
     for idx in batches:
         sub = task.subset(idx.cpu())
-        src = source_rows(source, idx)
+        src = source_of(idx)
         for alpha in alphas:
             mask = (valid.float() * alpha).requires_grad_(True)
             metric = sub.per_prompt(run_with_mask(model, sub.clean, mask, src)).sum() / len(task)

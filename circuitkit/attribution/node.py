@@ -8,12 +8,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.ablation.edges import INPUT_HOOK, GraphIndex, graph_mode, result_hook
+from circuitkit.ablation.edges import INPUT_HOOK, GraphIndex, result_hook
 from circuitkit.attribution.common import (
+    budget_batch_size,
     check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
     scores_meta,
+    stream_mode,
 )
 from circuitkit.scores import Scores
 
@@ -51,6 +53,7 @@ def attribution_patching(
     by_pos: bool = False,
     batch_size: int | None = None,
     progress: bool = True,
+    max_memory: float | None = None,
 ) -> Scores:
     """First-order estimate of patching each activation from the corrupted run into the clean run.
 
@@ -61,14 +64,16 @@ def attribution_patching(
     ``"z"``, ``"q"``, ``"k"``, ``"v"`` (per head), ``"pattern"`` (per head; positions are query
     positions), or a whole-layer site ``"resid_pre"``, ``"attn_out"``, ``"resid_mid"``,
     ``"resid_post"`` (labels ``resid_pre.2``). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
-    clean prompts and one forward on the corrupted prompts per batch.
+    clean prompts and one forward on the corrupted prompts per batch; batches hold at most
+    ``batch_size`` prompts and fewer where ``max_memory`` (bytes; by default half the memory
+    available) holds fewer, as in :func:`~circuitkit.attribution.eap`.
     """
     task, index = prepare_attribution(model, task, None, None, batch_size)
     hooks = _target_hooks(index, target)
     hook_names = {h for h, _, _ in hooks}
     n_total = len(task)
     totals: dict[str, Tensor] = {}
-    batches = prompt_batches(n_total, batch_size)
+    batches = prompt_batches(n_total, budget_batch_size(model, index, task, "nodes", batch_size, max_memory))
     for idx in tqdm(batches, disable=not progress or len(batches) < 2, desc=f"attribution patching ({target})"):
         sub = task.subset(idx.cpu())
         for h, per in _attribution_batch(model, sub, hook_names, n_total).items():
@@ -99,7 +104,7 @@ def attribution_patching(
 
 def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[str, Tensor]:
     """Per hook: ``sum over batch and features of (corrupted - clean) * grad``, ``[pos, ...]``."""
-    with graph_mode(model), torch.no_grad():
+    with stream_mode(model), torch.no_grad():
         _, corrupted = model.run_with_cache(sub.corrupted, names_filter=lambda n: n in hook_names)
     grads: dict[str, Tensor] = {}
     clean: dict[str, Tensor] = {}
@@ -114,7 +119,7 @@ def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[s
         return leaf[0]
 
     fwd = [(INPUT_HOOK, make_leaf)] + [(h, save) for h in sorted(hook_names)]
-    with graph_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
+    with stream_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
         metric = sub.per_prompt(model(sub.clean)).sum() / n_total
         torch.autograd.grad(metric, leaf[0])
     out = {}

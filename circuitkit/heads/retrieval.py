@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.attribution.common import DEFAULT_MEMORY_SHARE, available_memory
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
 
@@ -127,6 +128,31 @@ def rouge1_recall(produced: Sequence[int], answer: Sequence[int]) -> float:
     return sum(overlap.values()) / max(1, len(answer))
 
 
+def forward_memory_per_prompt(model, n_pos: int) -> int:
+    """Estimated peak bytes one prompt of ``n_pos`` tokens adds to a no-gradient forward pass: one
+    layer's attention scores, mask and pattern (``3 n_heads n_pos^2`` values), the logits and a
+    few residual-width activations per token."""
+    cfg = model.cfg
+    elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
+    per_token = 3 * cfg.n_heads * n_pos + cfg.d_vocab_out + 8 * cfg.d_model + 2 * (cfg.d_mlp or 0)
+    return int(elem * n_pos * per_token)
+
+
+def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, max_memory: float | None) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    budget = DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
+    n_pos = max(len(p.tokens) + len(p.answer) - 1 for p in prompts)
+    one = forward_memory_per_prompt(model, n_pos)
+    if one > budget:
+        raise ValueError(f"retrieval_scores: one prompt of {n_pos} tokens needs about {one / 2**30:.3g} GiB for its "
+                         f"forward pass but the memory budget is {budget / 2**30:.3g} GiB; pass a larger max_memory "
+                         "(bytes) or use shorter contexts")
+    return max(1, min(batch_size, int(budget // one)))
+
+
 def _batches(n: int, batch_size: int):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -181,6 +207,7 @@ def retrieval_scores(
     min_recall: float = MIN_RECALL,
     threshold: float = RETRIEVAL_THRESHOLD,
     progress: bool = True,
+    max_memory: float | None = None,
 ) -> Scores:
     """Retrieval score of every head, by teacher forcing (one forward pass per batch).
 
@@ -190,12 +217,19 @@ def retrieval_scores(
     ``tokens[j] == y_t``. Trial score = hits / answer length; a trial is kept when the
     ROUGE-1 recall of the produced tokens against the answer exceeds ``min_recall``.
 
+    Memory: each layer's pattern is reduced at once to the argmax rows the score reads
+    (``[batch, answer steps, heads]``), so a batch costs about a bare forward pass; batches hold
+    ``batch_size`` prompts, fewer where ``max_memory`` (bytes; by default half the memory
+    available) holds fewer (:func:`forward_memory_per_prompt`), and ``ValueError`` before any
+    run when one prompt does not fit.
+
     Returns head ``Scores`` (mean over kept trials) with ``meta``: ``per_prompt`` ``[n, L, H]``
     trial scores, ``recall`` ``[n]``, ``kept`` ``[n]`` bool, ``context_length`` / ``needle_depth``
     per trial, ``threshold`` and ``retrieval_heads`` (heads scoring above it).
     """
     prompts = needle_prompts(task_or_prompts)
     check_needle_prompts(model, prompts)
+    batch_size = _budget_batch_size(model, prompts, batch_size, max_memory)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     per_prompt = torch.zeros(len(prompts), n_layers, n_heads)
     recall = torch.zeros(len(prompts))

@@ -117,3 +117,23 @@ def test_any_tokenizer_single_token_answers_match_generation(bpe_tokenizer):
     slow = retrieval_scores_generate(model, task, min_recall=-1.0, progress=False)
     assert torch.equal(fast.meta["per_prompt"], slow.meta["per_prompt"])
     assert torch.equal(fast.meta["recall"], slow.meta["recall"])
+
+
+def test_memory_budget_chunks_prompts_and_refuses_what_cannot_fit(toy_model, toy_task):
+    from circuitkit.heads.retrieval import forward_memory_per_prompt
+
+    longest = max(len(p.tokens) + len(p.answer) - 1 for p in needle_prompts(toy_task))
+    one = forward_memory_per_prompt(toy_model, longest)
+    whole = retrieval_scores(toy_model, toy_task, progress=False)
+    runs = []
+    handle = toy_model.embed.register_forward_hook(lambda *args: runs.append(1))
+    try:
+        chunked = retrieval_scores(toy_model, toy_task, progress=False, max_memory=2.5 * one)  # 2 prompts a batch
+        assert len(runs) == -(-len(toy_task) // 2)
+        assert torch.equal(chunked.meta["per_prompt"], whole.meta["per_prompt"])
+        runs.clear()
+        with pytest.raises(ValueError, match="one prompt of .* tokens needs about .* max_memory"):
+            retrieval_scores(toy_model, toy_task, progress=False, max_memory=one / 2)
+        assert runs == []
+    finally:
+        handle.remove()

@@ -1,0 +1,306 @@
+"""Issue 23 benchmark: attribution at real model sizes, beside the compute floor of the same run.
+
+Random-weight models of two real shapes (TransformerLens ``HookedTransformerConfig``; vocabulary
+2,048 tokens so that the unembedding does not dominate):
+
+* ``gpt2``: GPT-2 small, 12 layers x 12 heads, d_model 768, d_mlp 3072, LayerNorm, learned
+  positions (32,491 edges with q / k / v separate);
+* ``pythia``: Pythia-410m, 24 layers x 16 heads, d_model 1024, d_mlp 4096, parallel attention and
+  MLP, rotary (rotary_dim 16).
+
+For each shape and prompt length (16 induction prompts by default) one worker process measures,
+one after another: a forward pass, a forward + backward pass (gradient to the input embeddings,
+what attribution needs), ``eap``, ``eap_ig`` (``--steps``), node attribution (``head_out``), exact
+edge patching of EAP's top ``--top-k`` edges, and auto-circuit's EAP where ``auto-circuit`` is
+installed. Each line: seconds and peak added memory (the process's resident-set high-water mark,
+reset before each measurement through ``/proc/self/clear_refs``, minus the resident set at its
+start; glibc is told to hand freed blocks back at once, ``MALLOC_MMAP_THRESHOLD_``), and the
+ratio to the method's floor: EAP = 1 forward + backward (its corrupted forward not counted),
+EAP-IG = steps x forward + backward + 2 forwards (clean and corrupted outputs), node attribution
+= forward + backward + forward. ``--retrieval`` adds retrieval scores on needle prompts of the
+given lengths beside a bare forward pass over the same prompts.
+
+Other programs share the CPU, so seconds are noisy; the ratios, measured side by side in one
+worker, are what counts. Run (about 8 minutes on 2 cores)::
+
+    OMP_NUM_THREADS=2 python benchmarks/scale.py
+    OMP_NUM_THREADS=2 python benchmarks/scale.py --shapes gpt2 --lengths 256 --methods eap,eap_ig --steps 2
+    OMP_NUM_THREADS=2 python benchmarks/scale.py --shapes gpt2 --lengths none --retrieval 1024,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    "gpt2": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, act_fn="gelu_new",
+                 normalization_type="LN", positional_embedding_type="standard"),
+    "pythia": dict(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096, act_fn="gelu",
+                   normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16,
+                   parallel_attn_mlp=True),
+}
+METHODS = ("eap", "eap_ig", "nodes", "exact_topk", "auto_circuit")
+# the default run: what fits in 10 minutes on 2 shared cores
+# (``eap_ig:2``: EAP-IG with 2 steps there, whatever ``--steps`` says; memory does not depend on steps)
+DEFAULT_PLAN = {("gpt2", 20): METHODS, ("gpt2", 64): ("eap", "eap_ig", "nodes"), ("gpt2", 256): ("eap", "eap_ig:2"),
+                ("pythia", 20): ("eap", "eap_ig"), ("pythia", 64): ("eap",), ("pythia", 256): ()}
+GiB = 2 ** 30
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's circuitkit, in every worker
+
+
+# --- measurement (worker side) ----------------------------------------------------------------
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def measure(fn):
+    """``(seconds, peak added bytes, result)`` of ``fn()``."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the resident-set high-water mark
+    start_rss = _status_kib("VmRSS:")
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = _status_kib("VmHWM:")
+    return seconds, (peak - start_rss) * 1024, out
+
+
+def build_model(shape: str, n_ctx: int):
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**SHAPES[shape], d_vocab=2048, n_ctx=n_ctx, seed=0, device="cpu",
+                                  model_name=f"random-{shape}-shape")
+    model = HookedTransformer(cfg)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    return model
+
+
+def induction_task(n_prompts: int, n_pos: int, seed: int = 0):
+    """Repeated random tokens ``r1..rL r1..r(L-1) -> rL`` (``2L = n_pos + 1``), corrupted first half."""
+    import torch
+
+    from circuitkit.tasks.task import Task
+
+    gen = torch.Generator().manual_seed(seed)
+    half = (n_pos + 1) // 2
+    seq = torch.stack([torch.randperm(2000, generator=gen)[: 2 * half + 1] + 10 for _ in range(n_prompts)])
+    first, other, wrong = seq[:, :half], seq[:, half: 2 * half], seq[:, -1]
+    clean = torch.cat([first, first], 1)[:, :n_pos]
+    corrupted = torch.cat([other, first], 1)[:, :n_pos]
+    answers = first[:, (n_pos - half) % half]
+    return Task("induction", clean, corrupted, answers[:, None], wrong[:, None], d_vocab=2048)
+
+
+def _floors(model, task):
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            return model(task.clean)
+
+    def forward_backward():
+        leaf = {}
+
+        def make_leaf(x, hook):
+            leaf["x"] = x.detach().requires_grad_(True)
+            return leaf["x"]
+
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", make_leaf)]), torch.enable_grad():
+            metric = task.score(model(task.clean))
+            torch.autograd.grad(metric, leaf["x"])
+
+    return forward, forward_backward
+
+
+def _auto_circuit_eap(model, task):
+    """auto-circuit's EAP (mask gradients) on the same prompts; None when it is not installed."""
+    try:
+        from auto_circuit.data import PromptPair, PromptPairBatch  # noqa: F401
+        from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
+        from auto_circuit.utils.graph_utils import patchable_model
+    except ImportError:
+        return None
+    import torch
+
+    pm = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
+    batch = PromptPairBatch(0, 1, task.clean, task.corrupted, task.answers, task.wrong_answers)
+
+    def run():
+        return mask_gradient_prune_scores(model=pm, dataloader=[batch], official_edges=None, grad_function="logit",
+                                          answer_function="avg_diff", mask_val=0.0)
+
+    return run
+
+
+def worker(spec: dict) -> list[dict]:
+    import torch
+
+    from circuitkit.attribution import attribution_patching, eap, eap_ig, exact_edge_patching
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    model = build_model(spec["shape"], max(1024, spec["n_pos"] + 1))
+    task = induction_task(spec["n_prompts"], spec["n_pos"])
+    steps, max_memory, methods = spec["steps"], spec["max_memory"], list(spec["methods"])
+    for m in list(methods):
+        if m.startswith("eap_ig:"):
+            steps = int(m.split(":")[1])
+            methods.append("eap_ig")
+    forward, forward_backward = _floors(model, task)
+    forward()  # warm-up: first-call costs are not anyone's floor
+    rows = []
+
+    def add(name, fn, floor=None):
+        seconds, peak, out = measure(fn)
+        rows.append(dict(method=name, seconds=seconds, peak_added_gib=peak / GiB, floor_s=floor))
+        return seconds, out
+
+    fwd_s, _ = add("forward", forward)
+    fb_s, _ = add("forward+backward", forward_backward)
+    kw = dict(ablation="corrupted", progress=False, max_memory=max_memory)
+    top = None
+    if "eap" in methods:
+        _, scores = add("eap", lambda: eap(model, task, **kw), floor=fb_s)
+        top = [scores.labels[i] for i in scores.values.abs().argsort(descending=True)[: spec["top_k"]]]
+    if "eap_ig" in methods:
+        add(f"eap_ig (steps={steps})", lambda: eap_ig(model, task, steps=steps, **kw),
+            floor=steps * fb_s + 2 * fwd_s)
+    if "nodes" in methods:
+        add("attribution_patching (head_out)", lambda: attribution_patching(model, task, progress=False,
+                                                                             max_memory=max_memory),
+            floor=fb_s + fwd_s)
+    if "exact_topk" in methods and top is not None:
+        add(f"exact_edge_patching (top {len(top)})",
+            lambda: exact_edge_patching(model, task, edges=top, ablation="corrupted", progress=False),
+            floor=(1 + len(top)) * fwd_s)
+    if "auto_circuit" in methods:
+        run = _auto_circuit_eap(model, task)
+        if run is None:
+            rows.append(dict(method="auto-circuit eap", note="not installed (pip install auto-circuit)"))
+        else:
+            try:
+                add("auto-circuit eap", run, floor=fb_s)
+            except Exception as err:  # its API moves between releases: report, do not lose the other lines
+                rows.append(dict(method="auto-circuit eap", note=f"failed: {type(err).__name__}: {err}"[:200]))
+    return rows
+
+
+def retrieval_worker(spec: dict) -> list[dict]:
+    """Retrieval scores on random-token needle prompts (a 1-token needle in the middle:
+    the token the random model itself produces at the end) beside a bare forward pass over the same prompts in one batch each."""
+    import torch
+
+    from circuitkit.heads import NeedlePrompt
+    from circuitkit.heads.retrieval import retrieval_scores, teacher_forced_batch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    n_pos = spec["n_pos"]
+    model = build_model(spec["shape"], n_pos + 8)
+    gen = torch.Generator().manual_seed(0)
+    prompts = []
+    for _ in range(spec["n_prompts"]):
+        tokens = torch.randint(10, 2000, (n_pos,), generator=gen)
+        mid = n_pos // 2
+        # a 1-token needle that the random model itself produces at the end, so the trial is kept
+        with torch.no_grad():
+            for _ in range(4):
+                answer = model(tokens[None])[0, -1].argmax()
+                if tokens[mid] == answer:
+                    break
+                tokens[mid] = answer
+        prompts.append(NeedlePrompt(tokens, mid, mid + 1, tokens[mid: mid + 1].clone()))
+    rows = []
+    seconds, peak, _ = measure(lambda: teacher_forced_batch(model, prompts, []))
+    rows.append(dict(method=f"bare forward ({len(prompts)} prompts)", seconds=seconds, peak_added_gib=peak / GiB))
+    seconds2, peak2, _ = measure(lambda: retrieval_scores(model, prompts, batch_size=len(prompts), progress=False,
+                                                          min_recall=0.0))
+    rows.append(dict(method="retrieval_scores", seconds=seconds2, peak_added_gib=peak2 / GiB, floor_s=seconds,
+                     memory_ratio=peak2 / max(peak, 1)))
+    return rows
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+def _run_worker(spec: dict, flag: str = "--worker") -> list[dict]:
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=path)
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [dict(method="(worker failed)", note=proc.stderr.strip().splitlines()[-1][:200])]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print(shape: str, n_pos: int, n_prompts: int, rows: list[dict]) -> None:
+    print(f"\n{shape}-shape, {n_prompts} prompts x {n_pos} tokens")
+    print(f"  {'method':38s} {'seconds':>8s} {'x floor':>8s} {'peak added GiB':>15s}")
+    for r in rows:
+        if "seconds" not in r:
+            print(f"  {r['method']:38s} {r.get('note', '')}")
+            continue
+        ratio = f"{r['seconds'] / r['floor_s']:.2f}" if r.get("floor_s") else ""
+        mem = f"{r['peak_added_gib']:.2f}"
+        if "memory_ratio" in r:
+            mem += f" ({r['memory_ratio']:.2f}x the bare forward)"
+        print(f"  {r['method']:38s} {r['seconds']:8.2f} {ratio:>8s} {mem:>15s}")
+    sys.stdout.flush()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="gpt2,pythia")
+    ap.add_argument("--lengths", default="20,64,256", help="prompt lengths, or 'none'")
+    ap.add_argument("--methods", default=None, help=f"comma-separated from {METHODS}; default: the plan that fits "
+                                                     "10 minutes (fewer methods at the larger sizes)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--top-k", type=int, default=8)
+    ap.add_argument("--max-memory-gib", type=float, default=3.0, help="attribution's max_memory")
+    ap.add_argument("--retrieval", default="", help="needle context lengths, e.g. 1024,4096 (GPT-2 shape)")
+    ap.add_argument("--retrieval-prompts", type=int, default=2)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--retrieval-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.retrieval_worker:
+        print(json.dumps(retrieval_worker(json.loads(args.retrieval_worker))))
+        return
+    lengths = [] if args.lengths == "none" else [int(x) for x in args.lengths.split(",")]
+    print(f"threads: {os.environ.get('OMP_NUM_THREADS', '(unset)')}; max_memory {args.max_memory_gib} GiB; "
+          f"EAP-IG steps {args.steps}")
+    t0 = time.perf_counter()
+    for shape in args.shapes.split(","):
+        for n_pos in lengths:
+            methods = args.methods.split(",") if args.methods else list(DEFAULT_PLAN.get((shape, n_pos), METHODS))
+            if not methods:
+                continue
+            spec = dict(shape=shape, n_pos=n_pos, n_prompts=args.prompts, steps=args.steps, methods=methods,
+                        top_k=args.top_k, max_memory=args.max_memory_gib * GiB)
+            _print(shape, n_pos, args.prompts, _run_worker(spec))
+    for n_pos in [int(x) for x in args.retrieval.split(",") if x]:
+        spec = dict(shape="gpt2", n_pos=n_pos, n_prompts=args.retrieval_prompts)
+        rows = _run_worker(spec, "--retrieval-worker")
+        _print("gpt2 (retrieval)", n_pos, args.retrieval_prompts, rows)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Streamed, memory-budgeted attribution against the obvious computation: every receiver's gradient
+kept from one split-input pass over all prompts, and the same method run unbatched."""
+
+import pytest
+import torch
+from architectures import family_model
+from oracles import split_input_edge_matrix
+
+from circuitkit.ablation import edges as g
+from circuitkit.attribution import eap, eap_ig
+from circuitkit.attribution.common import budget_batch_size, memory_per_prompt
+from circuitkit.tasks.builders import induction
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def task(word_tokenizer):
+    return induction(word_tokenizer, n_prompts=5, seq_len=4, seed=1)
+
+
+def _one_prompt(model, task, method="eap"):
+    """What one prompt costs in the budget: its activations and its share of the q / k / v rebuild."""
+    cfg = model.cfg
+    n_pos = task.clean.shape[1]
+    return memory_per_prompt(model, g.graph_index(model), n_pos, method) + 8 * cfg.n_heads * cfg.d_model * n_pos * 4
+
+
+def _budget(model, task, n_prompts, method="eap"):
+    """A max_memory that holds ``n_prompts`` prompts per batch and not one more."""
+    one = _one_prompt(model, task, method)
+    return one * n_prompts + one // 2
+
+
+# pre-norm GPT-2, parallel attention + MLP with rotary (Pythia), grouped-query attention (Llama-3)
+@pytest.mark.parametrize("family", ["gpt2", "pythia-gpt-neox", "llama-3"])
+def test_streamed_eap_equals_every_gradient_kept(word_tokenizer, task, family):
+    model = family_model(family, word_tokenizer)
+    index = g.graph_index(model)
+    oracle = split_input_edge_matrix(model, task, g.ablation_source(model, task, "corrupted"))
+    expected = oracle.reshape(-1)[index.flat_edge_index()]
+    assert expected.abs().max() > 1e-2
+    for max_memory in (None, _budget(model, task, 2)):  # one batch; batches of 2, 2, 1
+        got = eap(model, task, ablation="corrupted", progress=False, max_memory=max_memory)
+        torch.testing.assert_close(got.values, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("family", "kwargs"), [
+    ("gemma-2", dict(steps=2, ablation="resample", interpolate="activations")),  # post-norm, GQA
+    ("pythia-gpt-neox", dict(steps=3, ablation="mean")),  # parallel attention + MLP
+    ("pythia-gpt-neox", dict(steps=1, qk_fix=True)),
+])
+def test_budgeted_batches_equal_one_batch(word_tokenizer, task, family, kwargs):
+    model = family_model(family, word_tokenizer)
+    method = "qk_fix" if kwargs.get("qk_fix") else "eap_ig"
+    small = max(_budget(model, task, 2, method), _budget(model, task, 2, "eap_ig"))
+    assert budget_batch_size(model, g.graph_index(model), task, method, None, small) == 2
+    whole = eap_ig(model, task, progress=False, **kwargs)
+    split = eap_ig(model, task, progress=False, max_memory=small, **kwargs)
+    torch.testing.assert_close(split.values, whole.values, atol=1e-5, rtol=1e-4)
+
+
+def test_too_small_a_budget_is_refused_before_any_work(tiny_model, task):
+    runs = []
+    handle = tiny_model.embed.register_forward_hook(lambda *args: runs.append(1))
+    try:
+        for method, call in (("eap", eap), ("eap_ig", eap_ig)):
+            one = _one_prompt(tiny_model, task, method)
+            with pytest.raises(ValueError, match=rf"{method}: one prompt of 8 tokens needs about .* max_memory"):
+                call(tiny_model, task, progress=False, max_memory=one // 2)
+        with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
+            eap(tiny_model, task, progress=False, max_memory=-1)
+    finally:
+        handle.remove()
+    assert runs == []
+
+
+def test_memory_estimate_grows_with_the_work(word_tokenizer):
+    small = family_model("gpt2", word_tokenizer)
+    index = g.graph_index(small)
+    per = {m: memory_per_prompt(small, index, 16, m) for m in ("eap", "eap_ig", "qk_fix")}
+    assert per["eap"] < per["eap_ig"] < per["qk_fix"]
+    assert memory_per_prompt(small, index, 32, "eap") > 2 * memory_per_prompt(small, index, 16, "eap") * 0.99
+
+
+def test_batched_sources_are_the_ablation_sources(word_tokenizer, task):
+    """batch_source (built batch by batch) gives, for every ablation kind, the rows of
+    ablation_source (built from all prompts at once)."""
+    from circuitkit.ablation.kinds import ABLATION_KINDS
+    from circuitkit.attribution.common import batch_source, source_rows
+
+    model = family_model("gpt2", word_tokenizer)
+    idx = torch.tensor([1, 3, 4])
+    for kind in ABLATION_KINDS:
+        whole = source_rows(g.ablation_source(model, task, kind, seed=2), idx)
+        batched = batch_source(model, task, kind, 2, 2)(idx)
+        assert set(batched) == set(whole), kind
+        for node, value in whole.items():
+            torch.testing.assert_close(batched[node].expand_as(value), value, atol=1e-5, rtol=1e-5, msg=kind)
