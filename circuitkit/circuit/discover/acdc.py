@@ -10,7 +10,7 @@ from circuitkit.ablation.edges import ablation_source, graph_edges, graph_nodes,
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
-from circuitkit.tasks.metrics import kl_div
+from circuitkit.tasks.metrics import divergence
 
 
 def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION, metric: str = "kl", seed: int = 0,
@@ -20,7 +20,8 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
     ``threshold``.
 
     ``metric="kl"``: damage = KL(full model || circuit) at the answer position (the paper's
-    default). ``metric="task"``: damage = drop of the task metric. Edges off every ``input ->
+    default; for a model with one numeric output, the squared distance,
+    :func:`~circuitkit.tasks.metrics.divergence`). ``metric="task"``: damage = drop of the task metric. Edges off every ``input ->
     logits`` path are pruned.
 
     Every edge of the model gets a ``score``, the damage its removal causes at its turn in the
@@ -43,7 +44,7 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
     def damage(keep: set[str]) -> float:
         with torch.no_grad():
             logits = run_with_edges(model, task.clean, keep_edges=keep, source=source)
-        return float(kl_div(logits, task, full_logits).mean()) if metric == "kl" else -float(task.score(logits))
+        return float(divergence(logits, task, full_logits).mean()) if metric == "kl" else -float(task.score(logits))
 
     incoming: dict[str, list[str]] = {}
     for edge in edges:
