@@ -20,7 +20,13 @@ the subspaces its query / key / value (or MLP input) weights have non-zero rows 
 those its output weights have non-zero columns for; there is an edge wherever a reader reads a
 subspace the sender writes, and only edges on ``input -> logits`` paths are kept. tracr gives every
 variable its own subspace, written once, so this is the program's computation graph at the
-granularity of heads and MLPs.
+granularity of heads and MLPs. The card's circuit drops from it the edges that change nothing when
+zero-ablated alone on the card's task (:func:`inert_edges`; e.g. the query of an all-true
+selector, whose attention is the same whatever it reads): for ``reverse`` and ``frac_prevs`` what
+remains is exactly the circuit ACDC published (:data:`ACDC_PUBLISHED`).
+
+tracr numbers its variables with a process-wide counter (``hist_1``), so the residual labels in a
+card are those of a fresh process compiling that one program, as ``zoo train`` does.
 """
 
 from __future__ import annotations
@@ -178,6 +184,25 @@ def weight_circuit(model, eps: float = WEIGHT_EPS) -> Circuit:
     return Circuit.from_nodes_edges(edges=kept).prune_dangling()
 
 
+def zoo_task_of(program: str, seed: int, model):
+    """The card task of program ``program`` (what ``zoo_task`` builds from the card)."""
+    from circuitkit.tasks.rasp import rasp_task
+
+    return rasp_task(model, program, length=TASK_LENGTH, seed=seed)
+
+
+def inert_edges(model, task, edges: list[str], tolerance: float = 0.01) -> dict[str, float]:
+    """Of ``edges``, those whose zero ablation alone moves the task metric by less than
+    ``tolerance`` times the largest single-edge effect among them: ``{edge: effect}``. Zero
+    ablation, as ACDC scores tracr models: the compiled program reads every direction it needs
+    at a non-zero value, so removing a needed one always shows."""
+    from circuitkit.attribution import exact_edge_patching
+
+    effects = exact_edge_patching(model, task, edges, ablation="zero", progress=False).as_dict()
+    largest = max(abs(v) for v in effects.values())
+    return {e: round(v, 6) for e, v in effects.items() if abs(v) < tolerance * largest}
+
+
 def io_labels(model, labels: list[str], eps: float = WEIGHT_EPS) -> dict[str, dict[str, list[str]]]:
     """Per head / MLP, the residual labels it reads (per input) and writes: the card's record of
     which subspaces each component uses (components that read or write nothing are left out)."""
@@ -252,7 +277,9 @@ def build_tracr(program: str, seed: int = 0, progress: bool = True):
         i = mismatched[0]
         raise RuntimeError(f"{name}: the converted model differs from tracr on {len(mismatched)} inputs, e.g. "
                            f"{expected['inputs'][i]}: tracr {expected['outputs'][i]}")
-    reference = weight_circuit(model)
+    allowed = weight_circuit(model)
+    inert = inert_edges(model, zoo_task_of(program, seed, model), allowed.edges)
+    reference = Circuit.from_nodes_edges(edges=[e for e in allowed.edges if e not in inert]).prune_dangling()
     card = ZooCard(
         name=name,
         description=f"tracr-compiled RASP program {program} (tracr's lib), {model.cfg.n_layers} layers x "
@@ -265,7 +292,11 @@ def build_tracr(program: str, seed: int = 0, progress: bool = True):
                 "max_seq_len": spec.max_seq_len, "vocab": list(spec.vocab), "residual_labels": labels},
         circuit={"nodes": reference.nodes, "edges": reference.edges},
         evidence={"circuit": "read off the compiled weights: an edge wherever a component reads a residual "
-                             "subspace its sender writes (circuitkit.zoo.tracr.weight_circuit)",
+                             "subspace its sender writes (circuitkit.zoo.tracr.weight_circuit), less the edges "
+                             "that change nothing when zero-ablated alone on the card's task (inert_edges: "
+                             "they read only directions constant on it, e.g. an all-true selector's query)",
+                  "weight_edges": allowed.edges,
+                  "inert_edges": inert,
                   "component_subspaces": io_labels(model, labels),
                   "acdc_published_edges": ACDC_PUBLISHED.get(program, []),
                   "program_outputs": expected},

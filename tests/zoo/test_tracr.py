@@ -64,10 +64,20 @@ def test_task_scores_every_position(shipped):
 
 
 def test_reference_circuit_is_read_off_the_weights(shipped):
+    from circuitkit.attribution import exact_edge_patching
+
     name, program, model, card = shipped
-    derived = weight_circuit(model)
-    assert sorted(derived.edges) == sorted(card.circuit_edges) and derived.nodes == card.circuit_nodes
-    # a head whose weights are zeroed drops out with every edge through it
+    allowed = weight_circuit(model)
+    assert sorted(allowed.edges) == sorted(card.evidence["weight_edges"])
+    inert = card.evidence["inert_edges"]
+    kept = Circuit.from_nodes_edges(edges=[e for e in allowed.edges if e not in inert]).prune_dangling()
+    assert sorted(kept.edges) == sorted(card.circuit_edges) and kept.nodes == card.circuit_nodes
+    # the inert edges change nothing when zero-ablated; every circuit edge does
+    task = zoo_task(card, model)
+    effects = exact_edge_patching(model, task, allowed.edges, ablation="zero", progress=False).as_dict()
+    assert all(abs(effects[e]) < 1e-3 for e in inert)
+    assert all(abs(effects[e]) > 0.01 for e in card.circuit_edges)
+    # a head whose output weights are zeroed drops out with every edge through it
     head = next(n for n in card.circuit_nodes if n.startswith("a"))
     layer, index = int(head[1:].split(".")[0]), int(head.split(".h")[1])
     with torch.no_grad():
@@ -79,17 +89,13 @@ def test_reference_circuit_is_read_off_the_weights(shipped):
             model.blocks[layer].attn.W_O[index] = saved
 
 
-def test_acdc_published_circuits_are_inside_the_compiled_ones(shipped):
+def test_circuits_equal_acdc_published_ones(shipped):
     name, program, model, card = shipped
     published = ACDC_PUBLISHED.get(program)
     if not published:
         pytest.skip(f"ACDC published no circuit for {program}")
-    ours = set(card.circuit_edges)
-    assert set(published) <= ours  # ACDC found a subset by ablation; the weights allow these and a few more
-    extra = ours - set(published)
-    # the extras are inputs a head reads without effect here (constant 'one' / BOS terms), never outputs
-    assert all(not e.endswith("->logits") for e in extra)
-    assert Circuit.from_card(card).edges
+    assert sorted(card.circuit_edges) == sorted(published)
+    assert sorted(card.evidence["acdc_published_edges"]) == sorted(published)
 
 
 def test_verify_passes(shipped):
