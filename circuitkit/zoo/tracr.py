@@ -37,10 +37,12 @@ import math
 import torch
 
 from circuitkit import names
+from circuitkit.ablation.edges import graph_edges
 from circuitkit.ablation.nodes import AblationResult
+from circuitkit.attribution import exact_edge_patching
 from circuitkit.circuit.core import Circuit
-from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config
-from circuitkit.tasks.rasp import PROGRAMS, RaspProgram, every_input
+from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
+from circuitkit.tasks.rasp import PROGRAMS, RaspProgram, every_input, rasp_task
 from circuitkit.tokenizers import SPECIAL_TOKENS, word_level_tokenizer
 from circuitkit.zoo.evidence import node_evidence
 from circuitkit.zoo.handbuilt import mean_ablation_invisible_edges
@@ -158,8 +160,6 @@ def weight_circuit(model, eps: float = WEIGHT_EPS) -> Circuit:
     """The circuit the weights allow (see the module docstring): ``[d_model]`` read / write masks
     per component, an edge wherever a sender writes a dimension its receiver reads, pruned to
     ``input -> logits`` paths."""
-    from circuitkit.ablation.edges import graph_edges
-
     def nonzero(w: torch.Tensor, dim: int) -> torch.Tensor:  # [d_model] bool: dims with a weight
         return (w.abs() > eps).any(dim=tuple(d for d in range(w.ndim) if d != dim))
 
@@ -186,8 +186,6 @@ def weight_circuit(model, eps: float = WEIGHT_EPS) -> Circuit:
 
 def zoo_task_of(program: str, seed: int, model):
     """The card task of program ``program`` (what ``zoo_task`` builds from the card)."""
-    from circuitkit.tasks.rasp import rasp_task
-
     return rasp_task(model, program, length=TASK_LENGTH, seed=seed)
 
 
@@ -196,8 +194,6 @@ def inert_edges(model, task, edges: list[str], tolerance: float = 0.01) -> dict[
     ``tolerance`` times the largest single-edge effect among them: ``{edge: effect}``. Zero
     ablation, as ACDC scores tracr models: the compiled program reads every direction it needs
     at a non-zero value, so removing a needed one always shows."""
-    from circuitkit.attribution import exact_edge_patching
-
     effects = exact_edge_patching(model, task, edges, ablation="zero", progress=False).as_dict()
     largest = max(abs(v) for v in effects.values())
     return {e: round(v, 6) for e, v in effects.items() if abs(v) < tolerance * largest}
@@ -308,8 +304,6 @@ def build_tracr(program: str, seed: int = 0, progress: bool = True):
 def _record_measurements(model, card) -> None:
     """Accuracy and the evidence schema's figures on the card's task, recovery measured against
     the same floor ``zoo verify`` uses (the corrupted run; all ablated for a numeric output)."""
-    from circuitkit.models.zoo_store import zoo_task
-
     task = zoo_task(card, model)
     report = measure(model, task, card)
     components = names.model_components(model)
