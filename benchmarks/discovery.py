@@ -73,6 +73,14 @@ def zoo_cases(only=None, max_prompts=None):
         yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
 
 
+def _node_auc(scores, reference, by_abs: bool) -> float:
+    """Node ROC-AUC, NaN where the reference holds every node (tracr-hist: both its components)."""
+    nodes = {n for label in scores.labels for n in label.split("<")[0].split("->")} - {"input", "logits"}
+    if not reference.nodes or nodes <= set(reference.nodes):
+        return math.nan
+    return roc_auc(scores, reference, level="node", by_abs=by_abs)
+
+
 SIGNS = {"edge-pruning": "mib", "acdc": "mib"}  # higher = more needed; the estimators' needed edges are negative
 
 
@@ -96,12 +104,13 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
         if method == "acdc":  # every edge scored: its damage at its turn, 0 for the untried (see acdc)
             raw = circuit.scores("edge")
         capped = cap_by_route(raw)
-        sign = SIGNS.get(method, "circuitkit")
+        # an estimate of m(ablated) - m(clean) is positive for needed edges when lower m is better (mse)
+        sign = SIGNS.get(method, "mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
         # ACDC's damage is signed (removal can help); ranking it by |damage| would reward that
         by_abs = method != "acdc"
         auc = roc_auc(capped, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
         auc_raw = roc_auc(raw, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
-        auc_nodes = roc_auc(capped, reference, level="node", by_abs=by_abs) if reference.nodes else math.nan
+        auc_nodes = _node_auc(capped, reference, by_abs)
         curve = faithfulness_curve(model, task, raw, ablation=ablation, evaluator=evaluator, sign=sign)
         top = rank_edges(raw, evaluator.model_edges, by_abs, sign)[:n_budget]
         nodes = overlap(circuit, reference, "node") if reference.nodes else None
