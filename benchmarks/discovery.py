@@ -96,8 +96,13 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
     n_budget = budget or (len(reference.edges) if reference.edges else max(1, len(evaluator.model_edges) // 10))
     for method in methods:
         start = time.perf_counter()
-        raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
-                                                        interpolate=interpolate)
+        try:
+            raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
+                                                            interpolate=interpolate)
+        except ValueError as exc:  # e.g. EAP on an mse task: the metric's gradient is 0 at the clean run
+            print(f"{name} {method}: not run ({str(exc).split(';')[0]})", flush=True)
+            rows.append({"model": name, "method": method})
+            continue
         circuit = discover(model, task, method, ablation=ablation, steps=steps, scores=raw,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start

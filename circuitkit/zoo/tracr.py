@@ -146,7 +146,7 @@ def convert(tracr_model, program, spec: RaspProgram, tokenizer, name: str):
     if spec.categorical:
         for value in spec.outputs:
             label = f"{program.label}:{value}"
-            if label in labels:  # hist's count 0 never occurs (every token counts itself): no subspace
+            if label in labels:  # a value tracr gave no subspace (never produced) keeps a zero column
                 state["unembed.W_U"][labels.index(label), vocab[value]] = 1.0
     else:
         state["unembed.W_U"][labels.index(program.label), 0] = 1.0
