@@ -5,8 +5,7 @@ location ``log_alpha_e``; a run keeps ``z_e`` of the edge's live value and ablat
 (the edge-mask state of :func:`~circuitkit.ablation.edges.run_with_mask`, so every architecture
 the edge graph supports is supported). The objective is faithfulness to the full model, KL(full ||
 masked) at the answer position(s) (the squared distance for a model with one numeric output:
-:func:`~circuitkit.tasks.metrics.divergence`), divided by its value with every edge ablated so
-that the sparsity weight means the same on every model, plus ``sparsity`` times the expected fraction of edges kept; the
+:func:`~circuitkit.tasks.metrics.divergence`), plus ``sparsity`` times the expected fraction of edges kept; the
 sparsity weight grows until the expected number of kept edges reaches ``target_edges`` (a simple
 stand-in for the paper's Lagrangian). Each edge's score is the probability that its learned gate
 is open (``P(z_e > 0)``, in float64 so that ranks do not tie where gates saturate): rank them
@@ -83,10 +82,6 @@ def edge_pruning(
     flat = index.flat_edge_index().to(device)
     with torch.no_grad():
         full_logits = model(task.clean)
-        # faithfulness in units of "every edge ablated", so the sparsity weight means the same on every model
-        empty = float(divergence(run_with_mask(model, task.clean, torch.ones(index.shape, device=device), source),
-                                 task, full_logits).mean())
-    scale = 1.0 / empty if empty > 1e-12 else 1.0
     generator = torch.Generator().manual_seed(seed)
     log_alpha = torch.full((n_edges,), 3.0, device=device, requires_grad=True)  # start near "keep all"
     optimizer = torch.optim.Adam([log_alpha], lr=lr)
@@ -101,7 +96,7 @@ def edge_pruning(
             with torch.enable_grad():
                 faithfulness = divergence(run_with_mask(model, task.clean, mask, source), task, full_logits).mean()
                 kept = _expected_kept(log_alpha).sum()
-                loss = faithfulness * scale + weight * kept / n_edges
+                loss = faithfulness + weight * kept / n_edges
                 optimizer.zero_grad()
                 loss.backward()
             optimizer.step()
