@@ -3,10 +3,20 @@
 For every zoo model whose card records a reference circuit, run each discovery method
 (``circuitkit.circuit.discover``: score every edge, cap each score by its receiver's widest route
 to the logits, prune to the smallest circuit reaching faithfulness 0.9; ACDC prunes itself) and
-report ROC-AUC of the scores against the reference (edges when the card lists edges, else nodes;
-``auc`` ranks by the route-capped scores discovery uses, ``auc_raw`` by the raw estimates), node precision / recall of the pruned circuit,
-its faithfulness and the seconds taken. ``auc_nodes`` ranks nodes by the summed |score| of their
-edges. Reference edges that a card measured as invisible to mean ablation
+report, over every edge of the model:
+
+* ``auc`` / ``auc_raw``: ROC-AUC against the reference (edges when the card lists edges, else
+  nodes) of the route-capped scores discovery ranks by, and of the method's own scores. ACDC scores
+  every edge too (its damage at its turn; untried edges 0, see ``acdc``), ranked signed; edge
+  pruning by its gates' open probability. ``auc_nodes`` ranks nodes by their edges' summed |score|.
+* ``precision`` / ``recall`` of the pruned circuit's nodes, its ``faithfulness``;
+* ``f_budget``: faithfulness of the top ``budget`` edges by raw score (default budget: the
+  reference's edge count), the same size for every method;
+* ``cpr`` / ``cmd``: MIB's areas under the faithfulness curve (``faithfulness_curve``, MIB's
+  grid, dangling edges pruned), CPR higher and CMD lower is better;
+* ``seconds`` for scoring + pruning.
+
+Reference edges that a card measured as invisible to mean ablation
 (``evidence["mean_ablation_invisible_edges"]``: no effect when mean-ablated, a large one when
 zero-ablated, as they carry only what every prompt shares there, e.g. position) are left out of the
 edge AUC under mean ablation (column ``hidden``); other ablations score every edge.
@@ -14,8 +24,9 @@ edge AUC under mean ablation (column ``hidden``); other ablations score every ed
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
 
-    python benchmarks/discovery.py [--methods eap-ig eap exact acdc] [--ablation mean] [--interpolate inputs] [--models NAME ...]
-                                   [--max-prompts N] [--out table.parquet]
+    python benchmarks/discovery.py [--methods eap-ig eap exact edge-pruning acdc] [--ablation mean]
+                                   [--interpolate inputs] [--models NAME ...] [--max-prompts N]
+                                   [--budget N] [--out table.parquet]
 """
 
 from __future__ import annotations
@@ -62,31 +73,60 @@ def zoo_cases(only=None, max_prompts=None):
         yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
 
 
+def _node_auc(scores, reference, by_abs: bool) -> float:
+    """Node ROC-AUC, NaN where the reference holds every node (tracr-hist: both its components)."""
+    nodes = {n for label in scores.labels for n in label.split("<")[0].split("->")} - {"input", "logits"}
+    if not reference.nodes or nodes <= set(reference.nodes):
+        return math.nan
+    return roc_auc(scores, reference, level="node", by_abs=by_abs)
+
+
+SIGNS = {"edge-pruning": "mib", "acdc": "mib"}  # higher = more needed; the estimators' needed edges are negative
+
+
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
-             interpolate: str = "inputs") -> list[dict]:
+             interpolate: str = "inputs", budget: int | None = None) -> list[dict]:
+    from circuitkit.circuit.evaluate import EdgeEvaluator, faithfulness_curve, rank_edges
+    from circuitkit.circuit.routes import cap_by_route
+
     rows = []
     ref_level = "edge" if reference.level == "edge" else "node"
     hidden = set(invisible) if ablation == "mean" else set()
+    evaluator = EdgeEvaluator(model, task, ablation)
+    n_budget = budget or (len(reference.edges) if reference.edges else max(1, len(evaluator.model_edges) // 10))
     for method in methods:
         start = time.perf_counter()
-        raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
-                                                        interpolate=interpolate)
+        try:
+            raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
+                                                            interpolate=interpolate)
+        except ValueError as exc:  # e.g. EAP on an mse task: the metric's gradient is 0 at the clean run
+            print(f"{name} {method}: not run ({str(exc).split(';')[0]})", flush=True)
+            rows.append({"model": name, "method": method})
+            continue
         circuit = discover(model, task, method, ablation=ablation, steps=steps, scores=raw,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start
-        auc = auc_raw = auc_nodes = math.nan
-        if method != "acdc":  # ACDC tries edges greedily and scores only some; no ranking to score
-            auc = roc_auc(circuit.scores("edge"), reference, level=ref_level, ignore=hidden)
-            auc_raw = roc_auc(raw, reference, level=ref_level, ignore=hidden)
-            if reference.nodes:
-                auc_nodes = roc_auc(circuit.scores("edge"), reference, level="node")
+        if method == "acdc":  # every edge scored: its damage at its turn, 0 for the untried (see acdc)
+            raw = circuit.scores("edge")
+        capped = cap_by_route(raw)
+        # an estimate of m(ablated) - m(clean) is positive for needed edges when lower m is better (mse)
+        sign = SIGNS.get(method, "mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
+        # ACDC's damage is signed (removal can help); ranking it by |damage| would reward that
+        by_abs = method != "acdc"
+        auc = roc_auc(capped, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
+        auc_raw = roc_auc(raw, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
+        auc_nodes = _node_auc(capped, reference, by_abs)
+        curve = faithfulness_curve(model, task, raw, ablation=ablation, evaluator=evaluator, sign=sign)
+        top = rank_edges(raw, evaluator.model_edges, by_abs, sign)[:n_budget]
         nodes = overlap(circuit, reference, "node") if reference.nodes else None
-        rows.append({"model": name, "method": method, "auc": auc, "auc_raw": auc_raw, "auc_level": ref_level, "hidden": len(hidden),
-                     "auc_nodes": auc_nodes,
+        rows.append({"model": name, "method": method, "auc": auc, "auc_raw": auc_raw, "auc_level": ref_level,
+                     "hidden": len(hidden), "auc_nodes": auc_nodes,
                      "precision": nodes.precision if nodes else math.nan,
                      "recall": nodes.recall if nodes else math.nan,
                      "edges": len(circuit.edges), "of": circuit.graph.number_of_edges(),
-                     "faithfulness": circuit.meta["faithfulness"], "seconds": seconds})
+                     "faithfulness": circuit.meta["faithfulness"],
+                     "budget": n_budget, "f_budget": evaluator.faithfulness(top),
+                     "cpr": curve.attrs["cpr"], "cmd": curve.attrs["cmd"], "seconds": seconds})
     return rows
 
 
@@ -101,6 +141,8 @@ def main(argv=None) -> None:
                         help="EAP-IG's path: the input embeddings, or each layer's outputs in turn")
     parser.add_argument("--models", nargs="*", default=None, help="zoo models to run (default: all with a circuit)")
     parser.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts per task")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="edges kept for f_budget (default: the reference's edge count, else a tenth of the graph)")
     parser.add_argument("--out", default=None, help="also write the table as Parquet")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,14 +151,16 @@ def main(argv=None) -> None:
     rows = []
     for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
         rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
-                         args.interpolate)
+                         args.interpolate, args.budget)
         print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")
         model, task, reference = fallback_model()
-        rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps)
+        rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps,
+                        budget=args.budget)
     table = pd.DataFrame(rows)
-    print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL)"
+    print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL); "
+          "auc: route-capped scores, auc_raw: the method's own; f_budget: top-`budget` raw edges; cpr / cmd: MIB's"
           + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else ""))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.out:

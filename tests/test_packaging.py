@@ -60,7 +60,7 @@ def test_the_wheel_carries_every_zoo_file(installed):
         shipped = {n for n in zf.namelist() if n.startswith("circuitkit/data/zoo/")}
     expected = {f"circuitkit/data/zoo/{name}/{f}" for name in BUNDLED
                 for f in ("card.json", "model.safetensors", "tokenizer.json")}
-    assert len(expected) == 21 and expected <= shipped
+    assert len(expected) == 30 and expected <= shipped
 
 
 def test_installed_package_is_the_wheel_not_the_checkout(installed):
@@ -70,11 +70,11 @@ def test_installed_package_is_the_wheel_not_the_checkout(installed):
     assert all(str(ROOT) not in w and "site-packages" in w for w in where), where
 
 
-def test_zoo_list_shows_all_seven_models_from_outside_the_checkout(installed):
+def test_zoo_list_shows_all_ten_models_from_outside_the_checkout(installed):
     _, bin_dir, work, env, _ = installed
     out = _run([str(bin_dir / "circuitkit"), "zoo", "list"], work, env)
     listed = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert listed == BUNDLED and len(listed) == 7
+    assert listed == BUNDLED and len(listed) == 10
 
 
 def test_readme_quickstart_runs_from_the_wheel(installed):

@@ -34,12 +34,13 @@ from circuitkit.circuit.features import (
     top_features,
 )
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
+from circuitkit.circuit.published import PUBLISHED, published_circuit
 from circuitkit.circuit.routes import cap_by_route, route_widths
 
 __all__ = [
-    "FORMATS", "METHODS", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
+    "FORMATS", "METHODS", "PUBLISHED", "Circuit", "CircuitEvaluation", "EdgeEvaluator", "Overlap", "acdc", "completeness",
     "convert", "discover", "edge_pruning", "evaluate", "faithfulness", "faithfulness_curve", "iou", "load_circuit",
-    "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "rank_auc", "recall", "roc_auc",
+    "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "published_circuit", "rank_auc", "recall", "roc_auc",
     "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
     "EstimateCheck", "FeatureCircuitEvaluation", "check_estimates", "evaluate_feature_circuit", "feature_circuit",
     "graph_circuit", "top_features",

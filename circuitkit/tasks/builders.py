@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitkit.tasks.rasp import rasp_task
 from circuitkit.tasks.task import PAD_ANSWER, Task, TaskError
 from circuitkit.tokenizers import (
     continuation_ids,
@@ -430,6 +431,7 @@ BUILDERS = {
     "greater_than": greater_than,
     "multiple_choice": multiple_choice,
     "needle": needle,
+    "tracr": rasp_task,
 }
 
 
@@ -456,7 +458,8 @@ def check_builder_params(name: str, params: dict) -> None:
 
 
 def build_task(name: str, model_or_tokenizer, **params) -> Task:
-    """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``)."""
+    """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``,
+    ``tracr``: a tracr-compiled RASP program's task, :func:`circuitkit.tasks.rasp.rasp_task`)."""
     check_builder_params(name, params)
     return BUILDERS[name](model_or_tokenizer, **params)
 

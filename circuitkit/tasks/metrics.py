@@ -90,6 +90,17 @@ def kl_div(logits: Tensor, task: Task, reference: Tensor | None = None) -> Tenso
     return task.reduce_positions(F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1))
 
 
+def divergence(logits: Tensor, task: Task, reference: Tensor) -> Tensor:
+    """How far ``logits`` are from ``reference`` (the full model's) at the answer position(s),
+    ``[batch]``: KL(reference || model) over the vocabulary, or, for a model with one numeric
+    output (``d_vocab_out = 1``, e.g. tracr's ``frac_prevs``, where a softmax over one logit is
+    always 1 and KL always 0), the squared distance of the output."""
+    if logits.shape[-1] > 1:
+        return kl_div(logits, task, reference)
+    diff = (final_logits(logits, task) - final_logits(reference.to(logits.device), task)).float()[..., 0]
+    return task.reduce_positions(diff ** 2)
+
+
 def _output_and_target(logits: Tensor, task: Task) -> tuple[Tensor, Tensor]:
     """The model's numeric output at the answer position(s) and ``task.data["target"]``.
 

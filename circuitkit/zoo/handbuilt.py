@@ -358,14 +358,15 @@ def _record_measurements(model, card) -> None:
     })
 
 
-def mean_ablation_invisible_edges(model, task, edges: list[str]) -> dict[str, dict[str, float]]:
+def mean_ablation_invisible_edges(model, task, edges: list[str], scale: float | None = None) -> dict[str, dict[str, float]]:
     """Circuit edges that change nothing when mean-ablated alone (|effect| < 1 % of the full
     metric) yet matter when zero-ablated (> 20 %), with both exact effects (metric change / full
     metric). They carry what is the same in every prompt at their positions: position (the
     previous-token head's query and key), or a token every prompt has there (the question's last
-    word). Mean ablation keeps it, so no method scored under mean ablation can see these edges."""
+    word). Mean ablation keeps it, so no method scored under mean ablation can see these edges.
+    ``scale`` replaces |full metric| as the unit (a distance metric is 0 on the full model)."""
     with torch.no_grad():
-        full = abs(float(task.score(model(task.clean))))
+        full = abs(float(task.score(model(task.clean)))) if scale is None else abs(float(scale))
     mean = exact_edge_patching(model, task, edges, ablation="mean", progress=False)
     zero = exact_edge_patching(model, task, edges, ablation="zero", progress=False)
     out = {}

@@ -1,7 +1,8 @@
 """How each zoo model is (re)built: ``RECIPES[name](seed=..., progress=...) -> (model, tokenizer, card)``.
 
 Hand-built models are set by construction (:mod:`circuitkit.zoo.handbuilt`); trained models by
-their recipes (:mod:`circuitkit.zoo.training`).
+their recipes (:mod:`circuitkit.zoo.training`); tracr models are compiled RASP programs
+(:mod:`circuitkit.zoo.tracr`, needs the ``tracr`` extra).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitkit.models.zoo_store import save_zoo_model, user_zoo_dir
-from circuitkit.zoo import handbuilt, training
+from circuitkit.zoo import handbuilt, tracr, training
 
 Builder = Callable[..., tuple[Any, Any, Any]]  # (seed=0, progress=True) -> (model, tokenizer, ZooCard)
 
@@ -19,6 +20,7 @@ RECIPES: dict[str, Builder] = {
     "induction-handbuilt": handbuilt.build_induction,
     "retrieval-handbuilt": handbuilt.build_retrieval,
     **training.RECIPES,
+    **tracr.RECIPES,
 }
 
 

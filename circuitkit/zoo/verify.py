@@ -9,7 +9,11 @@ Definitions (shared by hand-built and trained models, and by the evidence stored
 * edge faithfulness (cards that list edges): :func:`circuitkit.circuit.evaluate` faithfulness of the
   card's edges alone (every other edge mean-ablated), and of the model with only those edges ablated;
 
-mean ablation takes its means over the task's clean prompts. A model passes when circuit-only
+mean ablation takes its means over the task's clean prompts. Recovery is 1 for the intact model and 0
+for the corrupted run; on a task scoring a numeric output by distance (``mse`` / ``l2``, tracr's
+``frac_prevs``) 0 is instead every head and MLP mean-ablated (the output then predicts its mean,
+which already halves a random other input's squared error, so "as bad as corrupted" is out of reach
+for any ablation). A model passes when circuit-only
 recovery >= :data:`MIN_CIRCUIT_ONLY`, circuit-ablated recovery < :data:`MAX_CIRCUIT_ABLATED`,
 accuracy >= the card's accuracy - :data:`ACCURACY_TOLERANCE` and, where the card lists edges, the
 edges alone are >= :data:`MIN_CIRCUIT_ONLY` faithful and ablating them leaves < :data:`MAX_CIRCUIT_ABLATED`.
@@ -30,6 +34,7 @@ from circuitkit.models.zoo_store import load_zoo_model, zoo_card, zoo_task
 MIN_CIRCUIT_ONLY = 0.9
 MAX_CIRCUIT_ABLATED = 0.2
 ACCURACY_TOLERANCE = 0.02
+DISTANCE_METRICS = ("mse", "l2")  # numeric outputs scored by distance to a target
 
 
 @dataclass
@@ -53,6 +58,7 @@ class VerifyReport:
     edge_ablated_faithfulness: float | None = None
     n_edges: int = 0
     edges_checked: bool = False  # whether the card lists edges (then the edge figures must pass too)
+    floor: str = "corrupted"  # what recovery 0 is: the corrupted run, or "all ablated" (numeric outputs)
 
     @property
     def failures(self) -> list[str]:
@@ -78,7 +84,8 @@ class VerifyReport:
         recorded = f" (recorded {self.recorded_accuracy:.3f})" if self.recorded_accuracy is not None else ""
         lines = [
             f"zoo model {self.name}: {self.n_prompts} prompts, metric {self.metric}",
-            f"  full model metric          {self.full_metric:.4f}  (corrupted {self.corrupted_metric:.4f})",
+            f"  full model metric          {self.full_metric:.4f}  ({self.floor} {self.corrupted_metric:.4f}, "
+            "recovery 0)",
             f"  accuracy                   {self.accuracy:.4f}{recorded}",
             f"  circuit-only recovery      {self.circuit_only:.4f}  (needs >= {MIN_CIRCUIT_ONLY}; "
             f"{len(self.complement_components)} components outside the circuit mean-ablated)",
@@ -133,7 +140,12 @@ def measure(model, task, card, kind: str = "mean") -> VerifyReport:
     inside, outside = split_components(model, card.circuit_nodes)
     if not inside:
         raise ValueError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
-    results, acc = ablate_each(model, task, [outside, inside], kind=kind, with_accuracy=True)
+    floor = "all ablated" if task.metric_name in DISTANCE_METRICS else "corrupted"
+    sets = [outside, inside] + ([inside + outside] if floor != "corrupted" else [])
+    results, acc = ablate_each(model, task, sets, kind=kind, with_accuracy=True)
+    if floor != "corrupted":
+        everything = results.pop()
+        results = [AblationResult(r.components, r.kind, r.clean, r.ablated, everything.ablated) for r in results]
     circuit_only, circuit_ablated = results
     edge_figures = {}
     if card.circuit_edges:
@@ -146,7 +158,7 @@ def measure(model, task, card, kind: str = "mean") -> VerifyReport:
         name=card.name, metric=task.metric_name, full_metric=circuit_ablated.clean,
         corrupted_metric=circuit_ablated.baseline, accuracy=acc, recorded_accuracy=card.accuracy,
         circuit_only=circuit_only.recovered, circuit_ablated=circuit_ablated.recovered,
-        circuit_components=inside, complement_components=outside, n_prompts=len(task), **edge_figures,
+        circuit_components=inside, complement_components=outside, n_prompts=len(task), floor=floor, **edge_figures,
     )
 
 

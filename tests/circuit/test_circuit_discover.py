@@ -73,3 +73,23 @@ def test_discover_ranks_by_route_capped_scores_unless_told_not_to(known_model, k
     assert capped.meta["route_cap"] is True and raw.meta["route_cap"] is False
     assert raw.scores("edge").as_dict() == pytest.approx(exact_scores.as_dict())
     assert capped.scores("edge").as_dict() == pytest.approx(cap_by_route(exact_scores).as_dict())
+
+
+def test_acdc_scores_every_edge_of_the_model(known_model, known_task):
+    from circuitkit.ablation.edges import graph_edges
+    from circuitkit.circuit.routes import cap_by_route
+
+    circuit = acdc(known_model, known_task, threshold=1e-4)
+    scores = circuit.scores("edge")
+    every = graph_edges(known_model)
+    assert sorted(scores.labels) == sorted(every)  # untried edges are scored too, not dropped
+    untried = [e for e in every if not circuit.edge_data(e)["tried"]]
+    assert untried and circuit.meta["untried"] == len(untried)  # the dead heads' inputs are never tried
+    assert all(scores.as_dict()[e] == 0.0 and e not in circuit.edges for e in untried)
+    kept = set(circuit.edges)
+    assert all(scores.as_dict()[e] >= 1e-4 for e in kept)
+    # the AUC ranks all edges: the kept ones against the reference made of exactly them is 1
+    assert roc_auc(scores, kept, level="edge", by_abs=False) == 1.0
+    reference = Circuit.from_nodes_edges(LIVE_HEADS)
+    assert roc_auc(scores, reference, level="node", by_abs=False) == 1.0
+    assert len(cap_by_route(scores)) == len(every)

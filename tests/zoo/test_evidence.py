@@ -10,14 +10,15 @@ CARDS = list_zoo()
 
 
 def test_every_bundled_model_is_checked():
-    assert len(CARDS) == 7
+    assert len(CARDS) == 10
 
 
 @pytest.mark.parametrize("card", CARDS, ids=lambda c: c.name)
 def test_card_evidence_follows_the_schema(card):
     assert missing_evidence(card) == []
     evidence = card.evidence
-    assert evidence["method"] == ("construction" if card.construction == "hand-built" else "exhaustive ablation")
+    method = {"hand-built": "construction", "compiled": "compilation"}.get(card.construction, "exhaustive ablation")
+    assert evidence["method"] == method
     cfg = card.config
     components = [n for n in names.all_nodes(cfg["n_layers"], cfg["n_heads"], not cfg.get("attn_only", False))
                   if n not in (names.INPUT, names.LOGITS)]

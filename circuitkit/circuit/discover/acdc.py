@@ -10,7 +10,7 @@ from circuitkit.ablation.edges import ablation_source, graph_edges, graph_nodes,
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.scores import Scores
-from circuitkit.tasks.metrics import kl_div
+from circuitkit.tasks.metrics import divergence
 
 
 def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION, metric: str = "kl", seed: int = 0,
@@ -20,9 +20,16 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
     ``threshold``.
 
     ``metric="kl"``: damage = KL(full model || circuit) at the answer position (the paper's
-    default). ``metric="task"``: damage = drop of the task metric. Each edge's ``score`` is the
-    damage its removal would have caused when it was tried (None for edges skipped because their
-    child no longer reaches the logits). Edges off every ``input -> logits`` path are pruned.
+    default; for a model with one numeric output, the squared distance,
+    :func:`~circuitkit.tasks.metrics.divergence`). ``metric="task"``: damage = drop of the task metric. Edges off every ``input ->
+    logits`` path are pruned.
+
+    Every edge of the model gets a ``score``, the damage its removal causes at its turn in the
+    sweep (signed: kept edges score >= ``threshold``, removed ones below it). An edge whose
+    receiver no longer reaches the logits at its turn is removed without a run: its removal
+    changes nothing, so it scores exactly 0 and carries ``tried=False``. An ROC-AUC over the
+    circuit's scores therefore covers every edge of the model; rank them signed
+    (``roc_auc(..., by_abs=False)``), as ACDC's own test ``damage < threshold`` does.
     """
     if threshold < 0:
         raise ValueError(f"ACDC threshold must be >= 0, got {threshold}")
@@ -37,19 +44,20 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
     def damage(keep: set[str]) -> float:
         with torch.no_grad():
             logits = run_with_edges(model, task.clean, keep_edges=keep, source=source)
-        return float(kl_div(logits, task, full_logits).mean()) if metric == "kl" else -float(task.score(logits))
+        return float(divergence(logits, task, full_logits).mean()) if metric == "kl" else -float(task.score(logits))
 
     incoming: dict[str, list[str]] = {}
     for edge in edges:
         incoming.setdefault(names.parse_edge(edge).child, []).append(edge)
     order = names.sort_nodes(graph_nodes(model), model.cfg.n_layers)
-    kept, tried = set(edges), {}
+    kept, tried, untried = set(edges), {}, set()
     current = damage(kept)
     bar = tqdm(total=len(edges), desc="acdc", disable=not progress)
     for child in reversed(order):
         parents = incoming.get(child, [])
         if child != names.LOGITS and not any(names.parse_edge(e).parent == child for e in kept):
             kept -= set(parents)  # the node reaches nothing: its inputs cannot matter
+            untried.update(parents)
             bar.update(len(parents))
             continue
         for edge in reversed(parents):  # latest parents first, as ACDC does
@@ -60,14 +68,13 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
                 kept, current = trial, value
             bar.update(1)
     bar.close()
-    scores = Scores(torch.tensor([tried.get(e, float("nan")) for e in edges]), edges, "acdc", task=task.name,
-                    metric="kl" if metric == "kl" else task.metric_name,
+    scores = Scores(torch.tensor([tried.get(e, 0.0) for e in edges], dtype=torch.float64), edges, "acdc",
+                    task=task.name, metric="kl" if metric == "kl" else task.metric_name,
                     meta={"threshold": threshold, "ablation": ablation, **Circuit.for_model(model)})
     circuit = Circuit.from_scores(scores, **Circuit.for_model(model))
     for edge in edges:
-        data = circuit.edge_data(edge)
-        if edge not in tried:
-            data.update(score=None, sign=None)
+        circuit.edge_data(edge)["tried"] = edge in tried
     circuit = circuit.with_members(kept, "edge", prune=True)
-    circuit.meta.update(threshold=threshold, ablation=ablation, acdc_metric=metric, damage=current)
+    circuit.meta.update(threshold=threshold, ablation=ablation, acdc_metric=metric, damage=current,
+                        untried=len(untried), rank_signed=True)
     return circuit

@@ -4,7 +4,8 @@ Each edge ``e`` has a hard-concrete gate ``z_e in [0, 1]`` (Louizos et al. 2018)
 location ``log_alpha_e``; a run keeps ``z_e`` of the edge's live value and ablates ``1 - z_e``
 (the edge-mask state of :func:`~circuitkit.ablation.edges.run_with_mask`, so every architecture
 the edge graph supports is supported). The objective is faithfulness to the full model, KL(full ||
-masked) at the answer position, plus ``sparsity`` times the expected fraction of edges kept; the
+masked) at the answer position(s) (the squared distance for a model with one numeric output:
+:func:`~circuitkit.tasks.metrics.divergence`), plus ``sparsity`` times the expected fraction of edges kept; the
 sparsity weight grows until the expected number of kept edges reaches ``target_edges`` (a simple
 stand-in for the paper's Lagrangian). Each edge's score is the probability that its learned gate
 is open (``P(z_e > 0)``, in float64 so that ranks do not tie where gates saturate): rank them
@@ -22,7 +23,7 @@ from circuitkit.ablation.edges import ablation_source, graph_index, model_device
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import scores_meta
 from circuitkit.scores import Scores
-from circuitkit.tasks.metrics import kl_div
+from circuitkit.tasks.metrics import divergence
 
 # hard-concrete stretch (gamma, zeta) and temperature, as Louizos et al. 2018 and Edge Pruning use
 _GAMMA, _ZETA, _BETA = -0.1, 1.1, 2.0 / 3.0
@@ -93,7 +94,7 @@ def edge_pruning(
             mask = torch.zeros(index.shape[0] * index.shape[1], device=device)
             mask = mask.index_put((flat,), 1.0 - _gates(log_alpha, generator)).reshape(index.shape)
             with torch.enable_grad():
-                faithfulness = kl_div(run_with_mask(model, task.clean, mask, source), task, full_logits).mean()
+                faithfulness = divergence(run_with_mask(model, task.clean, mask, source), task, full_logits).mean()
                 kept = _expected_kept(log_alpha).sum()
                 loss = faithfulness + weight * kept / n_edges
                 optimizer.zero_grad()

@@ -75,7 +75,8 @@ def example_prompt(model, task, index: int = 0) -> dict[str, Any]:
     JSON-able; :func:`circuitkit.discover` stores it as ``circuit.meta["example_prompt"]``."""
     positions = task.answer_pos[index]
     # a task with answers at several positions: the graph is drawn at the first one
-    pos = int(positions) if positions.ndim == 0 else int(positions[positions >= 0][0])
+    j = 0 if positions.ndim == 0 else int(torch.nonzero(positions >= 0)[0, 0])
+    pos = int(positions) if positions.ndim == 0 else int(positions[j])
     tokens = task.clean[index, : pos + 1]
     with torch.no_grad():
         probs = torch.softmax(model(tokens[None].to(next(model.parameters()).device))[0, -1].float(), -1).cpu()
@@ -83,9 +84,13 @@ def example_prompt(model, task, index: int = 0) -> dict[str, Any]:
     def to_str(ids) -> list[str]:  # a model without a tokenizer shows token ids
         return [model.tokenizer.decode([int(t)]) if model.tokenizer is not None else str(int(t)) for t in ids]
 
+    def first(ids) -> int:  # [batch, n], [batch, k] or [batch, k, n]: the first id at that position
+        row = ids[index] if positions.ndim == 0 else ids[index][j]
+        return int(row.flatten()[0]) if row.numel() else -1
+
     logits = []
-    wrong = [] if task.wrong_answers is None else [int(task.wrong_answers[index, 0])]
-    for tok in (int(task.answers[index, 0]), *wrong):
+    wrong = [] if task.wrong_answers is None else [first(task.wrong_answers)]
+    for tok in (first(task.answers), *wrong):
         if tok >= 0:
             logits.append({"token": to_str([tok])[0], "token_id": tok, "prob": float(probs[tok])})
     return {"prompt": "".join(to_str(tokens.tolist())), "prompt_tokens": to_str(tokens.tolist()),
