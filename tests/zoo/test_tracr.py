@@ -92,8 +92,9 @@ def test_reference_circuit_is_read_off_the_weights(shipped):
 def test_circuits_equal_acdc_published_ones(shipped):
     name, program, model, card = shipped
     published = ACDC_PUBLISHED.get(program)
-    if not published:
-        pytest.skip(f"ACDC published no circuit for {program}")
+    if not published:  # ACDC published none for this program: the card must not claim one
+        assert not card.evidence.get("acdc_published_edges")
+        return
     assert sorted(card.circuit_edges) == sorted(published)
     assert sorted(card.evidence["acdc_published_edges"]) == sorted(published)
 
