@@ -108,7 +108,7 @@ def test_defaults_are_shown_in_help():
 def test_sae_help_advertises_only_its_subcommands(capsys):
     parsers = dict(_all_parsers(build_parser()))
     subcommands = {n.split(" ", 1)[1] for n in parsers if n.startswith("sae ")}
-    assert subcommands == {"train", "report", "card"}
+    assert subcommands == {"train", "report", "card", "circuit"}
     help_text = parsers["sae"].format_help()
     assert "heads" not in help_text.split("options:")[0].split("positional arguments:")[1]
 
