@@ -92,10 +92,12 @@ def top_features(circuit: Circuit, k: int | None = None, threshold: float | None
         ranked = [(n, s) for n, s in ranked if s >= threshold]
     if k is not None:
         ranked = ranked[:k]
-    kept = {n for n, _ in ranked} | {n for n, d in g.nodes(data=True) if d["kind"] == "logits"}
+    features = [n for n, _ in ranked]
+    logits = [n for n, d in g.nodes(data=True) if d["kind"] == "logits"]
+    receivers = set(features) | set(logits)
     # the input positions that feed what is kept (not those after the answer, which reach nothing)
-    inputs = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and any(c in kept for c in g.successors(n))]
-    return circuit.with_members([n for n, _ in ranked] + inputs + sorted(kept - {n for n, _ in ranked}), level="node")
+    inputs = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and any(c in receivers for c in g.successors(n))]
+    return circuit.with_members(features + inputs + logits, level="node")
 
 
 @dataclass
