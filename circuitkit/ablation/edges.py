@@ -339,19 +339,32 @@ def ablation_source(model, task, kind: str = "corrupted", seed: int = 0) -> dict
     ``"resample"`` (each prompt gets another clean prompt's outputs, a seeded derangement,
     ``[batch, pos, d_model]``), ``"zero"`` (zeros, ``[1, pos, d_model]``).
     """
-    check_kind(kind, what="ablation kind")
     task.check_model(model)
+    return batch_source(model, task, kind, seed, len(task))(torch.arange(len(task)))
+
+
+def batch_source(model, task, kind: str, seed: int, batch_size: int):
+    """``idx -> source outputs of those prompts``: :func:`ablation_source` restricted to rows
+    ``idx``, computed batch by batch so that no ``[n_prompts, pos, d_model]`` block per node need
+    be held. A mean over all prompts is summed ``batch_size`` prompts at a time, once."""
+    check_kind(kind, what="ablation kind")
     device = model_device(model)
-    if kind in ("corrupted", "mean-corrupted"):
-        corrupted = node_outputs(model, task.corrupted.to(device))
-        return corrupted if kind == "corrupted" else {k: v.mean(0, keepdim=True) for k, v in corrupted.items()}
-    clean = node_outputs(model, task.clean.to(device))
-    if kind == "mean":
-        return {k: v.mean(0, keepdim=True) for k, v in clean.items()}
+    n = len(task)
+    if kind == "corrupted":
+        return lambda idx: node_outputs(model, task.corrupted[idx.to(task.corrupted.device)].to(device))
+    if kind == "resample":
+        perm = resample_permutation(n, seed=seed, prompts="clean")
+        return lambda idx: node_outputs(model, task.clean[perm[idx.cpu()].to(task.clean.device)].to(device))
     if kind == "zero":
-        return {k: torch.zeros_like(v[:1]) for k, v in clean.items()}
-    perm = resample_permutation(len(task), seed=seed, prompts="clean").to(device)
-    return {k: v[perm] for k, v in clean.items()}
+        zeros = {k: torch.zeros_like(v) for k, v in node_outputs(model, task.clean[:1].to(device)).items()}
+        return lambda idx: zeros
+    prompts = task.corrupted if kind == "mean-corrupted" else task.clean  # "mean": the clean prompts'
+    total: dict[str, Tensor] = {}
+    for start in range(0, n, batch_size):
+        for k, v in node_outputs(model, prompts[start:start + batch_size].to(device)).items():
+            total[k] = total.get(k, 0) + v.sum(0, keepdim=True)
+    mean = {k: v / n for k, v in total.items()}
+    return lambda idx: mean
 
 
 def run_with_edges(

@@ -8,8 +8,12 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from circuitkit.ablation.edges import GraphIndex, graph_index, model_device, node_outputs
-from circuitkit.ablation.kinds import check_kind, resample_permutation
+from circuitkit.ablation.edges import (
+    GraphIndex,
+    graph_index,
+    model_device,
+)
+from circuitkit.ablation.kinds import check_kind
 
 
 def prepare_attribution(model, task, ablation: str | None = None, steps: int | None = None, batch_size: int | None = None):
@@ -146,30 +150,6 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
         )
     n = len(task)
     return max(1, min(n if batch_size is None else batch_size, fits))
-
-
-def batch_source(model, task, kind: str, seed: int, batch_size: int):
-    """``idx -> source outputs of those prompts`` (what :func:`~circuitkit.ablation.edges.ablation_source`
-    returns, restricted to rows ``idx``), computed batch by batch so that no ``[n_prompts, pos,
-    d_model]`` block per node is held. The mean over all prompts is summed batch by batch once."""
-    check_kind(kind, what="ablation kind")
-    n = len(task)
-    if kind == "corrupted":
-        return lambda idx: node_outputs(model, task.corrupted[idx.to(task.corrupted.device)])
-    if kind == "resample":
-        perm = resample_permutation(n, seed=seed, prompts="clean")
-        return lambda idx: node_outputs(model, task.clean[perm[idx.cpu()].to(task.clean.device)])
-    if kind == "zero":
-        one = node_outputs(model, task.clean[:1])
-        zeros = {k: torch.zeros_like(v) for k, v in one.items()}
-        return lambda idx: zeros
-    prompts = task.corrupted if kind == "mean-corrupted" else task.clean  # "mean": the clean prompts'
-    total: dict[str, Tensor] = {}
-    for idx in prompt_batches(n, batch_size):
-        for k, v in node_outputs(model, prompts[idx.to(prompts.device)]).items():
-            total[k] = total.get(k, 0) + v.sum(0, keepdim=True)
-    mean = {k: v / n for k, v in total.items()}
-    return lambda idx: mean
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from circuitkit.ablation.edges import (
     GraphIndex,
     attn_output_norm,
     attn_pre_norm_sum,
+    batch_source,
     final_resid_hook,
     graph_mode,
     head_results,
@@ -46,7 +47,6 @@ from circuitkit.ablation.edges import (
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
     RECOMPUTE_BYTES,
-    batch_source,
     budget_batch_size,
     check_nonzero_scores,
     prepare_attribution,
@@ -76,7 +76,7 @@ def _edge_matrix(
     """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
 
     ``source``: node outputs of every prompt (:func:`~circuitkit.ablation.edges.ablation_source`)
-    or ``idx -> those of prompts idx`` (:func:`~circuitkit.attribution.common.batch_source`).
+    or ``idx -> those of prompts idx`` (:func:`~circuitkit.ablation.edges.batch_source`).
     ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
     the clean outputs recorded in that same forward pass. Otherwise integrated gradients over
     ``steps`` points: the input embeddings are interpolated (``interpolate="inputs"``), or, one

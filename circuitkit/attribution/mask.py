@@ -33,7 +33,7 @@ def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_siz
     """``[n_slots, n_upstream]``: the mean over :func:`mask_alphas` of ``dM/dm`` with every edge's
     mask at that value (0 where the graph has no edge). ``source``: node outputs of every prompt
     (:func:`~circuitkit.ablation.edges.ablation_source`) or ``idx -> those of prompts idx``
-    (:func:`~circuitkit.attribution.common.batch_source`). ``steps * batches`` forward + backward
+    (:func:`~circuitkit.ablation.edges.batch_source`). ``steps * batches`` forward + backward
     passes of the edge-mask engine."""
     source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
     device = model_device(model)

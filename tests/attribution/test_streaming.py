@@ -84,10 +84,11 @@ def test_memory_estimate_grows_with_the_work(word_tokenizer):
 
 
 def test_batched_sources_are_the_ablation_sources(word_tokenizer, task):
-    """batch_source (built batch by batch) gives, for every ablation kind, the rows of
-    ablation_source (built from all prompts at once)."""
+    """batch_source in batches of 2 gives, for every ablation kind, the rows of ablation_source
+    (one batch of all prompts)."""
+    from circuitkit.ablation.edges import batch_source
     from circuitkit.ablation.kinds import ABLATION_KINDS
-    from circuitkit.attribution.common import batch_source, source_rows
+    from circuitkit.attribution.common import source_rows
 
     model = family_model("gpt2", word_tokenizer)
     idx = torch.tensor([1, 3, 4])
