@@ -65,6 +65,12 @@ def prompt_batches(n: int, batch_size: int | None) -> list[Tensor]:
     return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+def rows_of(source):
+    """``idx -> source outputs of those prompts`` from either form of a source: node outputs of
+    every prompt (``ablation_source``) or already such a function (``batch_source``)."""
+    return source if callable(source) else (lambda idx: source_rows(source, idx))
+
+
 def source_rows(source: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     """Source outputs of some prompts (per-position means / zeros have one row for all)."""
     return {k: v if v.shape[0] == 1 else v[idx.to(v.device)] for k, v in source.items()}

@@ -51,8 +51,8 @@ from circuitkit.attribution.common import (
     check_nonzero_scores,
     prepare_attribution,
     prompt_batches,
+    rows_of,
     scores_meta,
-    source_rows,
     stream_mode,
 )
 from circuitkit.attribution.mask import mask_ig_matrix
@@ -86,7 +86,7 @@ def _edge_matrix(
     n_total = len(task)
     scores = torch.zeros(index.shape, device=model_device(model))
     batches = prompt_batches(n_total, batch_size)
-    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
+    source_of = rows_of(source)
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
     groups = output_groups(index) if steps is not None and interpolate == "activations" else [None]
     bar = tqdm(total=len(batches) * len(alphas) * len(groups), disable=not progress,
@@ -355,7 +355,7 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     for layer in range(index.n_layers):
         base = layer * index.slots_per_layer
         out[base: base + 2 * index.n_heads] = 0.0
-    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
+    source_of = rows_of(source)
     for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
         saved = _clean_run_for_qk_fix(model, index, sub, len(task))
@@ -555,13 +555,12 @@ def eap_ig(
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
     if interpolate == "mask":
         size = qk_size = len(task) if batch_size is None else batch_size
+        source = batch_source(model, task, ablation, seed, size)
+        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress)
     else:
         size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory)
         qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
-    source = batch_source(model, task, ablation, seed, size)
-    if interpolate == "mask":
-        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress)
-    else:
+        source = batch_source(model, task, ablation, seed, size)
         matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)

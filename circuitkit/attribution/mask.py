@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit.ablation.edges import GraphIndex, model_device, run_with_mask
-from circuitkit.attribution.common import prompt_batches, source_rows
+from circuitkit.attribution.common import prompt_batches, rows_of
 
 
 def mask_alphas(steps: int) -> list[float]:
@@ -35,7 +35,7 @@ def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_siz
     (:func:`~circuitkit.ablation.edges.ablation_source`) or ``idx -> those of prompts idx``
     (:func:`~circuitkit.ablation.edges.batch_source`). ``steps * batches`` forward + backward
     passes of the edge-mask engine."""
-    source_of = source if callable(source) else (lambda idx: source_rows(source, idx))
+    source_of = rows_of(source)
     device = model_device(model)
     valid = index.valid_mask(device)
     scores = torch.zeros(index.shape, device=device)
