@@ -185,3 +185,50 @@ def test_feature_circuit_takes_the_linear_method(tiny_model, saes, task):
     assert any(names.parse_node(n).kind == "error" for n in circuit.nodes)
     with pytest.raises(ValueError, match="exact"):
         feature_circuit(tiny_model, saes, task, method="linear", steps=4)
+
+
+def test_edges_equal_circuit_tracers_graph(word_tokenizer):
+    """circuit-tracer's own graph of one prompt (``make_circuit_tracer_fixture.py``) on the same
+    weights. Two conventions of theirs are left out of the comparison: features at the first
+    position are dropped into that position's error node, and the embedding node is the token
+    embedding alone (circuitkit's ``input`` adds the position embedding)."""
+    import json
+    from pathlib import Path
+
+    from model_factory import make_model
+    from sae_lens import Transcoder, TranscoderConfig
+    from safetensors.torch import load_file
+
+    data = Path(__file__).parent / "data"
+    fixture = json.loads((data / "circuit_tracer_graph.json").read_text())
+    weights = load_file(str(data / "circuit_tracer_weights.safetensors"))
+    model = make_model(word_tokenizer)
+    model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+    transcoders = []
+    for layer in range(model.cfg.n_layers):
+        tc = Transcoder(TranscoderConfig(d_in=model.cfg.d_model, d_sae=fixture["d_transcoder"], d_out=model.cfg.d_model,
+                                         apply_b_dec_to_input=False))
+        with torch.no_grad():
+            tc.W_enc.copy_(weights[f"transcoder.{layer}.W_enc"].T)  # circuit-tracer stores [d_transcoder, d_model]
+            for k in ("W_dec", "b_enc", "b_dec"):
+                getattr(tc, k).copy_(weights[f"transcoder.{layer}.{k}"])
+        tc.cfg.metadata.hook_name = f"blocks.{layer}.{fixture['feature_input_hook']}"
+        tc.cfg.metadata.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+        transcoders.append(tc)
+    task = ioi(word_tokenizer, n_prompts=1)
+    assert task.clean[0].tolist() == fixture["tokens"]
+    graph = linear_feature_graph(model, transcoders, task, progress=False)
+    ours = dict(zip(graph.edges.labels, graph.edges.values.tolist(), strict=True))
+
+    def compared(edge: str) -> bool:
+        parent, child = edge.split("->")
+        if parent.startswith(("token", "input")):
+            return False
+        return all(names.parse_node(n).pos != 0 for n in (parent, child) if n != names.LOGITS)
+
+    theirs = {e: v for e, v in fixture["edges"].items() if compared(e)}
+    mine = {e: v for e, v in ours.items() if compared(e)}
+    assert len(theirs) > 1000 and set(mine) == set(theirs)
+    scale = max(abs(v) for v in theirs.values())
+    worst = max(abs(mine[e] - theirs[e]) for e in theirs)
+    assert worst < 1e-5 * scale, (worst, scale)
