@@ -71,7 +71,9 @@ def register(sub) -> None:
     circ.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
                       help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors)")
     add_task_arguments(circ, "the zoo card's task", n_prompts=16)
-    circ.add_argument("--method", default="ig", choices=["ig", "attribution"], help="estimates (default ig)")
+    circ.add_argument("--method", default="ig", choices=["ig", "attribution", "linear"],
+                      help="estimates: ig / attribution (Marks et al.), or linear: exact edges with a transcoder at "
+                           "every MLP (circuit-tracer's construction; needs a logit_diff task)")
     circ.add_argument("--steps", type=int, default=8, help="integration steps (ig)")
     circ.add_argument("--baseline", default="mean", choices=["mean", "corrupted", "zero"],
                       help="the value an ablated node takes (default: the mean over clean prompts)")
@@ -186,9 +188,10 @@ def _cmd_circuit(args) -> int:
     model = load_model(args.model, device="cpu")
     make_sites(model, saes)  # a misfit SAE fails before the task is built
     task = task_from_args(args, model)
-    circuit = feature_circuit(model, saes, task, method=args.method, steps=args.steps, baseline=args.baseline,
-                              positions=args.positions, node_threshold=args.node_threshold,
-                              max_nodes=args.max_nodes, progress=not args.no_progress)
+    estimates = {} if args.method == "linear" else {"steps": args.steps, "baseline": args.baseline}
+    circuit = feature_circuit(model, saes, task, method=args.method, positions=args.positions,
+                              node_threshold=args.node_threshold, max_nodes=args.max_nodes,
+                              progress=not args.no_progress, **estimates)
     small = top_features(circuit, args.top)
     ev = evaluate_feature_circuit(model, saes, task, small, errors=args.errors, baseline=args.baseline)
     share = "n/a" if ev.error_share is None else f"{ev.error_share:.3f}"

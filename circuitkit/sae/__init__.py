@@ -8,7 +8,8 @@
 * :func:`discrete_sae_head_scores` (O'Neill & Bui 2024)
 * :func:`make_sites` / :func:`splice_run` (several SAEs and transcoders spliced at once, error
   terms kept), :func:`feature_graph` -> :class:`FeatureGraph` (node and edge estimates, Marks et
-  al. 2024), :func:`exact_node_effects` / :func:`exact_edge_effects`
+  al. 2024), :func:`exact_node_effects` / :func:`exact_edge_effects`;
+  :func:`linear_feature_graph` (exact edges over transcoders, circuit-tracer's construction)
 """
 
 from circuitkit.sae.attribution import feature_attribution, feature_patching, spliced_sae
@@ -22,6 +23,7 @@ from circuitkit.sae.features import (
     top_activating_examples,
 )
 from circuitkit.sae.graph import FeatureGraph, exact_edge_effects, exact_node_effects, feature_graph
+from circuitkit.sae.linear import linear_feature_graph
 from circuitkit.sae.quality import SAEQuality, sae_quality
 from circuitkit.sae.splice import Site, make_sites, splice_run
 from circuitkit.sae.train import SAETrainConfig, load_pretrained_sae, load_sae, save_sae, train_sae
@@ -33,6 +35,7 @@ __all__ = [
     "exact_edge_effects",
     "exact_node_effects",
     "feature_graph",
+    "linear_feature_graph",
     "make_sites",
     "splice_run",
     "SAEQuality",

@@ -14,11 +14,18 @@ encoders / decoders. So each edge is exact, not an estimate:
 * sources are features (``a_s`` = the activation), error nodes (``a_s`` = the error vector,
   dotted with the gradient) and the input (the embeddings at each position).
 
-Completeness: the edges into a node sum to its value minus what the biases alone give it (the
-value when every source is 0, patterns and scales still frozen), which the tests check; circuit-
-tracer's ``graph.adjacency_matrix`` has the same meaning. Node scores are ``a_s · dm/da_s`` through
-the replacement model (errors constant, the dictionaries' activation functions live), the
-attribution each node's paths to the metric add up to.
+Completeness: the contributions into a node sum to its value minus what the biases alone give it
+(the value when every source is 0, patterns and scales still frozen), which the tests check;
+circuit-tracer's ``graph.adjacency_matrix`` holds the same contributions. Node contributions are
+``a_s · dm/da_s`` through the replacement model (errors constant, the dictionaries' activation
+functions live), what each node's paths to the metric add up to.
+
+Scores follow circuitkit's sign (as every estimate's: the change when the source is ablated, here
+set to 0), so each is the negative of the contribution: what the metric needs is negative. The
+attribution-graph export flips it back to circuit-tracer's sign.
+
+The attention patterns being frozen, a feature that matters by shaping a pattern (the query or key
+side of a head) gets no edge: the graph explains the OV paths only, as circuit-tracer's does.
 """
 
 from __future__ import annotations
@@ -137,7 +144,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
         labels += [x for row in feats[i] for x in row] + errs[i]
         values += [ie_acts[i].reshape(-1), ie_err[i]]
     meta = {"baseline": "zero", "positions": positions, "clean_metric": float(metric.detach()), "exact": True}
-    node_scores = Scores(torch.cat(values).detach(), labels, "feature-linear", task=task.name,
+    node_scores = Scores(-torch.cat(values).detach(), labels, "feature-linear", task=task.name,
                          metric=task.metric_name, meta=dict(meta))
 
     # candidates: active features, largest attribution first
@@ -201,7 +208,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
             record([feats[t][p][f] for p, f in rows], _grad([pre[t]], ups, [onehot], batched=True))
         bar.update()
     bar.close()
-    edge_scores = Scores(torch.cat(edge_values).float() if edge_values else torch.zeros(0), edge_labels, "feature-linear",
+    edge_scores = Scores(-torch.cat(edge_values).float() if edge_values else torch.zeros(0), edge_labels, "feature-linear",
                          task=task.name, metric=task.metric_name, meta=dict(meta))
     return FeatureGraph(node_scores, edge_scores, list(sites), positions, "zero", candidates,
                         meta={**meta, "n_candidates": len(candidates), "node_threshold": node_threshold,

@@ -90,3 +90,17 @@ def test_sae_circuit_on_the_handbuilt_models_shipped_saes(tmp_path, capsys):
     # an SAE for another hook width fails before any work, naming the hook
     assert main(["sae", "circuit", "zoo:tiny-lm", dirs[0], "--n-prompts", "4"]) != 0
     assert "d_in=125" in capsys.readouterr().err
+
+
+def test_sae_circuit_linear_on_the_attention_only_handbuilt_model(tmp_path, capsys):
+    from pathlib import Path
+
+    from circuitkit.circuit import load_circuit
+
+    saes = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"
+    dirs = [str(saes / h) for h in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")]
+    out = tmp_path / "fc.json"
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--method", "linear", "--n-prompts", "2",
+                 "--top", "20", "--out", str(out), "--no-progress"]) == 0
+    assert "faithfulness" in capsys.readouterr().out
+    assert load_circuit(out).method == "feature-linear"

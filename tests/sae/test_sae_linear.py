@@ -110,7 +110,7 @@ def test_freezing_leaves_the_forward_pass_unchanged(tiny_model, saes, task):
 
 
 def test_edges_into_every_node_sum_to_its_value_less_the_biases(tiny_model, saes, task, graph):
-    # completeness: linear map f, f(x) - f(0) = sum of the sources' edges
+    # completeness: linear map f, f(x) - f(0) = sum of the sources' contributions (= -edge scores)
     sites = make_sites(tiny_model, saes)
     pre, metric, frozen, _ = _values(tiny_model, sites, task)
     pre0, metric0, *_ = _values(tiny_model, sites, task, values=frozen, zero="all")
@@ -118,9 +118,9 @@ def test_edges_into_every_node_sum_to_its_value_less_the_biases(tiny_model, saes
     targets = [n for n in graph.candidates if names.parse_node(n).kind == "feature" and names.parse_node(n).layer == 1]
     assert len(targets) > 10
     for node in targets:
-        assert into.get(node, 0.0) == pytest.approx(_pre_of(node, sites, pre) - _pre_of(node, sites, pre0),
+        assert -into.get(node, 0.0) == pytest.approx(_pre_of(node, sites, pre) - _pre_of(node, sites, pre0),
                                                     abs=2e-4, rel=2e-4)
-    assert into[names.LOGITS] == pytest.approx(metric - metric0, rel=1e-4, abs=1e-4)
+    assert -into[names.LOGITS] == pytest.approx(metric - metric0, rel=1e-4, abs=1e-4)
 
 
 def test_each_edge_equals_removing_its_source_alone(tiny_model, saes, task, graph):
@@ -138,14 +138,15 @@ def test_each_edge_equals_removing_its_source_alone(tiny_model, saes, task, grap
         pre_s, metric_s, *_ = _values(tiny_model, sites, task, values=frozen, zero=parent, hold=clean)
         for child, value in by_parent[parent]:
             if child == names.LOGITS:
-                assert value == pytest.approx(metric - metric_s, rel=1e-3, abs=1e-4)
+                assert value == pytest.approx(metric_s - metric, rel=1e-3, abs=1e-4)
             else:
-                assert value == pytest.approx(_pre_of(child, sites, pre) - _pre_of(child, sites, pre_s),
+                assert value == pytest.approx(_pre_of(child, sites, pre_s) - _pre_of(child, sites, pre),
                                               rel=1e-3, abs=1e-4)
 
 
 def test_node_scores_are_the_paths_through_the_edges(tiny_model, saes, task):
-    # one prompt, ReLU dictionaries (slope 1 where active): node(s) = edge(s->m) + sum_t edge(s->t) node(t) / a_t
+    # one prompt, ReLU dictionaries (slope 1 where active): in contributions c = -score,
+    # c(s) = c(s->m) + sum_t c(s->t) c(t) / a_t, so score(s) = e(s->m) - sum_t e(s->t) score(t) / a_t
     one = task.subset([0])
     g = linear_feature_graph(tiny_model, saes, one, progress=False)
     sites = make_sites(tiny_model, saes)
@@ -166,7 +167,7 @@ def test_node_scores_are_the_paths_through_the_edges(tiny_model, saes, task):
     for parent, children in out.items():
         if abs(node[parent]) < 1e-4:
             continue
-        total = sum(v if c == names.LOGITS else v * node[c] / act(c) for c, v in children.items())
+        total = sum(v if c == names.LOGITS else -v * node[c] / act(c) for c, v in children.items())
         assert total == pytest.approx(node[parent], rel=1e-3, abs=1e-5)
         checked += 1
     assert checked > 10
@@ -227,7 +228,7 @@ def test_edges_equal_circuit_tracers_graph(word_tokenizer):
         return all(names.parse_node(n).pos != 0 for n in (parent, child) if n != names.LOGITS)
 
     theirs = {e: v for e, v in fixture["edges"].items() if compared(e)}
-    mine = {e: v for e, v in ours.items() if compared(e)}
+    mine = {e: -v for e, v in ours.items() if compared(e)}  # circuit-tracer's sign: contributions
     assert len(theirs) > 1000 and set(mine) == set(theirs)
     scale = max(abs(v) for v in theirs.values())
     worst = max(abs(mine[e] - theirs[e]) for e in theirs)
