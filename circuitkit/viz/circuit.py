@@ -4,7 +4,9 @@ Input at the bottom, logits at the top; a layer's heads side by side with its ML
 (slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
 the dash which input of a head an edge feeds (q dotted, k dashed, v dash-dotted, each arriving a
 little apart; the legend says so), hovering a node or an edge's midpoint shows the component,
-score and method. A slider built into the figure filters edges by |score| (each step toggles trace
+score and method (and, for an SAE feature given ``cards``, its feature card: top activations,
+promoted and suppressed tokens); a positioned circuit's token blocks are labelled with its
+prompt's tokens. A slider built into the figure filters edges by |score| (each step toggles trace
 visibility and retitles the figure with what is left), so the filter works in notebooks and in
 static HTML alike.
 """
@@ -277,7 +279,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     fig.update_layout(
         title=label(0), template="plotly_white", showlegend=edge_level,
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis=xaxis, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        xaxis=xaxis, margin={"l": 20, "r": 20, "t": 60, "b": 70 if tokens else 40},  # room for token labels
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
