@@ -89,9 +89,9 @@ def feature_hover(card, n_examples: int = 3, n_tokens: int = 5) -> str:
     ``[token]``) and the (up to) ``n_tokens`` output tokens its decoder direction promotes /
     suppresses (those with a logit effect of that sign)."""
     lines = [f"<i>density {card.density:.3g}, mean act {card.mean_activation:.3g}</i>", "<b>top activations</b>"]
-    examples = card.examples.head(n_examples)
+    examples = card.examples[card.examples["activation"] > 0].head(n_examples)  # a top "activation" of 0 is none
     if len(examples) == 0:
-        lines.append("  (none)")
+        lines.append("  (not active in the corpus)")
     for _, ex in examples.iterrows():
         # byte-level BPE tokens carry their own spaces; word-level ones (no leading space) get one
         sep = "" if any(t[:1].isspace() for t in ex["context_tokens"]) else " "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 
@@ -59,6 +60,9 @@ def test_hovering_a_feature_node_shows_its_card(circuit, cards):
     suppressed = card.suppressed[card.suppressed["logit"] < 0].iloc[0]
     assert f"'{promoted['token']}' {promoted['logit']:+.2f}" in hover.split("<b>promotes</b>")[1].split("<br>")[0]
     assert f"'{suppressed['token']}' {suppressed['logit']:+.2f}" in hover.split("<b>suppresses</b>")[1]
+    # a feature that never fires in the corpus says so rather than listing zero activations
+    silent = dataclasses.replace(card, examples=card.examples.assign(activation=0.0))
+    assert "(not active in the corpus)" in feature_hover(silent) and "0: " not in feature_hover(silent)
     # error, input and logits nodes carry no card; without cards a feature node shows none
     assert "top activations" not in node_hover(fig, "e0.resid_pre@2")
     assert "top activations" not in node_hover(circuit_figure(circuit), "f1.resid_post.7@2")
