@@ -6,6 +6,7 @@ import dataclasses
 import html
 import os
 
+import browser
 import pytest
 import torch
 
@@ -99,3 +100,18 @@ def test_html_with_cards_is_written_atomically(circuit, cards, tmp_path, monkeyp
         to_html(circuit, path, cards={})
     assert path.read_text() == text  # the old page is untouched, no temp file left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.html"]
+
+
+def test_hovering_in_headless_chromium_draws_the_card(circuit, cards, tmp_path):
+    browser.chromium()  # skips with the fix when no browser is installed (fails under CI)
+    fig = circuit_figure(circuit, cards=cards)
+    curve, point = next((i, list(t.text).index("f1.resid_post.7@2")) for i, t in enumerate(fig.data)
+                        if t.mode == "markers+text" and "f1.resid_post.7@2" in t.text)
+    hover = f"Plotly.Fx.hover(document.getElementById('{{plot_id}}'), [{{curveNumber: {curve}, pointNumber: {point}}}]);"
+    page = tmp_path / "hover.html"
+    page.write_text(fig.to_html(include_plotlyjs=True, full_html=True, post_script=hover))
+    dom, _ = browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=5000)
+    label = dom.split('class="hoverlayer"', 1)[1].split("</svg>", 1)[0]  # the drawn hover label only
+    top = cards["f1.resid_post.7"].examples.iloc[0]
+    assert "f1.resid_post.7@2" in label and "top activations" in label and "promotes" in label
+    assert html.escape(top["context_tokens"][top["center"]]) in label
