@@ -53,7 +53,7 @@ def test_the_tiny_lm_recipe_is_what_the_shipped_cfg_records(hook):
 def test_a_short_run_of_the_tiny_lm_recipe_is_deterministic():
     model = load_model("zoo:tiny-lm", device="cpu")
     # the recipe with 4 steps on the first 64 rows of its corpus (the whole corpus costs seconds per run)
-    rows = training_tokens(model, TINY_LM_SAES.corpus, TINY_LM_SAES.config.context_size)[:64]
+    rows = training_tokens(model, TINY_LM_SAES.corpus, TINY_LM_SAES.config.context_size, n_chars=40_000)[:64]
     short = dataclasses.replace(TINY_LM_SAES, hooks=TINY_LM_SAES.hooks[:1], corpus=rows,
                                 config=dataclasses.replace(TINY_LM_SAES.config, steps=4, batch_size_tokens=256))
     a = short.build(model, progress=False)
@@ -75,3 +75,24 @@ def test_train_without_saes_writes_the_model_alone(tmp_path, monkeypatch):
     folder = recipes.train("induction-handbuilt", root=tmp_path, progress=False)
     assert sorted(p.name for p in (folder / SAE_DIR).iterdir()) == sorted(SITES)
     assert build_saes("retrieval-handbuilt", None, None) == {}
+
+
+def test_zoo_train_tiny_lm_writes_its_trained_saes(tmp_path, monkeypatch):
+    from circuitkit.cli import main
+    from circuitkit.sae.train import load_sae
+
+    card = zoo_card("tiny-lm")
+    model = load_zoo_model("tiny-lm")
+    monkeypatch.setattr(recipes, "build", lambda name, seed=None, progress=True: (model, zoo_tokenizer(card), card))
+    rows = training_tokens(model, None, 64, n_chars=20_000)[:32]  # the recipe, shortened: 2 steps on 32 rows
+    short = dataclasses.replace(TINY_LM_SAES, corpus=rows,
+                                config=dataclasses.replace(TINY_LM_SAES.config, steps=2, batch_size_tokens=256))
+    monkeypatch.setitem(SAE_RECIPES, "tiny-lm", short)
+    assert main(["zoo", "train", "tiny-lm", "--out", str(tmp_path), "--no-progress"]) == 0
+    folder = tmp_path / "tiny-lm"
+    assert sorted(p.name for p in (folder / SAE_DIR).iterdir()) == sorted(TINY_LM_SAES.hooks)
+    for hook in TINY_LM_SAES.hooks:
+        sae = load_sae(folder / SAE_DIR / hook)
+        assert sae.cfg.metadata.hook_name == hook and sae.cfg.d_sae == 512 and sae.cfg.k == 16
+    assert main(["zoo", "train", "tiny-lm", "--out", str(tmp_path), "--no-progress", "--no-saes"]) == 0
+    assert not (folder / SAE_DIR).exists() and (folder / "model.safetensors").exists()
