@@ -2,7 +2,8 @@
 
 * :func:`train_sae` (hyperparameters: :class:`SAETrainConfig`) / :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae`
 * :func:`sae_quality` -> :class:`SAEQuality` (explained variance, L0, dead fraction, CE recovered)
-* :func:`encode`, :func:`top_activating_examples`, :func:`feature_card`
+* :func:`encode`, :func:`top_activating_examples`, :func:`feature_card`, :func:`logit_effects`,
+  :func:`feature_cards` (one card per feature node of a circuit: what hovering it shows)
 * :func:`feature_attribution` (attribution patching through the spliced SAE, error term kept),
   :func:`feature_patching` (exact), :func:`spliced_sae`
 * :func:`discrete_sae_head_scores` (O'Neill & Bui 2024)
@@ -13,6 +14,7 @@
 """
 
 from circuitkit.sae.attribution import feature_attribution, feature_patching, spliced_sae
+from circuitkit.sae.cards import feature_cards
 from circuitkit.sae.discrete import discrete_sae_head_scores, head_output_means
 from circuitkit.sae.features import (
     FeatureCard,
@@ -20,6 +22,7 @@ from circuitkit.sae.features import (
     encode,
     feature_card,
     feature_label,
+    logit_effects,
     top_activating_examples,
 )
 from circuitkit.sae.graph import FeatureGraph, exact_edge_effects, exact_node_effects, feature_graph
@@ -45,10 +48,12 @@ __all__ = [
     "encode",
     "feature_attribution",
     "feature_card",
+    "feature_cards",
     "feature_label",
     "feature_patching",
     "head_output_means",
     "load_pretrained_sae",
+    "logit_effects",
     "load_sae",
     "sae_quality",
     "save_sae",

@@ -4,15 +4,19 @@ Input at the bottom, logits at the top; a layer's heads side by side with its ML
 (slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
 the dash which input of a head an edge feeds (q dotted, k dashed, v dash-dotted, each arriving a
 little apart; the legend says so), hovering a node or an edge's midpoint shows the component,
-score and method. A slider built into the figure filters edges by |score| (each step toggles trace
+score and method (and, for an SAE feature given ``cards``, its feature card: top activations,
+promoted and suppressed tokens); a positioned circuit's token blocks are labelled with its
+prompt's tokens. A slider built into the figure filters edges by |score| (each step toggles trace
 visibility and retitles the figure with what is left), so the filter works in notebooks and in
 static HTML alike.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import plotly.graph_objects as go
 
 from circuitkit import names
 from circuitkit.atomic import write_text
+from circuitkit.viz.sae import feature_hover
 
 POSITIVE = "#2563eb"
 NEGATIVE = "#dc2626"
@@ -48,8 +53,7 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
         if parsed.kind in ("feature", "error", "site"):
             rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
     order_in_row = {n: i for row in rows.values() for i, n in enumerate(names.sort_nodes(row, n_layers))}
-    widest = max((len(r) for r in rows.values()), default=0)
-    width = max(n_heads + 2, widest + 1)  # one column block per token position
+    width = block_width(circuit, node_ids)
     positions: dict[str, tuple[float, float]] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
@@ -67,6 +71,37 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
             xy = (float(order_in_row[node_id]), names.depth(parsed, n_layers))
         positions[node_id] = (xy[0] + block, xy[1])
     return positions
+
+
+def block_width(circuit, node_ids: list[str]) -> int:
+    """Columns per token position in :func:`layout`: room for a layer's heads and MLP, or for the
+    most SAE features / error nodes sharing one (position, depth) row."""
+    n_layers = circuit.n_layers if circuit.n_layers is not None else 0
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    rows: dict[tuple[int, float], int] = {}
+    for node_id in node_ids:
+        parsed = names.parse_node(node_id)
+        if parsed.kind in ("feature", "error", "site"):
+            key = (parsed.pos or 0, names.depth(parsed, n_layers))
+            rows[key] = rows.get(key, 0) + 1
+    return max(n_heads + 2, max(rows.values(), default=0) + 1)
+
+
+def prompt_tokens(circuit) -> list[str] | None:
+    """The tokens of the prompt a positioned circuit is drawn over (``meta["example_prompt"]``,
+    which :func:`~circuitkit.circuit.feature_circuit` and ``discover`` record), else None."""
+    example = circuit.meta.get("example_prompt") or {}
+    tokens = example.get("prompt_tokens")
+    return list(tokens) if tokens else None
+
+
+def _token_axis(circuit, node_ids: list[str], tokens: list[str]) -> dict[str, Any]:
+    """x-axis ticks under each token block: the token (escaped, newline as ↵) and its position."""
+    width = block_width(circuit, node_ids)
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    centre = (n_heads - 1) / 2  # where input@p and logits sit within their block
+    return {"tickvals": [p * width + centre for p in range(len(tokens))],
+            "ticktext": [f"{html.escape(t).replace(chr(10), '↵')}<br>@{p}" for p, t in enumerate(tokens)]}
 
 
 def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -105,13 +140,20 @@ def _bucket(value: float | None, thresholds: list[float]) -> int:
 
 def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n_steps: int = 8,
                    thresholds: list[float] | None = None, title: str | None = None,
-                   height: int | None = None) -> go.Figure:
+                   height: int | None = None, cards: Mapping[str, Any] | None = None,
+                   tokens: Sequence[str] | bool | None = None) -> go.Figure:
     """A Plotly figure of ``circuit``.
 
     Args:
         edges: ``"in_graph"`` (the circuit) or ``"all"`` (every scored edge, filter with the slider).
         interactive: add a slider whose steps are |score| thresholds (hide weaker edges).
         n_steps / thresholds: the slider's thresholds (quantiles of |score| unless given).
+        cards: ``{feature id: FeatureCard}`` (:func:`circuitkit.sae.feature_cards`, ids without
+            ``@pos``): hovering a feature node shows its card (top activations, promoted and
+            suppressed tokens).
+        tokens: the x-axis labels of a positioned circuit's token blocks; None (default) takes
+            the circuit's recorded prompt (:func:`prompt_tokens`) when its nodes have positions,
+            False draws no labels.
     """
     if edges not in ("in_graph", "all"):
         raise ValueError(f"edges must be 'in_graph' or 'all', got {edges!r}")
@@ -176,6 +218,11 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=what, hoverinfo="skip",
                                      line={"color": colour, "width": 4}))
 
+    def _card_text(node_id: str) -> str:
+        parsed = names.parse_node(node_id)
+        card = (cards or {}).get(names.format_node(parsed, with_pos=False)) if parsed.kind == "feature" else None
+        return "" if card is None else "<br>" + feature_hover(card)
+
     def node_trace(ids: list[str], visible: bool = True) -> go.Scatter:
         colours, sizes, text = [], [], []
         for n in ids:
@@ -184,7 +231,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             colours.append(KIND_COLOURS[d["kind"]] if score is None else (POSITIVE if score >= 0 else NEGATIVE))
             sizes.append(16 if score is None else 12 + 18 * math.sqrt(abs(score) / max_abs))
             text.append(f"<b>{n}</b><br>kind: {d['kind']}<br>score: {_fmt(score)}<br>method: {d['method']}"
-                        f"<br>task: {d['task']}")
+                        f"<br>task: {d['task']}" + _card_text(n))
         return go.Scatter(
             x=[pos[n][0] for n in ids], y=[pos[n][1] for n in ids], mode="markers+text", text=ids,
             textposition="top center", hovertext=text, hoverinfo="text", showlegend=False, visible=visible,
@@ -208,6 +255,14 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     xs = [x for x, _ in pos.values()]
     # the whole model's width, so a small circuit keeps heads in their columns
     x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
+    positioned = any(names.parse_node(n).pos is not None for n in node_ids)
+    if tokens is None:
+        tokens = prompt_tokens(circuit) if positioned else None
+    xaxis: dict[str, Any] = {"visible": False, "range": x_range}
+    if tokens:  # not False, not empty
+        xaxis = {"range": [x_range[0], max(x_range[1], block_width(circuit, node_ids) * len(tokens) - 0.8)],
+                 "showgrid": False, "zeroline": False, "tickangle": 0,
+                 **_token_axis(circuit, node_ids, list(tokens))}
     def label(j: int) -> str:
         """The title at slider step ``j``: what the figure shows at that threshold."""
         shown = [item for item, s in zip(items, scores, strict=True) if _bucket(s, thresholds) >= j]
@@ -224,7 +279,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     fig.update_layout(
         title=label(0), template="plotly_white", showlegend=edge_level,
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis={"visible": False, "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        xaxis=xaxis, margin={"l": 20, "r": 20, "t": 60, "b": 70 if tokens else 40},  # room for token labels
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
