@@ -25,6 +25,7 @@ studies in :mod:`circuitkit.studies` (``run_study`` / ``load_results`` import on
 they pull in pyarrow and process pools). See ``docs/architecture.md`` for the layout.
 """
 
+from circuitkit.lazy import lazy_exports
 from circuitkit.version import __version__
 
 # Public name -> the module it lives in. Names are imported on first use (PEP 562), so that
@@ -107,17 +108,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    import importlib
-
-    home = _EXPORTS.get(name)
-    if home is None:
-        raise AttributeError(f"module 'circuitkit' has no attribute {name!r}")
-    module = importlib.import_module(home)
-    value = module if home == f"circuitkit.{name}" else getattr(module, name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,6 +6,8 @@ Names are imported on first use: the zoo store reads cards without torch or Tran
 which :mod:`circuitkit.models.loading` needs.
 """
 
+from circuitkit.lazy import lazy_exports
+
 _EXPORTS = {
     "ModelLoadError": "circuitkit.models.loading",
     "ModelSpec": "circuitkit.models.loading",
@@ -22,11 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    import importlib
-
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'circuitkit.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
