@@ -100,13 +100,13 @@ def _pos_ids(positions: str, n_pos: int) -> list[int | None]:
     return [None] if positions == "sum" else list(range(n_pos))
 
 
-def _reduce(t: Tensor, positions: str) -> Tensor:
+def reduce_prompts(t: Tensor, positions: str) -> Tensor:
     """``[batch, pos, ...]`` -> ``[pos, ...]`` summed over prompts (and positions for "sum": ``[1, ...]``)."""
     t = t.sum(0)
     return t.sum(0, keepdim=True) if positions == "sum" else t
 
 
-def _node_tables(sites, positions, n_pos):
+def node_tables(sites, positions, n_pos):
     """Per site: feature id grid ``[npos][d_sae]`` and error ids ``[npos]``; input ids ``[npos]``."""
     pos_ids = _pos_ids(positions, n_pos)
     feats = {i: [[s.feature(f, p) for f in range(s.d_sae)] for p in pos_ids] for i, s in enumerate(sites)}
@@ -115,7 +115,8 @@ def _node_tables(sites, positions, n_pos):
     return feats, errs, inputs
 
 
-def _check_args(baseline: str, positions: str) -> None:
+def check_graph_args(baseline: str, positions: str) -> None:
+    """Raise ``ValueError`` for an unknown baseline kind or positions mode."""
     check_kind(baseline, BASELINES, "feature baseline")
     if positions not in POSITIONS:
         raise ValueError(f"positions must be 'each' (one node per position) or 'sum' (aggregated), got {positions!r}")
@@ -128,7 +129,8 @@ def _interp(clean: Tensor, delta: Tensor, alpha: float) -> Tensor:
     return (clean + alpha * delta).detach().requires_grad_(True)
 
 
-def _grad(outputs, inputs, grad_outputs=None, batched: bool = False):
+def grad_or_zeros(outputs, inputs, grad_outputs=None, batched: bool = False):
+    """``torch.autograd.grad`` (graph kept), zeros for inputs the outputs do not depend on."""
     grads = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True,
                                 is_grads_batched=batched)
     lead = (grad_outputs[0].shape[0],) if batched else ()
@@ -153,7 +155,7 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
     ``chunk`` at a time); edges estimated at exactly 0 (no direct path) are left out. Returns a
     :class:`FeatureGraph`; ``circuitkit.circuit.features.feature_circuit`` makes it a Circuit.
     """
-    _check_args(baseline, positions)
+    check_graph_args(baseline, positions)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
@@ -163,7 +165,7 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
     clean = check_token_ids(model, task.clean)
     n_pos, n = clean.shape[1], len(sites)
     base = baseline_values(model, sites, task, baseline)
-    feats, errs, inputs = _node_tables(sites, positions, n_pos)
+    feats, errs, inputs = node_tables(sites, positions, n_pos)
     x_clean = clean_input(model, clean)
     crec = SpliceRecord()
     m0 = _run(model, sites, clean, task, record=crec)
@@ -192,20 +194,20 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
         with splice_run(model, sites, intervene=move, input_leaf=True, input_value=x_in) as rec:
             metric = task.score(model(clean))
         if unit is None or unit == -1:
-            g_in += _grad(metric, [rec.input])[0] / len(alphas)
+            g_in += grad_or_zeros(metric, [rec.input])[0] / len(alphas)
         wanted = range(n) if unit is None else ([unit] if unit >= 0 else [])
         for i in wanted:
-            ga, ge = _grad(metric, [rec.leaves_acts[i], rec.leaves_errors[i]])
+            ga, ge = grad_or_zeros(metric, [rec.leaves_acts[i], rec.leaves_errors[i]])
             g_acts[i] += ga / len(alphas)
             g_err[i] += ge / len(alphas)
 
     labels: list[str] = list(inputs)
-    ie_in = _reduce((g_in * d_in).sum(-1), positions)
+    ie_in = reduce_prompts((g_in * d_in).sum(-1), positions)
     values: list[Tensor] = [ie_in]
     ie_acts, ie_err = [], []
     for i in range(n):
-        ie_acts.append(_reduce(g_acts[i] * d_acts[i], positions))  # [npos, d_sae]
-        ie_err.append(_reduce((g_err[i] * d_err[i]).sum(-1), positions))  # [npos]
+        ie_acts.append(reduce_prompts(g_acts[i] * d_acts[i], positions))  # [npos, d_sae]
+        ie_err.append(reduce_prompts((g_err[i] * d_err[i]).sum(-1), positions))  # [npos]
         labels += [x for row in feats[i] for x in row] + errs[i]
         values += [ie_acts[i].reshape(-1), ie_err[i]]
     meta = {"baseline": baseline, "positions": positions, "clean_metric": m0, "steps": len(alphas)}
@@ -253,9 +255,9 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
 
     def accumulate(unit: int, child: str, g_up: Sequence[Tensor | None]) -> None:
         if unit == -1:
-            parts = [_reduce((g_up[0] * d_in).sum(-1), positions)]
+            parts = [reduce_prompts((g_up[0] * d_in).sum(-1), positions)]
         else:
-            parts = [_reduce(g_up[0] * d_acts[unit], positions), _reduce((g_up[1] * d_err[unit]).sum(-1), positions)]
+            parts = [reduce_prompts(g_up[0] * d_acts[unit], positions), reduce_prompts((g_up[1] * d_err[unit]).sum(-1), positions)]
         parts = [x / len(alphas) for x in parts]
         key = (unit, child)
         if key in weights:
@@ -278,13 +280,13 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
             with splice_run(model, sites, intervene=hold, cut=True, input_leaf=True, input_value=x_in) as cut:
                 metric = task.score(model(clean))
             ups = [cut.input] if unit == -1 else [cut.leaves_acts[unit], cut.leaves_errors[unit]]
-            accumulate(unit, names.LOGITS, _grad(metric, ups))
+            accumulate(unit, names.LOGITS, grad_or_zeros(metric, ups))
             bar.update()
             for t in range(unit + 1, n):
                 for start in range(0, len(jobs[t]), chunk):
                     batch = jobs[t][start:start + chunk]
                     ga, ge = grad_outputs(t, batch)
-                    g_up = _grad([cut.acts[t], cut.errors[t]], ups, [ga, ge], batched=True)
+                    g_up = grad_or_zeros([cut.acts[t], cut.errors[t]], ups, [ga, ge], batched=True)
                     for j, (child, *_rest) in enumerate(batch):
                         accumulate(unit, child, [g[j] for g in g_up])
                     bar.update()

@@ -38,7 +38,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitkit import names
-from circuitkit.sae.graph import FeatureGraph, _check_args, _grad, _node_tables, _reduce
+from circuitkit.sae.graph import (
+    FeatureGraph,
+    check_graph_args,
+    grad_or_zeros,
+    node_tables,
+    reduce_prompts,
+)
 from circuitkit.sae.splice import Site, make_sites, splice_run
 from circuitkit.scores import Scores
 from circuitkit.tokenizers import check_token_ids
@@ -120,25 +126,25 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
     ``logits``; edges among them, each computed by one batched backward pass per ``chunk`` targets.
     Edges that are exactly 0 (no direct path, e.g. from a later position) are left out.
     """
-    _check_args("zero", positions)
+    check_graph_args("zero", positions)
     task.check_model(model)
     sites = make_sites(model, saes)
     check_linear(model, sites, task)
     clean = check_token_ids(model, task.clean)
     n_pos, n = clean.shape[1], len(sites)
-    feats, errs, inputs = _node_tables(sites, positions, n_pos)
+    feats, errs, inputs = node_tables(sites, positions, n_pos)
 
     # node scores: the replacement model's attribution (errors constant, activation functions live)
     with frozen_nonlinearities(model), splice_run(
             model, sites, intervene=lambda i, a, e: (a, e.detach().requires_grad_(True)), input_leaf=True) as rec:
         metric = task.score(model(clean))
-    grads = _grad(metric, [rec.input, *[rec.leaves_acts[i] for i in range(n)], *[rec.leaves_errors[i] for i in range(n)]])
+    grads = grad_or_zeros(metric, [rec.input, *[rec.leaves_acts[i] for i in range(n)], *[rec.leaves_errors[i] for i in range(n)]])
     x_in = rec.input.detach()
     acts = [rec.leaves_acts[i].detach() for i in range(n)]
     errors = [rec.leaves_errors[i].detach() for i in range(n)]
-    ie_in = _reduce((grads[0] * x_in).sum(-1), positions)
-    ie_acts = [_reduce(grads[1 + i] * acts[i], positions) for i in range(n)]  # [npos, d_sae]
-    ie_err = [_reduce((grads[1 + n + i] * errors[i]).sum(-1), positions) for i in range(n)]
+    ie_in = reduce_prompts((grads[0] * x_in).sum(-1), positions)
+    ie_acts = [reduce_prompts(grads[1 + i] * acts[i], positions) for i in range(n)]  # [npos, d_sae]
+    ie_err = [reduce_prompts((grads[1 + n + i] * errors[i]).sum(-1), positions) for i in range(n)]
     labels, values = list(inputs), [ie_in]
     for i in range(n):
         labels += [x for row in feats[i] for x in row] + errs[i]
@@ -150,7 +156,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
     # candidates: active features, largest attribution first
     cand: list[list[tuple[int, int]]] = []
     for i in range(n):
-        active = _reduce((acts[i] != 0).to(acts[i].dtype), positions) > 0
+        active = reduce_prompts((acts[i] != 0).to(acts[i].dtype), positions) > 0
         flat = torch.where(active, ie_acts[i].abs(), torch.full_like(ie_acts[i], -1.0)).reshape(-1)
         order = [j for j in torch.argsort(flat, descending=True).tolist() if bool(active.reshape(-1)[j])
                  and float(flat[j]) >= node_threshold]
@@ -196,7 +202,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
 
     jobs = [(t, p, f) for t in range(n) for p, f in cand[t]]
     bar = tqdm(total=1 + -(-len(jobs) // chunk), desc="linear feature graph", disable=not progress, leave=False)
-    record([names.LOGITS], [g.unsqueeze(0) for g in _grad(metric, ups)])
+    record([names.LOGITS], [g.unsqueeze(0) for g in grad_or_zeros(metric, ups)])
     bar.update()
     for start in range(0, len(jobs), chunk):
         batch = jobs[start:start + chunk]
@@ -205,7 +211,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
             onehot = torch.zeros(len(rows), *pre[t].shape, dtype=pre[t].dtype, device=pre[t].device)
             for j, (p, f) in enumerate(rows):
                 onehot[j, :, slice(None) if positions == "sum" else slice(p, p + 1), f] = 1.0
-            record([feats[t][p][f] for p, f in rows], _grad([pre[t]], ups, [onehot], batched=True))
+            record([feats[t][p][f] for p, f in rows], grad_or_zeros([pre[t]], ups, [onehot], batched=True))
         bar.update()
     bar.close()
     edge_scores = Scores(-torch.cat(edge_values).float() if edge_values else torch.zeros(0), edge_labels, "feature-linear",
