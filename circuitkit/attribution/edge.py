@@ -49,6 +49,8 @@ from circuitkit.attribution.common import (
     RECOMPUTE_BYTES,
     budget_batch_size,
     check_nonzero_scores,
+    check_position_memory,
+    memory_budget,
     prepare_attribution,
     prompt_batches,
     rows_of,
@@ -72,8 +74,10 @@ def _edge_matrix(
     batch_size: int | None,
     progress: bool,
     interpolate: str = "inputs",
+    by_pos: bool = False,
 ) -> Tensor:
-    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
+    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``
+    (``by_pos``: ``[n_pos, n_slots, n_upstream]``, the sum over prompts at each position apart).
 
     ``source``: node outputs of every prompt (:func:`~circuitkit.ablation.edges.ablation_source`)
     or ``idx -> those of prompts idx`` (:func:`~circuitkit.ablation.edges.batch_source`).
@@ -84,7 +88,8 @@ def _edge_matrix(
     (``"activations"``; the gradients of all the groups' runs are averaged).
     """
     n_total = len(task)
-    scores = torch.zeros(index.shape, device=model_device(model))
+    shape = (task.clean.shape[1], *index.shape) if by_pos else index.shape
+    scores = torch.zeros(shape, device=model_device(model))
     batches = prompt_batches(n_total, batch_size)
     source_of = rows_of(source)
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
@@ -145,7 +150,9 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
 
 def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Tensor | None, alpha: float,
                    n_total: int, scores: Tensor, group: tuple[str, list[str]] | None = None) -> None:
-    """One forward + backward adding its scores to ``scores`` as the gradients arrive.
+    """One forward + backward adding its scores to ``scores`` as the gradients arrive
+    (``scores``: ``[n_slots, n_upstream]``, or ``[n_pos, n_slots, n_upstream]`` to keep each
+    position's products apart).
 
     ``clean_input=None`` (EAP): ``stack`` holds the source outputs ``[n_upstream, rows, d_model]``
     (``rows = batch * pos``) and becomes the differences in place once the run has recorded the
@@ -156,6 +163,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     """
     at_clean = clean_input is None
     b, p = sub.clean.shape[0], sub.clean.shape[1]
+    by_pos = scores.ndim == 3
     state: dict = {"diff": None, "outputs": {}, "pre": {}, "z": {}, "resid": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
@@ -226,7 +234,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         x = state["resid"][layer].reshape(b * p, -1)
         n_heads, d_model = w.shape[0], w.shape[1]
         step = max(1, RECOMPUTE_BYTES // (n_heads * d_model * d.element_size()))
-        total = torch.zeros((n_heads, n_cols), dtype=d.dtype, device=d.device)
+        total = torch.zeros((p, n_heads, n_cols) if by_pos else (n_heads, n_cols), dtype=d.dtype, device=d.device)
         for r0 in range(0, b * p, step):
             r1 = min(b * p, r0 + step)
             g_in = torch.einsum("rhe,hde->hrd", g[r0:r1], w)  # dM/d (normalised) split input, head-major
@@ -236,12 +244,20 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
                 with torch.enable_grad():
                     x_rep = x[r0:r1].detach()[None].expand(n_heads, -1, -1).requires_grad_(True)
                     (g_in,) = torch.autograd.grad(norm(x_rep), x_rep, g_in)
-            total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
-        scores[row: row + n_heads, :n_cols] += total.to(scores.dtype)
+            if by_pos:  # rows are (prompt, position) pairs, prompt-major: row r is position r % p
+                per_row = torch.einsum("hrd,crd->rhc", g_in, d[:n_cols, r0:r1])
+                total.index_add_(0, torch.arange(r0, r1, device=d.device) % p, per_row)
+            else:
+                total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
+        scores[..., row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
     def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
         d = diff()
-        scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
+        if by_pos:
+            per_row = torch.einsum("crd,rd->rc", d[:n_cols], grad.reshape(b * p, -1).to(d.dtype))
+            scores[:, row, :n_cols] += per_row.reshape(b, p, n_cols).sum(0).to(scores.dtype)
+        else:
+            scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
 
     def watch(fn, **kwargs):
         def hook(x, hook):
@@ -451,19 +467,28 @@ def _bind_pre(fn, **kwargs):
 
 
 def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **meta) -> Scores:
+    """Labelled scores of a ``[n_slots, n_upstream]`` matrix, or of a position-resolved
+    ``[n_pos, n_slots, n_upstream]`` one (labels ``a0.h0@3->a1.h0@3<k>`` / ``a0.h0@3``, position-major)."""
+    by_pos = matrix.ndim == 3
+    n_pos = matrix.shape[0] if by_pos else None
     if level == "edge":
-        values = matrix.reshape(-1)[index.flat_edge_index().to(matrix.device)]
-        labels = list(index.edges)
+        flat = index.flat_edge_index().to(matrix.device)
+        values = matrix.reshape(n_pos, -1)[:, flat] if by_pos else matrix.reshape(-1)[flat]
+        labels = index.position_edges(n_pos) if by_pos else list(index.edges)
     else:
-        values = matrix.sum(0)  # an upstream node's effect through all its outgoing edges
-        labels = list(index.upstream)
+        values = matrix.sum(-2)  # an upstream node's effect through all its outgoing edges
+        labels = ([names.with_pos(n, pos) for pos in range(n_pos) for n in index.upstream] if by_pos
+                  else list(index.upstream))
     return Scores(values, labels, method, task.name, task.metric_name,
-                  meta=scores_meta(model, index, level=level, **meta))
+                  meta=scores_meta(model, index, level=level, by_pos=by_pos, **meta))
 
 
-def _check_level(level: str) -> None:
+def _check_level(level: str, by_pos: bool = False, qk_fix: bool = False) -> None:
     if level not in ("edge", "node"):
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+    if by_pos and qk_fix:
+        raise ValueError("qk_fix rescores an edge into a key by re-running attention with every key position moved "
+                         "at once, which does not split by position; use by_pos=False or qk_fix=False")
 
 
 def eap(
@@ -476,6 +501,7 @@ def eap(
     progress: bool = True,
     qk_fix: bool = False,
     max_memory: float | None = None,
+    by_pos: bool = False,
 ) -> Scores:
     """Edge attribution patching over every edge of the model's graph.
 
@@ -494,14 +520,21 @@ def eap(
     (:func:`~circuitkit.attribution.common.memory_per_prompt`); ``ValueError`` before any work
     when not even one prompt fits.
 
+    ``by_pos``: position-resolved scores, one per edge and token position, labelled
+    ``a0.h0@3->a1.h0@3<k>`` (:func:`circuitkit.names.edge_at`; ``level="node"``: ``a0.h0@3``), in
+    position-major order: the same products kept apart by position, so summed over positions
+    they are the ``by_pos=False`` scores. The ``[n_pos, n_slots, n_upstream]`` matrices come
+    out of the memory budget (``ValueError`` before any work when they alone do not fit);
+    ``qk_fix`` does not split by position (``ValueError``).
+
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
     """
-    _check_level(level)
+    _check_level(level, by_pos, qk_fix)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
-    size = budget_batch_size(model, index, task, "eap", batch_size, max_memory)
+    size = budget_batch_size(model, index, task, "eap", batch_size, max_memory, by_pos)
     qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
     source = batch_source(model, task, ablation, seed, size)
-    matrix = _edge_matrix(model, task, index, source, None, size, progress)
+    matrix = _edge_matrix(model, task, index, source, None, size, progress, by_pos=by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap")
@@ -520,6 +553,7 @@ def eap_ig(
     qk_fix: bool = False,
     interpolate: Literal["inputs", "activations", "mask"] = "inputs",
     max_memory: float | None = None,
+    by_pos: bool = False,
 ) -> Scores:
     """EAP with integrated gradients (Hanna et al. 2024).
 
@@ -547,21 +581,26 @@ def eap_ig(
     ``integrated_grad_samples=steps - 1`` gives ``-steps`` times these scores). ``steps=1`` equals
     :func:`eap`. Its runs go through the edge-mask engine with every edge's mask live, which holds
     the split q / k / v inputs: ``max_memory`` does not size its batches (give ``batch_size``).
+
+    ``by_pos``: position-resolved scores, as in :func:`eap` (with ``"mask"``, every edge has a
+    mask per position and an edge at a position scores that mask's gradient).
     """
-    _check_level(level)
+    _check_level(level, by_pos, qk_fix)
     if interpolate not in INTERPOLATIONS:
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
                          f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
     if interpolate == "mask":
         size = qk_size = len(task) if batch_size is None else batch_size
+        if by_pos:
+            check_position_memory(index, task.clean.shape[1], "eap_ig", memory_budget(max_memory))
         source = batch_source(model, task, ablation, seed, size)
-        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress)
+        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress, by_pos)
     else:
-        size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory)
+        size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory, by_pos)
         qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
         source = batch_source(model, task, ablation, seed, size)
-        matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate)
+        matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate, by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap_ig")
