@@ -340,6 +340,20 @@ def graph_nodes(model) -> list[str]:
     return [*index.upstream, names.LOGITS]
 
 
+def attention_links(node_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """``(a{L}.h{H}@p, a{L}.h{H}@q)`` for ``p < q`` among the position-resolved heads in
+    ``node_ids``: in the position-resolved graph a head's inputs at ``p`` (its key and value)
+    reach its output at every later ``q`` inside the head, through attention, not along an edge.
+    Reachability (pruning dangling edges, routes to the logits) follows these links too."""
+    by_head: dict[str, list[int]] = {}
+    for node_id in node_ids:
+        n = names.parse_node(node_id)
+        if n.kind == "head" and n.pos is not None:
+            by_head.setdefault(n.name, []).append(n.pos)
+    return [(names.with_pos(h, p), names.with_pos(h, q)) for h, ps in by_head.items()
+            for p in sorted(ps) for q in sorted(ps) if p < q]
+
+
 def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     """What each node writes into the residual stream on ``tokens``.
 

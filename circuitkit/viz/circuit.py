@@ -41,15 +41,9 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
     error nodes side by side within their position and depth."""
     n_layers = circuit.n_layers if circuit.n_layers is not None else 0
     n_heads = circuit.graph.graph.get("n_heads") or 1
-    # SAE features, error nodes and sites: side by side within their (position, depth) row.
-    rows: dict[tuple[int, float], list[str]] = {}
-    for node_id in node_ids:
-        parsed = names.parse_node(node_id)
-        if parsed.kind in ("feature", "error", "site"):
-            rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
+    rows = _feature_rows(node_ids, n_layers)
     order_in_row = {n: i for row in rows.values() for i, n in enumerate(names.sort_nodes(row, n_layers))}
-    widest = max((len(r) for r in rows.values()), default=0)
-    width = max(n_heads + 2, widest + 1)  # one column block per token position
+    width = _block_width(circuit, node_ids)
     positions: dict[str, tuple[float, float]] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
@@ -67,6 +61,38 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
             xy = (float(order_in_row[node_id]), names.depth(parsed, n_layers))
         positions[node_id] = (xy[0] + block, xy[1])
     return positions
+
+
+def _feature_rows(node_ids: list[str], n_layers: int) -> dict[tuple[int, float], list[str]]:
+    """SAE features, error nodes and sites: side by side within their (position, depth) row."""
+    rows: dict[tuple[int, float], list[str]] = {}
+    for node_id in node_ids:
+        parsed = names.parse_node(node_id)
+        if parsed.kind in ("feature", "error", "site"):
+            rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
+    return rows
+
+
+def _block_width(circuit, node_ids: list[str]) -> int:
+    """Columns of one token position's block in :func:`layout`."""
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    widest = max((len(r) for r in _feature_rows(node_ids, circuit.n_layers or 0).values()), default=0)
+    return max(n_heads + 2, widest + 1)
+
+
+def _token_axis(circuit, node_ids: list[str]) -> dict[str, Any]:
+    """The x axis of a position-resolved figure: a tick under each token's block, labelled with
+    the prompt's token there (``circuit.meta["example_prompt"]["prompt_tokens"]``, which
+    :func:`circuitkit.discover` records) or its position; hidden for a circuit without positions."""
+    found = [p for p in (names.parse_node(n).pos for n in node_ids) if p is not None]
+    if not found:
+        return {"visible": False}
+    tokens = (circuit.meta.get("example_prompt") or {}).get("prompt_tokens") or []
+    width, centre = _block_width(circuit, node_ids), ((circuit.graph.graph.get("n_heads") or 1) - 1) / 2
+    ticks = range(max(found) + 1)
+    text = [f"{p}: {tokens[p]!r}" if p < len(tokens) else f"pos {p}" for p in ticks]
+    return {"visible": True, "tickvals": [p * width + centre for p in ticks], "ticktext": text, "showgrid": False,
+            "zeroline": False, "tickangle": -45, "title": {"text": "token position"}}
 
 
 def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -224,7 +250,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     fig.update_layout(
         title=label(0), template="plotly_white", showlegend=edge_level,
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis={"visible": False, "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        xaxis={**_token_axis(circuit, node_ids), "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
