@@ -7,6 +7,11 @@ little apart; the legend says so), hovering a node or an edge's midpoint shows t
 score and method. A slider built into the figure filters edges by |score| (each step toggles trace
 visibility and retitles the figure with what is left), so the filter works in notebooks and in
 static HTML alike.
+
+Position-resolved circuits (nodes ``a1.h0@9``) are drawn token by token: one block of columns per
+position, the x axis labelled with the prompt's tokens where the circuit records them, and a
+faint dotted line from a head's node at a key / value position to its node at a later position
+that writes (attention moving information across tokens inside the head).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuitkit import names
+from circuitkit.ablation.edges import attention_links
 from circuitkit.atomic import write_text
 
 POSITIVE = "#2563eb"
@@ -31,6 +37,7 @@ KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp"
 MLP_LIFT = 0.4  # an MLP sits a little above its layer's heads so that head -> MLP edges are visible
 QKV_DASH = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
 QKV_OFFSET = {"q": -0.15, "k": 0.0, "v": 0.15, None: 0.0}  # q, k and v edges between two nodes stay apart
+ATTENTION_LEGEND = "attention inside a head (key / value position to a later query)"
 QKV_LEGEND = {"q": "into a head's query", "k": "into a head's key", "v": "into a head's value",
               None: "into an MLP or the logits"}
 
@@ -92,7 +99,16 @@ def _token_axis(circuit, node_ids: list[str]) -> dict[str, Any]:
     ticks = range(max(found) + 1)
     text = [f"{p}: {tokens[p]!r}" if p < len(tokens) else f"pos {p}" for p in ticks]
     return {"visible": True, "tickvals": [p * width + centre for p in ticks], "ticktext": text, "showgrid": False,
-            "zeroline": False, "tickangle": -45, "title": {"text": "token position"}}
+            "zeroline": False, "tickangle": -45}
+
+
+def _attention_links(circuit, node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
+    """The position-resolved heads' links drawn (:func:`~circuitkit.ablation.edges.attention_links`):
+    from a head's node at ``p`` that a drawn key or value edge enters to its node at a later
+    ``q`` that a drawn edge leaves, what the head's attention at ``q`` reads from ``p``."""
+    read = {names.parse_edge(e).child for e in edge_ids if names.parse_edge(e).qkv in ("k", "v")}
+    write = {names.parse_edge(e).parent for e in edge_ids}
+    return [(u, v) for u, v in attention_links(node_ids) if u in read and v in write]
 
 
 def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -192,6 +208,15 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
                 hovertext=[f"<b>{e}</b><br>score: {_fmt(s)}<br>method: {circuit.edge_data(e)['method']}"
                            f"<br>task: {circuit.edge_data(e)['task']}" for e, s in mids],
                 hoverinfo="text"))
+        links = _attention_links(circuit, node_ids, edge_ids)
+        if links:  # what attention carries inside a head, from a key / value position to a later query's
+            xs, ys = [], []
+            for u, v in links:
+                xs += [pos[u][0], pos[v][0], None]
+                ys += [pos[u][1], pos[v][1], None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name=ATTENTION_LEGEND,
+                                     line={"color": UNSIGNED, "width": 1.5, "dash": "dot", "shape": "spline"},
+                                     opacity=0.9))
         # the legend: one entry per edge input drawn, and the two signs (empty traces)
         drawn = {names.parse_edge(e).qkv for e in edge_ids}
         for qkv in names.QKV + (None,):
@@ -233,7 +258,8 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     n_heads = circuit.graph.graph.get("n_heads") or 1
     xs = [x for x, _ in pos.values()]
     # the whole model's width, so a small circuit keeps heads in their columns
-    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
+    by_pos = any(names.parse_node(n).pos is not None for n in node_ids)
+    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + (1.5 if by_pos else 0.2)]
     def label(j: int) -> str:
         """The title at slider step ``j``: what the figure shows at that threshold."""
         shown = [item for item, s in zip(items, scores, strict=True) if _bucket(s, thresholds) >= j]
@@ -250,7 +276,8 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     fig.update_layout(
         title=label(0), template="plotly_white", showlegend=edge_level,
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis={**_token_axis(circuit, node_ids), "range": x_range}, margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        xaxis={**_token_axis(circuit, node_ids), "range": x_range},
+        margin={"l": 20, "r": 20, "t": 60, "b": 110 if by_pos else 40},
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
@@ -264,7 +291,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             steps.append({"method": "update", "args": [{"visible": visible}, {"title": {"text": label(j)}}],
                           "label": f"{t:.3g}"})
         fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "|score| ≥ "},
-                                    "pad": {"t": 30}}])
+                                    "pad": {"t": 90 if by_pos else 30}}])
     return fig
 
 
