@@ -259,7 +259,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     xs = [x for x, _ in pos.values()]
     # the whole model's width, so a small circuit keeps heads in their columns
     by_pos = any(names.parse_node(n).pos is not None for n in node_ids)
-    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + (1.5 if by_pos else 0.2)]
+    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + (3.0 if by_pos else 0.2)]
     def label(j: int) -> str:
         """The title at slider step ``j``: what the figure shows at that threshold."""
         shown = [item for item, s in zip(items, scores, strict=True) if _bucket(s, thresholds) >= j]

@@ -1,5 +1,9 @@
 """Position-resolved edge scores (``by_pos``): against the per-edge scores and a hand-written hook run."""
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +94,34 @@ def test_by_pos_refuses_before_work(tiny_model, task):
     with pytest.raises(ValueError, match="by_pos=True"):  # a 4-d mask without by_pos
         g.run_with_mask(tiny_model, task.clean, torch.zeros(1, task.clean.shape[1], *g.graph_index(tiny_model).shape),
                         g.ablation_source(tiny_model, task, "mean"))
+
+
+BY_POS_ORACLE = json.loads((Path(__file__).parent / "data" / "auto_circuit_by_pos_scores.json").read_text())
+
+
+@pytest.mark.parametrize("run", ["eap-corrupted", "mask-ig-corrupted"])
+def test_position_scores_equal_auto_circuits_seq_masks(run):
+    """auto-circuit's ``patchable_model(seq_len=...)`` (a mask per edge and position; written by
+    ``make_auto_circuit_by_pos_fixture.py``) against ``by_pos``: auto-circuit = ``-steps`` x
+    circuitkit, (edge, position) by (edge, position), as in ``test_auto_circuit.py``."""
+    import circuitkit as ck
+
+    (name, found), = BY_POS_ORACLE["models"].items()
+    model = ck.load_model(f"zoo:{name}")
+    task = ck.zoo_task(name, model).subset(torch.tensor(found["rows"]))
+    cut = found["length"]
+    task = dataclasses.replace(task, clean=task.clean[:, :cut], corrupted=task.corrupted[:, :cut])
+    if run == "eap-corrupted":
+        scores, factor = ck.eap(model, task, ablation="corrupted", progress=False, by_pos=True), -1.0
+    else:
+        steps = found["integrated_grad_samples"] + 1
+        scores = ck.eap_ig(model, task, steps=steps, ablation="corrupted", interpolate="mask", progress=False,
+                           by_pos=True)
+        factor = -float(steps)
+    theirs = found["scores"][run]
+    assert set(scores.labels) == set(theirs)  # the same position-resolved graph
+    ours = torch.tensor([factor * scores[e] for e in theirs])
+    expected = torch.tensor(list(theirs.values()))
+    scale = float(expected.abs().max())
+    assert scale > 1.0
+    assert float((ours - expected).abs().max()) <= 1e-4 * scale
