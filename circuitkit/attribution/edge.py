@@ -18,6 +18,7 @@ rank by ``abs`` (``Scores.top`` does) when the direction does not matter.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -361,8 +362,10 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     or key input does. Here, for each edge ``u -> head<q|k>``, the head's attention pattern is
     recomputed exactly (TransformerLens's own attention layer, on the clean inputs with only u's
     contribution to that q / k input ablated), and the pattern change is multiplied by
-    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out. ``source``:
-    as in :func:`_edge_matrix`.
+    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out, or
+    position-resolved ``[n_pos, n_slots, n_upstream]`` (an edge into a query at ``p`` changes the
+    pattern's row ``p`` only; one into a key at ``p`` is re-run with that key position alone
+    moved, ``n_pos`` times the key runs). ``source``: as in :func:`_edge_matrix`.
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
@@ -370,7 +373,7 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     out = matrix.clone()
     for layer in range(index.n_layers):
         base = layer * index.slots_per_layer
-        out[base: base + 2 * index.n_heads] = 0.0
+        out[..., base: base + 2 * index.n_heads, :] = 0.0
     source_of = rows_of(source)
     for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
@@ -424,7 +427,8 @@ def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
 
 def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
                   senders_per_run: int = 8) -> None:
-    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``."""
+    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``
+    (a ``[n_pos, n_slots, n_upstream]`` matrix: per query position for q, per key position for k)."""
     pattern = saved[names.hook("pattern", layer)]
     grad = pattern.grad  # [b, H, q, k]
     mask = saved[("attention_mask", layer)]
@@ -440,23 +444,34 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
     # A head's pattern depends on its own q / k input only, so one run can move every head's input
     # at once; where the QK-norm spans all heads (OLMo-2), each head is moved in a run of its own.
     apart = list(range(index.n_heads)) if whole_vector_qk_norm(model.cfg) else [None]
+    by_pos = matrix.ndim == 3
+    n_pos = pattern.shape[-1]
     for which in (0, 1):  # q, k
         row = layer * index.slots_per_layer + which * index.n_heads
+        # by_pos keys: one key position moved per run (a pattern row mixes every key position)
+        key_positions = range(n_pos) if by_pos and which == 1 else [None]
         for start in range(0, n_cols, senders_per_run):
             k = min(n_cols, start + senders_per_run) - start
             # one copy of the prompts per sender, its diff added to the heads' q (or k) input
             delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
-            for head in apart:
+            for head, at in itertools.product(apart, key_positions):
                 moved = [x.repeat(k, 1, 1, 1) for x in inputs]
                 heads = slice(None) if head is None else slice(head, head + 1)
-                moved[which][:, :, heads] = moved[which][:, :, heads] + delta.to(moved[which].dtype)
+                where = slice(None) if at is None else slice(at, at + 1)
+                moved[which][:, where, heads] = moved[which][:, where, heads] + delta[:, where].to(moved[which].dtype)
                 q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
                 with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
                     block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
                                attention_mask=None if mask is None else mask.repeat(k, 1))
                 change = (captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None])[:, :, heads]
                 rows = slice(row, row + index.n_heads) if head is None else slice(row + head, row + head + 1)
-                matrix[rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, grad[:, heads].to(change.dtype))
+                g = grad[:, heads].to(change.dtype)
+                if not by_pos:
+                    matrix[rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, g)
+                elif at is None:  # queries: a query position's edge moves its own pattern row only
+                    matrix[:, rows, start: start + k] += torch.einsum("cbhqk,bhqk->qhc", change, g)
+                else:
+                    matrix[at, rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, g)
 
 
 def _bind_pre(fn, **kwargs):
@@ -483,12 +498,9 @@ def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **
                   meta=scores_meta(model, index, level=level, by_pos=by_pos, **meta))
 
 
-def _check_level(level: str, by_pos: bool = False, qk_fix: bool = False) -> None:
+def _check_level(level: str) -> None:
     if level not in ("edge", "node"):
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
-    if by_pos and qk_fix:
-        raise ValueError("qk_fix rescores an edge into a key by re-running attention with every key position moved "
-                         "at once, which does not split by position; use by_pos=False or qk_fix=False")
 
 
 def eap(
@@ -524,12 +536,13 @@ def eap(
     ``a0.h0@3->a1.h0@3<k>`` (:func:`circuitkit.names.edge_at`; ``level="node"``: ``a0.h0@3``), in
     position-major order: the same products kept apart by position, so summed over positions
     they are the ``by_pos=False`` scores. The ``[n_pos, n_slots, n_upstream]`` matrices come
-    out of the memory budget (``ValueError`` before any work when they alone do not fit);
-    ``qk_fix`` does not split by position (``ValueError``).
+    out of the memory budget (``ValueError`` before any work when they alone do not fit).
+    With ``qk_fix``, an edge into a query at ``p`` moves that pattern row alone; an edge into a
+    key at ``p`` is re-run with only that key position moved (``n_pos`` times the key runs).
 
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
     """
-    _check_level(level, by_pos, qk_fix)
+    _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
     size = budget_batch_size(model, index, task, "eap", batch_size, max_memory, by_pos)
     qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
@@ -585,7 +598,7 @@ def eap_ig(
     ``by_pos``: position-resolved scores, as in :func:`eap` (with ``"mask"``, every edge has a
     mask per position and an edge at a position scores that mask's gradient).
     """
-    _check_level(level, by_pos, qk_fix)
+    _check_level(level)
     if interpolate not in INTERPOLATIONS:
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
                          f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_factory import make_model
+from oracles import pattern_change_times_gradient
 
 from circuitkit import attribution, names
 from circuitkit.ablation import edges as g
@@ -17,6 +19,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def task(word_tokenizer):
     return induction(word_tokenizer, n_prompts=4, seq_len=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gqa_model(word_tokenizer):
+    """RMSNorm + rotary + grouped-query attention (each query head its own key input)."""
+    return make_model(word_tokenizer, n_layers=2, n_heads=4, normalization_type="RMS",
+                      positional_embedding_type="rotary", n_key_value_heads=2, seed=3)
 
 
 @pytest.mark.parametrize("method", ["eap", "eap_ig inputs", "eap_ig activations", "eap_ig mask"])
@@ -80,11 +89,27 @@ def test_exact_patching_of_one_edge_at_one_position_is_a_hook_run(tiny_model, ta
     assert torch.allclose(whole, spread, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_name", ["tiny_model", "gqa_model"])
+def test_qk_fix_by_position_equals_pattern_attribution_done_by_hand(request, task, model_name):
+    model = request.getfixturevalue(model_name)
+    n_pos = task.clean.shape[1]
+    plain = attribution.eap(model, task, ablation="mean", progress=False, qk_fix=True)
+    fixed = attribution.eap(model, task, ablation="mean", progress=False, qk_fix=True, by_pos=True)
+    summed = dict(zip(plain.labels, fixed.values.reshape(n_pos, -1).sum(0).tolist(), strict=True))
+    # a query position's edge moves its own pattern row only: over positions they are the edge's QK fix
+    queries = [label for label in plain.labels if label.endswith("<q>")]
+    assert torch.allclose(torch.tensor([summed[e] for e in queries]), plain.subset(queries).values, atol=1e-5)
+    picks = [names.edge_at("input->a1.h2<k>", 3), names.edge_at("a0.h1->a1.h3<k>", 5),
+             names.edge_at("a0.h1->a1.h3<q>", 6), names.edge_at("input->a0.h0<k>", 0)]
+    source = g.ablation_source(model, task, "mean")
+    by_hand = torch.tensor([pattern_change_times_gradient(model, task, source, edge) for edge in picks])
+    assert by_hand.abs().max() > 1e-4  # the check is not vacuous
+    assert torch.allclose(fixed.subset(picks).values, by_hand, atol=1e-5, rtol=1e-4)
+
+
 def test_by_pos_refuses_before_work(tiny_model, task):
     with pytest.raises(ValueError, match="by_pos=False"):
         attribution.eap(tiny_model, task, by_pos=True, max_memory=1e4, progress=False)
-    with pytest.raises(ValueError, match="qk_fix"):
-        attribution.eap_ig(tiny_model, task, by_pos=True, qk_fix=True, progress=False)
     with pytest.raises(ValueError, match="by_pos=True"):
         attribution.exact_edge_patching(tiny_model, task, edges=["input@1->logits@1"], progress=False)
     with pytest.raises(ValueError, match="position"):
