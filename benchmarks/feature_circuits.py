@@ -44,6 +44,7 @@ from circuitkit.circuit.features import (
 from circuitkit.models import load_model
 from circuitkit.models.zoo_store import zoo_task
 from circuitkit.sae.graph import feature_graph
+from circuitkit.sae.linear import linear_feature_graph
 from circuitkit.zoo.feature_saes import SITES, build_induction_saes, induction_feature_circuit
 
 TINY_LM_KS = (50, 100, 200, 300, 400)
@@ -78,10 +79,13 @@ def main() -> None:
     known = evaluate_feature_circuit(model, saes, task, nodes)
     n_true = sum(1 for n in nodes if n.startswith("f"))
     graphs, times = {}, {}
-    for method in ("attribution", "ig"):
+    for method in ("attribution", "ig", "linear"):
         t0 = time.perf_counter()
-        graphs[method] = feature_graph(model, saes, task, method=method, steps=args.steps,
-                                       node_threshold=args.node_threshold, progress=False)
+        if method == "linear":  # attention-only: the exact linear graph applies (zero baseline)
+            graphs[method] = linear_feature_graph(model, saes, task, node_threshold=args.node_threshold, progress=False)
+        else:
+            graphs[method] = feature_graph(model, saes, task, method=method, steps=args.steps,
+                                           node_threshold=args.node_threshold, progress=False)
         times[method] = time.perf_counter() - t0
     pool = set().union(*(g.edges.labels for g in graphs.values()))  # the same edge pool for every method
     rows = []

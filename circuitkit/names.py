@@ -17,6 +17,7 @@ Nobody else builds these strings with f-strings: call :func:`head`, :func:`mlp`,
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -109,6 +110,11 @@ def parse_node(name: str) -> Node:
     """Parse a node id; raises ``ValueError`` naming the accepted forms when it is malformed."""
     if not isinstance(name, str):
         raise TypeError(f"node id must be a string, got {type(name).__name__}")
+    return _parse_node(name)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # graphs parse the same ids over and over; Node is frozen
+def _parse_node(name: str) -> Node:
     base, pos = name, None
     if "@" in name:
         base, _, pos_text = name.partition("@")

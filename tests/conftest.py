@@ -75,3 +75,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def random_sae():
+    return _random_sae
+
+
+def _random_sae(d_in: int, d_sae: int, hook_name: str, seed: int = 0):
+    """A SAELens ReLU SAE with random weights (and small random encoder biases) reading ``hook_name``."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sae.b_enc.uniform_(-0.1, 0.1)
+    sae.cfg.metadata.hook_name = hook_name
+    return sae

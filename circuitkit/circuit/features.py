@@ -32,6 +32,7 @@ from circuitkit.sae.graph import (
     feature_graph,
     run_with_features,
 )
+from circuitkit.sae.linear import linear_feature_graph
 from circuitkit.sae.splice import make_sites
 from circuitkit.tasks.metrics import normalized
 from circuitkit.tokenizers import check_token_ids
@@ -65,7 +66,15 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
     the prompt with the latest answer (every node's position lies within it), so the circuit
     exports to circuit-tracer's attribution graph."""
-    circuit = graph_circuit(feature_graph(model, saes, task, **kwargs), model)
+    if kwargs.get("method") == "linear":
+        extra = sorted(set(kwargs) - {"method", "positions", "node_threshold", "max_nodes", "chunk", "progress"})
+        if extra:
+            raise ValueError(f"method='linear' computes exact edges (no baseline, no IG steps); drop {extra}")
+        kwargs.pop("method")
+        graph = linear_feature_graph(model, saes, task, **kwargs)
+    else:
+        graph = feature_graph(model, saes, task, **kwargs)
+    circuit = graph_circuit(graph, model)
     # nodes sit at positions up to the latest answer of any prompt: draw the graph over that prompt
     first_answer = task.answer_pos.reshape(len(task), -1)[:, 0]
     circuit.meta["example_prompt"] = example_prompt(model, task, int(first_answer.argmax()))

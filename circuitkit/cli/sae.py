@@ -71,7 +71,9 @@ def register(sub) -> None:
     circ.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
                       help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors)")
     add_task_arguments(circ, "the zoo card's task", n_prompts=16)
-    circ.add_argument("--method", default="ig", choices=["ig", "attribution"], help="estimates (default ig)")
+    circ.add_argument("--method", default="ig", choices=["ig", "attribution", "linear"],
+                      help="estimates: ig / attribution (Marks et al.), or linear: exact edges with a transcoder at "
+                           "every MLP (circuit-tracer's construction; needs a logit_diff task)")
     circ.add_argument("--steps", type=int, default=8, help="integration steps (ig)")
     circ.add_argument("--baseline", default="mean", choices=["mean", "corrupted", "zero"],
                       help="the value an ablated node takes (default: the mean over clean prompts)")
@@ -83,7 +85,11 @@ def register(sub) -> None:
     circ.add_argument("--errors", default="circuit", choices=["circuit", "keep", "ablate"],
                       help="error nodes in evaluation: as the circuit says, all kept, or all ablated")
     circ.add_argument("--out", default=None, help="save the pruned circuit (.json node-link, .graphml, ...)")
-    circ.add_argument("--html", default=None, help="write the circuit figure (token by token) as HTML")
+    circ.add_argument("--html", default=None, help="write the circuit figure (token by token) as HTML; hovering a "
+                      "feature shows its card: top activations and the tokens it promotes / suppresses")
+    circ.add_argument("--card-text", default=None, help="UTF-8 text file the cards' top activations are searched in "
+                      "(64-token windows; default: the task's clean prompts)")
+    circ.add_argument("--card-examples", type=int, default=3, help="top activations per card (default 3)")
     circ.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     circ.set_defaults(func=_cmd_circuit)
 
@@ -178,17 +184,25 @@ def _cmd_circuit(args) -> int:
     )
     from circuitkit.cli.common import task_from_args, write_figure
     from circuitkit.models.loading import load_model
+    from circuitkit.sae.cards import feature_cards
     from circuitkit.sae.splice import make_sites
-    from circuitkit.sae.train import load_sae
+    from circuitkit.sae.train import load_sae, text_to_tokens
+    from circuitkit.tokenizers import read_text_file
 
     check_out_folder(args.out, args.html)
+    card_text = None
+    if args.card_text is not None:
+        if not args.html:
+            raise ValueError("--card-text sets where the hover cards of --html look; pass --html FILE too")
+        card_text = read_text_file(args.card_text)  # a binary or missing file is refused before any work
     saes = [load_sae(d) for d in args.sae_dirs]
     model = load_model(args.model, device="cpu")
     make_sites(model, saes)  # a misfit SAE fails before the task is built
     task = task_from_args(args, model)
-    circuit = feature_circuit(model, saes, task, method=args.method, steps=args.steps, baseline=args.baseline,
-                              positions=args.positions, node_threshold=args.node_threshold,
-                              max_nodes=args.max_nodes, progress=not args.no_progress)
+    estimates = {} if args.method == "linear" else {"steps": args.steps, "baseline": args.baseline}
+    circuit = feature_circuit(model, saes, task, method=args.method, positions=args.positions,
+                              node_threshold=args.node_threshold, max_nodes=args.max_nodes,
+                              progress=not args.no_progress, **estimates)
     small = top_features(circuit, args.top)
     ev = evaluate_feature_circuit(model, saes, task, small, errors=args.errors, baseline=args.baseline)
     share = "n/a" if ev.error_share is None else f"{ev.error_share:.3f}"
@@ -202,5 +216,7 @@ def _cmd_circuit(args) -> int:
     if args.out:
         print(f"wrote {save_circuit(small, args.out)}")
     if args.html:
-        print(f"wrote {write_figure(args.html, small.figure())}")
+        corpus = task if card_text is None else text_to_tokens(model, card_text, 64)
+        cards = feature_cards(model, saes, corpus, small.nodes, k=args.card_examples)
+        print(f"wrote {write_figure(args.html, small.figure(cards=cards))}")
     return 0

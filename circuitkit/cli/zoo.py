@@ -19,11 +19,14 @@ def register(sub) -> None:
     show.set_defaults(func=_cmd_show)
     train = zsub.add_parser("train", help="rebuild a model from its recipe",
                             description="Rebuild zoo model NAME from its recipe (hand-built: by construction; "
-                                        "trained: by training) and save weights, tokenizer and card.")
+                                        "trained: by training) and save weights, tokenizer and card, and the "
+                                        "SAEs it ships with (saes/: analytic for induction-handbuilt, top-k "
+                                        "training for tiny-lm) from their recipe.")
     train.add_argument("name")
     train.add_argument("--seed", type=int, default=None, help="recipe seed (default: the shipped model's)")
     train.add_argument("--out", default=None, help="zoo folder to write NAME/ into (default: the user's zoo folder, "
                        "$CIRCUITKIT_HOME/zoo or ~/.local/share/circuitkit/zoo; a checkout's bundled models: data/zoo)")
+    train.add_argument("--no-saes", action="store_true", help="write the model alone, without its saes/ folder")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_cmd_train)
     verify = zsub.add_parser("verify", help="re-check a model's recorded circuit",
@@ -60,7 +63,7 @@ def _cmd_show(args) -> int:
 def _cmd_train(args) -> int:
     from circuitkit.zoo.recipes import train
 
-    path = train(args.name, root=args.out, seed=args.seed, progress=not args.no_progress)
+    path = train(args.name, root=args.out, seed=args.seed, progress=not args.no_progress, saes=not args.no_saes)
     print(f"wrote zoo model {args.name} to {path}")
     return 0
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -182,9 +183,11 @@ def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
     return build_task(card.task["builder"], tok, **params)
 
 
-def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None) -> Path:
+def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None,
+                   extra: Callable[[Path], Any] | None = None) -> Path:
     """Write ``card.json``, ``model.safetensors`` and ``tokenizer.json`` atomically into ``root/NAME``
-    (``root`` defaults to :func:`user_zoo_dir`)."""
+    (``root`` defaults to :func:`user_zoo_dir`). ``extra(folder)`` writes anything else the model
+    folder holds (its ``saes/``) into the unfinished folder, so all of it replaces the old one at once."""
     import torch
     from safetensors.torch import save_file
 
@@ -198,6 +201,8 @@ def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None) ->
         save_file(state, str(tmp / WEIGHTS_FILE))
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
         (tmp / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2, default=_json_default) + "\n")
+        if extra is not None:
+            extra(tmp)
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

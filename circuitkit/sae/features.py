@@ -176,7 +176,8 @@ class FeatureCard:
         examples: :func:`top_activating_examples` frame.
         boosted / suppressed: DataFrames (``token``, ``token_id``, ``logit``) of the output tokens
             the feature's decoder direction raises / lowers most through the unembedding
-            (``W_dec[feature] @ W_U``; direct path only, ignoring later layers and the final norm).
+            (:func:`logit_effects`: direct path only, later layers ignored, the final norm's
+            weight folded in as SAELens's dashboards do).
         density: fraction of token positions where the feature is active.
         mean_activation: its mean activation where active.
     """
@@ -203,10 +204,16 @@ def feature_label(sae, feature: int, hook_name: str | None = None) -> str:
     return names.feature(layer, name, feature)
 
 
-def output_logit_effects(model, sae, feature: int, k: int = 10):
-    """``(boosted, suppressed)`` frames of the tokens ``W_dec[feature] @ W_U`` ranks highest / lowest."""
-    import pandas as pd
+def logit_effects(model, sae, feature: int) -> Tensor:
+    """``[d_vocab]``: what feature ``feature``'s decoder direction adds to each output logit.
 
+    The final norm is treated as SAELens's dashboards (sae_dashboard, Neuronpedia) treat it: they
+    read ``W_dec[feature] @ W_U`` of a model loaded with ``fold_ln=True``, whose ``W_U`` has the
+    final norm's weight folded in and (LayerNorm) is centred over ``d_model``. So here the norm
+    acts as a linear map at unit scale: a LayerNorm's centring, then its weight, then ``W_U``
+    (``W_dec[feature] @ W_U`` for a model without a final norm); the norm's token-dependent
+    ``1/scale`` and its bias (the same for every direction) are left out.
+    """
     feature = _check_feature(sae, feature)
     direction = sae.W_dec[feature].detach().to(model.W_U.device, model.W_U.dtype)
     if direction.shape[0] != model.cfg.d_model:
@@ -215,7 +222,20 @@ def output_logit_effects(model, sae, feature: int, k: int = 10):
             f"{model.cfg.d_model}; output-token effects exist only for SAEs on the residual stream or "
             "attn_out / mlp_out hooks"
         )
-    logits = direction @ model.W_U.detach()
+    if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm removes the mean over d_model
+        direction = direction - direction.mean()
+    weight = getattr(getattr(model, "ln_final", None), "w", None)
+    if weight is not None:  # LayerNorm / RMSNorm with its learned weight (not folded into W_U)
+        direction = direction * weight.detach()
+    return direction @ model.W_U.detach()
+
+
+def output_logit_effects(model, sae, feature: int, k: int = 10):
+    """``(boosted, suppressed)`` frames (``token``, ``token_id``, ``logit``) of the ``k`` tokens
+    :func:`logit_effects` ranks highest / lowest."""
+    import pandas as pd
+
+    logits = logit_effects(model, sae, feature)
     k = min(k, logits.numel())
 
     def frame(values, ids):
@@ -227,15 +247,33 @@ def output_logit_effects(model, sae, feature: int, k: int = 10):
     return frame(top.values, top.indices), frame(-bottom.values, bottom.indices)
 
 
+def writes_residual(model, sae) -> bool:
+    """Whether the SAE's decoder writes ``d_model``-wide directions (residual stream, attn_out,
+    mlp_out, a transcoder's MLP output): those have output-token effects."""
+    return int(sae.W_dec.shape[1]) == int(model.cfg.d_model)
+
+
 def feature_card(model, sae, feature: int, tokens, k: int = 10, context: int = 8,
-                 hook_name: str | None = None) -> FeatureCard:
-    """Top examples plus top boosted / suppressed output tokens of ``feature``."""
+                 hook_name: str | None = None, feature_acts: Tensor | None = None,
+                 label: str | None = None, n_tokens: int | None = None) -> FeatureCard:
+    """Top examples plus top boosted / suppressed output tokens of ``feature``.
+
+    ``feature_acts`` (:func:`encode` of ``tokens``) skips re-encoding; ``label`` overrides the
+    component id; ``n_tokens`` output tokens each way (default ``k``). An SAE whose decoder does
+    not write ``d_model``-wide directions (``hook_z``) gets empty boosted / suppressed frames.
+    """
+    import pandas as pd
+
     feature = _check_feature(sae, feature)
-    acts = encode(model, sae, tokens, hook_name)
+    acts = feature_acts if feature_acts is not None else encode(model, sae, tokens, hook_name)
     f_acts = acts[..., feature]
     active = f_acts > 0
     examples = top_activating_examples(model, sae, tokens, feature, k, context, hook_name, feature_acts=acts)
-    boosted, suppressed = output_logit_effects(model, sae, feature, k)
+    if writes_residual(model, sae):
+        boosted, suppressed = output_logit_effects(model, sae, feature, k if n_tokens is None else n_tokens)
+    else:
+        boosted = suppressed = pd.DataFrame({"token": [], "token_id": [], "logit": []})
     density = float(active.float().mean())
     mean_act = float(f_acts[active].mean()) if active.any() else 0.0
-    return FeatureCard(feature, feature_label(sae, feature, hook_name), examples, boosted, suppressed, density, mean_act)
+    return FeatureCard(feature, label or feature_label(sae, feature, hook_name), examples, boosted, suppressed,
+                       density, mean_act)

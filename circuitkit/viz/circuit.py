@@ -4,20 +4,23 @@ Input at the bottom, logits at the top; a layer's heads side by side with its ML
 (slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
 the dash which input of a head an edge feeds (q dotted, k dashed, v dash-dotted, each arriving a
 little apart; the legend says so), hovering a node or an edge's midpoint shows the component,
-score and method. A slider built into the figure filters edges by |score| (each step toggles trace
+score and method (and, for an SAE feature given ``cards``, its feature card: top activations,
+promoted and suppressed tokens); a positioned circuit's token blocks are labelled with its
+prompt's tokens. A slider built into the figure filters edges by |score| (each step toggles trace
 visibility and retitles the figure with what is left), so the filter works in notebooks and in
 static HTML alike.
 
-Position-resolved circuits (nodes ``a1.h0@9``) are drawn token by token: one block of columns per
-position, the x axis labelled with the prompt's tokens where the circuit records them, and a
-faint dotted line from a head's node at a key / value position to its node at a later position
-that writes (attention moving information across tokens inside the head).
+A position-resolved circuit of heads and MLPs (edges ``a0.h0@3->a1.h0@3<k>``) also gets a faint
+dotted line from a head's node at a key / value position to its node at a later position that
+writes: attention moving information across tokens inside the head.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import plotly.graph_objects as go
 from circuitkit import names
 from circuitkit.ablation.edges import attention_links
 from circuitkit.atomic import write_text
+from circuitkit.viz.sae import feature_hover
 
 POSITIVE = "#2563eb"
 NEGATIVE = "#dc2626"
@@ -48,9 +52,14 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
     error nodes side by side within their position and depth."""
     n_layers = circuit.n_layers if circuit.n_layers is not None else 0
     n_heads = circuit.graph.graph.get("n_heads") or 1
-    rows = _feature_rows(node_ids, n_layers)
+    # SAE features, error nodes and sites: side by side within their (position, depth) row.
+    rows: dict[tuple[int, float], list[str]] = {}
+    for node_id in node_ids:
+        parsed = names.parse_node(node_id)
+        if parsed.kind in ("feature", "error", "site"):
+            rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
     order_in_row = {n: i for row in rows.values() for i, n in enumerate(names.sort_nodes(row, n_layers))}
-    width = _block_width(circuit, node_ids)
+    width = block_width(circuit, node_ids)
     positions: dict[str, tuple[float, float]] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
@@ -70,39 +79,38 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
     return positions
 
 
-def _feature_rows(node_ids: list[str], n_layers: int) -> dict[tuple[int, float], list[str]]:
-    """SAE features, error nodes and sites: side by side within their (position, depth) row."""
-    rows: dict[tuple[int, float], list[str]] = {}
+def block_width(circuit, node_ids: list[str]) -> int:
+    """Columns per token position in :func:`layout`: room for a layer's heads and MLP, or for the
+    most SAE features / error nodes sharing one (position, depth) row."""
+    n_layers = circuit.n_layers if circuit.n_layers is not None else 0
+    n_heads = circuit.graph.graph.get("n_heads") or 1
+    rows: dict[tuple[int, float], int] = {}
     for node_id in node_ids:
         parsed = names.parse_node(node_id)
         if parsed.kind in ("feature", "error", "site"):
-            rows.setdefault((parsed.pos or 0, names.depth(parsed, n_layers)), []).append(node_id)
-    return rows
+            key = (parsed.pos or 0, names.depth(parsed, n_layers))
+            rows[key] = rows.get(key, 0) + 1
+    return max(n_heads + 2, max(rows.values(), default=0) + 1)
 
 
-def _block_width(circuit, node_ids: list[str]) -> int:
-    """Columns of one token position's block in :func:`layout`."""
+def prompt_tokens(circuit) -> list[str] | None:
+    """The tokens of the prompt a positioned circuit is drawn over (``meta["example_prompt"]``,
+    which :func:`~circuitkit.circuit.feature_circuit` and ``discover`` record), else None."""
+    example = circuit.meta.get("example_prompt") or {}
+    tokens = example.get("prompt_tokens")
+    return list(tokens) if tokens else None
+
+
+def _token_axis(circuit, node_ids: list[str], tokens: list[str]) -> dict[str, Any]:
+    """x-axis ticks under each token block: the token (escaped, newline as ↵) and its position."""
+    width = block_width(circuit, node_ids)
     n_heads = circuit.graph.graph.get("n_heads") or 1
-    widest = max((len(r) for r in _feature_rows(node_ids, circuit.n_layers or 0).values()), default=0)
-    return max(n_heads + 2, widest + 1)
+    centre = (n_heads - 1) / 2  # where input@p and logits sit within their block
+    return {"tickvals": [p * width + centre for p in range(len(tokens))],
+            "ticktext": [f"{html.escape(t).replace(chr(10), '↵')}<br>@{p}" for p, t in enumerate(tokens)]}
 
 
-def _token_axis(circuit, node_ids: list[str]) -> dict[str, Any]:
-    """The x axis of a position-resolved figure: a tick under each token's block, labelled with
-    the prompt's token there (``circuit.meta["example_prompt"]["prompt_tokens"]``, which
-    :func:`circuitkit.discover` records) or its position; hidden for a circuit without positions."""
-    found = [p for p in (names.parse_node(n).pos for n in node_ids) if p is not None]
-    if not found:
-        return {"visible": False}
-    tokens = (circuit.meta.get("example_prompt") or {}).get("prompt_tokens") or []
-    width, centre = _block_width(circuit, node_ids), ((circuit.graph.graph.get("n_heads") or 1) - 1) / 2
-    ticks = range(max(found) + 1)
-    text = [f"{p}: {tokens[p]!r}" if p < len(tokens) else f"pos {p}" for p in ticks]
-    return {"visible": True, "tickvals": [p * width + centre for p in ticks], "ticktext": text, "showgrid": False,
-            "zeroline": False, "tickangle": -45}
-
-
-def _attention_links(circuit, node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
+def _attention_links(node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
     """The position-resolved heads' links drawn (:func:`~circuitkit.ablation.edges.attention_links`):
     from a head's node at ``p`` that a drawn key or value edge enters to its node at a later
     ``q`` that a drawn edge leaves, what the head's attention at ``q`` reads from ``p``."""
@@ -147,13 +155,20 @@ def _bucket(value: float | None, thresholds: list[float]) -> int:
 
 def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n_steps: int = 8,
                    thresholds: list[float] | None = None, title: str | None = None,
-                   height: int | None = None) -> go.Figure:
+                   height: int | None = None, cards: Mapping[str, Any] | None = None,
+                   tokens: Sequence[str] | bool | None = None) -> go.Figure:
     """A Plotly figure of ``circuit``.
 
     Args:
         edges: ``"in_graph"`` (the circuit) or ``"all"`` (every scored edge, filter with the slider).
         interactive: add a slider whose steps are |score| thresholds (hide weaker edges).
         n_steps / thresholds: the slider's thresholds (quantiles of |score| unless given).
+        cards: ``{feature id: FeatureCard}`` (:func:`circuitkit.sae.feature_cards`, ids without
+            ``@pos``): hovering a feature node shows its card (top activations, promoted and
+            suppressed tokens).
+        tokens: the x-axis labels of a positioned circuit's token blocks; None (default) takes
+            the circuit's recorded prompt (:func:`prompt_tokens`) when its nodes have positions,
+            False draws no labels.
     """
     if edges not in ("in_graph", "all"):
         raise ValueError(f"edges must be 'in_graph' or 'all', got {edges!r}")
@@ -208,15 +223,14 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
                 hovertext=[f"<b>{e}</b><br>score: {_fmt(s)}<br>method: {circuit.edge_data(e)['method']}"
                            f"<br>task: {circuit.edge_data(e)['task']}" for e, s in mids],
                 hoverinfo="text"))
-        links = _attention_links(circuit, node_ids, edge_ids)
+        links = _attention_links(node_ids, edge_ids)
         if links:  # what attention carries inside a head, from a key / value position to a later query's
             xs, ys = [], []
             for u, v in links:
                 xs += [pos[u][0], pos[v][0], None]
                 ys += [pos[u][1], pos[v][1], None]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name=ATTENTION_LEGEND,
-                                     line={"color": UNSIGNED, "width": 1.5, "dash": "dot", "shape": "spline"},
-                                     opacity=0.9))
+                                     line={"color": UNSIGNED, "width": 1.5, "dash": "dot"}, opacity=0.9))
         # the legend: one entry per edge input drawn, and the two signs (empty traces)
         drawn = {names.parse_edge(e).qkv for e in edge_ids}
         for qkv in names.QKV + (None,):
@@ -227,6 +241,11 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=what, hoverinfo="skip",
                                      line={"color": colour, "width": 4}))
 
+    def _card_text(node_id: str) -> str:
+        parsed = names.parse_node(node_id)
+        card = (cards or {}).get(names.format_node(parsed, with_pos=False)) if parsed.kind == "feature" else None
+        return "" if card is None else "<br>" + feature_hover(card)
+
     def node_trace(ids: list[str], visible: bool = True) -> go.Scatter:
         colours, sizes, text = [], [], []
         for n in ids:
@@ -235,7 +254,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             colours.append(KIND_COLOURS[d["kind"]] if score is None else (POSITIVE if score >= 0 else NEGATIVE))
             sizes.append(16 if score is None else 12 + 18 * math.sqrt(abs(score) / max_abs))
             text.append(f"<b>{n}</b><br>kind: {d['kind']}<br>score: {_fmt(score)}<br>method: {d['method']}"
-                        f"<br>task: {d['task']}")
+                        f"<br>task: {d['task']}" + _card_text(n))
         return go.Scatter(
             x=[pos[n][0] for n in ids], y=[pos[n][1] for n in ids], mode="markers+text", text=ids,
             textposition="top center", hovertext=text, hoverinfo="text", showlegend=False, visible=visible,
@@ -258,8 +277,15 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     n_heads = circuit.graph.graph.get("n_heads") or 1
     xs = [x for x, _ in pos.values()]
     # the whole model's width, so a small circuit keeps heads in their columns
-    by_pos = any(names.parse_node(n).pos is not None for n in node_ids)
-    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + (3.0 if by_pos else 0.2)]
+    x_range = [min(-0.6, *xs) - 0.2, max(n_heads + 1.1, *xs) + 0.2]
+    positioned = any(names.parse_node(n).pos is not None for n in node_ids)
+    if tokens is None:
+        tokens = prompt_tokens(circuit) if positioned else None
+    xaxis: dict[str, Any] = {"visible": False, "range": x_range}
+    if tokens:  # not False, not empty
+        xaxis = {"range": [x_range[0], max(x_range[1], block_width(circuit, node_ids) * len(tokens) - 0.8)],
+                 "showgrid": False, "zeroline": False, "tickangle": 0,
+                 **_token_axis(circuit, node_ids, list(tokens))}
     def label(j: int) -> str:
         """The title at slider step ``j``: what the figure shows at that threshold."""
         shown = [item for item, s in zip(items, scores, strict=True) if _bucket(s, thresholds) >= j]
@@ -276,8 +302,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     fig.update_layout(
         title=label(0), template="plotly_white", showlegend=edge_level,
         legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}, hovermode="closest", height=height or 160 + 110 * (n_layers + 2),
-        xaxis={**_token_axis(circuit, node_ids), "range": x_range},
-        margin={"l": 20, "r": 20, "t": 60, "b": 110 if by_pos else 40},
+        xaxis=xaxis, margin={"l": 20, "r": 20, "t": 60, "b": 70 if tokens else 40},  # room for token labels
         yaxis={"tickvals": [-1, *range(n_layers), n_layers],
                "ticktext": ["input", *[f"layer {i}" for i in range(n_layers)], "logits"],
                "zeroline": False, "showgrid": True},
@@ -291,7 +316,7 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             steps.append({"method": "update", "args": [{"visible": visible}, {"title": {"text": label(j)}}],
                           "label": f"{t:.3g}"})
         fig.update_layout(sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "|score| ≥ "},
-                                    "pad": {"t": 90 if by_pos else 30}}])
+                                    "pad": {"t": 30}}])
     return fig
 
 

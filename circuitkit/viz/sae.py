@@ -76,3 +76,31 @@ def feature_card_html(card) -> str:
             f"<p>density {card.density:.4f}, mean activation when active {card.mean_activation:.3f}</p>"
             f"<p><b>boosts</b>: {tokens(card.boosted)}</p><p><b>suppresses</b>: {tokens(card.suppressed)}</p>"
             f"{top_examples_html(card.examples)}</div>")
+
+
+def _hover_token(token: str) -> str:
+    """A token as Plotly hover text shows it: HTML-escaped, a newline as ↵."""
+    return html.escape(token).replace("\n", "↵")
+
+
+def feature_hover(card, n_examples: int = 3, n_tokens: int = 5) -> str:
+    """Plotly hover text (``<b>``, ``<i>``, ``<br>``) for a :class:`~circuitkit.sae.features.FeatureCard`:
+    its density, its ``n_examples`` top activations (context with the activating token in bold,
+    ``[token]``) and the (up to) ``n_tokens`` output tokens its decoder direction promotes /
+    suppresses (those with a logit effect of that sign)."""
+    lines = [f"<i>density {card.density:.3g}, mean act {card.mean_activation:.3g}</i>", "<b>top activations</b>"]
+    examples = card.examples[card.examples["activation"] > 0].head(n_examples)  # a top "activation" of 0 is none
+    if len(examples) == 0:
+        lines.append("  (not active in the corpus)")
+    for _, ex in examples.iterrows():
+        # byte-level BPE tokens carry their own spaces; word-level ones (no leading space) get one
+        sep = "" if any(t[:1].isspace() for t in ex["context_tokens"]) else " "
+        context = sep.join(f"<b>[{_hover_token(t)}]</b>" if i == ex["center"] else _hover_token(t)
+                          for i, t in enumerate(ex["context_tokens"]))
+        lines.append(f"  {ex['activation']:.3g}: {context}")
+    for title, frame, sign in (("promotes", card.boosted, 1), ("suppresses", card.suppressed, -1)):
+        # only tokens the direction actually moves that way (a direction W_U does not read moves none)
+        shown = [(t, v) for t, v in zip(frame["token"], frame["logit"], strict=True) if sign * v > 0][:n_tokens]
+        tokens = ", ".join(f"'{_hover_token(t)}' {v:+.2f}" for t, v in shown) if shown else "(none)"
+        lines.append(f"<b>{title}</b>: {tokens}")
+    return "<br>".join(lines)

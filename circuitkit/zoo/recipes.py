@@ -2,7 +2,8 @@
 
 Hand-built models are set by construction (:mod:`circuitkit.zoo.handbuilt`); trained models by
 their recipes (:mod:`circuitkit.zoo.training`); tracr models are compiled RASP programs
-(:mod:`circuitkit.zoo.tracr`, needs the ``tracr`` extra).
+(:mod:`circuitkit.zoo.tracr`, needs the ``tracr`` extra). The SAEs a model ships with (its
+``saes/`` folder) are rebuilt with it from :data:`circuitkit.zoo.sae_recipes.SAE_RECIPES`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from circuitkit.models.zoo_store import save_zoo_model, user_zoo_dir
 from circuitkit.zoo import handbuilt, tracr, training
+from circuitkit.zoo.sae_recipes import build_saes, write_saes
 
 Builder = Callable[..., tuple[Any, Any, Any]]  # (seed=0, progress=True) -> (model, tokenizer, ZooCard)
 
@@ -39,12 +41,21 @@ def build(name: str, seed: int | None = None, progress: bool = True):
     return RECIPES[name](**kwargs)
 
 
-def train(name: str, root: str | Path | None = None, seed: int | None = None, progress: bool = True) -> Path:
+def train(name: str, root: str | Path | None = None, seed: int | None = None, progress: bool = True,
+          saes: bool = True) -> Path:
     """Rebuild zoo model ``name`` and save it (atomically) under ``root``; returns the model's folder.
+
+    With ``saes`` (default) the model's ``saes/`` folder is rebuilt too, on the model just built,
+    from its recipe (:data:`~circuitkit.zoo.sae_recipes.SAE_RECIPES`: analytic for
+    ``induction-handbuilt``, top-k training for ``tiny-lm``, a few minutes); weights, card,
+    tokenizer and SAEs replace the old folder in one rename. ``saes=False`` writes the model
+    alone (a model with SAE recipe then has no ``saes/``).
 
     ``root`` defaults to the user's zoo folder (:func:`~circuitkit.models.zoo_store.user_zoo_dir`),
     which the zoo searches before the bundled models: an installed package is never written into.
     """
     check_recipe(name)  # before any work starts
     model, tokenizer, card = build(name, seed=seed, progress=progress)
-    return save_zoo_model(model, card, tokenizer, root=Path(root) if root is not None else user_zoo_dir())
+    dictionaries = build_saes(name, model, card, progress=progress) if saes else {}
+    return save_zoo_model(model, card, tokenizer, root=Path(root) if root is not None else user_zoo_dir(),
+                          extra=lambda folder: write_saes(dictionaries, folder))

@@ -67,7 +67,7 @@ def test_a_position_resolved_circuit_round_trips_and_renders(handbuilt, handbuil
         save_circuit(circuit, tmp_path / "c.mib.json", "mib")
     fig = circuit.figure()
     tokens = circuit.meta["example_prompt"]["prompt_tokens"]
-    assert fig.layout.xaxis.visible and list(fig.layout.xaxis.ticktext)[10] == f"10: {tokens[10]!r}"
+    assert list(fig.layout.xaxis.ticktext)[10] == f"{tokens[10]}<br>@10"  # the token blocks are labelled
     links = [t for t in fig.data if t.name and t.name.startswith("attention")]
     assert len(links) == 1 and None in links[0].x  # a1.h0 reads k / v at 10 and writes at 19
 

@@ -80,13 +80,33 @@ def test_sae_circuit_on_the_handbuilt_models_shipped_saes(tmp_path, capsys):
 
     saes = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"
     dirs = [str(saes / h) for h in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")]
-    out = tmp_path / "fc.json"
+    out, page = tmp_path / "fc.json", tmp_path / "fc.html"
     assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--n-prompts", "4", "--steps", "4", "--top", "40",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--html", str(page), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "faithfulness" in text and "error share" in text
+    assert "faithfulness" in text and "error share" in text and f"wrote {page}" in text
     circuit = load_circuit(out)
     assert any(n.startswith("f1.resid_post.") for n in circuit.nodes)
+    html = page.read_text()  # hovering a feature shows its card
+    assert "top activations" in html and "promotes" in html and "f1.resid_post." in html
+    # a --card-text that cannot be read fails before any work
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--html", str(tmp_path / "x.html"),
+                 "--card-text", str(tmp_path / "missing.txt")]) != 0
+    assert "missing.txt" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
     # an SAE for another hook width fails before any work, naming the hook
     assert main(["sae", "circuit", "zoo:tiny-lm", dirs[0], "--n-prompts", "4"]) != 0
     assert "d_in=125" in capsys.readouterr().err
+
+
+def test_sae_circuit_linear_on_the_attention_only_handbuilt_model(tmp_path, capsys):
+    from pathlib import Path
+
+    from circuitkit.circuit import load_circuit
+
+    saes = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"
+    dirs = [str(saes / h) for h in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")]
+    out = tmp_path / "fc.json"
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--method", "linear", "--n-prompts", "2",
+                 "--top", "20", "--out", str(out), "--no-progress"]) == 0
+    assert "faithfulness" in capsys.readouterr().out
+    assert load_circuit(out).method == "feature-linear"

@@ -27,11 +27,6 @@ def identity_sae():
     return _identity_sae
 
 
-@pytest.fixture(scope="session")
-def random_sae():
-    return _random_sae
-
-
 def _identity_sae(d_in: int, hook_name: str):
     """A ReLU SAE that reconstructs exactly: latents relu(x), relu(-x); decoder [I; -I]."""
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -43,16 +38,5 @@ def _identity_sae(d_in: int, hook_name: str):
         sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
         sae.b_enc.zero_()
         sae.b_dec.zero_()
-    sae.cfg.metadata.hook_name = hook_name
-    return sae
-
-
-def _random_sae(d_in: int, d_sae: int, hook_name: str, seed: int = 0):
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    torch.manual_seed(seed)
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.1, 0.1)
     sae.cfg.metadata.hook_name = hook_name
     return sae

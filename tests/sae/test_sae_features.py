@@ -69,7 +69,9 @@ def test_density_histogram_counts_latents(tiny_model, trained_sae, sae_tokens):
 def test_feature_card_output_tokens(tiny_model, trained_sae, sae_tokens):
     card = feature_card(tiny_model, trained_sae, 5, sae_tokens, k=3)
     assert card.label == "f1.resid_pre.5"
-    logits = trained_sae.W_dec[5].detach() @ tiny_model.W_U.detach()
+    row = trained_sae.W_dec[5].detach()
+    # the final LayerNorm (weight 1 in this fresh model) centres the direction before W_U
+    logits = ((row - row.mean()) * tiny_model.ln_final.w.detach()) @ tiny_model.W_U.detach()
     assert card.boosted["token_id"].tolist() == torch.topk(logits, 3).indices.tolist()
     assert card.suppressed["token_id"].tolist() == torch.topk(-logits, 3).indices.tolist()
     assert card.boosted["logit"].iloc[0] == pytest.approx(float(logits.max()), abs=1e-5)

@@ -86,3 +86,16 @@ def test_the_known_circuit_and_the_discovered_one_are_faithful(model, saes, task
     # A circuit missing the key features (PREV at the key position) is not faithful: the check bites.
     no_key = [n for n in nodes if not (n.startswith("f1.resid_pre.") and int(n.split(".")[2].split("@")[0]) >= 36)]
     assert evaluate_feature_circuit(model, saes, task, no_key).faithfulness < 0.5
+
+
+def test_feature_cards_know_the_constructed_features(model, saes, task):
+    from circuitkit.sae import feature_cards
+
+    v = model.cfg.d_vocab
+    answer = int(task.clean[0, 2])  # a token that appears in the prompts
+    cards = feature_cards(model, saes, task, [f"f1.resid_post.{2 * v + answer}@5", f"f0.resid_pre.{answer}@3"], k=2)
+    out, tok = cards[f"f1.resid_post.{2 * v + answer}"], cards[f"f0.resid_pre.{answer}"]
+    # OUT[a] is read by W_U as the answer a; TOK[t] fires on t and is not read by W_U
+    assert out.boosted["token_id"].iloc[0] == answer and out.boosted["logit"].iloc[0] > 0
+    assert (tok.examples["token"] == model.tokenizer.decode([answer])).all()
+    assert tok.boosted["logit"].abs().max() == 0

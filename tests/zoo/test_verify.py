@@ -11,10 +11,16 @@ from circuitkit import load_model, names, zoo_card, zoo_task
 from circuitkit.ablation.nodes import ablate
 from circuitkit.cli import main
 from circuitkit.models.zoo_store import BUNDLED_ZOO, CARD_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from circuitkit.zoo.feature_saes import SAE_DIR
 from circuitkit.zoo.recipes import RECIPES, train
 from circuitkit.zoo.verify import ablate_each, split_components, verify
 
 HANDBUILT = ("induction-handbuilt", "retrieval-handbuilt")
+
+
+def files(folder) -> list[str]:
+    """Every file under ``folder`` (relative paths, sorted); [] when it does not exist."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize("name", HANDBUILT)
@@ -27,6 +33,15 @@ def test_train_reproduces_the_shipped_model_and_verify_passes(name, tmp_path, ca
         assert new[key].equal(old[key]), key
     assert json.loads((built / CARD_FILE).read_text()) == json.loads((shipped / CARD_FILE).read_text())
     assert json.loads((built / TOKENIZER_FILE).read_text()) == json.loads((shipped / TOKENIZER_FILE).read_text())
+    # the SAEs the model ships with (induction-handbuilt's analytic ones) are rebuilt exactly
+    assert files(built / SAE_DIR) == files(shipped / SAE_DIR)
+    for path in files(shipped / SAE_DIR):
+        if path.endswith(".json"):
+            assert json.loads((built / SAE_DIR / path).read_text()) == json.loads((shipped / SAE_DIR / path).read_text())
+        else:
+            new, old = load_file(str(built / SAE_DIR / path)), load_file(str(shipped / SAE_DIR / path))
+            assert sorted(new) == sorted(old) and all(new[k].equal(old[k]) for k in old), path
+    assert (name == "induction-handbuilt") == bool(files(built / SAE_DIR))
     capsys.readouterr()
 
     assert main(["zoo", "verify", name]) == 0
