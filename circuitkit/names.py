@@ -4,7 +4,8 @@ Node ids follow the convention that EAP-IG and the Mechanistic Interpretability 
 exchange: ``input``, ``a{layer}.h{head}`` (attention head), ``m{layer}`` (MLP), ``logits``.
 An edge is ``parent->child``; when the child is a head, ``<q>``, ``<k>`` or ``<v>`` names the
 input it enters through (``a0.h3->a2.h1<k>``). A position suffix ``@{pos}`` may follow a node
-(``a1.h0@5``). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``); the error
+(``a1.h0@5``); a position-resolved residual-stream edge carries the same position at both ends
+(``a0.h0@3->a1.h0@3<k>``, :func:`edge_at`). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``); the error
 term of the SAE at that site (what its features leave unexplained) is ``e{layer}.{hook}``
 (``e2.resid_pre@7``).
 Whole-layer sites (used by activation patching and the logit lens) are ``{hook}.{layer}`` for
@@ -212,6 +213,41 @@ def parse_edge(name: str) -> Edge:
     if child_node.kind != "head" and qkv is not None:
         raise ValueError(f"edge {name!r} names <{qkv}> but {child!r} is not an attention head")
     return Edge(parent, child, qkv)
+
+
+def edge_at(edge_id: str, pos: int | None) -> str:
+    """The residual-stream edge ``edge_id`` at token position ``pos``: both endpoints carry
+    ``@pos`` (``edge_at("a0.h0->a1.h0<k>", 3)`` -> ``'a0.h0@3->a1.h0@3<k>'``); ``pos=None`` drops
+    the positions. The parent's output at ``pos`` entering the child's input at ``pos``: the
+    residual stream carries nothing across positions (attention does, inside the child)."""
+    e = parse_edge(edge_id)
+    return edge(with_pos(e.parent, pos), with_pos(e.child, pos), e.qkv)
+
+
+def edges_at(edge_ids, n_pos: int) -> list[str]:
+    """Every edge of ``edge_ids`` at every position ``0..n_pos-1``, position-major (all edges
+    at position 0 first): the labels of a position-resolved edge score matrix
+    ``[n_pos, n_edges]`` flattened."""
+    parsed = [parse_edge(e) for e in edge_ids]
+    if any(parse_node(e.parent).pos is not None or parse_node(e.child).pos is not None for e in parsed):
+        raise ValueError("edges_at takes edge ids without positions (e.g. 'a0.h0->a1.h0<k>')")
+    out = []
+    for pos in range(int(n_pos)):
+        out += [f"{e.parent}@{pos}->{e.child}@{pos}" + (f"<{e.qkv}>" if e.qkv else "") for e in parsed]
+    return out
+
+
+def edge_position(edge_id: str) -> tuple[str, int | None]:
+    """``(edge id without positions, position)`` of a residual-stream edge: ``None`` when neither
+    endpoint carries a position; ``ValueError`` when only one does or they differ (a
+    residual-stream edge joins a node's output and a reader's input at the same token)."""
+    e = parse_edge(edge_id)
+    p, c = parse_node(e.parent), parse_node(e.child)
+    if p.pos != c.pos:
+        raise ValueError(
+            f"edge {edge_id!r}: a position-resolved edge has the same position at both ends "
+            f"(e.g. 'a0.h0@3->a1.h0@3<k>'), got {p.pos} and {c.pos}")
+    return (edge_id if p.pos is None else edge(p.name, c.name, e.qkv)), p.pos
 
 
 def is_edge(name: str) -> bool:

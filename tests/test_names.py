@@ -56,3 +56,19 @@ def test_computation_order_and_graph_size():
     for e in edges:
         names.parse_edge(e)
     assert "a0.h0->a1.h2<v>" in edges and "a1.h0->a0.h0<q>" not in edges
+
+
+def test_position_resolved_edges():
+    assert names.edge_at("a0.h0->a1.h0<k>", 3) == "a0.h0@3->a1.h0@3<k>"
+    assert names.edge_at("a0.h0@3->a1.h0@3<k>", None) == "a0.h0->a1.h0<k>"
+    assert names.edge_position("a0.h0@3->a1.h0@3<k>") == ("a0.h0->a1.h0<k>", 3)
+    assert names.edge_position("m0->logits") == ("m0->logits", None)
+    for bad in ("a0.h0@3->a1.h0@4<k>", "a0.h0@3->a1.h0<k>"):
+        with pytest.raises(ValueError, match="same position"):
+            names.edge_position(bad)
+    edges = ["input->a0.h0<q>", "a0.h0->logits"]
+    assert names.edges_at(edges, 2) == ["input@0->a0.h0@0<q>", "a0.h0@0->logits@0",
+                                        "input@1->a0.h0@1<q>", "a0.h0@1->logits@1"]
+    assert names.edges_at(edges, 2) == [names.edge_at(e, p) for p in range(2) for e in edges]
+    with pytest.raises(ValueError, match="without positions"):
+        names.edges_at(["input@0->logits@0"], 2)

@@ -28,6 +28,13 @@ Edge masks are dense ``[n_slots, n_upstream]`` matrices (a *slot* is one downstr
 *upstream* node is one that writes to the residual stream); :class:`GraphIndex` maps edge names to
 matrix cells. A mask may carry a leading batch dimension, so many different ablations run in one
 forward pass (each batch row with its own edges ablated).
+
+Position-resolved masks (``by_pos=True``, ``[n_pos, n_slots, n_upstream]``, optionally batched)
+ablate an edge at some token positions only: the edge ``u@p -> v@p`` is u's output at position
+``p`` in v's input at position ``p`` (the residual stream is per position; attention moves
+information across positions inside v), so ``input_v[p] -= sum_u mask[p, v, u] (out_u[p] -
+source_u[p])``. Summed over positions the per-position edges are the edge: a mask that is the
+same at every position is the per-edge mask.
 """
 
 from __future__ import annotations
@@ -154,6 +161,35 @@ class GraphIndex:
         if rows:
             m[torch.tensor(rows), torch.tensor(cols)] = True
         return m.to(device) if device is not None else m
+
+    def position_cell(self, edge_name: str) -> tuple[int | None, int, int]:
+        """``(position, slot, upstream)`` of an edge id; position None for an edge without one."""
+        base, pos = names.edge_position(edge_name)
+        return (pos, *self.cell(base))
+
+    def position_mask(self, edge_names: Iterable[str], n_pos: int, device=None) -> Tensor:
+        """A boolean ``[n_pos, n_slots, n_upstream]`` matrix, True at the given edges at their
+        positions (``a0.h0@3->a1.h0@3<k>``); an edge id without positions is that edge at every
+        position. ``ValueError`` for a position outside ``0..n_pos-1``."""
+        m = torch.zeros((n_pos, *self.shape), dtype=torch.bool)
+        cells = [self.position_cell(e) for e in edge_names]
+        bad = [p for p, _, _ in cells if p is not None and not 0 <= p < n_pos]
+        if bad:
+            raise ValueError(f"edge position {bad[0]} is outside the prompts' {n_pos} positions (0..{n_pos - 1})")
+        every = [(r, c) for p, r, c in cells if p is None]
+        at = [(p, r, c) for p, r, c in cells if p is not None]
+        if every:
+            rows, cols = zip(*every, strict=True)
+            m[:, torch.tensor(rows), torch.tensor(cols)] = True
+        if at:
+            ps, rows, cols = zip(*at, strict=True)
+            m[torch.tensor(ps), torch.tensor(rows), torch.tensor(cols)] = True
+        return m.to(device) if device is not None else m
+
+    def position_edges(self, n_pos: int) -> list[str]:
+        """Every edge at every position, position-major (:func:`circuitkit.names.edges_at`): the
+        labels of a ``[n_pos, n_slots, n_upstream]`` matrix read at :meth:`flat_edge_index`."""
+        return names.edges_at(self.edges, n_pos)
 
     def valid_mask(self, device=None) -> Tensor:
         """True at every cell that is an edge of the graph."""
@@ -304,6 +340,20 @@ def graph_nodes(model) -> list[str]:
     return [*index.upstream, names.LOGITS]
 
 
+def attention_links(node_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """``(a{L}.h{H}@p, a{L}.h{H}@q)`` for ``p < q`` among the position-resolved heads in
+    ``node_ids``: in the position-resolved graph a head's inputs at ``p`` (its key and value)
+    reach its output at every later ``q`` inside the head, through attention, not along an edge.
+    Reachability (pruning dangling edges, routes to the logits) follows these links too."""
+    by_head: dict[str, list[int]] = {}
+    for node_id in node_ids:
+        n = names.parse_node(node_id)
+        if n.kind == "head" and n.pos is not None:
+            by_head.setdefault(n.name, []).append(n.pos)
+    return [(names.with_pos(h, p), names.with_pos(h, q)) for h, ps in by_head.items()
+            for p in sorted(ps) for q in sorted(ps) if p < q]
+
+
 def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     """What each node writes into the residual stream on ``tokens``.
 
@@ -379,43 +429,58 @@ def run_with_edges(
     Every edge NOT in ``keep_edges`` reads its parent's ``source`` output (see
     :func:`ablation_source`); alternatively pass ``keep_edges=None`` and ``ablate_edges`` to
     ablate only those. Unknown edge names raise ``ValueError``. Gradients flow if enabled.
+    Position-resolved edge ids (``a0.h0@3->a1.h0@3<k>``, :func:`circuitkit.names.edge_at`) keep or
+    ablate an edge at that position only (an id without positions among them: at every position),
+    through a ``[pos, n_slots, n_upstream]`` mask (:func:`run_with_mask` with ``by_pos``).
     """
     if (keep_edges is None) == (ablate_edges is None):
         raise ValueError("give exactly one of keep_edges (ablate the rest) or ablate_edges (keep the rest)")
     index = graph_index(model)
     device = model_device(model)
-    if keep_edges is not None:
-        keep_list = [keep_edges] if isinstance(keep_edges, str) else list(keep_edges)
-        mask = index.valid_mask() & ~index.mask(keep_list)
+    given = keep_edges if keep_edges is not None else ablate_edges
+    listed = [given] if isinstance(given, str) else list(given)
+    by_pos = any("@" in e for e in listed)  # a position suffix (names.edge_at); parsed by position_mask
+    if by_pos:  # position-resolved edges: a [pos, slots, upstream] mask
+        n_pos = check_token_ids(model, tokens).shape[1]
+        chosen = index.position_mask(listed, n_pos)
+        mask = index.valid_mask()[None] & ~chosen if keep_edges is not None else chosen
     else:
-        ablate_list = [ablate_edges] if isinstance(ablate_edges, str) else list(ablate_edges)
-        mask = index.mask(ablate_list)
-    return run_with_mask(model, tokens, mask.to(device), source)
+        chosen = index.mask(listed)
+        mask = index.valid_mask() & ~chosen if keep_edges is not None else chosen
+    return run_with_mask(model, tokens, mask.to(device), source, by_pos=by_pos)
 
 
-def run_with_mask(model, tokens: Tensor, ablate: Tensor, source: dict[str, Tensor]) -> Tensor:
+def run_with_mask(model, tokens: Tensor, ablate: Tensor, source: dict[str, Tensor], by_pos: bool = False) -> Tensor:
     """Logits with the edges where ``ablate`` is nonzero ablated.
 
     ``ablate``: ``[n_slots, n_upstream]`` (one ablation for the whole batch) or
     ``[batch, n_slots, n_upstream]`` (each row of ``tokens`` its own); fractional values
-    interpolate between live (0) and source (1).
+    interpolate between live (0) and source (1). ``by_pos``: the mask is position-resolved,
+    ``[pos, n_slots, n_upstream]`` or ``[batch, pos, n_slots, n_upstream]``, ``pos`` the
+    tokens' length (``mask[p]`` ablates the edges at position ``p`` only).
     """
     index = graph_index(model)
     tokens = check_token_ids(model, tokens)
-    if ablate.shape[-2:] != index.shape or ablate.ndim not in (2, 3):
-        raise ValueError(f"edge mask must be [n_slots, n_upstream] = {list(index.shape)} (optionally with a "
-                         f"leading batch dimension), got {list(ablate.shape)}")
-    if ablate.ndim == 3 and ablate.shape[0] != tokens.shape[0]:
+    lead = 1 if by_pos else 0  # the position dimension before the matrix
+    form = "[pos, n_slots, n_upstream]" if by_pos else "[n_slots, n_upstream]"
+    if ablate.shape[-2:] != index.shape or ablate.ndim not in (2 + lead, 3 + lead):
+        raise ValueError(f"edge mask must be {form} = {[tokens.shape[1]] * lead + list(index.shape)} (optionally "
+                         f"with a leading batch dimension), got {list(ablate.shape)}"
+                         + ("" if by_pos or ablate.ndim != 4 else "; pass by_pos=True for a position-resolved mask"))
+    if by_pos and ablate.shape[-3] != tokens.shape[1]:
+        raise ValueError(f"a position-resolved edge mask needs one matrix per position: {ablate.shape[-3]} for "
+                         f"prompts of {tokens.shape[1]} tokens")
+    if ablate.ndim == 3 + lead and ablate.shape[0] != tokens.shape[0]:
         raise ValueError(f"a batched edge mask needs one row per prompt: {ablate.shape[0]} masks for {tokens.shape[0]} prompts")
     _check_source(index, source, tokens)
-    hooks = _ablation_hooks(model, index, ablate.to(model_device(model)).float(), source)
+    hooks = _ablation_hooks(model, index, ablate.to(model_device(model)).float(), source, by_pos)
     with graph_mode(model), model.hooks(fwd_hooks=hooks):
         return model(tokens)
 
 
 # --- the hooks --------------------------------------------------------------------------------
 
-def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, Tensor]) -> list:
+def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, Tensor], by_pos: bool = False) -> list:
     """Forward hooks that record ``live - source`` per upstream block and correct each slot.
 
     Upstream blocks: ``input`` (1 node), each layer's heads (H nodes), each MLP (1 node); each
@@ -423,7 +488,9 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
     an MLP input, the final residual) subtracts ``einsum(diff_block, mask_block)`` over the blocks
     before it, skipping blocks with nothing ablated (sparse ablations stay cheap).
     """
-    batched = ablate.ndim == 3
+    # the mask's axes before [slots, upstream]: batch and / or position
+    eq = {(False, False): "bpnd,hn->bphd", (True, False): "bpnd,bhn->bphd",
+          (False, True): "bpnd,phn->bphd", (True, True): "bpnd,bphn->bphd"}[(ablate.ndim == 3 + by_pos, by_pos)]
     # (first upstream column, diff or None, post-norm of the block or None, its live pre-norm sum and
     # the norm of that, or None)
     diffs: list[tuple[int, Tensor | None, object, tuple[Tensor, Tensor] | None]] = []
@@ -457,7 +524,6 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
             m = ablate[..., rows, start:start + width]
             if not dense and not bool(m.any()):
                 continue
-            eq = "bpnd,bhn->bphd" if batched else "bpnd,hn->bphd"
             term = torch.einsum(eq, diff, m.to(diff.dtype))
             if norm is not None:  # what the layer adds, live minus with the ablated senders swapped in
                 summed, normed = pre

@@ -131,15 +131,47 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     return int(elem * n_pos * per_token)
 
 
-def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: int | None,
-                      max_memory: float | None) -> int:
-    """Prompts per batch: ``batch_size`` (all prompts when None), fewer where the memory budget
-    (``max_memory`` bytes; by default half the memory available now) holds fewer. ``ValueError``
-    before any work when not even one prompt fits."""
+def memory_budget(max_memory: float | None) -> float:
+    """Bytes an attribution run may use: ``max_memory``, by default half the memory available now."""
     if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    budget = DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
+    return DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
+
+
+# Position-resolved score matrices [n_pos, n_slots, n_upstream] a run holds at once (the
+# accumulator, its mean and the labelled values).
+POSITION_MATRICES = 3
+
+
+def position_matrix_bytes(index: GraphIndex, n_pos: int) -> int:
+    """Bytes of one float32 position-resolved edge matrix ``[n_pos, n_slots, n_upstream]``."""
+    return 4 * n_pos * index.shape[0] * index.shape[1]
+
+
+def check_position_memory(index: GraphIndex, n_pos: int, method: str, budget: float, copies: int = POSITION_MATRICES) -> int:
+    """Bytes the position-resolved matrices of a run take (``copies`` of them); ``ValueError``
+    before any work when they alone exceed ``budget``, naming the fixes."""
+    need = copies * position_matrix_bytes(index, n_pos)
+    if need > budget:
+        raise ValueError(
+            f"{method} with by_pos=True holds {copies} matrices of [{n_pos} positions, {index.shape[0]} inputs, "
+            f"{index.shape[1]} senders] floats, about {need / 2**30:.3g} GiB, over the memory budget of "
+            f"{budget / 2**30:.3g} GiB; use shorter prompts, by_pos=False (scores summed over positions), or a "
+            "larger max_memory (bytes)"
+        )
+    return need
+
+
+def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: int | None,
+                      max_memory: float | None, by_pos: bool = False) -> int:
+    """Prompts per batch: ``batch_size`` (all prompts when None), fewer where the memory budget
+    (``max_memory`` bytes; by default half the memory available now) holds fewer. ``ValueError``
+    before any work when not even one prompt fits. ``by_pos``: the position-resolved score
+    matrices (:func:`check_position_memory`) come out of the budget first."""
+    budget = memory_budget(max_memory)
     n_pos = task.clean.shape[1]
+    if by_pos:
+        budget -= check_position_memory(index, n_pos, method, budget)
     per = memory_per_prompt(model, index, n_pos, method)
     # the q / k / v input gradients rebuilt from dM/d hook_q: about 8 copies of a chunk of
     # [n_heads, rows, d_model] values while the layer norm's backward runs, RECOMPUTE_BYTES at most

@@ -18,6 +18,7 @@ rank by ``abs`` (``Scores.top`` does) when the direction does not matter.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -49,6 +50,8 @@ from circuitkit.attribution.common import (
     RECOMPUTE_BYTES,
     budget_batch_size,
     check_nonzero_scores,
+    check_position_memory,
+    memory_budget,
     prepare_attribution,
     prompt_batches,
     rows_of,
@@ -72,8 +75,10 @@ def _edge_matrix(
     batch_size: int | None,
     progress: bool,
     interpolate: str = "inputs",
+    by_pos: bool = False,
 ) -> Tensor:
-    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``.
+    """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``
+    (``by_pos``: ``[n_pos, n_slots, n_upstream]``, the sum over prompts at each position apart).
 
     ``source``: node outputs of every prompt (:func:`~circuitkit.ablation.edges.ablation_source`)
     or ``idx -> those of prompts idx`` (:func:`~circuitkit.ablation.edges.batch_source`).
@@ -84,7 +89,8 @@ def _edge_matrix(
     (``"activations"``; the gradients of all the groups' runs are averaged).
     """
     n_total = len(task)
-    scores = torch.zeros(index.shape, device=model_device(model))
+    shape = (task.clean.shape[1], *index.shape) if by_pos else index.shape
+    scores = torch.zeros(shape, device=model_device(model))
     batches = prompt_batches(n_total, batch_size)
     source_of = rows_of(source)
     alphas = [1.0] if steps is None else [k / steps for k in range(1, steps + 1)]
@@ -145,7 +151,9 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
 
 def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Tensor | None, alpha: float,
                    n_total: int, scores: Tensor, group: tuple[str, list[str]] | None = None) -> None:
-    """One forward + backward adding its scores to ``scores`` as the gradients arrive.
+    """One forward + backward adding its scores to ``scores`` as the gradients arrive
+    (``scores``: ``[n_slots, n_upstream]``, or ``[n_pos, n_slots, n_upstream]`` to keep each
+    position's products apart).
 
     ``clean_input=None`` (EAP): ``stack`` holds the source outputs ``[n_upstream, rows, d_model]``
     (``rows = batch * pos``) and becomes the differences in place once the run has recorded the
@@ -156,6 +164,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     """
     at_clean = clean_input is None
     b, p = sub.clean.shape[0], sub.clean.shape[1]
+    by_pos = scores.ndim == 3
     state: dict = {"diff": None, "outputs": {}, "pre": {}, "z": {}, "resid": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
@@ -226,7 +235,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         x = state["resid"][layer].reshape(b * p, -1)
         n_heads, d_model = w.shape[0], w.shape[1]
         step = max(1, RECOMPUTE_BYTES // (n_heads * d_model * d.element_size()))
-        total = torch.zeros((n_heads, n_cols), dtype=d.dtype, device=d.device)
+        total = torch.zeros((p, n_heads, n_cols) if by_pos else (n_heads, n_cols), dtype=d.dtype, device=d.device)
         for r0 in range(0, b * p, step):
             r1 = min(b * p, r0 + step)
             g_in = torch.einsum("rhe,hde->hrd", g[r0:r1], w)  # dM/d (normalised) split input, head-major
@@ -236,12 +245,20 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
                 with torch.enable_grad():
                     x_rep = x[r0:r1].detach()[None].expand(n_heads, -1, -1).requires_grad_(True)
                     (g_in,) = torch.autograd.grad(norm(x_rep), x_rep, g_in)
-            total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
-        scores[row: row + n_heads, :n_cols] += total.to(scores.dtype)
+            if by_pos:  # rows are (prompt, position) pairs, prompt-major: row r is position r % p
+                per_row = torch.einsum("hrd,crd->rhc", g_in, d[:n_cols, r0:r1])
+                total.index_add_(0, torch.arange(r0, r1, device=d.device) % p, per_row)
+            else:
+                total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
+        scores[..., row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
     def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
         d = diff()
-        scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
+        if by_pos:
+            per_row = torch.einsum("crd,rd->rc", d[:n_cols], grad.reshape(b * p, -1).to(d.dtype))
+            scores[:, row, :n_cols] += per_row.reshape(b, p, n_cols).sum(0).to(scores.dtype)
+        else:
+            scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
 
     def watch(fn, **kwargs):
         def hook(x, hook):
@@ -345,8 +362,10 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     or key input does. Here, for each edge ``u -> head<q|k>``, the head's attention pattern is
     recomputed exactly (TransformerLens's own attention layer, on the clean inputs with only u's
     contribution to that q / k input ablated), and the pattern change is multiplied by
-    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out. ``source``:
-    as in :func:`_edge_matrix`.
+    ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out, or
+    position-resolved ``[n_pos, n_slots, n_upstream]`` (an edge into a query at ``p`` changes the
+    pattern's row ``p`` only; one into a key at ``p`` is re-run with that key position alone
+    moved, ``n_pos`` times the key runs). ``source``: as in :func:`_edge_matrix`.
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
@@ -354,7 +373,7 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     out = matrix.clone()
     for layer in range(index.n_layers):
         base = layer * index.slots_per_layer
-        out[base: base + 2 * index.n_heads] = 0.0
+        out[..., base: base + 2 * index.n_heads, :] = 0.0
     source_of = rows_of(source)
     for idx in tqdm(prompt_batches(len(task), batch_size), disable=not progress, desc="QK fix"):
         sub = task.subset(idx.cpu())
@@ -408,7 +427,8 @@ def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
 
 def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
                   senders_per_run: int = 8) -> None:
-    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``."""
+    """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``
+    (a ``[n_pos, n_slots, n_upstream]`` matrix: per query position for q, per key position for k)."""
     pattern = saved[names.hook("pattern", layer)]
     grad = pattern.grad  # [b, H, q, k]
     mask = saved[("attention_mask", layer)]
@@ -424,23 +444,34 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
     # A head's pattern depends on its own q / k input only, so one run can move every head's input
     # at once; where the QK-norm spans all heads (OLMo-2), each head is moved in a run of its own.
     apart = list(range(index.n_heads)) if whole_vector_qk_norm(model.cfg) else [None]
+    by_pos = matrix.ndim == 3
+    n_pos = pattern.shape[-1]
     for which in (0, 1):  # q, k
         row = layer * index.slots_per_layer + which * index.n_heads
+        # by_pos keys: one key position moved per run (a pattern row mixes every key position)
+        key_positions = range(n_pos) if by_pos and which == 1 else [None]
         for start in range(0, n_cols, senders_per_run):
             k = min(n_cols, start + senders_per_run) - start
             # one copy of the prompts per sender, its diff added to the heads' q (or k) input
             delta = diffs[:, :, start: start + k].permute(2, 0, 1, 3).reshape(-1, *diffs.shape[1:2], 1, diffs.shape[-1])
-            for head in apart:
+            for head, at in itertools.product(apart, key_positions):
                 moved = [x.repeat(k, 1, 1, 1) for x in inputs]
                 heads = slice(None) if head is None else slice(head, head + 1)
-                moved[which][:, :, heads] = moved[which][:, :, heads] + delta.to(moved[which].dtype)
+                where = slice(None) if at is None else slice(at, at + 1)
+                moved[which][:, where, heads] = moved[which][:, where, heads] + delta[:, where].to(moved[which].dtype)
                 q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
                 with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
                     block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
                                attention_mask=None if mask is None else mask.repeat(k, 1))
                 change = (captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None])[:, :, heads]
                 rows = slice(row, row + index.n_heads) if head is None else slice(row + head, row + head + 1)
-                matrix[rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, grad[:, heads].to(change.dtype))
+                g = grad[:, heads].to(change.dtype)
+                if not by_pos:
+                    matrix[rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, g)
+                elif at is None:  # queries: a query position's edge moves its own pattern row only
+                    matrix[:, rows, start: start + k] += torch.einsum("cbhqk,bhqk->qhc", change, g)
+                else:
+                    matrix[at, rows, start: start + k] += torch.einsum("cbhqk,bhqk->hc", change, g)
 
 
 def _bind_pre(fn, **kwargs):
@@ -451,14 +482,20 @@ def _bind_pre(fn, **kwargs):
 
 
 def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **meta) -> Scores:
+    """Labelled scores of a ``[n_slots, n_upstream]`` matrix, or of a position-resolved
+    ``[n_pos, n_slots, n_upstream]`` one (labels ``a0.h0@3->a1.h0@3<k>`` / ``a0.h0@3``, position-major)."""
+    by_pos = matrix.ndim == 3
+    n_pos = matrix.shape[0] if by_pos else None
     if level == "edge":
-        values = matrix.reshape(-1)[index.flat_edge_index().to(matrix.device)]
-        labels = list(index.edges)
+        flat = index.flat_edge_index().to(matrix.device)
+        values = matrix.reshape(n_pos, -1)[:, flat] if by_pos else matrix.reshape(-1)[flat]
+        labels = index.position_edges(n_pos) if by_pos else list(index.edges)
     else:
-        values = matrix.sum(0)  # an upstream node's effect through all its outgoing edges
-        labels = list(index.upstream)
+        values = matrix.sum(-2)  # an upstream node's effect through all its outgoing edges
+        labels = ([names.with_pos(n, pos) for pos in range(n_pos) for n in index.upstream] if by_pos
+                  else list(index.upstream))
     return Scores(values, labels, method, task.name, task.metric_name,
-                  meta=scores_meta(model, index, level=level, **meta))
+                  meta=scores_meta(model, index, level=level, by_pos=by_pos, **meta))
 
 
 def _check_level(level: str) -> None:
@@ -476,6 +513,7 @@ def eap(
     progress: bool = True,
     qk_fix: bool = False,
     max_memory: float | None = None,
+    by_pos: bool = False,
 ) -> Scores:
     """Edge attribution patching over every edge of the model's graph.
 
@@ -494,14 +532,22 @@ def eap(
     (:func:`~circuitkit.attribution.common.memory_per_prompt`); ``ValueError`` before any work
     when not even one prompt fits.
 
+    ``by_pos``: position-resolved scores, one per edge and token position, labelled
+    ``a0.h0@3->a1.h0@3<k>`` (:func:`circuitkit.names.edge_at`; ``level="node"``: ``a0.h0@3``), in
+    position-major order: the same products kept apart by position, so summed over positions
+    they are the ``by_pos=False`` scores. The ``[n_pos, n_slots, n_upstream]`` matrices come
+    out of the memory budget (``ValueError`` before any work when they alone do not fit).
+    With ``qk_fix``, an edge into a query at ``p`` moves that pattern row alone; an edge into a
+    key at ``p`` is re-run with only that key position moved (``n_pos`` times the key runs).
+
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
     """
     _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
-    size = budget_batch_size(model, index, task, "eap", batch_size, max_memory)
+    size = budget_batch_size(model, index, task, "eap", batch_size, max_memory, by_pos)
     qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
     source = batch_source(model, task, ablation, seed, size)
-    matrix = _edge_matrix(model, task, index, source, None, size, progress)
+    matrix = _edge_matrix(model, task, index, source, None, size, progress, by_pos=by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap")
@@ -520,6 +566,7 @@ def eap_ig(
     qk_fix: bool = False,
     interpolate: Literal["inputs", "activations", "mask"] = "inputs",
     max_memory: float | None = None,
+    by_pos: bool = False,
 ) -> Scores:
     """EAP with integrated gradients (Hanna et al. 2024).
 
@@ -547,6 +594,9 @@ def eap_ig(
     ``integrated_grad_samples=steps - 1`` gives ``-steps`` times these scores). ``steps=1`` equals
     :func:`eap`. Its runs go through the edge-mask engine with every edge's mask live, which holds
     the split q / k / v inputs: ``max_memory`` does not size its batches (give ``batch_size``).
+
+    ``by_pos``: position-resolved scores, as in :func:`eap` (with ``"mask"``, every edge has a
+    mask per position and an edge at a position scores that mask's gradient).
     """
     _check_level(level)
     if interpolate not in INTERPOLATIONS:
@@ -555,13 +605,15 @@ def eap_ig(
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
     if interpolate == "mask":
         size = qk_size = len(task) if batch_size is None else batch_size
+        if by_pos:
+            check_position_memory(index, task.clean.shape[1], "eap_ig", memory_budget(max_memory))
         source = batch_source(model, task, ablation, seed, size)
-        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress)
+        matrix = mask_ig_matrix(model, task, index, source, steps, size, progress, by_pos)
     else:
-        size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory)
+        size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory, by_pos)
         qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
         source = batch_source(model, task, ablation, seed, size)
-        matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate)
+        matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate, by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
     check_nonzero_scores(model, task, matrix, "eap_ig")

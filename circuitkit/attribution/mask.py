@@ -29,16 +29,19 @@ def mask_alphas(steps: int) -> list[float]:
 
 
 def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_size: int | None,
-                   progress: bool) -> Tensor:
+                   progress: bool, by_pos: bool = False) -> Tensor:
     """``[n_slots, n_upstream]``: the mean over :func:`mask_alphas` of ``dM/dm`` with every edge's
     mask at that value (0 where the graph has no edge). ``source``: node outputs of every prompt
     (:func:`~circuitkit.ablation.edges.ablation_source`) or ``idx -> those of prompts idx``
     (:func:`~circuitkit.ablation.edges.batch_source`). ``steps * batches`` forward + backward
-    passes of the edge-mask engine."""
+    passes of the edge-mask engine. ``by_pos``: one mask per position,
+    ``[n_pos, n_slots, n_upstream]`` scores."""
     source_of = rows_of(source)
     device = model_device(model)
     valid = index.valid_mask(device)
-    scores = torch.zeros(index.shape, device=device)
+    if by_pos:
+        valid = valid[None].expand(task.clean.shape[1], -1, -1)
+    scores = torch.zeros(valid.shape, device=device)
     alphas = mask_alphas(steps)
     batches = prompt_batches(len(task), batch_size)
     bar = tqdm(total=len(batches) * len(alphas), disable=not progress, desc=f"EAP-IG ({steps} steps, mask)")
@@ -47,7 +50,7 @@ def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_siz
         src = source_of(idx)
         for alpha in alphas:
             mask = (valid.float() * alpha).requires_grad_(True)
-            metric = sub.per_prompt(run_with_mask(model, sub.clean, mask, src)).sum() / len(task)
+            metric = sub.per_prompt(run_with_mask(model, sub.clean, mask, src, by_pos=by_pos)).sum() / len(task)
             (grad,) = torch.autograd.grad(metric, mask)
             scores += grad * valid
             bar.update()

@@ -23,6 +23,7 @@ import networkx as nx
 import torch
 
 from circuitkit import names
+from circuitkit.ablation.edges import attention_links
 from circuitkit.models.zoo_store import zoo_card
 from circuitkit.scores import Scores
 
@@ -374,9 +375,12 @@ class Circuit:
         return self.with_members(keep, level, prune)
 
     def prune_dangling(self) -> Circuit:
-        """A copy keeping only in-graph edges on some ``input -> logits`` path of in-graph edges."""
+        """A copy keeping only in-graph edges on some ``input -> logits`` path of in-graph edges
+        (position-resolved: a head's inputs at position p reach its outputs at later positions
+        through attention, :func:`~circuitkit.ablation.edges.attention_links`)."""
         out = self.copy()
-        view = out.subgraph()
+        view = nx.DiGraph(out.subgraph())
+        view.add_edges_from(attention_links(list(view)))
         # Sources and sinks by kind: position-resolved graphs have one input node per position.
         sources = [n for n in view if self.graph.nodes[n]["kind"] == "input"]
         sinks = [n for n in view if self.graph.nodes[n]["kind"] == "logits"]

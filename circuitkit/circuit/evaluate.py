@@ -6,6 +6,11 @@ clean prompts, a resampled prompt, or the corrupted prompt) via
 among its nodes (plus ``input`` and ``logits``).
 
 ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``: 1 = the circuit alone reproduces the model.
+
+Position-resolved circuits (edges ``a0.h0@3->a1.h0@3<k>``, nodes ``a1.h0@9``) are evaluated the
+same way on the position-resolved graph: every (edge, position) outside the circuit is ablated at
+that position (:func:`~circuitkit.ablation.edges.run_with_mask` with a per-position mask). A
+circuit that keeps an edge at every position is the edge-level circuit keeping it.
 """
 
 from __future__ import annotations
@@ -52,11 +57,13 @@ class CircuitEvaluation:
 class EdgeEvaluator:
     """Caches the ablation source and the full / empty metrics of one (model, task, ablation)."""
 
-    def __init__(self, model, task, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> None:
+    def __init__(self, model, task, ablation: str = DEFAULT_ABLATION, seed: int = 0, by_pos: bool = False) -> None:
         check_kind(ablation)
         task.check_model(model)
-        self.model, self.task, self.ablation = model, task, ablation
-        self.model_edges: list[str] = graph_edges(model)
+        self.model, self.task, self.ablation, self.by_pos = model, task, ablation, by_pos
+        # by_pos: the position-resolved graph, every edge at every position of the task's prompts
+        self.model_edges: list[str] = (names.edges_at(graph_edges(model), task.clean.shape[1]) if by_pos
+                                       else graph_edges(model))
         self._edge_set = set(self.model_edges)
         self.source = ablation_source(model, task, kind=ablation, seed=seed)
         self._cache: dict[frozenset[str], float] = {}
@@ -73,8 +80,10 @@ class EdgeEvaluator:
         edges = list(edges)
         unknown = [e for e in edges if e not in self._edge_set]
         if unknown:
-            raise ValueError(f"edges not in this model's graph: {unknown[:5]}; circuits must use names.all_edges "
-                             "ids for this model (no positions, features or layers it lacks)")
+            form = ("position-resolved ids 'parent@p->child@p' for positions of the task's prompts (by_pos=True)"
+                    if self.by_pos else "names.all_edges ids (positions need by_pos=True)")
+            raise ValueError(f"edges not in this model's graph: {unknown[:5]}; circuits must use {form} for this "
+                             "model (no features or layers it lacks)")
         return edges
 
     def metric(self, keep_edges: Iterable[str]) -> float:
@@ -99,32 +108,48 @@ class EdgeEvaluator:
         return self.faithfulness([e for e in self.model_edges if e not in gone])
 
 
+def is_position_resolved(circuit: Circuit) -> bool:
+    """Whether the circuit's components carry token positions (``a0.h0@3->a1.h0@3<k>``, ``a1.h0@9``)."""
+    return any(names.parse_node(n).pos is not None for n in circuit.graph)
+
+
 def circuit_edges(circuit: Circuit, model_edges: Sequence[str]) -> list[str]:
     """The model edges a circuit keeps: its in-graph edges, or for a node-level circuit every
-    model edge whose endpoints are circuit nodes (``input`` / ``logits`` always count)."""
+    model edge whose endpoints are circuit nodes (``input`` / ``logits`` always count, at every
+    position of a position-resolved graph)."""
     if circuit.level == "edge":
         return circuit.edges
-    kept = set(circuit.nodes) | {names.INPUT, names.LOGITS}
-    unknown = [n for n in circuit.nodes if names.parse_node(n).pos is not None or names.parse_node(n).kind == "feature"]
+    return _edges_among(set(circuit.nodes), model_edges, inside=True)
+
+
+def _edges_among(nodes: set[str], model_edges: Sequence[str], inside: bool) -> list[str]:
+    """Model edges whose two endpoints are each in ``nodes`` (``inside``) or each outside it, with
+    ``input`` and ``logits`` (at any position) on both sides."""
+    unknown = [n for n in nodes if names.parse_node(n).kind in ("feature", "error", "site")]
     if unknown:
-        raise ValueError(f"node circuits are evaluated on whole heads / MLPs; {unknown[:3]} have positions or are "
-                         "SAE features")
-    return [e for e in model_edges if {names.parse_edge(e).parent, names.parse_edge(e).child} <= kept]
+        raise ValueError(f"node circuits are evaluated on heads / MLPs; {unknown[:3]} are SAE features or sites")
+
+    def kept(node: str) -> bool:
+        return names.parse_node(node).kind in ("input", "logits") or (node in nodes) == inside
+
+    out = []
+    for e in model_edges:
+        edge = names.parse_edge(e)
+        if kept(edge.parent) and kept(edge.child):
+            out.append(e)
+    return out
 
 
 def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0,
              evaluator: EdgeEvaluator | None = None) -> CircuitEvaluation:
-    """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`)."""
-    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`);
+    a position-resolved circuit on the position-resolved graph."""
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=is_position_resolved(circuit))
     keep = ev.check_edges(circuit_edges(circuit, ev.model_edges))
     keep_set = set(keep)
     complement = [e for e in ev.model_edges if e not in keep_set]
-    if circuit.level == "node":
-        # the complement of a node circuit: every edge among the other nodes
-        others = Circuit.from_nodes_edges(
-            [n for n in names.all_nodes(model.cfg.n_layers, model.cfg.n_heads, not model.cfg.attn_only)
-             if n not in circuit.nodes or n in (names.INPUT, names.LOGITS)])
-        complement = circuit_edges(others, ev.model_edges)
+    if circuit.level == "node":  # the complement of a node circuit: every edge among the other nodes
+        complement = _edges_among(set(circuit.nodes), ev.model_edges, inside=False)
     m_circuit, m_complement = ev.metric(keep), ev.metric(complement)
     return CircuitEvaluation(
         faithfulness=ev.normalized(m_circuit), completeness=1.0 - ev.normalized(m_complement),
@@ -135,7 +160,7 @@ def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, se
 
 def faithfulness(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> float:
     """``(m(circuit) - m(∅)) / (m(full) - m(∅))`` with every edge outside the circuit ablated."""
-    ev = EdgeEvaluator(model, task, ablation, seed)
+    ev = EdgeEvaluator(model, task, ablation, seed, by_pos=is_position_resolved(circuit))
     return ev.faithfulness(circuit_edges(circuit, ev.model_edges))
 
 
@@ -171,6 +196,11 @@ def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool, sign: s
         v = values.get(edge)
         return (v is None, -(abs(v) if by_abs else factor * v) if v is not None else 0.0, edge)
     return sorted(model_edges, key=key)
+
+
+def scores_by_pos(scores: Scores) -> bool:
+    """Whether edge scores are position-resolved (labels ``a0.h0@3->a1.h0@3<k>``)."""
+    return any("@" in label for label in scores.labels[:1])
 
 
 def _check_edge_scores(scores: Scores) -> None:
@@ -229,7 +259,7 @@ def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS
     ks = sorted(float(k) for k in ks)
     if not ks or ks[0] <= 0 or ks[-1] > 100:
         raise ValueError(f"ks are percentages of edges in (0, 100], got {ks}")
-    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=scores_by_pos(scores))
     signed = rank_edges(scores, ev.model_edges, False, sign)
     absolute = rank_edges(scores, ev.model_edges, True)
     n_total = len(ev.model_edges)
@@ -272,7 +302,7 @@ def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation
         raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
     if search not in ("binary", "linear"):
         raise ValueError(f"search must be 'binary' or 'linear', got {search!r}")
-    ev = evaluator or EdgeEvaluator(model, task, ablation, seed)
+    ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=scores_by_pos(scores))
     order = rank_edges(scores, ev.model_edges, True)
     total = len(order)
     reached = lambda n: ev.faithfulness(order[:n]) >= target  # noqa: E731

@@ -17,6 +17,7 @@ import networkx as nx
 import torch
 
 from circuitkit import names
+from circuitkit.ablation.edges import attention_links
 from circuitkit.scores import Scores
 
 
@@ -33,8 +34,10 @@ def route_widths(scores: Scores) -> dict[str, float]:
         # q, k and v edges between the same two nodes: the widest one is the route
         best = graph.edges[edge.parent, edge.child]["width"] if graph.has_edge(edge.parent, edge.child) else 0.0
         graph.add_edge(edge.parent, edge.child, width=max(best, value))
-    width = {node: 0.0 for node in graph}
-    width[names.LOGITS] = math.inf
+    for parent, child in attention_links(list(graph)):  # position-resolved heads: attention carries p to q > p
+        graph.add_edge(parent, child, width=math.inf)
+    # logits (one node per position in a position-resolved graph) are where every route ends
+    width = {node: math.inf if names.parse_node(node).kind == "logits" else 0.0 for node in graph}
     for node in reversed(list(nx.topological_sort(graph))):
         for child in graph.successors(node):
             width[node] = max(width[node], min(graph.edges[node, child]["width"], width[child]))

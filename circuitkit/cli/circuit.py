@@ -40,6 +40,9 @@ def register(sub) -> None:
                       help="eap-ig's path: the input embeddings, each layer's outputs in turn, or every edge's mask at once")
     disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
                       help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
+    disc.add_argument("--by-pos", action="store_true",
+                      help="a position-resolved circuit: edges between (node, position) pairs, e.g. "
+                           "a0.h0@3->a1.h0@3<k>, drawn token by token (eap-ig, eap, exact)")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
     disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
     disc.add_argument("--device", default="cpu")
@@ -80,7 +83,7 @@ def _cmd_discover(args) -> int:
     task = task_from_args(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
-                       progress=not args.no_progress, interpolate=args.interpolate)
+                       progress=not args.no_progress, interpolate=args.interpolate, by_pos=args.by_pos)
     save_circuit(circuit, out)
     if args.html:
         to_html(circuit, args.html)

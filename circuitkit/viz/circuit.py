@@ -9,6 +9,10 @@ promoted and suppressed tokens); a positioned circuit's token blocks are labelle
 prompt's tokens. A slider built into the figure filters edges by |score| (each step toggles trace
 visibility and retitles the figure with what is left), so the filter works in notebooks and in
 static HTML alike.
+
+A position-resolved circuit of heads and MLPs (edges ``a0.h0@3->a1.h0@3<k>``) also gets a faint
+dotted line from a head's node at a key / value position to its node at a later position that
+writes: attention moving information across tokens inside the head.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuitkit import names
+from circuitkit.ablation.edges import attention_links
 from circuitkit.atomic import write_text
 from circuitkit.viz.sae import feature_hover
 
@@ -36,6 +41,7 @@ KIND_SYMBOLS = {"input": "diamond", "logits": "diamond", "head": "circle", "mlp"
 MLP_LIFT = 0.4  # an MLP sits a little above its layer's heads so that head -> MLP edges are visible
 QKV_DASH = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
 QKV_OFFSET = {"q": -0.15, "k": 0.0, "v": 0.15, None: 0.0}  # q, k and v edges between two nodes stay apart
+ATTENTION_LEGEND = "attention inside a head (key / value position to a later query)"
 QKV_LEGEND = {"q": "into a head's query", "k": "into a head's key", "v": "into a head's value",
               None: "into an MLP or the logits"}
 
@@ -102,6 +108,15 @@ def _token_axis(circuit, node_ids: list[str], tokens: list[str]) -> dict[str, An
     centre = (n_heads - 1) / 2  # where input@p and logits sit within their block
     return {"tickvals": [p * width + centre for p in range(len(tokens))],
             "ticktext": [f"{html.escape(t).replace(chr(10), '↵')}<br>@{p}" for p, t in enumerate(tokens)]}
+
+
+def _attention_links(node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
+    """The position-resolved heads' links drawn (:func:`~circuitkit.ablation.edges.attention_links`):
+    from a head's node at ``p`` that a drawn key or value edge enters to its node at a later
+    ``q`` that a drawn edge leaves, what the head's attention at ``q`` reads from ``p``."""
+    read = {names.parse_edge(e).child for e in edge_ids if names.parse_edge(e).qkv in ("k", "v")}
+    write = {names.parse_edge(e).parent for e in edge_ids}
+    return [(u, v) for u, v in attention_links(node_ids) if u in read and v in write]
 
 
 def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -208,6 +223,14 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
                 hovertext=[f"<b>{e}</b><br>score: {_fmt(s)}<br>method: {circuit.edge_data(e)['method']}"
                            f"<br>task: {circuit.edge_data(e)['task']}" for e, s in mids],
                 hoverinfo="text"))
+        links = _attention_links(node_ids, edge_ids)
+        if links:  # what attention carries inside a head, from a key / value position to a later query's
+            xs, ys = [], []
+            for u, v in links:
+                xs += [pos[u][0], pos[v][0], None]
+                ys += [pos[u][1], pos[v][1], None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name=ATTENTION_LEGEND,
+                                     line={"color": UNSIGNED, "width": 1.5, "dash": "dot"}, opacity=0.9))
         # the legend: one entry per edge input drawn, and the two signs (empty traces)
         drawn = {names.parse_edge(e).qkv for e in edge_ids}
         for qkv in names.QKV + (None,):

@@ -198,6 +198,36 @@ def induction_circuit_edges() -> list[str]:
     ]
 
 
+# Where each reference edge acts in an induction prompt: at the key position k (the first copy's
+# answer token), at k - 1 (the query token's first occurrence) or at the last position E.
+_INDUCTION_EDGE_AT = {
+    names.edge(names.INPUT, names.head(0, 0), "q"): "k",  # a0.h0 at k looks back one position ...
+    names.edge(names.INPUT, names.head(0, 0), "k"): "k-1",  # ... to the key at k - 1
+    names.edge(names.INPUT, names.head(0, 0), "v"): "k-1",  # and copies that token to k
+    names.edge(names.head(0, 0), names.head(1, 0), "k"): "k",  # a1.h0's key at k: "my previous token is q"
+    names.edge(names.INPUT, names.head(1, 0), "q"): "E",  # its query at E: "my token is q"
+    names.edge(names.INPUT, names.head(1, 0), "v"): "k",  # the value it copies: the answer at k
+    names.edge(names.head(1, 0), names.LOGITS): "E",  # written at E, read out there
+}
+
+
+def induction_circuit_by_pos(task) -> list[str]:
+    """The position-resolved induction circuit of ``task``'s prompts, by construction: each of
+    :func:`induction_circuit_edges` at the position it acts at in ``[BOS] r1..rL r1..r(L-1)``
+    (query token ``q`` at the last position ``E``, its earlier copy at ``k - 1``, the answer at
+    the key position ``k``), the union over prompts. ``ValueError`` for a prompt with no single
+    earlier copy of its last token."""
+    edges: set[str] = set()
+    for row in task.clean.tolist():
+        end = len(row) - 1
+        keys = [j for j in range(1, end) if row[j - 1] == row[end]]
+        if len(keys) != 1:
+            raise ValueError(f"prompt {row} is not an induction prompt with one earlier occurrence of its last token")
+        at = {"k": keys[0], "k-1": keys[0] - 1, "E": end}
+        edges.update(names.edge_at(e, at[_INDUCTION_EDGE_AT[e]]) for e in induction_circuit_edges())
+    return sorted(edges)
+
+
 def build_induction(seed: int = 0, progress: bool = True):
     """The hand-built induction model: ``a0.h0`` previous-token head, ``a1.h0`` induction head
     composing through K; ``a0.h1-3`` / ``a1.h1-3`` have random Q/K/V and write only into a junk

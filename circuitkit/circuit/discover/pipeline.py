@@ -15,26 +15,37 @@ from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discover.acdc import acdc
 from circuitkit.circuit.discover.edge_pruning import edge_pruning
-from circuitkit.circuit.evaluate import EdgeEvaluator, evaluate, full_circuit, smallest_faithful
+from circuitkit.circuit.evaluate import (
+    EdgeEvaluator,
+    evaluate,
+    full_circuit,
+    scores_by_pos,
+    smallest_faithful,
+)
 from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
 METHODS = ("eap-ig", "eap", "exact", "edge-pruning", "acdc")
+BY_POS_METHODS = ("eap-ig", "eap", "exact")  # the methods that score edges at each token position
 
 
 def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAULT_ABLATION, progress: bool = False,
-                interpolate: str = "inputs") -> Scores:
+                interpolate: str = "inputs", by_pos: bool = False) -> Scores:
     """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
     :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
-    ``interpolate``: EAP-IG's path, ``"inputs"``, ``"activations"`` or ``"mask"`` (see ``eap_ig``)."""
+    ``interpolate``: EAP-IG's path, ``"inputs"``, ``"activations"`` or ``"mask"`` (see ``eap_ig``).
+    ``by_pos``: one score per edge and token position (``a0.h0@3->a1.h0@3<k>``; not for
+    ``edge-pruning``)."""
+    if by_pos and method not in BY_POS_METHODS:
+        raise ValueError(f"by_pos scores edges at each position with {BY_POS_METHODS}, not {method!r}")
     if method == "exact":
-        return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress)
+        return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress, by_pos=by_pos)
     if method == "eap-ig":
         return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress,
-                                  interpolate=interpolate)
+                                  interpolate=interpolate, by_pos=by_pos)
     if method == "eap":
-        return attribution.eap(model, task, ablation=ablation, progress=progress)
+        return attribution.eap(model, task, ablation=ablation, progress=progress, by_pos=by_pos)
     if method == "edge-pruning":
         return edge_pruning(model, task, ablation=ablation, progress=progress)
     raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact', "
@@ -43,7 +54,8 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAU
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
              target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int = 10, route_cap: bool = True,
-             scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs") -> Circuit:
+             scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs",
+             by_pos: bool = False) -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
@@ -61,10 +73,17 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     layer's outputs in turn (``"activations"``) or every edge's mask at once (``"mask"``; see
     :func:`circuitkit.attribution.eap_ig`).
 
+    ``by_pos``: a position-resolved circuit, edges between (node, position) pairs
+    (``a0.h0@3->a1.h0@3<k>``), scored, pruned and evaluated on the position-resolved graph (an
+    edge outside the circuit is ablated at that position only; see
+    :mod:`circuitkit.circuit.evaluate`). Methods :data:`BY_POS_METHODS`.
+
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
     if method not in METHODS:
         raise ValueError(f"unknown discovery method {method!r}; choose one of {METHODS}")
+    if by_pos and method not in BY_POS_METHODS:
+        raise ValueError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
     if top_k is not None and threshold is not None:
         raise ValueError("give top_k or threshold, not both")
     task.check_model(model)
@@ -77,13 +96,16 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     else:
         if scores is None:
             scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress,
-                                 interpolate=interpolate)
+                                 interpolate=interpolate, by_pos=by_pos)
         elif not scores.is_edge:
             raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
+        elif scores_by_pos(scores) != by_pos:
+            raise ValueError(f"scores are {'' if scores_by_pos(scores) else 'not '}position-resolved; pass "
+                             f"by_pos={scores_by_pos(scores)} with them")
         raw = scores
         if route_cap:
             scores = cap_by_route(scores)
-        ev = EdgeEvaluator(model, task, ablation)
+        ev = EdgeEvaluator(model, task, ablation, by_pos=by_pos)
         if top_k is not None:
             circuit = full_circuit(scores, model, ev.model_edges).top_k(top_k)
         elif threshold is not None:
@@ -98,7 +120,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     result = evaluate(model, task, circuit, evaluator=ev)
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,
-                        route_cap=bool(route_cap and method != "acdc"))
+                        route_cap=bool(route_cap and method != "acdc"), by_pos=by_pos)
     if method == "eap-ig":
         circuit.meta["interpolate"] = scores.meta.get("interpolate", interpolate)
     return circuit
