@@ -45,7 +45,7 @@ def truth(model, task):
 
 @pytest.fixture(scope="module")
 def graph(model, saes, task):
-    return feature_graph(model, saes, task, method="ig", steps=8, node_threshold=1e-3, progress=False)
+    return feature_graph(model, saes, task, method="ig", steps=4, node_threshold=1e-3, progress=False)
 
 
 def test_shipped_saes_are_the_analytic_ones_and_the_card_records_the_circuit(model, saes):
