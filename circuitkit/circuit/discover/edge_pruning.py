@@ -88,7 +88,7 @@ def edge_pruning(
     progress: bool = True,
     batch_size: int = 16,
     anneal: float = 0.8,
-    price_step: float = 1.1,
+    price_step: float = 1.05,
     objective: str = "metric",
 ) -> Scores:
     """Learn which edges the model's behaviour on ``task`` needs; one score per edge of
