@@ -8,7 +8,8 @@ report, over every edge of the model:
 * ``auc`` / ``auc_raw``: ROC-AUC against the reference (edges when the card lists edges, else
   nodes) of the route-capped scores discovery ranks by, and of the method's own scores. ACDC scores
   every edge too (its damage at its turn; untried edges 0, see ``acdc``), ranked signed; edge
-  pruning by its gates' open probability. ``auc_nodes`` ranks nodes by their edges' summed |score|.
+  pruning by its gates' open probability averaged over its annealed path. ``auc_nodes`` ranks
+  nodes by their edges' summed |score|.
 * ``precision`` / ``recall`` of the pruned circuit's nodes, its ``faithfulness``;
 * ``f_budget``: faithfulness of the top ``budget`` edges by raw score (default budget: the
   reference's edge count), the same size for every method;
