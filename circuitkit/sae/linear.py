@@ -121,7 +121,7 @@ def linear_feature_graph(model, saes, task, *, positions: str = "each", node_thr
 
     ``saes``: as :func:`~circuitkit.sae.splice.make_sites` takes them; a transcoder must write
     every MLP's output (SAEs at other sites are allowed: a spliced SAE is linear too). Candidate
-    nodes: the features active on some prompt at a position (``|node score| > node_threshold``, at
+    nodes: the features active on some prompt at a position (``|node score| >= node_threshold``, at
     most ``max_nodes`` per site, largest first), every error node, every input position and
     ``logits``; edges among them, each computed by one batched backward pass per ``chunk`` targets.
     Edges that are exactly 0 (no direct path, e.g. from a later position) are left out.
