@@ -8,16 +8,39 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # `zoo train` without --out writes to the user's zoo folder, which the zoo also searches: the tests
 # get a folder of their own, so nothing they write shadows the bundled models or reaches $HOME.
-if "CIRCUITKIT_HOME" not in os.environ:
+# Each pytest-xdist worker gets its own (a worker inherits the controller's environment).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if "CIRCUITKIT_HOME" not in os.environ or WORKER:
     import tempfile
 
-    os.environ["CIRCUITKIT_HOME"] = tempfile.mkdtemp(prefix="circuitkit-tests-home-")
+    os.environ["CIRCUITKIT_HOME"] = tempfile.mkdtemp(prefix=f"circuitkit-tests-home-{WORKER or 'main'}-")
+if WORKER:  # the workers share the cores: one torch thread each, in the tests and their subprocesses
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from model_factory import make_model  # noqa: E402,F401  (re-exported for fixtures below)
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1 if WORKER else max(1, min(2, torch.get_num_threads())))
+
+# Tests run in two pytest-xdist workers (pyproject's addopts; `-n 0` runs them in one process).
+# Tests that share a machine-wide resource run in one worker, one after another: Ray's local
+# cluster (ports, /tmp/ray) and the browser tests (Chromium, the npm cache they fill). Modules
+# whose expensive module fixture (every notebook executed, tiny-lm's corpus) would otherwise run
+# in both workers stay in one.
+SERIAL_GROUPS = {"ray": ("studies/test_ray_cluster.py", "studies/test_runner.py::test_ray"),
+                 "browser": ("viz/test_viz_circuit.py::test_html_renders", "viz/test_viz_feature_cards.py::test_hovering",
+                             "test_circuit_tracers_viewer"),
+                 "notebooks": ("notebooks/test_notebooks.py",),
+                 "zoo-trained": ("zoo/test_trained.py",)}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for group, patterns in SERIAL_GROUPS.items():
+            if any(p in item.nodeid for p in patterns):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
