@@ -6,26 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_factory import make_model
 from oracles import pattern_change_times_gradient
 
 from circuitkit import attribution, names
 from circuitkit.ablation import edges as g
-from circuitkit.tasks.builders import induction
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def task(word_tokenizer):
-    return induction(word_tokenizer, n_prompts=4, seq_len=4, seed=0)
-
-
-@pytest.fixture(scope="module")
-def gqa_model(word_tokenizer):
-    """RMSNorm + rotary + grouped-query attention (each query head its own key input)."""
-    return make_model(word_tokenizer, n_layers=2, n_heads=4, normalization_type="RMS",
-                      positional_embedding_type="rotary", n_key_value_heads=2, seed=3)
 
 
 @pytest.mark.parametrize("method", ["eap", "eap_ig inputs", "eap_ig activations", "eap_ig mask"])

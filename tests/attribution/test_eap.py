@@ -1,23 +1,11 @@
 import pytest
 import torch
-from model_factory import make_model
 from oracles import pattern_change_times_gradient
 
 from circuitkit import names
 from circuitkit.ablation import edges as g
 from circuitkit.attribution import attribution_patching, eap, eap_ig, exact_edge_patching
 from circuitkit.tasks.builders import induction
-
-
-@pytest.fixture(scope="module")
-def task(word_tokenizer):
-    return induction(word_tokenizer, n_prompts=4, seq_len=4, seed=0)
-
-
-@pytest.fixture(scope="module")
-def gqa_model(word_tokenizer):
-    return make_model(word_tokenizer, n_layers=2, n_heads=4, normalization_type="RMS",
-                      positional_embedding_type="rotary", n_key_value_heads=2, seed=3)
 
 
 def _into_logits(scores):
