@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from make_auto_circuit_fixture import N_PROMPTS, SAMPLES, circuitkit_edge, last_token_task
+from make_auto_circuit_fixture import N_PROMPTS, SAMPLES, circuitkit_edge, patchable_task
 
-import circuitkit as ck
 from circuitkit import names
 
 MODEL = "induction-trained"
@@ -24,25 +22,10 @@ OUT = Path(__file__).parent / "data" / "auto_circuit_by_pos_scores.json"
 
 
 def scores_for(name: str) -> dict:
-    from auto_circuit.data import PromptDataLoader, PromptDataset
     from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
     from auto_circuit.types import AblationType
-    from auto_circuit.utils.graph_utils import patchable_model
 
-    model = ck.load_model(f"zoo:{name}")
-    rows, length = last_token_task(name, model)
-    task = ck.zoo_task(name, model)
-    model.set_use_attn_result(True)
-    model.set_use_split_qkv_input(True)
-    if not model.cfg.attn_only:
-        model.set_use_hook_mlp_in(True)
-    clean, corrupt = task.clean[rows, :length], task.corrupted[rows, :length]
-    answers = [a[a >= 0] for a in task.answers[rows].reshape(len(rows), -1)]
-    wrong = [w[w >= 0] for w in task.wrong_answers[rows].reshape(len(rows), -1)]
-    loader = PromptDataLoader(PromptDataset(clean, corrupt, answers, wrong), seq_len=length, diverge_idx=0,
-                              batch_size=len(rows), shuffle=False)
-    patchable = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True, seq_len=length,
-                                device=torch.device("cpu"))
+    patchable, loader, rows, length = patchable_task(name, by_pos=True)
     runs = {
         "eap-corrupted": dict(mask_val=0.0, ablation_type=AblationType.RESAMPLE, clean_corrupt="corrupt"),
         "mask-ig-corrupted": dict(integrated_grad_samples=SAMPLES, ablation_type=AblationType.RESAMPLE,

@@ -71,9 +71,11 @@ def circuitkit_edge(name: str) -> str:
     return names.edge(parent, child, qkv)
 
 
-def scores_for(name: str) -> dict:
-    rows, length = last_token_task(name, ck.load_model(f"zoo:{name}"))
+def patchable_task(name: str, by_pos: bool = False):
+    """auto-circuit's patchable model of zoo model ``name`` and its loader over :func:`last_token_task`'s
+    prompts, ``(patchable, loader, rows, length)``; ``by_pos``: a separate mask per token position."""
     model = ck.load_model(f"zoo:{name}")
+    rows, length = last_token_task(name, model)
     task = ck.zoo_task(name, model)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
@@ -82,9 +84,16 @@ def scores_for(name: str) -> dict:
     clean, corrupt = task.clean[rows, :length], task.corrupted[rows, :length]
     answers = [a[a >= 0] for a in task.answers[rows].reshape(len(rows), -1)]
     wrong = [w[w >= 0] for w in task.wrong_answers[rows].reshape(len(rows), -1)]
-    loader = PromptDataLoader(PromptDataset(clean, corrupt, answers, wrong), seq_len=None, diverge_idx=0,
+    seq_len = length if by_pos else None
+    loader = PromptDataLoader(PromptDataset(clean, corrupt, answers, wrong), seq_len=seq_len, diverge_idx=0,
                               batch_size=len(rows), shuffle=False)
-    patchable = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
+    patchable = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True, seq_len=seq_len,
+                                device=torch.device("cpu"))
+    return patchable, loader, rows, length
+
+
+def scores_for(name: str) -> dict:
+    patchable, loader, rows, length = patchable_task(name)
     runs = {
         "eap-corrupted": dict(mask_val=0.0, ablation_type=AblationType.RESAMPLE, clean_corrupt="corrupt"),
         "mask-ig-corrupted": dict(integrated_grad_samples=SAMPLES, ablation_type=AblationType.RESAMPLE, clean_corrupt="corrupt"),
