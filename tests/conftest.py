@@ -29,7 +29,7 @@ torch.set_num_threads(1 if WORKER else max(1, min(2, torch.get_num_threads())))
 # whose expensive module fixture (every notebook executed, tiny-lm's corpus) would otherwise run
 # in both workers stay in one.
 SERIAL_GROUPS = {"ray": ("studies/test_ray_cluster.py", "studies/test_runner.py::test_ray"),
-                 "browser": ("viz/test_viz_circuit.py::test_html_renders", "viz/test_viz_feature_cards.py::test_hovering",
+                 "browser": ("viz/test_viz_circuit.py::test_html_renders", "viz/test_viz_feature_cards.py::test_hovering_in_headless",
                              "test_circuit_tracers_viewer"),
                  "notebooks": ("notebooks/test_notebooks.py",),
                  "zoo-trained": ("zoo/test_trained.py",)}
