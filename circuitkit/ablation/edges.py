@@ -49,9 +49,9 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.kinds import check_kind, resample_permutation
+from circuitkit.models import backend
 from circuitkit.tokenizers import check_token_ids
 
-_GRAPH_FLAGS = ("use_split_qkv_input", "use_hook_mlp_in", "ungroup_grouped_query_attention")
 # TransformerLens architectures whose QK-norm spans every head's projection (OLMo-2 / OLMo-3 / OLMoE)
 _WHOLE_VECTOR_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
@@ -214,11 +214,12 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 def graph_index(model) -> GraphIndex:
     """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
     ``ValueError`` naming the reason and the alternative where the graph cannot be built."""
+    backend.prepare(model)
     cfg = model.cfg
     kv_heads = getattr(cfg, "n_key_value_heads", None)
-    if whole_vector_qk_norm(cfg) and kv_heads is not None and kv_heads < cfg.n_heads:
+    if whole_vector_qk_norm(model) and kv_heads is not None and kv_heads < cfg.n_heads:
         raise ValueError(
-            f"model {cfg.model_name!r} ({cfg.original_architecture}) normalises its keys over all key/value heads "
+            f"model {cfg.model_name!r} ({backend.architecture(model)}) normalises its keys over all key/value heads "
             "at once, and grouped-query attention: the edge graph gives each query head its own key input "
             "(TransformerLens's ungroup_grouped_query_attention), which that norm cannot take; use activation "
             "patching, path patching or attribution_patching on this model instead"
@@ -232,14 +233,14 @@ def attn_output_norm(model, layer: int):
     cfg = model.cfg
     if getattr(cfg, "use_normalization_before_and_after", False):
         return model.blocks[layer].ln1_post
-    if is_post_norm(cfg):
+    if is_post_norm(model):
         return model.blocks[layer].ln1
     return None
 
 
 def attn_pre_norm_sum(model, layer: int, results: Tensor) -> Tensor:
     """``sum_h result_h + b_O`` (``[batch, pos, d_model]``) from per-head results ``[batch, pos, n_heads, d_model]``."""
-    return results.sum(2) + model.blocks[layer].attn.b_O.to(results.dtype)
+    return results.sum(2) + backend.head_output_bias(model, layer).to(results.dtype)
 
 
 def post_norm_head_diffs(model, layer: int, pre: Tensor, diff: Tensor, linear: bool) -> Tensor:
@@ -260,19 +261,19 @@ def post_norm_head_diffs(model, layer: int, pre: Tensor, diff: Tensor, linear: b
         return norm(pre + diff) - norm(pre)
 
 
-def whole_vector_qk_norm(cfg) -> bool:
+def whole_vector_qk_norm(model) -> bool:
     """Whether the model's QK-norm spans every head's projection at once (TransformerLens's OLMo-2 /
     OLMo-3 / OLMoE blocks), so one head's query depends on the other heads' query inputs."""
-    return cfg.original_architecture in _WHOLE_VECTOR_QK_NORM
+    return backend.architecture(model) in _WHOLE_VECTOR_QK_NORM
 
 
-def is_post_norm(cfg) -> bool:
+def is_post_norm(model) -> bool:
     """Whether TransformerLens lists the model's architecture as post-norm."""
     try:
         from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
     except ImportError:  # older TransformerLens: no post-norm architectures
         return False
-    return cfg.original_architecture in POST_NORM_ARCHITECTURES
+    return backend.architecture(model) in POST_NORM_ARCHITECTURES
 
 
 @contextmanager
@@ -280,18 +281,13 @@ def graph_mode(model) -> Iterator[None]:
     """Switch on the hooks the graph reads (split q/k/v inputs, ``hook_mlp_in``,
     ungrouped GQA keys/values so each query head has its own k/v input); restore them after."""
     cfg = model.cfg
-    old = {k: getattr(cfg, k, None) for k in _GRAPH_FLAGS}
-    cfg.use_split_qkv_input = True
+    flags = {"use_split_qkv_input": True}
     if not cfg.attn_only:
-        cfg.use_hook_mlp_in = True
+        flags["use_hook_mlp_in"] = True
     if getattr(cfg, "n_key_value_heads", None) is not None:
-        cfg.ungroup_grouped_query_attention = True
-    try:
+        flags["ungroup_grouped_query_attention"] = True
+    with backend.hook_flags(model, **flags):
         yield
-    finally:
-        for k, v in old.items():
-            if v is not None:
-                setattr(cfg, k, v)
 
 
 # --- hook names -------------------------------------------------------------------------------
@@ -306,7 +302,7 @@ def result_hook(layer: int) -> str:
 
 def head_results(model, layer: int, z: Tensor) -> Tensor:
     """``[batch, pos, n_heads, d_model]``: what each head of ``layer`` writes (``z @ W_O`` per head)."""
-    w_o = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
+    w_o = backend.head_output_weights(model, layer)  # [n_heads, d_head, d_model]
     return torch.einsum("bphe,hed->bphd", z, w_o.to(z.dtype))
 
 

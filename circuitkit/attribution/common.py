@@ -14,6 +14,7 @@ from circuitkit.ablation.edges import (
     model_device,
 )
 from circuitkit.ablation.kinds import check_kind
+from circuitkit.models import backend
 
 
 def prepare_attribution(model, task, ablation: str | None = None, steps: int | None = None, batch_size: int | None = None):
@@ -196,15 +197,8 @@ def stream_mode(model) -> Iterator[None]:
     input (no per-head copies kept for the backward pass; each head's input gradient is rebuilt
     from ``dM/d hook_q`` as the backward pass reaches it), ``hook_mlp_in`` on, grouped keys and
     values ungrouped (one k / v per query head, as the graph's slots are)."""
-    cfg = model.cfg
     flags = {"use_split_qkv_input": False, "use_hook_mlp_in": True}
-    if getattr(cfg, "n_key_value_heads", None) is not None:
+    if getattr(model.cfg, "n_key_value_heads", None) is not None:
         flags["ungroup_grouped_query_attention"] = True
-    old = {k: getattr(cfg, k) for k in flags}
-    for k, v in flags.items():
-        setattr(cfg, k, v)
-    try:
+    with backend.hook_flags(model, **flags):
         yield
-    finally:
-        for k, v in old.items():
-            setattr(cfg, k, v)

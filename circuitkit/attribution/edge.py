@@ -59,6 +59,7 @@ from circuitkit.attribution.common import (
     stream_mode,
 )
 from circuitkit.attribution.mask import mask_ig_matrix
+from circuitkit.models import backend
 from circuitkit.scores import Scores
 
 # EAP-IG's integration paths (see eap_ig)
@@ -168,7 +169,11 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     state: dict = {"diff": None, "outputs": {}, "pre": {}, "z": {}, "resid": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
-    raw_input_norm = is_post_norm(model.cfg)  # post-norm blocks feed the raw residual to attention
+    raw_input_norm = is_post_norm(model)  # post-norm blocks feed the raw residual to attention
+    # A HookedTransformer's head input gradients are rebuilt from dM/d hook_q (through W_Q and its
+    # norm) so no per-head copies of the residual are kept; a bridge's attention is the Hugging Face
+    # family's own, so its per-head split inputs are differentiated as they are.
+    split_inputs = backend.is_bridge(model)
 
     def head_cols(layer: int) -> slice:
         return slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
@@ -200,7 +205,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
 
     def input_hook(x, hook):
         if at_clean:
-            state["outputs"][hook.name] = x.detach()
+            state["outputs"][INPUT_HOOK] = x.detach()
             state["leaf"] = x.detach().requires_grad_(True)
         else:
             shift = (1 - input_alpha) * stack[0].reshape(b, p, -1)
@@ -211,12 +216,12 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     def record_resid(x, hook, layer: int):
         state["resid"][layer] = x.detach()
 
-    def record(x, hook):
+    def record(x, hook, name: str):  # by name: a bridge's hook point carries its own name, not the alias
         if at_clean:
-            state["outputs"][hook.name] = x.detach()
+            state["outputs"][name] = x.detach()
 
     def record_z(x, hook, layer: int):
-        record(x, hook)
+        record(x, hook, result_hook(layer))
         if layer in post_norm_layers:  # where the layer's norm is linearised: the run's own sum
             state["z"][layer] = x
             state["pre"][layer] = attn_pre_norm_sum(model, layer, head_results(model, layer, x.detach()))
@@ -252,6 +257,20 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
                 total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
         scores[..., row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
+    def split_grad(grad: Tensor, layer: int, which: int) -> None:
+        # a bridge's per-head q / k / v input ([batch, pos, n_heads, d_model]): its gradient as it is
+        d = diff()
+        n_cols = index.n_before_slot_layer(layer)
+        row = layer * index.slots_per_layer + which * index.n_heads
+        g = grad.reshape(b * p, index.n_heads, -1).to(d.dtype)
+        if by_pos:
+            per_row = torch.einsum("rhd,crd->rhc", g, d[:n_cols])
+            total = torch.zeros((p, index.n_heads, n_cols), dtype=d.dtype, device=d.device)
+            total.index_add_(0, torch.arange(b * p, device=d.device) % p, per_row)
+        else:
+            total = torch.einsum("rhd,crd->hc", g, d[:n_cols])
+        scores[..., row: row + index.n_heads, :n_cols] += total.to(scores.dtype)
+
     def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
         d = diff()
         if by_pos:
@@ -260,10 +279,15 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         else:
             scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
 
-    def watch(fn, **kwargs):
+    def watch(fn, branch: bool = False, **kwargs):
+        # branch: a bridge fires hook_mlp_in on the residual tensor itself (HookedTransformer on a
+        # copy), so the MLP's own input gradient is taken on a copy that feeds the MLP alone
         def hook(x, hook):
             if x.requires_grad:
+                if branch and split_inputs:
+                    x = x.clone()
                 x.register_hook(lambda grad: fn(grad, **kwargs))
+                return x
 
         return hook
 
@@ -272,13 +296,17 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         if layer > 0:
             hooks.append((names.hook("resid_pre", layer), _bind(record_resid, layer=layer)))
         for which, q in enumerate(names.QKV):
-            hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
+            if split_inputs:
+                hooks.append((names.head_input_hook(layer, q), watch(split_grad, layer=layer, which=which)))
+            else:
+                hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
         hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
-            hooks.append((mlp_in_hook(layer), watch(vector_grad, row=row,
+            hooks.append((mlp_in_hook(layer), watch(vector_grad, branch=True, row=row,
                                                     n_cols=index.n_before_slot_layer(layer, mlp=True))))
-            hooks.append((names.output_hook(names.mlp(layer)), record))
+            out_hook = names.output_hook(names.mlp(layer))
+            hooks.append((out_hook, _bind(record, name=out_hook)))
     hooks.append((final_resid_hook(model), watch(vector_grad, row=len(index.slots) - 1, n_cols=len(index.upstream))))
     if group is not None and group[0] != INPUT_HOOK:
         # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
@@ -293,7 +321,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         else:
             shift = (1 - alpha) * group_diff
             hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
-    with stream_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with (graph_mode if split_inputs else stream_mode)(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total
@@ -397,22 +425,24 @@ def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
     pattern (with ``.grad`` = dM/d pattern) and the attention mask its block received."""
     saved: dict = {}
 
-    def keep(x, hook):
-        saved[hook.name] = x.detach()
-
-    def keep_pattern(x, hook):
-        x.retain_grad()
-        saved[hook.name] = x
+    def keep(name: str, grad: bool = False):  # by name: a bridge's hook point carries its own name
+        def hook(x, hook):
+            if grad:
+                x.retain_grad()
+            saved[name] = x if grad else x.detach()
+        return hook
 
     def block_inputs(module, args, kwargs, layer):
         saved[("attention_mask", layer)] = kwargs.get("attention_mask")
 
-    hooks: list = [(INPUT_HOOK, keep)]
+    wanted = [INPUT_HOOK]
     for layer in range(index.n_layers):
-        hooks += [(names.head_input_hook(layer, x), keep) for x in names.QKV]
-        hooks += [(result_hook(layer), keep), (names.hook("pattern", layer), keep_pattern)]
+        wanted += [names.head_input_hook(layer, x) for x in names.QKV] + [result_hook(layer)]
         if index.has_mlp:
-            hooks.append((names.output_hook(names.mlp(layer)), keep))
+            wanted.append(names.output_hook(names.mlp(layer)))
+    hooks: list = [(name, keep(name)) for name in wanted]
+    hooks += [(names.hook("pattern", layer), keep(names.hook("pattern", layer), grad=True))
+              for layer in range(index.n_layers)]
     handles = [model.blocks[layer].register_forward_pre_hook(_bind_pre(block_inputs, layer=layer), with_kwargs=True)
                for layer in range(index.n_layers)]
     try:
@@ -440,10 +470,10 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
         captured["pattern"] = x
 
     n_cols = index.n_before_slot_layer(layer)
-    post_norm = is_post_norm(model.cfg)  # post-norm blocks feed raw inputs to attention
+    post_norm = is_post_norm(model)  # post-norm blocks feed raw inputs to attention
     # A head's pattern depends on its own q / k input only, so one run can move every head's input
     # at once; where the QK-norm spans all heads (OLMo-2), each head is moved in a run of its own.
-    apart = list(range(index.n_heads)) if whole_vector_qk_norm(model.cfg) else [None]
+    apart = list(range(index.n_heads)) if whole_vector_qk_norm(model) else [None]
     by_pos = matrix.ndim == 3
     n_pos = pattern.shape[-1]
     for which in (0, 1):  # q, k

@@ -17,6 +17,7 @@ from circuitkit.attribution.common import (
     scores_meta,
     stream_mode,
 )
+from circuitkit.models import backend
 from circuitkit.scores import Scores
 
 SITE_TARGETS = ("resid_pre", "attn_out", "resid_mid", "resid_post")
@@ -105,20 +106,22 @@ def attribution_patching(
 def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[str, Tensor]:
     """Per hook: ``sum over batch and features of (corrupted - clean) * grad``, ``[pos, ...]``."""
     with stream_mode(model), torch.no_grad():
-        _, corrupted = model.run_with_cache(sub.corrupted, names_filter=lambda n: n in hook_names)
+        _, corrupted = backend.run_with_cache(model, sub.corrupted, hook_names)
     grads: dict[str, Tensor] = {}
     clean: dict[str, Tensor] = {}
     leaf: list[Tensor] = []
 
-    def save(x, hook):
-        clean[hook.name] = x.detach()
-        x.register_hook(lambda grad, name=hook.name: grads.__setitem__(name, grad))
+    def save(name: str):  # by name: a bridge's hook point carries its own name, not the alias
+        def hook(x, hook):
+            clean[name] = x.detach()
+            x.register_hook(lambda grad: grads.__setitem__(name, grad))
+        return hook
 
     def make_leaf(x, hook):
         leaf.append(x.detach().requires_grad_(True))
         return leaf[0]
 
-    fwd = [(INPUT_HOOK, make_leaf)] + [(h, save) for h in sorted(hook_names)]
+    fwd = [(INPUT_HOOK, make_leaf)] + [(h, save(h)) for h in sorted(hook_names)]
     with stream_mode(model), model.hooks(fwd_hooks=fwd), torch.enable_grad():
         metric = sub.per_prompt(model(sub.clean)).sum() / n_total
         torch.autograd.grad(metric, leaf[0])

@@ -34,9 +34,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.utilities.activation_functions import apply_softcap
 
 from circuitkit import names
+from circuitkit.models import backend
 from circuitkit.tasks.metrics import normalized
 from circuitkit.tasks.task import Task
 
@@ -125,12 +125,11 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     task = task.to(device)
     base_tokens, source_tokens = (task.corrupted, task.clean) if direction == "denoise" else (task.clean, task.corrupted)
     with torch.no_grad():
-        _, _, shortformer, attention_mask = model.input_to_embed(base_tokens)
+        _, shortformer, attention_mask = backend.embed(model, base_tokens)
     # Only where asked, where a position cannot see later ones and TransformerLens's KV cache is the
     # plain (tested) kind: causal attention, learned / rotary positions, no padding mask, no local windows.
     prefix_ok = (trim_from_layer is not None and attention_mask is None and shortformer is None
-                 and cfg.attention_dir == "causal" and cfg.positional_embedding_type in ("standard", "rotary")
-                 and not getattr(cfg, "use_local_attn", False))
+                 and backend.keeps_prefix_cache(model))
     same_before = 0
     if prefix_ok:
         if task.reads_answer_position_only:
@@ -148,10 +147,8 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
         if prefix_ok:
             base_logits, base_cache, keys_values = run_keeping_keys_values(model, base_tokens, base_set, stop)
         else:
-            base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_set,
-                                                           stop_at_layer=stop)
-        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_set,
-                                                           stop_at_layer=stop)
+            base_logits, base_cache = backend.run_with_cache(model, base_tokens, base_set, stop)
+        source_logits, source_cache = backend.run_with_cache(model, source_tokens, source_set, stop)
         if stop is not None:
             base_logits = _answer_position_logits(model, task, base_logits, task.answer_pos)
             source_logits = _answer_position_logits(model, task, source_logits, task.answer_pos)
@@ -177,7 +174,7 @@ def run_keeping_keys_values(model, tokens: Tensor, hooks: set[str], stop_at_laye
     (:func:`run_batched`'s ``prefix``). Returns ``(output, cache, keys_values)``."""
     kv_cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
     # from the embedding, so TransformerLens builds no padding mask from the tokenizer
-    embedded = model.input_to_embed(tokens)[0]
+    embedded = backend.embed(model, tokens)[0]
     out, cache = model.run_with_cache(embedded, start_at_layer=0, past_kv_cache=kv_cache,
                                       names_filter=lambda n: n in hooks, stop_at_layer=stop_at_layer)
     return out, cache, [(e.past_keys, e.past_values) for e in kv_cache.entries]
@@ -224,11 +221,11 @@ def run_batched(
     if runs.attention_mask is not None:
         kwargs["attention_mask"] = runs.attention_mask.repeat(copies, 1)
     answer_only = stop_at_layer is None and runs.task.reads_answer_position_only
+    tokens = runs.base_tokens[:, prefix:].repeat(copies, 1)
     with torch.no_grad():
-        out = model.run_with_hooks(
-            resid.repeat(copies, 1, 1), start_at_layer=start,
-            stop_at_layer=model.cfg.n_layers if answer_only else stop_at_layer, fwd_hooks=hooks, **kwargs,
-        )
+        out = backend.run_from_layer(model, resid.repeat(copies, 1, 1), start, tokens,
+                                     stop_at_layer=model.cfg.n_layers if answer_only else stop_at_layer,
+                                     fwd_hooks=hooks, **kwargs)
         return out if stop_at_layer is not None else _patched_logits(model, runs, out, copies, prefix)
 
 
@@ -259,16 +256,8 @@ def _answer_position_logits(model, task: Task, final_resid: Tensor, positions: T
     and wrong-answer columns are computed (the rest stay 0 and are never read)."""
     rows = torch.arange(final_resid.shape[0], device=final_resid.device)
     picked = final_resid[rows, positions.to(final_resid.device)]
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked[:, None])[:, 0]
-    columns = task.metric_token_ids()
-    if columns is None:
-        logits = model.unembed(picked[:, None])[:, 0]
-    else:
-        columns = columns.to(picked.device)
-        logits = picked.new_zeros(len(picked), model.cfg.d_vocab_out)
-        logits[:, columns] = picked @ model.W_U[:, columns] + model.b_U[columns]
-    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    normed = backend.final_norm(model, picked[:, None])[:, 0]
+    return backend.unembed_columns(model, normed, task.metric_token_ids())
 
 
 def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int,

@@ -187,8 +187,8 @@ def _path_chunk(model, runs: PatchRuns, sender_layer: int, heads: list[int], sit
         # Receivers below the sender see only clean values.
         captured[name] = clean.unsqueeze(0).expand(k, *clean.shape).reshape(k * clean.shape[0], *clean.shape[1:])
         if layer >= sender_layer:
-            def capture(act, hook):
-                captured[hook.name] = act.detach().clone()
+            def capture(act, hook, name=name):  # by name: a bridge's hook point carries its own name
+                captured[name] = act.detach().clone()
             hooks.append((name, capture))
     if sender_layer < last:
         run_batched(model, runs, sender_layer, hooks, k, stop_at_layer=last)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitkit.models import backend
 from circuitkit.tasks import metrics
 
 # metric(logits [batch, pos, vocab], task) -> per-prompt values [batch]
@@ -192,7 +193,9 @@ class Task:
     def check_model(self, model) -> None:
         """Raise :class:`TaskError` when this task cannot run on ``model``: prompt tokens are checked
         against ``cfg.d_vocab``, answers against ``cfg.d_vocab_out`` (they differ in tracr models),
-        prompt lengths against ``cfg.n_ctx``."""
+        prompt lengths against ``cfg.n_ctx``. A ``TransformerBridge`` gets its compatibility hook
+        names here (:func:`circuitkit.models.backend.prepare`), as every method checks its task."""
+        backend.prepare(model)
         d_out = getattr(model.cfg, "d_vocab_out", None) or model.cfg.d_vocab
         if d_out < 0:
             d_out = model.cfg.d_vocab
