@@ -230,11 +230,16 @@ def graph_index(model) -> GraphIndex:
 def attn_output_norm(model, layer: int):
     """The normalisation a layer applies to its heads' summed output before the residual stream
     (Gemma-2 / Gemma-3's ``ln1_post``, OLMo-2 / OLMo-3's post-norm ``ln1``), or None."""
-    cfg = model.cfg
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        return model.blocks[layer].ln1_post
+    block = model.blocks[layer]
+    if backend.is_bridge(model):
+        # the bridge names a norm on the attention output ln1_post, whatever the family; the Hugging
+        # Face module itself is returned, so recomputing it inside a hook fires no hook point again
+        norm = getattr(block, "ln1_post", None)
+        return None if norm is None else norm.original_component
+    if getattr(model.cfg, "use_normalization_before_and_after", False):
+        return block.ln1_post
     if is_post_norm(model):
-        return model.blocks[layer].ln1
+        return block.ln1
     return None
 
 

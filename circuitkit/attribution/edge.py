@@ -416,7 +416,7 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
                 diffs[:, :, cols] = post_norm_head_diffs(model, layer, pre, diffs[:, :, cols], linear=False)
         with torch.no_grad(), graph_mode(model):
             for layer in range(index.n_layers):
-                _qk_fix_layer(model, index, layer, saved, diffs, out)
+                _qk_fix_layer(model, index, layer, saved, diffs, out, tokens=sub.clean)
     return out
 
 
@@ -456,9 +456,13 @@ def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
 
 
 def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tensor, matrix: Tensor,
-                  senders_per_run: int = 8) -> None:
+                  tokens: Tensor, senders_per_run: int = 8) -> None:
     """Fill ``matrix``'s q and k rows of ``layer``: ``sum dM/d pattern * (pattern(u ablated) - pattern)``
-    (a ``[n_pos, n_slots, n_upstream]`` matrix: per query position for q, per key position for k)."""
+    (a ``[n_pos, n_slots, n_upstream]`` matrix: per query position for q, per key position for k).
+
+    A ``HookedTransformer``'s attention layer is run alone on the moved inputs; a bridge's attention
+    is the Hugging Face family's, so the model runs ``tokens`` up to the layer's pattern with the
+    moved split input in place."""
     pattern = saved[names.hook("pattern", layer)]
     grad = pattern.grad  # [b, H, q, k]
     mask = saved[("attention_mask", layer)]
@@ -489,10 +493,15 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
                 heads = slice(None) if head is None else slice(head, head + 1)
                 where = slice(None) if at is None else slice(at, at + 1)
                 moved[which][:, where, heads] = moved[which][:, where, heads] + delta[:, where].to(moved[which].dtype)
-                q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
-                with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
-                    block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
-                               attention_mask=None if mask is None else mask.repeat(k, 1))
+                if backend.is_bridge(model):
+                    captured["pattern"] = backend.value_at(
+                        model, tokens.repeat(k, 1), names.hook("pattern", layer),
+                        [(names.head_input_hook(layer, names.QKV[which]), lambda x, hook, m=moved[which]: m)])
+                else:
+                    q_in, k_in, v_in = moved if post_norm else [block.ln1(x) for x in moved]
+                    with model.hooks(fwd_hooks=[(names.hook("pattern", layer), grab)]):
+                        block.attn(query_input=q_in, key_input=k_in, value_input=v_in,
+                                   attention_mask=None if mask is None else mask.repeat(k, 1))
                 change = (captured["pattern"].reshape(k, *pattern.shape) - pattern.detach()[None])[:, :, heads]
                 rows = slice(row, row + index.n_heads) if head is None else slice(row + head, row + head + 1)
                 g = grad[:, heads].to(change.dtype)

@@ -115,6 +115,7 @@ def _attribution_batch(model, sub, hook_names: set[str], n_total: int) -> dict[s
         def hook(x, hook):
             clean[name] = x.detach()
             x.register_hook(lambda grad: grads.__setitem__(name, grad))
+            return x  # a bridge reshapes some hooks' values: the run must go on with the one watched
         return hook
 
     def make_leaf(x, hook):

@@ -126,7 +126,7 @@ def run_bridge(model, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Callable]],
     ``HookedTransformer`` does (``n_layers``: the residual stream after the last block)."""
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-    hooks = list(fwd_hooks)
+    hooks = bridge_replacing_hooks(fwd_hooks)
     n_layers = model.cfg.n_layers
     if stop_at_layer is not None and stop_at_layer >= n_layers:
         def stop(x, hook):  # the bridge returns what the exception carries, as its own stop does
@@ -134,6 +134,57 @@ def run_bridge(model, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Callable]],
         hooks.append((names.hook("resid_post", n_layers - 1), stop))
         stop_at_layer = None
     return model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_at_layer)
+
+
+def value_at(model, tokens: Tensor, hook_name: str, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Tensor:
+    """The value at ``hook_name`` in a run of ``tokens`` with ``fwd_hooks`` (after them), the run
+    stopped there (nothing after that hook point is computed)."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    captured: dict[str, Tensor] = {}
+
+    def stop(x, hook):
+        captured["value"] = x
+        raise StopAtLayerException(x)
+
+    hooks = [*fwd_hooks, (hook_name, stop)]
+    try:
+        if is_bridge(model):
+            run_bridge(model, tokens, hooks, None)
+        else:
+            model.run_with_hooks(tokens, fwd_hooks=hooks)
+    except StopAtLayerException:  # a HookedTransformer lets it through
+        pass
+    return captured["value"]
+
+
+def bridge_replacing_hooks(fwd_hooks: Sequence[tuple[str, Callable]]) -> list[tuple[str, Callable]]:
+    """Forward hooks for a bridge that replace activations as on a ``HookedTransformer``.
+
+    A bridge's ``hook_resid_mid`` is the input of ``ln2`` alone: a value returned there reaches the
+    MLP but not the residual stream. A hook on it is moved to ``hook_attn_out``, where it sees
+    ``resid_pre + attn_out`` and what it returns becomes the residual stream (MLP input included),
+    as ``HookedTransformer``'s ``hook_resid_mid`` does.
+    """
+    out: list[tuple[str, Callable]] = []
+    for name, fn in fwd_hooks:
+        parts = name.split(".")
+        if len(parts) != 3 or parts[2] != "hook_resid_mid":
+            out.append((name, fn))
+            continue
+        layer = int(parts[1])
+        live: dict[str, Tensor] = {}
+
+        def keep(x, hook, live=live):
+            live["resid_pre"] = x
+
+        def as_resid_mid(x, hook, fn=fn, live=live):
+            mid = live["resid_pre"] + x
+            new = fn(mid, hook=hook)
+            return x if new is None else new - live["resid_pre"]
+
+        out += [(names.hook("resid_pre", layer), keep), (names.hook("attn_out", layer), as_resid_mid)]
+    return out
 
 
 # --- weights ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitkit.models import backend
 from circuitkit.models.zoo_store import load_zoo_model
 
 log = logging.getLogger(__name__)
@@ -56,31 +57,156 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and how to fix it."""
 
 
+BackendChoice = Literal["auto", "hooked", "bridge"]
+BACKEND_CHOICES = ("auto", *backend.BACKENDS)
+# Keyword arguments that place a large model over several devices (accelerate): a bridge's alone.
+BRIDGE_PLACEMENT = ("device_map", "n_devices", "max_memory")
+
+
 def load_model(
     spec: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "float32",
+    backend: BackendChoice = "auto",
     **kwargs,
-) -> HookedTransformer:
-    """Load a ``HookedTransformer``.
+):
+    """Load a TransformerLens model: a ``HookedTransformer`` or a ``TransformerBridge``.
 
     ``spec`` is one of:
       * ``"zoo:NAME"`` — a bundled model (``circuitkit zoo list``);
-      * a path to a local Hugging Face model directory (``config.json`` + weights + tokenizer);
+      * a path to a local Hugging Face model directory (``config.json`` + weights, usually a tokenizer);
       * a TransformerLens pretrained name (``"gpt2-small"``, ``"pythia-70m"``...), loaded from the
         hub or the local Hugging Face cache.
 
-    ``device`` defaults to CUDA when available; extra keyword arguments go to
-    ``HookedTransformer.from_pretrained`` for hub / local models.
+    ``backend``: ``"hooked"`` — TransformerLens's ``HookedTransformer`` (weights folded and centred
+    as TransformerLens does); ``"bridge"`` — TransformerLens's ``TransformerBridge`` around the Hugging
+    Face model itself (its numbers are the Hugging Face model's; every family TransformerLens can
+    boot); ``"auto"`` (default) — ``HookedTransformer`` where TransformerLens converts the
+    architecture (the zoo, GPT-2, Pythia, Llama, Gemma-2/3 ...), the bridge otherwise. Every method
+    takes either (:mod:`circuitkit.models.backend`).
+
+    ``device`` defaults to CUDA when available. ``device_map``, ``n_devices`` and ``max_memory``
+    spread a model larger than one device over several (Hugging Face accelerate; bridge only, so
+    they select it under ``"auto"``). Other keyword arguments go to ``HookedTransformer``'s loader
+    (``fold_ln`` ...).
     """
-    device = _resolve_device(device)
+    if backend not in BACKEND_CHOICES:
+        raise ModelLoadError(f"unknown backend {backend!r}; use one of {list(BACKEND_CHOICES)}")
+    placement = {k: kwargs.pop(k) for k in BRIDGE_PLACEMENT if kwargs.get(k) is not None}
+    if placement:
+        if backend == "hooked":
+            raise ModelLoadError(f"{sorted(placement)} spread a model over devices through the bridge; load it with "
+                                 "backend='bridge' (or 'auto'), or drop them to load a HookedTransformer")
+        backend = "bridge"
+        if device is not None:
+            raise ModelLoadError("pass either device or device_map / n_devices / max_memory, not both: the "
+                                 "latter place the model's layers themselves")
+        device = "cpu" if placement.get("device_map") is None and not placement.get("n_devices") else device
+    device = _resolve_device(device) if not placement or device is not None else None
     torch_dtype = _resolve_dtype(dtype)
     parsed = parse_spec(spec)
     if parsed.kind == "zoo":
+        if backend == "bridge":
+            raise ModelLoadError(
+                f"zoo model {parsed.name!r} is a HookedTransformer built from a TransformerLens config; to run it "
+                f"as a bridge, write it as a Hugging Face folder (`circuitkit zoo export {parsed.name} DIR`) and "
+                "load that folder with backend='bridge'")
         return load_zoo_model(parsed.name, device=device, dtype=torch_dtype)
+    if backend == "bridge" and kwargs:
+        raise ModelLoadError(f"{sorted(kwargs)} are HookedTransformer loading options; a bridge keeps the Hugging "
+                             "Face weights as they are")
     if parsed.kind == "dir":
-        return _load_local_hf(Path(parsed.name).expanduser(), device, torch_dtype, **kwargs)
+        path = Path(parsed.name).expanduser()
+        if backend == "bridge":
+            return _boot_bridge(str(path), device, torch_dtype, placement, local=True)
+        try:
+            return _load_local_hf(path, device, torch_dtype, **kwargs)
+        except _UnconvertedArchitecture as exc:
+            if backend == "hooked":
+                raise ModelLoadError(str(exc)) from None
+            log.info("%s; booting it as a TransformerBridge", exc)
+            return _boot_bridge(str(path), device, torch_dtype, placement, local=True, why=str(exc))
+    if backend == "bridge":
+        return _boot_bridge(parsed.name, device, torch_dtype, placement, local=False)
     return _load_pretrained(parsed.name, device, torch_dtype, **kwargs)
+
+
+class _UnconvertedArchitecture(Exception):
+    """TransformerLens 3 has no HookedTransformer conversion for a folder's architecture."""
+
+
+def _boot_bridge(name: str, device: str | None, dtype: torch.dtype, placement: dict, local: bool,
+                 why: str | None = None):
+    """A ``TransformerBridge`` of a local folder or hub name, with circuitkit's hook names
+    (:func:`circuitkit.models.backend.prepare`); ``ModelLoadError`` naming TransformerLens's own
+    reason where it cannot boot the architecture."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        raise ModelLoadError(f"this TransformerLens ({_tl_version()}) has no TransformerBridge; install "
+                             "transformer-lens>=3.9 to load models through the bridge") from None
+    tokenizer = _folder_tokenizer(Path(name)) if local else None
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, tokenizer=tokenizer, **placement)
+    except Exception as exc:  # TransformerLens and Hugging Face raise many types; keep the upstream cause
+        arch = _architecture_of(Path(name)) if local else name
+        cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if not local and _looks_offline(cause):
+            raise ModelLoadError(_no_weights_message(name, name, exc)) from None
+        raise ModelLoadError(
+            f"TransformerLens {_tl_version()} cannot boot {arch!r} from {name!r} as a TransformerBridge "
+            f"(upstream: {cause})" + (f"; nor convert it to a HookedTransformer ({why})" if why else "")
+            + ". See docs/models.md for the families circuitkit runs") from None
+    return backend.prepare(bridge)
+
+
+def _folder_tokenizer(path: Path):
+    """The folder's own tokenizer where it has one; a weights-only folder gets a placeholder so the
+    bridge does not look for one on the hub (token ids still work; text needs a tokenizer)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:
+        log.warning("no tokenizer in %s; the model can run on token ids only", path)
+        return _placeholder_tokenizer(path)
+
+
+def _placeholder_tokenizer(path: Path):
+    """A word-level tokenizer over the model's vocabulary size (``<0>`` .. ``<V-1>``) for a folder
+    saved without one: the bridge needs a tokenizer object, circuitkit's methods only token ids."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config", config)
+    size = int(text.get("vocab_size") or config.get("vocab_size"))
+    vocab = {f"<{i}>": i for i in range(size)}
+    raw = Tokenizer(WordLevel(vocab, unk_token="<0>"))
+    # no BOS token: TransformerLens would rebuild a tokenizer with one from the folder's name
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<0>", eos_token="<0>", pad_token="<0>")
+
+
+def _architecture_of(path: Path) -> str:
+    try:
+        return (json.loads((path / "config.json").read_text()).get("architectures") or ["?"])[0]
+    except (OSError, ValueError):
+        return "?"
+
+
+def _tl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "?"
+
+
+def _looks_offline(text: str) -> bool:
+    return any(word in text for word in ("offline", "Offline", "connect", "Connection", "resolve", "cache",
+                                         "not found", "LocalEntryNotFound"))
 
 
 def _resolve_device(device) -> str:
@@ -139,8 +265,7 @@ def _load_pretrained(name: str, device: str, dtype: torch.dtype, **kwargs) -> Ho
     except (OSError, ConnectionError, TimeoutError) as exc:
         raise ModelLoadError(_no_weights_message(name, official, exc)) from None
     except Exception as exc:  # the hub client raises many types when offline; name them plainly
-        text = f"{type(exc).__name__}: {exc}"
-        if any(word in text for word in ("offline", "Offline", "connect", "Connection", "resolve", "cache", "not found", "LocalEntryNotFound")):
+        if _looks_offline(f"{type(exc).__name__}: {exc}"):
             raise ModelLoadError(_no_weights_message(name, official, exc)) from None
         raise
 
@@ -160,7 +285,7 @@ def _no_weights_message(name: str, official: str, exc: BaseException) -> str:
 def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> HookedTransformer:
     """Load a local Hugging Face directory through TransformerLens's own converters."""
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").exists():
         raise ModelLoadError(
@@ -168,16 +293,11 @@ def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> Hoo
             "`model.save_pretrained(dir)` and `tokenizer.save_pretrained(dir)` write"
         )
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True).to_dict()
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the Hugging Face model in {str(path)!r}: {type(exc).__name__}: {exc}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception:
-        tokenizer = None
-        log.warning("no tokenizer in %s; the model can run on token ids only", path)
-    # TransformerLens converts by architecture; the directory path stands in for the hub name.
-    hf_cfg = hf_model.config.to_dict()
+        raise ModelLoadError(f"cannot read the Hugging Face config in {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    # TransformerLens converts by architecture (read from the config alone, so a folder it cannot
+    # convert goes to the bridge before any weight is read); the directory path stands in for the hub name.
     try:
         gemma = _gemma_config(hf_cfg)
         if gemma is not None:
@@ -189,13 +309,23 @@ def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> Hoo
                                                           fold_ln=kwargs.get("fold_ln", True), device=device, dtype=dtype)
     except Exception as exc:
         arch = (hf_cfg.get("architectures") or ["?"])[0]
-        raise ModelLoadError(
-            f"TransformerLens cannot convert architecture {arch!r} from {str(path)!r}: {exc}. "
-            "Supported architectures are those TransformerLens supports (GPT-2, GPT-NeoX, Llama, ...)"
-        ) from None
+        raise _UnconvertedArchitecture(
+            f"TransformerLens {_tl_version()} cannot convert architecture {arch!r} from {str(path)!r} to a "
+            f"HookedTransformer ({exc})") from None
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the Hugging Face model in {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception:
+        tokenizer = None
+        log.warning("no tokenizer in %s; the model can run on token ids only", path)
     if (cfg.output_logits_soft_cap or 0) > 0:  # as from_pretrained: soft-capping is not shift-invariant
         kwargs = {**kwargs, "center_unembed": False}
     state_dict = loading.get_pretrained_state_dict(str(path.resolve()), cfg, hf_model, dtype=dtype)
+    if tokenizer is None:  # else HookedTransformer looks for the converter's tokenizer name on the hub
+        cfg.tokenizer_name = None
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict,
