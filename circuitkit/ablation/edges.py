@@ -214,7 +214,8 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 def graph_index(model) -> GraphIndex:
     """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
     ``ValueError`` naming the reason and the alternative where the graph cannot be built."""
-    backend.prepare(model)
+    backend.require(model, ("heads", "additive", "split_inputs"),
+                    "the edge graph (EAP, EAP-IG, exact edge patching, ACDC, edge pruning, discover)")
     cfg = model.cfg
     kv_heads = getattr(cfg, "n_key_value_heads", None)
     if whole_vector_qk_norm(model) and kv_heads is not None and kv_heads < cfg.n_heads:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.kinds import NODE_ABLATION_KINDS, check_kind, resample_permutation
+from circuitkit.models import backend
 from circuitkit.tasks.metrics import normalized
 
 Hook = tuple[str, Callable]
@@ -40,7 +41,10 @@ def plan(model, components: Iterable[str], kind: str) -> AblationPlan:
     check_kind(kind, NODE_ABLATION_KINDS)
     heads: dict[int, list[int]] = defaultdict(list)
     mlps: list[int] = []
-    for node in names.check_model_components(model, components, purpose="ablated"):
+    nodes = names.check_model_components(model, components, purpose="ablated")
+    if any(node.kind == "head" for node in nodes):
+        backend.require(model, ("heads",), "ablating heads")
+    for node in nodes:
         if node.kind == "head":
             heads[node.layer].append(node.head)
         else:

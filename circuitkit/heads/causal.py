@@ -27,12 +27,14 @@ from circuitkit.heads.retrieval import (
     needle_prompts,
     teacher_forced_batch,
 )
+from circuitkit.models import backend
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
 
 
 def uniform_attention_hooks(model, heads: Iterable[str]) -> list[tuple[str, object]]:
     """Forward hooks that make ``heads``' attention uniform over each query's causal context."""
+    backend.require(model, ("pattern",), "flattening heads' attention (the retrieval causal check)")
     by_layer: dict[int, list[int]] = {}
     for node in names.check_model_components(model, heads):
         if node.kind != "head":

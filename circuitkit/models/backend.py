@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -360,3 +361,179 @@ def output_soft_cap(model) -> float:
     """The logit soft-cap (Gemma-2's ``final_logit_softcapping``), or -1 for none."""
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     return float(cap) if cap is not None else -1.0
+
+
+# --- what a bridge's hooks can be trusted with --------------------------------------------------
+
+# What methods may need of a model, and what each means (the keys of Audit.problems).
+NEEDS = {
+    "heads": "per-head outputs: hook_z of shape [batch, pos, n_heads, d_head] whose product with W_O, summed "
+             "with b_O, is the attention output",
+    "qkv": "per-head queries, keys and values at hook_q / hook_k / hook_v, shaped [batch, pos, heads, d_head]",
+    "pattern": "attention patterns at hook_pattern that a hook can replace",
+    "additive": "a residual stream that is the sum of the embedding and every attention and MLP output "
+                "(resid_post = resid_pre + attn_out + mlp_out in every layer)",
+    "split_inputs": "a separate query, key and value input per head (hook_q_input / hook_k_input / hook_v_input)",
+}
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What a model's hooks were measured to carry. ``problems`` maps each failed need (a key of
+    :data:`NEEDS`) to what was found; a ``HookedTransformer`` has none."""
+
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def ok(self, need: str) -> bool:
+        return need not in self.problems
+
+
+def audit(model) -> Audit:
+    """Check, once per model on a four-token probe run, that a bridge's hooks mean what circuitkit's
+    methods assume (:data:`NEEDS`); cached on the model. TransformerLens's bridge wraps each Hugging
+    Face family with its own hook wiring, and some families' hooks are shaped or placed otherwise
+    (multi-head latent attention, per-layer embeddings, multipliers, Mamba mixers), so every need is
+    measured rather than assumed. A ``HookedTransformer`` is TransformerLens's reference: no problems."""
+    if not is_bridge(model):
+        return Audit()
+    cached = getattr(model, "_circuitkit_audit", None)
+    if cached is not None:
+        return cached
+    prepare(model)
+    result = Audit(_audit_bridge(model))
+    model._circuitkit_audit = result
+    return result
+
+
+def require(model, needs: Sequence[str], method: str) -> None:
+    """``ValueError`` before any work when ``model`` fails one of ``needs`` (:func:`audit`), naming
+    the method, what it needs, what was found, and what runs instead."""
+    found = audit(model).problems
+    for need in needs:
+        if need in found:
+            raise ValueError(
+                f"{method} needs {NEEDS[need]}; on model {model.cfg.model_name!r} ({architecture(model)}, "
+                f"TransformerLens {backend(model)}) {found[need]}. Methods that need only the residual stream "
+                "still run (activation patching of resid_pre / attn_out / mlp_out, the logit lens); see "
+                "docs/models.md")
+
+
+def _audit_bridge(model) -> dict[str, str]:
+    cfg = model.cfg
+    problems: dict[str, str] = {}
+    n = max(2, min(4, int(cfg.n_ctx or 4)))
+    tokens = torch.arange(1, n + 1, device=_device(model))[None] % cfg.d_vocab
+    layers = range(cfg.n_layers)
+    wanted = {names.hook(h, layer) for layer in layers for h in ("resid_pre", "resid_post", "attn_out", "mlp_out",
+                                                                   "z", "q", "k", "v", "pattern")}
+    wanted = {h for h in wanted if h in model.hook_dict}
+    try:
+        with torch.no_grad():
+            logits, cache = run_with_cache(model, tokens, wanted)
+    except Exception as exc:  # a family whose plain forward fails: every need fails with its cause
+        cause = f"its forward pass fails ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return {need: cause for need in NEEDS}
+    scale = max(float(logits.abs().max()), 1.0)
+
+    def close(a: Tensor, b: Tensor) -> bool:
+        return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 * max(float(b.abs().max()), 1.0)
+
+    kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    for layer in layers:
+        z, attn_out = cache.get(names.hook("z", layer)), cache.get(names.hook("attn_out", layer))
+        if z is None or attn_out is None:
+            problems.setdefault("heads", f"layer {layer} has no attention heads with hook_z (its token mixer is "
+                                         "not attention, or the bridge hooks none)")
+            continue
+        if "heads" not in problems:
+            why = _head_outputs_problem(model, layer, z, attn_out, close)
+            if why:
+                problems["heads"] = why
+        for short, heads in (("q", cfg.n_heads), ("k", kv), ("v", kv)):
+            x = cache.get(names.hook(short, layer))
+            if "qkv" not in problems and (x is None or x.ndim != 4 or x.shape[1] != n or x.shape[2] != heads):
+                problems["qkv"] = (f"blocks.{layer}.attn.hook_{short} is "
+                                   f"{'missing' if x is None else list(x.shape)}, not [1, {n}, {heads}, d_head]")
+        pattern = cache.get(names.hook("pattern", layer))
+        if "pattern" not in problems and (pattern is None or pattern.shape[-2:] != (n, n)):
+            problems["pattern"] = f"blocks.{layer}.attn.hook_pattern is {'missing' if pattern is None else list(pattern.shape)}"
+        mlp_out = cache.get(names.hook("mlp_out", layer), 0.0)
+        pre, post = cache.get(names.hook("resid_pre", layer)), cache.get(names.hook("resid_post", layer))
+        if "additive" not in problems and (pre is None or post is None or not close(pre + attn_out + mlp_out, post)):
+            gap = float((pre + attn_out + mlp_out - post).abs().max()) if pre is not None and post is not None else None
+            problems["additive"] = (f"resid_post of layer {layer} is not resid_pre + attn_out + mlp_out"
+                                    + (f" (off by {gap:.3g}: a residual multiplier, or a mixer outside those hooks)"
+                                       if gap is not None else " (hooks missing)"))
+    if "pattern" not in problems:
+        why = _pattern_write_problem(model, tokens, logits, scale)
+        if why:
+            problems["pattern"] = why
+    why = _split_inputs_problem(model, tokens, logits, scale)
+    if why:
+        problems["split_inputs"] = why
+    return problems
+
+
+def _head_outputs_problem(model, layer: int, z: Tensor, attn_out: Tensor, close) -> str | None:
+    try:
+        w_o = head_output_weights(model, layer)
+        bias = head_output_bias(model, layer)
+    except Exception as exc:  # e.g. a layer whose head size differs from the config's
+        return f"W_O of layer {layer} cannot be split into heads ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    if z.ndim != 4 or tuple(z.shape[2:]) != tuple(w_o.shape[:2]):
+        return f"blocks.{layer}.attn.hook_z is {list(z.shape)} but W_O is {list(w_o.shape)} (heads x d_head x d_model)"
+    summed = torch.einsum("bphe,hed->bpd", z, w_o.to(z.dtype)) + bias.to(z.dtype)
+    norm = getattr(model.blocks[layer], "ln1_post", None)
+    if norm is not None:
+        summed = norm.original_component(summed)
+    if not close(summed, attn_out):
+        return f"the heads' z @ W_O + b_O of layer {layer} is not its attention output"
+    return None
+
+
+def _pattern_write_problem(model, tokens: Tensor, logits: Tensor, scale: float) -> str | None:
+    """Whether a value written at hook_pattern reaches the output (some bridges keep the Hugging Face
+    attention kernel and only report the pattern)."""
+    def uniform(x, hook):
+        causal = torch.tril(torch.ones(x.shape[-2:], dtype=x.dtype, device=x.device))
+        return (causal / causal.sum(-1, keepdim=True)).expand_as(x)
+
+    hooks = [(names.hook("pattern", layer), uniform) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        changed = run_bridge(model, tokens, hooks, None)
+    if float((changed - logits).abs().max()) <= 1e-6 * scale:
+        return "values written at hook_pattern do not reach the output (the bridge keeps the attention kernel)"
+    return None
+
+
+def _split_inputs_problem(model, tokens: Tensor, logits: Tensor, scale: float) -> str | None:
+    cfg = model.cfg
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str):
+        def hook(x, hook):
+            seen[name] = tuple(x.shape)
+        return hook
+
+    hooks = [(names.hook(f"{x}_input", layer), keep(names.hook(f"{x}_input", layer)))
+             for layer in range(cfg.n_layers) for x in ("q", "k", "v")]
+    try:
+        with hook_flags(model, use_split_qkv_input=True, use_hook_mlp_in=not cfg.attn_only,
+                        ungroup_grouped_query_attention=True), torch.no_grad():
+            split = run_bridge(model, tokens, [h for h in hooks if h[0] in model.hook_dict], None)
+    except Exception as exc:  # TransformerLens refuses split inputs for some attention kinds
+        return f"TransformerLens gives none ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    missing = [name for name, _ in hooks if name not in seen]
+    if missing:
+        return f"{missing[0]} never fires"
+    bad = [(name, shape) for name, shape in seen.items() if shape[2] != cfg.n_heads]
+    if bad:
+        return f"{bad[0][0]} is {list(bad[0][1])}, not one input per query head"
+    if float((split - logits).abs().max()) > 1e-4 * scale:
+        return "the run with split inputs differs from the plain run"
+    return None
+
+
+def _device(model) -> torch.device:
+    device = model.cfg.device
+    return device if isinstance(device, torch.device) else torch.device(device or "cpu")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.models import backend
 from circuitkit.patching.engine import Direction, check_direction, prepare_runs, sweep_patches
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
@@ -66,15 +67,24 @@ def validate_heads(model, heads: Iterable[str], n_heads: int | None = None, what
 
 # --- activation patching --------------------------------------------------------------------
 
+# What a target's hook must carry (circuitkit.models.backend.NEEDS), checked on a bridge.
+_TARGET_NEEDS = {"head_out": ("heads",), "q": ("qkv",), "k": ("qkv",), "v": ("qkv",), "pattern": ("pattern",),
+                 "resid_mid": ("additive",)}
+
+
 def valid_targets(model) -> list[str]:
-    """The patching targets this model has (and runs) hooks for."""
+    """The patching targets this model has (and runs) hooks for, that mean what patching assumes."""
     # Attention-only blocks define hook_mlp_out / hook_resid_mid but never call them.
     skip = {"mlp_out", "resid_mid"} if model.cfg.attn_only else set()
-    return [t for t, spec in TARGETS.items() if names.hook(spec.hook, 0) in model.hook_dict and t not in skip]
+    audit = backend.audit(model)
+    return [t for t, spec in TARGETS.items() if names.hook(spec.hook, 0) in model.hook_dict and t not in skip
+            and all(audit.ok(need) for need in _TARGET_NEEDS.get(t, ()))]
 
 
 def _check_target(model, target: str) -> _Target:
     if target not in TARGETS or target not in valid_targets(model):
+        if target in TARGETS and names.hook(TARGETS[target].hook, 0) in model.hook_dict:
+            backend.require(model, _TARGET_NEEDS.get(target, ()), f"activation patching of {target!r}")
         why = "unknown target" if target not in TARGETS else f"model {model.cfg.model_name!r} has no {target} hook"
         raise ValueError(f"{why} {target!r}; choose one of {valid_targets(model)}")
     return TARGETS[target]

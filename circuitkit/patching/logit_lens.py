@@ -16,6 +16,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.edges import attn_output_norm
+from circuitkit.models import backend
 from circuitkit.scores import Scores
 from circuitkit.tasks import metrics
 from circuitkit.tasks.task import PAD_ANSWER, Task
@@ -54,6 +55,7 @@ def direct_logit_attribution(model, task: Task, *, which: str = "clean") -> Scor
     difference, so ``values.sum() + meta["bias"] == meta["logit_diff"]``.
     """
     task.check_model(model)
+    backend.require(model, ("heads", "additive"), "direct logit attribution")
     cfg = model.cfg
     if getattr(cfg, "output_logits_soft_cap", 0) and cfg.output_logits_soft_cap > 0:
         raise ValueError("direct logit attribution needs linear logits; this model soft-caps them "

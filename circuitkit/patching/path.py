@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.models import backend
 from circuitkit.patching.activation import validate_heads
 from circuitkit.patching.engine import PatchRuns, prepare_runs, rows_per_pass, run_batched
 from circuitkit.scores import Scores
@@ -103,6 +104,7 @@ def path_patching(
         Scores per sender head (normalized metric, 1 = no effect); ``meta["grid"]`` is
         ``[n_layers, n_heads]`` (NaN for heads not swept).
     """
+    backend.require(model, ("heads", "qkv") if receiver_input in ("q", "k", "v") else ("heads",), "path patching")
     sites = _receiver_sites(model, receivers, receiver_input)
     cfg = model.cfg
     task.check_model(model)
