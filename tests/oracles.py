@@ -29,6 +29,21 @@ TL_FUNCTIONS = {
 }
 
 
+class _Named:
+    """Stands in for a hook point in :func:`by_name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def by_name(hooks):
+    """Forward hooks called with an object whose ``name`` is the name they were registered under: a
+    TransformerBridge's hook points carry their own names, not the HookedTransformer aliases."""
+    def bind(name, fn):
+        return lambda act, hook: fn(act, _Named(name))
+    return [(name, bind(name, fn)) for name, fn in hooks]
+
+
 def transformer_lens_grid(model, task, target, by_pos, direction="denoise"):
     runs = prepare_runs(model, task, direction, [], [])
     with torch.no_grad():
@@ -55,7 +70,7 @@ def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_ml
         hooks += [(f"blocks.{layer}.hook_mlp_out", freeze) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         if receiver_input == "resid":
-            return runs.normalized(model.run_with_hooks(task.clean, fwd_hooks=hooks))
+            return runs.normalized(model.run_with_hooks(task.clean, fwd_hooks=by_name(hooks)))
         nodes = [names.parse_node(r) for r in receivers]
         hook_of = {n: (f"blocks.{n.layer}.hook_mlp_out" if receiver_input == "mlp"
                        else f"blocks.{n.layer}.attn.hook_{receiver_input}") for n in nodes}
@@ -64,7 +79,7 @@ def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_ml
         def capture(act, hook):
             stored[hook.name] = act.clone()
 
-        model.run_with_hooks(task.clean, fwd_hooks=hooks + [(h, capture) for h in set(hook_of.values())])
+        model.run_with_hooks(task.clean, fwd_hooks=by_name(hooks + [(h, capture) for h in set(hook_of.values())]))
         kv_group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
         group = kv_group if receiver_input in ("k", "v") else 1
 
@@ -77,7 +92,7 @@ def slow_path_patching(model, task, sender, receivers, receiver_input, freeze_ml
                         act[:, :, n.head // group] = stored[hook.name][:, :, n.head // group]
             return act
 
-        logits = model.run_with_hooks(task.clean, fwd_hooks=[(h, patch) for h in set(hook_of.values())])
+        logits = model.run_with_hooks(task.clean, fwd_hooks=by_name([(h, patch) for h in set(hook_of.values())]))
     return runs.normalized(logits)
 
 
@@ -122,7 +137,7 @@ def explicit_edge_ablation(model, clean_tokens, source_tokens, edge_name: str):
         def capture(act, hook):
             read["input"] = act.clone()
 
-        model.run_with_hooks(clean_tokens, fwd_hooks=[(h, freeze) for h in sorted(wanted)] + [(child_hook, capture)])
+        model.run_with_hooks(clean_tokens, fwd_hooks=by_name([(h, freeze) for h in sorted(wanted)] + [(child_hook, capture)]))
 
         def replace(act, hook):
             act = act.clone()
@@ -175,7 +190,7 @@ def split_input_edge_matrix(model, task, source) -> torch.Tensor:
     if index.has_mlp:
         receivers += [g.mlp_in_hook(layer) for layer in range(index.n_layers)]
     receivers.append(g.final_resid_hook(model))
-    with g.graph_mode(model), model.hooks(fwd_hooks=[(r, keep) for r in receivers]), torch.enable_grad():
+    with g.graph_mode(model), model.hooks(fwd_hooks=by_name([(r, keep) for r in receivers])), torch.enable_grad():
         task.score(model(task.clean)).backward()
     matrix = torch.zeros(index.shape)
     for layer in range(index.n_layers):

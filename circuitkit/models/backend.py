@@ -374,6 +374,7 @@ NEEDS = {
     "additive": "a residual stream that is the sum of the embedding and every attention and MLP output "
                 "(resid_post = resid_pre + attn_out + mlp_out in every layer)",
     "split_inputs": "a separate query, key and value input per head (hook_q_input / hook_k_input / hook_v_input)",
+    "unembed": "logits that are the final norm and W_U (+ b_U, soft-capped) of the last residual stream",
 }
 
 
@@ -383,6 +384,7 @@ class Audit:
     :data:`NEEDS`) to what was found; a ``HookedTransformer`` has none."""
 
     problems: dict[str, str] = field(default_factory=dict)
+    broken: str | None = None  # why the model's plain forward pass fails, if it does
 
     def ok(self, need: str) -> bool:
         return need not in self.problems
@@ -400,7 +402,9 @@ def audit(model) -> Audit:
     if cached is not None:
         return cached
     prepare(model)
-    result = Audit(_audit_bridge(model))
+    problems = _audit_bridge(model)
+    result = Audit(problems, problems.get("forward"))
+    problems.pop("forward", None)
     model._circuitkit_audit = result
     return result
 
@@ -432,7 +436,7 @@ def _audit_bridge(model) -> dict[str, str]:
             logits, cache = run_with_cache(model, tokens, wanted)
     except Exception as exc:  # a family whose plain forward fails: every need fails with its cause
         cause = f"its forward pass fails ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        return {need: cause for need in NEEDS}
+        return {need: cause for need in (*NEEDS, "forward")}
     scale = max(float(logits.abs().max()), 1.0)
 
     def close(a: Tensor, b: Tensor) -> bool:
@@ -464,6 +468,10 @@ def _audit_bridge(model) -> dict[str, str]:
             problems["additive"] = (f"resid_post of layer {layer} is not resid_pre + attn_out + mlp_out"
                                     + (f" (off by {gap:.3g}: a residual multiplier, or a mixer outside those hooks)"
                                        if gap is not None else " (hooks missing)"))
+    final = cache.get(names.hook("resid_post", cfg.n_layers - 1))
+    if final is None or not close(unembed_columns(model, final_norm(model, final[0]))[None], logits):
+        problems["unembed"] = ("the logits are not unembed(ln_final(resid_post)) of the last layer (a logit "
+                               "multiplier outside the unembedding)")
     if "pattern" not in problems:
         why = _pattern_write_problem(model, tokens, logits, scale)
         if why:
@@ -482,10 +490,11 @@ def _head_outputs_problem(model, layer: int, z: Tensor, attn_out: Tensor, close)
         return f"W_O of layer {layer} cannot be split into heads ({type(exc).__name__}: {str(exc).splitlines()[0]})"
     if z.ndim != 4 or tuple(z.shape[2:]) != tuple(w_o.shape[:2]):
         return f"blocks.{layer}.attn.hook_z is {list(z.shape)} but W_O is {list(w_o.shape)} (heads x d_head x d_model)"
-    summed = torch.einsum("bphe,hed->bpd", z, w_o.to(z.dtype)) + bias.to(z.dtype)
-    norm = getattr(model.blocks[layer], "ln1_post", None)
-    if norm is not None:
-        summed = norm.original_component(summed)
+    with torch.no_grad():
+        summed = torch.einsum("bphe,hed->bpd", z, w_o.to(z.dtype)) + bias.to(z.dtype)
+        norm = getattr(model.blocks[layer], "ln1_post", None)
+        if norm is not None:
+            summed = norm.original_component(summed)
     if not close(summed, attn_out):
         return f"the heads' z @ W_O + b_O of layer {layer} is not its attention output"
     return None

@@ -157,7 +157,11 @@ def _boot_bridge(name: str, device: str | None, dtype: torch.dtype, placement: d
             f"TransformerLens {_tl_version()} cannot boot {arch!r} from {name!r} as a TransformerBridge "
             f"(upstream: {cause})" + (f"; nor convert it to a HookedTransformer ({why})" if why else "")
             + ". See docs/models.md for the families circuitkit runs") from None
-    return backend.prepare(bridge)
+    broken = backend.audit(bridge).broken
+    if broken:
+        raise ModelLoadError(f"TransformerLens {_tl_version()} boots {_architecture_of(Path(name)) if local else name!r} "
+                             f"from {name!r} as a TransformerBridge, but {broken}; see docs/models.md")
+    return bridge
 
 
 def _folder_tokenizer(path: Path):

@@ -75,6 +75,14 @@ class PatchRuns:
     # Per layer, the keys and values TransformerLens's KV cache stores for the base run
     # ([batch, pos, kv_head, d_head] each; after QK-norm and clipping, before rotary), where prefix_ok.
     base_keys_values: list[tuple[Tensor, Tensor]] | None = None
+    # Whether runs stop after the last block and compute logits at the answer positions alone (the
+    # metric reads nothing else, and the model's logits are its final norm and unembedding); None:
+    # whenever the metric reads only answer positions.
+    answer_logits: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_logits is None:
+            self.answer_logits = self.task.reads_answer_position_only
 
     def normalized(self, logits: Tensor) -> float:
         """``(m - m_corrupted) / (m_clean - m_corrupted)`` of the task metric on ``logits``."""
@@ -141,7 +149,9 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     # Every hook patched or cached lives inside a block, so when the metric reads only the answer
     # position the two reference runs stop at the final residual and unembed that position alone
     # (with a realistic vocabulary the full unembedding is most of a forward pass).
-    stop = cfg.n_layers if task.reads_answer_position_only else None
+    # (where the model's logits are its final norm and unembedding of that residual: a bridge is checked)
+    answer_logits = task.reads_answer_position_only and backend.audit(model).ok("unembed")
+    stop = cfg.n_layers if answer_logits else None
     keys_values = None
     with torch.no_grad():
         if prefix_ok:
@@ -163,7 +173,7 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     return PatchRuns(
         task, direction, base_tokens, source_tokens, clean_score, corrupted_score,
         {k: base_cache[k] for k in base_set}, {k: source_cache[k] for k in source_set},
-        shortformer, attention_mask, base_logits, prefix_ok, same_before, keys_values,
+        shortformer, attention_mask, base_logits, prefix_ok, same_before, keys_values, answer_logits,
     )
 
 
@@ -220,7 +230,7 @@ def run_batched(
         kwargs["shortformer_pos_embed"] = runs.shortformer_pos_embed.repeat(copies, 1, 1)
     if runs.attention_mask is not None:
         kwargs["attention_mask"] = runs.attention_mask.repeat(copies, 1)
-    answer_only = stop_at_layer is None and runs.task.reads_answer_position_only
+    answer_only = stop_at_layer is None and runs.answer_logits
     tokens = runs.base_tokens[:, prefix:].repeat(copies, 1)
     with torch.no_grad():
         out = backend.run_from_layer(model, resid.repeat(copies, 1, 1), start, tokens,
@@ -233,7 +243,7 @@ def _patched_logits(model, runs: PatchRuns, out: Tensor, copies: int, prefix: in
     """A patched run's output for positions ``prefix..`` (the residual stream after the last block
     when the metric reads only answer positions, else logits) as :func:`run_batched` returns it,
     with the base run's values before ``prefix``."""
-    if runs.task.reads_answer_position_only:
+    if runs.answer_logits:
         return _answer_logits(model, runs, out, copies, prefix)
     return torch.cat([runs.base_logits[:, :prefix].repeat(copies, 1, 1), out], dim=1) if prefix else out
 
@@ -296,7 +306,7 @@ def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callabl
     base run's. Requires ``runs.prefix_ok`` and ``resid_pre`` of layer ``start + 1`` in the base cache.
     """
     cfg = model.cfg
-    answer_only = runs.task.reads_answer_position_only
+    answer_only = runs.answer_logits
     stop = cfg.n_layers if answer_only else None
     resid = runs.base_cache[names.hook("resid_pre", start)][:, lo:hi + 1].repeat(copies, 1, 1)
     # a growing cache: afterwards each layer's entry holds positions 0..hi as the model stores them

@@ -1,0 +1,286 @@
+"""The bridge matrix: tiny random Hugging Face folders of every family, loaded through TransformerLens's
+``TransformerBridge``, held to the Hugging Face model's own forward pass, to ``HookedTransformer`` where
+TransformerLens converts the family, to TransformerLens's ``patching`` functions and to explicit
+recomputations (``oracles``); families whose hooks do not carry what a method needs are refused by name
+(the table in docs/models.md is ``EXPECTED_PROBLEMS``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_factory import BRIDGE_FAMILIES, save_hf_folder
+from oracles import explicit_edge_ablation, transformer_lens_grid
+
+import circuitkit as ck
+from circuitkit import names
+from circuitkit.ablation import edges as g
+from circuitkit.attribution.edge import _edge_matrix
+from circuitkit.models import backend
+from circuitkit.tasks.task import Task
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Families TransformerLens 3 converts to a HookedTransformer: both backends load them.
+BOTH = ("gpt2", "neox", "llama", "mistral", "qwen3", "gemma2", "gemma3")
+# What each current family's bridge hooks fail to carry (circuitkit.models.backend.NEEDS), as measured
+# by backend.audit; docs/models.md has the same table. Absent: every need met.
+EXPECTED_PROBLEMS = {
+    "gemma4": {"heads", "qkv", "pattern", "additive", "split_inputs"},
+    "llama4": {"pattern", "split_inputs"},
+    "deepseek_v3": {"heads", "split_inputs"},
+    "granite": {"heads", "unembed"},
+    "olmo3": {"heads", "split_inputs"},
+    "falcon_h1": {"additive", "unembed"},
+}
+FULL = tuple(f for f in BRIDGE_FAMILIES if f not in EXPECTED_PROBLEMS and f != "qwen3_next")
+
+
+def random_task(model, n_prompts: int = 2, seq: int = 6, seed: int = 0) -> Task:
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.d_vocab
+    return Task("random", torch.randint(0, vocab, (n_prompts, seq), generator=gen),
+                torch.randint(0, vocab, (n_prompts, seq), generator=gen),
+                torch.randint(0, vocab, (n_prompts, 1), generator=gen),
+                torch.randint(0, vocab, (n_prompts, 2), generator=gen))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, word_tokenizer):
+    built: dict[str, tuple] = {}
+
+    def get(arch: str):
+        if arch not in built:
+            built[arch] = save_hf_folder(tmp_path_factory.mktemp(arch), arch, word_tokenizer)
+        return built[arch]
+    return get
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
+    """Equal to ``rel`` of the expected values' scale (and the scale is not zero), float32 rounding aside."""
+    scale = float(expected.abs().max())
+    assert scale > 1e-6
+    torch.testing.assert_close(actual.float(), expected.float(), atol=rel * scale + 2e-6, rtol=0)
+
+
+# --- families both backends load: the bridge equals HookedTransformer ----------------------------
+
+@pytest.mark.parametrize("arch", BOTH)
+def test_bridge_equals_hooked_transformer(folder, arch):
+    """Logits = Hugging Face's; patching grids, EAP, EAP-IG, exact edge effects and head scores =
+    HookedTransformer's (whose weights TransformerLens folds and centres: the methods' results do
+    not depend on that)."""
+    hf, path = folder(arch)
+    hooked = ck.load_model(path, device="cpu")
+    bridge = ck.load_model(path, device="cpu", backend="bridge")
+    assert backend.backend(hooked) == "hooked" and backend.backend(bridge) == "bridge"
+    assert not backend.audit(bridge).problems
+    task = random_task(hooked)
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
+    targets = [("resid_pre", True), ("head_out", False), ("k", True), ("pattern", False), ("mlp_out", False)]
+    if arch not in ("neox",):  # parallel blocks have no resid_mid
+        targets.append(("resid_mid", True))
+    for target, by_pos in targets:
+        expected = ck.activation_patching(hooked, task, target, by_pos=by_pos, batch_size=5, progress=False)
+        got = ck.activation_patching(bridge, task, target, by_pos=by_pos, batch_size=5, progress=False)
+        assert got.labels == expected.labels
+        close(got.values, expected.values)
+    for method in (ck.eap, ck.eap_ig):
+        expected, got = method(hooked, task, progress=False), method(bridge, task, progress=False)
+        assert got.labels == expected.labels
+        close(got.values, expected.values)
+    edges = g.graph_edges(hooked)[::7]
+    close(ck.exact_edge_patching(bridge, task, edges=edges, progress=False).values,
+          ck.exact_edge_patching(hooked, task, edges=edges, progress=False).values)
+    repeated = task.clean[:, :4].repeat(1, 2)
+    for kind in ("previous_token", "induction"):
+        torch.testing.assert_close(ck.head_scores(bridge, repeated, kind).values,
+                                   ck.head_scores(hooked, repeated, kind).values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_bridge_hooks_equal_an_unprocessed_hooked_transformer(folder, arch):
+    """With TransformerLens's weight processing off, every hook both models have carries the same
+    values, and every method that reads node outputs (DLA, the graph's node outputs, EAP-IG over
+    activations) gives the same numbers."""
+    _, path = folder(arch)
+    raw = ck.load_model(path, device="cpu", backend="hooked", fold_ln=False, center_writing_weights=False,
+                        center_unembed=False, fold_value_biases=False)
+    bridge = ck.load_model(path, device="cpu", backend="bridge")
+    task = random_task(raw)
+    with torch.no_grad():
+        _, expected = raw.run_with_cache(task.clean)
+        _, got = bridge.run_with_cache(task.clean)
+    shared = [k for k in expected if k in got and got[k].shape == expected[k].shape]
+    assert len(shared) > 30
+    for k in shared:
+        torch.testing.assert_close(got[k], expected[k], atol=1e-5, rtol=0, msg=k)
+    for a, b in zip(g.node_outputs(raw, task.clean).values(), g.node_outputs(bridge, task.clean).values(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    close(ck.eap_ig(bridge, task, interpolate="activations", progress=False).values,
+          ck.eap_ig(raw, task, interpolate="activations", progress=False).values)
+    if arch == "llama":
+        close(ck.direct_logit_attribution(bridge, task).values, ck.direct_logit_attribution(raw, task).values)
+
+
+# --- current families: the bridge against outside oracles ----------------------------------------
+
+@pytest.mark.parametrize("arch", [f for f in BRIDGE_FAMILIES if f != "qwen3_next"])
+def test_current_family_loads_and_audits_as_documented(folder, arch):
+    """``load_model(folder)`` boots the family (as a bridge where TransformerLens 3 cannot convert it),
+    its logits are the Hugging Face model's, and the audit finds exactly the documented problems."""
+    hf, path = folder(arch)
+    model = ck.load_model(path, device="cpu", backend="bridge")
+    task = random_task(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
+    assert set(backend.audit(model).problems) == EXPECTED_PROBLEMS.get(arch, set())
+    # residual-stream patching needs nothing of the heads: TransformerLens's own patching agrees
+    expected = transformer_lens_grid(model, task, "resid_pre", True)
+    got = ck.activation_patching(model, task, "resid_pre", by_pos=True, batch_size=5, progress=False)
+    torch.testing.assert_close(got.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+    if arch in EXPECTED_PROBLEMS:
+        need = next(n for n in ("heads", "additive", "split_inputs") if n in EXPECTED_PROBLEMS[arch])
+        with pytest.raises(ValueError, match=rf"the edge graph .* needs {backend.NEEDS[need][:30]}"):
+            ck.eap(model, task, progress=False)
+
+
+def test_auto_boots_the_bridge_where_transformer_lens_cannot_convert(folder):
+    _, path = folder("smollm3")
+    assert backend.backend(ck.load_model(path, device="cpu")) == "bridge"
+    with pytest.raises(ck.ModelLoadError, match=r"cannot convert architecture 'SmolLM3ForCausalLM'"):
+        ck.load_model(path, device="cpu", backend="hooked")
+    _, path = folder("llama")
+    assert backend.backend(ck.load_model(path, device="cpu")) == "hooked"
+
+
+def test_a_family_whose_forward_fails_is_refused_with_the_upstream_cause(folder):
+    _, path = folder("qwen3_next")
+    with pytest.raises(ck.ModelLoadError, match=r"boots 'Qwen3NextForCausalLM'.*forward pass fails \(AttributeError"):
+        ck.load_model(path, device="cpu")
+
+
+@pytest.mark.parametrize("arch", FULL)
+def test_current_family_edge_graph_is_exact(folder, arch):
+    """Every edge kept = the model; single edges ablated = the explicit two-run recomputation; EAP =
+    the first-order term of exact edge ablation; EAP-IG = EAP at one step.
+
+    In float64 (gpt-oss: float32, its expert kernel takes no float64). Hugging Face's eager attention
+    takes its softmax in float32 even then, so the step is 1e-3 (float32 rounding over a smaller step
+    would swamp the difference) and second-order terms are allowed 2e-3 of the scale."""
+    _, path = folder(arch)
+    dtype = "float32" if arch == "gpt_oss" else "float64"
+    tol = 1e-5 if dtype == "float32" else 1e-9
+    model = ck.load_model(path, device="cpu", backend="bridge", dtype=dtype)
+    task = random_task(model)
+    source = g.ablation_source(model, task, "corrupted")
+    every = g.graph_edges(model)
+    with torch.no_grad():
+        clean = model(task.clean)
+        torch.testing.assert_close(g.run_with_edges(model, task.clean, every, source), clean, atol=tol, rtol=0)
+        for edge in every[::11]:
+            fast = g.run_with_edges(model, task.clean, None, source, ablate_edges=[edge])
+            slow = explicit_edge_ablation(model, task.clean, task.corrupted, edge)
+            torch.testing.assert_close(fast, slow, atol=tol, rtol=0)
+    index = g.graph_index(model)
+    clean_out, corrupted_out = g.node_outputs(model, task.clean), g.node_outputs(model, task.corrupted)
+    eps = 1e-3
+    near = {n: clean_out[n] + eps * (corrupted_out[n] - clean_out[n]) for n in clean_out}
+    estimate = _edge_matrix(model, task, index, near, None, None, False) / eps
+    picks = every[::5]
+    linear = torch.tensor([float(estimate[index.cell(e)]) for e in picks], dtype=torch.float64)
+    with torch.no_grad():
+        base = float(task.score(clean))
+        exact = torch.tensor([float(task.score(g.run_with_edges(model, task.clean, None, near, ablate_edges=[e])))
+                              - base for e in picks], dtype=torch.float64) / eps
+    torch.testing.assert_close(exact, linear, atol=2e-3 * float(linear.abs().max()), rtol=0)
+    assert linear.abs().max() > 1e-3
+    torch.testing.assert_close(ck.eap_ig(model, task, steps=1, progress=False).values,
+                               ck.eap(model, task, progress=False).values, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("arch", FULL)
+def test_current_family_patching_equals_transformer_lens(folder, arch):
+    _, path = folder(arch)
+    model = ck.load_model(path, device="cpu", backend="bridge")
+    task = random_task(model)
+    for target, by_pos in [("head_out", True), ("v", False), ("pattern", False), ("mlp_out", True)]:
+        expected = transformer_lens_grid(model, task, target, by_pos)
+        got = ck.activation_patching(model, task, target, by_pos=by_pos, batch_size=5, progress=False)
+        torch.testing.assert_close(got.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
+
+
+# --- the model layer itself ----------------------------------------------------------------------
+
+def test_runs_from_a_layer_and_resid_mid_patches_equal_hooked_transformer(folder):
+    _, path = folder("llama")
+    raw = ck.load_model(path, device="cpu", backend="hooked", fold_ln=False, center_writing_weights=False,
+                        center_unembed=False, fold_value_biases=False)
+    bridge = ck.load_model(path, device="cpu", backend="bridge")
+    tokens = random_task(raw).clean
+    resid = torch.randn(*tokens.shape, raw.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    for model in (raw, bridge):
+        assert backend.embed(model, tokens)[0].shape == resid.shape
+    with torch.no_grad():
+        for stop in (None, 2):
+            torch.testing.assert_close(backend.run_from_layer(bridge, resid, 1, tokens, stop_at_layer=stop),
+                                       backend.run_from_layer(raw, resid, 1, tokens, stop_at_layer=stop),
+                                       atol=1e-5, rtol=0)
+        hooks = [(names.hook("resid_mid", 0), lambda x, hook: x * 0.5)]
+        torch.testing.assert_close(backend.run_bridge(bridge, tokens, hooks, None),
+                                   raw.run_with_hooks(tokens, fwd_hooks=hooks), atol=1e-5, rtol=0)
+
+
+def test_ungrouping_a_bridge_is_exact_and_undone(folder):
+    _, path = folder("qwen3")
+    bridge = ck.load_model(path, device="cpu", backend="bridge")
+    tokens = random_task(bridge).clean
+    weights = {k: v.clone() for k, v in bridge.state_dict().items()}
+    with torch.no_grad():
+        plain = bridge(tokens)
+        with g.graph_mode(bridge):
+            _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("k_input"))
+            torch.testing.assert_close(bridge(tokens), plain, atol=1e-6, rtol=0)
+        assert cache[names.hook("k_input", 1)].shape[2] == bridge.cfg.n_heads  # one key input per query head
+        torch.testing.assert_close(bridge(tokens), plain, atol=0, rtol=0)
+    assert bridge.cfg.n_key_value_heads == 2 and not bridge.cfg.use_split_qkv_input
+    after = bridge.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+
+
+def test_weights_only_folder_loads_with_both_backends(folder, tmp_path):
+    import shutil
+
+    hf, path = folder("llama")
+    bare = tmp_path / "bare-llama"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(path / name, bare / name)
+    tokens = random_task(hf.config.vocab_size and ck.load_model(path, device="cpu")).clean
+    for choice in ("hooked", "bridge"):
+        model = ck.load_model(bare, device="cpu", backend=choice)
+        with torch.no_grad():
+            if choice == "bridge":
+                torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=0)
+            assert ck.activation_patching(model, random_task(model), "resid_pre", progress=False).values.numel() == 2
+
+
+def test_device_map_reaches_hugging_face_and_changes_nothing(folder, monkeypatch):
+    import transformers
+
+    hf, path = folder("smollm3")
+    seen = {}
+    original = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    model = ck.load_model(path, device_map={"": "cpu"}, max_memory={"cpu": "2GiB"})
+    assert seen.get("device_map") == {"": "cpu"} and seen.get("max_memory") == {"cpu": "2GiB"}
+    task = random_task(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
+    with pytest.raises(ck.ModelLoadError, match="through the bridge"):
+        ck.load_model(path, backend="hooked", device_map="auto")
