@@ -8,6 +8,7 @@ from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
     check_out_folder,
+    model_from_args,
     task_from_args,
 )
 
@@ -74,12 +75,11 @@ def register(sub) -> None:
 def _cmd_discover(args) -> int:
     from circuitkit.circuit.discover import discover
     from circuitkit.circuit.io import save_circuit
-    from circuitkit.models import load_model
     from circuitkit.viz.circuit import to_html
 
     out = Path(args.out)
     check_out_folder(out, args.html)
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     task = task_from_args(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,

@@ -14,8 +14,20 @@ TASK_HELP = ("a task builder (ioi, induction, greater_than, multiple_choice, nee
 
 
 def add_model_argument(parser) -> None:
-    """MODEL, the first positional argument of every command that runs a model."""
+    """MODEL, the first positional argument of every command that runs a model, and ``--backend``."""
     parser.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    parser.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
+                        help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge around "
+                             "the Hugging Face model ('bridge'), or 'auto': HookedTransformer where TransformerLens "
+                             "converts the architecture, the bridge otherwise (default: auto)")
+
+
+def model_from_args(args, device: str | None = None):
+    """The model ``args.model`` names, on ``device`` (default: ``args.device``), through ``args.backend``."""
+    from circuitkit.models.loading import load_model
+
+    return load_model(args.model, device=device or getattr(args, "device", None) or "cpu",
+                      backend=getattr(args, "backend", "auto"))
 
 
 def add_task_arguments(parser, default_help: str, n_prompts: int | None = 16) -> None:

@@ -9,6 +9,7 @@ from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
     check_out_folder,
+    model_from_args,
     task_from_args,
     write_figure,
     write_table,
@@ -79,7 +80,6 @@ def _common(parser) -> None:
 def _cmd_retrieval(args) -> int:
     from circuitkit.heads.causal import retrieval_causal_check
     from circuitkit.heads.retrieval import retrieval_scores
-    from circuitkit.models.loading import load_model
     from circuitkit.tasks.builders import needle
 
     check_out_folder(args.out, args.html)
@@ -91,7 +91,7 @@ def _cmd_retrieval(args) -> int:
         if not args.haystack.is_file():
             raise FileNotFoundError(f"no haystack file at {args.haystack}; pass a text file")
         params["haystack"] = args.haystack.read_text()
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     if args.task is not None:
         task = task_from_args(args, model)
     else:
@@ -134,10 +134,9 @@ def _zoo_needle_params(spec: str) -> dict:
 
 def _cmd_score(args) -> int:
     from circuitkit.heads.patterns import head_scores, repeated_tokens
-    from circuitkit.models.loading import load_model
 
     check_out_folder(args.out, args.html)
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     if args.task is not None:
         tokens = task_from_args(args, model)  # a Task: each prompt scored up to its answer position
     else:

@@ -19,6 +19,7 @@ import importlib
 import json
 import sys
 
+from circuitkit.cli.common import add_model_argument, model_from_args
 from circuitkit.version import __version__
 
 COMMAND_MODULES = (
@@ -68,7 +69,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     info = sub.add_parser("info", help=INFO_HELP, formatter_class=_HelpFormatter,
                           description="Load MODEL (zoo:NAME, a TransformerLens name or a local HF directory) "
                                       "and print its configuration and hook names.")
-    info.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    add_model_argument(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.add_argument("--device", default="cpu", help="torch device")
     info.set_defaults(func=_cmd_info)
@@ -124,22 +125,26 @@ def _rewrite_deprecated(argv: list[str]) -> list[str]:
 
 
 def _cmd_info(args) -> int:
-    from circuitkit import load_model
+    from circuitkit.models import backend
 
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     cfg = model.cfg
     fields = ("model_name", "n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
-              "act_fn", "normalization_type", "positional_embedding_type", "attn_only", "n_key_value_heads",
-              "original_architecture")
+              "act_fn", "normalization_type", "positional_embedding_type", "attn_only", "n_key_value_heads")
     config = {f: getattr(cfg, f, None) for f in fields}
+    config.update(architecture=backend.architecture(model), backend=backend.backend(model))
+    # what this model's hooks cannot be used for (a bridge's are measured; see docs/models.md)
+    problems = backend.audit(model).problems
     hooks = list(model.hook_dict)
     if args.json:
-        print(json.dumps({"config": config, "hooks": hooks}, indent=2, default=str))
+        print(json.dumps({"config": config, "unsupported": problems, "hooks": hooks}, indent=2, default=str))
         return 0
     print(f"model {cfg.model_name}")
     for key, value in config.items():
         if value is not None:
             print(f"  {key:28s} {value}")
+    for need, why in problems.items():
+        print(f"  not available: {need:14s} {why}")
     print(f"hook points ({len(hooks)}):")
     for name in hooks:
         print(f"  {name}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
+    model_from_args,
     task_from_args,
     write_figure,
     write_table,
@@ -47,11 +48,10 @@ def _cmd_patch(args) -> int:
         raise ValueError(f"--html must end in .html, got {args.html!r}")
     if args.n_prompts is not None and args.n_prompts < 1:
         raise ValueError(f"--n-prompts must be at least 1, got {args.n_prompts}")
-    from circuitkit.models.loading import load_model
     from circuitkit.patching.activation import activation_patching
     from circuitkit.viz.patching import patching_heatmap
 
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     task = task_from_args(args, model, default="ioi")
     scores = activation_patching(model, task, args.component, by_pos=args.by_pos, direction=args.direction,
                                  batch_size=args.batch_size, progress=not args.no_progress)

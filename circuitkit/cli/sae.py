@@ -8,6 +8,7 @@ from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
     check_out_folder,
+    model_from_args,
     write_html,
 )
 
@@ -30,6 +31,8 @@ def register(sub) -> None:
                                         "set (default: the Python-docstring corpus) and save it to OUT.")
     train.add_argument("model", nargs="?", default="zoo:tiny-lm",
                        help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    train.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
+                       help="TransformerLens model class (see `circuitkit patch --help`; default: auto)")
     train.add_argument("--hook", default=names.hook("resid_pre", 1), help="hook point name")
     train.add_argument("--out", required=True, help="output directory (cfg.json + sae_weights.safetensors)")
     train.add_argument("--text", default=None, help="local UTF-8 text file to train on (default: Python docstrings)")
@@ -121,13 +124,12 @@ def _eval_tokens(model, text_path, n_prompts: int, context: int):
 def _cmd_train(args) -> int:
     import time
 
-    from circuitkit.models.loading import load_model
     from circuitkit.sae.train import SAETrainConfig, save_sae, train_sae
     from circuitkit.tokenizers import read_text_file
 
     if args.text is not None:
         read_text_file(args.text)  # a binary or missing file is refused before the model loads
-    model = load_model(args.model, device="cpu")
+    model = model_from_args(args, device="cpu")
     start = time.perf_counter()
     config = SAETrainConfig(l1_coefficient=args.l1, k=args.k, l0_coefficient=args.l0, steps=args.steps,
                             batch_size_tokens=args.batch_tokens, context_size=args.context, lr=args.lr, seed=args.seed)
@@ -140,11 +142,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from circuitkit.models.loading import load_model
     from circuitkit.sae.quality import sae_quality
     from circuitkit.sae.train import load_sae
 
-    model = load_model(args.model, device="cpu")
+    model = model_from_args(args, device="cpu")
     sae = load_sae(args.sae_dir)
     quality = sae_quality(model, sae, _eval_tokens(model, args.text, args.n_prompts, args.context))
     if args.json:
@@ -155,11 +156,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_card(args) -> int:
-    from circuitkit.models.loading import load_model
     from circuitkit.sae.features import feature_card
     from circuitkit.sae.train import load_sae
 
-    model = load_model(args.model, device="cpu")
+    model = model_from_args(args, device="cpu")
     sae = load_sae(args.sae_dir)
     card = feature_card(model, sae, args.feature, _eval_tokens(model, args.text, args.n_prompts, args.context))
     print(f"{card.label}: density {card.density:.4f}, mean activation {card.mean_activation:.3f}")
@@ -183,7 +183,6 @@ def _cmd_circuit(args) -> int:
         top_features,
     )
     from circuitkit.cli.common import task_from_args, write_figure
-    from circuitkit.models.loading import load_model
     from circuitkit.sae.cards import feature_cards
     from circuitkit.sae.splice import make_sites
     from circuitkit.sae.train import load_sae, text_to_tokens
@@ -196,7 +195,7 @@ def _cmd_circuit(args) -> int:
             raise ValueError("--card-text sets where the hover cards of --html look; pass --html FILE too")
         card_text = read_text_file(args.card_text)  # a binary or missing file is refused before any work
     saes = [load_sae(d) for d in args.sae_dirs]
-    model = load_model(args.model, device="cpu")
+    model = model_from_args(args, device="cpu")
     make_sites(model, saes)  # a misfit SAE fails before the task is built
     task = task_from_args(args, model)
     estimates = {} if args.method == "linear" else {"steps": args.steps, "baseline": args.baseline}

@@ -402,7 +402,8 @@ def audit(model) -> Audit:
     if cached is not None:
         return cached
     prepare(model)
-    problems = _audit_bridge(model)
+    with torch.no_grad():
+        problems = _audit_bridge(model)
     result = Audit(problems, problems.get("forward"))
     problems.pop("forward", None)
     model._circuitkit_audit = result
@@ -456,11 +457,11 @@ def _audit_bridge(model) -> dict[str, str]:
         for short, heads in (("q", cfg.n_heads), ("k", kv), ("v", kv)):
             x = cache.get(names.hook(short, layer))
             if "qkv" not in problems and (x is None or x.ndim != 4 or x.shape[1] != n or x.shape[2] != heads):
-                problems["qkv"] = (f"blocks.{layer}.attn.hook_{short} is "
+                problems["qkv"] = (f"{names.hook(short, layer)} is "
                                    f"{'missing' if x is None else list(x.shape)}, not [1, {n}, {heads}, d_head]")
         pattern = cache.get(names.hook("pattern", layer))
         if "pattern" not in problems and (pattern is None or pattern.shape[-2:] != (n, n)):
-            problems["pattern"] = f"blocks.{layer}.attn.hook_pattern is {'missing' if pattern is None else list(pattern.shape)}"
+            problems["pattern"] = f"{names.hook('pattern', layer)} is {'missing' if pattern is None else list(pattern.shape)}"
         mlp_out = cache.get(names.hook("mlp_out", layer), 0.0)
         pre, post = cache.get(names.hook("resid_pre", layer)), cache.get(names.hook("resid_post", layer))
         if "additive" not in problems and (pre is None or post is None or not close(pre + attn_out + mlp_out, post)):
@@ -489,7 +490,7 @@ def _head_outputs_problem(model, layer: int, z: Tensor, attn_out: Tensor, close)
     except Exception as exc:  # e.g. a layer whose head size differs from the config's
         return f"W_O of layer {layer} cannot be split into heads ({type(exc).__name__}: {str(exc).splitlines()[0]})"
     if z.ndim != 4 or tuple(z.shape[2:]) != tuple(w_o.shape[:2]):
-        return f"blocks.{layer}.attn.hook_z is {list(z.shape)} but W_O is {list(w_o.shape)} (heads x d_head x d_model)"
+        return f"{names.hook('z', layer)} is {list(z.shape)} but W_O is {list(w_o.shape)} (heads x d_head x d_model)"
     with torch.no_grad():
         summed = torch.einsum("bphe,hed->bpd", z, w_o.to(z.dtype)) + bias.to(z.dtype)
         norm = getattr(model.blocks[layer], "ln1_post", None)

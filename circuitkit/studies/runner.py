@@ -29,6 +29,7 @@ from transformer_lens.head_detector import detect_head
 from circuitkit import names
 from circuitkit.ablation.kinds import resample_permutation
 from circuitkit.ablation.nodes import ablation_hooks
+from circuitkit.models import backend
 from circuitkit.models.loading import load_model
 from circuitkit.patching.engine import (
     PatchRuns,
@@ -139,6 +140,13 @@ class UnitRunner:
         :func:`~circuitkit.patching.engine.rows_per_pass` allows for ``spec.batch_size``."""
         if not self.batched:
             return [self.run(unit) for unit in units]
+        # batched passes compute answer-position logits from the last residual stream: where a bridge's
+        # logits are more than its final norm and unembedding (backend.audit), units run one by one
+        unbatched = [u for u in units if not backend.audit(self.model(u.model)).ok("unembed")]
+        if unbatched:
+            done = {id(u): self.run(u) for u in unbatched}
+            rest = iter(self.run_many([u for u in units if id(u) not in done]))
+            return [done[id(u)] if id(u) in done else next(rest) for u in units]
         groups: dict[tuple, list[tuple[Unit, list[names.Node]]]] = {}
         for unit in units:
             nodes = [names.parse_node(c) for c in self.components(unit)]
@@ -170,11 +178,10 @@ class UnitRunner:
             task = base.task.with_metric("logit_diff" if self.spec.metrics == ["logit_diff"] else "accuracy")
             tokens = task.clean
             with torch.no_grad():
-                _, _, shortformer, attention_mask = model.input_to_embed(tokens)
+                _, shortformer, attention_mask = backend.embed(model, tokens)
             # Positions after the last answer cannot change the metric where a position sees only
             # earlier ones (the conditions under which the engine trims runs).
-            causal = (attention_mask is None and shortformer is None and cfg.attention_dir == "causal"
-                      and cfg.positional_embedding_type in ("standard", "rotary") and not getattr(cfg, "use_local_attn", False))
+            causal = attention_mask is None and shortformer is None and backend.keeps_prefix_cache(model)
             if causal:
                 tokens = tokens[:, :int(task.answer_pos.max()) + 1]
             hooks = [names.hook("resid_pre", layer) for layer in range(cfg.n_layers)]
@@ -187,8 +194,7 @@ class UnitRunner:
                 if causal:  # last-layer passes start at the first answer, reading earlier keys / values
                     _, cache, keys_values = run_keeping_keys_values(model, tokens, wanted, cfg.n_layers)
                 else:
-                    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted,
-                                                    stop_at_layer=cfg.n_layers)
+                    _, cache = backend.run_with_cache(model, tokens, wanted, cfg.n_layers)
             runs = PatchRuns(task, "noise", tokens, task.corrupted[:, :tokens.shape[1]], float("nan"), float("nan"),
                              {h: cache[h] for h in hooks}, {}, shortformer, attention_mask, base.clean_final,
                              prefix_ok=causal, base_keys_values=keys_values)
