@@ -61,13 +61,15 @@ def frozen_nonlinearities(model, values: dict[str, Tensor] | None = None) -> Ite
     store: dict[str, Tensor] = {} if values is None else values
     replay = values is not None
 
-    def hook_fn(x: Tensor, hook) -> Tensor:
-        if replay:
-            return store[hook.name]
-        store[hook.name] = x.detach()
-        return store[hook.name]
+    def frozen(name: str):  # by name: a bridge's hook point carries its own name, not the alias
+        def hook_fn(x: Tensor, hook) -> Tensor:
+            if replay:
+                return store[name]
+            store[name] = x.detach()
+            return store[name]
+        return hook_fn
 
-    hooks = [(name, hook_fn) for name in model.hook_dict if name.endswith(FROZEN_HOOKS)]
+    hooks = [(name, frozen(name)) for name in model.hook_dict if name.endswith(FROZEN_HOOKS)]
     with model.hooks(fwd_hooks=hooks):
         yield store
 

@@ -90,12 +90,14 @@ def _hook_order(model, hooks: Sequence[str]) -> dict[str, int]:
     """The order in which a forward pass reaches each hook (registration order is not it)."""
     order: dict[str, int] = {}
 
-    def record(act, hook):
-        order.setdefault(hook.name, len(order))
+    def record(name: str):  # by name: a bridge's hook point carries its own name, not the alias
+        def hook_fn(act, hook):
+            order.setdefault(name, len(order))
+        return hook_fn
 
     tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(h, record) for h in dict.fromkeys(hooks)], return_type=None)
+        model.run_with_hooks(tokens, fwd_hooks=[(h, record(h)) for h in dict.fromkeys(hooks)], return_type=None)
     return order
 
 

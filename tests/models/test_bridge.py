@@ -21,7 +21,10 @@ from circuitkit.tasks.task import Task
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Families TransformerLens 3 converts to a HookedTransformer: both backends load them.
-BOTH = ("gpt2", "neox", "llama", "mistral", "qwen3", "gemma2", "gemma3")
+BOTH = ("gpt2", "neox", "llama", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "gpt_oss")
+# What load_model's backend="auto" gives each current family (docs/models.md, "auto loads").
+AUTO = {"gemma4": "bridge", "llama4": "bridge", "deepseek_v3": "bridge", "smollm3": "bridge", "granite": "bridge",
+        "olmo3": "hooked", "phi3": "hooked", "gpt_oss": "hooked", "falcon_h1": "bridge"}
 # What each current family's bridge hooks fail to carry (circuitkit.models.backend.NEEDS), as measured
 # by backend.audit; docs/models.md has the same table. Absent: every need met.
 EXPECTED_PROBLEMS = {
@@ -143,6 +146,12 @@ def test_current_family_loads_and_audits_as_documented(folder, arch):
         need = next(n for n in ("heads", "additive", "split_inputs") if n in EXPECTED_PROBLEMS[arch])
         with pytest.raises(ValueError, match=rf"the edge graph .* needs {backend.NEEDS[need][:30]}"):
             ck.eap(model, task, progress=False)
+
+
+@pytest.mark.parametrize("arch", sorted(AUTO))
+def test_auto_backend_is_as_documented(folder, arch):
+    _, path = folder(arch)
+    assert backend.backend(ck.load_model(path, device="cpu")) == AUTO[arch]
 
 
 def test_auto_boots_the_bridge_where_transformer_lens_cannot_convert(folder):
@@ -284,3 +293,27 @@ def test_device_map_reaches_hugging_face_and_changes_nothing(folder, monkeypatch
         torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
     with pytest.raises(ck.ModelLoadError, match="through the bridge"):
         ck.load_model(path, backend="hooked", device_map="auto")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_saes_on_a_bridge_equal_hooked_transformer(folder, random_sae, arch):
+    """SAELens on a bridge: encoding, feature attribution, the feature graph and SAE training equal an
+    unprocessed HookedTransformer's (the same activations reach the SAE)."""
+    from circuitkit import sae as S
+
+    _, path = folder(arch)
+    raw = ck.load_model(path, device="cpu", backend="hooked", fold_ln=False, center_writing_weights=False,
+                        center_unembed=False, fold_value_biases=False)
+    bridge = ck.load_model(path, device="cpu", backend="bridge")
+    task = random_task(raw)
+    sae = random_sae(raw.cfg.d_model, 64, names.hook("resid_pre", 1))
+    close(S.encode(bridge, sae, task.clean), S.encode(raw, sae, task.clean))
+    close(S.feature_attribution(bridge, sae, task).values, S.feature_attribution(raw, sae, task).values)
+    graphs = [S.feature_graph(m, [sae], task, steps=2, progress=False) for m in (raw, bridge)]
+    assert graphs[1].edges.labels == graphs[0].edges.labels
+    close(graphs[1].edges.values, graphs[0].edges.values)
+    tokens = torch.randint(0, raw.cfg.d_vocab, (64, 16), generator=torch.Generator().manual_seed(0))
+    config = S.SAETrainConfig(steps=5, context_size=16, batch_size_tokens=64)
+    trained = [S.train_sae(m, names.hook("resid_post", 0), tokens, architecture="topk", d_sae=64, config=config,
+                           progress=False).W_dec.detach() for m in (raw, bridge)]
+    close(trained[1], trained[0])
