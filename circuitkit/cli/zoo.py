@@ -1,4 +1,4 @@
-"""``circuitkit zoo list | show NAME | train NAME | verify NAME``."""
+"""``circuitkit zoo list | show NAME | train NAME | verify NAME | export NAME DIR``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ COMMANDS = {"zoo": "bundled models with known circuits"}
 
 def register(sub) -> None:
     zoo = sub.add_parser("zoo", help=COMMANDS["zoo"],
-                         description="List, inspect, train and verify the bundled zoo models.")
+                         description="List, inspect, train, verify and export the bundled zoo models.")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zsub.required = True
     ls = zsub.add_parser("list", help="list the bundled models", description="List the bundled zoo models.")
@@ -37,6 +37,20 @@ def register(sub) -> None:
     verify.add_argument("--device", default="cpu")
     verify.add_argument("--json", action="store_true", help="print the figures as JSON")
     verify.set_defaults(func=_cmd_verify)
+    export = zsub.add_parser(
+        "export", help="write a model as a Hugging Face folder",
+        description="Write zoo model NAME into DIR as a Hugging Face checkpoint (config.json, model.safetensors, "
+                    "the zoo's tokenizer, circuitkit_zoo.json naming the model and its known circuit) that "
+                    "transformers' AutoModelForCausalLM and `load_model(DIR, backend='bridge')` run with the zoo "
+                    "model's logits: LayerNorm + learned positions as GPT2LMHeadModel, LayerNorm + rotary as "
+                    "GPTNeoXForCausalLM (attention-only models get MLPs that output zero). Models without "
+                    "LayerNorm (hand-built, tracr) are refused, naming why, before anything is written. "
+                    "See docs/zoo.md.")
+    export.add_argument("name", help="the zoo model (see `circuitkit zoo list`)")
+    export.add_argument("dir", help="the folder to write; built beside it and moved into place in one rename")
+    export.add_argument("--force", action="store_true",
+                        help="replace DIR if it exists and is not empty (default: refuse)")
+    export.set_defaults(func=_cmd_export)
 
 
 def _cmd_list(args) -> int:
@@ -79,3 +93,12 @@ def _cmd_verify(args) -> int:
     else:
         print(report.summary())
     return 0 if report.passed else 1
+
+
+def _cmd_export(args) -> int:
+    from circuitkit.models.hf_export import PROVENANCE_FILE, export_zoo_hf
+
+    path = export_zoo_hf(args.name, args.dir, force=args.force)
+    arch = json.loads((path / PROVENANCE_FILE).read_text())["architecture"]
+    print(f"wrote zoo model {args.name} as a Hugging Face {arch} folder to {path}")
+    return 0

@@ -1,6 +1,7 @@
 """Models: ``load_model(spec)`` for TransformerLens names, local Hugging Face directories and
 ``zoo:NAME``; :func:`parse_spec` reads a spec; the zoo store (cards, weights) in
-:mod:`circuitkit.models.zoo_store`.
+:mod:`circuitkit.models.zoo_store`; a zoo model written as a Hugging Face folder by
+:mod:`circuitkit.models.hf_export`.
 
 Names are imported on first use: the zoo store reads cards without torch or TransformerLens,
 which :mod:`circuitkit.models.loading` needs.
@@ -9,6 +10,8 @@ which :mod:`circuitkit.models.loading` needs.
 from circuitkit.lazy import lazy_exports
 
 _EXPORTS = {
+    "ExportRefused": "circuitkit.models.hf_export",
+    "export_zoo_hf": "circuitkit.models.hf_export",
     "ModelLoadError": "circuitkit.models.loading",
     "ModelSpec": "circuitkit.models.loading",
     "load_model": "circuitkit.models.loading",
