@@ -24,7 +24,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+try:  # HookedTransformer's norms (TransformerLens 4 has none: a bridge's norms take the autograd path)
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+    _LAYER_NORMS, _RMS_NORMS = (LayerNorm, LayerNormPre), (RMSNorm, RMSNormPre)
+except ImportError:
+    _LAYER_NORMS, _RMS_NORMS = (), ()
 
 from circuitkit import names
 from circuitkit.ablation.edges import (
@@ -335,9 +340,9 @@ def _norm_kind(norm) -> str:
     closed form), ``"generic"`` (any other module: autograd)."""
     if norm is None or isinstance(norm, torch.nn.Identity):
         return "none"
-    if type(norm) in (LayerNorm, LayerNormPre):
+    if type(norm) in _LAYER_NORMS:
         return "ln"
-    if type(norm) in (RMSNorm, RMSNormPre):
+    if type(norm) in _RMS_NORMS:
         return "rms"
     return "generic"
 

@@ -39,6 +39,21 @@ BACKENDS = ("hooked", "bridge")
 _SETTERS = {"use_split_qkv_input": "set_use_split_qkv_input", "use_hook_mlp_in": "set_use_hook_mlp_in"}
 
 
+def transformer_lens_major() -> int:
+    """TransformerLens's major version (3 has both model classes; 4 only the bridge)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformer-lens").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 3
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this TransformerLens still has ``HookedTransformer`` (removed in 4.0)."""
+    return transformer_lens_major() < 4
+
+
 def _bridge_class():
     try:
         from transformer_lens.model_bridge import TransformerBridge

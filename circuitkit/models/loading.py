@@ -9,12 +9,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuitkit.models import backend
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+from circuitkit.models import backend as backend_module
 from circuitkit.models.zoo_store import load_zoo_model
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class ModelLoadError(RuntimeError):
 
 
 BackendChoice = Literal["auto", "hooked", "bridge"]
-BACKEND_CHOICES = ("auto", *backend.BACKENDS)
+BACKEND_CHOICES = ("auto", *backend_module.BACKENDS)
 # Keyword arguments that place a large model over several devices (accelerate): a bridge's alone.
 BRIDGE_PLACEMENT = ("device_map", "n_devices", "max_memory")
 
@@ -92,6 +94,11 @@ def load_model(
     """
     if backend not in BACKEND_CHOICES:
         raise ModelLoadError(f"unknown backend {backend!r}; use one of {list(BACKEND_CHOICES)}")
+    if not backend_module.has_hooked_transformer():
+        if backend == "hooked":
+            raise ModelLoadError(f"TransformerLens {_tl_version()} has no HookedTransformer (removed in 4.0); load "
+                                 "with backend='bridge' or 'auto', or install transformer-lens<4")
+        backend = "bridge"
     placement = {k: kwargs.pop(k) for k in BRIDGE_PLACEMENT if kwargs.get(k) is not None}
     if placement:
         if backend == "hooked":
@@ -106,6 +113,11 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
     parsed = parse_spec(spec)
     if parsed.kind == "zoo":
+        if not backend_module.has_hooked_transformer():
+            raise ModelLoadError(
+                f"zoo model {parsed.name!r} is a HookedTransformer, which TransformerLens {_tl_version()} no longer has; "
+                "install transformer-lens<4, or export it on a machine that has (`circuitkit zoo export NAME DIR`) "
+                "and load that folder")
         if backend == "bridge":
             raise ModelLoadError(
                 f"zoo model {parsed.name!r} is a HookedTransformer built from a TransformerLens config; to run it "
@@ -157,7 +169,7 @@ def _boot_bridge(name: str, device: str | None, dtype: torch.dtype, placement: d
             f"TransformerLens {_tl_version()} cannot boot {arch!r} from {name!r} as a TransformerBridge "
             f"(upstream: {cause})" + (f"; nor convert it to a HookedTransformer ({why})" if why else "")
             + ". See docs/models.md for the families circuitkit runs") from None
-    broken = backend.audit(bridge).broken
+    broken = backend_module.audit(bridge).broken
     if broken:
         raise ModelLoadError(f"TransformerLens {_tl_version()} boots {_architecture_of(Path(name)) if local else name!r} "
                              f"from {name!r} as a TransformerBridge, but {broken}; see docs/models.md")
@@ -254,6 +266,7 @@ def _offline() -> bool:
 
 
 def _load_pretrained(name: str, device: str, dtype: torch.dtype, **kwargs) -> HookedTransformer:
+    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
     try:
@@ -288,6 +301,7 @@ def _no_weights_message(name: str, official: str, exc: BaseException) -> str:
 
 def _load_local_hf(path: Path, device: str, dtype: torch.dtype, **kwargs) -> HookedTransformer:
     """Load a local Hugging Face directory through TransformerLens's own converters."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

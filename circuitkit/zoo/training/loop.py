@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 # batch_fn(generator) -> (tokens [batch, pos], loss_mask [batch, pos]): mask marks positions
 # whose NEXT token is a training target.
@@ -63,6 +62,11 @@ def final_loss(losses: list[float], last: int = 20) -> float:
 
 def new_model(tokenizer, **cfg_kwargs):
     """A fresh HookedTransformer with ``tokenizer`` (seeded by ``cfg_kwargs['seed']``)."""
+    from transformer_lens import (  # TransformerLens 3 only
+        HookedTransformer,
+        HookedTransformerConfig,
+    )
+
     cfg = dict(d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", device="cpu",
                default_prepend_bos=True)
     cfg.update(cfg_kwargs)
