@@ -175,10 +175,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
     raw_input_norm = is_post_norm(model)  # post-norm blocks feed the raw residual to attention
-    # A HookedTransformer's head input gradients are rebuilt from dM/d hook_q (through W_Q and its
-    # norm) so no per-head copies of the residual are kept; a bridge's attention is the Hugging Face
-    # family's own, so its per-head split inputs are differentiated as they are.
-    split_inputs = backend.is_bridge(model)
+    bridge = backend.is_bridge(model)
 
     def head_cols(layer: int) -> slice:
         return slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
@@ -236,7 +233,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         n_cols = index.n_before_slot_layer(layer)
         row = layer * index.slots_per_layer + which * index.n_heads
         block = model.blocks[layer]
-        norm = None if raw_input_norm else block.ln1
+        norm = None if raw_input_norm else backend.attention_input_norm(model, layer)
         kind = _norm_kind(norm)
         w = (block.attn.W_Q, block.attn.W_K, block.attn.W_V)[which].detach().to(d.dtype)  # [h, d_model, d_head]
         if kind in ("ln", "rms") and hasattr(norm, "w"):  # the norm's weight folded into the projection
@@ -262,20 +259,6 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
                 total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
         scores[..., row: row + n_heads, :n_cols] += total.to(scores.dtype)
 
-    def split_grad(grad: Tensor, layer: int, which: int) -> None:
-        # a bridge's per-head q / k / v input ([batch, pos, n_heads, d_model]): its gradient as it is
-        d = diff()
-        n_cols = index.n_before_slot_layer(layer)
-        row = layer * index.slots_per_layer + which * index.n_heads
-        g = grad.reshape(b * p, index.n_heads, -1).to(d.dtype)
-        if by_pos:
-            per_row = torch.einsum("rhd,crd->rhc", g, d[:n_cols])
-            total = torch.zeros((p, index.n_heads, n_cols), dtype=d.dtype, device=d.device)
-            total.index_add_(0, torch.arange(b * p, device=d.device) % p, per_row)
-        else:
-            total = torch.einsum("rhd,crd->hc", g, d[:n_cols])
-        scores[..., row: row + index.n_heads, :n_cols] += total.to(scores.dtype)
-
     def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
         d = diff()
         if by_pos:
@@ -289,7 +272,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         # copy), so the MLP's own input gradient is taken on a copy that feeds the MLP alone
         def hook(x, hook):
             if x.requires_grad:
-                if branch and split_inputs:
+                if branch and bridge:
                     x = x.clone()
                 x.register_hook(lambda grad: fn(grad, **kwargs))
                 return x
@@ -301,10 +284,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         if layer > 0:
             hooks.append((names.hook("resid_pre", layer), _bind(record_resid, layer=layer)))
         for which, q in enumerate(names.QKV):
-            if split_inputs:
-                hooks.append((names.head_input_hook(layer, q), watch(split_grad, layer=layer, which=which)))
-            else:
-                hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
+            hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
         hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
@@ -326,7 +306,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         else:
             shift = (1 - alpha) * group_diff
             hooks.append((group[0], lambda x, hook: alpha * x + (1 - alpha) * x.detach() + shift.to(x.dtype)))
-    with (graph_mode if split_inputs else stream_mode)(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with stream_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(sub.clean)
         # Mean over ALL prompts, so per-batch gradients add up to the full-task gradient.
         metric = sub.per_prompt(logits).sum() / n_total

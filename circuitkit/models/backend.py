@@ -210,6 +210,13 @@ def head_output_weights(model, layer: int) -> Tensor:
     return model.blocks[layer].attn.W_O
 
 
+def attention_input_norm(model, layer: int):
+    """The norm ``layer`` applies to the residual stream before its q / k / v projections, as a
+    callable (a bridge's: the Hugging Face module, so calling it fires no hook point), or None."""
+    norm = getattr(model.blocks[layer], "ln1", None)
+    return norm.original_component if norm is not None and is_bridge(model) else norm
+
+
 def head_output_bias(model, layer: int) -> Tensor:
     """``b_O`` of ``layer``'s attention (``[d_model]``; zeros where the projection has no bias)."""
     bias = model.blocks[layer].attn.b_O
