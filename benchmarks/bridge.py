@@ -4,7 +4,9 @@ A random-weight GPT-2-small-shaped Hugging Face folder (12 layers x 12 heads, d_
 3072; vocabulary 2,048 so the unembedding does not dominate) is loaded twice by
 ``circuitkit.load_model``: as a ``HookedTransformer`` and as a ``TransformerBridge``. In one process,
 warmed up, alternating the two (A B A B ...), best of ``--repeats``, each method is timed and its
-peak added resident memory measured (``benchmarks/scale.py``'s ``measure``):
+peak added resident memory measured (``benchmarks/scale.py``'s ``measure``; the script re-runs
+itself with glibc told to return freed blocks at once, so what one run freed does not hide the
+next run's peak):
 
 * ``patching``: activation patching of every head's output (144 patches) on ``--patch-prompts``
   prompts of ``--patch-len`` tokens;
@@ -68,6 +70,11 @@ def main() -> None:
     parser.add_argument("--methods", default="patching,eap,eap_ig")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
+        # glibc hands freed blocks back at once (as benchmarks/scale.py's workers), so the resident-set
+        # high-water mark of one method is not hidden by memory an earlier one freed: re-run so
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     with tempfile.TemporaryDirectory() as folder:
         gpt2_small_folder(folder, args.vocab)

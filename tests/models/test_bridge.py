@@ -330,3 +330,59 @@ def test_saes_on_a_bridge_equal_hooked_transformer(folder, random_sae, arch):
     trained = [S.train_sae(m, names.hook("resid_post", 0), tokens, architecture="topk", d_sae=64, config=config,
                            progress=False).W_dec.detach() for m in (raw, bridge)]
     close(trained[1], trained[0])
+
+
+@pytest.mark.parametrize("arch", ["gemma4", "llama4", "deepseek_v3", "smollm3"])
+def test_cli_patch_and_discover_on_current_families(folder, arch, tmp_path, capsys):
+    """``circuitkit patch`` runs on every current family; ``circuitkit discover`` runs where the edge
+    graph exists and elsewhere exits 2 with one line naming the missing need."""
+    import pandas as pd
+
+    from circuitkit.cli import main
+
+    _, path = folder(arch)
+    table = tmp_path / "patch.csv"
+    assert main(["patch", str(path), "--task", "induction", "--n-prompts", "3", "--component", "resid_pre",
+                 "--out", str(table), "--no-progress"]) == 0
+    model = ck.load_model(path, device="cpu")
+    expected = ck.activation_patching(model, ck.induction(model, n_prompts=3), "resid_pre", progress=False)
+    assert pd.read_csv(table)["score"].tolist() == pytest.approx(expected.values.tolist(), abs=1e-5)
+    capsys.readouterr()
+    out = tmp_path / "circuit.json"
+    code = main(["discover", str(path), "--task", "induction", "--n-prompts", "3", "--method", "eap-ig",
+                 "--top-k", "8", "--out", str(out), "--no-progress"])
+    if arch == "smollm3":
+        assert code == 0 and ck.load_circuit(out).graph.number_of_edges() > 0
+    else:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "the edge graph" in err[0] and "needs" in err[0]
+        assert not out.exists()
+
+
+@needs_hooked
+def test_notebook_01_flow_on_a_bridge_of_an_exported_zoo_model(tmp_path):
+    """Notebook 01's steps (task, EAP-IG, smallest faithful circuit, evaluation, faithfulness curve,
+    AUC against the reference, figure, exports) on induction-trained exported as a Hugging Face
+    folder and booted as a bridge: the same numbers as the zoo's HookedTransformer."""
+    from circuitkit.models.hf_export import export_zoo_hf
+
+    export_zoo_hf("induction-trained", tmp_path / "hf")
+    results = {}
+    for name, model in [("hooked", ck.load_model("zoo:induction-trained", device="cpu")),
+                        ("bridge", ck.load_model(tmp_path / "hf", device="cpu", backend="bridge"))]:
+        task = ck.induction(model, n_prompts=8, seq_len=8)
+        scores = ck.eap_ig(model, task, steps=3, ablation="mean", progress=False)
+        # the exported GPT-2's zero MLPs are nodes of its graph: their edges score exactly 0
+        heads_only = scores.values[[not ("m0" in e or "m1" in e) for e in scores.labels]]
+        circuit = ck.smallest_faithful(model, task, scores, target=0.9, ablation="mean")
+        result = ck.evaluate(model, task, circuit, ablation="mean")
+        reference = ck.Circuit.from_card(ck.zoo_card("induction-trained"))
+        results[name] = (heads_only, result.faithfulness, ck.roc_auc(scores, reference),
+                         sorted(e for e in circuit.graph.edges))
+        circuit.figure(title=name)
+        assert ck.load_circuit(ck.save_circuit(circuit, tmp_path / f"{name}.json", format="node-link")) == circuit
+    hooked, bridge = results["hooked"], results["bridge"]
+    close(bridge[0], hooked[0])
+    assert bridge[1] == pytest.approx(hooked[1], abs=1e-4) and bridge[1] >= 0.9
+    assert bridge[2] == pytest.approx(hooked[2], abs=1e-6)
+    assert bridge[3] == hooked[3]
