@@ -469,8 +469,10 @@ def _audit_bridge(model) -> dict[str, str]:
     for layer in layers:
         z, attn_out = cache.get(names.hook("z", layer)), cache.get(names.hook("attn_out", layer))
         if z is None or attn_out is None:
-            problems.setdefault("heads", f"layer {layer} has no attention heads with hook_z (its token mixer is "
-                                         "not attention, or the bridge hooks none)")
+            why = (f"layer {layer} has no attention heads with hook_z (its token mixer is not attention, or the "
+                   "bridge hooks none)")
+            for need in ("heads", "qkv", "pattern"):
+                problems.setdefault(need, why)
             continue
         if "heads" not in problems:
             why = _head_outputs_problem(model, layer, z, attn_out, close)

@@ -40,6 +40,8 @@ EXPECTED_PROBLEMS = {
     "olmo3": {"heads", "split_inputs"},
     "falcon_h1": {"additive", "unembed"},
 }
+if TL4:  # TransformerLens 4.3's OLMo-3 bridge gives per-head outputs that add up
+    EXPECTED_PROBLEMS["olmo3"] = {"split_inputs"}
 FULL = tuple(f for f in BRIDGE_FAMILIES if f not in EXPECTED_PROBLEMS and f != "qwen3_next")
 
 
@@ -172,11 +174,27 @@ def test_auto_boots_the_bridge_where_transformer_lens_cannot_convert(folder):
     assert backend.backend(ck.load_model(path, device="cpu")) == "hooked"
 
 
-@needs_hooked
+@pytest.mark.skipif(TL4, reason="TransformerLens 4.3's bridge runs Qwen-3-Next (tested below); 3.9's, in "
+                                "the main step, fails its forward pass")
 def test_a_family_whose_forward_fails_is_refused_with_the_upstream_cause(folder):
     _, path = folder("qwen3_next")
     with pytest.raises(ck.ModelLoadError, match=r"boots 'Qwen3NextForCausalLM'.*forward pass fails \(AttributeError"):
         ck.load_model(path, device="cpu")
+
+
+@pytest.mark.skipif(not TL4, reason="TransformerLens 3.9's bridge fails Qwen-3-Next's forward pass (tested above); "
+                                    ".ci/run's TransformerLens 4 step runs this")
+def test_qwen3_next_on_transformer_lens_4(folder):
+    """Linear-attention layers have no heads: residual-stream methods only, as the audit says."""
+    hf, path = folder("qwen3_next")
+    model = ck.load_model(path, device="cpu")
+    task = random_task(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
+    assert set(backend.audit(model).problems) == {"heads", "qkv", "pattern", "split_inputs"}
+    expected = transformer_lens_grid(model, task, "resid_pre", True)
+    got = ck.activation_patching(model, task, "resid_pre", by_pos=True, batch_size=5, progress=False)
+    torch.testing.assert_close(got.meta["grid"], expected.cpu(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", FULL)
@@ -303,7 +321,7 @@ def test_device_map_reaches_hugging_face_and_changes_nothing(folder, monkeypatch
     task = random_task(model)
     with torch.no_grad():
         torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
-    with pytest.raises(ck.ModelLoadError, match="through the bridge"):
+    with pytest.raises(ck.ModelLoadError, match="no HookedTransformer" if TL4 else "through the bridge"):
         ck.load_model(path, backend="hooked", device_map="auto")
 
 
@@ -354,8 +372,10 @@ def test_cli_patch_and_discover_on_current_families(folder, arch, tmp_path, caps
     if arch == "smollm3":
         assert code == 0 and ck.load_circuit(out).graph.number_of_edges() > 0
     else:
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and "the edge graph" in err[0] and "needs" in err[0]
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("circuitkit discover: error:")]
+        assert code == 2 and "Traceback" not in err and len(errors) == 1
+        assert "the edge graph" in errors[0] and "needs" in errors[0]
         assert not out.exists()
 
 
@@ -363,7 +383,7 @@ def test_cli_patch_and_discover_on_current_families(folder, arch, tmp_path, caps
 def test_notebook_01_flow_on_a_bridge_of_an_exported_zoo_model(tmp_path):
     """Notebook 01's steps (task, EAP-IG, smallest faithful circuit, evaluation, faithfulness curve,
     AUC against the reference, figure, exports) on induction-trained exported as a Hugging Face
-    folder and booted as a bridge: the same numbers as the zoo's HookedTransformer."""
+    folder and booted as a bridge: the same scores and AUC as the zoo's HookedTransformer."""
     from circuitkit.models.hf_export import export_zoo_hf
 
     export_zoo_hf("induction-trained", tmp_path / "hf")
@@ -372,17 +392,18 @@ def test_notebook_01_flow_on_a_bridge_of_an_exported_zoo_model(tmp_path):
                         ("bridge", ck.load_model(tmp_path / "hf", device="cpu", backend="bridge"))]:
         task = ck.induction(model, n_prompts=8, seq_len=8)
         scores = ck.eap_ig(model, task, steps=3, ablation="mean", progress=False)
-        # the exported GPT-2's zero MLPs are nodes of its graph: their edges score exactly 0
-        heads_only = scores.values[[not ("m0" in e or "m1" in e) for e in scores.labels]]
+        # the exported GPT-2's zero MLPs are nodes of its graph: their edges score exactly 0, and are
+        # left out where the two graphs are compared
+        heads_only = scores.subset([e for e in scores.labels if not ("m0" in e or "m1" in e)])
         circuit = ck.smallest_faithful(model, task, scores, target=0.9, ablation="mean")
         result = ck.evaluate(model, task, circuit, ablation="mean")
         reference = ck.Circuit.from_card(ck.zoo_card("induction-trained"))
-        results[name] = (heads_only, result.faithfulness, ck.roc_auc(scores, reference),
-                         sorted(e for e in circuit.graph.edges))
+        results[name] = (heads_only.values, result.faithfulness, ck.roc_auc(heads_only, reference))
         circuit.figure(title=name)
         assert ck.load_circuit(ck.save_circuit(circuit, tmp_path / f"{name}.json", format="node-link")) == circuit
     hooked, bridge = results["hooked"], results["bridge"]
     close(bridge[0], hooked[0])
-    assert bridge[1] == pytest.approx(hooked[1], abs=1e-4) and bridge[1] >= 0.9
-    assert bridge[2] == pytest.approx(hooked[2], abs=1e-6)
-    assert bridge[3] == hooked[3]
+    # the searches step through fractions of each graph's edge count (the bridge's has the MLP edges
+    # too), so the two circuits differ in size; each reaches the target
+    assert min(bridge[1], hooked[1]) >= 0.9
+    assert bridge[2] == pytest.approx(hooked[2], abs=1e-6) and bridge[2] > 0.9
