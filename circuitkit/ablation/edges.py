@@ -50,6 +50,7 @@ from torch import Tensor
 from circuitkit import names
 from circuitkit.ablation.kinds import check_kind, resample_permutation
 from circuitkit.models import backend
+from circuitkit.models.backend import model_device
 from circuitkit.tokenizers import check_token_ids
 
 # TransformerLens architectures whose QK-norm spans every head's projection (OLMo-2 / OLMo-3 / OLMoE)
@@ -577,11 +578,6 @@ def _bind(fn, **kwargs):
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def model_device(model) -> torch.device:
-    """The device the model's config names (CPU when it names none)."""
-    return model.cfg.device if isinstance(model.cfg.device, torch.device) else torch.device(model.cfg.device or "cpu")
-
 
 def _check_source(index: GraphIndex, source: dict[str, Tensor], tokens: Tensor) -> None:
     missing = [n for n in index.upstream if n not in source]

@@ -22,7 +22,7 @@ prefix KV cache), the slower equivalent runs and gives the same numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -100,12 +100,6 @@ def embed(model, tokens: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
     return resid, shortformer, attention_mask
 
 
-def starts_at_layer(model) -> bool:
-    """Whether a run can start from a layer's residual stream without computing the layers below
-    (``HookedTransformer``'s ``start_at_layer``); a bridge runs them and overwrites the residual."""
-    return not is_bridge(model)
-
-
 def keeps_prefix_cache(model) -> bool:
     """Whether runs can reuse a prefix of positions through TransformerLens's KV cache (a
     ``HookedTransformer`` with causal attention, learned or rotary positions and no local windows)."""
@@ -150,6 +144,50 @@ def run_bridge(model, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Callable]],
         hooks.append((names.hook("resid_post", n_layers - 1), stop))
         stop_at_layer = None
     return model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_at_layer)
+
+
+def run_with_cache(model, tokens: Tensor, wanted: set[str], stop_at_layer: int | None = None) -> tuple[Tensor, dict]:
+    """``model.run_with_cache(tokens)`` caching only the hooks in ``wanted``; ``stop_at_layer`` as
+    :func:`run_from_layer`'s (a bridge stops after its last block too). Returns ``(output, cache)``."""
+    if not is_bridge(model):
+        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=stop_at_layer)
+    cache: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(x, hook):
+            cache[name] = x.detach()
+        return hook
+
+    out = run_bridge(model, tokens, [(name, keep(name)) for name in sorted(wanted)], stop_at_layer)
+    return out, cache
+
+
+def final_norm(model, resid: Tensor) -> Tensor:
+    """The final norm on the residual stream after the last block (identity where there is none)."""
+    if model.cfg.normalization_type is None or getattr(model, "ln_final", None) is None:
+        return resid
+    return model.ln_final(resid)
+
+
+def unembed_columns(model, normed: Tensor, columns: Tensor | None = None) -> Tensor:
+    """Logits ``[rows, d_vocab_out]`` from the normalised final residual (``[rows, d_model]``),
+    soft-capped where the model caps them; with ``columns`` only those are computed (the rest 0)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    if columns is None:
+        logits = model.unembed(normed[:, None])[:, 0]
+    else:
+        columns = columns.to(normed.device)
+        logits = normed.new_zeros(len(normed), model.cfg.d_vocab_out)
+        bias = model.b_U
+        logits[:, columns] = normed @ model.W_U[:, columns] + (0 if bias is None else bias[columns])
+    return apply_softcap(logits, output_soft_cap(model))
+
+
+def output_soft_cap(model) -> float:
+    """The logit soft-cap (Gemma-2's ``final_logit_softcapping``), or -1 for none."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return float(cap) if cap is not None else -1.0
 
 
 def value_at(model, tokens: Tensor, hook_name: str, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Tensor:
@@ -203,6 +241,12 @@ def bridge_replacing_hooks(fwd_hooks: Sequence[tuple[str, Callable]]) -> list[tu
     return out
 
 
+def model_device(model) -> torch.device:
+    """The device the model's config names (CPU when it names none)."""
+    device = model.cfg.device
+    return device if isinstance(device, torch.device) else torch.device(device or "cpu")
+
+
 # --- weights ----------------------------------------------------------------------------------------
 
 def head_output_weights(model, layer: int) -> Tensor:
@@ -248,15 +292,10 @@ def hook_flags(model, **flags: bool) -> Iterator[None]:
 
     apply(flags)
     try:
-        with _ungrouped_bridge(model) if ungroup else _nothing():
+        with _ungrouped_bridge(model) if ungroup else nullcontext():
             yield
     finally:
         apply(old)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def grouped_kv_heads(model) -> int | None:
@@ -341,50 +380,6 @@ def _repeat_heads(x: Tensor, n_kv: int, group: int) -> Tensor:
     return per_head.repeat_interleave(group, dim=0).reshape(-1, *x.shape[1:]).contiguous()
 
 
-def run_with_cache(model, tokens: Tensor, wanted: set[str], stop_at_layer: int | None = None) -> tuple[Tensor, dict]:
-    """``model.run_with_cache(tokens)`` caching only the hooks in ``wanted``; ``stop_at_layer`` as
-    :func:`run_from_layer`'s (a bridge stops after its last block too). Returns ``(output, cache)``."""
-    if not is_bridge(model):
-        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=stop_at_layer)
-    cache: dict[str, Tensor] = {}
-
-    def keep(name: str):
-        def hook(x, hook):
-            cache[name] = x.detach()
-        return hook
-
-    out = run_bridge(model, tokens, [(name, keep(name)) for name in sorted(wanted)], stop_at_layer)
-    return out, cache
-
-
-def final_norm(model, resid: Tensor) -> Tensor:
-    """The final norm on the residual stream after the last block (identity where there is none)."""
-    if model.cfg.normalization_type is None or getattr(model, "ln_final", None) is None:
-        return resid
-    return model.ln_final(resid)
-
-
-def unembed_columns(model, normed: Tensor, columns: Tensor | None = None) -> Tensor:
-    """Logits ``[rows, d_vocab_out]`` from the normalised final residual (``[rows, d_model]``),
-    soft-capped where the model caps them; with ``columns`` only those are computed (the rest 0)."""
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    if columns is None:
-        logits = model.unembed(normed[:, None])[:, 0]
-    else:
-        columns = columns.to(normed.device)
-        logits = normed.new_zeros(len(normed), model.cfg.d_vocab_out)
-        bias = model.b_U
-        logits[:, columns] = normed @ model.W_U[:, columns] + (0 if bias is None else bias[columns])
-    return apply_softcap(logits, output_soft_cap(model))
-
-
-def output_soft_cap(model) -> float:
-    """The logit soft-cap (Gemma-2's ``final_logit_softcapping``), or -1 for none."""
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return float(cap) if cap is not None else -1.0
-
-
 # --- what a bridge's hooks can be trusted with --------------------------------------------------
 
 # What methods may need of a model, and what each means (the keys of Audit.problems).
@@ -449,7 +444,7 @@ def _audit_bridge(model) -> dict[str, str]:
     cfg = model.cfg
     problems: dict[str, str] = {}
     n = max(2, min(4, int(cfg.n_ctx or 4)))
-    tokens = torch.arange(1, n + 1, device=_device(model))[None] % cfg.d_vocab
+    tokens = torch.arange(1, n + 1, device=model_device(model))[None] % cfg.d_vocab
     layers = range(cfg.n_layers)
     wanted = {names.hook(h, layer) for layer in layers for h in ("resid_pre", "resid_post", "attn_out", "mlp_out",
                                                                    "z", "q", "k", "v", "pattern")}
@@ -566,8 +561,3 @@ def _split_inputs_problem(model, tokens: Tensor, logits: Tensor, scale: float) -
     if float((split - logits).abs().max()) > 1e-4 * scale:
         return "the run with split inputs differs from the plain run"
     return None
-
-
-def _device(model) -> torch.device:
-    device = model.cfg.device
-    return device if isinstance(device, torch.device) else torch.device(device or "cpu")
