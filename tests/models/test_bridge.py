@@ -407,3 +407,29 @@ def test_notebook_01_flow_on_a_bridge_of_an_exported_zoo_model(tmp_path):
     # too), so the two circuits differ in size; each reaches the target
     assert min(bridge[1], hooked[1]) >= 0.9
     assert bridge[2] == pytest.approx(hooked[2], abs=1e-6) and bridge[2] > 0.9
+
+
+@needs_hooked
+def test_retrieval_on_a_bridge_of_an_exported_zoo_model(tmp_path):
+    """needle-trained exported as a Hugging Face folder and booted as a bridge: retrieval scores
+    (teacher forcing) and the causal check (flattened attention) equal the zoo HookedTransformer's."""
+    from circuitkit.models.hf_export import export_zoo_hf
+
+    export_zoo_hf("needle-trained", tmp_path / "hf")
+    models = [ck.load_model("zoo:needle-trained", device="cpu"), ck.load_model(tmp_path / "hf", backend="bridge")]
+    task = ck.zoo_task("needle-trained", models[0]).subset(torch.arange(12))
+    retrieval = [ck.retrieval_scores(m, task, progress=False) for m in models]
+    assert torch.equal(retrieval[1].meta["per_prompt"], retrieval[0].meta["per_prompt"])
+    assert float(retrieval[0].values.max()) > 0.5  # the model retrieves
+    checks = [ck.retrieval_causal_check(m, task, retrieval[0], k=2, n_random=2, progress=False) for m in models]
+    assert checks[1].to_frame().equals(checks[0].to_frame())
+
+
+@needs_hooked
+def test_edge_pruning_on_a_bridge_equals_hooked_transformer(folder):
+    _, path = folder("llama")
+    models = [ck.load_model(path, device="cpu", backend=b) for b in ("hooked", "bridge")]
+    task = random_task(models[0])
+    pruned = [ck.edge_pruning(m, task, steps=4, progress=False) for m in models]
+    assert pruned[1].labels == pruned[0].labels
+    close(pruned[1].values, pruned[0].values, rel=1e-3)
