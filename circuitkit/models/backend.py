@@ -114,10 +114,12 @@ def run_from_layer(model, resid: Tensor, start: int, tokens: Tensor, stop_at_lay
     ``fwd_hooks``: logits, or the residual stream before layer ``stop_at_layer`` (``n_layers``: after
     the last block, before the final norm).
 
-    ``tokens`` (``[rows, pos]``) are the run's tokens: a bridge computes the layers below ``start``
-    from them and replaces their result, and reads them wherever its architecture does beyond the
-    residual stream (per-layer embeddings). ``kwargs`` (a KV cache, masks) go to a
-    ``HookedTransformer`` only.
+    ``tokens`` (``[rows, pos]``) are the run's tokens: a bridge reads them wherever its
+    architecture does beyond the residual stream (per-layer embeddings). TransformerLens's bridge
+    cannot start at a layer (Hugging Face runs the layer loop), so the blocks below ``start`` are
+    skipped (each passes its input on) where :func:`_skipping_is_exact` measured that this gives
+    the full run's result, and computed and overwritten otherwise. ``kwargs`` (a KV cache, masks)
+    go to a ``HookedTransformer`` only.
     """
     if not is_bridge(model):
         return model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=stop_at_layer,
@@ -126,9 +128,57 @@ def run_from_layer(model, resid: Tensor, start: int, tokens: Tensor, stop_at_lay
         raise ValueError(f"a TransformerBridge run takes no {sorted(kwargs)}; those are HookedTransformer fast paths")
     if tokens.shape[:2] != resid.shape[:2]:
         raise ValueError(f"tokens {list(tokens.shape)} do not match the residual stream {list(resid.shape)}")
-    # the layers below run and their result is replaced (hooks on that hook point see ``resid``)
+    # the residual stream at ``start`` is replaced (hooks on that hook point see ``resid``)
     hooks = [(names.hook("resid_pre", start), lambda x, hook: resid.to(x.dtype)), *fwd_hooks]
-    return run_bridge(model, tokens, hooks, stop_at_layer)
+    with _lower_blocks_skipped(model, start if _skipping_is_exact(model, start) else 0):
+        return run_bridge(model, tokens, hooks, stop_at_layer)
+
+
+@contextmanager
+def _lower_blocks_skipped(model, start: int) -> Iterator[None]:
+    """A bridge whose blocks below ``start`` pass their input on unchanged for the duration."""
+    def passthrough(hidden_states, *args, **kwargs):
+        return hidden_states
+
+    skipped = list(model.blocks)[:start]
+    # an instance attribute, which nn.Module.__call__ finds first; set past the bridge component's
+    # __setattr__, which would hand it to the wrapped Hugging Face layer
+    for block in skipped:
+        object.__setattr__(block, "forward", passthrough)
+    try:
+        yield
+    finally:
+        for block in skipped:
+            object.__delattr__(block, "forward")
+
+
+def _skipping_is_exact(model, start: int) -> bool:
+    """Whether a run from layer ``start`` with the blocks below skipped gives what the full run does
+    (the residual stream at ``start`` overwritten): measured once per model and layer on a probe. A
+    block below can matter beyond the residual stream (layers sharing keys and values, caches)."""
+    if start == 0:
+        return True
+    known = model.__dict__.setdefault("_circuitkit_skip_exact", {})
+    if start not in known:
+        cfg = model.cfg
+        n = max(2, min(4, int(cfg.n_ctx or 4)))
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, cfg.d_vocab, (1, n), generator=gen).to(model_device(model))
+        resid = torch.randn(1, n, cfg.d_model, generator=gen).to(model_device(model), _dtype(model))
+        hooks = [(names.hook("resid_pre", start), lambda x, hook: resid.to(x.dtype))]
+        try:
+            with torch.no_grad():
+                full = run_bridge(model, tokens, hooks, None)
+                with _lower_blocks_skipped(model, start):
+                    skipped = run_bridge(model, tokens, hooks, None)
+            known[start] = bool(torch.allclose(skipped, full, atol=1e-5 * max(float(full.abs().max()), 1.0), rtol=0))
+        except Exception:  # a family whose loop needs what a skipped block returns: compute it
+            known[start] = False
+    return known[start]
+
+
+def _dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 def run_bridge(model, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Callable]], stop_at_layer: int | None) -> Tensor:

@@ -433,3 +433,22 @@ def test_edge_pruning_on_a_bridge_equals_hooked_transformer(folder):
     pruned = [ck.edge_pruning(m, task, steps=4, progress=False) for m in models]
     assert pruned[1].labels == pruned[0].labels
     close(pruned[1].values, pruned[0].values, rel=1e-3)
+
+
+@pytest.mark.parametrize("arch,exact", [("llama", {1: True}), ("gemma4", {1: True, 2: False})])
+def test_lower_blocks_are_skipped_only_where_that_is_exact(folder, arch, exact):
+    """A run from layer L skips the blocks below it where a probe measured that nothing but the
+    residual stream passes between them (not into Gemma-4's layer 2, which reads layer 1's keys and
+    values); either way it equals the full run with the residual stream overwritten, and afterwards
+    the model is itself again."""
+    hf, path = folder(arch)
+    model = ck.load_model(path, device="cpu", backend="bridge")
+    tokens = random_task(model).clean
+    resid = torch.randn(*tokens.shape, model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for layer in range(1, model.cfg.n_layers):
+            full = backend.run_bridge(model, tokens, [(names.hook("resid_pre", layer), lambda x, hook: resid)], None)
+            torch.testing.assert_close(backend.run_from_layer(model, resid, layer, tokens), full, atol=1e-5, rtol=0)
+        assert {layer: backend._skipping_is_exact(model, layer) for layer in range(1, model.cfg.n_layers)} == exact
+        assert all("forward" not in block.__dict__ for block in model.blocks)
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=0)
