@@ -9,6 +9,7 @@ import transformer_lens.patching as tlp
 
 from circuitkit import names
 from circuitkit.ablation import edges as g
+from circuitkit.models import backend
 from circuitkit.patching.engine import prepare_runs
 
 TL_FUNCTIONS = {
@@ -113,8 +114,9 @@ def explicit_edge_ablation(model, clean_tokens, source_tokens, edge_name: str):
     mlp_hooks = [] if model.cfg.attn_only else [names.hook("mlp_out", layer) for layer in range(n_layers)]
     input_hook = names.hook("resid_pre", 0)
     wanted = set(z_hooks + mlp_hooks + [input_hook])
-    if child.kind == "head":
-        child_hook = names.hook(f"{e.qkv}_input", child.layer)
+    if child.kind == "head":  # its split input; or, on a bridge without those, its projection
+        projected = backend.per_head_inputs(model, "the explicit edge ablation") == "projected"
+        child_hook = names.hook(e.qkv if projected else f"{e.qkv}_input", child.layer)
     elif child.kind == "mlp":
         child_hook = names.hook("mlp_in", child.layer)
     else:
@@ -141,9 +143,10 @@ def explicit_edge_ablation(model, clean_tokens, source_tokens, edge_name: str):
 
         def replace(act, hook):
             act = act.clone()
-            if child.kind == "head":
-                act[:, :, child.head] = read["input"][:, :, child.head]
-                return act
+            if child.kind == "head":  # (an ungrouped bridge hands keys / values over flat: split per head)
+                heads = act.reshape(*act.shape[:2], model.cfg.n_heads, -1)
+                heads[:, :, child.head] = read["input"].reshape(heads.shape)[:, :, child.head]
+                return heads.reshape(act.shape)
             return read["input"]
 
         return model.run_with_hooks(clean_tokens, fwd_hooks=[(child_hook, replace)])

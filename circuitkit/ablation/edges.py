@@ -50,7 +50,7 @@ from torch import Tensor
 from circuitkit import names
 from circuitkit.ablation.kinds import check_kind, resample_permutation
 from circuitkit.models import backend
-from circuitkit.models.backend import model_device
+from circuitkit.models.backend import is_post_norm, model_device
 from circuitkit.tokenizers import check_token_ids
 
 # TransformerLens architectures whose QK-norm spans every head's projection (OLMo-2 / OLMo-3 / OLMoE)
@@ -215,8 +215,9 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 def graph_index(model) -> GraphIndex:
     """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
     ``ValueError`` naming the reason and the alternative where the graph cannot be built."""
-    backend.require(model, ("heads", "additive", "split_inputs"),
-                    "the edge graph (EAP, EAP-IG, exact edge patching, ACDC, edge pruning, discover)")
+    method = "the edge graph (EAP, EAP-IG, exact edge patching, ACDC, edge pruning, discover)"
+    backend.require(model, ("heads", "additive"), method)
+    backend.per_head_inputs(model, method)
     cfg = model.cfg
     kv_heads = getattr(cfg, "n_key_value_heads", None)
     if whole_vector_qk_norm(model) and kv_heads is not None and kv_heads < cfg.n_heads:
@@ -274,21 +275,13 @@ def whole_vector_qk_norm(model) -> bool:
     return backend.architecture(model) in _WHOLE_VECTOR_QK_NORM
 
 
-def is_post_norm(model) -> bool:
-    """Whether TransformerLens lists the model's architecture as post-norm."""
-    try:
-        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-    except ImportError:  # older TransformerLens: no post-norm architectures
-        return False
-    return backend.architecture(model) in POST_NORM_ARCHITECTURES
-
-
 @contextmanager
 def graph_mode(model) -> Iterator[None]:
     """Switch on the hooks the graph reads (split q/k/v inputs, ``hook_mlp_in``,
     ungrouped GQA keys/values so each query head has its own k/v input); restore them after."""
     cfg = model.cfg
-    flags = {"use_split_qkv_input": True}
+    # a bridge without split inputs reaches each head's input through its projections instead
+    flags = {"use_split_qkv_input": True} if backend.per_head_inputs(model, "the edge graph") == "split" else {}
     if not cfg.attn_only:
         flags["use_hook_mlp_in"] = True
     if getattr(cfg, "n_key_value_heads", None) is not None:
@@ -548,6 +541,24 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
         corr = correction(slice(base, base + index.n_heads), x, index.n_before_slot_layer(layer))
         return x if corr is None else x - corr.to(x.dtype)
 
+    # Without split inputs, a head's moved input is projected as the head projects its own (norm,
+    # then its W_Q / W_K / W_V) and the difference added to its hook_q / k / v value.
+    layer_inputs: dict[int, Tensor] = {}
+
+    def resid_fn(x, hook, layer):
+        layer_inputs[layer] = x
+
+    def qkv_projected_fn(x, hook, layer, which):
+        base = layer * index.slots_per_layer + which * index.n_heads
+        corr = correction(slice(base, base + index.n_heads), x, index.n_before_slot_layer(layer))
+        if corr is None:
+            return x
+        live = layer_inputs[layer][:, :, None].expand_as(corr)
+        moved = backend.head_input_projection(model, layer, which, live - corr.to(live.dtype))
+        change = (moved - backend.head_input_projection(model, layer, which, live)).to(x.dtype)
+        # an ungrouped bridge may hand keys / values over flat ([batch, pos, heads * d_head])
+        return x + change.reshape(x.shape)
+
     def mlp_in_fn(x, hook, layer):
         row = layer * index.slots_per_layer + 3 * index.n_heads
         corr = correction(slice(row, row + 1), x, index.n_before_slot_layer(layer, mlp=True))
@@ -558,10 +569,16 @@ def _ablation_hooks(model, index: GraphIndex, ablate: Tensor, source: dict[str, 
         corr = correction(slice(row, row + 1), x, len(index.upstream))
         return x if corr is None else x - corr[:, :, 0].to(x.dtype)
 
+    projected = backend.per_head_inputs(model, "the edge graph") == "projected"
     hooks: list = [(INPUT_HOOK, input_hook)]
     for layer in range(index.n_layers):
+        if projected:
+            hooks.append((names.hook("resid_pre", layer), _bind(resid_fn, layer=layer)))
         for which, x in enumerate(names.QKV):
-            hooks.append((names.head_input_hook(layer, x), _bind(qkv_in_fn, layer=layer, which=which)))
+            if projected:
+                hooks.append((names.hook(x, layer), _bind(qkv_projected_fn, layer=layer, which=which)))
+            else:
+                hooks.append((names.head_input_hook(layer, x), _bind(qkv_in_fn, layer=layer, which=which)))
         hooks.append((result_hook(layer), _bind(result_hook_fn, layer=layer)))
         if index.has_mlp:
             hooks.append((mlp_in_hook(layer), _bind(mlp_in_fn, layer=layer)))

@@ -311,6 +311,42 @@ def attention_input_norm(model, layer: int):
     return norm.original_component if norm is not None and is_bridge(model) else norm
 
 
+def per_head_inputs(model, method: str) -> Literal["split", "projected"]:
+    """How ``method`` reaches one head's query, key or value input alone: ``"split"`` — TransformerLens's
+    per-head split inputs (``hook_q_input`` ...); ``"projected"`` — a bridge without them whose
+    ``hook_q / k / v`` are measured to be the heads' projections of the normalised layer input
+    (:func:`head_input_projection` recomputes them from a moved input). ``ValueError`` (by
+    :func:`require`) when neither holds."""
+    if audit(model).ok("split_inputs"):
+        return "split"
+    if audit(model).ok("projections"):
+        return "projected"
+    require(model, ("split_inputs",), method)
+    raise AssertionError("unreachable")  # require raised
+
+
+def head_input_projection(model, layer: int, which: int, inputs: Tensor) -> Tensor:
+    """Each head's query (``which`` 0), key (1) or value (2) projection of its own residual-stream
+    input: ``inputs`` ``[batch, pos, heads, d_model]`` -> ``[batch, pos, heads, d_head]`` (the layer's
+    attention-input norm, then ``W_Q`` / ``W_K`` / ``W_V`` and bias; what ``hook_q / k / v`` carry)."""
+    attn = model.blocks[layer].attn
+    norm = None if is_post_norm(model) else attention_input_norm(model, layer)
+    x = inputs if norm is None else norm(inputs)
+    w = (attn.W_Q, attn.W_K, attn.W_V)[which]
+    out = torch.einsum("bphd,hde->bphe", x, w.to(x.dtype))
+    bias = (attn.b_Q, attn.b_K, attn.b_V)[which]
+    return out if bias is None else out + bias.to(out.dtype)
+
+
+def is_post_norm(model) -> bool:
+    """Post-norm blocks (TransformerLens's list) feed attention the raw residual stream."""
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    except ImportError:
+        return False
+    return architecture(model) in POST_NORM_ARCHITECTURES
+
+
 def head_output_bias(model, layer: int) -> Tensor:
     """``b_O`` of ``layer``'s attention (``[d_model]``; zeros where the projection has no bias)."""
     bias = model.blocks[layer].attn.b_O
@@ -442,6 +478,8 @@ NEEDS = {
                 "(resid_post = resid_pre + attn_out + mlp_out in every layer)",
     "split_inputs": "a separate query, key and value input per head (hook_q_input / hook_k_input / hook_v_input)",
     "unembed": "logits that are the final norm and W_U (+ b_U, soft-capped) of the last residual stream",
+    "projections": "queries, keys and values that are each head's W_Q / W_K / W_V (+ bias) of the layer's "
+                   "normalised input",
 }
 
 
@@ -549,6 +587,12 @@ def _audit_bridge(model) -> dict[str, str]:
     why = _split_inputs_problem(model, tokens, logits, scale)
     if why:
         problems["split_inputs"] = why
+    if "qkv" in problems:
+        problems["projections"] = problems["qkv"]
+    else:
+        why = _projections_problem(model, cache, close)
+        if why:
+            problems["projections"] = why
     return problems
 
 
@@ -567,6 +611,23 @@ def _head_outputs_problem(model, layer: int, z: Tensor, attn_out: Tensor, close)
             summed = norm.original_component(summed)
     if not close(summed, attn_out):
         return f"the heads' z @ W_O + b_O of layer {layer} is not its attention output"
+    return None
+
+
+def _projections_problem(model, cache: dict, close) -> str | None:
+    """Whether each layer's ``hook_q / k / v`` are :func:`head_input_projection` of its input."""
+    for layer in range(model.cfg.n_layers):
+        resid = cache.get(names.hook("resid_pre", layer))
+        for which, short in enumerate(names.QKV):
+            actual = cache.get(names.hook(short, layer))
+            try:
+                heads = actual.shape[2]
+                expected = head_input_projection(model, layer, which, resid[:, :, None].expand(-1, -1, heads, -1))
+            except Exception as exc:  # weights that cannot be split into heads, a missing norm ...
+                return f"the {short} projections of layer {layer} cannot be recomputed ({type(exc).__name__}: {exc})"
+            if not close(expected, actual):
+                return (f"{names.hook(short, layer)} is not the heads' projection of the layer's normalised input "
+                        "(a norm or a transform between them)")
     return None
 
 
