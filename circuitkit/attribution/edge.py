@@ -367,6 +367,16 @@ def _bind(fn, **kwargs):
     return hook
 
 
+def _check_qk_fix(model) -> None:
+    """``ValueError`` before any work where the QK fix cannot run: shortformer positions (added to q /
+    k inside the block), or a bridge without per-head split inputs (the fix moves one head's query or
+    key input and reads its pattern)."""
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
+                         "inside the block); use qk_fix=False")
+    backend.require(model, ("split_inputs",), "qk_fix (AtP*'s QK fix; qk_fix=False scores q / k edges by gradient)")
+
+
 def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
                  batch_size: int | None, progress: bool) -> Tensor:
     """``matrix`` with its q and k rows rescored by AtP*'s QK fix (Kramar et al. 2024).
@@ -380,9 +390,6 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     pattern's row ``p`` only; one into a key at ``p`` is re-run with that key position alone
     moved, ``n_pos`` times the key runs). ``source``: as in :func:`_edge_matrix`.
     """
-    if model.cfg.positional_embedding_type == "shortformer":
-        raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
-                         "inside the block); use qk_fix=False")
     out = matrix.clone()
     for layer in range(index.n_layers):
         base = layer * index.slots_per_layer
@@ -568,6 +575,8 @@ def eap(
     """
     _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
+    if qk_fix:
+        _check_qk_fix(model)
     size = budget_batch_size(model, index, task, "eap", batch_size, max_memory, by_pos)
     qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
     source = batch_source(model, task, ablation, seed, size)
@@ -627,6 +636,8 @@ def eap_ig(
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
                          f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
+    if qk_fix:
+        _check_qk_fix(model)
     if interpolate == "mask":
         size = qk_size = len(task) if batch_size is None else batch_size
         if by_pos:
