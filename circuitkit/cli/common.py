@@ -16,6 +16,11 @@ TASK_HELP = ("a task builder (ioi, induction, greater_than, multiple_choice, nee
 def add_model_argument(parser) -> None:
     """MODEL, the first positional argument of every command that runs a model, and ``--backend``."""
     parser.add_argument("model", help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
+    add_backend_argument(parser)
+
+
+def add_backend_argument(parser) -> None:
+    """``--backend``: which TransformerLens model class :func:`model_from_args` loads."""
     parser.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
                         help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge around "
                              "the Hugging Face model ('bridge'), or 'auto': HookedTransformer where TransformerLens "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from circuitkit.cli.common import (
+    add_backend_argument,
     add_model_argument,
     add_task_arguments,
     check_out_folder,
@@ -31,8 +32,7 @@ def register(sub) -> None:
                                         "set (default: the Python-docstring corpus) and save it to OUT.")
     train.add_argument("model", nargs="?", default="zoo:tiny-lm",
                        help="zoo:NAME, a TransformerLens model name, or a local Hugging Face directory")
-    train.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
-                       help="TransformerLens model class (see `circuitkit patch --help`; default: auto)")
+    add_backend_argument(train)
     train.add_argument("--hook", default=names.hook("resid_pre", 1), help="hook point name")
     train.add_argument("--out", required=True, help="output directory (cfg.json + sae_weights.safetensors)")
     train.add_argument("--text", default=None, help="local UTF-8 text file to train on (default: Python docstrings)")
