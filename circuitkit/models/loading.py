@@ -108,8 +108,10 @@ def load_model(
         if device is not None:
             raise ModelLoadError("pass either device or device_map / n_devices / max_memory, not both: the "
                                  "latter place the model's layers themselves")
-        device = "cpu" if placement.get("device_map") is None and not placement.get("n_devices") else device
-    device = _resolve_device(device) if not placement or device is not None else None
+        if placement.get("device_map") is None and not placement.get("n_devices"):
+            raise ModelLoadError("max_memory budgets the devices a model is spread over; pass it with "
+                                 "device_map='auto' (or n_devices)")
+    device = None if placement else _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
     parsed = parse_spec(spec)
     if parsed.kind == "zoo":

@@ -333,6 +333,8 @@ def test_device_map_reaches_hugging_face_and_changes_nothing(folder, monkeypatch
         torch.testing.assert_close(model(task.clean), hf(task.clean).logits, atol=1e-5, rtol=0)
     with pytest.raises(ck.ModelLoadError, match="no HookedTransformer" if TL4 else "through the bridge"):
         ck.load_model(path, backend="hooked", device_map="auto")
+    with pytest.raises(ck.ModelLoadError, match="max_memory budgets the devices"):
+        ck.load_model(path, max_memory={"cpu": "2GiB"})
 
 
 @needs_hooked
