@@ -160,11 +160,9 @@ def _skipping_is_exact(model, start: int) -> bool:
         return True
     known = model.__dict__.setdefault("_circuitkit_skip_exact", {})
     if start not in known:
-        cfg = model.cfg
-        n = max(2, min(4, int(cfg.n_ctx or 4)))
+        tokens = _probe_tokens(model)
         gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, cfg.d_vocab, (1, n), generator=gen).to(model_device(model))
-        resid = torch.randn(1, n, cfg.d_model, generator=gen).to(model_device(model), _dtype(model))
+        resid = torch.randn(*tokens.shape, model.cfg.d_model, generator=gen).to(model_device(model), _dtype(model))
         hooks = [(names.hook("resid_pre", start), lambda x, hook: resid.to(x.dtype))]
         try:
             with torch.no_grad():
@@ -175,6 +173,13 @@ def _skipping_is_exact(model, start: int) -> bool:
         except Exception:  # a family whose loop needs what a skipped block returns: compute it
             known[start] = False
     return known[start]
+
+
+def _probe_tokens(model) -> Tensor:
+    """The few tokens (``[1, 2..4]``) a bridge is measured on."""
+    cfg = model.cfg
+    n = max(2, min(4, int(cfg.n_ctx or 4)))
+    return torch.arange(1, n + 1, device=model_device(model))[None] % cfg.d_vocab
 
 
 def _dtype(model) -> torch.dtype:
@@ -531,8 +536,8 @@ def require(model, needs: Sequence[str], method: str) -> None:
 def _audit_bridge(model) -> dict[str, str]:
     cfg = model.cfg
     problems: dict[str, str] = {}
-    n = max(2, min(4, int(cfg.n_ctx or 4)))
-    tokens = torch.arange(1, n + 1, device=model_device(model))[None] % cfg.d_vocab
+    tokens = _probe_tokens(model)
+    n = tokens.shape[1]
     layers = range(cfg.n_layers)
     wanted = {names.hook(h, layer) for layer in layers for h in ("resid_pre", "resid_post", "attn_out", "mlp_out",
                                                                    "z", "q", "k", "v", "pattern")}
