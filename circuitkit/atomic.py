@@ -3,10 +3,11 @@ interrupted or failed write never leaves a half-written file behind (temp beside
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -55,6 +56,20 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False, ma
 
 def write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
     return write_bytes(path, text.encode("utf-8"), **kwargs)
+
+
+@contextlib.contextmanager
+def folder_written(final: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside ``final`` to fill; when the block ends without an error it replaces
+    ``final`` in one rename (:func:`replace_dir`), and in any case nothing unfinished is left."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: Path, final: Path) -> Path:

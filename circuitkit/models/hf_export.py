@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from circuitkit.atomic import replace_dir
+from circuitkit.atomic import folder_written
 from circuitkit.models.zoo_store import ZooCard, load_zoo_model, zoo_card, zoo_tokenizer
 from circuitkit.version import __version__
 
@@ -319,18 +317,13 @@ def export_model_hf(model, folder, *, tokenizer=None, provenance: dict | None = 
     if error > CHECK_TOLERANCE:  # a mapping bug, never a user error: write nothing
         raise RuntimeError(f"the exported {type(hf).__name__} differs from {name!r} by {error:.2e} of the logits' "
                            "scale; nothing was written")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
+    with folder_written(final) as tmp:
         _save_quietly(hf, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if provenance is not None:
             (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
             (tmp / "README.md").write_text(_readme(provenance))
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from circuitkit.atomic import replace_dir
+from circuitkit.atomic import folder_written
 from circuitkit.tokenizers import load_tokenizer_file
 
 # torch and the task builders are imported where used: listing and reading cards (`zoo list`,
@@ -192,10 +190,8 @@ def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None,
     from safetensors.torch import save_file
 
     root = Path(root) if root is not None else user_zoo_dir()
-    root.mkdir(parents=True, exist_ok=True)
     final = root / card.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{card.name}-", dir=root))
-    try:
+    with folder_written(final) as tmp:
         state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in model.state_dict().items()
                  if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
         save_file(state, str(tmp / WEIGHTS_FILE))
@@ -203,9 +199,6 @@ def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None,
         (tmp / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2, default=_json_default) + "\n")
         if extra is not None:
             extra(tmp)
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     card.path = final
     return final
 

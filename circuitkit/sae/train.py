@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
-from circuitkit.atomic import replace_dir
+from circuitkit.atomic import folder_written
 from circuitkit.models.loading import load_model
 from circuitkit.sae.features import check_hook, hook_width
 from circuitkit.tokenizers import check_token_ids, python_docs_corpus, read_text_file
@@ -242,16 +241,11 @@ def save_sae(sae, path: str | os.PathLike) -> Path:
     from sae_lens import TrainingSAE
 
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
+    with folder_written(final) as tmp:
         if isinstance(sae, TrainingSAE):
             sae.save_inference_model(tmp)
         else:
             sae.save_model(tmp)
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
