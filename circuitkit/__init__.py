@@ -63,6 +63,7 @@ _EXPORTS = {
     "roc_auc": "circuitkit.circuit",
     "save_circuit": "circuitkit.circuit",
     "smallest_faithful": "circuitkit.circuit",
+    "score_layers": "circuitkit.circuit",
     "head_scores": "circuitkit.heads",
     "retrieval_causal_check": "circuitkit.heads",
     "retrieval_heads": "circuitkit.heads",
@@ -104,7 +105,7 @@ __all__ = [
     "multiple_choice", "names", "needle", "normalized", "overlap", "overlap_matrix", "patch_head_sets",
     "path_patching", "precision", "recall", "retrieval_causal_check", "retrieval_heads", "retrieval_scores",
     "retrieval_scores_generate", "roc_auc", "run_ablated", "run_study", "run_with_edges", "save_circuit",
-    "smallest_faithful", "verify", "zoo_card", "zoo_task",
+    "score_layers", "smallest_faithful", "verify", "zoo_card", "zoo_task",
 ]
 
 

@@ -225,7 +225,8 @@ def graph_index(model) -> GraphIndex:
             f"model {cfg.model_name!r} ({backend.architecture(model)}) normalises its keys over all key/value heads "
             "at once, and grouped-query attention: the edge graph gives each query head its own key input "
             "(TransformerLens's ungroup_grouped_query_attention), which that norm cannot take; use activation "
-            "patching, path patching or attribution_patching on this model instead"
+            "patching, path patching, attribution_patching or a circuit of whole layers (discover(level='layers'), "
+            "--level layers) on this model instead"
         )
     return GraphIndex(cfg.n_layers, cfg.n_heads, not cfg.attn_only, bool(getattr(cfg, "parallel_attn_mlp", False)))
 

@@ -34,6 +34,7 @@ from circuitkit.circuit.features import (
     top_features,
 )
 from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
+from circuitkit.circuit.layers import LayerEvaluator, layer_nodes, score_layers
 from circuitkit.circuit.published import PUBLISHED, published_circuit
 from circuitkit.circuit.routes import cap_by_route, route_widths
 
@@ -43,5 +44,5 @@ __all__ = [
     "node_scores_from_edges", "overlap", "overlap_matrix", "precision", "published_circuit", "rank_auc", "recall", "roc_auc",
     "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
     "EstimateCheck", "FeatureCircuitEvaluation", "check_estimates", "evaluate_feature_circuit", "feature_circuit",
-    "graph_circuit", "top_features",
+    "graph_circuit", "top_features", "LayerEvaluator", "layer_nodes", "score_layers",
 ]

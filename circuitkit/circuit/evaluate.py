@@ -25,6 +25,7 @@ from circuitkit import names
 from circuitkit.ablation.edges import ablation_source, graph_edges, run_with_edges
 from circuitkit.ablation.kinds import DEFAULT_ABLATION, check_kind
 from circuitkit.circuit.core import Circuit
+from circuitkit.circuit.layers import LayerEvaluator, is_layer_node
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import normalized
 
@@ -140,10 +141,20 @@ def _edges_among(nodes: set[str], model_edges: Sequence[str], inside: bool) -> l
     return out
 
 
+def is_layer_circuit(circuit: Circuit) -> bool:
+    """Whether the circuit is on the layer graph (nodes ``attn_out.L`` / ``m{L}``,
+    :mod:`circuitkit.circuit.layers`)."""
+    return circuit.level == "node" and any(is_layer_node(n) for n in circuit.graph)
+
+
 def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0,
-             evaluator: EdgeEvaluator | None = None) -> CircuitEvaluation:
+             evaluator: EdgeEvaluator | LayerEvaluator | None = None) -> CircuitEvaluation:
     """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`);
-    a position-resolved circuit on the position-resolved graph."""
+    a position-resolved circuit on the position-resolved graph, a layer-level circuit
+    (:mod:`circuitkit.circuit.layers`) by ablating whole attention blocks and MLPs
+    (``n_edges`` then counts nodes)."""
+    if isinstance(evaluator, LayerEvaluator) or (evaluator is None and is_layer_circuit(circuit)):
+        return _evaluate_layers(task, circuit, evaluator or LayerEvaluator(model, task, ablation, seed))
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=is_position_resolved(circuit))
     keep = ev.check_edges(circuit_edges(circuit, ev.model_edges))
     keep_set = set(keep)
@@ -158,8 +169,20 @@ def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, se
         task=task.name)
 
 
+def _evaluate_layers(task, circuit: Circuit, ev: LayerEvaluator) -> CircuitEvaluation:
+    keep = ev.check_nodes(circuit.nodes)
+    m_circuit, m_complement = ev.metric(keep), ev.metric(n for n in ev.nodes if n not in set(keep))
+    return CircuitEvaluation(
+        faithfulness=ev.normalized(m_circuit), completeness=1.0 - ev.normalized(m_complement),
+        metric_circuit=m_circuit, metric_complement=m_complement, metric_full=ev.metric_full,
+        metric_empty=ev.metric_empty, n_edges=len(keep), n_model_edges=len(ev.nodes), ablation=ev.ablation,
+        task=task.name)
+
+
 def faithfulness(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> float:
     """``(m(circuit) - m(∅)) / (m(full) - m(∅))`` with every edge outside the circuit ablated."""
+    if is_layer_circuit(circuit):
+        return evaluate(model, task, circuit, ablation, seed).faithfulness
     ev = EdgeEvaluator(model, task, ablation, seed, by_pos=is_position_resolved(circuit))
     return ev.faithfulness(circuit_edges(circuit, ev.model_edges))
 

@@ -18,7 +18,7 @@ COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "conv
 def register(sub) -> None:
     from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
     from circuitkit.attribution.edge import INTERPOLATIONS
-    from circuitkit.circuit.discover import METHODS
+    from circuitkit.circuit.discover import LEVELS, METHODS
     from circuitkit.circuit.io import FORMATS
     from circuitkit.circuit.io.mib import DANGLING, SCORE_CHOICES, SIGNS
 
@@ -37,8 +37,13 @@ def register(sub) -> None:
     disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
     disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
-    disc.add_argument("--interpolate", default="inputs", choices=INTERPOLATIONS,
-                      help="eap-ig's path: the input embeddings, each layer's outputs in turn, or every edge's mask at once")
+    disc.add_argument("--interpolate", default=None, choices=INTERPOLATIONS,
+                      help="eap-ig's path: the input embeddings (default), each layer's outputs in turn, or every "
+                           "edge's mask at once ('mask', the only path with --level layers)")
+    disc.add_argument("--level", default="edges", choices=LEVELS,
+                      help="'edges': edges between heads and MLPs; 'layers': whole attention blocks and MLPs "
+                           "(attn_out.L, mL) for models whose heads do not separate (MLA, Gemma-4) or a coarse "
+                           "first look (eap-ig, eap, exact)")
     disc.add_argument("--no-route-cap", dest="route_cap", action="store_false",
                       help="rank edges by their raw scores, not capped by their receiver's widest route to the logits")
     disc.add_argument("--by-pos", action="store_true",
@@ -83,12 +88,14 @@ def _cmd_discover(args) -> int:
     task = task_from_args(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
-                       progress=not args.no_progress, interpolate=args.interpolate, by_pos=args.by_pos)
+                       progress=not args.no_progress, interpolate=args.interpolate, by_pos=args.by_pos,
+                       level=args.level)
     save_circuit(circuit, out)
     if args.html:
         to_html(circuit, args.html)
     meta = circuit.meta
-    print(f"{args.method} circuit on {task.name}: {len(circuit.edges)} edges, {len(circuit.nodes)} nodes; "
+    size = (f"{len(circuit.nodes)} of {circuit.graph.number_of_nodes()} layer nodes" if args.level == "layers" else f"{len(circuit.edges)} edges, {len(circuit.nodes)} nodes")
+    print(f"{args.method} circuit on {task.name}: {size}; "
           f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
           f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
     return 0

@@ -529,8 +529,8 @@ def require(model, needs: Sequence[str], method: str) -> None:
             raise ValueError(
                 f"{method} needs {NEEDS[need]}; on model {model.cfg.model_name!r} ({architecture(model)}, "
                 f"TransformerLens {backend(model)}) {found[need]}. Methods that need only the residual stream "
-                "still run (activation patching of resid_pre / attn_out / mlp_out, the logit lens); see "
-                "docs/models.md")
+                "still run (activation patching of resid_pre / attn_out / mlp_out, the logit lens, circuits of "
+                "whole layers: discover(level='layers'), --level layers); see docs/models.md")
 
 
 def _audit_bridge(model) -> dict[str, str]:

@@ -362,11 +362,11 @@ def test_saes_on_a_bridge_equal_hooked_transformer(folder, random_sae, arch):
     close(trained[1], trained[0])
 
 
-@pytest.mark.parametrize("arch", ["gemma4", "llama4", "deepseek_v3", "smollm3"])
+@pytest.mark.parametrize("arch", [f for f in BRIDGE_FAMILIES if f != "qwen3_next"])
 def test_cli_patch_and_discover_on_current_families(folder, arch, tmp_path, capsys):
     """``circuitkit patch`` runs on every current family; ``circuitkit discover`` runs where the edge
     graph exists (Llama-4 through its heads' projections) and elsewhere exits 2 with one line naming
-    the missing need."""
+    the missing need and ``--level layers``, which runs on every family."""
     import pandas as pd
 
     from circuitkit.cli import main
@@ -391,8 +391,16 @@ def test_cli_patch_and_discover_on_current_families(folder, arch, tmp_path, caps
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("circuitkit discover: error:")]
         assert code == 2 and "Traceback" not in err and len(errors) == 1
-        assert "the edge graph" in errors[0] and "needs" in errors[0]
+        assert ("the edge graph" in errors[0] or arch == "olmo3") and "--level layers" in errors[0]
         assert not out.exists()
+    # Every family: a circuit of whole attention blocks and MLPs, which needs no separable heads.
+    code = main(["discover", str(path), "--task", "induction", "--n-prompts", "3", "--method", "eap-ig", "--level",
+                 "layers", "--top-k", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    circuit = ck.load_circuit(out)
+    assert len(circuit.nodes) == 2 and set(circuit.graph) == set(ck.circuit.layer_nodes(model))
+    again = ck.evaluate(model, ck.induction(model, n_prompts=3), circuit)
+    assert again.faithfulness == pytest.approx(circuit.meta["faithfulness"], abs=1e-5)
 
 
 @needs_hooked

@@ -11,7 +11,7 @@ from circuitkit.circuit.discover.exhaustive import (
     find_circuit,
     find_edge_circuit,
 )
-from circuitkit.circuit.discover.pipeline import METHODS, discover, score_edges
+from circuitkit.circuit.discover.pipeline import LEVELS, METHODS, discover, score_edges
 
-__all__ = ["METHODS", "CircuitSearch", "EdgeCircuitSearch", "acdc", "circuit_recovery", "discover",
+__all__ = ["LEVELS", "METHODS", "CircuitSearch", "EdgeCircuitSearch", "acdc", "circuit_recovery", "discover",
            "edge_pruning", "find_circuit", "find_edge_circuit", "score_edges"]

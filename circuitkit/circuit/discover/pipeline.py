@@ -8,6 +8,7 @@ edge mask, :mod:`circuitkit.circuit.discover.edge_pruning`) and ``acdc``
 
 from __future__ import annotations
 
+import math
 import time
 
 from circuitkit import attribution
@@ -23,11 +24,13 @@ from circuitkit.circuit.evaluate import (
     smallest_faithful,
 )
 from circuitkit.circuit.io.attribution_graph import example_prompt
+from circuitkit.circuit.layers import LAYER_METHODS, LayerEvaluator, score_layers
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
 METHODS = ("eap-ig", "eap", "exact", "edge-pruning", "acdc")
 BY_POS_METHODS = ("eap-ig", "eap", "exact")  # the methods that score edges at each token position
+LEVELS = ("edges", "layers")
 
 
 def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAULT_ABLATION, progress: bool = False,
@@ -54,8 +57,8 @@ def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAU
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
              target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int = 10, route_cap: bool = True,
-             scores: Scores | None = None, progress: bool = False, interpolate: str = "inputs",
-             by_pos: bool = False) -> Circuit:
+             scores: Scores | None = None, progress: bool = False, interpolate: str | None = None,
+             by_pos: bool = False, level: str = "edges") -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
@@ -78,8 +81,20 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     edge outside the circuit is ablated at that position only; see
     :mod:`circuitkit.circuit.evaluate`). Methods :data:`BY_POS_METHODS`.
 
+    ``level="layers"``: a circuit of whole attention blocks and MLPs (nodes ``attn_out.L``,
+    ``m{L}``; :mod:`circuitkit.circuit.layers`), for models whose heads do not separate (the edge
+    graph refuses them by name) or a first coarse look; methods :data:`LAYER_METHODS`, EAP-IG along
+    the nodes' ablation masks. ``top_k`` / ``threshold`` / ``target`` then count nodes.
+
     The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
     """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose one of {LEVELS}")
+    if level == "layers":
+        return _discover_layers(model, task, method, top_k=top_k, threshold=threshold, target=target,
+                                ablation=ablation, steps=steps, scores=scores, progress=progress,
+                                interpolate=interpolate, by_pos=by_pos)
+    interpolate = "inputs" if interpolate is None else interpolate
     if method not in METHODS:
         raise ValueError(f"unknown discovery method {method!r}; choose one of {METHODS}")
     if by_pos and method not in BY_POS_METHODS:
@@ -123,4 +138,51 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
                         route_cap=bool(route_cap and method != "acdc"), by_pos=by_pos)
     if method == "eap-ig":
         circuit.meta["interpolate"] = scores.meta.get("interpolate", interpolate)
+    return circuit
+
+
+def _discover_layers(model, task, method: str, *, top_k, threshold, target, ablation, steps, scores, progress,
+                     interpolate, by_pos) -> Circuit:
+    if method not in LAYER_METHODS:
+        raise ValueError(f"level='layers' scores whole attention blocks and MLPs with {LAYER_METHODS}, not "
+                         f"{method!r}")
+    if by_pos:
+        raise ValueError("level='layers' finds circuits of whole layers' outputs; drop by_pos")
+    if interpolate not in (None, "mask"):
+        raise ValueError(f"level='layers' integrates EAP-IG along the nodes' ablation masks; drop interpolate "
+                         f"({interpolate!r}) or pass 'mask'")
+    if top_k is not None and threshold is not None:
+        raise ValueError("give top_k or threshold, not both")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative number of nodes, got {top_k!r}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    if top_k is None and threshold is None and not 0 < target <= 1:
+        raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
+    task.check_model(model)
+    start = time.perf_counter()
+    ev = LayerEvaluator(model, task, ablation)
+    if scores is None:
+        scores = score_layers(model, task, method, steps=steps, progress=progress, evaluator=ev)
+    elif scores.is_edge or sorted(scores.labels) != sorted(ev.nodes):
+        raise ValueError("level='layers' prunes layer nodes: pass the Scores of score_layers for this model")
+    ranked = [label for _, label in sorted(zip((-abs(v) for v in scores.values.tolist()), scores.labels,
+                                               strict=True))]
+    if top_k is not None:
+        keep = ranked[:top_k]
+    elif threshold is not None:
+        keep = [n for n, v in zip(scores.labels, scores.values.tolist(), strict=True) if abs(v) >= threshold]
+    else:  # a handful of nodes: every size is tried, the exact minimum
+        keep = ranked[:next(n for n in range(len(ranked) + 1) if ev.faithfulness(ranked[:n]) >= target)]
+    circuit = Circuit.from_scores(scores, n_layers=int(model.cfg.n_layers), n_heads=int(model.cfg.n_heads),
+                                  has_mlp=not model.cfg.attn_only)
+    circuit = circuit.with_members(keep, "node", prune=False)
+    result = evaluate(model, task, circuit, evaluator=ev)
+    circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
+                        seconds=time.perf_counter() - start, discovery=method, level="layers", route_cap=False,
+                        by_pos=False, d_model=int(model.cfg.d_model))
+    if top_k is None and threshold is None:
+        circuit.meta.update(target=target, selection="smallest_faithful")
+    if method == "eap-ig":
+        circuit.meta.update(interpolate="mask", steps=steps)
     return circuit
