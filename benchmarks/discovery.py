@@ -1,7 +1,7 @@
 """Circuit discovery quality: method x zoo model.
 
 For every zoo model whose card records a reference circuit, run each discovery method
-(``circuitkit.circuit.discover``: score every edge, cap each score by its receiver's widest route
+(``circuitkit.circuit.discovery``: score every edge, cap each score by its receiver's widest route
 to the logits, prune to the smallest circuit reaching faithfulness 0.9; ACDC prunes itself) and
 report, over every edge of the model:
 
@@ -39,7 +39,8 @@ import time
 import torch
 
 from circuitkit.circuit import Circuit, overlap, roc_auc
-from circuitkit.circuit.discover import METHODS, discover, score_edges
+from circuitkit.circuit.discovery import METHODS, discover, score_edges
+from circuitkit.zoo import reference_circuit
 
 
 def fallback_model():
@@ -71,7 +72,7 @@ def zoo_cases(only=None, max_prompts=None):
         task = zoo_task(card, model)
         if max_prompts is not None and len(task) > max_prompts:
             task = task.subset(slice(0, max_prompts))
-        yield card.name, model, task, Circuit.from_card(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
+        yield card.name, model, task, reference_circuit(card), set(card.evidence.get("mean_ablation_invisible_edges", {}))
 
 
 def _node_auc(scores, reference, by_abs: bool) -> float:
@@ -87,7 +88,7 @@ SIGNS = {"edge-pruning": "mib", "acdc": "mib"}  # higher = more needed; the esti
 
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
              interpolate: str = "inputs", budget: int | None = None) -> list[dict]:
-    from circuitkit.circuit.evaluate import EdgeEvaluator, faithfulness_curve, rank_edges
+    from circuitkit.circuit.evaluation import EdgeEvaluator, faithfulness_curve, rank_edges
     from circuitkit.circuit.routes import cap_by_route
 
     rows = []
@@ -98,13 +99,13 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
     for method in methods:
         start = time.perf_counter()
         try:
-            raw = None if method == "acdc" else score_edges(model, task, method, steps=steps, ablation=ablation,
-                                                            interpolate=interpolate)
+            args = {"steps": steps, "interpolate": interpolate} if method == "eap-ig" else {}  # the rest: defaults
+            raw = None if method == "acdc" else score_edges(model, task, method, ablation=ablation, method_args=args)
         except ValueError as exc:  # e.g. EAP on an mse task: the metric's gradient is 0 at the clean run
             print(f"{name} {method}: not run ({str(exc).split(';')[0]})", flush=True)
             rows.append({"model": name, "method": method})
             continue
-        circuit = discover(model, task, method, ablation=ablation, steps=steps, scores=raw,
+        circuit = discover(model, task, method, ablation=ablation, method_args=args, scores=raw,
                            threshold=0.01 if method == "acdc" else None)
         seconds = time.perf_counter() - start
         if method == "acdc":  # every edge scored: its damage at its turn, 0 for the untried (see acdc)

@@ -88,6 +88,9 @@ _EXPORTS = {
     "needle": "circuitkit.tasks",
     "normalized": "circuitkit.tasks",
     "ZooCard": "circuitkit.zoo",
+    "reference_circuit": "circuitkit.zoo",
+    "circuit_figure": "circuitkit.viz",
+    "circuit_html": "circuitkit.viz",
     "list_zoo": "circuitkit.zoo",
     "verify": "circuitkit.zoo",
     "zoo_card": "circuitkit.zoo",
@@ -96,17 +99,8 @@ _EXPORTS = {
     "load_results": "circuitkit.studies",
 }
 
-__all__ = [
-    "ABLATIONS", "AblationResult", "Circuit", "ModelLoadError", "Scores", "Task", "ZooCard", "__version__",
-    "ablate", "ablation_hooks", "acdc", "activation_patching", "attribution_patching", "build_task",
-    "cap_by_route", "completeness", "direct_logit_attribution", "discover", "eap", "eap_ig", "edge_pruning", "evaluate", "exact_edge_patching",
-    "faithfulness", "feature_cards", "faithfulness_curve", "greater_than", "head_scores", "induction", "ioi", "list_zoo",
-    "load_circuit", "load_model", "load_results", "logit_lens", "make_kl_metric", "metrics",
-    "multiple_choice", "names", "needle", "normalized", "overlap", "overlap_matrix", "patch_head_sets",
-    "path_patching", "precision", "recall", "retrieval_causal_check", "retrieval_heads", "retrieval_scores",
-    "retrieval_scores_generate", "roc_auc", "run_ablated", "run_study", "run_with_edges", "save_circuit",
-    "score_layers", "smallest_faithful", "verify", "zoo_card", "zoo_task",
-]
+# One export list: the table above is the public surface.
+__all__ = ["__version__", *_EXPORTS]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

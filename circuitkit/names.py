@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -391,3 +392,17 @@ def check_model_components(model, components, kinds: tuple[str, ...] = ("head", 
         nodes.append(check_in_model(node, cfg.n_layers, n_heads or cfg.n_heads, not cfg.attn_only,
                                     model_name=cfg.model_name, what=what))
     return nodes
+
+
+def attention_links(node_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """``(a{L}.h{H}@p, a{L}.h{H}@q)`` for ``p < q`` among the position-resolved heads in
+    ``node_ids``: in the position-resolved graph a head's inputs at ``p`` (its key and value)
+    reach its output at every later ``q`` inside the head, through attention, not along an edge.
+    Reachability (pruning dangling edges, routes to the logits) follows these links too."""
+    by_head: dict[str, list[int]] = {}
+    for node_id in node_ids:
+        n = parse_node(node_id)
+        if n.kind == "head" and n.pos is not None:
+            by_head.setdefault(n.name, []).append(n.pos)
+    return [(with_pos(h, p), with_pos(h, q)) for h, ps in by_head.items()
+            for p in sorted(ps) for q in sorted(ps) if p < q]

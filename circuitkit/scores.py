@@ -94,6 +94,16 @@ class Scores:
         task: the task name they were measured on.
         metric: the metric name (``"logit_diff"``...), if any.
         meta: anything else that explains the numbers (ablation kind, steps, n_layers...).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.activation_patching(model, task, progress=False)
+        >>> scores
+        Scores(method='activation-patching', task='induction', n=8, nodes, top: a1.h0=+1, ...)
+        >>> scores.labels[:3], round(scores["a1.h0"], 2), scores.head_grid().shape
+        (['a0.h0', 'a0.h1', 'a0.h2'], 1.0, torch.Size([2, 4]))
     """
 
     values: torch.Tensor

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from circuitkit.viz import circuit_html
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def main(argv=None) -> None:
     args.out = args.out or str(ROOT / "docs" / ("circuit_by_pos.png" if args.by_pos else "circuit.png"))
     torch.set_num_threads(1)
 
-    from circuitkit.circuit.discover import discover
+    from circuitkit.circuit.discovery import discover
     from circuitkit.zoo import list_zoo, load_zoo_model, zoo_task
 
     if args.model in {card.name for card in list_zoo()}:
@@ -46,7 +48,7 @@ def main(argv=None) -> None:
     if chromium is None:
         raise SystemExit("needs Debian's chromium package: apt-get install -y chromium")
     with tempfile.TemporaryDirectory() as tmp:
-        html = circuit.to_html(Path(tmp) / "circuit.html",
+        html = circuit_html(circuit, Path(tmp) / "circuit.html",
                                title=f"EAP-IG {'position-resolved ' if args.by_pos else ''}circuit of "
                                      f"{model.cfg.model_name} on {task.name} "
                                      f"(faithfulness {circuit.meta['faithfulness']:.2f})")

@@ -16,6 +16,7 @@ FLOORS = {
     "circuitkit.version": 0, "circuitkit.lazy": 0, "circuitkit.names": 0, "circuitkit.atomic": 0, "circuitkit.tokenizers": 0,
     "circuitkit.models.backend": 0,  # the model layer: every method reaches a model through it
     "circuitkit.scores": 1, "circuitkit.tasks": 1,
+    "circuitkit.circuit.core": 1,  # the Circuit type stands beside Scores: it imports names and scores only
     "circuitkit.ablation": 2, "circuitkit.models": 2,
     "circuitkit.patching": 3, "circuitkit.attribution": 3, "circuitkit.heads": 3, "circuitkit.sae": 3,
     "circuitkit.circuit": 4,
@@ -25,14 +26,11 @@ FLOORS = {
     "circuitkit": 8,  # the top-level package: the public API
 }
 # Late (in-function) imports that are allowed, and why: a CLI command imports what it runs; the top-level
-# package loads the studies (pyarrow, process pools) on first use; Circuit and FeatureCard keep
-# one-line drawing conveniences over their viz functions; the zoo store reads cards (`zoo list`)
-# without the task builders' torch.
+# package loads the studies (pyarrow, process pools) on first use; the zoo store reads cards
+# (`zoo list`) without the task builders' torch.
 LATE_OK = {
     "circuitkit": {"circuitkit.studies"},
     "circuitkit.models.zoo_store": {"circuitkit.tasks.builders"},
-    "circuitkit.circuit.core": {"circuitkit.viz.circuit"},
-    "circuitkit.sae.features": {"circuitkit.viz.sae"},
 }
 
 
@@ -175,3 +173,31 @@ def test_one_normalization():
     places = {str(path.relative_to(PACKAGE.parent)): lines for path in MODULES.values()
               if (lines := _differences_divided(path.read_text()))}
     assert not places, f"(m - corrupted) / (clean - corrupted) computed in {places}; call circuitkit.tasks.metrics.normalized"
+
+
+def test_no_package_attribute_shadows_its_own_submodule():
+    """``import circuitkit.a.b`` and ``circuitkit.a.b`` are the same module: no package imports a
+    name that is also one of its submodules unless it is that submodule (read from the files)."""
+    shadowed = []
+    for module, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            for alias in node.names:
+                child = f"{module}.{alias.asname or alias.name}"
+                if child in MODULES and f"{node.module}.{alias.name}" != child:
+                    shadowed.append(f"{child} (bound to {node.module}.{alias.name})")
+    assert not shadowed, f"package attributes that shadow their own submodule: {shadowed}"
+
+
+def test_every_package_lists_its_public_names_and_the_top_level_has_one_export_list():
+    import circuitkit
+
+    missing = [m for m, p in MODULES.items() if p.name == "__init__.py" and "__all__" not in p.read_text()]
+    assert not missing, f"packages without __all__: {missing}"
+    assert set(circuitkit.__all__) == set(circuitkit._EXPORTS) | {"__version__"}
+    for name in circuitkit.__all__:
+        assert getattr(circuitkit, name) is not None

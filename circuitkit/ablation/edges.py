@@ -337,20 +337,6 @@ def graph_nodes(model) -> list[str]:
     return [*index.upstream, names.LOGITS]
 
 
-def attention_links(node_ids: Iterable[str]) -> list[tuple[str, str]]:
-    """``(a{L}.h{H}@p, a{L}.h{H}@q)`` for ``p < q`` among the position-resolved heads in
-    ``node_ids``: in the position-resolved graph a head's inputs at ``p`` (its key and value)
-    reach its output at every later ``q`` inside the head, through attention, not along an edge.
-    Reachability (pruning dangling edges, routes to the logits) follows these links too."""
-    by_head: dict[str, list[int]] = {}
-    for node_id in node_ids:
-        n = names.parse_node(node_id)
-        if n.kind == "head" and n.pos is not None:
-            by_head.setdefault(n.name, []).append(n.pos)
-    return [(names.with_pos(h, p), names.with_pos(h, q)) for h, ps in by_head.items()
-            for p in sorted(ps) for q in sorted(ps) if p < q]
-
-
 def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     """What each node writes into the residual stream on ``tokens``.
 
@@ -429,6 +415,20 @@ def run_with_edges(
     Position-resolved edge ids (``a0.h0@3->a1.h0@3<k>``, :func:`circuitkit.names.edge_at`) keep or
     ablate an edge at that position only (an id without positions among them: at every position),
     through a ``[pos, n_slots, n_upstream]`` mask (:func:`run_with_mask` with ``by_pos``).
+
+    Examples:
+        >>> import torch
+        >>> import circuitkit as ck
+        >>> from circuitkit.ablation import ablation_source
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> source = ablation_source(model, task, "mean")  # what an ablated edge carries
+        >>> circuit = ck.reference_circuit("induction-handbuilt")
+        >>> with torch.no_grad():
+        ...     kept = ck.run_with_edges(model, task.clean, circuit.edges, source)  # all others ablated
+        ...     cut = ck.run_with_edges(model, task.clean, None, source, ablate_edges=["a0.h0->a1.h0<k>"])
+        >>> round(task.score(kept).item(), 2), round(task.score(cut).item(), 2)
+        (12.0, 0.0)
     """
     if (keep_edges is None) == (ablate_edges is None):
         raise ValueError("give exactly one of keep_edges (ablate the rest) or ablate_edges (keep the rest)")

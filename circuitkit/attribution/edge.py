@@ -545,6 +545,7 @@ def eap(
     qk_fix: bool = False,
     max_memory: float | None = None,
     by_pos: bool = False,
+    source: dict[str, Tensor] | None = None,
 ) -> Scores:
     """Edge attribution patching over every edge of the model's graph.
 
@@ -571,7 +572,20 @@ def eap(
     With ``qk_fix``, an edge into a query at ``p`` moves that pattern row alone; an edge into a
     key at ``p`` is re-run with only that key position moved (``n_pos`` times the key runs).
 
+    ``source``: the ablation source already computed for this task and ``ablation``
+    (``ablation_source``, e.g. a discovery's prepared context); computed batch by batch otherwise.
+
     Returns Scores over ``names.all_edges`` for the model (``level="edge"``).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.eap(model, task, progress=False)
+        >>> len(scores), scores.is_edge
+        (81, True)
+        >>> sorted(label for label, _ in scores.top(2))
+        ['a1.h0->logits', 'input->a1.h0<v>']
     """
     _check_level(level)
     task, index = prepare_attribution(model, task, ablation, None, batch_size)
@@ -579,7 +593,7 @@ def eap(
         _check_qk_fix(model)
     size = budget_batch_size(model, index, task, "eap", batch_size, max_memory, by_pos)
     qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
-    source = batch_source(model, task, ablation, seed, size)
+    source = batch_source(model, task, ablation, seed, size) if source is None else rows_of(source)
     matrix = _edge_matrix(model, task, index, source, None, size, progress, by_pos=by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)
@@ -600,6 +614,7 @@ def eap_ig(
     interpolate: Literal["inputs", "activations", "mask"] = "inputs",
     max_memory: float | None = None,
     by_pos: bool = False,
+    source: dict[str, Tensor] | None = None,
 ) -> Scores:
     """EAP with integrated gradients (Hanna et al. 2024).
 
@@ -629,8 +644,18 @@ def eap_ig(
     the split q / k / v inputs: ``max_memory`` does not size its batches (give ``batch_size``).
 
     ``by_pos``: position-resolved scores, as in :func:`eap` (with ``"mask"``, every edge has a
-    mask per position and an edge at a position scores that mask's gradient).
+    mask per position and an edge at a position scores that mask's gradient). ``source``: as in
+    :func:`eap`.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.eap_ig(model, task, steps=3, progress=False)
+        >>> sorted(label for label, _ in scores.top(5))
+        ['a0.h0->a1.h0<k>', 'a1.h0->logits', 'input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>']
     """
+    given = source
     _check_level(level)
     if interpolate not in INTERPOLATIONS:
         raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
@@ -642,12 +667,12 @@ def eap_ig(
         size = qk_size = len(task) if batch_size is None else batch_size
         if by_pos:
             check_position_memory(index, task.clean.shape[1], "eap_ig", memory_budget(max_memory))
-        source = batch_source(model, task, ablation, seed, size)
+        source = batch_source(model, task, ablation, seed, size) if given is None else rows_of(given)
         matrix = mask_ig_matrix(model, task, index, source, steps, size, progress, by_pos)
     else:
         size = budget_batch_size(model, index, task, "eap_ig", batch_size, max_memory, by_pos)
         qk_size = budget_batch_size(model, index, task, "qk_fix", batch_size, max_memory) if qk_fix else size
-        source = batch_source(model, task, ablation, seed, size)
+        source = batch_source(model, task, ablation, seed, size) if given is None else rows_of(given)
         matrix = _edge_matrix(model, task, index, source, steps, size, progress, interpolate, by_pos)
     if qk_fix:
         matrix = _with_qk_fix(model, task, index, matrix, source, qk_size, progress)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit.ablation.edges import ablation_source, model_device, run_with_mask
@@ -30,6 +31,7 @@ def exact_edge_patching(
     progress: bool = True,
     by_pos: bool = False,
     max_memory: float | None = None,
+    source: dict[str, Tensor] | None = None,
 ) -> Scores:
     """``metric(clean with the edge ablated) - metric(clean)`` for each edge, exactly.
 
@@ -42,6 +44,17 @@ def exact_edge_patching(
     them, position-major, by default). A run's masks are ``[runs x prompts, n_pos, n_slots,
     n_upstream]``: fewer edges share a run where ``max_memory`` (bytes; by default half the
     memory available) holds fewer, ``ValueError`` before any run when not even one fits.
+    ``source``: the ablation source already computed for this task and ``ablation``
+    (``ablation_source``); computed here otherwise.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> edges = ["a0.h0->a1.h0<k>", "a0.h1->a1.h0<k>"]  # from the previous-token head, and not
+        >>> scores = ck.exact_edge_patching(model, task, edges=edges, progress=False)
+        >>> round(scores["a0.h0->a1.h0<k>"], 2), round(scores["a0.h1->a1.h0<k>"], 2)
+        (-12.0, 0.0)
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -75,7 +88,7 @@ def exact_edge_patching(
             raise ValueError(f"edge {with_pos[0]!r} carries positions; pass by_pos=True to patch edges at one position")
         cells = [(None, *index.cell(e)) for e in edge_list]  # validates names first
     cells = torch.tensor([(p or 0, r, c) for p, r, c in cells], device=device)
-    source = ablation_source(model, task, ablation, seed=seed)
+    source = ablation_source(model, task, ablation, seed=seed) if source is None else source
     values = torch.empty(len(edge_list))
     with torch.no_grad():
         clean_metric = task.score(model(task.clean))

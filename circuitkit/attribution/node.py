@@ -68,6 +68,14 @@ def attribution_patching(
     clean prompts and one forward on the corrupted prompts per batch; batches hold at most
     ``batch_size`` prompts and fewer where ``max_memory`` (bytes; by default half the memory
     available) holds fewer, as in :func:`~circuitkit.attribution.eap`.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.attribution_patching(model, task, progress=False)
+        >>> [(label, round(value, 1)) for label, value in scores.top(1)]
+        [('a1.h0', -12.0)]
     """
     task, index = prepare_attribution(model, task, None, None, batch_size)
     hooks = _target_hooks(index, target)

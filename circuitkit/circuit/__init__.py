@@ -14,8 +14,8 @@ from circuitkit.circuit.compare import (
     shared_components,
 )
 from circuitkit.circuit.core import Circuit
-from circuitkit.circuit.discover import METHODS, acdc, discover, edge_pruning, score_edges
-from circuitkit.circuit.evaluate import (
+from circuitkit.circuit.discovery import METHODS, acdc, discover, edge_pruning, score_edges
+from circuitkit.circuit.evaluation import (
     CircuitEvaluation,
     EdgeEvaluator,
     completeness,

@@ -41,6 +41,15 @@ def overlap(circuit: Circuit | Iterable[str], reference: Circuit | Iterable[str]
     """Precision, recall and IoU of ``circuit``'s in-graph nodes or edges against ``reference``'s.
 
     ``input`` and ``logits`` are left out of node sets (every circuit has them).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> circuit = ck.discover(model, task, method="eap-ig", steps=3)
+        >>> result = ck.overlap(circuit, ck.reference_circuit("induction-handbuilt"), level="edge")
+        >>> result.precision, round(result.recall, 2), result.n_shared
+        (1.0, 0.71, 5)
     """
     if level not in ("node", "edge"):
         raise ValueError(f"level must be 'node' or 'edge', got {level!r}")
@@ -54,10 +63,26 @@ def overlap(circuit: Circuit | Iterable[str], reference: Circuit | Iterable[str]
 
 
 def precision(circuit, reference, level: str = "node") -> float:
+    """Share of `circuit`'s nodes (or edges, `level="edge"`) that are in `reference`
+    (see `overlap`).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> round(ck.precision(["a0.h0", "a1.h0", "a1.h2"], reference=["a0.h0", "a1.h0"]), 2)
+        0.67
+    """
     return overlap(circuit, reference, level).precision
 
 
 def recall(circuit, reference, level: str = "node") -> float:
+    """Share of `reference`'s nodes (or edges, `level="edge"`) that `circuit` has
+    (see `overlap`).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> ck.recall(["a0.h0", "a1.h0", "a1.h2"], reference=["a0.h0", "a1.h0"])
+        1.0
+    """
     return overlap(circuit, reference, level).recall
 
 
@@ -112,6 +137,15 @@ def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level:
     reference component must have a score; ``input`` / ``logits`` are left out at node level.
     ``ignore``: components of that level left out of both the scores and the reference (e.g.
     reference edges an ablation cannot see, zoo cards' ``mean_ablation_invisible_edges``).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> scores = ck.eap_ig(model, ck.zoo_task("induction-handbuilt", model), steps=3, progress=False)
+        >>> card = ck.zoo_card("induction-handbuilt")
+        >>> invisible = card.evidence["mean_ablation_invisible_edges"]  # no mean ablation can see these
+        >>> ck.roc_auc(scores, ck.reference_circuit(card), ignore=invisible)
+        1.0
     """
     if isinstance(scores, Circuit):
         scores = scores.scores()
@@ -149,6 +183,16 @@ def overlap_matrix(circuits: Mapping[str, Circuit | Iterable[str]], level: str =
 
     ``measure``: ``"jaccard"`` (|A ∩ B| / |A ∪ B|), ``"overlap"`` (|A ∩ B| / min(|A|, |B|)),
     ``"shared"`` (|A ∩ B|) or ``"fraction"`` (row's share of its components found in the column).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> circuits = {"ioi": ["a0.h1", "a1.h0", "a2.h3"], "induction": ["a0.h1", "a1.h0"],
+        ...             "other": ["a2.h2"]}
+        >>> ck.overlap_matrix(circuits).round(2)  # Jaccard index of their heads
+                    ioi  induction  other
+        ioi        1.00       0.67    0.0
+        induction  0.67       1.00    0.0
+        other      0.00       0.00    1.0
     """
     import pandas as pd
 

@@ -23,8 +23,6 @@ import networkx as nx
 import torch
 
 from circuitkit import names
-from circuitkit.ablation.edges import attention_links
-from circuitkit.models.zoo_store import zoo_card
 from circuitkit.scores import Scores
 
 NODE_ATTRS = ("kind", "layer", "head", "score", "sign", "method", "task", "in_graph")
@@ -61,6 +59,16 @@ class Circuit:
 
     ``circuit.graph`` is the ``networkx.MultiDiGraph`` itself: use any networkx algorithm on it.
     ``circuit.nodes`` / ``circuit.edges`` list the in-graph ids in computation order.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> scores = ck.eap_ig(model, ck.zoo_task("induction-handbuilt", model), steps=3, progress=False)
+        >>> circuit = ck.Circuit.from_scores(scores).top_k(5)
+        >>> circuit
+        Circuit(method='eap-ig', task='induction', nodes=4/10, edges=5/81)
+        >>> circuit.nodes, "a0.h0->a1.h0<k>" in circuit
+        (['input', 'a0.h0', 'a1.h0', 'logits'], True)
     """
 
     def __init__(self, graph: nx.MultiDiGraph | None = None, **graph_attrs: Any) -> None:
@@ -119,17 +127,6 @@ class Circuit:
             raise ValueError("a circuit needs at least one node or edge; give nodes=[...] and/or edges=[...]")
         circuit.infer_shape()
         return circuit
-
-    @classmethod
-    def from_card(cls, card) -> Circuit:
-        """The reference circuit recorded on a zoo card (name or :class:`ZooCard`)."""
-        card = zoo_card(card) if isinstance(card, str) else card
-        if not card.circuit_nodes and not card.circuit_edges:
-            raise ValueError(f"zoo model {card.name!r} records no reference circuit in its card")
-        cfg = card.config
-        return cls.from_nodes_edges(card.circuit_nodes, card.circuit_edges, method="reference",
-                                    task=card.task.get("builder", ""), n_layers=cfg.get("n_layers"),
-                                    n_heads=cfg.get("n_heads"), has_mlp=not cfg.get("attn_only", False))
 
     def add_edges(self, items: Iterable[tuple[str, float | None]], method: str, task: str, in_graph: bool) -> None:
         """Add ``(edge id, score)`` pairs with their endpoints (an in-graph edge marks both in-graph)."""
@@ -301,19 +298,6 @@ class Circuit:
                               for u, v, k, d in self.graph.edges(keys=True, data=True)])
         return nodes, edges
 
-    # --- figures: one-line conveniences over circuitkit.viz.circuit (files: circuitkit.circuit.io) --
-    def figure(self, **kwargs: Any):
-        """A Plotly figure laid out by layer (see :func:`circuitkit.viz.circuit.circuit_figure`)."""
-        from circuitkit.viz.circuit import circuit_figure
-
-        return circuit_figure(self, **kwargs)
-
-    def to_html(self, path, **kwargs: Any):
-        """A standalone HTML page (Plotly bundled in) with the figure; written atomically."""
-        from circuitkit.viz.circuit import to_html
-
-        return to_html(self, path, **kwargs)
-
     # --- pruning ------------------------------------------------------------------------------
     def with_members(self, members: Iterable[str], level: str | None = None, prune: bool = True) -> Circuit:
         """A copy whose in-graph set is exactly ``members`` (edge ids, or node ids for node circuits).
@@ -377,10 +361,10 @@ class Circuit:
     def prune_dangling(self) -> Circuit:
         """A copy keeping only in-graph edges on some ``input -> logits`` path of in-graph edges
         (position-resolved: a head's inputs at position p reach its outputs at later positions
-        through attention, :func:`~circuitkit.ablation.edges.attention_links`)."""
+        through attention, :func:`~circuitkit.names.attention_links`)."""
         out = self.copy()
         view = nx.DiGraph(out.subgraph())
-        view.add_edges_from(attention_links(list(view)))
+        view.add_edges_from(names.attention_links(list(view)))
         # Sources and sinks by kind: position-resolved graphs have one input node per position.
         sources = [n for n in view if self.graph.nodes[n]["kind"] == "input"]
         sinks = [n for n in view if self.graph.nodes[n]["kind"] == "logits"]

@@ -65,7 +65,20 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     :func:`~circuitkit.sae.graph.feature_graph`: ``method``, ``steps``, ``baseline``,
     ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
     the prompt with the latest answer (every node's position lies within it), so the circuit
-    exports to circuit-tracer's attribution graph."""
+    exports to circuit-tracer's attribution graph.
+
+    Examples:
+        >>> from sae_lens import StandardSAE, StandardSAEConfig
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=32))  # untrained
+        >>> sae.cfg.metadata.hook_name = ck.names.hook("resid_pre", 1)
+        >>> task = ck.zoo_task("induction-handbuilt", model, n_prompts=8)
+        >>> circuit = ck.feature_circuit(model, [sae], task, method="ig", steps=3, max_nodes=10,
+        ...                              progress=False)
+        >>> sum(node.startswith("f1.resid_pre.") for node in circuit.nodes), circuit.nodes[-1]
+        (10, 'logits')
+    """
     if kwargs.get("method") == "linear":
         extra = sorted(set(kwargs) - {"method", "positions", "node_threshold", "max_nodes", "chunk", "progress"})
         if extra:
@@ -166,6 +179,19 @@ def evaluate_feature_circuit(model, saes, task, circuit: Circuit | Sequence[str]
     al.), ``"keep"`` keeps every error term (the features alone are judged), ``"ablate"`` ablates
     every error term. The empty circuit ablates every feature (and the errors ``errors`` ablates);
     the input is always kept.
+
+    Examples:
+        >>> from sae_lens import StandardSAE, StandardSAEConfig
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=32))  # untrained
+        >>> sae.cfg.metadata.hook_name = ck.names.hook("resid_pre", 1)
+        >>> task = ck.zoo_task("induction-handbuilt", model, n_prompts=8)
+        >>> circuit = ck.feature_circuit(model, [sae], task, method="ig", steps=3, max_nodes=10,
+        ...                              progress=False)
+        >>> result = ck.evaluate_feature_circuit(model, [sae], task, circuit)
+        >>> result.n_features, result.errors, round(result.metric_full, 2)
+        (10, 'circuit', 12.0)
     """
     if errors not in ERROR_MODES:
         raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")

@@ -8,7 +8,7 @@ circuit reads its output from the ablation source (the vocabulary of
 residual-stream decomposition is assumed: per-layer embeddings, multipliers and mixers outside
 the hooks stay where the model puts them.
 
-Faithfulness is :mod:`circuitkit.circuit.evaluate`'s, with nodes in place of edges:
+Faithfulness is :mod:`circuitkit.circuit.evaluation`'s, with nodes in place of edges:
 ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``, where ``m(∅)`` ablates every node.
 
 Scores estimate ``m(node ablated) - m(clean)``, as the edge methods' do:
@@ -70,7 +70,7 @@ def _run(model, tokens: Tensor, fwd_hooks) -> Tensor:
 class LayerEvaluator:
     """The ablation source and the full / empty metrics of one (model, task, ablation) on the
     layer graph, with every metric it computes cached (the node-level twin of
-    :class:`~circuitkit.circuit.evaluate.EdgeEvaluator`)."""
+    :class:`~circuitkit.circuit.evaluation.EdgeEvaluator`)."""
 
     def __init__(self, model, task, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> None:
         check_kind(ablation)
@@ -160,7 +160,16 @@ def score_layers(model, task, method: str = "eap-ig", *, ablation: str = DEFAULT
                  progress: bool = False, evaluator: LayerEvaluator | None = None) -> Scores:
     """Node scores ``[n_nodes]`` over :func:`layer_nodes`, each estimating ``m(node ablated) -
     m(clean)``: ``exact`` (one run per node), ``eap`` (one forward + backward) or ``eap-ig``
-    (``steps`` forward + backward passes along the joint ablation mask; see the module)."""
+    (``steps`` forward + backward passes along the joint ablation mask; see the module).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.score_layers(model, task, method="exact")
+        >>> [(label, round(value, 1)) for label, value in zip(scores.labels, scores.values.tolist())]
+        [('attn_out.0', -12.0), ('attn_out.1', -11.9)]
+    """
     if method not in LAYER_METHODS:
         raise ValueError(f"layer-level discovery scores nodes with {LAYER_METHODS}, not {method!r}")
     if method == "eap-ig" and (not isinstance(steps, int) or steps < 1):

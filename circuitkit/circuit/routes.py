@@ -17,7 +17,6 @@ import networkx as nx
 import torch
 
 from circuitkit import names
-from circuitkit.ablation.edges import attention_links
 from circuitkit.scores import Scores
 
 
@@ -34,7 +33,7 @@ def route_widths(scores: Scores) -> dict[str, float]:
         # q, k and v edges between the same two nodes: the widest one is the route
         best = graph.edges[edge.parent, edge.child]["width"] if graph.has_edge(edge.parent, edge.child) else 0.0
         graph.add_edge(edge.parent, edge.child, width=max(best, value))
-    for parent, child in attention_links(list(graph)):  # position-resolved heads: attention carries p to q > p
+    for parent, child in names.attention_links(list(graph)):  # position-resolved heads: attention carries p to q > p
         graph.add_edge(parent, child, width=math.inf)
     # logits (one node per position in a position-resolved graph) are where every route ends
     width = {node: math.inf if names.parse_node(node).kind == "logits" else 0.0 for node in graph}
@@ -50,6 +49,16 @@ def cap_by_route(scores: Scores) -> Scores:
     logits is weak drops to that route's width. ``meta["route_capped"]`` records it.
 
     Shape: ``[n_edges]`` in, ``[n_edges]`` out, same labels.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> scores = ck.eap_ig(model, ck.zoo_task("induction-handbuilt", model), steps=3, progress=False)
+        >>> capped = ck.cap_by_route(scores)
+        >>> capped.labels == scores.labels, capped.meta["route_capped"]
+        (True, True)
+        >>> all(abs(capped[edge]) <= abs(scores[edge]) for edge in scores.labels)
+        True
     """
     width = route_widths(scores)
     children = [names.parse_edge(label).child for label in scores.labels]

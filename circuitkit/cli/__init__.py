@@ -1,5 +1,5 @@
 """``circuitkit`` command line: a thin layer over the public API (one module per command)."""
 
-from circuitkit.cli.main import build_parser, main
+from circuitkit.cli.entry import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from circuitkit.cli.main import main
+from circuitkit.cli.entry import main
 
 sys.exit(main())

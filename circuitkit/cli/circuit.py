@@ -18,7 +18,7 @@ COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "conv
 def register(sub) -> None:
     from circuitkit.ablation.kinds import ABLATION_KINDS, DEFAULT_ABLATION
     from circuitkit.attribution.edge import INTERPOLATIONS
-    from circuitkit.circuit.discover import LEVELS, METHODS
+    from circuitkit.circuit.discovery import DISCOVERY_METHODS, LEVELS
     from circuitkit.circuit.io import FORMATS
     from circuitkit.circuit.io.mib import DANGLING, SCORE_CHOICES, SIGNS
 
@@ -28,7 +28,11 @@ def register(sub) -> None:
                     "smallest circuit reaching --faithfulness), evaluate it and write it.")
     add_model_argument(disc)
     add_task_arguments(disc, "the zoo card's task (required for other models)")
-    disc.add_argument("--method", default="eap-ig", choices=METHODS)
+    disc.add_argument("--method", default="eap-ig", choices=tuple(DISCOVERY_METHODS),
+                      help="; ".join(m.describe() for m in DISCOVERY_METHODS.values()))
+    disc.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", dest="method_args",
+                      help="a hyper-parameter of --method (listed with its default under --method), repeatable; "
+                           "VALUE is read as YAML: --method-arg steps=500 --method-arg lr=0.05")
     prune = disc.add_mutually_exclusive_group()
     prune.add_argument("--top-k", type=int, default=None, help="keep this many edges (by |score|)")
     prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
@@ -36,7 +40,9 @@ def register(sub) -> None:
                       help="faithfulness the circuit must reach when neither --top-k nor --threshold (formerly --target)")
     disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
-    disc.add_argument("--steps", type=int, default=10, help="integration steps for eap-ig")
+    disc.add_argument("--steps", type=int, default=None,
+                      help="shorthand for --method-arg steps=N (eap-ig's integration steps, edge-pruning's "
+                           "optimisation steps; default: the method's)")
     disc.add_argument("--interpolate", default=None, choices=INTERPOLATIONS,
                       help="eap-ig's path: the input embeddings (default), each layer's outputs in turn, or every "
                            "edge's mask at once ('mask', the only path with --level layers)")
@@ -78,21 +84,23 @@ def register(sub) -> None:
 
 
 def _cmd_discover(args) -> int:
-    from circuitkit.circuit.discover import discover
+    from circuitkit.circuit.discovery import discover
     from circuitkit.circuit.io import save_circuit
-    from circuitkit.viz.circuit import to_html
+    from circuitkit.cli.common import parse_key_values
+    from circuitkit.viz import circuit_html
 
     out = Path(args.out)
     check_out_folder(out, args.html)
+    method_args = parse_key_values(args.method_args, "--method-arg", "steps=500")
     model = model_from_args(args)
     task = task_from_args(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
                        progress=not args.no_progress, interpolate=args.interpolate, by_pos=args.by_pos,
-                       level=args.level)
+                       level=args.level, method_args=method_args)
     save_circuit(circuit, out)
     if args.html:
-        to_html(circuit, args.html)
+        circuit_html(circuit, args.html)
     meta = circuit.meta
     size = (f"{len(circuit.nodes)} of {circuit.graph.number_of_nodes()} layer nodes" if args.level == "layers" else f"{len(circuit.edges)} edges, {len(circuit.nodes)} nodes")
     print(f"{args.method} circuit on {task.name}: {size}; "

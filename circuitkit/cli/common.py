@@ -52,7 +52,13 @@ def add_task_arguments(parser, default_help: str, n_prompts: int | None = 16) ->
 
 
 def parse_task_args(pairs: list[str]) -> dict:
-    """``["k=v", ...]`` -> ``{k: yaml.safe_load(v)}``; ``ValueError`` naming a malformed pair."""
+    """``--task-arg`` pairs: :func:`parse_key_values`."""
+    return parse_key_values(pairs, "--task-arg", "n_prompts=32")
+
+
+def parse_key_values(pairs: list[str], option: str, example: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: yaml.safe_load(v)}``; ``ValueError`` naming ``option`` and a
+    malformed pair."""
     import yaml
 
     params: dict = {}
@@ -60,13 +66,13 @@ def parse_task_args(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--task-arg {pair!r}: expected KEY=VALUE, e.g. --task-arg n_prompts=32")
+            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} {example}")
         if key in params:
-            raise ValueError(f"--task-arg {key!r} is given twice; give each parameter once")
+            raise ValueError(f"{option} {key!r} is given twice; give each parameter once")
         try:
             params[key] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as exc:
-            raise ValueError(f"--task-arg {pair!r}: the value is not valid YAML ({exc}); quote it") from None
+            raise ValueError(f"{option} {pair!r}: the value is not valid YAML ({exc}); quote it") from None
     return params
 
 

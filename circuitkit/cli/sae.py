@@ -187,6 +187,7 @@ def _cmd_circuit(args) -> int:
     from circuitkit.sae.splice import make_sites
     from circuitkit.sae.train import load_sae, text_to_tokens
     from circuitkit.tokenizers import read_text_file
+    from circuitkit.viz import circuit_figure
 
     check_out_folder(args.out, args.html)
     card_text = None
@@ -217,5 +218,5 @@ def _cmd_circuit(args) -> int:
     if args.html:
         corpus = task if card_text is None else text_to_tokens(model, card_text, 64)
         cards = feature_cards(model, saes, corpus, small.nodes, k=args.card_examples)
-        print(f"wrote {write_figure(args.html, small.figure(cards=cards))}")
+        print(f"wrote {write_figure(args.html, circuit_figure(small, cards=cards))}")
     return 0

@@ -85,7 +85,7 @@ def _cmd_train(args) -> int:
 def _cmd_verify(args) -> int:
     from dataclasses import asdict
 
-    from circuitkit.zoo.verify import verify
+    from circuitkit.zoo.verification import verify
 
     report = verify(args.name, device=args.device)
     if args.json:

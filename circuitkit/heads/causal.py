@@ -155,7 +155,17 @@ def retrieval_causal_check(
 ) -> CausalCheck:
     """Ablate (uniform attention) the ``k`` best heads by ``scores`` and ``n_random`` draws of ``k``
     random heads scoring ``<= threshold`` (distinct draws while there are enough); report needle
-    accuracy for each (see :class:`CausalCheck`)."""
+    accuracy for each (see :class:`CausalCheck`).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> task = ck.zoo_task("retrieval-handbuilt", model, context_lengths=[64])
+        >>> scores = ck.retrieval_scores(model, task, progress=False)
+        >>> check = ck.retrieval_causal_check(model, task, scores, k=1, progress=False)
+        >>> check.top_heads, check.full_accuracy, check.top_accuracy
+        (['a1.h0'], 1.0, 0.0)
+    """
     n_heads_total = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= k <= n_heads_total:
         raise ValueError(f"k must be between 1 and the model's {n_heads_total} heads, got {k}")

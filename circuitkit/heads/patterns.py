@@ -108,6 +108,15 @@ def head_scores(
     tokens. ``sink`` / ``window`` parametrise ``"locality"``; ``exclude_bos``,
     ``exclude_current_token`` and ``error_measure`` go to TransformerLens's detector score.
     Returns head ``Scores`` ``[n_layers * n_heads]`` with ``meta["per_prompt"]`` ``[n, L, H]``.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> [label for label, _ in ck.head_scores(model, task, "induction").top(1)]
+        ['a1.h0']
+        >>> [label for label, _ in ck.head_scores(model, task, "previous_token").top(1)]
+        ['a0.h0']
     """
     if kind not in KINDS:
         raise ValueError(f"unknown head score kind {kind!r}; choose one of {list(KINDS)}")

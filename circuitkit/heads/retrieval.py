@@ -226,6 +226,14 @@ def retrieval_scores(
     Returns head ``Scores`` (mean over kept trials) with ``meta``: ``per_prompt`` ``[n, L, H]``
     trial scores, ``recall`` ``[n]``, ``kept`` ``[n]`` bool, ``context_length`` / ``needle_depth``
     per trial, ``threshold`` and ``retrieval_heads`` (heads scoring above it).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> task = ck.zoo_task("retrieval-handbuilt", model, context_lengths=[64])
+        >>> scores = ck.retrieval_scores(model, task, progress=False)
+        >>> scores.top(1), scores.meta["retrieval_heads"]
+        ([('a1.h0', 1.0)], ['a1.h0'])
     """
     prompts = needle_prompts(task_or_prompts)
     check_needle_prompts(model, prompts)
@@ -271,6 +279,14 @@ def retrieval_scores_generate(
     Generates as many tokens as the answer has, scoring each step exactly as Wu et al.: a head
     hits when its most-attended position from the current (last) position lies in the needle
     span and holds the token just produced. Same output as :func:`retrieval_scores`.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> task = ck.zoo_task("retrieval-handbuilt", model, context_lengths=[64])
+        >>> slow = ck.retrieval_scores_generate(model, task, progress=False)
+        >>> slow.values.tolist() == ck.retrieval_scores(model, task, progress=False).values.tolist()
+        True
     """
     prompts = needle_prompts(task_or_prompts)
     check_needle_prompts(model, prompts)
@@ -324,6 +340,15 @@ def _finish(model, prompts, per_prompt, recall, min_recall, threshold, method, s
 
 
 def retrieval_heads(scores: Scores, threshold: float = RETRIEVAL_THRESHOLD) -> list[str]:
-    """Heads whose score exceeds ``threshold``, best first."""
+    """Heads whose score exceeds ``threshold``, best first.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> task = ck.zoo_task("retrieval-handbuilt", model, context_lengths=[64])
+        >>> scores = ck.retrieval_scores(model, task, progress=False)
+        >>> ck.retrieval_heads(scores, threshold=0.1)
+        ['a1.h0']
+    """
     return [label for label, value in scores.top(len(scores), by_abs=False)
             if value > threshold and names.parse_node(label).kind == "head"]

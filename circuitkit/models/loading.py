@@ -56,7 +56,16 @@ def parse_spec(spec: str | os.PathLike) -> ModelSpec:
 
 
 class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and how to fix it."""
+    """A model could not be loaded; the message says why and how to fix it.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> try:
+        ...     ck.load_model("./no-such-model-folder")
+        ... except ck.ModelLoadError as error:
+        ...     print(error)
+        no model directory at './no-such-model-folder'; pass an existing Hugging Face model directory, ...
+    """
 
 
 BackendChoice = Literal["auto", "hooked", "bridge"]
@@ -91,6 +100,14 @@ def load_model(
     spread a model larger than one device over several (Hugging Face accelerate; bridge only, so
     they select it under ``"auto"``). Other keyword arguments go to ``HookedTransformer``'s loader
     (``fold_ln`` ...).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> type(model).__name__, model.cfg.n_layers, model.cfg.n_heads
+        ('HookedTransformer', 2, 4)
+        >>> model.to_str_tokens("garden planet")
+        ['<bos>', 'garden', 'planet']
     """
     if backend not in BACKEND_CHOICES:
         raise ModelLoadError(f"unknown backend {backend!r}; use one of {list(BACKEND_CHOICES)}")

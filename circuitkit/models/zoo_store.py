@@ -48,7 +48,18 @@ def user_zoo_dir() -> Path:
 
 @dataclass
 class ZooCard:
-    """What a bundled model is, what it does, and its known circuit."""
+    """What a bundled model is, what it does, and its known circuit.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> card = ck.zoo_card("induction-handbuilt")
+        >>> card.construction, card.accuracy
+        ('hand-built', 1.0)
+        >>> card.circuit_nodes
+        ['input', 'a0.h0', 'a1.h0', 'logits']
+        >>> card.task["builder"], card.task["metric"]
+        ('induction', 'logit_diff')
+    """
 
     name: str
     description: str
@@ -101,7 +112,16 @@ def empty_zoo_reason() -> str:
 
 
 def list_zoo() -> list[ZooCard]:
-    """Every model found on the zoo path (first folder wins on a name clash)."""
+    """Every model found on the zoo path (first folder wins on a name clash).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> cards = {card.name: card for card in ck.list_zoo()}
+        >>> "induction-handbuilt" in cards
+        True
+        >>> cards["induction-handbuilt"].description
+        'hand-built 2-layer attn-only induction: a0.h0 previous-token head, a1.h0 induction head ...'
+    """
     cards: dict[str, ZooCard] = {}
     for root in zoo_dirs():
         if not root.is_dir():
@@ -121,6 +141,17 @@ def _read_card(card_path: Path) -> ZooCard:
 
 
 def zoo_card(name: str) -> ZooCard:
+    """The card of the zoo model `name`: what it is, its task and its known circuit
+    (`KeyError`, naming the zoo's models, when there is none).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> card = ck.zoo_card("induction-handbuilt")
+        >>> card.name, card.config["n_layers"], card.config["n_heads"]
+        ('induction-handbuilt', 2, 4)
+        >>> card.circuit_edges[:3]
+        ['input->a0.h0<q>', 'input->a0.h0<k>', 'input->a0.h0<v>']
+    """
     for root in zoo_dirs():
         card_path = root / name / CARD_FILE
         if card_path.exists():
@@ -170,7 +201,15 @@ def load_zoo_model(name: str, device: str = "cpu", dtype=None):
 
 
 def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
-    """The card's task, built with the model's tokenizer (parameters overridable)."""
+    """The card's task, built with the model's tokenizer (parameters overridable).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> ck.zoo_task("induction-handbuilt")
+        Task('induction', prompts=64, seq_len=20, metric='logit_diff')
+        >>> ck.zoo_task("induction-handbuilt", n_prompts=8)  # the card's parameters, overridden
+        Task('induction', prompts=8, seq_len=20, metric='logit_diff')
+    """
     from circuitkit.tasks.builders import build_task
 
     card = zoo_card(name_or_card) if isinstance(name_or_card, str) else name_or_card

@@ -9,7 +9,7 @@ from circuitkit.patching.activation import (
     patch_head_sets,
     valid_targets,
 )
-from circuitkit.patching.logit_lens import direct_logit_attribution, logit_lens
+from circuitkit.patching.lens import direct_logit_attribution, logit_lens
 from circuitkit.patching.path import RECEIVER_INPUTS, path_patching
 
 __all__ = [

@@ -163,6 +163,16 @@ def activation_patching(
     Returns:
         Scores labelled per component (see the module table); ``meta["grid"]`` holds the values
         in TransformerLens's shape (NaN where not patched), ``meta["grid_dims"]`` its axes.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.activation_patching(model, task, "head_out", progress=False)
+        >>> round(scores["a1.h0"], 2), round(scores["a1.h1"], 2)
+        (1.0, 0.0)
+        >>> scores.meta["grid"].shape, scores.meta["grid_dims"]
+        (torch.Size([2, 4]), ('layer', 'head'))
     """
     spec = _check_target(model, target)
     check_direction(direction)
@@ -228,6 +238,13 @@ def patch_head_sets(
 
     ``head_sets``: e.g. ``[["a0.h1", "a1.h2"], ["a1.h0"]]``. ``target``: ``head_out``, ``q``, ``k``,
     ``v`` or ``pattern`` (for ``k`` / ``v`` in grouped-query models the ids name key/value heads).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> ck.patch_head_sets(model, task, [["a0.h0"], ["a1.h0"], ["a0.h0", "a1.h0"]], progress=False)
+        tensor([0., 1., 1.])
     """
     spec = _check_target(model, target)
     if spec.kind == "site":

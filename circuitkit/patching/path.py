@@ -103,6 +103,15 @@ def path_patching(
     Returns:
         Scores per sender head (normalized metric, 1 = no effect); ``meta["grid"]`` is
         ``[n_layers, n_heads]`` (NaN for heads not swept).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.path_patching(model, task, senders=["a0.h0", "a0.h1"], receivers=["a1.h0"],
+        ...                           receiver_input="k", progress=False)
+        >>> round(scores["a0.h0"], 2), round(scores["a0.h1"], 2)  # 1 = the path carries nothing
+        (0.0, 1.0)
     """
     backend.require(model, ("heads", "qkv") if receiver_input in ("q", "k", "v") else ("heads",), "path patching")
     sites = _receiver_sites(model, receivers, receiver_input)

@@ -43,6 +43,18 @@ def feature_cards(model, saes, tokens, nodes: Iterable[str], k: int = 5, context
 
     Raises ``ValueError`` before any encoding for a feature whose site is not among ``saes`` or
     whose index is outside its SAE.
+
+    Examples:
+        >>> from sae_lens import StandardSAE, StandardSAEConfig
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=64))  # untrained
+        >>> sae.cfg.metadata.hook_name = ck.names.hook("resid_pre", 0)
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> cards = ck.feature_cards(model, [sae], task, ["f0.resid_pre.3", "a1.h0"], k=3)
+        >>> card = cards["f0.resid_pre.3"]  # head nodes get no card
+        >>> list(cards), len(card.examples), list(card.boosted.columns)
+        (['f0.resid_pre.3'], 3, ['token', 'token_id', 'logit'])
     """
     if getattr(tokens, "clean", None) is not None:  # a task: search its clean prompts
         tokens = tokens.clean

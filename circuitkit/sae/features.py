@@ -190,11 +190,6 @@ class FeatureCard:
     density: float
     mean_activation: float
 
-    def to_html(self) -> str:
-        from circuitkit.viz.sae import feature_card_html
-
-        return feature_card_html(self)
-
 
 def feature_label(sae, feature: int, hook_name: str | None = None) -> str:
     """``f{layer}.{hook}.{index}`` via :func:`circuitkit.names.feature`."""

@@ -55,6 +55,17 @@ def run_study(
 
     Raises :class:`StudyInterrupted` (a one-line message with the count of saved units) on
     Ctrl-C, a full disk or a dead worker.
+
+    Examples:
+        >>> import tempfile
+        >>> import circuitkit as ck
+        >>> spec = {"models": ["zoo:induction-handbuilt"],
+        ...         "tasks": [{"name": "induction", "params": {"n_prompts": 8}}],
+        ...         "ablations": ["zero"], "targets": {"every_head": True},
+        ...         "output_dir": tempfile.mkdtemp()}
+        >>> results = ck.run_study(spec, progress=False)  # zero-ablate each head in turn
+        >>> len(results), results.loc[results.recovered < 0.5, "target"].tolist()
+        (8, ['a0.h0', 'a1.h0'])
     """
     check_executor(executor, workers)
     spec = coerce_spec(spec_or_path)
@@ -92,5 +103,19 @@ def run_study(
 
 
 def load_results(output_dir: str | os.PathLike | Path) -> pd.DataFrame:
-    """The results table of a study folder (see :func:`circuitkit.studies.store.load_results`)."""
+    """The results table of a study folder (see :func:`circuitkit.studies.store.load_results`).
+
+    Examples:
+        >>> import tempfile
+        >>> import circuitkit as ck
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": ["zoo:induction-handbuilt"],
+        ...         "tasks": [{"name": "induction", "params": {"n_prompts": 8}}],
+        ...         "ablations": ["zero"], "targets": {"head_sets": {"induction": ["a1.h0"]}},
+        ...         "output_dir": out}
+        >>> _ = ck.run_study(spec, progress=False)
+        >>> ck.load_results(out)[["target", "components", "recovered"]]
+              target components  recovered
+        0  induction      a1.h0        0.0
+    """
     return store.load_results(output_dir)

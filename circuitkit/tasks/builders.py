@@ -155,6 +155,15 @@ def ioi(
     " John" (S). ``order`` is ``"ABBA"``, ``"BABA"`` or ``"mixed"`` (alternating). The corrupted
     prompt replaces all three names with fresh ones (the "ABC" distribution), so neither answer
     is supported by context. Positions: ``IO``, ``S1``, ``S2``, ``END``.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:ioi-trained")
+        >>> task = ck.ioi(model, n_prompts=8)
+        >>> task.prompts[0]
+        'When Adam and Kate went to the store, Kate gave a gift to'
+        >>> model.tokenizer.decode(task.answers[0]), model.tokenizer.decode(task.wrong_answers[0])
+        ('Adam', 'Kate')
     """
     if order not in ("ABBA", "BABA", "mixed"):
         raise ValueError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}")
@@ -209,6 +218,15 @@ def induction(
     Corrupted: the first half is replaced by other random tokens, so nothing can be copied.
     The wrong answer is a random token absent from the prompt. Positions: ``first`` (start of
     the first copy), ``second`` (start of the repeat), ``END``.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.induction(model, n_prompts=4, seq_len=3)
+        >>> task.prompts[0]
+        '<bos> garden planet forest garden planet'
+        >>> model.tokenizer.decode(task.answers[0])
+        'forest'
     """
     tok = tokenizer_of(model_or_tokenizer)
     check_n_prompts("induction", n_prompts, tok, 2 * seq_len)
@@ -248,6 +266,15 @@ def greater_than(
     Corrupted: the start year's last two digits become ``01``, which no answer can undercut.
     Two-digit chunks must be single tokens after the century (true for GPT-2's tokenizer and the
     zoo's word-level tokenizer); start years whose chunk is not are dropped.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:ioi-trained")
+        >>> task = ck.greater_than(model, n_prompts=8)
+        >>> task.prompts[0]
+        'The project lasted from the year 1751 to the year 17'
+        >>> task.answers.shape  # every year above 51 is a right answer
+        torch.Size([8, 92])
     """
     tok = tokenizer_of(model_or_tokenizer)
     check_n_prompts("greater_than", n_prompts, tok, 16)
@@ -298,6 +325,15 @@ def multiple_choice(
 
     Corrupted: the same options with the correct one moved to another letter; the wrong answer
     is that letter, so the metric measures whether the model tracks the option's position.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:ioi-trained")
+        >>> task = ck.multiple_choice(model, n_prompts=8)
+        >>> task.prompts[0]
+        'Which is a tool? A. brown B. rope C. pear D. tiger Answer:'
+        >>> model.tokenizer.decode(task.answers[0])
+        'B'
     """
     tok = tokenizer_of(model_or_tokenizer)
     check_n_prompts("multiple_choice", n_prompts, tok, 20)
@@ -358,6 +394,15 @@ def needle(
     ``["needle_end"]`` give the value's token span (end exclusive); ``meta["answer_tokens"]`` the
     value's full token ids per prompt (multi-token values). Prompts are cut to exactly the
     context length in tokens. The needle is moved back to a sentence boundary.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:needle-trained")
+        >>> task = ck.needle(model, context_lengths=(64,), depths=(0.0, 1.0), values=("zorbat", "quindle"))
+        >>> task
+        Task('needle', prompts=4, seq_len=64, metric='logit_diff')
+        >>> task.prompts[0][:32]
+        '<bos> The secret code is zorbat.'
     """
     tok = tokenizer_of(model_or_tokenizer)
     hay = haystack if haystack is not None else _default_haystack()
@@ -459,7 +504,15 @@ def check_builder_params(name: str, params: dict) -> None:
 
 def build_task(name: str, model_or_tokenizer, **params) -> Task:
     """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``,
-    ``tracr``: a tracr-compiled RASP program's task, :func:`circuitkit.tasks.rasp.rasp_task`)."""
+    ``tracr``: a tracr-compiled RASP program's task, :func:`circuitkit.tasks.rasp.rasp_task`).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.build_task("induction", model, n_prompts=8, seq_len=6)
+        >>> task
+        Task('induction', prompts=8, seq_len=12, metric='logit_diff')
+    """
     check_builder_params(name, params)
     return BUILDERS[name](model_or_tokenizer, **params)
 

@@ -139,7 +139,19 @@ def l2(logits: Tensor, task: Task) -> Tensor:
 
 
 def make_kl_metric(reference_logits: Tensor):
-    """A metric computing KL divergence to ``reference_logits`` (e.g. the clean model's)."""
+    """A metric computing KL divergence to ``reference_logits`` (e.g. the clean model's).
+
+    Examples:
+        >>> import torch
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> with torch.no_grad():
+        ...     kl = ck.make_kl_metric(model(task.clean))
+        ...     ablated = ck.run_ablated(model, task.clean, ["a1.h0"], reference=task.clean)
+        >>> kl(ablated, task).shape, kl(ablated, task).mean().item() > 1
+        (torch.Size([64]), True)
+    """
 
     def kl_to_reference(logits: Tensor, task: Task) -> Tensor:
         return kl_div(logits, task, reference_logits)
@@ -161,6 +173,12 @@ def normalized(metric_value: Tensor | float, clean_value: Tensor | float, corrup
     The one normalization circuitkit uses (patching, ablation, faithfulness, studies). Where the
     clean and corrupted values are equal (within 1e-8) it raises ``ValueError``, or with
     ``on_equal="nan"`` returns NaN there.
+
+    Examples:
+        >>> import torch
+        >>> import circuitkit as ck
+        >>> ck.normalized(torch.tensor([0.0, 6.0, 12.0]), clean_value=12.0, corrupted_value=0.0)
+        tensor([0.0000, 0.5000, 1.0000])
     """
     m, clean, corrupt = (_as_float(x) for x in (metric_value, clean_value, corrupted_value))
     gap = clean - corrupt

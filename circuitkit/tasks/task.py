@@ -55,6 +55,17 @@ class Task:
     tokenizer's size (checks prompt tokens), ``d_vocab_out`` the output classes (checks answers;
     defaults to ``d_vocab``). Every inconsistency raises :class:`TaskError` (a ``ValueError``);
     token ids outside a vocabulary raise :class:`OutOfVocabularyError`.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.induction(model, n_prompts=8, seq_len=5)
+        >>> task
+        Task('induction', prompts=8, seq_len=10, metric='logit_diff')
+        >>> task.clean.shape, task.answers.shape, task.answer_pos.shape
+        (torch.Size([8, 10]), torch.Size([8, 1]), torch.Size([8]))
+        >>> task.score(model(task.clean)).item()
+        12.0
     """
 
     name: str

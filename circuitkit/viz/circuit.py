@@ -27,7 +27,6 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuitkit import names
-from circuitkit.ablation.edges import attention_links
 from circuitkit.atomic import write_text
 from circuitkit.viz.sae import feature_hover
 
@@ -111,12 +110,12 @@ def _token_axis(circuit, node_ids: list[str], tokens: list[str]) -> dict[str, An
 
 
 def _attention_links(node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
-    """The position-resolved heads' links drawn (:func:`~circuitkit.ablation.edges.attention_links`):
+    """The position-resolved heads' links drawn (:func:`~circuitkit.names.attention_links`):
     from a head's node at ``p`` that a drawn key or value edge enters to its node at a later
     ``q`` that a drawn edge leaves, what the head's attention at ``q`` reads from ``p``."""
     read = {names.parse_edge(e).child for e in edge_ids if names.parse_edge(e).qkv in ("k", "v")}
     write = {names.parse_edge(e).parent for e in edge_ids}
-    return [(u, v) for u, v in attention_links(node_ids) if u in read and v in write]
+    return [(u, v) for u, v in names.attention_links(node_ids) if u in read and v in write]
 
 
 def _ends(pos: dict[str, tuple[float, float]], edge_id: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -169,6 +168,12 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
         tokens: the x-axis labels of a positioned circuit's token blocks; None (default) takes
             the circuit's recorded prompt (:func:`prompt_tokens`) when its nodes have positions,
             False draws no labels.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> fig = ck.circuit_figure(ck.reference_circuit("induction-handbuilt"), title="induction")
+        >>> type(fig).__name__, fig.layout.title.text
+        ('Figure', 'induction')
     """
     if edges not in ("in_graph", "all"):
         raise ValueError(f"edges must be 'in_graph' or 'all', got {edges!r}")
@@ -320,7 +325,17 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
     return fig
 
 
-def to_html(circuit, path: str | os.PathLike, **kwargs: Any) -> Path:
-    """Standalone HTML (Plotly's JavaScript bundled in, opens offline), written atomically."""
+def circuit_html(circuit, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Standalone HTML (Plotly's JavaScript bundled in, opens offline), written atomically.
+
+    Examples:
+        >>> import os, shutil, tempfile
+        >>> import circuitkit as ck
+        >>> circuit = ck.reference_circuit("induction-handbuilt")
+        >>> path = ck.circuit_html(circuit, os.path.join(tempfile.mkdtemp(), "induction.html"))
+        >>> path.name, path.read_text().startswith("<!doctype html>")
+        ('induction.html', True)
+        >>> shutil.rmtree(path.parent)  # the page bundles Plotly: about 5 MB
+    """
     fig = circuit_figure(circuit, **kwargs)
     return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))

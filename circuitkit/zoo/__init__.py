@@ -9,12 +9,14 @@ from circuitkit.models.zoo_store import (
     zoo_task,
     zoo_tokenizer,
 )
-from circuitkit.zoo.verify import VerifyReport, verify
+from circuitkit.zoo.reference import reference_circuit
+from circuitkit.zoo.verification import VerifyReport, verify
 
 __all__ = [
     "VerifyReport",
     "ZooCard",
     "list_zoo",
+    "reference_circuit",
     "load_zoo_model",
     "save_zoo_model",
     "verify",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuitkit.circuit.discover.exhaustive import CircuitSearch, EdgeCircuitSearch
+from circuitkit.circuit.discovery.exhaustive import CircuitSearch, EdgeCircuitSearch
 
 MEAN_ABLATION = "mean over the task's clean prompts"
 NODE_KEYS = ("method", "ablation", "clean_metric", "corrupted_metric", "per_component_recovered",

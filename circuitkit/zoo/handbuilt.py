@@ -29,7 +29,7 @@ from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_conf
 from circuitkit.tokenizers import bos_id, word_level_tokenizer
 from circuitkit.zoo.evidence import node_evidence
 from circuitkit.zoo.feature_saes import feature_circuit_record
-from circuitkit.zoo.verify import ablate_each, measure
+from circuitkit.zoo.verification import ablate_each, measure
 
 POS_PERIOD = 8  # positions are matched modulo this period, the nearest match wins
 MATCH = 40.0  # attention logit of a content match (token == previous token of the key)

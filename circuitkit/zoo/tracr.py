@@ -46,7 +46,7 @@ from circuitkit.tasks.rasp import PROGRAMS, RaspProgram, every_input, rasp_task
 from circuitkit.tokenizers import SPECIAL_TOKENS, word_level_tokenizer
 from circuitkit.zoo.evidence import node_evidence
 from circuitkit.zoo.handbuilt import mean_ablation_invisible_edges
-from circuitkit.zoo.verify import ablate_each, measure
+from circuitkit.zoo.verification import ablate_each, measure
 
 TRACR_BOS, TRACR_PAD = "BOS", "compiler_pad"
 TASK_LENGTH = 4  # inputs of the card's task (BOS + 4 tokens); every length is checked in `program_outputs`

@@ -15,6 +15,7 @@ from circuitkit.circuit import (
 )
 from circuitkit.cli import main
 from circuitkit.tasks.builders import induction
+from circuitkit.viz import circuit_figure
 from circuitkit.zoo import load_zoo_model, zoo_card, zoo_task
 from circuitkit.zoo.handbuilt import induction_circuit_by_pos
 
@@ -73,7 +74,7 @@ def test_a_position_resolved_circuit_round_trips_and_renders(handbuilt, handbuil
         assert load_circuit(path) == circuit
     with pytest.raises(ValueError, match="positions"):  # MIB's graphs hold whole heads only
         save_circuit(circuit, tmp_path / "c.mib.json", "mib")
-    fig = circuit.figure()
+    fig = circuit_figure(circuit)
     tokens = circuit.meta["example_prompt"]["prompt_tokens"]
     assert list(fig.layout.xaxis.ticktext)[10] == f"{tokens[10]}<br>@10"  # the token blocks are labelled
     links = [t for t in fig.data if t.name and t.name.startswith("attention")]

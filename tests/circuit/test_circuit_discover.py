@@ -3,7 +3,7 @@ import pytest
 from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401  (fixtures)
 
 from circuitkit.circuit import Circuit, overlap, roc_auc
-from circuitkit.circuit.discover import acdc, discover
+from circuitkit.circuit.discovery import acdc, discover
 
 LIVE_HEADS = ["a0.h0", "a1.h1"]  # see conftest.dead_head_model
 DEAD_HEADS = ["a0.h1", "a1.h0"]
@@ -53,7 +53,7 @@ def test_discover_with_eap_ig(known_model, known_task):
 
 def test_discover_with_eap_ig_over_activations(known_model, known_task):
     from circuitkit.attribution import eap_ig
-    from circuitkit.circuit.discover import score_edges
+    from circuitkit.circuit.discovery import score_edges
 
     circuit = discover(known_model, known_task, "eap-ig", steps=3, ablation="mean", interpolate="activations",
                        route_cap=False)

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from circuitkit.ablation.edges import ablation_source, graph_index, run_with_edges, run_with_mask
-from circuitkit.circuit import Circuit, roc_auc
-from circuitkit.circuit.discover import discover, edge_pruning
-from circuitkit.circuit.discover.edge_pruning import gate_mask
+from circuitkit.circuit import roc_auc
+from circuitkit.circuit.discovery import discover, edge_pruning
+from circuitkit.circuit.discovery.mask_learning import gate_mask
 from circuitkit.models import load_model
 from circuitkit.tasks.builders import induction
-from circuitkit.zoo import zoo_card, zoo_task
+from circuitkit.zoo import reference_circuit, zoo_card, zoo_task
 
 
 # every zoo model: benchmarks/discovery.py. induction-handbuilt: a clean two-head circuit;
@@ -24,7 +24,7 @@ def test_edge_pruning_recovers_the_reference_circuits(name, n_prompts, steps):
     task = task.subset(torch.arange(min(len(task), n_prompts)))
     scores = edge_pruning(model, task, steps=steps, progress=False)
     hidden = card.evidence.get("mean_ablation_invisible_edges", {})
-    reference = Circuit.from_card(card)
+    reference = reference_circuit(card)
     assert roc_auc(scores, reference, level="edge", ignore=hidden) == 1.0
     circuit = discover(model, task, "edge-pruning", scores=scores)
     assert circuit.meta["faithfulness"] >= 0.9

@@ -6,7 +6,7 @@ from circuit_fixtures import exact_scores, known_model, known_task  # noqa: F401
 from circuitkit import Scores, names
 from circuitkit.ablation.edges import graph_edges
 from circuitkit.circuit import Circuit
-from circuitkit.circuit.evaluate import (
+from circuitkit.circuit.evaluation import (
     EdgeEvaluator,
     curve_areas,
     evaluate,
@@ -16,6 +16,7 @@ from circuitkit.circuit.evaluate import (
     rank_edges,
     smallest_faithful,
 )
+from circuitkit.zoo import reference_circuit
 
 LIVE_HEADS = ["a0.h0", "a1.h1"]  # see conftest.dead_head_model
 DEAD_HEADS = ["a0.h1", "a1.h0"]
@@ -143,7 +144,7 @@ def test_reference_circuit_tops_the_curve_on_the_handbuilt_induction_model():
 
     model = load_model("zoo:induction-handbuilt", device="cpu")
     task = zoo_task("induction-handbuilt", model)
-    ref = Circuit.from_card("induction-handbuilt")
+    ref = reference_circuit("induction-handbuilt")
     ev = EdgeEvaluator(model, task, "mean")
     needed = {e: (-1.0 if e in ref.edges else 0.0) for e in ev.model_edges}  # circuitkit's sign
     ours = faithfulness_curve(model, task, Scores.from_dict(needed, "reference"), evaluator=ev)

@@ -21,6 +21,7 @@ from circuitkit.circuit.io import from_attribution_graph, to_attribution_graph
 from circuitkit.sae.graph import baseline_values, run_with_features
 from circuitkit.sae.splice import make_sites
 from circuitkit.tasks.builders import ioi
+from circuitkit.viz import circuit_figure
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_prunes_exports_and_renders_like_any_circuit(circuit, tmp_path):
         graph_models = None
     if graph_models is not None:
         graph_models.Model.model_validate(json.loads(json.dumps(graph)))
-    fig = pruned.figure()
+    fig = circuit_figure(pruned)
     assert len(fig.data) > 0
 
 

@@ -249,7 +249,7 @@ def test_curve_sizes_and_pruning_are_eap_igs_apply_topn():
     """At each size of MIB's curve, the edges circuitkit's faithfulness_curve evaluates (signed for
     CPR, absolute for CMD) are those EAP-IG's apply_topn(int(pct * n_edges), absolute, prune=True)
     kept (recorded from EAP-IG's code on a 6-layer, 6-head graph)."""
-    from circuitkit.circuit.evaluate import MIB_KS, mib_prune, mib_size, rank_edges
+    from circuitkit.circuit.evaluation import MIB_KS, mib_prune, mib_size, rank_edges
 
     recorded = EAP_IG_READS["apply_topn"]
     edges = names.all_edges(6, 6, True)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from circuitkit import names
-from circuitkit.circuit import Circuit, cap_by_route, roc_auc, route_widths
+from circuitkit.circuit import cap_by_route, roc_auc, route_widths
 from circuitkit.scores import Scores
+from circuitkit.zoo import reference_circuit
 
 
 def test_cap_by_route_by_hand():
@@ -76,7 +77,7 @@ def test_route_cap_ranks_the_reference_edges_of_a_trained_model():
 
     card = zoo_card("induction-trained")
     effects = Scores.from_dict(card.evidence["edge_effects"], method="exact")
-    reference = Circuit.from_card(card)
+    reference = reference_circuit(card)
     raw, capped = roc_auc(effects, reference, level="edge"), roc_auc(cap_by_route(effects), reference, level="edge")
     assert raw < 0.95
     assert capped == 1.0

@@ -4,9 +4,9 @@ from the file the command wrote."""
 
 import pytest
 
-from circuitkit.circuit import Circuit, load_circuit, roc_auc
+from circuitkit.circuit import load_circuit, roc_auc
 from circuitkit.cli import main
-from circuitkit.zoo import list_zoo, zoo_card
+from circuitkit.zoo import list_zoo, reference_circuit, zoo_card
 
 WITH_REFERENCE = [card.name for card in list_zoo() if card.circuit_edges]
 
@@ -25,4 +25,4 @@ def test_eap_ig_discover_recovers_the_reference(name, tmp_path):
     assert circuit.meta["faithfulness"] >= 0.9
     # Edges a card measured as carrying only what every prompt shares are invisible to mean ablation.
     hidden = card.evidence.get("mean_ablation_invisible_edges", {})
-    assert roc_auc(circuit.scores("edge"), Circuit.from_card(card), level="edge", ignore=hidden) >= 0.95
+    assert roc_auc(circuit.scores("edge"), reference_circuit(card), level="edge", ignore=hidden) >= 0.95

@@ -114,7 +114,7 @@ def test_sae_help_advertises_only_its_subcommands(capsys):
 
 
 def test_old_spellings_still_work_with_a_notice(tmp_path, capsys):
-    from circuitkit.cli.main import _rewrite_deprecated
+    from circuitkit.cli.entry import _rewrite_deprecated
 
     argv = _rewrite_deprecated(["discover", "--model", "zoo:x", "--target", "0.8", "--quiet", "--out", "c.json"])
     assert argv == ["discover", "zoo:x", "--faithfulness", "0.8", "--no-progress", "--out", "c.json"]

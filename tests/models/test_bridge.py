@@ -17,6 +17,7 @@ from circuitkit.ablation import edges as g
 from circuitkit.attribution.edge import _edge_matrix
 from circuitkit.models import backend
 from circuitkit.tasks.task import Task
+from circuitkit.viz import circuit_figure
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TL4 = not backend.has_hooked_transformer()
@@ -421,9 +422,9 @@ def test_notebook_01_flow_on_a_bridge_of_an_exported_zoo_model(tmp_path):
         heads_only = scores.subset([e for e in scores.labels if not ("m0" in e or "m1" in e)])
         circuit = ck.smallest_faithful(model, task, scores, target=0.9, ablation="mean")
         result = ck.evaluate(model, task, circuit, ablation="mean")
-        reference = ck.Circuit.from_card(ck.zoo_card("induction-trained"))
+        reference = ck.reference_circuit(ck.zoo_card("induction-trained"))
         results[name] = (heads_only.values, result.faithfulness, ck.roc_auc(heads_only, reference))
-        circuit.figure(title=name)
+        circuit_figure(circuit, title=name)
         assert ck.load_circuit(ck.save_circuit(circuit, tmp_path / f"{name}.json", format="node-link")) == circuit
     hooked, bridge = results["hooked"], results["bridge"]
     close(bridge[0], hooked[0])

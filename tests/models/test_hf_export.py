@@ -13,7 +13,7 @@ from model_factory import make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import circuitkit as ck
-from circuitkit.circuit import Circuit, roc_auc
+from circuitkit.circuit import roc_auc
 from circuitkit.models.hf_export import (
     GPT2,
     NEOX,
@@ -23,6 +23,7 @@ from circuitkit.models.hf_export import (
     export_zoo_hf,
 )
 from circuitkit.models.zoo_store import list_zoo, load_zoo_model, zoo_card, zoo_task, zoo_tokenizer
+from circuitkit.zoo import reference_circuit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,7 +104,7 @@ def test_bridge_recovers_the_same_induction_circuit(exported):
     hooked = load_zoo_model(name)
     bridge = ck.load_model(exported(name), device="cpu", backend="bridge")
     task = zoo_task(name, hooked, n_prompts=16)
-    reference = Circuit.from_card(zoo_card(name))
+    reference = reference_circuit(zoo_card(name))
     found = {label: ck.discover(model, task, method="eap-ig", top_k=20) for label, model in
              (("hooked", hooked), ("bridge", bridge))}
     bridge_scores = found["bridge"].scores("edge")

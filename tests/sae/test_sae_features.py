@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from circuitkit.sae import encode, feature_card, top_activating_examples
+from circuitkit.viz import feature_card_html
 from circuitkit.viz.sae import feature_density_histogram, top_examples_figure, top_examples_html
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -76,4 +77,4 @@ def test_feature_card_output_tokens(tiny_model, trained_sae, sae_tokens):
     assert card.suppressed["token_id"].tolist() == torch.topk(-logits, 3).indices.tolist()
     assert card.boosted["logit"].iloc[0] == pytest.approx(float(logits.max()), abs=1e-5)
     assert card.boosted["token"].iloc[0] == tiny_model.tokenizer.decode([int(logits.argmax())])
-    assert "f1.resid_pre.5" in card.to_html()
+    assert "f1.resid_pre.5" in feature_card_html(card)

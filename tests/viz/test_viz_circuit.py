@@ -10,6 +10,7 @@ import torch
 
 from circuitkit import Scores, names
 from circuitkit.circuit import Circuit
+from circuitkit.viz import circuit_html
 from circuitkit.viz.circuit import circuit_figure, layout
 
 
@@ -120,7 +121,7 @@ def read_png(path: Path) -> tuple[int, int, int, list[bytes]]:
 
 def test_html_renders_in_headless_chromium(circuit, tmp_path):
     chromium = browser.chromium()
-    html = circuit.to_html(tmp_path / "circuit.html")
+    html = circuit_html(circuit, tmp_path / "circuit.html")
     text = html.read_text()
     assert "plotly" in text.lower() and "a1.h" in text and "<script src=\"http" not in text  # standalone
     png = tmp_path / "shot.png"

@@ -12,7 +12,7 @@ import torch
 
 from circuitkit.circuit import Circuit
 from circuitkit.sae import feature_cards
-from circuitkit.viz.circuit import circuit_figure, layout, to_html
+from circuitkit.viz.circuit import circuit_figure, circuit_html, layout
 from circuitkit.viz.sae import feature_hover
 
 SITE0, SITE1 = "blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"
@@ -87,7 +87,7 @@ def test_token_blocks_are_labelled_with_the_prompt_and_the_slider_still_filters(
 
 
 def test_html_with_cards_is_written_atomically(circuit, cards, tmp_path, monkeypatch):
-    path = to_html(circuit, tmp_path / "circuit.html", cards=cards)
+    path = circuit_html(circuit, tmp_path / "circuit.html", cards=cards)
     text = path.read_text()
     assert "top activations" in text and "f1.resid_post.7@2" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.html"]
@@ -97,7 +97,7 @@ def test_html_with_cards_is_written_atomically(circuit, cards, tmp_path, monkeyp
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(OSError, match="disk full"):
-        to_html(circuit, path, cards={})
+        circuit_html(circuit, path, cards={})
     assert path.read_text() == text  # the old page is untouched, no temp file left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.html"]
 

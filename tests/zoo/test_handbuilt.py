@@ -9,7 +9,7 @@ from circuitkit import load_model, names, zoo_card, zoo_task
 from circuitkit.ablation.nodes import ablate, run_ablated
 from circuitkit.names import model_components
 from circuitkit.zoo.handbuilt import INDUCTION_WORDS
-from circuitkit.zoo.verify import ablate_each
+from circuitkit.zoo.verification import ablate_each
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from circuitkit.models.zoo_store import load_zoo_model
 from circuitkit.tasks.rasp import PROGRAMS
 from circuitkit.zoo.recipes import RECIPES
 from circuitkit.zoo.tracr import ACDC_PUBLISHED, model_outputs, outputs_agree, weight_circuit
-from circuitkit.zoo.verify import verify
+from circuitkit.zoo.verification import verify
 
 TRACR = {"tracr-reverse": "reverse", "tracr-hist": "hist", "tracr-frac-prevs": "frac_prevs"}
 

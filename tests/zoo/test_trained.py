@@ -12,7 +12,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.ablation import ablate
-from circuitkit.circuit.discover import exhaustive
+from circuitkit.circuit.discovery import exhaustive
 from circuitkit.models.loading import load_model
 from circuitkit.tasks.builders import NEEDLE_TEMPLATE, build_task
 from circuitkit.zoo import training, zoo_card, zoo_task
@@ -125,7 +125,7 @@ def test_recorded_edges_are_faithful_and_necessary(zoo, name):
     alone (every other edge mean-ablated) keep >= 0.9 of the behaviour and ablating them leaves
     < 0.2; every model edge's single-ablation effect is recorded, and the largest ones agree."""
     from circuitkit.attribution import exact_edge_patching
-    from circuitkit.circuit.evaluate import EdgeEvaluator
+    from circuitkit.circuit.evaluation import EdgeEvaluator
 
     model, card, task = zoo[name]
     ev = EdgeEvaluator(model, task, "mean")

@@ -13,7 +13,7 @@ from circuitkit.cli import main
 from circuitkit.models.zoo_store import BUNDLED_ZOO, CARD_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from circuitkit.zoo.feature_saes import SAE_DIR
 from circuitkit.zoo.recipes import RECIPES, train
-from circuitkit.zoo.verify import ablate_each, split_components, verify
+from circuitkit.zoo.verification import ablate_each, split_components, verify
 
 HANDBUILT = ("induction-handbuilt", "retrieval-handbuilt")
 
@@ -95,7 +95,7 @@ def test_verify_fails_on_a_wrong_circuit(copied_zoo, capsys):
 
 def test_verify_checks_edges_when_the_card_lists_them(copied_zoo, capsys):
     from circuitkit.circuit import Circuit
-    from circuitkit.circuit.evaluate import evaluate
+    from circuitkit.circuit.evaluation import evaluate
 
     model = load_model("zoo:induction-handbuilt")
     card = zoo_card("induction-handbuilt")

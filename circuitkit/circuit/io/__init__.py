@@ -63,7 +63,16 @@ def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None =
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
     else node-link JSON). ``options`` go to :func:`to_mib` / :func:`to_attribution_graph`.
     An attribution graph takes its slug from the file name and is also listed in
-    ``graph-metadata.json`` next to it (circuit-tracer's viewer reads that index)."""
+    ``graph-metadata.json`` next to it (circuit-tracer's viewer reads that index).
+
+    Examples:
+        >>> import os, tempfile
+        >>> import circuitkit as ck
+        >>> circuit = ck.reference_circuit("induction-handbuilt")
+        >>> path = ck.save_circuit(circuit, os.path.join(tempfile.mkdtemp(), "induction.graphml"))
+        >>> path.name, ck.load_circuit(path).edges == circuit.edges
+        ('induction.graphml', True)
+    """
     path = Path(path)
     fmt = _format_for(path, format)
     if fmt == "attribution-graph":  # the viewer loads graph_data/{slug}.json and lists graph-metadata.json
@@ -76,7 +85,17 @@ def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None =
     return write_bytes(path, payload)
 
 def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
-    """Read a circuit file of any supported format (JSON flavours are recognised by their keys)."""
+    """Read a circuit file of any supported format (JSON flavours are recognised by their keys).
+
+    Examples:
+        >>> import os, tempfile
+        >>> import circuitkit as ck
+        >>> circuit = ck.reference_circuit("induction-handbuilt")
+        >>> path = ck.save_circuit(circuit, os.path.join(tempfile.mkdtemp(), "induction.json"))
+        >>> loaded = ck.load_circuit(path)
+        >>> loaded == circuit, loaded.edges == circuit.edges
+        (True, True)
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no circuit file at {path}")

@@ -1,6 +1,6 @@
 """The zoo's trained models: seeded recipes that train small HookedTransformers on CPU (a few
 minutes each on 2 cores), one module per recipe, and record their reference circuits
-(:mod:`circuitkit.circuit.discover.exhaustive`) on their cards.
+(:mod:`circuitkit.circuit.discovery.exhaustive`) on their cards.
 
 ``RECIPES`` maps a zoo name to ``builder(seed=0, progress=True, steps=None, circuit=True) ->
 (model, tokenizer, ZooCard)``.
@@ -27,9 +27,9 @@ from circuitkit.zoo.training.data import (
 )
 from circuitkit.zoo.training.induction import induction_fixed_period, induction_trained
 from circuitkit.zoo.training.ioi import ioi_trained
+from circuitkit.zoo.training.language_model import repeated_text_losses, tiny_lm, validation_loss
 from circuitkit.zoo.training.loop import BatchFn, final_loss, new_model, task_accuracy, train_model
 from circuitkit.zoo.training.needle import needle_trained, value_attending_heads
-from circuitkit.zoo.training.tiny_lm import repeated_text_losses, tiny_lm, validation_loss
 
 RECIPES: dict[str, Callable[..., tuple[Any, Any, ZooCard]]] = {
     "induction-trained": induction_trained,

@@ -6,7 +6,7 @@ import functools
 import time
 from typing import Any
 
-from circuitkit.circuit.discover.exhaustive import CircuitSearch, find_circuit, find_edge_circuit
+from circuitkit.circuit.discovery.exhaustive import CircuitSearch, find_circuit, find_edge_circuit
 from circuitkit.models.zoo_store import (
     ZooCard,
     config_to_json,

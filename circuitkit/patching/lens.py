@@ -53,6 +53,16 @@ def direct_logit_attribution(model, task: Task, *, which: str = "clean") -> Scor
     averaged over prompts; ``meta["per_prompt"]`` is ``[n_components, batch]``,
     ``meta["bias"]`` the summed biases' share and ``meta["logit_diff"]`` the model's own logit
     difference, so ``values.sum() + meta["bias"] == meta["logit_diff"]``.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> dla = ck.direct_logit_attribution(model, task)
+        >>> [(label, round(value, 2)) for label, value in dla.top(1)]
+        [('a1.h0', 12.0)]
+        >>> round(dla.values.sum().item() + dla.meta["bias"], 2) == round(dla.meta["logit_diff"], 2)
+        True
     """
     task.check_model(model)
     backend.require(model, ("heads", "additive"), "direct logit attribution")
@@ -114,6 +124,14 @@ def logit_lens(model, task: Task, *, which: str = "clean") -> Scores:
     for the final stream (whose value is the model's own metric). The final LayerNorm is
     applied with its statistics recomputed at each layer. ``meta["per_prompt"]`` is
     ``[n_layers + 1, batch]``; ``.to_frame()`` gives the table.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> lens = ck.logit_lens(model, task)
+        >>> [(label, round(value, 2)) for label, value in zip(lens.labels, lens.values.tolist())]
+        [('resid_pre.0', 0.0), ('resid_pre.1', 0.0), ('resid_post.1', 12.0)]
     """
     task.check_model(model)
     cfg = model.cfg

@@ -6,7 +6,7 @@ Definitions (shared by hand-built and trained models, and by the evidence stored
 * circuit-only recovery: ``ablate(model, task, every head and MLP NOT in the circuit, "mean").recovered``;
 * circuit-ablated recovery: ``ablate(model, task, the circuit's heads and MLPs, "mean").recovered``;
 
-* edge faithfulness (cards that list edges): :func:`circuitkit.circuit.evaluate` faithfulness of the
+* edge faithfulness (cards that list edges): :func:`circuitkit.circuit.evaluation` faithfulness of the
   card's edges alone (every other edge mean-ablated), and of the model with only those edges ablated;
 
 mean ablation takes its means over the task's clean prompts. Recovery is 1 for the intact model and 0
@@ -27,7 +27,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.ablation.nodes import AblationResult, run_ablated
-from circuitkit.circuit.evaluate import EdgeEvaluator
+from circuitkit.circuit.evaluation import EdgeEvaluator
 from circuitkit.models.loading import parse_spec
 from circuitkit.models.zoo_store import load_zoo_model, zoo_card, zoo_task
 
@@ -169,6 +169,14 @@ def verify(name_or_model, card=None, task=None, device: str = "cpu", **task_over
     HookedTransformer (its card is found by ``card=`` or by ``model.cfg.model_name``). ``task``
     defaults to the card's task built with the model's tokenizer (``task_overrides`` change its
     parameters).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> report = ck.verify("induction-handbuilt")
+        >>> report.passed, report.circuit_components
+        (True, ['a0.h0', 'a1.h0'])
+        >>> report.circuit_only, round(report.circuit_ablated, 2)
+        (1.0, 0.01)
     """
     if isinstance(name_or_model, str):
         name = parse_spec(name_or_model).zoo_name or name_or_model

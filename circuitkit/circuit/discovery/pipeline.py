@@ -1,22 +1,31 @@
-"""Discovery as one call: score every edge with a method, then prune to a circuit and evaluate it.
+"""Discovery as one call: score every edge with a registered method, then prune to a circuit and
+evaluate it, all from one prepared context (the :class:`~circuitkit.circuit.evaluation.EdgeEvaluator`:
+graph, ablation source, full and empty metrics, built once).
 
-Methods: ``eap-ig`` / ``eap`` / ``exact`` (edge scores from :mod:`circuitkit.attribution`; ``exact``
-patches one edge at a time, the ground truth the others approximate), ``edge-pruning`` (a learned
-edge mask, :mod:`circuitkit.circuit.discover.edge_pruning`) and ``acdc``
-(:mod:`circuitkit.circuit.discover.acdc`).
+The methods are the records of :mod:`circuitkit.circuit.discovery.methods`: ``eap-ig`` / ``eap`` /
+``exact`` (edge scores from :mod:`circuitkit.attribution`; ``exact`` patches one edge at a time,
+the ground truth the others approximate), ``edge-pruning`` (a learned edge mask) and ``acdc``
+(which prunes by itself).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from circuitkit import attribution
+from torch import Tensor
+
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
-from circuitkit.circuit.discover.acdc import acdc
-from circuitkit.circuit.discover.edge_pruning import edge_pruning
-from circuitkit.circuit.evaluate import (
+from circuitkit.circuit.discovery.methods import (
+    DISCOVERY_METHODS,
+    DiscoveryMethod,
+    check_method_args,
+    discovery_method,
+)
+from circuitkit.circuit.evaluation import (
     EdgeEvaluator,
     evaluate,
     full_circuit,
@@ -28,41 +37,57 @@ from circuitkit.circuit.layers import LAYER_METHODS, LayerEvaluator, score_layer
 from circuitkit.circuit.routes import cap_by_route
 from circuitkit.scores import Scores
 
-METHODS = ("eap-ig", "eap", "exact", "edge-pruning", "acdc")
-BY_POS_METHODS = ("eap-ig", "eap", "exact")  # the methods that score edges at each token position
+METHODS = tuple(DISCOVERY_METHODS)
+BY_POS_METHODS = tuple(name for name, m in DISCOVERY_METHODS.items() if m.by_pos)  # scores at each token position
 LEVELS = ("edges", "layers")
 
 
-def score_edges(model, task, method: str, steps: int = 10, ablation: str = DEFAULT_ABLATION, progress: bool = False,
-                interpolate: str = "inputs", by_pos: bool = False) -> Scores:
-    """Edge scores from ``method``: ``eap-ig``, ``eap`` or ``exact`` (see
-    :mod:`circuitkit.attribution.edge`; a score estimates m(edge ablated) - m(clean)).
-    ``interpolate``: EAP-IG's path, ``"inputs"``, ``"activations"`` or ``"mask"`` (see ``eap_ig``).
-    ``by_pos``: one score per edge and token position (``a0.h0@3->a1.h0@3<k>``; not for
-    ``edge-pruning``)."""
-    if by_pos and method not in BY_POS_METHODS:
+def _method_args(method: DiscoveryMethod, method_args: Mapping[str, Any] | None, **shorthands: Any) -> dict[str, Any]:
+    """``method_args`` with the named shorthands (``steps=``, ``interpolate=``) folded in, checked
+    against the method's parameters: a shorthand the method does not take is refused."""
+    args = dict(method_args or {})
+    for key, value in shorthands.items():
+        if value is None:
+            continue
+        if key in args and args[key] != value:
+            raise ValueError(f"{key} given twice ({value!r} and method_args {args[key]!r}); give it once")
+        args[key] = value
+    return check_method_args(method, args)
+
+
+def score_edges(model, task, method: str, steps: int | None = None, ablation: str = DEFAULT_ABLATION,
+                progress: bool = False, interpolate: str | None = None, by_pos: bool = False, *,
+                method_args: Mapping[str, Any] | None = None, source: dict[str, Tensor] | None = None) -> Scores:
+    """Edge scores from a registered method (:data:`DISCOVERY_METHODS`, not ``acdc``, which prunes
+    by itself); a score estimates m(edge ablated) - m(clean) (edge pruning: how needed the edge is).
+    ``method_args``: the method's hyper-parameters (``DISCOVERY_METHODS[method].params``);
+    ``steps`` and ``interpolate`` are shorthands for two of them. ``by_pos``: one score per edge
+    and token position (``a0.h0@3->a1.h0@3<k>``). ``source``: the ablation source already
+    computed for ``ablation`` (``ablation_source``)."""
+    record = discovery_method(method)
+    if record.prunes:
+        raise ValueError(f"{method} prunes by itself and gives no edge scores to prune; use discover(method={method!r})")
+    if by_pos and not record.by_pos:
         raise ValueError(f"by_pos scores edges at each position with {BY_POS_METHODS}, not {method!r}")
-    if method == "exact":
-        return attribution.exact_edge_patching(model, task, ablation=ablation, progress=progress, by_pos=by_pos)
-    if method == "eap-ig":
-        return attribution.eap_ig(model, task, steps=steps, ablation=ablation, progress=progress,
-                                  interpolate=interpolate, by_pos=by_pos)
-    if method == "eap":
-        return attribution.eap(model, task, ablation=ablation, progress=progress, by_pos=by_pos)
-    if method == "edge-pruning":
-        return edge_pruning(model, task, ablation=ablation, progress=progress)
-    raise ValueError(f"unknown edge-scoring method {method!r}; choose one of 'eap-ig', 'eap', 'exact', "
-                     "'edge-pruning'")
+    args = _method_args(record, method_args, steps=steps, interpolate=interpolate)
+    extra = {"by_pos": by_pos} if record.by_pos else {}
+    return record.function(model, task, ablation=ablation, progress=progress, source=source, **extra, **args)
 
 
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
-             target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int = 10, route_cap: bool = True,
+             target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int | None = None, route_cap: bool = True,
              scores: Scores | None = None, progress: bool = False, interpolate: str | None = None,
-             by_pos: bool = False, level: str = "edges") -> Circuit:
+             by_pos: bool = False, level: str = "edges", method_args: Mapping[str, Any] | None = None) -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
-    Edges are scored with the same ablation they are evaluated with.
+    Edges are scored with the same ablation they are evaluated with, from one ablation source
+    computed once.
+
+    ``method``: a registered method (:data:`~circuitkit.circuit.discovery.methods.DISCOVERY_METHODS`);
+    ``method_args``: its hyper-parameters (each method's ``params`` and defaults, e.g.
+    ``{"steps": 500}`` for edge pruning); one it does not take raises ``ValueError``. ``steps``
+    and ``interpolate`` are shorthands for those two.
 
     ``route_cap`` (default): rank by :func:`~circuitkit.circuit.routes.cap_by_route` scores, each
     edge's |score| capped by the widest route from its receiver to the logits, so that edges into
@@ -72,46 +97,58 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
     scoring again.
 
-    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``), each
+    ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``, default), each
     layer's outputs in turn (``"activations"``) or every edge's mask at once (``"mask"``; see
     :func:`circuitkit.attribution.eap_ig`).
 
     ``by_pos``: a position-resolved circuit, edges between (node, position) pairs
     (``a0.h0@3->a1.h0@3<k>``), scored, pruned and evaluated on the position-resolved graph (an
     edge outside the circuit is ablated at that position only; see
-    :mod:`circuitkit.circuit.evaluate`). Methods :data:`BY_POS_METHODS`.
+    :mod:`circuitkit.circuit.evaluation`). Methods :data:`BY_POS_METHODS`.
 
     ``level="layers"``: a circuit of whole attention blocks and MLPs (nodes ``attn_out.L``,
     ``m{L}``; :mod:`circuitkit.circuit.layers`), for models whose heads do not separate (the edge
     graph refuses them by name) or a first coarse look; methods :data:`LAYER_METHODS`, EAP-IG along
     the nodes' ablation masks. ``top_k`` / ``threshold`` / ``target`` then count nodes.
 
-    The circuit's ``meta`` records the evaluation (faithfulness, completeness) and seconds taken.
+    The circuit's ``meta`` records the evaluation (faithfulness, completeness), the method's
+    hyper-parameters (``method_args``) and seconds taken.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> circuit = ck.discover(model, task, method="eap-ig", steps=3)
+        >>> circuit.edges
+        ['input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>', 'a0.h0->a1.h0<k>', 'a1.h0->logits']
+        >>> round(circuit.meta["faithfulness"], 2)
+        1.0
     """
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; choose one of {LEVELS}")
     if level == "layers":
         return _discover_layers(model, task, method, top_k=top_k, threshold=threshold, target=target,
                                 ablation=ablation, steps=steps, scores=scores, progress=progress,
-                                interpolate=interpolate, by_pos=by_pos)
-    interpolate = "inputs" if interpolate is None else interpolate
-    if method not in METHODS:
-        raise ValueError(f"unknown discovery method {method!r}; choose one of {METHODS}")
-    if by_pos and method not in BY_POS_METHODS:
+                                interpolate=interpolate, by_pos=by_pos, method_args=method_args)
+    record = discovery_method(method)
+    args = _method_args(record, method_args, steps=steps, interpolate=interpolate)
+    if by_pos and not record.by_pos:
         raise ValueError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
     if top_k is not None and threshold is not None:
         raise ValueError("give top_k or threshold, not both")
     task.check_model(model)
     start = time.perf_counter()
-    if method == "acdc":
+    if record.prunes:
         if top_k is not None or scores is not None:
-            raise ValueError("ACDC scores and prunes by itself; drop top_k / scores (or pick another method)")
-        circuit = acdc(model, task, 0.01 if threshold is None else threshold, ablation=ablation, progress=progress)
+            raise ValueError(f"{method} scores and prunes by itself; drop top_k / scores (or pick another method)")
         ev = EdgeEvaluator(model, task, ablation)
+        circuit = record.function(model, task, 0.01 if threshold is None else threshold, ablation=ablation,
+                                  progress=progress, source=ev.source, **args)
     else:
+        ev = EdgeEvaluator(model, task, ablation, by_pos=by_pos)  # the one ablation source of this discovery
         if scores is None:
-            scores = score_edges(model, task, method, steps=steps, ablation=ablation, progress=progress,
-                                 interpolate=interpolate, by_pos=by_pos)
+            scores = score_edges(model, task, method, ablation=ablation, progress=progress, by_pos=by_pos,
+                                 method_args=args, source=ev.source)
         elif not scores.is_edge:
             raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
         elif scores_by_pos(scores) != by_pos:
@@ -120,14 +157,13 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         raw = scores
         if route_cap:
             scores = cap_by_route(scores)
-        ev = EdgeEvaluator(model, task, ablation, by_pos=by_pos)
         if top_k is not None:
             circuit = full_circuit(scores, model, ev.model_edges).top_k(top_k)
         elif threshold is not None:
             circuit = full_circuit(scores, model, ev.model_edges).threshold(threshold)
         else:
             circuit = smallest_faithful(model, task, scores, target=target, evaluator=ev)
-    if method != "acdc" and route_cap:
+    if not record.prunes and route_cap:
         for label, value in raw.as_dict().items():  # the estimator's own values, for exports (MIB)
             circuit.edge_data(label)["raw_score"] = float(value)
     circuit.meta.setdefault("d_model", int(model.cfg.d_model))
@@ -135,17 +171,24 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     result = evaluate(model, task, circuit, evaluator=ev)
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,
-                        route_cap=bool(route_cap and method != "acdc"), by_pos=by_pos)
+                        route_cap=bool(route_cap and not record.prunes), by_pos=by_pos, method_args=args)
     if method == "eap-ig":
-        circuit.meta["interpolate"] = scores.meta.get("interpolate", interpolate)
+        circuit.meta["interpolate"] = scores.meta.get("interpolate", args["interpolate"])
     return circuit
 
 
 def _discover_layers(model, task, method: str, *, top_k, threshold, target, ablation, steps, scores, progress,
-                     interpolate, by_pos) -> Circuit:
+                     interpolate, by_pos, method_args) -> Circuit:
     if method not in LAYER_METHODS:
         raise ValueError(f"level='layers' scores whole attention blocks and MLPs with {LAYER_METHODS}, not "
                          f"{method!r}")
+    args = dict(method_args or {})
+    if steps is not None:
+        args["steps"] = steps
+    takes = ("steps",) if method == "eap-ig" else ()
+    if set(args) - set(takes):
+        raise ValueError(f"level='layers' {method} takes {takes or 'no parameters'}, not {sorted(set(args) - set(takes))}")
+    steps = args.get("steps", 10)
     if by_pos:
         raise ValueError("level='layers' finds circuits of whole layers' outputs; drop by_pos")
     if interpolate not in (None, "mask"):

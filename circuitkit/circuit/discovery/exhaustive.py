@@ -17,7 +17,7 @@ from circuitkit.ablation import ablate
 from circuitkit.ablation.nodes import run_ablated
 from circuitkit.attribution import exact_edge_patching
 from circuitkit.circuit.core import Circuit
-from circuitkit.circuit.evaluate import EdgeEvaluator, circuit_edges
+from circuitkit.circuit.evaluation import EdgeEvaluator, circuit_edges
 from circuitkit.tasks.metrics import normalized
 
 

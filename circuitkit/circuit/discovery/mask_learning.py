@@ -36,11 +36,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit.ablation.edges import batch_source, graph_index, model_device, run_with_mask
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
-from circuitkit.attribution.common import scores_meta
+from circuitkit.attribution.common import rows_of, scores_meta
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import divergence
 
@@ -90,6 +91,7 @@ def edge_pruning(
     anneal: float = 0.8,
     price_step: float = 1.05,
     objective: str = "metric",
+    source: dict[str, Tensor] | None = None,
 ) -> Scores:
     """Learn which edges the model's behaviour on ``task`` needs; one score per edge of
     :func:`~circuitkit.ablation.edges.graph_edges` in [0, 1], higher = more needed: the mean over
@@ -104,7 +106,16 @@ def edge_pruning(
     over the first ``anneal`` of them. ``sparsity``: the price's starting value (in units of the
     loss, per whole graph), multiplied or divided by ``price_step`` each step. ``objective``:
     ``"metric"`` (the task metric's normalised squared change) or ``"kl"``. Deterministic for a
-    ``seed``. Gradients go only to the gates, never to the model's weights.
+    ``seed``. Gradients go only to the gates, never to the model's weights. ``source``: the
+    ablation source already computed for this task and ``ablation`` (``ablation_source``).
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model)
+        >>> scores = ck.edge_pruning(model, task, steps=50, progress=False)
+        >>> sorted(label for label, _ in scores.top(5))
+        ['a0.h0->a1.h0<k>', 'a1.h0->logits', 'input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>']
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -122,7 +133,7 @@ def edge_pruning(
     task = task.to(device)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(task), generator=generator)
-    sources = batch_source(model, task, ablation, seed, batch_size)
+    sources = batch_source(model, task, ablation, seed, batch_size) if source is None else rows_of(source)
     batches = []  # (task of the batch, its ablation source, the full model's logits on it)
     gap = 1.0
     with torch.no_grad():

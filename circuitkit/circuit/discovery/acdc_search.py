@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
@@ -14,7 +15,7 @@ from circuitkit.tasks.metrics import divergence
 
 
 def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION, metric: str = "kl", seed: int = 0,
-         progress: bool = False) -> Circuit:
+         progress: bool = False, source: dict[str, Tensor] | None = None) -> Circuit:
     """ACDC (Conmy et al. 2023): visit nodes from the logits backwards (reverse topological order);
     for each incoming edge, ablate it and keep it ablated if the damage grows by less than
     ``threshold``.
@@ -30,6 +31,14 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
     changes nothing, so it scores exactly 0 and carries ``tried=False``. An ROC-AUC over the
     circuit's scores therefore covers every edge of the model; rank them signed
     (``roc_auc(..., by_abs=False)``), as ACDC's own test ``damage < threshold`` does.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> model = ck.load_model("zoo:induction-handbuilt")
+        >>> task = ck.zoo_task("induction-handbuilt", model, n_prompts=16)
+        >>> circuit = ck.acdc(model, task, threshold=0.1)
+        >>> circuit.edges
+        ['input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>', 'a0.h0->a1.h0<k>', 'a1.h0->logits']
     """
     if threshold < 0:
         raise ValueError(f"ACDC threshold must be >= 0, got {threshold}")
@@ -37,7 +46,7 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
         raise ValueError(f"ACDC metric must be 'kl' or 'task', got {metric!r}")
     task.check_model(model)
     edges = graph_edges(model)
-    source = ablation_source(model, task, kind=ablation, seed=seed)
+    source = ablation_source(model, task, kind=ablation, seed=seed) if source is None else source
     with torch.no_grad():
         full_logits = model(task.clean)
 
