@@ -10,18 +10,18 @@ The result contract:
 
 * estimators (``activation_patching``, ``path_patching``, ``attribution_patching``, ``eap``,
   ``eap_ig``, ``exact_edge_patching``, ``logit_lens``, ``direct_logit_attribution``,
-  ``head_scores``, ``retrieval_scores``, the SAE attributions) return :class:`Scores`: one value
-  per component id, with the ``meta`` keys listed in :data:`circuitkit.scores.META_KEYS`;
+  ``head_scores``, ``retrieval_scores``, the SAE attributions) return `Scores`: one value
+  per component id, with the ``meta`` keys listed in `circuitkit.scores.META_KEYS`;
 * selectors (``discover``, ``acdc``, ``smallest_faithful``, ``Circuit.top_k`` / ``threshold``)
-  return a :class:`Circuit`;
+  return a `Circuit`;
 * checks (``ablate``, ``evaluate``, ``retrieval_causal_check``, ``verify``, ``sae_quality``)
   return small report dataclasses;
 * ``patch_head_sets`` returns a ``[n_sets]`` tensor (its items are sets of heads, which no
   component id labels), ``retrieval_heads`` the ids of the heads above a threshold and
   ``faithfulness_curve`` a pandas table.
 
-This module re-exports the public API (each name imported on first use); SAE functions live in :mod:`circuitkit.sae` and batch
-studies in :mod:`circuitkit.studies` (``run_study`` / ``load_results`` import on first use:
+This module re-exports the public API (each name imported on first use); SAE functions live in `circuitkit.sae` and batch
+studies in `circuitkit.studies` (``run_study`` / ``load_results`` import on first use:
 they pull in pyarrow and process pools). See ``docs/architecture.md`` for the layout.
 """
 
@@ -70,6 +70,7 @@ _EXPORTS = {
     "retrieval_scores": "circuitkit.heads",
     "retrieval_scores_generate": "circuitkit.heads",
     "ModelLoadError": "circuitkit.models",
+    "CircuitkitError": "circuitkit.errors",
     "load_model": "circuitkit.models",
     "activation_patching": "circuitkit.patching",
     "direct_logit_attribution": "circuitkit.patching",

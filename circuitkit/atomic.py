@@ -10,12 +10,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from circuitkit.errors import MissingFileError
+
 
 def _parent(path: Path, make_parents: bool) -> None:
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.exists():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+        raise MissingFileError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
 
 
 TEMP_SUFFIX = ".tmp"  # what an interrupted write leaves behind: ``.{name}.XXXX.tmp`` beside the target
@@ -61,7 +63,7 @@ def write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
 @contextlib.contextmanager
 def folder_written(final: str | os.PathLike) -> Iterator[Path]:
     """A fresh folder beside ``final`` to fill; when the block ends without an error it replaces
-    ``final`` in one rename (:func:`replace_dir`), and in any case nothing unfinished is left."""
+    ``final`` in one rename (`replace_dir`), and in any case nothing unfinished is left."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))

@@ -5,14 +5,14 @@ exchange: ``input``, ``a{layer}.h{head}`` (attention head), ``m{layer}`` (MLP), 
 An edge is ``parent->child``; when the child is a head, ``<q>``, ``<k>`` or ``<v>`` names the
 input it enters through (``a0.h3->a2.h1<k>``). A position suffix ``@{pos}`` may follow a node
 (``a1.h0@5``); a position-resolved residual-stream edge carries the same position at both ends
-(``a0.h0@3->a1.h0@3<k>``, :func:`edge_at`). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``); the error
+(``a0.h0@3->a1.h0@3<k>``, `edge_at`). SAE features are ``f{layer}.{hook}.{index}`` (``f2.resid_pre.117``); the error
 term of the SAE at that site (what its features leave unexplained) is ``e{layer}.{hook}``
 (``e2.resid_pre@7``).
 Whole-layer sites (used by activation patching and the logit lens) are ``{hook}.{layer}`` for
 ``resid_pre``, ``resid_mid``, ``resid_post`` and ``attn_out`` (``resid_pre.3``, ``attn_out.1@4``).
 
-Nobody else builds these strings with f-strings: call :func:`head`, :func:`mlp`, :func:`edge`,
-:func:`feature` and parse with :func:`parse_node` / :func:`parse_edge`.
+Nobody else builds these strings with f-strings: call `head`, `mlp`, `edge`,
+`feature` and parse with `parse_node` / `parse_edge`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from transformer_lens.utilities import get_act_name
+
+from circuitkit.errors import InputError, InputTypeError
 
 INPUT = "input"
 LOGITS = "logits"
@@ -77,7 +79,7 @@ def mlp(layer: int, pos: int | None = None) -> str:
 def site(hook: str, layer: int, pos: int | None = None) -> str:
     """``{hook}.{layer}`` (``resid_pre.3``, ``attn_out.1``): a whole-layer activation site."""
     if hook not in SITE_HOOKS:
-        raise ValueError(f"site hook must be one of {SITE_HOOKS}, got {hook!r}")
+        raise InputError(f"site hook must be one of {SITE_HOOKS}, got {hook!r}")
     return _with_pos(f"{hook}.{int(layer)}", pos)
 
 
@@ -110,7 +112,7 @@ def _with_pos(name: str, pos: int | None) -> str:
 def parse_node(name: str) -> Node:
     """Parse a node id; raises ``ValueError`` naming the accepted forms when it is malformed."""
     if not isinstance(name, str):
-        raise TypeError(f"node id must be a string, got {type(name).__name__}")
+        raise InputTypeError(f"node id must be a string, got {type(name).__name__}")
     return _parse_node(name)
 
 
@@ -120,7 +122,7 @@ def _parse_node(name: str) -> Node:
     if "@" in name:
         base, _, pos_text = name.partition("@")
         if not pos_text.isdigit():
-            raise ValueError(f"bad position in node id {name!r}: expected '@<integer>', e.g. 'a1.h0@5'")
+            raise InputError(f"bad position in node id {name!r}: expected '@<integer>', e.g. 'a1.h0@5'")
         pos = int(pos_text)
     if base == INPUT:
         return Node("input", pos=pos)
@@ -136,7 +138,7 @@ def _parse_node(name: str) -> Node:
         return Node("error", layer=int(m[1]), hook=m[2], pos=pos)
     if m := _SITE_RE.match(base):
         return Node("site", layer=int(m[2]), hook=m[1], pos=pos)
-    raise ValueError(
+    raise InputError(
         f"unknown component name {name!r}: use 'input', 'logits', 'a<layer>.h<head>' (e.g. 'a3.h5'), "
         "'m<layer>' (e.g. 'm2'), '<hook>.<layer>' for hook resid_pre / attn_out / resid_mid / "
         "resid_post (e.g. 'resid_pre.2'), 'f<layer>.<hook>.<index>' (an SAE feature) or 'e<layer>.<hook>' "
@@ -160,7 +162,7 @@ def format_node(node: Node, with_pos: bool = True) -> str:
         return _with_pos(f"e{node.layer}.{node.hook}", pos)
     if node.kind == "site":
         return site(node.hook, node.layer, pos)
-    raise ValueError(f"unknown node kind {node.kind!r}")
+    raise InputError(f"unknown node kind {node.kind!r}")
 
 
 def is_valid_node(name: str) -> bool:
@@ -177,10 +179,10 @@ def edge(parent: str, child: str, qkv: str | None = None) -> str:
     parse_node(parent)
     if child_node.kind == "head":
         if qkv not in QKV:
-            raise ValueError(f"an edge into head {child!r} needs qkv='q', 'k' or 'v', got {qkv!r}")
+            raise InputError(f"an edge into head {child!r} needs qkv='q', 'k' or 'v', got {qkv!r}")
         return f"{parent}->{child}<{qkv}>"
     if qkv is not None:
-        raise ValueError(f"only edges into attention heads take a q/k/v input; {child!r} is not a head")
+        raise InputError(f"only edges into attention heads take a q/k/v input; {child!r} is not a head")
     return f"{parent}->{child}"
 
 
@@ -202,7 +204,7 @@ def parse_edge(name: str) -> Edge:
     """Parse ``parent->child[<q|k|v>]``; raises ``ValueError`` with the expected form."""
     m = _EDGE_RE.match(name) if isinstance(name, str) else None
     if not m:
-        raise ValueError(
+        raise InputError(
             f"malformed edge id {name!r}: expected 'parent->child', with '<q>', '<k>' or '<v>' "
             "appended when the child is a head (e.g. 'a0.h3->a2.h1<k>', 'm1->logits')"
         )
@@ -210,9 +212,9 @@ def parse_edge(name: str) -> Edge:
     child_node = parse_node(child)
     parse_node(parent)
     if child_node.kind == "head" and qkv is None:
-        raise ValueError(f"edge {name!r} enters head {child!r} without naming <q>, <k> or <v>")
+        raise InputError(f"edge {name!r} enters head {child!r} without naming <q>, <k> or <v>")
     if child_node.kind != "head" and qkv is not None:
-        raise ValueError(f"edge {name!r} names <{qkv}> but {child!r} is not an attention head")
+        raise InputError(f"edge {name!r} names <{qkv}> but {child!r} is not an attention head")
     return Edge(parent, child, qkv)
 
 
@@ -231,7 +233,7 @@ def edges_at(edge_ids, n_pos: int) -> list[str]:
     ``[n_pos, n_edges]`` flattened."""
     parsed = [parse_edge(e) for e in edge_ids]
     if any(parse_node(e.parent).pos is not None or parse_node(e.child).pos is not None for e in parsed):
-        raise ValueError("edges_at takes edge ids without positions (e.g. 'a0.h0->a1.h0<k>')")
+        raise InputError("edges_at takes edge ids without positions (e.g. 'a0.h0->a1.h0<k>')")
     out = []
     for pos in range(int(n_pos)):
         out += [f"{e.parent}@{pos}->{e.child}@{pos}" + (f"<{e.qkv}>" if e.qkv else "") for e in parsed]
@@ -245,7 +247,7 @@ def edge_position(edge_id: str) -> tuple[str, int | None]:
     e = parse_edge(edge_id)
     p, c = parse_node(e.parent), parse_node(e.child)
     if p.pos != c.pos:
-        raise ValueError(
+        raise InputError(
             f"edge {edge_id!r}: a position-resolved edge has the same position at both ends "
             f"(e.g. 'a0.h0@3->a1.h0@3<k>'), got {p.pos} and {c.pos}")
     return (edge_id if p.pos is None else edge(p.name, c.name, e.qkv)), p.pos
@@ -323,7 +325,7 @@ def all_edges(n_layers: int, n_heads: int, has_mlp: bool = True, parallel: bool 
 def hook(short: str, layer: int | None = None) -> str:
     """The full TransformerLens hook name: ``hook("pattern", 1)`` -> ``'blocks.1.attn.hook_pattern'``.
 
-    ``short`` is any name :func:`transformer_lens.utilities.get_act_name` knows (``resid_pre``,
+    ``short`` is any name `transformer_lens.utilities.get_act_name` knows (``resid_pre``,
     ``z``, ``q``, ``pattern``, ``mlp_in``, ``q_input`` ...); ``layer`` None gives top-level hooks.
     """
     return get_act_name(short, layer)
@@ -338,13 +340,13 @@ def output_hook(node: Node | str) -> str:
         return hook("z", node.layer)
     if node.kind == "mlp":
         return hook("mlp_out", node.layer)
-    raise ValueError(f"{format_node(node)!r} writes nothing into the residual stream")
+    raise InputError(f"{format_node(node)!r} writes nothing into the residual stream")
 
 
 def head_input_hook(layer: int, qkv: str) -> str:
     """The per-head input hook (needs ``model.set_use_split_qkv_input(True)``)."""
     if qkv not in QKV:
-        raise ValueError(f"qkv must be one of {QKV}, got {qkv!r}")
+        raise InputError(f"qkv must be one of {QKV}, got {qkv!r}")
     return hook(f"{qkv}_input", layer)
 
 
@@ -361,22 +363,22 @@ def check_in_model(node: Node | str, n_layers: int, n_heads: int, has_mlp: bool 
     label = format_node(node)
     model = f"model {model_name!r}" if model_name else "the model"
     if node.kind == "head" and not (0 <= node.layer < n_layers and 0 <= node.head < n_heads):
-        raise ValueError(
+        raise InputError(
             f"{what} {label!r} is out of range: {model} has {n_layers} layers x {n_heads} {what}s "
             f"(a0.h0 .. a{n_layers - 1}.h{n_heads - 1})"
         )
     if node.kind == "mlp":
         if not has_mlp:
-            raise ValueError(f"{label!r}: {model} is attention-only and has no MLPs")
+            raise InputError(f"{label!r}: {model} is attention-only and has no MLPs")
         if not 0 <= node.layer < n_layers:
-            raise ValueError(f"MLP {label!r} is out of range: {model} has {n_layers} layers")
+            raise InputError(f"MLP {label!r} is out of range: {model} has {n_layers} layers")
     return node
 
 
 def check_model_components(model, components, kinds: tuple[str, ...] = ("head", "mlp"), *,
                            n_heads: int | None = None, what: str = "head",
                            purpose: str = "used here") -> list[Node]:
-    """Parse component ids and check each exists in ``model`` (:func:`check_in_model`) and is
+    """Parse component ids and check each exists in ``model`` (`check_in_model`) and is
     of one of ``kinds``; ``ValueError`` naming the bad one and the accepted forms."""
     cfg = model.cfg
     forms = {"head": "heads (a<L>.h<H>)", "mlp": "MLPs (m<L>)"}
@@ -385,10 +387,10 @@ def check_model_components(model, components, kinds: tuple[str, ...] = ("head", 
         node = parse_node(comp) if isinstance(comp, str) else comp
         if node.kind not in kinds:
             if kinds == ("head",):
-                raise ValueError(f"{format_node(node)!r} is not an attention head; give heads as "
+                raise InputError(f"{format_node(node)!r} is not an attention head; give heads as "
                                  "'a<layer>.h<head>', e.g. 'a1.h0'")
             accepted = " and ".join(forms.get(k, k) for k in kinds)
-            raise ValueError(f"only {accepted} can be {purpose}, not {format_node(node)!r}")
+            raise InputError(f"only {accepted} can be {purpose}, not {format_node(node)!r}")
         nodes.append(check_in_model(node, cfg.n_layers, n_heads or cfg.n_heads, not cfg.attn_only,
                                     model_name=cfg.model_name, what=what))
     return nodes

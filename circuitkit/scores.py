@@ -1,11 +1,11 @@
 """``Scores``: the one result type every estimator returns.
 
 A Scores is a 1-D tensor of values with one component label per value (node ids such as
-``a1.h0`` or ``m2@5``, or edge ids such as ``a0.h0->a1.h0<k>``; see :mod:`circuitkit.names`),
+``a1.h0`` or ``m2@5``, or edge ids such as ``a0.h0->a1.h0<k>``; see `circuitkit.names`),
 plus what produced it. Grids (layer x head, layer x position) are views computed from the
 labels, so every method's output can become a table, a heatmap or a circuit the same way.
 
-``meta`` keys (:data:`META_KEYS` says what each means; an estimator sets those that apply):
+``meta`` keys (`META_KEYS` says what each means; an estimator sets those that apply):
 
 * shape of the model: ``n_layers``, ``n_heads``, ``has_mlp``, ``model``;
 * how the numbers were made: ``ablation``, ``level``, ``steps``, ``interpolate``, ``qk_fix``,
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from circuitkit import names
+from circuitkit.errors import InputError, UnknownNameError
 
 # What each ``meta`` key means: one line per key, the key, then its meaning.
 _META_TABLE = """
@@ -117,16 +118,16 @@ class Scores:
         self.values = torch.as_tensor(self.values).detach().float().cpu().reshape(-1)
         self.labels = [str(label) for label in self.labels]
         if self.values.numel() != len(self.labels):
-            raise ValueError(
+            raise InputError(
                 f"Scores has {self.values.numel()} values but {len(self.labels)} labels; "
                 "give exactly one label per value"
             )
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})[:5]
-            raise ValueError(f"Scores labels must be unique; repeated: {dupes}")
+            raise InputError(f"Scores labels must be unique; repeated: {dupes}")
         kinds = {names.is_edge(label) for label in self.labels}
         if len(kinds) > 1:
-            raise ValueError("Scores mixes node and edge labels; keep node and edge scores apart")
+            raise InputError("Scores mixes node and edge labels; keep node and edge scores apart")
         for label in self.labels[:1]:
             names.parse_edge(label) if names.is_edge(label) else names.parse_node(label)
 
@@ -143,7 +144,7 @@ class Scores:
         """From a ``[n_layers, n_heads]`` grid (e.g. a head-score map)."""
         grid = torch.as_tensor(grid)
         if grid.ndim != 2:
-            raise ValueError(f"a head grid must be [n_layers, n_heads], got shape {tuple(grid.shape)}")
+            raise InputError(f"a head grid must be [n_layers, n_heads], got shape {tuple(grid.shape)}")
         n_layers, n_heads = grid.shape
         labels = [names.head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
         meta = dict(kwargs.pop("meta", {}))
@@ -163,7 +164,7 @@ class Scores:
         try:
             return float(self.values[self.labels.index(label)])
         except ValueError:
-            raise KeyError(f"no score for {label!r} in these {self.method} scores") from None
+            raise UnknownNameError(f"no score for {label!r} in these {self.method} scores") from None
 
     def __contains__(self, label: object) -> bool:
         return label in self.labels
@@ -182,7 +183,7 @@ class Scores:
         index = {label: i for i, label in enumerate(self.labels)}
         missing = [x for x in keep if x not in index]
         if missing:
-            raise KeyError(f"labels not in these scores: {missing[:5]}")
+            raise UnknownNameError(f"labels not in these scores: {missing[:5]}")
         return Scores(
             self.values[[index[x] for x in keep]], keep, self.method, self.task, self.metric, dict(self.meta)
         )
@@ -195,7 +196,7 @@ class Scores:
         heads = [(names.parse_node(label), v) for label, v in zip(self.labels, self.values.tolist(), strict=True)
                  if not names.is_edge(label) and names.parse_node(label).kind == "head"]
         if not heads:
-            raise ValueError(f"these {self.method} scores hold no attention-head labels")
+            raise InputError(f"these {self.method} scores hold no attention-head labels")
         n_layers = n_layers or self.meta.get("n_layers") or 1 + max(n.layer for n, _ in heads)
         n_heads = n_heads or self.meta.get("n_heads") or 1 + max(n.head for n, _ in heads)
         grid = torch.full((n_layers, n_heads), float("nan"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from circuitkit.errors import InputError, MissingFileError
+
 SPECIAL_TOKENS = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 # Words and two-digit chunks (so "1732" is "17" "32", as GPT-2 splits years), and punctuation.
@@ -21,7 +23,7 @@ def tokenizer_of(model_or_tokenizer):
     """The Hugging Face tokenizer of a HookedTransformer, or the tokenizer itself."""
     tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
     if tok is None or not hasattr(tok, "encode"):
-        raise ValueError(
+        raise InputError(
             "this model has no tokenizer; load it with circuitkit.load_model (which attaches one) "
             "or pass a Hugging Face tokenizer"
         )
@@ -44,16 +46,16 @@ def read_text_file(path) -> str:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no text file at {str(path)!r}; pass an existing UTF-8 text file")
+        raise MissingFileError(f"no text file at {str(path)!r}; pass an existing UTF-8 text file")
     raw = path.read_bytes()
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise ValueError(f"{str(path)!r} is a binary file, not text (a NUL byte at offset {nul}); pass a UTF-8 "
+        raise InputError(f"{str(path)!r} is a binary file, not text (a NUL byte at offset {nul}); pass a UTF-8 "
                          "text file (convert documents with e.g. `pdftotext` first)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+        raise InputError(f"{str(path)!r} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
                          "pass a UTF-8 text file, or re-encode it (e.g. `iconv -t UTF-8`)") from None
 
 
@@ -62,7 +64,7 @@ def bos_id(tokenizer) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start prompts with; pass prepend_bos=False (on the command line: --no-prepend-bos)")
+    raise InputError("the tokenizer has neither a BOS nor an EOS token to start prompts with; pass prepend_bos=False (on the command line: --no-prepend-bos)")
 
 
 def pad_id(tokenizer) -> int:
@@ -108,7 +110,7 @@ def word_level_tokenizer(words: Sequence[str], model_max_length: int = 4096):
     """A Hugging Face fast tokenizer over a fixed word list (the zoo's synthetic models use it).
 
     Special tokens ``<bos> <eos> <pad> <unk>`` take ids 0-3; words follow in the given order.
-    Text is split into words, two-digit chunks and punctuation (:data:`WORD_LEVEL_PATTERN`).
+    Text is split into words, two-digit chunks and punctuation (`WORD_LEVEL_PATTERN`).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -118,7 +120,7 @@ def word_level_tokenizer(words: Sequence[str], model_max_length: int = 4096):
             vocab[token] = len(vocab)
     bad = [w for w in words if not re.fullmatch(WORD_LEVEL_PATTERN, w) and w not in SPECIAL_TOKENS.values()]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"words {bad[:5]} would never be produced by the word-level splitter; use single words, "
             "one or two digits, or one punctuation mark per entry"
         )
@@ -150,7 +152,7 @@ def wrap_tokenizer(core, name: str, model_max_length: int = 4096):
 
 
 def load_tokenizer_file(path, name: str | None = None, model_max_length: int = 4096):
-    """Load a ``tokenizer.json`` written by :func:`wrap_tokenizer`'s tokenizers."""
+    """Load a ``tokenizer.json`` written by `wrap_tokenizer`'s tokenizers."""
     from pathlib import Path
 
     from tokenizers import Tokenizer
@@ -231,8 +233,8 @@ def check_token_ids(model, tokens):
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+        raise InputError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
     if tokens.numel() and (int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0):
-        raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
+        raise InputError(f"token ids must lie in [0, {model.cfg.d_vocab}) for model {model.cfg.model_name!r}; "
                          "tokenize with the model's own tokenizer")
     return tokens.long().to(model.cfg.device or "cpu")

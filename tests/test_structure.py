@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "circuitkit"
 # Floors, lowest first: a module may import its own floor or a lower one, never a higher one.
 FLOORS = {
     "circuitkit.version": 0, "circuitkit.lazy": 0, "circuitkit.names": 0, "circuitkit.atomic": 0, "circuitkit.tokenizers": 0,
+    "circuitkit.errors": 0,  # the one root of deliberate errors
     "circuitkit.models.backend": 0,  # the model layer: every method reaches a model through it
     "circuitkit.scores": 1, "circuitkit.tasks": 1,
     "circuitkit.circuit.core": 1,  # the Circuit type stands beside Scores: it imports names and scores only
@@ -201,3 +202,20 @@ def test_every_package_lists_its_public_names_and_the_top_level_has_one_export_l
     assert set(circuitkit.__all__) == set(circuitkit._EXPORTS) | {"__version__"}
     for name in circuitkit.__all__:
         assert getattr(circuitkit, name) is not None
+
+
+def test_the_command_line_lists_no_choices_of_its_own():
+    """Methods, scores, formats, architectures, executors, ablations: every ``choices=`` of the CLI
+    is read from the module that owns the list, never written out in the CLI."""
+    literal = re.compile(r"choices\s*=\s*[\[(]\s*[\"']")
+    places = [f"{path.name}:{n}" for module, path in MODULES.items() if module.startswith("circuitkit.cli")
+              for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert not places, f"CLI choices written out by hand: {places}"
+
+
+def test_docstrings_use_markdown_not_sphinx_roles():
+    """The API reference (mkdocstrings, Google style) renders Markdown: a ``:func:`x``` would show raw."""
+    role = re.compile(r":(func|class|mod|meth|data|attr|exc|obj):`")
+    places = [f"{module}:{n}" for module, path in MODULES.items()
+              for n, line in enumerate(path.read_text().splitlines(), 1) if role.search(line)]
+    assert not places, f"Sphinx roles in docstrings: {places[:10]}"

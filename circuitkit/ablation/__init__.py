@@ -1,6 +1,6 @@
-"""Ablation: one vocabulary of kinds (:mod:`~circuitkit.ablation.kinds`), node ablation of heads and
-MLPs (:mod:`~circuitkit.ablation.nodes`) and the residual-stream edge graph with its edge-mask
-engine (:mod:`~circuitkit.ablation.edges`)."""
+"""Ablation: one vocabulary of kinds (`kinds`), node ablation of heads and
+MLPs (`nodes`) and the residual-stream edge graph with its edge-mask
+engine (`edges`)."""
 
 from circuitkit.ablation.edges import (
     GraphIndex,

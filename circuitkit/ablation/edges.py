@@ -3,7 +3,7 @@
 Nodes are ``input`` (token + learned position embedding: ``blocks.0.hook_resid_pre``), every
 attention head ``a{L}.h{H}`` (its ``hook_z`` times its ``W_O``: TransformerLens's ``hook_result``
 without materialising TransformerLens's slow broadcast product), every MLP ``m{L}`` (``hook_mlp_out``) and
-``logits``; edges are :func:`circuitkit.names.all_edges`. With split q/k/v inputs, per-head results
+``logits``; edges are `circuitkit.names.all_edges`. With split q/k/v inputs, per-head results
 and ``hook_mlp_in`` switched on, every downstream input (a head's q, k or v input, an MLP's input,
 the final residual read by ``ln_final``/``unembed``) is exactly the sum of the outputs of the nodes
 before it plus biases. Ablating the edge ``u -> v`` replaces, in v's input only, u's live output by
@@ -25,7 +25,7 @@ recomputed from that layer's normalised sum with the ablated senders' outputs sw
 carries; MLP outputs (``hook_mlp_out``, after their own post-norm) stay additive.
 
 Edge masks are dense ``[n_slots, n_upstream]`` matrices (a *slot* is one downstream input, an
-*upstream* node is one that writes to the residual stream); :class:`GraphIndex` maps edge names to
+*upstream* node is one that writes to the residual stream); `GraphIndex` maps edge names to
 matrix cells. A mask may carry a leading batch dimension, so many different ablations run in one
 forward pass (each batch row with its own edges ablated).
 
@@ -49,6 +49,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.kinds import check_kind, resample_permutation
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.models.backend import is_post_norm, model_device
 from circuitkit.tokenizers import check_token_ids
@@ -106,7 +107,7 @@ class GraphIndex:
     def upstream_index(self, node: str) -> int:
         n = names.parse_node(node)
         if n.pos is not None:
-            raise ValueError(f"graph nodes carry no position; drop the '@' suffix of {node!r}")
+            raise InputError(f"graph nodes carry no position; drop the '@' suffix of {node!r}")
         if n.kind == "input":
             return 0
         names.check_in_model(n, self.n_layers, self.n_heads, self.has_mlp)
@@ -114,7 +115,7 @@ class GraphIndex:
             return 1 + n.layer * self.block + n.head
         if n.kind == "mlp":
             return 1 + n.layer * self.block + self.n_heads
-        raise ValueError(f"{node!r} writes nothing into the residual stream, so no edge leaves it")
+        raise InputError(f"{node!r} writes nothing into the residual stream, so no edge leaves it")
 
     def slot_index(self, child: str, qkv: str | None) -> int:
         n = names.parse_node(child)
@@ -126,7 +127,7 @@ class GraphIndex:
             return base + names.QKV.index(qkv) * self.n_heads + n.head
         if n.kind == "mlp":
             return base + 3 * self.n_heads
-        raise ValueError(f"{child!r} reads nothing from the residual stream, so no edge enters it")
+        raise InputError(f"{child!r} reads nothing from the residual stream, so no edge enters it")
 
     def n_before_slot_layer(self, layer: int, mlp: bool = False) -> int:
         """How many upstream nodes a layer's heads (or, with ``mlp``, its MLP) can read: the first
@@ -143,7 +144,7 @@ class GraphIndex:
         e = names.parse_edge(edge_name)  # a malformed id raises with the expected form
         self.upstream_index(e.parent)  # a node outside the model raises naming its range
         self.slot_index(e.child, e.qkv)
-        raise ValueError(
+        raise InputError(
             f"edge {edge_name!r} is not in this model's graph ({self.n_layers} layers x {self.n_heads} heads"
             f"{', with MLPs' if self.has_mlp else ', attention-only'}{', parallel blocks' if self.parallel else ''}): "
             f"{e.parent!r} must exist and come before {e.child!r}"
@@ -176,7 +177,7 @@ class GraphIndex:
         cells = [self.position_cell(e) for e in edge_names]
         bad = [p for p, _, _ in cells if p is not None and not 0 <= p < n_pos]
         if bad:
-            raise ValueError(f"edge position {bad[0]} is outside the prompts' {n_pos} positions (0..{n_pos - 1})")
+            raise InputError(f"edge position {bad[0]} is outside the prompts' {n_pos} positions (0..{n_pos - 1})")
         every = [(r, c) for p, r, c in cells if p is None]
         at = [(p, r, c) for p, r, c in cells if p is not None]
         if every:
@@ -188,8 +189,8 @@ class GraphIndex:
         return m.to(device) if device is not None else m
 
     def position_edges(self, n_pos: int) -> list[str]:
-        """Every edge at every position, position-major (:func:`circuitkit.names.edges_at`): the
-        labels of a ``[n_pos, n_slots, n_upstream]`` matrix read at :meth:`flat_edge_index`."""
+        """Every edge at every position, position-major (`circuitkit.names.edges_at`): the
+        labels of a ``[n_pos, n_slots, n_upstream]`` matrix read at `flat_edge_index`."""
         return names.edges_at(self.edges, n_pos)
 
     def valid_mask(self, device=None) -> Tensor:
@@ -197,7 +198,7 @@ class GraphIndex:
         return self.mask(self.edges, device)
 
     def flat_edge_index(self) -> Tensor:
-        """``[n_edges]`` flat indices (into ``mask.reshape(-1)``) of :attr:`edges`, in order."""
+        """``[n_edges]`` flat indices (into ``mask.reshape(-1)``) of `edges`, in order."""
         cells = _edge_cells(self)
         n_up = len(self.upstream)
         return torch.tensor([cells[e][0] * n_up + cells[e][1] for e in self.edges], dtype=torch.long)
@@ -213,7 +214,7 @@ def _edge_cells(index: GraphIndex) -> dict[str, tuple[int, int]]:
 
 
 def graph_index(model) -> GraphIndex:
-    """The :class:`GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
+    """The `GraphIndex` of ``model`` (parallel blocks and post-norm outputs included);
     ``ValueError`` naming the reason and the alternative where the graph cannot be built."""
     method = "the edge graph (EAP, EAP-IG, exact edge patching, ACDC, edge pruning, discover)"
     backend.require(model, ("heads", "additive"), method)
@@ -221,7 +222,7 @@ def graph_index(model) -> GraphIndex:
     cfg = model.cfg
     kv_heads = getattr(cfg, "n_key_value_heads", None)
     if whole_vector_qk_norm(model) and kv_heads is not None and kv_heads < cfg.n_heads:
-        raise ValueError(
+        raise InputError(
             f"model {cfg.model_name!r} ({backend.architecture(model)}) normalises its keys over all key/value heads "
             "at once, and grouped-query attention: the edge graph gives each query head its own key input "
             "(TransformerLens's ungroup_grouped_query_attention), which that norm cannot take; use activation "
@@ -257,7 +258,7 @@ def post_norm_head_diffs(model, layer: int, pre: Tensor, diff: Tensor, linear: b
     to the residual stream, one head at a time (``[batch, pos, n_heads, d_model]``).
 
     ``pre``: the layer's summed head output before its norm (``[batch, pos, d_model]``, see
-    :func:`attn_pre_norm_sum`); ``diff``: ``[batch, pos, n_heads, d_model]``. ``linear``: the
+    `attn_pre_norm_sum`); ``diff``: ``[batch, pos, n_heads, d_model]``. ``linear``: the
     first-order change ``J_N(pre) diff`` (what a gradient sees: EAP's term); otherwise the exact
     ``N(pre + diff) - N(pre)``.
     """
@@ -297,7 +298,7 @@ INPUT_HOOK = names.hook("resid_pre", 0)
 
 
 def result_hook(layer: int) -> str:
-    """The hook whose value gives a layer's head outputs (``hook_z``; see :func:`head_results`)."""
+    """The hook whose value gives a layer's head outputs (``hook_z``; see `head_results`)."""
     return names.output_hook(names.head(layer, 0))
 
 
@@ -327,7 +328,7 @@ def output_hooks(index: GraphIndex) -> list[str]:
 # --- public API -------------------------------------------------------------------------------
 
 def graph_edges(model) -> list[str]:
-    """Every edge of ``model``'s graph (:func:`circuitkit.names.all_edges`)."""
+    """Every edge of ``model``'s graph (`circuitkit.names.all_edges`)."""
     return list(graph_index(model).edges)
 
 
@@ -352,7 +353,7 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
 
 
 def split_outputs(model, index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Node id -> ``[batch, pos, d_model]`` from the cached output hooks (:func:`output_hooks`)."""
+    """Node id -> ``[batch, pos, d_model]`` from the cached output hooks (`output_hooks`)."""
     out = {names.INPUT: acts[INPUT_HOOK]}
     for layer in range(index.n_layers):
         result = head_results(model, layer, acts[result_hook(layer)])
@@ -377,7 +378,7 @@ def ablation_source(model, task, kind: str = "corrupted", seed: int = 0) -> dict
 
 
 def batch_source(model, task, kind: str, seed: int, batch_size: int):
-    """``idx -> source outputs of those prompts``: :func:`ablation_source` restricted to rows
+    """``idx -> source outputs of those prompts``: `ablation_source` restricted to rows
     ``idx``, computed batch by batch so that no ``[n_prompts, pos, d_model]`` block per node need
     be held. A mean over all prompts is summed ``batch_size`` prompts at a time, once."""
     check_kind(kind, what="ablation kind")
@@ -410,11 +411,11 @@ def run_with_edges(
     """Logits ``[batch, pos, vocab]`` of ``model`` on ``tokens`` with some edges ablated.
 
     Every edge NOT in ``keep_edges`` reads its parent's ``source`` output (see
-    :func:`ablation_source`); alternatively pass ``keep_edges=None`` and ``ablate_edges`` to
+    `ablation_source`); alternatively pass ``keep_edges=None`` and ``ablate_edges`` to
     ablate only those. Unknown edge names raise ``ValueError``. Gradients flow if enabled.
-    Position-resolved edge ids (``a0.h0@3->a1.h0@3<k>``, :func:`circuitkit.names.edge_at`) keep or
+    Position-resolved edge ids (``a0.h0@3->a1.h0@3<k>``, `circuitkit.names.edge_at`) keep or
     ablate an edge at that position only (an id without positions among them: at every position),
-    through a ``[pos, n_slots, n_upstream]`` mask (:func:`run_with_mask` with ``by_pos``).
+    through a ``[pos, n_slots, n_upstream]`` mask (`run_with_mask` with ``by_pos``).
 
     Examples:
         >>> import torch
@@ -431,7 +432,7 @@ def run_with_edges(
         (12.0, 0.0)
     """
     if (keep_edges is None) == (ablate_edges is None):
-        raise ValueError("give exactly one of keep_edges (ablate the rest) or ablate_edges (keep the rest)")
+        raise InputError("give exactly one of keep_edges (ablate the rest) or ablate_edges (keep the rest)")
     index = graph_index(model)
     device = model_device(model)
     given = keep_edges if keep_edges is not None else ablate_edges
@@ -461,14 +462,14 @@ def run_with_mask(model, tokens: Tensor, ablate: Tensor, source: dict[str, Tenso
     lead = 1 if by_pos else 0  # the position dimension before the matrix
     form = "[pos, n_slots, n_upstream]" if by_pos else "[n_slots, n_upstream]"
     if ablate.shape[-2:] != index.shape or ablate.ndim not in (2 + lead, 3 + lead):
-        raise ValueError(f"edge mask must be {form} = {[tokens.shape[1]] * lead + list(index.shape)} (optionally "
+        raise InputError(f"edge mask must be {form} = {[tokens.shape[1]] * lead + list(index.shape)} (optionally "
                          f"with a leading batch dimension), got {list(ablate.shape)}"
                          + ("" if by_pos or ablate.ndim != 4 else "; pass by_pos=True for a position-resolved mask"))
     if by_pos and ablate.shape[-3] != tokens.shape[1]:
-        raise ValueError(f"a position-resolved edge mask needs one matrix per position: {ablate.shape[-3]} for "
+        raise InputError(f"a position-resolved edge mask needs one matrix per position: {ablate.shape[-3]} for "
                          f"prompts of {tokens.shape[1]} tokens")
     if ablate.ndim == 3 + lead and ablate.shape[0] != tokens.shape[0]:
-        raise ValueError(f"a batched edge mask needs one row per prompt: {ablate.shape[0]} masks for {tokens.shape[0]} prompts")
+        raise InputError(f"a batched edge mask needs one row per prompt: {ablate.shape[0]} masks for {tokens.shape[0]} prompts")
     _check_source(index, source, tokens)
     hooks = _ablation_hooks(model, index, ablate.to(model_device(model)).float(), source, by_pos)
     with graph_mode(model), model.hooks(fwd_hooks=hooks):
@@ -600,11 +601,11 @@ def _bind(fn, **kwargs):
 def _check_source(index: GraphIndex, source: dict[str, Tensor], tokens: Tensor) -> None:
     missing = [n for n in index.upstream if n not in source]
     if missing:
-        raise ValueError(f"ablation source lacks node outputs for {missing[:4]}; build it with ablation_source(model, task)")
+        raise InputError(f"ablation source lacks node outputs for {missing[:4]}; build it with ablation_source(model, task)")
     batch, pos = tokens.shape
     ref = source[names.INPUT]
     if ref.ndim != 3 or ref.shape[1] != pos or ref.shape[0] not in (1, batch):
-        raise ValueError(
+        raise InputError(
             f"ablation source has shape {list(ref.shape)} per node but the tokens are [{batch}, {pos}]: it "
             f"must be [1 or {batch}, {pos}, d_model]; build it from prompts of the same length and count"
         )

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from circuitkit.errors import InputError
+
 AblationKind = Literal["zero", "mean", "mean-corrupted", "resample", "corrupted"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("corrupted", "mean", "mean-corrupted", "resample", "zero")
 # The one default of every circuit method (eap, eap_ig, exact_edge_patching, acdc, discover,
@@ -31,7 +33,7 @@ FEATURE_ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "corrupted", "zero")
 def check_kind(kind: str, allowed: tuple[str, ...] = ABLATION_KINDS, what: str = "ablation") -> AblationKind:
     """``kind`` if it is one of ``allowed``, else ``ValueError`` listing them."""
     if kind not in allowed:
-        raise ValueError(f"unknown {what} {kind!r}; choose one of {allowed}")
+        raise InputError(f"unknown {what} {kind!r}; choose one of {allowed}")
     return kind  # type: ignore[return-value]
 
 
@@ -41,7 +43,7 @@ def resample_permutation(n_reference: int, n: int | None = None, seed: int = 0, 
     A seeded random non-zero shift per row, so every prompt gets another prompt's activation.
     """
     if n_reference < 2:
-        raise ValueError(f"resample ablation needs at least 2 {prompts} prompts to draw from, got {n_reference}; "
+        raise InputError(f"resample ablation needs at least 2 {prompts} prompts to draw from, got {n_reference}; "
                          "add prompts or use kind='mean'")
     n = n_reference if n is None else n
     gen = torch.Generator().manual_seed(seed)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.kinds import NODE_ABLATION_KINDS, check_kind, resample_permutation
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.tasks.metrics import normalized
 
@@ -72,7 +73,7 @@ def _replacement(act: Tensor, ref: Tensor | None, kind: str, perm: Tensor | None
         return ref.mean((0, 1), keepdim=True).expand_as(act)
     # resample
     if ref.shape[1] < seq:
-        raise ValueError(f"resample ablation needs reference prompts at least as long as the input ({ref.shape[1]} < {seq})")
+        raise InputError(f"resample ablation needs reference prompts at least as long as the input ({ref.shape[1]} < {seq})")
     return ref[perm % ref.shape[0], :seq]
 
 
@@ -102,7 +103,7 @@ def ablation_hooks(
     """
     p = plan(model, components, kind)
     if kind != "zero" and reference is None:
-        raise ValueError(f"{kind} ablation needs reference tokens (e.g. task.clean); or use kind='zero'")
+        raise InputError(f"{kind} ablation needs reference tokens (e.g. task.clean); or use kind='zero'")
     refs = reference_activations(model, reference, p.hook_names()) if kind != "zero" else {}
     perm = None
     if kind == "resample":
@@ -186,7 +187,7 @@ class AblationResult:
 
     @property
     def recovered(self) -> float:
-        """:func:`~circuitkit.tasks.metrics.normalized` ablated metric: 1 = intact, 0 = as bad as
+        """`normalized` ablated metric: 1 = intact, 0 = as bad as
         corrupted (NaN when the corruption does not change the metric)."""
         return float(normalized(self.ablated, self.clean, self.baseline, on_equal="nan"))
 

@@ -1,8 +1,8 @@
 """circuitkit.attribution: gradient estimates of patching effects and the exact reference.
 
-* :func:`attribution_patching` — node attribution (a linear estimate of activation patching);
-* :func:`eap` / :func:`eap_ig` — edge attribution patching (with integrated gradients, the QK fix);
-* :func:`exact_edge_patching` — every edge ablated alone, exactly: the estimators' ground truth.
+* `attribution_patching` — node attribution (a linear estimate of activation patching);
+* `eap` / `eap_ig` — edge attribution patching (with integrated gradients, the QK fix);
+* `exact_edge_patching` — every edge ablated alone, exactly: the estimators' ground truth.
 """
 
 from circuitkit.attribution.edge import eap, eap_ig

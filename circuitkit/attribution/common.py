@@ -14,6 +14,7 @@ from circuitkit.ablation.edges import (
     model_device,
 )
 from circuitkit.ablation.kinds import check_kind
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 
 
@@ -22,9 +23,9 @@ def prepare_attribution(model, task, ablation: str | None = None, steps: int | N
     if ablation is not None:
         check_kind(ablation)
     if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer (number of integrated-gradient points), got {steps!r}")
+        raise InputError(f"steps must be a positive integer (number of integrated-gradient points), got {steps!r}")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     task.check_model(model)
     index = graph_index(model)
     return task.to(model_device(model)), index
@@ -47,14 +48,14 @@ def check_nonzero_scores(model, task, scores: Tensor, method: str) -> None:
     logits = logits.detach().float().requires_grad_(True)
     (grad,) = torch.autograd.grad(task.per_prompt(logits).sum(), logits, allow_unused=True)
     if grad is None or float(grad.abs().max()) <= ZERO_GRADIENT:
-        raise ValueError(
+        raise InputError(
             f"{method}: every score is about 0 because the gradient of metric {task.metric_name!r} is 0 at the clean run "
             "(a distance to the clean output or KL to the clean distribution is at its minimum there), and "
             f"{method} multiplies by that gradient; use eap_ig (steps > 1, gradients along the path from the "
             "corrupted run), exact patching (exact_edge_patching / method 'exact'), or a metric whose gradient "
             "is not 0 at the clean run (logit_diff, answer_logprob, or the distance to the corrupted output)"
         )
-    raise ValueError(
+    raise InputError(
         f"{method}: every score is about 0 (below {ZERO_SCORE:g}) though the metric's gradient is not: the "
         "ablation source (nearly) equals the clean run (corrupted prompts identical to the clean ones, or a mean "
         "over a single prompt); use corrupted prompts that differ, or more prompts"
@@ -135,7 +136,7 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
 def memory_budget(max_memory: float | None) -> float:
     """Bytes an attribution run may use: ``max_memory``, by default half the memory available now."""
     if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        raise InputError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     return DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
 
 
@@ -154,7 +155,7 @@ def check_position_memory(index: GraphIndex, n_pos: int, method: str, budget: fl
     before any work when they alone exceed ``budget``, naming the fixes."""
     need = copies * position_matrix_bytes(index, n_pos)
     if need > budget:
-        raise ValueError(
+        raise InputError(
             f"{method} with by_pos=True holds {copies} matrices of [{n_pos} positions, {index.shape[0]} inputs, "
             f"{index.shape[1]} senders] floats, about {need / 2**30:.3g} GiB, over the memory budget of "
             f"{budget / 2**30:.3g} GiB; use shorter prompts, by_pos=False (scores summed over positions), or a "
@@ -168,7 +169,7 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
     """Prompts per batch: ``batch_size`` (all prompts when None), fewer where the memory budget
     (``max_memory`` bytes; by default half the memory available now) holds fewer. ``ValueError``
     before any work when not even one prompt fits. ``by_pos``: the position-resolved score
-    matrices (:func:`check_position_memory`) come out of the budget first."""
+    matrices (`check_position_memory`) come out of the budget first."""
     budget = memory_budget(max_memory)
     n_pos = task.clean.shape[1]
     if by_pos:
@@ -181,7 +182,7 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
     cap = 8 * RECOMPUTE_BYTES
     fits = max(int(budget // (per + recompute)), int((budget - cap) // per))
     if fits < 1:
-        raise ValueError(
+        raise InputError(
             f"{method}: one prompt of {n_pos} tokens needs about {(per + recompute) / 2**30:.3g} GiB on this model "
             f"({cfg.n_layers} layers, d_model {cfg.d_model}, {len(index.upstream)} sender nodes) but the "
             f"memory budget is {budget / 2**30:.3g} GiB; pass a larger max_memory (bytes), use shorter prompts, or "

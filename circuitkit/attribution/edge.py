@@ -1,15 +1,15 @@
 """Edge attribution patching: EAP (Syed et al. 2023) and EAP-IG (Hanna et al. 2024), with AtP*'s
 QK fix (Kramar et al. 2024).
 
-Sign convention (shared by every method of :mod:`circuitkit.attribution`, so their scores are
+Sign convention (shared by every method of `circuitkit.attribution`, so their scores are
 directly comparable): a score estimates ``metric(clean run with the component / edge ablated) -
 metric(clean run)``. With ``logit_diff`` the components a behaviour relies on get negative scores;
 rank by ``abs`` (``Scores.top`` does) when the direction does not matter.
 
-* :func:`eap`: for the edge ``u -> v``, ``(out_u_source - out_u_clean) . dM/d input_v`` with
+* `eap`: for the edge ``u -> v``, ``(out_u_source - out_u_clean) . dM/d input_v`` with
   gradients at v's input (a head's q/k/v input, an MLP's input, the final residual) from one
   forward + backward pass.
-* :func:`eap_ig`: the same difference times the gradient at ``input_v`` averaged over runs whose
+* `eap_ig`: the same difference times the gradient at ``input_v`` averaged over runs whose
   input embeddings are interpolated from the source to the clean ones, ``alpha = k / steps`` for
   ``k = 1..steps`` (``steps=1`` is EAP).
 * ``qk_fix=True`` (either of the two): for edges into queries and keys, the exact change of the
@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from circuitkit.errors import InputError
 
 try:  # HookedTransformer's norms (TransformerLens 4 has none: a bridge's norms take the autograd path)
     from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
@@ -86,8 +88,8 @@ def _edge_matrix(
     """``[n_slots, n_upstream]`` scores: ``sum (out_source - out_clean) . mean_alpha dM/d input_v``
     (``by_pos``: ``[n_pos, n_slots, n_upstream]``, the sum over prompts at each position apart).
 
-    ``source``: node outputs of every prompt (:func:`~circuitkit.ablation.edges.ablation_source`)
-    or ``idx -> those of prompts idx`` (:func:`~circuitkit.ablation.edges.batch_source`).
+    ``source``: node outputs of every prompt (`ablation_source`)
+    or ``idx -> those of prompts idx`` (`batch_source`).
     ``steps=None``: plain EAP, one forward + backward per prompt batch at the clean run, with
     the clean outputs recorded in that same forward pass. Otherwise integrated gradients over
     ``steps`` points: the input embeddings are interpolated (``interpolate="inputs"``), or, one
@@ -372,7 +374,7 @@ def _check_qk_fix(model) -> None:
     k inside the block), or a bridge without per-head split inputs (the fix moves one head's query or
     key input and reads its pattern)."""
     if model.cfg.positional_embedding_type == "shortformer":
-        raise ValueError("qk_fix does not support shortformer positional embeddings (added to q / k "
+        raise InputError("qk_fix does not support shortformer positional embeddings (added to q / k "
                          "inside the block); use qk_fix=False")
     backend.require(model, ("split_inputs",), "qk_fix (AtP*'s QK fix; qk_fix=False scores q / k edges by gradient)")
 
@@ -388,7 +390,7 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
     ``dM/d pattern`` at the clean run. Shape: ``[n_slots, n_upstream]`` in and out, or
     position-resolved ``[n_pos, n_slots, n_upstream]`` (an edge into a query at ``p`` changes the
     pattern's row ``p`` only; one into a key at ``p`` is re-run with that key position alone
-    moved, ``n_pos`` times the key runs). ``source``: as in :func:`_edge_matrix`.
+    moved, ``n_pos`` times the key runs). ``source``: as in `_edge_matrix`.
     """
     out = matrix.clone()
     for layer in range(index.n_layers):
@@ -531,7 +533,7 @@ def _edge_scores(model, task, index, matrix: Tensor, method: str, level: str, **
 
 def _check_level(level: str) -> None:
     if level not in ("edge", "node"):
-        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+        raise InputError(f"level must be 'edge' or 'node', got {level!r}")
 
 
 def eap(
@@ -551,7 +553,7 @@ def eap(
 
     score(u -> v) = ``(out_u_source - out_u_clean) . dM/d input_v`` summed over prompts'
     positions and averaged over prompts, with the gradient at the clean run. ``ablation``
-    picks the source (:func:`~circuitkit.ablation.edges.ablation_source`). ``level="node"`` sums each node's
+    picks the source (`ablation_source`). ``level="node"`` sums each node's
     outgoing edges (labels ``input``, heads, MLPs). One forward + backward per prompt batch
     (``batch_size`` prompts; all by default). ``qk_fix``: score the edges into queries and keys
     by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
@@ -561,11 +563,11 @@ def eap(
     pass reaches it, so a batch holds one forward + backward pass and one ``[n_upstream, batch,
     pos, d_model]`` block of differences. Batches get fewer prompts than ``batch_size`` where
     ``max_memory`` (bytes; by default half the memory available at the call) holds fewer
-    (:func:`~circuitkit.attribution.common.memory_per_prompt`); ``ValueError`` before any work
+    (`memory_per_prompt`); ``ValueError`` before any work
     when not even one prompt fits.
 
     ``by_pos``: position-resolved scores, one per edge and token position, labelled
-    ``a0.h0@3->a1.h0@3<k>`` (:func:`circuitkit.names.edge_at`; ``level="node"``: ``a0.h0@3``), in
+    ``a0.h0@3->a1.h0@3<k>`` (`circuitkit.names.edge_at`; ``level="node"``: ``a0.h0@3``), in
     position-major order: the same products kept apart by position, so summed over positions
     they are the ``by_pos=False`` scores. The ``[n_pos, n_slots, n_upstream]`` matrices come
     out of the memory budget (``ValueError`` before any work when they alone do not fit).
@@ -620,32 +622,32 @@ def eap_ig(
 
     score(u -> v) = ``(out_u_source - out_u_clean) . (1/steps) sum_k dM/d input_v (x_k)`` where
     ``x_k = x_source + (k/steps)(x_clean - x_source)`` are interpolated input embeddings,
-    ``k = 1..steps``. ``steps=1`` equals :func:`eap`. Completeness: the scores of all edges
+    ``k = 1..steps``. ``steps=1`` equals `eap`. Completeness: the scores of all edges
     leaving ``input`` sum to about ``metric(source input) - metric(clean)``, closer as
     ``steps`` grows. ``steps * batches`` forward + backward passes (tqdm shows them).
-    ``qk_fix``: as in :func:`eap`, q / k edges scored by AtP*'s QK fix.
+    ``qk_fix``: as in `eap`, q / k edges scored by AtP*'s QK fix.
 
     ``interpolate="activations"`` (after the EAP-IG authors' "EAP-IG-activations", their choice
     for mean and zero ablation, where no input embedding produces the ablated activations): the
     gradient is averaged over runs that each interpolate one group of node outputs (the input,
     one layer's heads, one MLP), everything else clean. Each run is the edge-mask state of
-    :func:`~circuitkit.ablation.edges.run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
+    `run_with_mask` with the group's outgoing edges ablated by ``1 - alpha``: readers
     see ``alpha * live + (1 - alpha) * source``, so gradients reach the group's own inputs
     scaled by ``alpha`` (the authors' code replaces the output by a constant, which stops them).
     ``n_groups`` times the passes (``1 + n_layers`` attention-only, ``1 + 2 n_layers`` otherwise);
-    ``steps=1`` still equals :func:`eap`. ``max_memory``: as in :func:`eap` (a batch holds three
+    ``steps=1`` still equals `eap`. ``max_memory``: as in `eap` (a batch holds three
     blocks of sender outputs while its differences are built, then one).
 
     ``interpolate="mask"`` (auto-circuit's mask-gradient integrated gradients): every edge's mask
     moves from clean (0) to ablated (1) at once and an edge scores its mask gradient averaged over
-    ``steps`` points from 0 to 1 inclusive (see :mod:`circuitkit.attribution.mask`; auto-circuit's
+    ``steps`` points from 0 to 1 inclusive (see `circuitkit.attribution.mask`; auto-circuit's
     ``integrated_grad_samples=steps - 1`` gives ``-steps`` times these scores). ``steps=1`` equals
-    :func:`eap`. Its runs go through the edge-mask engine with every edge's mask live, which holds
+    `eap`. Its runs go through the edge-mask engine with every edge's mask live, which holds
     the split q / k / v inputs: ``max_memory`` does not size its batches (give ``batch_size``).
 
-    ``by_pos``: position-resolved scores, as in :func:`eap` (with ``"mask"``, every edge has a
+    ``by_pos``: position-resolved scores, as in `eap` (with ``"mask"``, every edge has a
     mask per position and an edge at a position scores that mask's gradient). ``source``: as in
-    :func:`eap`.
+    `eap`.
 
     Examples:
         >>> import circuitkit as ck
@@ -658,7 +660,7 @@ def eap_ig(
     given = source
     _check_level(level)
     if interpolate not in INTERPOLATIONS:
-        raise ValueError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
+        raise InputError(f"interpolate must be 'inputs' (the input embeddings), 'activations' (each layer's "
                          f"outputs in turn) or 'mask' (every edge's mask at once), got {interpolate!r}")
     task, index = prepare_attribution(model, task, ablation, steps, batch_size)
     if qk_fix:

@@ -1,4 +1,4 @@
-"""Exact edge patching: every edge ablated alone (:func:`circuitkit.ablation.edges.run_with_mask`,
+"""Exact edge patching: every edge ablated alone (`circuitkit.ablation.edges.run_with_mask`,
 many edges per batched forward pass) — the ground truth the attribution estimates approximate;
 with ``by_pos``, every edge at every position alone."""
 
@@ -18,6 +18,7 @@ from circuitkit.attribution.common import (
     prepare_attribution,
     scores_meta,
 )
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
 
@@ -35,7 +36,7 @@ def exact_edge_patching(
 ) -> Scores:
     """``metric(clean with the edge ablated) - metric(clean)`` for each edge, exactly.
 
-    ``edges``: edge ids (all of :func:`~circuitkit.ablation.edges.graph_edges` by default). Each forward pass runs
+    ``edges``: edge ids (all of `graph_edges` by default). Each forward pass runs
     ``max(1, batch_size // n_prompts)`` edges at once, each on its own copy of the prompts with
     its own edge mask. Unknown edge names raise ``ValueError`` before any run.
 
@@ -57,27 +58,27 @@ def exact_edge_patching(
         (-12.0, 0.0)
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     task, index = prepare_attribution(model, task, ablation)
     n, n_pos = len(task), task.clean.shape[1]
     everything = index.position_edges(n_pos) if by_pos else list(index.edges)
     edge_list = everything if edges is None else ([edges] if isinstance(edges, str) else list(edges))
     if not edge_list:
-        raise ValueError("no edges to patch; pass edge ids or edges=None for all of them")
+        raise InputError("no edges to patch; pass edge ids or edges=None for all of them")
     if len(set(edge_list)) != len(edge_list):
-        raise ValueError("edges contains repeats; pass each edge once")
+        raise InputError("edges contains repeats; pass each edge once")
     device = model_device(model)
     per_run = max(1, batch_size // n)
     if by_pos:
         cells = [index.position_cell(e) for e in edge_list]  # validates names first
         unplaced = [e for e, (p, _, _) in zip(edge_list, cells, strict=True) if p is None or not 0 <= p < n_pos]
         if unplaced:
-            raise ValueError(f"by_pos patches edges at one position each: {unplaced[0]!r} needs a position in "
+            raise InputError(f"by_pos patches edges at one position each: {unplaced[0]!r} needs a position in "
                              f"0..{n_pos - 1} at both ends (names.edge_at(edge, pos), e.g. 'a0.h0@3->a1.h0@3<k>')")
         budget = memory_budget(max_memory)
         fits = int(budget // (n * position_matrix_bytes(index, n_pos)))
         if fits < 1:
-            raise ValueError(
+            raise InputError(
                 f"exact_edge_patching by_pos: one edge's masks for {n} prompts of {n_pos} tokens take about "
                 f"{n * position_matrix_bytes(index, n_pos) / 2**30:.3g} GiB, over the memory budget of "
                 f"{budget / 2**30:.3g} GiB; use fewer or shorter prompts or a larger max_memory (bytes)")
@@ -85,7 +86,7 @@ def exact_edge_patching(
     else:
         with_pos = [e for e in edge_list if "@" in e]
         if with_pos:
-            raise ValueError(f"edge {with_pos[0]!r} carries positions; pass by_pos=True to patch edges at one position")
+            raise InputError(f"edge {with_pos[0]!r} carries positions; pass by_pos=True to patch edges at one position")
         cells = [(None, *index.cell(e)) for e in edge_list]  # validates names first
     cells = torch.tensor([(p or 0, r, c) for p, r, c in cells], device=device)
     source = ablation_source(model, task, ablation, seed=seed) if source is None else source

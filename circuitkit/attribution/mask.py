@@ -2,7 +2,7 @@
 ``integrated_grad_samples``).
 
 Every edge of the graph carries a mask value ``m``; an edge reads ``live + m (source - live)``
-(:func:`~circuitkit.ablation.edges.run_with_mask`). All masks move together from 0 (clean) to 1
+(`run_with_mask`). All masks move together from 0 (clean) to 1
 (every edge ablated), and an edge's score is its mask gradient ``dM/dm_e`` averaged over the
 points ``m = k / (steps - 1)``, ``k = 0..steps-1`` (``m = 0`` alone when ``steps == 1``, which is
 EAP). Summed over all edges, the scores approach ``metric(every edge ablated) - metric(clean)``
@@ -30,10 +30,10 @@ def mask_alphas(steps: int) -> list[float]:
 
 def mask_ig_matrix(model, task, index: GraphIndex, source, steps: int, batch_size: int | None,
                    progress: bool, by_pos: bool = False) -> Tensor:
-    """``[n_slots, n_upstream]``: the mean over :func:`mask_alphas` of ``dM/dm`` with every edge's
+    """``[n_slots, n_upstream]``: the mean over `mask_alphas` of ``dM/dm`` with every edge's
     mask at that value (0 where the graph has no edge). ``source``: node outputs of every prompt
-    (:func:`~circuitkit.ablation.edges.ablation_source`) or ``idx -> those of prompts idx``
-    (:func:`~circuitkit.ablation.edges.batch_source`). ``steps * batches`` forward + backward
+    (`ablation_source`) or ``idx -> those of prompts idx``
+    (`batch_source`). ``steps * batches`` forward + backward
     passes of the edge-mask engine. ``by_pos``: one mask per position,
     ``[n_pos, n_slots, n_upstream]`` scores."""
     source_of = rows_of(source)

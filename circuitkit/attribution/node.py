@@ -17,6 +17,7 @@ from circuitkit.attribution.common import (
     scores_meta,
     stream_mode,
 )
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.scores import Scores
 
@@ -27,9 +28,9 @@ ATTRIBUTION_TARGETS = ("head_out", "mlp_out", "nodes", "z", "q", "k", "v", "patt
 def _target_hooks(index: GraphIndex, target: str) -> list[tuple[str, str, int | None]]:
     """(hook name, kind, layer) for a target; kind says how to label its axes."""
     if target not in ATTRIBUTION_TARGETS:
-        raise ValueError(f"unknown attribution target {target!r}; choose one of {ATTRIBUTION_TARGETS}")
+        raise InputError(f"unknown attribution target {target!r}; choose one of {ATTRIBUTION_TARGETS}")
     if target in ("mlp_out", "resid_mid") and not index.has_mlp:
-        raise ValueError(f"target {target!r} needs MLPs but the model is attention-only; use 'head_out' or 'resid_pre'")
+        raise InputError(f"target {target!r} needs MLPs but the model is attention-only; use 'head_out' or 'resid_pre'")
     out: list[tuple[str, str, int | None]] = []
     if target == "nodes":
         out.append((INPUT_HOOK, "input", None))
@@ -67,7 +68,7 @@ def attribution_patching(
     ``"resid_post"`` (labels ``resid_pre.2``). ``by_pos`` keeps positions: labels ``a1.h0@3``. One forward + backward on the
     clean prompts and one forward on the corrupted prompts per batch; batches hold at most
     ``batch_size`` prompts and fewer where ``max_memory`` (bytes; by default half the memory
-    available) holds fewer, as in :func:`~circuitkit.attribution.eap`.
+    available) holds fewer, as in `eap`.
 
     Examples:
         >>> import circuitkit as ck

@@ -1,5 +1,5 @@
 """Circuits: build from Scores, prune, discover, evaluate, compare, export and render; feature circuits
-over spliced SAEs (:mod:`circuitkit.circuit.features`)."""
+over spliced SAEs (`circuitkit.circuit.features`)."""
 
 from circuitkit.circuit.compare import (
     Overlap,

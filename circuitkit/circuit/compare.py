@@ -10,6 +10,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
 _ENDPOINTS = {names.INPUT, names.LOGITS}
@@ -52,10 +53,10 @@ def overlap(circuit: Circuit | Iterable[str], reference: Circuit | Iterable[str]
         (1.0, 0.71, 5)
     """
     if level not in ("node", "edge"):
-        raise ValueError(f"level must be 'node' or 'edge', got {level!r}")
+        raise InputError(f"level must be 'node' or 'edge', got {level!r}")
     found, ref = _members(circuit, level), _members(reference, level)
     if not ref:
-        raise ValueError(f"the reference circuit has no {level}s; compare at the other level")
+        raise InputError(f"the reference circuit has no {level}s; compare at the other level")
     shared = len(found & ref)
     union = len(found | ref)
     return Overlap(level, shared / len(found) if found else 0.0, shared / len(ref), shared / union if union else 0.0,
@@ -101,7 +102,7 @@ def rank_auc(values: torch.Tensor, positive: torch.Tensor) -> float:
     n_pos = int(positive.sum())
     n_neg = int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"ROC-AUC needs positives and negatives, got {n_pos} positive and {n_neg} negative "
+        raise InputError(f"ROC-AUC needs positives and negatives, got {n_pos} positive and {n_neg} negative "
                          "components; score more components than the reference circuit holds")
     order = torch.argsort(values, stable=True)
     sorted_values = values[order]
@@ -118,7 +119,7 @@ def rank_auc(values: torch.Tensor, positive: torch.Tensor) -> float:
 def node_scores_from_edges(scores: Scores) -> Scores:
     """Node scores from edge scores: each node gets the sum of |score| over the edges touching it."""
     if not scores.is_edge:
-        raise ValueError("node_scores_from_edges needs edge Scores (labels like 'a0.h0->a1.h0<q>')")
+        raise InputError("node_scores_from_edges needs edge Scores (labels like 'a0.h0->a1.h0<q>')")
     totals: dict[str, float] = {}
     for label, value in zip(scores.labels, scores.values.abs().tolist(), strict=True):
         e = names.parse_edge(label)
@@ -133,7 +134,7 @@ def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level:
     """ROC-AUC of ``scores`` at finding ``reference``'s components (rank-based, ties halved).
 
     ``level`` defaults to edges when both the scores and the reference have edges, else nodes
-    (edge scores are turned into node scores with :func:`node_scores_from_edges`). Every
+    (edge scores are turned into node scores with `node_scores_from_edges`). Every
     reference component must have a score; ``input`` / ``logits`` are left out at node level.
     ``ignore``: components of that level left out of both the scores and the reference (e.g.
     reference edges an ablation cannot see, zoo cards' ``mean_ablation_invisible_edges``).
@@ -153,7 +154,7 @@ def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level:
     level = level or ("edge" if scores.is_edge and ref_edges else "node")
     if level == "edge":
         if not scores.is_edge:
-            raise ValueError("edge-level ROC-AUC needs edge Scores; pass level='node' to compare node scores")
+            raise InputError("edge-level ROC-AUC needs edge Scores; pass level='node' to compare node scores")
         ref = ref_edges
     elif level == "node":
         ref = _members(reference, "node")
@@ -161,16 +162,16 @@ def roc_auc(scores: Scores | Circuit, reference: Circuit | Iterable[str], level:
             scores = node_scores_from_edges(scores)
         scores = scores.subset([x for x in scores.labels if x not in _ENDPOINTS])
     else:
-        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+        raise InputError(f"level must be 'edge' or 'node', got {level!r}")
     ignored = set(ignore)
     if ignored:
         ref = ref - ignored
         scores = scores.subset([x for x in scores.labels if x not in ignored])
     if not ref:
-        raise ValueError(f"the reference circuit has no {level}s; pass the other level")
+        raise InputError(f"the reference circuit has no {level}s; pass the other level")
     missing = sorted(ref - set(scores.labels))
     if missing:
-        raise ValueError(f"reference components without a score: {missing[:5]}; score the full model graph "
+        raise InputError(f"reference components without a score: {missing[:5]}; score the full model graph "
                          "(every node or edge) before computing ROC-AUC")
     values = scores.values.abs() if by_abs else scores.values
     positive = torch.tensor([label in ref for label in scores.labels])
@@ -203,11 +204,11 @@ def overlap_matrix(circuits: Mapping[str, Circuit | Iterable[str]], level: str =
         "fraction": lambda a, b: len(a & b) / len(a) if a else 0.0,
     }
     if measure not in measures:
-        raise ValueError(f"unknown overlap measure {measure!r}; choose one of {sorted(measures)}")
+        raise InputError(f"unknown overlap measure {measure!r}; choose one of {sorted(measures)}")
     if level not in ("node", "edge"):
-        raise ValueError(f"level must be 'node' or 'edge', got {level!r}")
+        raise InputError(f"level must be 'node' or 'edge', got {level!r}")
     if len(circuits) < 2:
-        raise ValueError("overlap_matrix needs at least two circuits, e.g. {'ioi': c1, 'colored-objects': c2}")
+        raise InputError("overlap_matrix needs at least two circuits, e.g. {'ioi': c1, 'colored-objects': c2}")
     sets = {name: _members(c, level) for name, c in circuits.items()}
     fn = measures[measure]
     labels = list(sets)

@@ -1,6 +1,6 @@
 """``Circuit``: a networkx graph of model components with typed attributes.
 
-The graph is a :class:`networkx.MultiDiGraph` (a ``DiGraph`` subclass) so that the three inputs
+The graph is a `networkx.MultiDiGraph` (a ``DiGraph`` subclass) so that the three inputs
 of an attention head (``<q>``, ``<k>``, ``<v>``) can each carry their own edge between the same
 two nodes. Every edge's networkx key is its edge id (``names.edge(...)``), node ids are
 ``circuitkit.names`` ids. ``in_graph`` marks membership: a circuit keeps the scores of pruned
@@ -23,6 +23,7 @@ import networkx as nx
 import torch
 
 from circuitkit import names
+from circuitkit.errors import InputError, InputTypeError, UnknownNameError
 from circuitkit.scores import Scores
 
 NODE_ATTRS = ("kind", "layer", "head", "score", "sign", "method", "task", "in_graph")
@@ -39,7 +40,7 @@ def _sign(score: float | None) -> int | None:
 
 def node_attrs(node_id: str, score: float | None = None, method: str = "", task: str = "",
                in_graph: bool = True, **extra: Any) -> dict[str, Any]:
-    """The typed attribute dict of node ``node_id`` (parsed with :mod:`circuitkit.names`)."""
+    """The typed attribute dict of node ``node_id`` (parsed with `circuitkit.names`)."""
     node = names.parse_node(node_id)
     score = None if score is None else float(score)
     return {"kind": node.kind, "layer": node.layer, "head": node.head, "score": score, "sign": _sign(score),
@@ -74,7 +75,7 @@ class Circuit:
     def __init__(self, graph: nx.MultiDiGraph | None = None, **graph_attrs: Any) -> None:
         self.graph = graph if graph is not None else nx.MultiDiGraph()
         if not isinstance(self.graph, nx.MultiDiGraph):
-            raise TypeError(
+            raise InputTypeError(
                 f"Circuit wraps a networkx.MultiDiGraph (edge key = edge id), got {type(self.graph).__name__}; "
                 "build one with Circuit.from_nodes_edges or Circuit.from_scores"
             )
@@ -90,9 +91,9 @@ class Circuit:
                     has_mlp: bool | None = None, in_graph: bool = True) -> Circuit:
         """Every scored component becomes a node (node scores) or an edge plus its endpoints
         (edge scores), carrying its score, sign, the method and the task; all marked ``in_graph``
-        (prune with :meth:`threshold` / :meth:`top_k`)."""
+        (prune with `threshold` / `top_k`)."""
         if len(scores) == 0:
-            raise ValueError("cannot build a circuit from empty Scores; run a method that scores components first")
+            raise InputError("cannot build a circuit from empty Scores; run a method that scores components first")
         meta = scores.meta or {}
         circuit = cls(method=scores.method, task=scores.task,
                       n_layers=n_layers if n_layers is not None else meta.get("n_layers"),
@@ -124,7 +125,7 @@ class Circuit:
             else:
                 circuit.graph.add_node(node, **node_attrs(node, scores.get(node), method, task, True))
         if not circuit.graph:
-            raise ValueError("a circuit needs at least one node or edge; give nodes=[...] and/or edges=[...]")
+            raise InputError("a circuit needs at least one node or edge; give nodes=[...] and/or edges=[...]")
         circuit.infer_shape()
         return circuit
 
@@ -162,17 +163,17 @@ class Circuit:
             parsed = names.parse_node(node)
             missing = [a for a in NODE_ATTRS if a not in data]
             if missing:
-                raise ValueError(f"circuit node {node!r} lacks attributes {missing}; build nodes with circuit.graph.add_node(id, **node_attrs(id, score))")
+                raise InputError(f"circuit node {node!r} lacks attributes {missing}; build nodes with circuit.graph.add_node(id, **node_attrs(id, score))")
             if data["kind"] != parsed.kind:
-                raise ValueError(f"circuit node {node!r} has kind {data['kind']!r} but its id says {parsed.kind!r}")
+                raise InputError(f"circuit node {node!r} has kind {data['kind']!r} but its id says {parsed.kind!r}")
             _check_scalars(data, f"node {node!r}")
         for parent, child, key, data in self.graph.edges(keys=True, data=True):
             e = names.parse_edge(key)
             if (e.parent, e.child) != (parent, child):
-                raise ValueError(f"circuit edge key {key!r} does not match its endpoints {parent!r} -> {child!r}")
+                raise InputError(f"circuit edge key {key!r} does not match its endpoints {parent!r} -> {child!r}")
             missing = [a for a in EDGE_ATTRS if a not in data]
             if missing:
-                raise ValueError(f"circuit edge {key!r} lacks attributes {missing}; build edges with edge_attrs(id, score)")
+                raise InputError(f"circuit edge {key!r} lacks attributes {missing}; build edges with edge_attrs(id, score)")
             _check_scalars(data, f"edge {key!r}")
 
     # --- views --------------------------------------------------------------------------------
@@ -230,13 +231,13 @@ class Circuit:
         try:
             return self.graph.edges[e.parent, e.child, edge_id]
         except KeyError:
-            raise KeyError(f"edge {edge_id!r} is not in this circuit") from None
+            raise UnknownNameError(f"edge {edge_id!r} is not in this circuit") from None
 
     def node_data(self, node_id: str) -> dict[str, Any]:
         try:
             return self.graph.nodes[node_id]
         except KeyError:
-            raise KeyError(f"node {node_id!r} is not in this circuit") from None
+            raise UnknownNameError(f"node {node_id!r} is not in this circuit") from None
 
     def subgraph(self) -> nx.MultiDiGraph:
         """A read-only view of the in-graph nodes and edges."""
@@ -244,16 +245,16 @@ class Circuit:
                                 filter_edge=lambda u, v, k: self.graph.edges[u, v, k]["in_graph"])
 
     def scores(self, level: str | None = None) -> Scores:
-        """The scored components (in-graph or not) as :class:`Scores` (``level``: "edge" or "node")."""
+        """The scored components (in-graph or not) as `Scores` (``level``: "edge" or "node")."""
         level = level or self.level
         if level == "edge":
             items = [(k, d["score"]) for _, _, k, d in self.graph.edges(keys=True, data=True) if d["score"] is not None]
         elif level == "node":
             items = [(n, d["score"]) for n, d in self.graph.nodes(data=True) if d["score"] is not None]
         else:
-            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+            raise InputError(f"level must be 'edge' or 'node', got {level!r}")
         if not items:
-            raise ValueError(f"this circuit has no {level} scores; build it with Circuit.from_scores")
+            raise InputError(f"this circuit has no {level} scores; build it with Circuit.from_scores")
         labels, values = zip(*items, strict=True)
         return Scores(torch.tensor(values), list(labels), self.method, self.task,
                       meta={k: self.graph.graph[k] for k in ("n_layers", "n_heads", "has_mlp")})
@@ -303,7 +304,7 @@ class Circuit:
         """A copy whose in-graph set is exactly ``members`` (edge ids, or node ids for node circuits).
 
         For edge circuits a node is in the graph when an in-graph edge touches it; ``prune``
-        then drops edges that lie on no ``input -> logits`` path (see :meth:`prune_dangling`).
+        then drops edges that lie on no ``input -> logits`` path (see `prune_dangling`).
         """
         level = level or self.level
         members = set(members)
@@ -312,7 +313,7 @@ class Circuit:
         if level == "edge":
             unknown = [m for m in members if not _has_edge(g, m)]
             if unknown:
-                raise KeyError(f"edges not in this circuit: {sorted(unknown)[:5]}")
+                raise UnknownNameError(f"edges not in this circuit: {sorted(unknown)[:5]}")
             for _, _, k, d in g.edges(keys=True, data=True):
                 d["in_graph"] = k in members
             out._sync_nodes_to_edges()
@@ -321,13 +322,13 @@ class Circuit:
         elif level == "node":
             unknown = members - set(g.nodes)
             if unknown:
-                raise KeyError(f"nodes not in this circuit: {sorted(unknown)[:5]}")
+                raise UnknownNameError(f"nodes not in this circuit: {sorted(unknown)[:5]}")
             for n, d in g.nodes(data=True):
                 d["in_graph"] = n in members
             for u, v, _, d in g.edges(keys=True, data=True):
                 d["in_graph"] = d["in_graph"] and u in members and v in members
         else:
-            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+            raise InputError(f"level must be 'edge' or 'node', got {level!r}")
         return out
 
     def _sync_nodes_to_edges(self) -> None:
@@ -341,7 +342,7 @@ class Circuit:
                  ((None, None, n, d) for n, d in self.graph.nodes(data=True)))
         scored = [(k, d["score"]) for _, _, k, d in items if d["score"] is not None]
         if not scored:
-            raise ValueError(f"this circuit has no {level} scores to prune by; build it with Circuit.from_scores")
+            raise InputError(f"this circuit has no {level} scores to prune by; build it with Circuit.from_scores")
         return sorted(scored, key=lambda kv: (-(abs(kv[1]) if by_abs else kv[1]), kv[0]))
 
     def threshold(self, threshold: float, level: str | None = None, by_abs: bool = True, prune: bool = True) -> Circuit:
@@ -353,7 +354,7 @@ class Circuit:
     def top_k(self, k: int, level: str | None = None, by_abs: bool = True, prune: bool = True) -> Circuit:
         """Keep the ``k`` highest-scoring components (by |score| unless ``by_abs=False``; ties by id)."""
         if not isinstance(k, int) or k < 0:
-            raise ValueError(f"top_k needs a non-negative integer k, got {k!r}")
+            raise InputError(f"top_k needs a non-negative integer k, got {k!r}")
         level = level or self.level
         keep = [name for name, _ in self._ranked(level, by_abs)[:k]]
         return self.with_members(keep, level, prune)
@@ -361,7 +362,7 @@ class Circuit:
     def prune_dangling(self) -> Circuit:
         """A copy keeping only in-graph edges on some ``input -> logits`` path of in-graph edges
         (position-resolved: a head's inputs at position p reach its outputs at later positions
-        through attention, :func:`~circuitkit.names.attention_links`)."""
+        through attention, `attention_links`)."""
         out = self.copy()
         view = nx.DiGraph(out.subgraph())
         view.add_edges_from(names.attention_links(list(view)))
@@ -385,7 +386,7 @@ def _has_edge(g: nx.MultiDiGraph, edge_id: str) -> bool:
 def _check_scalars(data: Mapping[str, Any], where: str) -> None:
     for key, value in data.items():
         if not isinstance(value, SCALAR_TYPES):
-            raise ValueError(
+            raise InputError(
                 f"circuit {where} attribute {key!r} is a {type(value).__name__}; attributes must be str, int, "
                 "float, bool or None so that every export format keeps them (store a JSON string instead)"
             )

@@ -2,14 +2,14 @@
 
 Every edge outside the circuit reads its parent's activation from an ablation source (mean over
 clean prompts, a resampled prompt, or the corrupted prompt) via
-:func:`circuitkit.ablation.edges.run_with_edges`; a node-level circuit keeps every model edge
+`circuitkit.ablation.edges.run_with_edges`; a node-level circuit keeps every model edge
 among its nodes (plus ``input`` and ``logits``).
 
 ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``: 1 = the circuit alone reproduces the model.
 
 Position-resolved circuits (edges ``a0.h0@3->a1.h0@3<k>``, nodes ``a1.h0@9``) are evaluated the
 same way on the position-resolved graph: every (edge, position) outside the circuit is ablated at
-that position (:func:`~circuitkit.ablation.edges.run_with_mask` with a per-position mask). A
+that position (`run_with_mask` with a per-position mask). A
 circuit that keeps an edge at every position is the edge-level circuit keeping it.
 """
 
@@ -26,6 +26,7 @@ from circuitkit.ablation.edges import ablation_source, graph_edges, run_with_edg
 from circuitkit.ablation.kinds import DEFAULT_ABLATION, check_kind
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.layers import LayerEvaluator, is_layer_node
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import normalized
 
@@ -72,7 +73,7 @@ class EdgeEvaluator:
             self.metric_full = float(task.score(model(task.clean)))
         self.metric_empty = self.metric([])
         if abs(self.metric_full - self.metric_empty) < 1e-6:
-            raise ValueError(
+            raise InputError(
                 f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
                 f"({self.metric_full:.4g}); faithfulness is undefined, pick another ablation or task"
             )
@@ -83,7 +84,7 @@ class EdgeEvaluator:
         if unknown:
             form = ("position-resolved ids 'parent@p->child@p' for positions of the task's prompts (by_pos=True)"
                     if self.by_pos else "names.all_edges ids (positions need by_pos=True)")
-            raise ValueError(f"edges not in this model's graph: {unknown[:5]}; circuits must use {form} for this "
+            raise InputError(f"edges not in this model's graph: {unknown[:5]}; circuits must use {form} for this "
                              "model (no features or layers it lacks)")
         return edges
 
@@ -128,7 +129,7 @@ def _edges_among(nodes: set[str], model_edges: Sequence[str], inside: bool) -> l
     ``input`` and ``logits`` (at any position) on both sides."""
     unknown = [n for n in nodes if names.parse_node(n).kind in ("feature", "error", "site")]
     if unknown:
-        raise ValueError(f"node circuits are evaluated on heads / MLPs; {unknown[:3]} are SAE features or sites")
+        raise InputError(f"node circuits are evaluated on heads / MLPs; {unknown[:3]} are SAE features or sites")
 
     def kept(node: str) -> bool:
         return names.parse_node(node).kind in ("input", "logits") or (node in nodes) == inside
@@ -143,15 +144,15 @@ def _edges_among(nodes: set[str], model_edges: Sequence[str], inside: bool) -> l
 
 def is_layer_circuit(circuit: Circuit) -> bool:
     """Whether the circuit is on the layer graph (nodes ``attn_out.L`` / ``m{L}``,
-    :mod:`circuitkit.circuit.layers`)."""
+    `circuitkit.circuit.layers`)."""
     return circuit.level == "node" and any(is_layer_node(n) for n in circuit.graph)
 
 
 def evaluate(model, task, circuit: Circuit, ablation: str = DEFAULT_ABLATION, seed: int = 0,
              evaluator: EdgeEvaluator | LayerEvaluator | None = None) -> CircuitEvaluation:
-    """Faithfulness and completeness of ``circuit`` on ``task`` (see :class:`CircuitEvaluation`);
+    """Faithfulness and completeness of ``circuit`` on ``task`` (see `CircuitEvaluation`);
     a position-resolved circuit on the position-resolved graph, a layer-level circuit
-    (:mod:`circuitkit.circuit.layers`) by ablating whole attention blocks and MLPs
+    (`circuitkit.circuit.layers`) by ablating whole attention blocks and MLPs
     (``n_edges`` then counts nodes).
 
     Examples:
@@ -224,7 +225,7 @@ SIGNS = ("circuitkit", "mib")
 
 def _check_sign(sign: str) -> None:
     if sign not in SIGNS:
-        raise ValueError(f"sign must be 'circuitkit' (scores estimate m(ablated) - m(clean): needed edges negative) "
+        raise InputError(f"sign must be 'circuitkit' (scores estimate m(ablated) - m(clean): needed edges negative) "
                          f"or 'mib' (loss attributions: needed edges positive), got {sign!r}")
 
 
@@ -239,7 +240,7 @@ def rank_edges(scores: Scores, model_edges: Sequence[str], by_abs: bool, sign: s
     known = set(model_edges)
     unknown = [label for label in values if label not in known]
     if unknown:
-        raise ValueError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
+        raise InputError(f"scores for edges this model lacks: {unknown[:5]}; score this model's graph "
                          "(circuitkit.ablation.edges.graph_edges)")
     factor = -1.0 if sign == "circuitkit" else 1.0
     def key(edge: str):
@@ -255,7 +256,7 @@ def scores_by_pos(scores: Scores) -> bool:
 
 def _check_edge_scores(scores: Scores) -> None:
     if not scores.is_edge:
-        raise ValueError("the faithfulness curve ranks edges: pass edge Scores (e.g. from EAP-IG); for node scores "
+        raise InputError("the faithfulness curve ranks edges: pass edge Scores (e.g. from EAP-IG); for node scores "
                          "build circuits with Circuit.from_scores(scores).top_k(k) and call faithfulness()")
 
 
@@ -267,7 +268,7 @@ def mib_size(k: float, n_total: int) -> int:
 def mib_prune(edges: Iterable[str]) -> list[str]:
     """The edges MIB evaluates of an edge set: EAP-IG's ``Graph.prune`` drops nodes lacking an
     in-graph input (the input node excepted) or output edge until nothing changes, which on a DAG
-    keeps the edges on ``input -> logits`` paths (:meth:`Circuit.prune_dangling`)."""
+    keeps the edges on ``input -> logits`` paths (`Circuit.prune_dangling`)."""
     edges = list(edges)
     if not edges:
         return []
@@ -300,7 +301,7 @@ def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS
     Returns a DataFrame with columns ``k`` (%), ``n_edges`` (MIB's size), ``n_signed`` /
     ``n_abs`` (edges left after pruning), ``f_signed`` (top-k by signed importance, for CPR) and
     ``f_abs`` (top-k by |score|, for CMD); ``frame.attrs`` holds ``cpr`` (area under f_signed,
-    higher is better) and ``cmd`` (area under |1 - f_abs|, lower is better), see :func:`curve_areas`.
+    higher is better) and ``cmd`` (area under |1 - f_abs|, lower is better), see `curve_areas`.
 
     Examples:
         >>> import circuitkit as ck
@@ -320,7 +321,7 @@ def faithfulness_curve(model, task, scores: Scores, ks: Sequence[float] = MIB_KS
     _check_sign(sign)
     ks = sorted(float(k) for k in ks)
     if not ks or ks[0] <= 0 or ks[-1] > 100:
-        raise ValueError(f"ks are percentages of edges in (0, 100], got {ks}")
+        raise InputError(f"ks are percentages of edges in (0, 100], got {ks}")
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=scores_by_pos(scores))
     signed = rank_edges(scores, ev.model_edges, False, sign)
     absolute = rank_edges(scores, ev.model_edges, True)
@@ -370,9 +371,9 @@ def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation
     """
     _check_edge_scores(scores)
     if not 0 < target <= 1:
-        raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
+        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
     if search not in ("binary", "linear"):
-        raise ValueError(f"search must be 'binary' or 'linear', got {search!r}")
+        raise InputError(f"search must be 'binary' or 'linear', got {search!r}")
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=scores_by_pos(scores))
     order = rank_edges(scores, ev.model_edges, True)
     total = len(order)

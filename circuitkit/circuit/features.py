@@ -1,14 +1,14 @@
-"""Feature circuits: the feature graph as a :class:`Circuit`, and its faithfulness by ablating features.
+"""Feature circuits: the feature graph as a `Circuit`, and its faithfulness by ablating features.
 
-:func:`feature_circuit` runs :func:`circuitkit.sae.graph.feature_graph` (SAEs / transcoders spliced
+`feature_circuit` runs `circuitkit.sae.graph.feature_graph` (SAEs / transcoders spliced
 at several sites, error terms kept) and returns a ``Circuit`` whose nodes are features
 ``f{L}.{site}.{i}@{pos}``, error nodes ``e{L}.{site}@{pos}``, ``input@{pos}`` and ``logits``
 (no ``@pos`` when aggregated over positions), with node and edge scores; prune it with
 ``threshold`` / ``top_k`` (node or edge level) as any circuit.
 
-:func:`evaluate_feature_circuit` sets every feature outside the circuit to its mean over the clean
+`evaluate_feature_circuit` sets every feature outside the circuit to its mean over the clean
 prompts (at its position) and measures ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``; error nodes
-are kept or ablated as ``errors`` says. :func:`check_estimates` compares the estimates with
+are kept or ablated as ``errors`` says. `check_estimates` compares the estimates with
 exact patching on a sample (Spearman).
 """
 
@@ -24,12 +24,15 @@ import torch
 from circuitkit import names
 from circuitkit.circuit.core import Circuit, node_attrs
 from circuitkit.circuit.io.attribution_graph import example_prompt
+from circuitkit.errors import InputError
+from circuitkit.sae.graph import METHODS as GRAPH_METHODS
 from circuitkit.sae.graph import (
+    Baseline,
     FeatureGraph,
-    baseline_values,
     exact_edge_effects,
     exact_node_effects,
     feature_graph,
+    resolve_baseline,
     run_with_features,
 )
 from circuitkit.sae.linear import linear_feature_graph
@@ -38,10 +41,12 @@ from circuitkit.tasks.metrics import normalized
 from circuitkit.tokenizers import check_token_ids
 
 ERROR_MODES = ("circuit", "keep", "ablate")
+# feature_circuit's estimators: Marks et al.'s (sae.graph) and the exact linear transcoder graph
+FEATURE_CIRCUIT_METHODS = (*GRAPH_METHODS, "linear")
 
 
 def graph_circuit(graph: FeatureGraph, model=None) -> Circuit:
-    """A :class:`Circuit` of the graph's candidate nodes (with their scores) and its edges."""
+    """A `Circuit` of the graph's candidate nodes (with their scores) and its edges."""
     shape = Circuit.for_model(model) if model is not None else {}
     circuit = Circuit(method=graph.nodes.method, task=graph.nodes.task,
                       meta={"metric": graph.nodes.metric, "baseline": graph.baseline, "positions": graph.positions,
@@ -61,8 +66,8 @@ def graph_circuit(graph: FeatureGraph, model=None) -> Circuit:
 
 
 def feature_circuit(model, saes, task, **kwargs) -> Circuit:
-    """The feature graph of ``task`` as a :class:`Circuit` (``kwargs``: see
-    :func:`~circuitkit.sae.graph.feature_graph`: ``method``, ``steps``, ``baseline``,
+    """The feature graph of ``task`` as a `Circuit` (``kwargs``: see
+    `feature_graph`: ``method``, ``steps``, ``baseline``,
     ``positions``, ``node_threshold``, ``max_nodes``). ``circuit.meta["example_prompt"]`` holds
     the prompt with the latest answer (every node's position lies within it), so the circuit
     exports to circuit-tracer's attribution graph.
@@ -82,7 +87,7 @@ def feature_circuit(model, saes, task, **kwargs) -> Circuit:
     if kwargs.get("method") == "linear":
         extra = sorted(set(kwargs) - {"method", "positions", "node_threshold", "max_nodes", "chunk", "progress"})
         if extra:
-            raise ValueError(f"method='linear' computes exact edges (no baseline, no IG steps); drop {extra}")
+            raise InputError(f"method='linear' computes exact edges (no baseline, no IG steps); drop {extra}")
         kwargs.pop("method")
         graph = linear_feature_graph(model, saes, task, **kwargs)
     else:
@@ -104,9 +109,9 @@ def top_features(circuit: Circuit, k: int | None = None, threshold: float | None
     toward ``k``.
     """
     if k is None and threshold is None:
-        raise ValueError("give k (how many feature / error nodes to keep) and / or threshold (a |score| cut)")
+        raise InputError("give k (how many feature / error nodes to keep) and / or threshold (a |score| cut)")
     if k is not None and (not isinstance(k, int) or k < 0):
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        raise InputError(f"k must be a non-negative integer, got {k!r}")
     g = circuit.graph
     ranked = sorted(((n, abs(d["score"])) for n, d in g.nodes(data=True)
                      if d["kind"] in ("feature", "error") and d["score"] is not None), key=lambda x: (-x[1], x[0]))
@@ -157,11 +162,11 @@ def _masks(circuit: Circuit, sites, n_pos: int):
             continue
         i = index.get((node.layer, node.hook))
         if i is None:
-            raise ValueError(f"circuit node {node_id!r} names no spliced site; the sites are "
+            raise InputError(f"circuit node {node_id!r} names no spliced site; the sites are "
                              f"{[names.error(s.layer, s.short) for s in sites]}")
         where = slice(None) if node.pos is None else node.pos
         if node.pos is not None and not 0 <= node.pos < n_pos:
-            raise ValueError(f"circuit node {node_id!r} is at position {node.pos}; the task's prompts have {n_pos}")
+            raise InputError(f"circuit node {node_id!r} is at position {node.pos}; the task's prompts have {n_pos}")
         if node.kind == "feature":
             acts[i][where, node.index] = True
             n_feat += 1
@@ -172,13 +177,15 @@ def _masks(circuit: Circuit, sites, n_pos: int):
 
 
 def evaluate_feature_circuit(model, saes, task, circuit: Circuit | Sequence[str], errors: str = "circuit",
-                             baseline: str = "mean") -> FeatureCircuitEvaluation:
+                             baseline: str | Baseline | None = None) -> FeatureCircuitEvaluation:
     """Faithfulness and completeness of a feature circuit (or a list of its node ids).
 
     ``errors``: ``"circuit"`` keeps the error nodes in the circuit and ablates the rest (Marks et
     al.), ``"keep"`` keeps every error term (the features alone are judged), ``"ablate"`` ablates
     every error term. The empty circuit ablates every feature (and the errors ``errors`` ablates);
-    the input is always kept.
+    the input is always kept. ``baseline``: what an ablated node takes, by default the one the
+    circuit was found with (its ``meta["baseline"]``, else ``"mean"``), or a computed
+    ``Baseline`` shared with discovery.
 
     Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
@@ -194,14 +201,16 @@ def evaluate_feature_circuit(model, saes, task, circuit: Circuit | Sequence[str]
         (10, 'circuit', 12.0)
     """
     if errors not in ERROR_MODES:
-        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        raise InputError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
     if not isinstance(circuit, Circuit):
         circuit = Circuit.from_nodes_edges(list(circuit), method="given", task=task.name)
     task.check_model(model)
     sites = make_sites(model, saes)
     clean = check_token_ids(model, task.clean)
     n_pos = clean.shape[1]
-    base = baseline_values(model, sites, task, baseline)
+    if baseline is None:
+        baseline = circuit.meta.get("baseline") or "mean"
+    base = resolve_baseline(model, sites, task, baseline)
     acts, errs, n_feat, n_err = _masks(circuit, sites, n_pos)
     all_e = {i: torch.ones_like(e) for i, e in errs.items()}
     no_e = {i: torch.zeros_like(e) for i, e in errs.items()}
@@ -222,7 +231,7 @@ def evaluate_feature_circuit(model, saes, task, circuit: Circuit | Sequence[str]
     m_comp = score({i: ~a for i, a in acts.items()}, errs_comp)
     m_empty = score(no_a, errs_empty)
     if abs(full - m_empty) < 1e-6:
-        raise ValueError(f"ablating every feature leaves task {task.name!r}'s metric at {full:.4g}; faithfulness is "
+        raise InputError(f"ablating every feature leaves task {task.name!r}'s metric at {full:.4g}; faithfulness is "
                          "undefined: the SAEs' features carry nothing of this behaviour (or errors='keep' keeps it all)")
     scored = [(n, circuit.graph.nodes[n]["score"]) for n in circuit.nodes
               if circuit.graph.nodes[n]["kind"] in ("feature", "error") and circuit.graph.nodes[n]["score"] is not None]

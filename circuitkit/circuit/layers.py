@@ -2,13 +2,13 @@
 
 Where a model's attention cannot be taken apart into heads whose inputs and outputs add up
 (multi-head latent attention, Gemma-4's per-layer head widths and shared keys, a hybrid's mixers;
-:func:`circuitkit.models.backend.audit`), a circuit is still found one level up. A node outside the
+`circuitkit.models.backend.audit`), a circuit is still found one level up. A node outside the
 circuit reads its output from the ablation source (the vocabulary of
-:mod:`circuitkit.ablation.kinds`) and everything after it is the model's own computation, so no
+`circuitkit.ablation.kinds`) and everything after it is the model's own computation, so no
 residual-stream decomposition is assumed: per-layer embeddings, multipliers and mixers outside
 the hooks stay where the model puts them.
 
-Faithfulness is :mod:`circuitkit.circuit.evaluation`'s, with nodes in place of edges:
+Faithfulness is `circuitkit.circuit.evaluation`'s, with nodes in place of edges:
 ``f(C) = (m(C) - m(∅)) / (m(full) - m(∅))``, where ``m(∅)`` ablates every node.
 
 Scores estimate ``m(node ablated) - m(clean)``, as the edge methods' do:
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from circuitkit import names
 from circuitkit.ablation.kinds import DEFAULT_ABLATION, check_kind, resample_permutation
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import normalized
@@ -57,7 +58,7 @@ def node_hook(node_id: str) -> str:
         return names.hook("attn_out", node.layer)
     if node.kind == "mlp" and node.pos is None:
         return names.output_hook(node)
-    raise ValueError(f"{node_id!r} is not a layer-level node; layer circuits use 'attn_out.<layer>' and "
+    raise InputError(f"{node_id!r} is not a layer-level node; layer circuits use 'attn_out.<layer>' and "
                      "'m<layer>' (circuitkit.circuit.layers.layer_nodes)")
 
 
@@ -70,7 +71,7 @@ def _run(model, tokens: Tensor, fwd_hooks) -> Tensor:
 class LayerEvaluator:
     """The ablation source and the full / empty metrics of one (model, task, ablation) on the
     layer graph, with every metric it computes cached (the node-level twin of
-    :class:`~circuitkit.circuit.evaluation.EdgeEvaluator`)."""
+    `EdgeEvaluator`)."""
 
     def __init__(self, model, task, ablation: str = DEFAULT_ABLATION, seed: int = 0) -> None:
         check_kind(ablation)
@@ -85,7 +86,7 @@ class LayerEvaluator:
             self.metric_full = float(task.score(model(self.tokens)))
         self.metric_empty = self.metric([])
         if abs(self.metric_full - self.metric_empty) < 1e-6:
-            raise ValueError(
+            raise InputError(
                 f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
                 f"({self.metric_full:.4g}); faithfulness is undefined, pick another ablation or task")
 
@@ -116,7 +117,7 @@ class LayerEvaluator:
         nodes = [nodes] if isinstance(nodes, str) else list(nodes)
         unknown = [n for n in nodes if n not in self._node_set]
         if unknown:
-            raise ValueError(f"nodes not in this model's layer graph: {unknown[:5]}; layer circuits use "
+            raise InputError(f"nodes not in this model's layer graph: {unknown[:5]}; layer circuits use "
                              f"{self.nodes[:2]} ... (circuitkit.circuit.layers.layer_nodes)")
         return nodes
 
@@ -158,7 +159,7 @@ class LayerEvaluator:
 
 def score_layers(model, task, method: str = "eap-ig", *, ablation: str = DEFAULT_ABLATION, steps: int = 10,
                  progress: bool = False, evaluator: LayerEvaluator | None = None) -> Scores:
-    """Node scores ``[n_nodes]`` over :func:`layer_nodes`, each estimating ``m(node ablated) -
+    """Node scores ``[n_nodes]`` over `layer_nodes`, each estimating ``m(node ablated) -
     m(clean)``: ``exact`` (one run per node), ``eap`` (one forward + backward) or ``eap-ig``
     (``steps`` forward + backward passes along the joint ablation mask; see the module).
 
@@ -171,9 +172,9 @@ def score_layers(model, task, method: str = "eap-ig", *, ablation: str = DEFAULT
         [('attn_out.0', -12.0), ('attn_out.1', -11.9)]
     """
     if method not in LAYER_METHODS:
-        raise ValueError(f"layer-level discovery scores nodes with {LAYER_METHODS}, not {method!r}")
+        raise InputError(f"layer-level discovery scores nodes with {LAYER_METHODS}, not {method!r}")
     if method == "eap-ig" and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
     ev = evaluator or LayerEvaluator(model, task, ablation)
     if method == "exact":
         values = torch.tensor([ev.metric([m for m in ev.nodes if m != n]) - ev.metric_full

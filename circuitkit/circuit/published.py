@@ -1,5 +1,5 @@
 """Published reference circuits of real models, as data with their provenance, to score a discovery
-with :func:`~circuitkit.circuit.compare.roc_auc` on the real weights (``load_model("gpt2")``,
+with `roc_auc` on the real weights (``load_model("gpt2")``,
 ``load_model("attn-only-4l")``) when the user has them.
 
 Each entry names the paper, the model it was found in, the components by class as the paper lists
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from circuitkit import names
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import UnknownNameError
 
 IOI_CLASSES = {  # Wang et al. 2022, "Interpretability in the Wild", Fig. 2 and Sec. 3: 26 heads in 7 classes
     "duplicate_token": ["a0.h1", "a0.h10", "a3.h0"],
@@ -165,10 +166,10 @@ PUBLISHED = {
 
 def published_circuit(name: str) -> Circuit:
     """The published circuit ``name`` (``gpt2-ioi``, ``gpt2-greater-than``, ``attn-only-4l-docstring``)
-    as a :class:`Circuit`; its ``meta`` holds the paper, the model, the classes and the granularity
+    as a `Circuit`; its ``meta`` holds the paper, the model, the classes and the granularity
     note (and, where the source gives them, the token roles of each edge under ``positions``)."""
     if name not in PUBLISHED:
-        raise KeyError(f"no published circuit {name!r}; choose one of {sorted(PUBLISHED)}")
+        raise UnknownNameError(f"no published circuit {name!r}; choose one of {sorted(PUBLISHED)}")
     entry = PUBLISHED[name]
     edges = entry["edges"]()
     circuit = Circuit.from_nodes_edges((), edges, **entry["shape"])

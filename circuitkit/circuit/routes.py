@@ -17,6 +17,7 @@ import networkx as nx
 import torch
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
 
@@ -24,12 +25,12 @@ def route_widths(scores: Scores) -> dict[str, float]:
     """For every node, the widest route to ``logits``: max over routes of the smallest |score|
     on the route (``inf`` for ``logits``, 0 for a node with no scored route)."""
     if not scores.is_edge:
-        raise ValueError("route widths need edge Scores (labels like 'a0.h0->a1.h0<q>'), e.g. from eap_ig")
+        raise InputError("route widths need edge Scores (labels like 'a0.h0->a1.h0<q>'), e.g. from eap_ig")
     graph = nx.DiGraph()
     for label, value in zip(scores.labels, scores.values.abs().tolist(), strict=True):
         edge = names.parse_edge(label)
         if not math.isfinite(value):
-            raise ValueError(f"edge {label!r} has score {value}; route widths need finite scores")
+            raise InputError(f"edge {label!r} has score {value}; route widths need finite scores")
         # q, k and v edges between the same two nodes: the widest one is the route
         best = graph.edges[edge.parent, edge.child]["width"] if graph.has_edge(edge.parent, edge.child) else 0.0
         graph.add_edge(edge.parent, edge.child, width=max(best, value))

@@ -11,6 +11,7 @@ from circuitkit.cli.common import (
     model_from_args,
     task_from_args,
 )
+from circuitkit.errors import InputError
 
 COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "convert a circuit file to another format"}
 
@@ -116,7 +117,7 @@ def _cmd_export(args) -> int:
     given = {key: value for key, value in mib_options.items() if value is not None}
     if given and args.to != "mib":
         flags = ", ".join("--" + key.replace("_", "-") for key in given)
-        raise ValueError(f"{flags} only apply to --to mib (EAP-IG / MIB JSON), not --to {args.to}; drop them")
+        raise InputError(f"{flags} only apply to --to mib (EAP-IG / MIB JSON), not --to {args.to}; drop them")
     path = convert(args.circuit, args.out, args.to, args.src_format, **given)
     print(f"wrote {args.to} circuit to {path}")
     return 0

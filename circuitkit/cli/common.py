@@ -1,5 +1,5 @@
 """What several commands share: resolving a model's task, checking output folders, writing tables
-and figures (through :mod:`circuitkit.atomic`, so nothing is left half-written)."""
+and figures (through `circuitkit.atomic`, so nothing is left half-written)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from circuitkit.atomic import write_text, write_with
+from circuitkit.errors import InputError, MissingFileError
 
 TASK_HELP = ("a task builder (ioi, induction, greater_than, multiple_choice, needle) or a task file "
              "(.json / .yaml with prompts and answers, .safetensors with token tensors; format: "
@@ -20,8 +21,10 @@ def add_model_argument(parser) -> None:
 
 
 def add_backend_argument(parser) -> None:
-    """``--backend``: which TransformerLens model class :func:`model_from_args` loads."""
-    parser.add_argument("--backend", choices=("auto", "hooked", "bridge"), default="auto",
+    """``--backend``: which TransformerLens model class `model_from_args` loads."""
+    from circuitkit.models.loading import BACKEND_CHOICES
+
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge around "
                              "the Hugging Face model ('bridge'), or 'auto': HookedTransformer where TransformerLens "
                              "converts the architecture, the bridge otherwise (default: auto)")
@@ -52,7 +55,7 @@ def add_task_arguments(parser, default_help: str, n_prompts: int | None = 16) ->
 
 
 def parse_task_args(pairs: list[str]) -> dict:
-    """``--task-arg`` pairs: :func:`parse_key_values`."""
+    """``--task-arg`` pairs: `parse_key_values`."""
     return parse_key_values(pairs, "--task-arg", "n_prompts=32")
 
 
@@ -66,13 +69,13 @@ def parse_key_values(pairs: list[str], option: str, example: str) -> dict:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} {example}")
+            raise InputError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} {example}")
         if key in params:
-            raise ValueError(f"{option} {key!r} is given twice; give each parameter once")
+            raise InputError(f"{option} {key!r} is given twice; give each parameter once")
         try:
             params[key] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as exc:
-            raise ValueError(f"{option} {pair!r}: the value is not valid YAML ({exc}); quote it") from None
+            raise InputError(f"{option} {pair!r}: the value is not valid YAML ({exc}); quote it") from None
     return params
 
 
@@ -86,7 +89,7 @@ def task_from_args(args, model, *, default: str | None = None, **fixed):
         from circuitkit.tasks.files import load_task_file
 
         if params:
-            raise ValueError(f"--task-arg sets a builder's parameters, but --task {task!r} is a task file; "
+            raise InputError(f"--task-arg sets a builder's parameters, but --task {task!r} is a task file; "
                              "write the values into the file instead")
         return load_task_file(task, model, prepend_bos=bos)
     if bos is not None:
@@ -94,11 +97,11 @@ def task_from_args(args, model, *, default: str | None = None, **fixed):
     n = getattr(args, "n_prompts", None)
     if n is not None:
         if "n_prompts" in params:
-            raise ValueError("give the prompt count once: --n-prompts or --task-arg n_prompts=..., not both")
+            raise InputError("give the prompt count once: --n-prompts or --task-arg n_prompts=..., not both")
         params["n_prompts"] = n
     for key, value in fixed.items():
         if key in params:
-            raise ValueError(f"--task-arg {key!r}: this command sets {key} itself (to {value!r}); drop it")
+            raise InputError(f"--task-arg {key!r}: this command sets {key} itself (to {value!r}); drop it")
         params[key] = value
     return resolve_task(args.model, model, task, default=default,
                         n_prompts_default=getattr(args, "n_prompts_default", None), **params)
@@ -110,7 +113,7 @@ def _looks_like_file(task: str) -> bool:
     if is_task_file(task):
         return True
     if Path(task).exists():
-        raise ValueError(f"--task {task!r} is a file without a task-file suffix; name it .json, .yaml, .yml "
+        raise InputError(f"--task {task!r} is a file without a task-file suffix; name it .json, .yaml, .yml "
                          "or .safetensors (pickles are never read)")
     return False
 
@@ -130,7 +133,7 @@ def resolve_task(model_spec: str, model, task_name: str | None, *, default: str 
             return zoo_task(card, model, **params)
     name = task_name or default
     if name is None:
-        raise ValueError("--task is required for models outside the zoo (e.g. --task ioi, or --task my_task.yaml)")
+        raise InputError("--task is required for models outside the zoo (e.g. --task ioi, or --task my_task.yaml)")
     if n_prompts_default is not None and "n_prompts" not in params and "n_prompts" in builder_parameters(name):
         params["n_prompts"] = n_prompts_default
     return build_task(name, model, **params)
@@ -140,7 +143,7 @@ def check_out_folder(*paths: str | Path | None) -> None:
     """``FileNotFoundError`` before any work when an output's folder does not exist."""
     for path in paths:
         if path is not None and not Path(path).parent.is_dir():
-            raise FileNotFoundError(f"output folder {Path(path).parent} does not exist; create it first")
+            raise MissingFileError(f"output folder {Path(path).parent} does not exist; create it first")
 
 
 def write_table(path: str | Path, frame, make_parents: bool = False) -> Path:

@@ -20,6 +20,7 @@ import json
 import sys
 
 from circuitkit.cli.common import add_model_argument, model_from_args
+from circuitkit.errors import CircuitkitError
 from circuitkit.version import __version__
 
 COMMAND_MODULES = (
@@ -66,13 +67,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub.required = True
     command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
 
-    info = sub.add_parser("info", help=INFO_HELP, formatter_class=_HelpFormatter,
-                          description="Load MODEL (zoo:NAME, a TransformerLens name or a local HF directory) "
-                                      "and print its configuration and hook names.")
-    add_model_argument(info)
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.add_argument("--device", default="cpu", help="torch device")
-    info.set_defaults(func=_cmd_info)
+    if argv is None or command == "info":
+        info = sub.add_parser("info", help=INFO_HELP, formatter_class=_HelpFormatter,
+                              description="Load MODEL (zoo:NAME, a TransformerLens name or a local HF directory) "
+                                          "and print its configuration and hook names.")
+        add_model_argument(info)
+        info.add_argument("--json", action="store_true", help="print JSON instead of text")
+        info.add_argument("--device", default="cpu", help="torch device")
+        info.set_defaults(func=_cmd_info)
+    else:
+        sub.add_parser("info", help=INFO_HELP)
 
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
@@ -157,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        # Expected user errors: one clear line, no traceback.
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"circuitkit {args.command}: error: {message}", file=sys.stderr)
+    except CircuitkitError as exc:  # a problem circuitkit named: one line; anything else is a bug
+        print(f"circuitkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused (permissions, a full disk, a folder where a file goes)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"circuitkit {args.command}: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2

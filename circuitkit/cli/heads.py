@@ -14,11 +14,14 @@ from circuitkit.cli.common import (
     write_figure,
     write_table,
 )
+from circuitkit.errors import InputError, MissingFileError
 
 COMMANDS = {"heads": "attention-head scores (retrieval, induction, locality...)"}
 
 
 def register(sub) -> None:
+    from circuitkit.heads.patterns import PATTERN_KINDS
+
     heads = sub.add_parser("heads", help=COMMANDS["heads"],
                            description="Score every attention head of a model: retrieval heads on a "
                                        "needle-in-a-haystack task, or induction / previous-token / "
@@ -56,8 +59,7 @@ def register(sub) -> None:
     score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
                             description="Score every head for one attention signature on repeated random tokens.")
     _common(score)
-    score.add_argument("--kind", required=True,
-                       choices=["previous_token", "duplicate_token", "induction", "locality", "echo"])
+    score.add_argument("--kind", required=True, choices=PATTERN_KINDS)
     add_task_arguments(score, "repeated random tokens (--n-prompts, --seq-len, --repeats)", n_prompts=8)
     score.add_argument("--seq-len", type=int, default=20, help="random tokens per repeat")
     score.add_argument("--repeats", type=int, default=2, help="times the random tokens are repeated")
@@ -89,7 +91,7 @@ def _cmd_retrieval(args) -> int:
             params[key] = getattr(args, key)
     if args.haystack is not None:
         if not args.haystack.is_file():
-            raise FileNotFoundError(f"no haystack file at {args.haystack}; pass a text file")
+            raise MissingFileError(f"no haystack file at {args.haystack}; pass a text file")
         params["haystack"] = args.haystack.read_text()
     model = model_from_args(args)
     if args.task is not None:
@@ -102,7 +104,7 @@ def _cmd_retrieval(args) -> int:
             params["prepend_bos"] = args.prepend_bos
         for key in ("context_lengths", "depths", "metric"):
             if key in params:
-                raise ValueError(f"--task-arg {key!r}: set by this command (--lengths / --depths; metric accuracy); drop it")
+                raise InputError(f"--task-arg {key!r}: set by this command (--lengths / --depths; metric accuracy); drop it")
         task = needle(model, context_lengths=args.lengths, depths=args.depths, metric="accuracy", **params)
     scores = retrieval_scores(model, task, batch_size=args.batch_size, threshold=args.threshold,
                               min_recall=args.min_recall, progress=not args.no_progress)
@@ -141,7 +143,7 @@ def _cmd_score(args) -> int:
         tokens = task_from_args(args, model)  # a Task: each prompt scored up to its answer position
     else:
         if args.task_args:
-            raise ValueError("--task-arg needs --task (a builder or a task file) to apply to")
+            raise InputError("--task-arg needs --task (a builder or a task file) to apply to")
         n = args.n_prompts if args.n_prompts is not None else args.n_prompts_default
         bos = True if args.prepend_bos is None else args.prepend_bos
         tokens = repeated_tokens(model, n, args.seq_len, args.repeats, args.seed, prepend_bos=bos)

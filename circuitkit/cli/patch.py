@@ -12,6 +12,7 @@ from circuitkit.cli.common import (
     write_figure,
     write_table,
 )
+from circuitkit.errors import InputError
 
 COMMANDS = {"patch": "exact activation patching (per layer / head / position)"}
 
@@ -43,11 +44,11 @@ def register(sub) -> None:
 def _cmd_patch(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet, got {args.out!r}")
+        raise InputError(f"--out must end in .csv or .parquet, got {args.out!r}")
     if args.html is not None and not args.html.endswith(".html"):
-        raise ValueError(f"--html must end in .html, got {args.html!r}")
+        raise InputError(f"--html must end in .html, got {args.html!r}")
     if args.n_prompts is not None and args.n_prompts < 1:
-        raise ValueError(f"--n-prompts must be at least 1, got {args.n_prompts}")
+        raise InputError(f"--n-prompts must be at least 1, got {args.n_prompts}")
     from circuitkit.patching.activation import activation_patching
     from circuitkit.viz.patching import patching_heatmap
 

@@ -12,13 +12,17 @@ from circuitkit.cli.common import (
     model_from_args,
     write_html,
 )
+from circuitkit.errors import InputError
 
 COMMANDS = {"sae": "sparse autoencoders (SAELens): train, report, feature cards, feature circuits"}
 
 
 def register(sub) -> None:
     from circuitkit import names
-    from circuitkit.sae.train import SAETrainConfig
+    from circuitkit.ablation.kinds import FEATURE_ABLATION_KINDS
+    from circuitkit.circuit.features import ERROR_MODES, FEATURE_CIRCUIT_METHODS
+    from circuitkit.sae.graph import POSITIONS
+    from circuitkit.sae.train import ARCHITECTURES, DEFAULT_ARCHITECTURE, SAETrainConfig
 
     sae = sub.add_parser("sae", help=COMMANDS["sae"],
                          description="Train SAEs on any hook point (train), measure them (report) and explain "
@@ -36,7 +40,8 @@ def register(sub) -> None:
     train.add_argument("--hook", default=names.hook("resid_pre", 1), help="hook point name")
     train.add_argument("--out", required=True, help="output directory (cfg.json + sae_weights.safetensors)")
     train.add_argument("--text", default=None, help="local UTF-8 text file to train on (default: Python docstrings)")
-    train.add_argument("--arch", default="topk", choices=["standard", "topk", "jumprelu"], help="SAE architecture")
+    train.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES,
+                       help="SAE architecture (trained by SAELens's own class for it)")
     train.add_argument("--d-sae", type=int, default=None, help="latents (default 8 * width)")
     defaults = SAETrainConfig()
     train.add_argument("--l1", type=float, default=defaults.l1_coefficient, help="L1 coefficient (standard)")
@@ -74,18 +79,18 @@ def register(sub) -> None:
     circ.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
                       help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors)")
     add_task_arguments(circ, "the zoo card's task", n_prompts=16)
-    circ.add_argument("--method", default="ig", choices=["ig", "attribution", "linear"],
+    circ.add_argument("--method", default="ig", choices=FEATURE_CIRCUIT_METHODS,
                       help="estimates: ig / attribution (Marks et al.), or linear: exact edges with a transcoder at "
                            "every MLP (circuit-tracer's construction; needs a logit_diff task)")
     circ.add_argument("--steps", type=int, default=8, help="integration steps (ig)")
-    circ.add_argument("--baseline", default="mean", choices=["mean", "corrupted", "zero"],
+    circ.add_argument("--baseline", default="mean", choices=FEATURE_ABLATION_KINDS,
                       help="the value an ablated node takes (default: the mean over clean prompts)")
-    circ.add_argument("--positions", default="each", choices=["each", "sum"],
+    circ.add_argument("--positions", default="each", choices=POSITIONS,
                       help="one node per position, or summed over positions")
     circ.add_argument("--node-threshold", type=float, default=1e-3, help="|estimate| a candidate node needs")
     circ.add_argument("--max-nodes", type=int, default=None, help="at most this many candidate features per site")
     circ.add_argument("--top", type=int, default=50, help="feature / error nodes kept in the circuit")
-    circ.add_argument("--errors", default="circuit", choices=["circuit", "keep", "ablate"],
+    circ.add_argument("--errors", default="circuit", choices=ERROR_MODES,
                       help="error nodes in evaluation: as the circuit says, all kept, or all ablated")
     circ.add_argument("--out", default=None, help="save the pruned circuit (.json node-link, .graphml, ...)")
     circ.add_argument("--html", default=None, help="write the circuit figure (token by token) as HTML; hovering a "
@@ -184,6 +189,7 @@ def _cmd_circuit(args) -> int:
     )
     from circuitkit.cli.common import task_from_args, write_figure
     from circuitkit.sae.cards import feature_cards
+    from circuitkit.sae.graph import baseline_values
     from circuitkit.sae.splice import make_sites
     from circuitkit.sae.train import load_sae, text_to_tokens
     from circuitkit.tokenizers import read_text_file
@@ -193,18 +199,19 @@ def _cmd_circuit(args) -> int:
     card_text = None
     if args.card_text is not None:
         if not args.html:
-            raise ValueError("--card-text sets where the hover cards of --html look; pass --html FILE too")
+            raise InputError("--card-text sets where the hover cards of --html look; pass --html FILE too")
         card_text = read_text_file(args.card_text)  # a binary or missing file is refused before any work
     saes = [load_sae(d) for d in args.sae_dirs]
     model = model_from_args(args, device="cpu")
-    make_sites(model, saes)  # a misfit SAE fails before the task is built
+    sites = make_sites(model, saes)  # once, for every step below; a misfit SAE fails before the task is built
     task = task_from_args(args, model)
-    estimates = {} if args.method == "linear" else {"steps": args.steps, "baseline": args.baseline}
-    circuit = feature_circuit(model, saes, task, method=args.method, positions=args.positions,
+    base = baseline_values(model, sites, task, args.baseline)  # one baseline for finding and evaluating
+    estimates = {} if args.method == "linear" else {"steps": args.steps, "baseline": base}
+    circuit = feature_circuit(model, sites, task, method=args.method, positions=args.positions,
                               node_threshold=args.node_threshold, max_nodes=args.max_nodes,
                               progress=not args.no_progress, **estimates)
     small = top_features(circuit, args.top)
-    ev = evaluate_feature_circuit(model, saes, task, small, errors=args.errors, baseline=args.baseline)
+    ev = evaluate_feature_circuit(model, sites, task, small, errors=args.errors, baseline=base)
     share = "n/a" if ev.error_share is None else f"{ev.error_share:.3f}"
     print(f"feature circuit of {task.name} on {args.model}: {ev.n_features} features + {ev.n_errors} error nodes, "
           f"{len(small.edges)} edges; faithfulness {ev.faithfulness:.3f}, completeness {ev.completeness:.3f}, "
@@ -217,6 +224,6 @@ def _cmd_circuit(args) -> int:
         print(f"wrote {save_circuit(small, args.out)}")
     if args.html:
         corpus = task if card_text is None else text_to_tokens(model, card_text, 64)
-        cards = feature_cards(model, saes, corpus, small.nodes, k=args.card_examples)
+        cards = feature_cards(model, sites, corpus, small.nodes, k=args.card_examples)
         print(f"wrote {write_figure(args.html, circuit_figure(small, cards=cards))}")
     return 0

@@ -6,6 +6,8 @@ COMMANDS = {"study": "batch ablation studies from a spec file"}
 
 
 def register(sub) -> None:
+    from circuitkit.studies.executors import EXECUTOR_NAMES
+
     study = sub.add_parser("study", help=COMMANDS["study"],
                            description="Run ablation studies described by a YAML / TOML spec, resumably, "
                                        "and report their results.")
@@ -19,7 +21,7 @@ def register(sub) -> None:
                     "are relative to the spec), ablations (zero|mean|resample), targets (every_head, every_mlp, "
                     "head_sets, top_k_from {score, k}), metrics, seeds, batch_size, output_dir.")
     run.add_argument("spec", help="study spec (.yaml, .yml or .toml)")
-    run.add_argument("--executor", choices=("serial", "process", "ray"), default="serial",
+    run.add_argument("--executor", choices=EXECUTOR_NAMES, default="serial",
                      help="where units run (default: serial)")
     run.add_argument("--workers", type=int, default=None, help="parallel workers for process / ray")
     run.add_argument("--force-new", action="store_true",

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.heads.retrieval import (
     RETRIEVAL_THRESHOLD,
     NeedlePrompt,
@@ -38,7 +39,7 @@ def uniform_attention_hooks(model, heads: Iterable[str]) -> list[tuple[str, obje
     by_layer: dict[int, list[int]] = {}
     for node in names.check_model_components(model, heads):
         if node.kind != "head":
-            raise ValueError(f"only attention heads can get uniform attention, not {names.format_node(node)!r}")
+            raise InputError(f"only attention heads can get uniform attention, not {names.format_node(node)!r}")
         by_layer.setdefault(node.layer, []).append(node.head)
     hooks = []
     for layer, head_list in sorted(by_layer.items()):
@@ -62,7 +63,7 @@ def needle_accuracy(model, task_or_prompts: Task | Sequence[NeedlePrompt], ablat
     Returns the accuracy and the per-prompt correctness ``[n]`` (bool).
     """
     if accuracy not in ("full", "first"):
-        raise ValueError(f"accuracy must be 'full' (every answer token) or 'first' (first token), got {accuracy!r}")
+        raise InputError(f"accuracy must be 'full' (every answer token) or 'first' (first token), got {accuracy!r}")
     prompts = needle_prompts(task_or_prompts)
     check_needle_prompts(model, prompts)
     hooks = uniform_attention_hooks(model, list(ablate))
@@ -155,7 +156,7 @@ def retrieval_causal_check(
 ) -> CausalCheck:
     """Ablate (uniform attention) the ``k`` best heads by ``scores`` and ``n_random`` draws of ``k``
     random heads scoring ``<= threshold`` (distinct draws while there are enough); report needle
-    accuracy for each (see :class:`CausalCheck`).
+    accuracy for each (see `CausalCheck`).
 
     Examples:
         >>> import circuitkit as ck
@@ -168,19 +169,19 @@ def retrieval_causal_check(
     """
     n_heads_total = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= k <= n_heads_total:
-        raise ValueError(f"k must be between 1 and the model's {n_heads_total} heads, got {k}")
+        raise InputError(f"k must be between 1 and the model's {n_heads_total} heads, got {k}")
     if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+        raise InputError(f"n_random must be >= 1, got {n_random}")
     head_values = {label: v for label, v in scores.as_dict().items() if names.parse_node(label).kind == "head"}
     names.check_model_components(model, head_values)
     if len(head_values) != n_heads_total:
-        raise ValueError(f"scores cover {len(head_values)} heads but the model has {n_heads_total}; "
+        raise InputError(f"scores cover {len(head_values)} heads but the model has {n_heads_total}; "
                          "score every head (retrieval_scores does)")
     ranked = sorted(head_values, key=lambda h: -head_values[h])
     top = ranked[:k]
     pool = [h for h in ranked if head_values[h] <= threshold]
     if len(pool) < k:
-        raise ValueError(f"only {len(pool)} heads score <= {threshold}, fewer than k={k}; lower k or raise the threshold")
+        raise InputError(f"only {len(pool)} heads score <= {threshold}, fewer than k={k}; lower k or raise the threshold")
     prompts = needle_prompts(task)
     check_needle_prompts(model, prompts)
     draws = _distinct_draws(pool, k, n_random, random.Random(seed))

@@ -12,9 +12,9 @@ Kinds:
   averaged over queries at positions ``>= sink + window`` (earlier ones see nothing else).
 * ``"echo"`` — RazorAttention's echo score: attention mass on earlier copies of the current token,
   averaged over queries that have one.
-* ``"retrieval"`` — :func:`circuitkit.heads.retrieval.retrieval_scores` on a needle task.
+* ``"retrieval"`` — `circuitkit.heads.retrieval.retrieval_scores` on a needle task.
 
-Without input, the repeated-random-token prompts of :func:`repeated_tokens` are used (the usual
+Without input, the repeated-random-token prompts of `repeated_tokens` are used (the usual
 probe for induction / duplicate heads; RazorAttention repeats a sequence 4 times).
 """
 
@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import head_detector
 
+from circuitkit.errors import InputError, InputTypeError
 from circuitkit.heads.retrieval import retrieval_scores
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
@@ -37,7 +38,8 @@ DETECTOR_KINDS = {
     "duplicate_token": head_detector.get_duplicate_token_head_detection_pattern,
     "induction": head_detector.get_induction_head_detection_pattern,
 }
-KINDS = (*DETECTOR_KINDS, "locality", "echo", "retrieval")
+PATTERN_KINDS = (*DETECTOR_KINDS, "locality", "echo")  # scored on repeated random tokens (`heads score`)
+KINDS = (*PATTERN_KINDS, "retrieval")
 
 
 def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int = 2, seed: int = 0,
@@ -47,9 +49,9 @@ def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int
     tok = getattr(model, "tokenizer", None)
     pool = torch.tensor(ordinary_token_ids(tok)) if tok is not None else torch.arange(model.cfg.d_vocab)
     if len(pool) < seq_len:
-        raise ValueError(f"the vocabulary has {len(pool)} ordinary tokens, fewer than seq_len={seq_len}; use a shorter seq_len")
+        raise InputError(f"the vocabulary has {len(pool)} ordinary tokens, fewer than seq_len={seq_len}; use a shorter seq_len")
     if 1 + seq_len * n_repeats > model.cfg.n_ctx:
-        raise ValueError(
+        raise InputError(
             f"1 + seq_len * n_repeats = {1 + seq_len * n_repeats} tokens exceeds model n_ctx={model.cfg.n_ctx}; "
             "use a shorter seq_len or fewer repeats"
         )
@@ -83,7 +85,7 @@ def _as_batch(model, tokens_or_task) -> tuple[Tensor, list[int], str]:
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-        raise ValueError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+        raise InputError(f"tokens must be integer ids of shape [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
     return tokens.long(), [tokens.shape[1]] * len(tokens), "tokens"
 
 
@@ -103,7 +105,7 @@ def head_scores(
 ) -> Scores:
     """Score every head of ``model`` for one attention signature (see the module docstring).
 
-    ``tokens_or_task``: token ids ``[batch, pos]`` (unpadded), a :class:`Task` (its clean prompts,
+    ``tokens_or_task``: token ids ``[batch, pos]`` (unpadded), a `Task` (its clean prompts,
     each up to its ``answer_pos``), a string or list of strings, or None for repeated random
     tokens. ``sink`` / ``window`` parametrise ``"locality"``; ``exclude_bos``,
     ``exclude_current_token`` and ``error_measure`` go to TransformerLens's detector score.
@@ -119,26 +121,26 @@ def head_scores(
         ['a0.h0']
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown head score kind {kind!r}; choose one of {list(KINDS)}")
+        raise InputError(f"unknown head score kind {kind!r}; choose one of {list(KINDS)}")
     if kind == "retrieval":
         if tokens_or_task is None:
-            raise ValueError("kind='retrieval' needs a needle task; build one with circuitkit.needle(model, ...)")
+            raise InputError("kind='retrieval' needs a needle task; build one with circuitkit.needle(model, ...)")
         return retrieval_scores(model, tokens_or_task, batch_size=batch_size, progress=progress, **retrieval_kwargs)
     if retrieval_kwargs:
-        raise TypeError(f"unexpected arguments for kind={kind!r}: {sorted(retrieval_kwargs)}")
+        raise InputTypeError(f"unexpected arguments for kind={kind!r}: {sorted(retrieval_kwargs)}")
     if error_measure not in ("mul", "abs"):
-        raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
+        raise InputError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
     if kind == "locality" and (sink < 0 or window < 1):
-        raise ValueError(f"locality needs sink >= 0 and window >= 1, got sink={sink}, window={window}")
+        raise InputError(f"locality needs sink >= 0 and window >= 1, got sink={sink}, window={window}")
     tokens, lengths, task_name = _as_batch(model, tokens_or_task)
     if tokens.shape[1] > model.cfg.n_ctx:
-        raise ValueError(f"prompts of {tokens.shape[1]} tokens exceed model n_ctx={model.cfg.n_ctx}; use shorter prompts")
+        raise InputError(f"prompts of {tokens.shape[1]} tokens exceed model n_ctx={model.cfg.n_ctx}; use shorter prompts")
     if int(tokens.max()) >= model.cfg.d_vocab or int(tokens.min()) < 0:
-        raise ValueError(f"token ids outside model vocabulary of {model.cfg.d_vocab}; tokenize with the model's tokenizer")
+        raise InputError(f"token ids outside model vocabulary of {model.cfg.d_vocab}; tokenize with the model's tokenizer")
     if min(lengths) < 2:
-        raise ValueError("head scores need prompts of at least 2 tokens")
+        raise InputError("head scores need prompts of at least 2 tokens")
     if kind == "locality" and min(lengths) <= sink + window:
-        raise ValueError(
+        raise InputError(
             f"locality with sink={sink} + window={window} needs prompts longer than {sink + window} tokens "
             f"(shortest has {min(lengths)}); use longer prompts or a smaller sink / window"
         )
@@ -159,7 +161,7 @@ def head_scores(
                                                     exclude_current_token, error_measure)
     grid = per_prompt.nanmean(0)
     if torch.isnan(grid).any():
-        raise ValueError(
+        raise InputError(
             f"no prompt gives an {kind} score (no token repeats in the input); use prompts with repeated "
             "tokens, e.g. circuitkit.heads.repeated_tokens(model)"
         )

@@ -6,10 +6,10 @@ at that position; a head's trial score is hits / answer length, and its score is
 trials the model answers mostly right (ROUGE-1 recall of the answer tokens > 0.5). Heads scoring
 above 0.1 are retrieval heads.
 
-:func:`retrieval_scores` computes this with teacher forcing: prompt + answer tokens go through the
+`retrieval_scores` computes this with teacher forcing: prompt + answer tokens go through the
 model once per batch and every answer step is read off that one pass; only the argmax of each
 head's attention row at the answer positions is kept (never the full patterns).
-:func:`retrieval_scores_generate` is the obvious slow definition: token-by-token greedy decoding
+`retrieval_scores_generate` is the obvious slow definition: token-by-token greedy decoding
 with one ``run_with_cache`` (patterns only) per generated token. On a model that answers every
 prompt correctly the two are identical (tested); otherwise teacher forcing conditions later steps
 on the true answer tokens rather than the model's own (the steps after a mistake differ).
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from circuitkit import names
 from circuitkit.attribution.common import DEFAULT_MEMORY_SHARE, available_memory
+from circuitkit.errors import InputError, InputTypeError
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
 
@@ -60,7 +61,7 @@ class NeedlePrompt:
 
 
 def needle_prompts(task_or_prompts: Task | Sequence[NeedlePrompt]) -> list[NeedlePrompt]:
-    """The trials of a needle :class:`Task` (from :func:`circuitkit.needle`), or the prompts as given.
+    """The trials of a needle `Task` (from `circuitkit.needle`), or the prompts as given.
 
     A task must carry ``positions["needle_start"]``, ``positions["needle_end"]`` and
     ``meta["answer_tokens"]``; each prompt is cut at its ``answer_pos``.
@@ -69,13 +70,13 @@ def needle_prompts(task_or_prompts: Task | Sequence[NeedlePrompt]) -> list[Needl
         task = task_or_prompts
         missing = [k for k in ("needle_start", "needle_end") if k not in task.positions]
         if missing or "answer_tokens" not in task.meta:
-            raise ValueError(
+            raise InputError(
                 f"task {task.name!r} has no needle span (positions {missing or ''} / meta['answer_tokens'] "
                 "missing); build it with circuitkit.needle(...) or pass NeedlePrompt objects"
             )
         answers = task.meta["answer_tokens"]
         if len(answers) != len(task):
-            raise ValueError(f"task {task.name!r} has {len(answers)} answer_tokens rows for {len(task)} prompts")
+            raise InputError(f"task {task.name!r} has {len(answers)} answer_tokens rows for {len(task)} prompts")
         return [
             NeedlePrompt(task.clean[i, : int(task.answer_pos[i]) + 1], int(task.positions["needle_start"][i]),
                          int(task.positions["needle_end"][i]), torch.as_tensor(answers[i]))
@@ -83,9 +84,9 @@ def needle_prompts(task_or_prompts: Task | Sequence[NeedlePrompt]) -> list[Needl
         ]
     prompts = list(task_or_prompts)
     if not prompts:
-        raise ValueError("no needle prompts given; pass a needle Task or a non-empty list of NeedlePrompt")
+        raise InputError("no needle prompts given; pass a needle Task or a non-empty list of NeedlePrompt")
     if not all(isinstance(p, NeedlePrompt) for p in prompts):
-        raise TypeError("pass a needle Task (circuitkit.needle) or a list of NeedlePrompt objects")
+        raise InputTypeError("pass a needle Task (circuitkit.needle) or a list of NeedlePrompt objects")
     return prompts
 
 
@@ -95,28 +96,28 @@ def check_needle_prompts(model, prompts: Sequence[NeedlePrompt]) -> None:
     for i, p in enumerate(prompts):
         n, span = len(p.tokens), p.needle_end - p.needle_start
         if len(p.answer) == 0:
-            raise ValueError(f"needle prompt {i} has an empty answer; give the needle value's token ids")
+            raise InputError(f"needle prompt {i} has an empty answer; give the needle value's token ids")
         if n == 0:
-            raise ValueError(f"needle prompt {i} has no tokens; the haystack / context is empty")
+            raise InputError(f"needle prompt {i} has no tokens; the haystack / context is empty")
         if not (0 <= p.needle_start < p.needle_end <= n):
-            raise ValueError(
+            raise InputError(
                 f"needle prompt {i}: needle span [{p.needle_start}, {p.needle_end}) is not inside its {n} tokens; "
                 "the needle is not in the context (use a longer context length or another depth)"
             )
         if span != len(p.answer) or not torch.equal(p.tokens[p.needle_start: p.needle_end], p.answer):
-            raise ValueError(
+            raise InputError(
                 f"needle prompt {i}: the needle span holds tokens {p.tokens[p.needle_start: p.needle_end].tolist()} "
                 f"but the answer is {p.answer.tolist()}, so the needle is not in the context; rebuild the "
                 "prompt so the needle value's tokens appear in it (circuitkit.needle records the span)"
             )
         if n + len(p.answer) - 1 > n_ctx:
-            raise ValueError(
+            raise InputError(
                 f"needle prompt {i} needs {n + len(p.answer) - 1} positions (prompt + answer) but model "
                 f"{model.cfg.model_name!r} has n_ctx={n_ctx}; use context lengths <= {n_ctx - len(p.answer) + 1}"
             )
         top = int(max(p.tokens.max(), p.answer.max()))
         if top >= d_vocab or int(min(p.tokens.min(), p.answer.min())) < 0:
-            raise ValueError(
+            raise InputError(
                 f"needle prompt {i} has token id {top} outside model {model.cfg.model_name!r}'s vocabulary of "
                 f"{d_vocab}; build the task with the model's own tokenizer"
             )
@@ -140,14 +141,14 @@ def forward_memory_per_prompt(model, n_pos: int) -> int:
 
 def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, max_memory: float | None) -> int:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        raise InputError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     budget = DEFAULT_MEMORY_SHARE * available_memory() if max_memory is None else float(max_memory)
     n_pos = max(len(p.tokens) + len(p.answer) - 1 for p in prompts)
     one = forward_memory_per_prompt(model, n_pos)
     if one > budget:
-        raise ValueError(f"retrieval_scores: one prompt of {n_pos} tokens needs about {one / 2**30:.3g} GiB for its "
+        raise InputError(f"retrieval_scores: one prompt of {n_pos} tokens needs about {one / 2**30:.3g} GiB for its "
                          f"forward pass but the memory budget is {budget / 2**30:.3g} GiB; pass a larger max_memory "
                          "(bytes) or use shorter contexts")
     return max(1, min(batch_size, int(budget // one)))
@@ -155,7 +156,7 @@ def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, 
 
 def _batches(n: int, batch_size: int):
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     return [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
@@ -220,7 +221,7 @@ def retrieval_scores(
     Memory: each layer's pattern is reduced at once to the argmax rows the score reads
     (``[batch, answer steps, heads]``), so a batch costs about a bare forward pass; batches hold
     ``batch_size`` prompts, fewer where ``max_memory`` (bytes; by default half the memory
-    available) holds fewer (:func:`forward_memory_per_prompt`), and ``ValueError`` before any
+    available) holds fewer (`forward_memory_per_prompt`), and ``ValueError`` before any
     run when one prompt does not fit.
 
     Returns head ``Scores`` (mean over kept trials) with ``meta``: ``per_prompt`` ``[n, L, H]``
@@ -278,7 +279,7 @@ def retrieval_scores_generate(
 
     Generates as many tokens as the answer has, scoring each step exactly as Wu et al.: a head
     hits when its most-attended position from the current (last) position lies in the needle
-    span and holds the token just produced. Same output as :func:`retrieval_scores`.
+    span and holds the token just produced. Same output as `retrieval_scores`.
 
     Examples:
         >>> import circuitkit as ck
@@ -315,7 +316,7 @@ def retrieval_scores_generate(
 def _finish(model, prompts, per_prompt, recall, min_recall, threshold, method, source) -> Scores:
     kept = recall > min_recall
     if not bool(kept.any()):
-        raise ValueError(
+        raise InputError(
             f"model {model.cfg.model_name!r} answers none of the {len(prompts)} needle prompts mostly right "
             f"(ROUGE-1 recall of the answer > {min_recall}; best {float(recall.max()):.2f}); retrieval scores "
             "need trials the model solves: use shorter contexts, a model that solves the task, or a lower min_recall"

@@ -13,7 +13,7 @@ word-level vocabulary. Its residual stream is split into one-hot subspaces
 * the other heads attend to the first token (sink), to themselves (local) or uniformly, and
   write nothing.
 
-So on needle prompts built with :func:`toy_needle_task` the model answers every prompt exactly,
+So on needle prompts built with `toy_needle_task` the model answers every prompt exactly,
 and the only retrieval head is ``a1.h0``.
 """
 

@@ -1,10 +1,10 @@
 """Models: ``load_model(spec)`` for TransformerLens names, local Hugging Face directories and
-``zoo:NAME``; :func:`parse_spec` reads a spec; the zoo store (cards, weights) in
-:mod:`circuitkit.models.zoo_store`; a zoo model written as a Hugging Face folder by
-:mod:`circuitkit.models.hf_export`.
+``zoo:NAME``; `parse_spec` reads a spec; the zoo store (cards, weights) in
+`circuitkit.models.zoo_store`; a zoo model written as a Hugging Face folder by
+`circuitkit.models.hf_export`.
 
 Names are imported on first use: the zoo store reads cards without torch or TransformerLens,
-which :mod:`circuitkit.models.loading` needs.
+which `circuitkit.models.loading` needs.
 """
 
 from circuitkit.lazy import lazy_exports

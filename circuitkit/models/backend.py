@@ -14,7 +14,7 @@ Methods never test a model's class: they ask this module for what they need (the
 method uses, the embedding, a run from a layer's residual stream, the per-head input hooks, the
 head output weights), and each function here answers for both classes. A bridge gets
 TransformerLens's compatibility hook names (``blocks.L.hook_resid_pre``, ``blocks.L.attn.hook_z``,
-``blocks.L.hook_q_input`` ...) from :func:`prepare` — without weight processing, so its numbers
+``blocks.L.hook_q_input`` ...) from `prepare` — without weight processing, so its numbers
 stay the Hugging Face model's. Where a bridge lacks a fast path (starting at a layer, the
 prefix KV cache), the slower equivalent runs and gives the same numbers.
 """
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.errors import InputError
 
 Backend = Literal["hooked", "bridge"]
 BACKENDS = ("hooked", "bridge")
@@ -117,7 +118,7 @@ def run_from_layer(model, resid: Tensor, start: int, tokens: Tensor, stop_at_lay
     ``tokens`` (``[rows, pos]``) are the run's tokens: a bridge reads them wherever its
     architecture does beyond the residual stream (per-layer embeddings). TransformerLens's bridge
     cannot start at a layer (Hugging Face runs the layer loop), so the blocks below ``start`` are
-    skipped (each passes its input on) where :func:`_skipping_is_exact` measured that this gives
+    skipped (each passes its input on) where `_skipping_is_exact` measured that this gives
     the full run's result, and computed and overwritten otherwise. ``kwargs`` (a KV cache, masks)
     go to a ``HookedTransformer`` only.
     """
@@ -125,9 +126,9 @@ def run_from_layer(model, resid: Tensor, start: int, tokens: Tensor, stop_at_lay
         return model.run_with_hooks(resid, start_at_layer=start, stop_at_layer=stop_at_layer,
                                     fwd_hooks=list(fwd_hooks), **kwargs)
     if kwargs:
-        raise ValueError(f"a TransformerBridge run takes no {sorted(kwargs)}; those are HookedTransformer fast paths")
+        raise InputError(f"a TransformerBridge run takes no {sorted(kwargs)}; those are HookedTransformer fast paths")
     if tokens.shape[:2] != resid.shape[:2]:
-        raise ValueError(f"tokens {list(tokens.shape)} do not match the residual stream {list(resid.shape)}")
+        raise InputError(f"tokens {list(tokens.shape)} do not match the residual stream {list(resid.shape)}")
     # the residual stream at ``start`` is replaced (hooks on that hook point see ``resid``)
     hooks = [(names.hook("resid_pre", start), lambda x, hook: resid.to(x.dtype)), *fwd_hooks]
     with _lower_blocks_skipped(model, start if _skipping_is_exact(model, start) else 0):
@@ -203,7 +204,7 @@ def run_bridge(model, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Callable]],
 
 def run_with_cache(model, tokens: Tensor, wanted: set[str], stop_at_layer: int | None = None) -> tuple[Tensor, dict]:
     """``model.run_with_cache(tokens)`` caching only the hooks in ``wanted``; ``stop_at_layer`` as
-    :func:`run_from_layer`'s (a bridge stops after its last block too). Returns ``(output, cache)``."""
+    `run_from_layer`'s (a bridge stops after its last block too). Returns ``(output, cache)``."""
     if not is_bridge(model):
         return model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=stop_at_layer)
     cache: dict[str, Tensor] = {}
@@ -320,8 +321,8 @@ def per_head_inputs(model, method: str) -> Literal["split", "projected"]:
     """How ``method`` reaches one head's query, key or value input alone: ``"split"`` — TransformerLens's
     per-head split inputs (``hook_q_input`` ...); ``"projected"`` — a bridge without them whose
     ``hook_q / k / v`` are measured to be the heads' projections of the normalised layer input
-    (:func:`head_input_projection` recomputes them from a moved input). ``ValueError`` (by
-    :func:`require`) when neither holds."""
+    (`head_input_projection` recomputes them from a moved input). ``ValueError`` (by
+    `require`) when neither holds."""
     if audit(model).ok("split_inputs"):
         return "split"
     if audit(model).ok("projections"):
@@ -367,7 +368,7 @@ def head_output_bias(model, layer: int) -> Tensor:
 def hook_flags(model, **flags: bool) -> Iterator[None]:
     """Switch TransformerLens hook flags (``use_split_qkv_input``, ``use_hook_mlp_in``,
     ``ungroup_grouped_query_attention``) for the duration; restore them after. A bridge sets the
-    first two through its own setters and is ungrouped by :func:`_ungrouped_bridge`."""
+    first two through its own setters and is ungrouped by `_ungrouped_bridge`."""
     cfg = model.cfg
     bridge = is_bridge(model)
     ungroup = bridge and flags.pop("ungroup_grouped_query_attention", False)
@@ -400,7 +401,7 @@ def grouped_kv_heads(model) -> int | None:
 def can_ungroup(model) -> bool:
     """Whether each query head can get its own key and value input: always for a
     ``HookedTransformer`` (TransformerLens's ``ungroup_grouped_query_attention``); for a bridge where
-    its attention projects keys and values with plain linear layers that :func:`_ungrouped_bridge`
+    its attention projects keys and values with plain linear layers that `_ungrouped_bridge`
     can repeat per query head."""
     if not is_bridge(model) or grouped_kv_heads(model) is None:
         return True
@@ -432,7 +433,7 @@ def _ungrouped_bridge(model) -> Iterator[None]:
         yield
         return
     if not can_ungroup(model):
-        raise ValueError(
+        raise InputError(
             f"model {model.cfg.model_name!r} ({architecture(model)}): its attention shares keys and values "
             f"between query heads ({model.cfg.n_heads} query, {kv} key/value heads) through projections "
             "circuitkit cannot repeat per query head, so edges into keys and values cannot be told apart by "
@@ -491,7 +492,7 @@ NEEDS = {
 @dataclass(frozen=True)
 class Audit:
     """What a model's hooks were measured to carry. ``problems`` maps each failed need (a key of
-    :data:`NEEDS`) to what was found; a ``HookedTransformer`` has none."""
+    `NEEDS`) to what was found; a ``HookedTransformer`` has none."""
 
     problems: dict[str, str] = field(default_factory=dict)
     broken: str | None = None  # why the model's plain forward pass fails, if it does
@@ -502,7 +503,7 @@ class Audit:
 
 def audit(model) -> Audit:
     """Check, once per model on a four-token probe run, that a bridge's hooks mean what circuitkit's
-    methods assume (:data:`NEEDS`); cached on the model. TransformerLens's bridge wraps each Hugging
+    methods assume (`NEEDS`); cached on the model. TransformerLens's bridge wraps each Hugging
     Face family with its own hook wiring, and some families' hooks are shaped or placed otherwise
     (multi-head latent attention, per-layer embeddings, multipliers, Mamba mixers), so every need is
     measured rather than assumed. A ``HookedTransformer`` is TransformerLens's reference: no problems."""
@@ -521,12 +522,12 @@ def audit(model) -> Audit:
 
 
 def require(model, needs: Sequence[str], method: str) -> None:
-    """``ValueError`` before any work when ``model`` fails one of ``needs`` (:func:`audit`), naming
+    """``ValueError`` before any work when ``model`` fails one of ``needs`` (`audit`), naming
     the method, what it needs, what was found, and what runs instead."""
     found = audit(model).problems
     for need in needs:
         if need in found:
-            raise ValueError(
+            raise InputError(
                 f"{method} needs {NEEDS[need]}; on model {model.cfg.model_name!r} ({architecture(model)}, "
                 f"TransformerLens {backend(model)}) {found[need]}. Methods that need only the residual stream "
                 "still run (activation patching of resid_pre / attn_out / mlp_out, the logit lens, circuits of "
@@ -620,7 +621,7 @@ def _head_outputs_problem(model, layer: int, z: Tensor, attn_out: Tensor, close)
 
 
 def _projections_problem(model, cache: dict, close) -> str | None:
-    """Whether each layer's ``hook_q / k / v`` are :func:`head_input_projection` of its input."""
+    """Whether each layer's ``hook_q / k / v`` are `head_input_projection` of its input."""
     for layer in range(model.cfg.n_layers):
         resid = cache.get(names.hook("resid_pre", layer))
         for which, short in enumerate(names.QKV):

@@ -14,7 +14,7 @@ Which Hugging Face architecture expresses which models exactly:
 * Attention-only models get every MLP weight and bias zero: their MLPs output exactly zero.
 * Models without LayerNorm are refused: every Hugging Face decoder architecture normalises the
   residual stream. So are bidirectional attention, ``d_vocab_out != d_vocab`` and the other
-  features listed by :func:`export_problems`.
+  features listed by `export_problems`.
 
 Three rewrites keep the function while fitting the Hugging Face layout (no other weight changes):
 
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitkit.atomic import folder_written
+from circuitkit.errors import InputError, RunError
 from circuitkit.models.zoo_store import ZooCard, load_zoo_model, zoo_card, zoo_tokenizer
 from circuitkit.version import __version__
 
@@ -60,7 +61,7 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_fast": "gelu_fast",
 CHECK_TOLERANCE = 1e-4  # of the logits' scale
 
 
-class ExportRefused(ValueError):
+class ExportRefused(InputError):
     """No Hugging Face architecture runs this model's function exactly; ``reasons`` says why."""
 
     def __init__(self, name: str, reasons: list[str]) -> None:
@@ -153,7 +154,7 @@ def hf_config(cfg, tokenizer=None):
 
 
 def hf_state_dict(model) -> dict[str, Any]:
-    """The exported model's weights under the Hugging Face names of :func:`architecture` (float32)."""
+    """The exported model's weights under the Hugging Face names of `architecture` (float32)."""
     import einops
     import torch
 
@@ -276,7 +277,7 @@ def build_hf_model(model, tokenizer=None):
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not k.endswith(("masked_bias", ".attn.bias", "rotary_emb.inv_freq"))]
     if missing or unexpected:  # a mapping bug, never a user error
-        raise RuntimeError(f"exported weights do not fit {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RunError(f"exported weights do not fit {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return hf.eval()
 
 
@@ -309,13 +310,13 @@ def export_model_hf(model, folder, *, tokenizer=None, provenance: dict | None = 
         raise ExportRefused(name, problems)
     final = Path(folder).expanduser()
     if final.exists() and not final.is_dir():
-        raise ValueError(f"{str(final)!r} exists and is not a folder; pass a folder path")
+        raise InputError(f"{str(final)!r} exists and is not a folder; pass a folder path")
     if final.is_dir() and any(final.iterdir()) and not force:
-        raise ValueError(f"{str(final)!r} exists and is not empty; pass force=True (--force) to replace it")
+        raise InputError(f"{str(final)!r} exists and is not empty; pass force=True (--force) to replace it")
     hf = build_hf_model(model, tokenizer)
     error = check_same_function(model, hf)
     if error > CHECK_TOLERANCE:  # a mapping bug, never a user error: write nothing
-        raise RuntimeError(f"the exported {type(hf).__name__} differs from {name!r} by {error:.2e} of the logits' "
+        raise RunError(f"the exported {type(hf).__name__} differs from {name!r} by {error:.2e} of the logits' "
                            "scale; nothing was written")
     with folder_written(final) as tmp:
         _save_quietly(hf, tmp)
@@ -388,7 +389,7 @@ def _readme(provenance: dict[str, Any]) -> str:
 
 def export_zoo_hf(name: str, folder, *, force: bool = False) -> Path:
     """Write zoo model ``name`` into ``folder`` as a Hugging Face checkpoint (see
-    :func:`export_model_hf`) with its tokenizer and ``circuitkit_zoo.json``. ``ExportRefused``, before
+    `export_model_hf`) with its tokenizer and ``circuitkit_zoo.json``. ``ExportRefused``, before
     anything is read or written, for a model no Hugging Face architecture expresses exactly."""
     from transformer_lens import HookedTransformerConfig
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from circuitkit.errors import InputError, RunError
+
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
@@ -55,7 +57,7 @@ def parse_spec(spec: str | os.PathLike) -> ModelSpec:
     return ModelSpec("name", text)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RunError):
     """A model could not be loaded; the message says why and how to fix it.
 
     Examples:
@@ -94,7 +96,7 @@ def load_model(
     Face model itself (its numbers are the Hugging Face model's; every family TransformerLens can
     boot); ``"auto"`` (default) — ``HookedTransformer`` where TransformerLens converts the
     architecture (the zoo, GPT-2, Pythia, Llama, Gemma-2/3 ...), the bridge otherwise. Every method
-    takes either (:mod:`circuitkit.models.backend`).
+    takes either (`circuitkit.models.backend`).
 
     ``device`` defaults to CUDA when available. ``device_map``, ``n_devices`` and ``max_memory``
     spread a model larger than one device over several (Hugging Face accelerate; bridge only, so
@@ -169,7 +171,7 @@ class _UnconvertedArchitecture(Exception):
 def _boot_bridge(name: str, device: str | None, dtype: torch.dtype, placement: dict, local: bool,
                  why: str | None = None):
     """A ``TransformerBridge`` of a local folder or hub name, with circuitkit's hook names
-    (:func:`circuitkit.models.backend.prepare`); ``ModelLoadError`` naming TransformerLens's own
+    (`circuitkit.models.backend.prepare`); ``ModelLoadError`` naming TransformerLens's own
     reason where it cannot boot the architecture."""
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -276,7 +278,7 @@ def _resolve_dtype(dtype) -> torch.dtype:
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float64": torch.float64}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
     return table[dtype]
 
 

@@ -6,9 +6,9 @@
 * ``tokenizer.json`` — a Hugging Face fast tokenizer.
 
 The top-level ``data/`` folder is installed as the package ``circuitkit.data`` (``setup.py`` maps
-it), so a wheel carries the bundled models and they are read through :mod:`importlib.resources`.
+it), so a wheel carries the bundled models and they are read through `importlib.resources`.
 Folders are searched in this order (the first holding a name wins): ``CIRCUITKIT_ZOO_PATH``
-(``os.pathsep``-separated), the user's zoo folder (:func:`user_zoo_dir`, where ``zoo train``
+(``os.pathsep``-separated), the user's zoo folder (`user_zoo_dir`, where ``zoo train``
 writes), the bundled models.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitkit.atomic import folder_written
+from circuitkit.errors import InputError, InputTypeError, MissingFileError, UnknownNameError
 from circuitkit.tokenizers import load_tokenizer_file
 
 # torch and the task builders are imported where used: listing and reading cards (`zoo list`,
@@ -89,10 +90,10 @@ class ZooCard:
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | None = None) -> ZooCard:
         if data.get("version") != CARD_VERSION:
-            raise ValueError(f"zoo card {path} has version {data.get('version')!r}; this circuitkit reads version {CARD_VERSION}")
+            raise InputError(f"zoo card {path} has version {data.get('version')!r}; this circuitkit reads version {CARD_VERSION}")
         missing = [k for k in ("name", "description", "config", "task") if k not in data]
         if missing:
-            raise ValueError(f"zoo card {path} lacks {missing}; re-create it with `circuitkit zoo train NAME`")
+            raise InputError(f"zoo card {path} lacks {missing}; re-create it with `circuitkit zoo train NAME`")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"}
         return cls(**known, path=path)
 
@@ -104,7 +105,7 @@ def zoo_dirs() -> list[Path]:
 
 
 def empty_zoo_reason() -> str:
-    """Why :func:`list_zoo` finds nothing, and the fix."""
+    """Why `list_zoo` finds nothing, and the fix."""
     searched = ", ".join(str(d) for d in zoo_dirs())
     bundled = "is missing" if not BUNDLED_ZOO.is_dir() else "holds no model cards"
     return (f"no zoo models found in {searched}: the bundled folder {BUNDLED_ZOO} {bundled}. Reinstall "
@@ -136,7 +137,7 @@ def _read_card(card_path: Path) -> ZooCard:
     try:
         data = json.loads(card_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"zoo card {card_path} is not valid JSON ({exc}); re-create it with `circuitkit zoo train`") from None
+        raise InputError(f"zoo card {card_path} is not valid JSON ({exc}); re-create it with `circuitkit zoo train`") from None
     return ZooCard.from_json(data, path=card_path.parent)
 
 
@@ -157,13 +158,13 @@ def zoo_card(name: str) -> ZooCard:
         if card_path.exists():
             return _read_card(card_path)
     available = [c.name for c in list_zoo()]
-    raise KeyError(f"no zoo model named {name!r}; available: {available} (see `circuitkit zoo list`)")
+    raise UnknownNameError(f"no zoo model named {name!r}; available: {available} (see `circuitkit zoo list`)")
 
 
 def zoo_tokenizer(card: ZooCard):
     tok_path = card.path / TOKENIZER_FILE
     if not tok_path.exists():
-        raise FileNotFoundError(f"zoo model {card.name!r} has no {TOKENIZER_FILE} in {card.path}")
+        raise MissingFileError(f"zoo model {card.name!r} has no {TOKENIZER_FILE} in {card.path}")
     return load_tokenizer_file(tok_path, name=card.name)
 
 
@@ -183,19 +184,19 @@ def load_zoo_model(name: str, device: str = "cpu", dtype=None):
     card = zoo_card(name)
     weights = card.path / WEIGHTS_FILE
     if not weights.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"zoo model {name!r} has a card but no weights at {weights}; run `circuitkit zoo train {name}`"
         )
     model = model_from_config(card.config, zoo_tokenizer(card), device=device, dtype=dtype)
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as exc:
-        raise ValueError(f"cannot read {weights}: {exc}; the file is corrupt, re-create it with `circuitkit zoo train {name}`") from None
+        raise InputError(f"cannot read {weights}: {exc}; the file is corrupt, re-create it with `circuitkit zoo train {name}`") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Buffers (masks, rotary tables) are rebuilt from the config; weights must all be there.
     missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
     if missing or unexpected:
-        raise ValueError(f"weights of zoo model {name!r} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputError(f"weights of zoo model {name!r} do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     return model
 
@@ -223,7 +224,7 @@ def zoo_task(name_or_card: str | ZooCard, model=None, **overrides):
 def save_zoo_model(model, card: ZooCard, tokenizer, root: Path | None = None,
                    extra: Callable[[Path], Any] | None = None) -> Path:
     """Write ``card.json``, ``model.safetensors`` and ``tokenizer.json`` atomically into ``root/NAME``
-    (``root`` defaults to :func:`user_zoo_dir`). ``extra(folder)`` writes anything else the model
+    (``root`` defaults to `user_zoo_dir`). ``extra(folder)`` writes anything else the model
     folder holds (its ``saes/``) into the unfinished folder, so all of it replaces the old one at once."""
     import torch
     from safetensors.torch import save_file
@@ -265,4 +266,4 @@ def _json_default(obj):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a zoo card")
+    raise InputTypeError(f"cannot store {type(obj).__name__} in a zoo card")

@@ -1,6 +1,6 @@
 """circuitkit.patching: exact activation and path patching, direct logit attribution, logit lens.
 
-The batched engine they share lives in :mod:`circuitkit.patching.engine`.
+The batched engine they share lives in `circuitkit.patching.engine`.
 """
 
 from circuitkit.patching.activation import (

@@ -2,7 +2,7 @@
 
 The numbers are those of ``transformer_lens.patching.get_act_patch_*`` with the normalized
 metric ``(m - m_corrupted) / (m_clean - m_corrupted)`` (0 = corrupted behaviour, 1 = clean), but
-computed much faster by :mod:`circuitkit.patching.engine`.
+computed much faster by `circuitkit.patching.engine`.
 
 Granularities (``target``) and the TransformerLens-shaped grid kept in ``scores.meta["grid"]``:
 
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.patching.engine import Direction, check_direction, prepare_runs, sweep_patches
 from circuitkit.scores import Scores
@@ -59,7 +60,7 @@ TARGETS: dict[str, _Target] = {
 
 
 def validate_heads(model, heads: Iterable[str], n_heads: int | None = None, what: str = "head") -> list[tuple[int, int]]:
-    """Parse head ids and check their range (:func:`circuitkit.names.check_model_components`);
+    """Parse head ids and check their range (`circuitkit.names.check_model_components`);
     returns ``(layer, head)`` pairs."""
     nodes = names.check_model_components(model, heads, ("head",), n_heads=n_heads, what=what)
     return [(node.layer, node.head) for node in nodes]
@@ -86,7 +87,7 @@ def _check_target(model, target: str) -> _Target:
         if target in TARGETS and names.hook(TARGETS[target].hook, 0) in model.hook_dict:
             backend.require(model, _TARGET_NEEDS.get(target, ()), f"activation patching of {target!r}")
         why = "unknown target" if target not in TARGETS else f"model {model.cfg.model_name!r} has no {target} hook"
-        raise ValueError(f"{why} {target!r}; choose one of {valid_targets(model)}")
+        raise InputError(f"{why} {target!r}; choose one of {valid_targets(model)}")
     return TARGETS[target]
 
 
@@ -147,7 +148,7 @@ def activation_patching(
     Args:
         model: a ``HookedTransformer``.
         task: clean / corrupted prompts ``[batch, pos]`` and the metric.
-        target: one of :data:`TARGETS` (``head_out``, ``q``, ``k``, ``v``, ``pattern``,
+        target: one of `TARGETS` (``head_out``, ``q``, ``k``, ``v``, ``pattern``,
             ``resid_pre``, ``resid_mid``, ``attn_out``, ``mlp_out``).
         by_pos: one patch per position (per destination position for ``pattern``) instead of
             all positions at once.
@@ -182,11 +183,11 @@ def activation_patching(
     layer_set = set(range(n_layers)) if layers is None else {int(x) for x in layers}
     bad = sorted(x for x in layer_set if not 0 <= x < n_layers)
     if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: model {model.cfg.model_name!r} has layers 0 .. {n_layers - 1}")
+        raise InputError(f"layer {bad[0]} is out of range: model {model.cfg.model_name!r} has layers 0 .. {n_layers - 1}")
     head_set = None
     if heads is not None:
         if spec.kind == "site":
-            raise ValueError(f"heads= restricts head-level targets; {target!r} is not one (use head_out, q, k, v or pattern)")
+            raise InputError(f"heads= restricts head-level targets; {target!r} is not one (use head_out, q, k, v or pattern)")
         head_set = set(validate_heads(model, list(heads), n_heads, "key/value head" if n_heads != model.cfg.n_heads else "head"))
     shape, dims = _grid_layout(model, spec, target, by_pos, seq)
 
@@ -199,7 +200,7 @@ def activation_patching(
             continue
         entries.append(flat)
     if not entries:
-        raise ValueError("nothing to patch: the heads / layers given select no component")
+        raise InputError("nothing to patch: the heads / layers given select no component")
     used_layers = sorted({e[0] for e in entries})
     hook_names = [names.hook(spec.hook, layer) for layer in used_layers]
     # run_split starts the positions after a by-position patch at the next layer
@@ -248,10 +249,10 @@ def patch_head_sets(
     """
     spec = _check_target(model, target)
     if spec.kind == "site":
-        raise ValueError(f"head sets need a head-level target (head_out, q, k, v, pattern), not {target!r}")
+        raise InputError(f"head sets need a head-level target (head_out, q, k, v, pattern), not {target!r}")
     sets = [list(s) for s in head_sets]
     if not sets or any(len(s) == 0 for s in sets):
-        raise ValueError("head_sets must be a non-empty list of non-empty head lists, e.g. [['a0.h1', 'a1.h2']]")
+        raise InputError("head_sets must be a non-empty list of non-empty head lists, e.g. [['a0.h1', 'a1.h2']]")
     n_heads, seq = _head_count(model, spec), task.clean.shape[1]
     parsed = [validate_heads(model, s, n_heads) for s in sets]
     patches = []

@@ -20,7 +20,7 @@ runs and the normalized metric, much faster than one forward pass per patch:
   patches elsewhere take the base run's value without a run;
 * a by-position patch of those hooks in an earlier layer changes only its own position in that
   layer, so the later positions start one layer up from the base run's residual stream
-  (:func:`run_split`).
+  (`run_split`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.tasks.metrics import normalized
 from circuitkit.tasks.task import Task
@@ -89,7 +90,7 @@ class PatchRuns:
         return float(normalized(float(self.task.score(logits)), self.clean_score, self.corrupted_score))
 
     def normalized_copies(self, logits: Tensor, copies: int) -> Tensor:
-        """:meth:`normalized` of each of ``copies`` stacked copies of the prompts, ``[copies]``.
+        """`normalized` of each of ``copies`` stacked copies of the prompts, ``[copies]``.
 
         ``logits``: ``[copies * batch, pos, vocab]`` or, from an answer-position run, ``[copies * batch, vocab]``.
         """
@@ -108,7 +109,7 @@ class PatchRuns:
 
 def check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
-        raise ValueError(
+        raise InputError(
             f"direction must be 'denoise' (clean activations into the corrupted run) or 'noise' "
             f"(corrupted into clean), got {direction!r}"
         )
@@ -122,7 +123,7 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     that cannot change the metric (causal attention only): the runs end at the last answer
     position when the metric reads nothing else (every cached activation is then that much
     shorter), and ``same_tokens_before`` records the unchanged prefix, with the keys and values
-    the base run leaves in a TransformerLens KV cache kept for :func:`run_batched`'s ``prefix``.
+    the base run leaves in a TransformerLens KV cache kept for `run_batched`'s ``prefix``.
     (Those are not ``hook_k`` / ``hook_v``: where the model normalises or clips keys, the cache
     holds the result.)
     """
@@ -165,7 +166,7 @@ def prepare_runs(model, task: Task, direction: str, base_hooks: Iterable[str], s
     base_score, source_score = float(task.score(base_logits)), float(task.score(source_logits))
     clean_score, corrupted_score = (source_score, base_score) if direction == "denoise" else (base_score, source_score)
     if abs(clean_score - corrupted_score) < 1e-6:
-        raise ValueError(
+        raise InputError(
             f"task {task.name!r}: the clean and corrupted runs give the same {task.metric_name} "
             f"({clean_score:.4g}), so patching effects cannot be normalized; use a task whose "
             "corruption changes the model's behaviour"
@@ -181,7 +182,7 @@ def run_keeping_keys_values(model, tokens: Tensor, hooks: set[str], stop_at_laye
     """``model.run_with_cache(tokens)`` caching only ``hooks``, plus, per layer, the keys and values
     TransformerLens's KV cache stores (``[batch, pos, kv_head, d_head]`` each: after QK-norm and
     clipping, before rotary; not ``hook_k`` / ``hook_v``), for runs that skip a prefix of positions
-    (:func:`run_batched`'s ``prefix``). Returns ``(output, cache, keys_values)``."""
+    (`run_batched`'s ``prefix``). Returns ``(output, cache, keys_values)``."""
     kv_cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
     # from the embedding, so TransformerLens builds no padding mask from the tokenizer
     embedded = backend.embed(model, tokens)[0]
@@ -195,7 +196,7 @@ def rows_per_pass(model, runs: PatchRuns, batch_size: int | None) -> int:
     n_prompts, seq = runs.base_tokens.shape
     if batch_size is not None:
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive number of rows per forward pass, got {batch_size}")
+            raise InputError(f"batch_size must be a positive number of rows per forward pass, got {batch_size}")
         return max(1, int(batch_size) // n_prompts)
     logit_positions = 1 if runs.task.reads_answer_position_only else seq
     return max(1, min(_DEFAULT_ROWS // n_prompts, _LOGIT_BUDGET // (n_prompts * logit_positions * model.cfg.d_vocab)))
@@ -241,7 +242,7 @@ def run_batched(
 
 def _patched_logits(model, runs: PatchRuns, out: Tensor, copies: int, prefix: int) -> Tensor:
     """A patched run's output for positions ``prefix..`` (the residual stream after the last block
-    when the metric reads only answer positions, else logits) as :func:`run_batched` returns it,
+    when the metric reads only answer positions, else logits) as `run_batched` returns it,
     with the base run's values before ``prefix``."""
     if runs.answer_logits:
         return _answer_logits(model, runs, out, copies, prefix)
@@ -276,7 +277,7 @@ def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int,
     run's keys and values, or ``keys_values(layer)`` (already ``copies`` times the batch).
 
     ``frozen``: the run leaves the cache as it is; otherwise each layer's entry gains the run's
-    own keys and values (as TransformerLens stores them), for :func:`run_split` to reuse.
+    own keys and values (as TransformerLens stores them), for `run_split` to reuse.
     """
     entries = []
     rows = copies * runs.base_tokens.shape[0]
@@ -295,8 +296,8 @@ def _prefix_cache(model, runs: PatchRuns, start: int, copies: int, prefix: int,
 
 def run_split(model, runs: PatchRuns, start: int, hooks: list[tuple[str, Callable]], copies: int,
               lo: int, hi: int) -> Tensor:
-    """:func:`run_batched` with ``prefix=lo`` for patches of a position-local hook (see
-    :data:`_POSITION_LOCAL_HOOKS`) in layer ``start`` at positions ``lo..hi`` only.
+    """`run_batched` with ``prefix=lo`` for patches of a position-local hook (see
+    `_POSITION_LOCAL_HOOKS`) in layer ``start`` at positions ``lo..hi`` only.
 
     In layer ``start`` such patches change positions ``lo..hi`` alone, so the run is split in two:
     those positions through every layer from ``start``, then the later ones from layer ``start + 1``
@@ -371,11 +372,11 @@ def sweep_patches(
     ``k`` patches per forward pass. ``pos_axis`` is the position axis of the masks. Where
     ``runs.prefix_ok``, patches are ordered by their first patched position and each pass starts
     at the first position any of its patches touches, and not before the first position whose
-    tokens differ between the runs (see :func:`run_batched`); masks are cut to the positions the
+    tokens differ between the runs (see `run_batched`); masks are cut to the positions the
     runs hold and, for patches confined to the last layer of a hook that feeds no keys or values
     there, to the answer positions when the metric reads nothing else. A patch left empty keeps the
     base run's value. Passes whose patches of such a hook sit in one layer and end before the last
-    position run in two parts (:func:`run_split`). Returns ``[len(patches)]``.
+    position run in two parts (`run_split`). Returns ``[len(patches)]``.
     """
     k_max = rows_per_pass(model, runs, batch_size)
     seq = runs.base_tokens.shape[1]

@@ -1,11 +1,11 @@
 """Direct logit attribution and the logit lens, both over TransformerLens's ``ActivationCache``.
 
-* :func:`direct_logit_attribution` splits the final answer logit difference into what each
+* `direct_logit_attribution` splits the final answer logit difference into what each
   head, MLP and the input embedding write directly into the residual stream, read through the
   unembedding with the final LayerNorm's scale frozen at its clean value
   (``ActivationCache.get_full_resid_decomposition(apply_ln=True)``). The components plus the
   bias term (``meta["bias"]``) sum exactly to the model's logit difference.
-* :func:`logit_lens` reads the accumulated residual stream after each layer through the final
+* `logit_lens` reads the accumulated residual stream after each layer through the final
   LayerNorm (recomputed) and the unembedding and scores the task metric there.
 """
 
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.ablation.edges import attn_output_norm
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.scores import Scores
 from circuitkit.tasks import metrics
@@ -24,7 +25,7 @@ from circuitkit.tasks.task import PAD_ANSWER, Task
 
 def _tokens(task: Task, which: str) -> Tensor:
     if which not in ("clean", "corrupted"):
-        raise ValueError(f"which must be 'clean' or 'corrupted', got {which!r}")
+        raise InputError(f"which must be 'clean' or 'corrupted', got {which!r}")
     return task.clean if which == "clean" else task.corrupted
 
 
@@ -68,11 +69,11 @@ def direct_logit_attribution(model, task: Task, *, which: str = "clean") -> Scor
     backend.require(model, ("heads", "additive"), "direct logit attribution")
     cfg = model.cfg
     if getattr(cfg, "output_logits_soft_cap", 0) and cfg.output_logits_soft_cap > 0:
-        raise ValueError("direct logit attribution needs linear logits; this model soft-caps them "
+        raise InputError("direct logit attribution needs linear logits; this model soft-caps them "
                          "(output_logits_soft_cap > 0), so the decomposition would not add up; use "
                          "eap / exact_edge_patching on the edges into logits, or activation_patching")
     if any(attn_output_norm(model, layer) is not None for layer in range(cfg.n_layers)):
-        raise ValueError("direct logit attribution needs heads that add to the residual stream; this model "
+        raise InputError("direct logit attribution needs heads that add to the residual stream; this model "
                          "normalises each layer's summed head outputs (post-norm), so a head has no direct "
                          "term of its own; use eap / exact_edge_patching on the edges into logits, or "
                          "activation_patching")

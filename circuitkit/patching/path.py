@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.patching.activation import validate_heads
 from circuitkit.patching.engine import PatchRuns, prepare_runs, rows_per_pass, run_batched
@@ -35,28 +36,28 @@ RECEIVER_INPUTS = ("q", "k", "v", "mlp", "resid")
 def _receiver_sites(model, receivers: Sequence[str] | None, receiver_input: str) -> dict[int, list[int] | None]:
     """``{layer: [head indices at the hooked tensor] or None (whole tensor)}`` of the receivers."""
     if receiver_input not in RECEIVER_INPUTS:
-        raise ValueError(
+        raise InputError(
             f"receiver_input must be one of {RECEIVER_INPUTS} ('resid' = the final residual stream, "
             f"i.e. receivers=['logits']), got {receiver_input!r}"
         )
     cfg = model.cfg
     if receiver_input == "resid":
         if receivers not in (None, [names.LOGITS], (names.LOGITS,)):
-            raise ValueError(
+            raise InputError(
                 f"receiver_input='resid' patches the final residual stream: give receivers=['logits'] "
                 f"(or None), got {receivers!r}"
             )
         return {}
     if not receivers:
-        raise ValueError(f"receiver_input={receiver_input!r} needs receivers, e.g. ['a2.h1'] or ['m1']")
+        raise InputError(f"receiver_input={receiver_input!r} needs receivers, e.g. ['a2.h1'] or ['m1']")
     sites: dict[int, list[int] | None] = {}
     if receiver_input == "mlp":
         if cfg.attn_only:
-            raise ValueError(f"model {cfg.model_name!r} is attention-only: it has no MLP receivers; use q, k, v or resid")
+            raise InputError(f"model {cfg.model_name!r} is attention-only: it has no MLP receivers; use q, k, v or resid")
         for r in receivers:
             node = names.parse_node(r)
             if node.kind != "mlp" or not 0 <= node.layer < cfg.n_layers:
-                raise ValueError(f"MLP receiver {r!r} must be 'm<layer>' with layer in 0 .. {cfg.n_layers - 1}")
+                raise InputError(f"MLP receiver {r!r} must be 'm<layer>' with layer in 0 .. {cfg.n_layers - 1}")
             sites[node.layer] = None
         return sites
     group = 1
@@ -120,10 +121,10 @@ def path_patching(
     sender_list = ([names.head(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
                    if senders is None else list(senders))
     if not sender_list:
-        raise ValueError("senders is empty; give head ids such as ['a0.h1'] or None for every head")
+        raise InputError("senders is empty; give head ids such as ['a0.h1'] or None for every head")
     pairs = validate_heads(model, sender_list, what="sender head")
     if freeze_mlps and cfg.attn_only:
-        raise ValueError("freeze_mlps=True but the model is attention-only (it has no MLPs)")
+        raise InputError("freeze_mlps=True but the model is attention-only (it has no MLPs)")
     sender_layers = sorted({layer for layer, _ in pairs})
     receiver_short = _hook_short(receiver_input)
     receiver_hooks = [names.hook(receiver_short, layer) for layer in sites]

@@ -1,16 +1,16 @@
 """circuitkit.sae: sparse autoencoders through SAELens — train, load, measure, explain, attribute.
 
-* :func:`train_sae` (hyperparameters: :class:`SAETrainConfig`) / :func:`save_sae` / :func:`load_sae` / :func:`load_pretrained_sae`
-* :func:`sae_quality` -> :class:`SAEQuality` (explained variance, L0, dead fraction, CE recovered)
-* :func:`encode`, :func:`top_activating_examples`, :func:`feature_card`, :func:`logit_effects`,
-  :func:`feature_cards` (one card per feature node of a circuit: what hovering it shows)
-* :func:`feature_attribution` (attribution patching through the spliced SAE, error term kept),
-  :func:`feature_patching` (exact), :func:`spliced_sae`
-* :func:`discrete_sae_head_scores` (O'Neill & Bui 2024)
-* :func:`make_sites` / :func:`splice_run` (several SAEs and transcoders spliced at once, error
-  terms kept), :func:`feature_graph` -> :class:`FeatureGraph` (node and edge estimates, Marks et
-  al. 2024), :func:`exact_node_effects` / :func:`exact_edge_effects`;
-  :func:`linear_feature_graph` (exact edges over transcoders, circuit-tracer's construction)
+* `train_sae` (hyperparameters: `SAETrainConfig`) / `save_sae` / `load_sae` / `load_pretrained_sae`
+* `sae_quality` -> `SAEQuality` (explained variance, L0, dead fraction, CE recovered)
+* `encode`, `top_activating_examples`, `feature_card`, `logit_effects`,
+  `feature_cards` (one card per feature node of a circuit: what hovering it shows)
+* `feature_attribution` (attribution patching through the spliced SAE, error term kept),
+  `feature_patching` (exact), `spliced_sae`
+* `discrete_sae_head_scores` (O'Neill & Bui 2024)
+* `make_sites` / `splice_run` (several SAEs and transcoders spliced at once, error
+  terms kept), `feature_graph` -> `FeatureGraph` (node and edge estimates, Marks et
+  al. 2024), `exact_node_effects` / `exact_edge_effects`;
+  `linear_feature_graph` (exact edges over transcoders, circuit-tracer's construction)
 """
 
 from circuitkit.sae.attribution import feature_attribution, feature_patching, spliced_sae

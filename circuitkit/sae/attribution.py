@@ -8,7 +8,7 @@ the error term as it was on the clean run.
 
 Attribution patching (first-order): ``score_f = sum_{prompt,pos} (a_f(corrupted) - a_f(clean))
 * dM/da_f`` evaluated on the clean run, where ``M`` is the task metric averaged over prompts.
-:func:`feature_patching` is the slow exact counterpart (one forward per feature).
+`feature_patching` is the slow exact counterpart (one forward per feature).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from circuitkit.errors import InputError
 from circuitkit.sae.features import check_sae_fits, encode, feature_label, flat_input
 from circuitkit.scores import Scores
 from circuitkit.tokenizers import check_token_ids
@@ -71,7 +72,7 @@ def _features(sae, features: Iterable[int] | None) -> list[int]:
     out = [int(f) for f in features]
     bad = [f for f in out if not 0 <= f < sae.cfg.d_sae]
     if bad:
-        raise ValueError(f"features {bad[:5]} are outside this SAE's {sae.cfg.d_sae} latents; use 0..{sae.cfg.d_sae - 1}")
+        raise InputError(f"features {bad[:5]} are outside this SAE's {sae.cfg.d_sae} latents; use 0..{sae.cfg.d_sae - 1}")
     return out
 
 
@@ -112,7 +113,7 @@ def feature_patching(model, sae, task, features: Iterable[int], hook_name: str |
     """Exact patching: metric change when each feature is set to its corrupted activation.
 
     One forward pass per feature, with the SAE spliced in and the clean error term kept.
-    Same labels and sign convention as :func:`feature_attribution`.
+    Same labels and sign convention as `feature_attribution`.
     """
     name = _task_sae(model, sae, task, hook_name)
     feats = _features(sae, features)

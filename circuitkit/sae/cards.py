@@ -1,11 +1,11 @@
 """Feature cards for the feature nodes of a feature circuit (what hovering a node shows).
 
-:func:`feature_cards` takes the SAEs / transcoders a circuit was built with (spliced as in
-:func:`circuitkit.sae.splice.make_sites`) and the circuit's node ids (``f{L}.{site}.{i}@{pos}``;
+`feature_cards` takes the SAEs / transcoders a circuit was built with (spliced as in
+`circuitkit.sae.splice.make_sites`) and the circuit's node ids (``f{L}.{site}.{i}@{pos}``;
 other nodes are skipped), encodes a corpus once per site and returns one
-:class:`~circuitkit.sae.features.FeatureCard` per feature (positions merged: a feature's card is
+`FeatureCard` per feature (positions merged: a feature's card is
 the same at every position): its top-activating contexts over the corpus and the output tokens
-its decoder direction promotes / suppresses (:func:`~circuitkit.sae.features.logit_effects`).
+its decoder direction promotes / suppresses (`logit_effects`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.sae.features import FeatureCard, encode, feature_card
 from circuitkit.sae.splice import make_sites
 from circuitkit.tokenizers import check_token_ids
@@ -33,7 +34,7 @@ def feature_cards(model, saes, tokens, nodes: Iterable[str], k: int = 5, context
     """``{feature id: FeatureCard}`` for every feature among ``nodes`` (e.g. ``circuit.nodes``).
 
     Args:
-        saes: the SAEs / transcoders of the circuit (as for :func:`~circuitkit.circuit.feature_circuit`).
+        saes: the SAEs / transcoders of the circuit (as for `feature_circuit`).
         tokens: the corpus the top activations are searched in, ``[batch, pos]`` token ids, or a
             task (its clean prompts).
         nodes: node ids; feature nodes ``f{L}.{site}.{i}`` (with or without ``@pos``) get a card,
@@ -65,11 +66,11 @@ def feature_cards(model, saes, tokens, nodes: Iterable[str], k: int = 5, context
         node = names.parse_node(fid)
         site = sites.get((node.layer, node.hook))
         if site is None:
-            raise ValueError(f"feature {fid!r} names no spliced site; the sites are "
+            raise InputError(f"feature {fid!r} names no spliced site; the sites are "
                              f"{[names.error(s.layer, s.short) for s in sites.values()]} (pass the SAEs the "
                              "circuit was built with)")
         if not 0 <= node.index < site.d_sae:
-            raise ValueError(f"feature {fid!r}: index {node.index} is outside the {site.d_sae} latents of the "
+            raise InputError(f"feature {fid!r}: index {node.index} is outside the {site.d_sae} latents of the "
                              f"SAE at {site.hook_in}")
         wanted.setdefault((node.layer, node.hook), []).append((fid, node.index))
     cards: dict[str, FeatureCard] = {}

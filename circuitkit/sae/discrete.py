@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.sae.train import quiet_sae_lens
 from circuitkit.scores import Scores
 from circuitkit.tasks.task import Task
@@ -38,7 +39,7 @@ def head_output_means(model, tokens, lengths: Tensor | None = None, batch_size: 
     n, seq = tokens.shape
     lengths = torch.full((n,), seq) if lengths is None else torch.as_tensor(lengths).reshape(-1).cpu()
     if lengths.shape[0] != n or bool((lengths < 1).any()) or bool((lengths > seq).any()):
-        raise ValueError(f"lengths must give 1..{seq} real positions for each of the {n} prompts")
+        raise InputError(f"lengths must give 1..{seq} real positions for each of the {n} prompts")
     hooks = [names.hook("z", layer) for layer in range(model.cfg.n_layers)]
     out = []
     for start in range(0, n, batch_size):
@@ -50,7 +51,7 @@ def head_output_means(model, tokens, lengths: Tensor | None = None, batch_size: 
             z = cache[hook]  # [b, pos, head, d_head]
             w_o = model.blocks[layer].attn.W_O  # [head, d_head, d_model]
             if z.shape[2] != w_o.shape[0]:  # grouped-query attention keeps z per query head
-                raise ValueError(f"hook_z has {z.shape[2]} heads but W_O has {w_o.shape[0]}")
+                raise InputError(f"hook_z has {z.shape[2]} heads but W_O has {w_o.shape[0]}")
             head_out = torch.einsum("bphd,hdm->bphm", z, w_o)
             per_layer.append((head_out * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None])
         out.append(torch.stack(per_layer, dim=1))
@@ -83,7 +84,7 @@ def train_code_sae(vectors: Tensor, n_latents: int = 200, l1: float = 0.02, step
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     if vectors.ndim != 2 or len(vectors) < 2:
-        raise ValueError(f"need at least 2 vectors of shape [n, d] to train the code SAE, got {tuple(vectors.shape)}")
+        raise InputError(f"need at least 2 vectors of shape [n, d] to train the code SAE, got {tuple(vectors.shape)}")
     torch.manual_seed(seed)
     vectors = vectors.detach().float()
     batch_size = min(batch_size, len(vectors))
@@ -151,7 +152,7 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
     positive, pos_lengths = _lengths_of(positive_task_or_tokens)
     if negative_tokens is None:
         if not isinstance(positive_task_or_tokens, Task):
-            raise ValueError("give negative_tokens (prompts where the model cannot do the task), or pass a Task "
+            raise InputError("give negative_tokens (prompts where the model cannot do the task), or pass a Task "
                              "whose corrupted prompts are the negative ones")
         negative, neg_lengths = positive_task_or_tokens.corrupted, pos_lengths
     else:
@@ -161,11 +162,11 @@ def discrete_sae_head_scores(model, positive_task_or_tokens, negative_tokens=Non
         if only_correct:
             correct = _predicts_correctly(model, positive_task_or_tokens)
             if not bool(correct.any()):
-                raise ValueError(f"the model gets none of the {len(correct)} prompts of task "
+                raise InputError(f"the model gets none of the {len(correct)} prompts of task "
                                  f"{positive_task_or_tokens.name!r} right; pass only_correct=False to use them all")
             positive, pos_lengths = positive[correct], pos_lengths[correct]
     if n_latents < 2:
-        raise ValueError(f"n_latents={n_latents}: the code SAE needs at least 2 latents")
+        raise InputError(f"n_latents={n_latents}: the code SAE needs at least 2 latents")
     pos_vec = head_output_means(model, positive, pos_lengths)
     neg_vec = head_output_means(model, negative, neg_lengths)
     d_model = pos_vec.shape[-1]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.tokenizers import check_token_ids
 
 # --- hook checks ------------------------------------------------------------------------------
@@ -27,7 +28,7 @@ def check_hook(model, hook_name: str) -> str:
     if not isinstance(hook_name, str) or hook_name not in model.hook_dict:
         close = difflib.get_close_matches(str(hook_name), list(model.hook_dict), n=5, cutoff=0.5)
         hint = f"close matches: {close}" if close else "see `circuitkit info MODEL` for every hook name"
-        raise ValueError(f"model {model.cfg.model_name!r} has no hook point {hook_name!r}; {hint}")
+        raise InputError(f"model {model.cfg.model_name!r} has no hook point {hook_name!r}; {hint}")
     return hook_name
 
 
@@ -53,7 +54,7 @@ def sae_hook_name(sae, hook_name: str | None = None) -> str:
     """The hook the SAE reads: ``hook_name`` if given, else the one in its config."""
     name = hook_name or sae.cfg.metadata.hook_name
     if not name:
-        raise ValueError("this SAE's config names no hook (cfg.metadata.hook_name); pass hook_name='blocks.L.hook_...'")
+        raise InputError("this SAE's config names no hook (cfg.metadata.hook_name); pass hook_name='blocks.L.hook_...'")
     return name
 
 
@@ -65,7 +66,7 @@ def check_sae_fits(model, sae, hook_name: str | None = None) -> str:
     name = check_hook(model, sae_hook_name(sae, hook_name))
     width = hook_width(model, name)
     if int(sae.cfg.d_in) != width:
-        raise ValueError(
+        raise InputError(
             f"the SAE has d_in={sae.cfg.d_in} but hook {name!r} of model {model.cfg.model_name!r} carries "
             f"{width}-wide activations; use an SAE trained on this hook (circuitkit sae train) or pass the "
             "hook it was trained on"
@@ -122,7 +123,7 @@ def encode(model, sae, tokens, hook_name: str | None = None, batch_size: int = 3
 
 def _check_feature(sae, feature: int) -> int:
     if not 0 <= int(feature) < sae.cfg.d_sae:
-        raise ValueError(f"feature {feature} is outside this SAE's {sae.cfg.d_sae} latents; use 0..{sae.cfg.d_sae - 1}")
+        raise InputError(f"feature {feature} is outside this SAE's {sae.cfg.d_sae} latents; use 0..{sae.cfg.d_sae - 1}")
     return int(feature)
 
 
@@ -140,7 +141,7 @@ def top_activating_examples(model, sae, tokens, feature: int, k: int = 10, conte
     ``activation``, ``token`` (the token at ``pos``), ``context_tokens`` (the ``context`` tokens
     before it and up to 2 after, as strings), ``context_acts`` (the feature's activation on each
     of them) and ``center`` (the index of ``pos`` inside the context). ``feature_acts`` (the
-    output of :func:`encode`) skips re-encoding.
+    output of `encode`) skips re-encoding.
     """
     import pandas as pd
 
@@ -173,10 +174,10 @@ class FeatureCard:
 
     Attributes:
         feature: the latent index; label: its component id (``f1.resid_pre.17``).
-        examples: :func:`top_activating_examples` frame.
+        examples: `top_activating_examples` frame.
         boosted / suppressed: DataFrames (``token``, ``token_id``, ``logit``) of the output tokens
             the feature's decoder direction raises / lowers most through the unembedding
-            (:func:`logit_effects`: direct path only, later layers ignored, the final norm's
+            (`logit_effects`: direct path only, later layers ignored, the final norm's
             weight folded in as SAELens's dashboards do).
         density: fraction of token positions where the feature is active.
         mean_activation: its mean activation where active.
@@ -192,7 +193,7 @@ class FeatureCard:
 
 
 def feature_label(sae, feature: int, hook_name: str | None = None) -> str:
-    """``f{layer}.{hook}.{index}`` via :func:`circuitkit.names.feature`."""
+    """``f{layer}.{hook}.{index}`` via `circuitkit.names.feature`."""
     name = sae_hook_name(sae, hook_name)
     parts = name.split(".")
     layer = int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else 0
@@ -212,7 +213,7 @@ def logit_effects(model, sae, feature: int) -> Tensor:
     feature = _check_feature(sae, feature)
     direction = sae.W_dec[feature].detach().to(model.W_U.device, model.W_U.dtype)
     if direction.shape[0] != model.cfg.d_model:
-        raise ValueError(
+        raise InputError(
             f"feature directions are {direction.shape[0]}-wide but the unembedding reads d_model="
             f"{model.cfg.d_model}; output-token effects exist only for SAEs on the residual stream or "
             "attn_out / mlp_out hooks"
@@ -227,7 +228,7 @@ def logit_effects(model, sae, feature: int) -> Tensor:
 
 def output_logit_effects(model, sae, feature: int, k: int = 10):
     """``(boosted, suppressed)`` frames (``token``, ``token_id``, ``logit``) of the ``k`` tokens
-    :func:`logit_effects` ranks highest / lowest."""
+    `logit_effects` ranks highest / lowest."""
     import pandas as pd
 
     logits = logit_effects(model, sae, feature)
@@ -253,7 +254,7 @@ def feature_card(model, sae, feature: int, tokens, k: int = 10, context: int = 8
                  label: str | None = None, n_tokens: int | None = None) -> FeatureCard:
     """Top examples plus top boosted / suppressed output tokens of ``feature``.
 
-    ``feature_acts`` (:func:`encode` of ``tokens``) skips re-encoding; ``label`` overrides the
+    ``feature_acts`` (`encode` of ``tokens``) skips re-encoding; ``label`` overrides the
     component id; ``n_tokens`` output tokens each way (default ``k``). An SAE whose decoder does
     not write ``d_model``-wide directions (``hook_z``) gets empty boosted / suppressed frames.
     """

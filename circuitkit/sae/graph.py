@@ -13,7 +13,7 @@ Estimates are first-order (attribution patching), with ``Δ = baseline - clean``
   cut into leaves), so an edge is the part of ``u``'s effect that reaches ``d`` without passing
   through another node; ``u -> logits`` is ``∂m/∂u · Δu`` along paths through no other node.
 
-:func:`exact_node_effects` and :func:`exact_edge_effects` are the slow exact counterparts (patch
+`exact_node_effects` and `exact_edge_effects` are the slow exact counterparts (patch
 ``u`` to its baseline; for an edge, hold every site between ``u`` and ``d`` at its clean values and
 move only ``d``), for checking the estimates on a sample.
 """
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from circuitkit import names
 from circuitkit.ablation.kinds import FEATURE_ABLATION_KINDS, check_kind
+from circuitkit.errors import InputError
 from circuitkit.sae.splice import INPUT_HOOK, Site, SpliceRecord, make_sites, splice_run
 from circuitkit.scores import Scores
 from circuitkit.tokenizers import check_token_ids
@@ -47,6 +48,19 @@ class Baseline:
     input: Tensor
     acts: dict[int, Tensor]
     errors: dict[int, Tensor]
+
+
+def resolve_baseline(model, sites: Sequence[Site], task, baseline: str | Baseline) -> Baseline:
+    """``baseline`` itself when it is already computed (a `Baseline` of ``task``'s prompts and
+    these sites, built once and shared by discovery and evaluation), else `baseline_values`."""
+    if not isinstance(baseline, Baseline):
+        return baseline_values(model, sites, task, baseline)
+    expected = tuple(task.clean.shape)
+    if tuple(baseline.input.shape[:2]) != expected or set(baseline.acts) != set(range(len(sites))):
+        raise InputError(f"the {baseline.kind} baseline was computed for prompts {list(baseline.input.shape[:2])} and "
+                         f"{len(baseline.acts)} sites, not this task's {list(expected)} and {len(sites)} sites; build "
+                         "it with baseline_values(model, sites, task, kind) for this task")
+    return baseline
 
 
 @torch.no_grad()
@@ -82,7 +96,7 @@ def baseline_values(model, sites: Sequence[Site], task, kind: str = "mean") -> B
 class FeatureGraph:
     """Node and edge estimates of a feature graph, plus what is needed to evaluate it.
 
-    ``nodes`` / ``edges``: :class:`Scores` (method ``"feature-attribution"``), node ids
+    ``nodes`` / ``edges``: `Scores` (method ``"feature-attribution"``), node ids
     ``f{L}.{site}.{i}@{pos}``, ``e{L}.{site}@{pos}``, ``input@{pos}``; edges ``parent->child``
     (child ``logits`` for the metric). ``candidates``: the nodes edges were computed among.
     """
@@ -115,11 +129,12 @@ def node_tables(sites, positions, n_pos):
     return feats, errs, inputs
 
 
-def check_graph_args(baseline: str, positions: str) -> None:
+def check_graph_args(baseline: str | Baseline, positions: str) -> None:
     """Raise ``ValueError`` for an unknown baseline kind or positions mode."""
-    check_kind(baseline, BASELINES, "feature baseline")
+    if not isinstance(baseline, Baseline):
+        check_kind(baseline, BASELINES, "feature baseline")
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be 'each' (one node per position) or 'sum' (aggregated), got {positions!r}")
+        raise InputError(f"positions must be 'each' (one node per position) or 'sum' (aggregated), got {positions!r}")
 
 
 METHODS = ("ig", "attribution")
@@ -137,7 +152,7 @@ def grad_or_zeros(outputs, inputs, grad_outputs=None, batched: bool = False):
     return [x.new_zeros(*lead, *x.shape) if g is None else g for g, x in zip(grads, inputs, strict=True)]
 
 
-def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, baseline: str = "mean",
+def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, baseline: str | Baseline = "mean",
                   positions: str = "each", node_threshold: float = 0.0, max_nodes: int | None = None,
                   chunk: int = 64, progress: bool = True) -> FeatureGraph:
     """Estimates for every node of the feature graph and for the edges among the candidates.
@@ -153,18 +168,18 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
     ``max_nodes`` features per site, largest first), every input position, and ``logits``. Edges
     are computed into each candidate from every upstream candidate (backward passes batched
     ``chunk`` at a time); edges estimated at exactly 0 (no direct path) are left out. Returns a
-    :class:`FeatureGraph`; ``circuitkit.circuit.features.feature_circuit`` makes it a Circuit.
+    `FeatureGraph`; ``circuitkit.circuit.features.feature_circuit`` makes it a Circuit.
     """
     check_graph_args(baseline, positions)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
     task.check_model(model)
     sites = make_sites(model, saes)
     clean = check_token_ids(model, task.clean)
     n_pos, n = clean.shape[1], len(sites)
-    base = baseline_values(model, sites, task, baseline)
+    base = resolve_baseline(model, sites, task, baseline)
     feats, errs, inputs = node_tables(sites, positions, n_pos)
     x_clean = clean_input(model, clean)
     crec = SpliceRecord()
@@ -210,7 +225,7 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
         ie_err.append(reduce_prompts((g_err[i] * d_err[i]).sum(-1), positions))  # [npos]
         labels += [x for row in feats[i] for x in row] + errs[i]
         values += [ie_acts[i].reshape(-1), ie_err[i]]
-    meta = {"baseline": baseline, "positions": positions, "clean_metric": m0, "steps": len(alphas)}
+    meta = {"baseline": base.kind, "positions": positions, "clean_metric": m0, "steps": len(alphas)}
     node_scores = Scores(torch.cat(values).detach(), labels, f"feature-{method}", task=task.name,
                          metric=task.metric_name, meta=dict(meta))
 
@@ -308,7 +323,7 @@ def feature_graph(model, saes, task, *, method: str = "ig", steps: int = 8, base
                 edge_values.append(value)
     edge_scores = Scores(torch.tensor(edge_values, dtype=torch.float32), edge_labels, f"feature-{method}",
                          task=task.name, metric=task.metric_name, meta=dict(meta))
-    return FeatureGraph(node_scores, edge_scores, sites, positions, baseline, candidates,
+    return FeatureGraph(node_scores, edge_scores, sites, positions, base.kind, candidates,
                         meta={**meta, "n_candidates": len(candidates), "node_threshold": node_threshold,
                               "max_nodes": max_nodes})
 
@@ -339,11 +354,11 @@ def _ref(node_id: str, sites: Sequence[Site]) -> _Ref:
         index = _site_index(sites).get((node.layer, node.hook))
         if index is None:
             known = [names.error(s.layer, s.short) for s in sites]
-            raise ValueError(f"{node_id!r} names no spliced site; the sites are {known}")
+            raise InputError(f"{node_id!r} names no spliced site; the sites are {known}")
         if node.kind == "feature" and not 0 <= node.index < sites[index].d_sae:
-            raise ValueError(f"{node_id!r}: feature index out of range 0..{sites[index].d_sae - 1}")
+            raise InputError(f"{node_id!r}: feature index out of range 0..{sites[index].d_sae - 1}")
         return _Ref(node.kind, index, node.pos, node.index)
-    raise ValueError(f"{node_id!r} is not a feature-graph node (input, f.., e.., logits)")
+    raise InputError(f"{node_id!r} is not a feature-graph node (input, f.., e.., logits)")
 
 
 def _pos_mask(like: Tensor, pos: int | None) -> Tensor:
@@ -380,19 +395,19 @@ def clean_input(model, tokens) -> Tensor:
 
 
 @torch.no_grad()
-def exact_node_effects(model, saes, task, nodes: Sequence[str], *, baseline: str = "mean",
+def exact_node_effects(model, saes, task, nodes: Sequence[str], *, baseline: str | Baseline = "mean",
                        progress: bool = True) -> Scores:
     """Metric change when each node alone takes its baseline value (every other node computed
     from its inputs as usual). One forward pass per node; same ids and sign as the estimates."""
     sites = make_sites(model, saes)
-    base = baseline_values(model, sites, task, baseline)
+    base = resolve_baseline(model, sites, task, baseline)
     clean = check_token_ids(model, task.clean)
     m0 = _run(model, sites, clean, task)
     values = []
     for node in tqdm(list(nodes), desc="exact node effects", disable=not progress, leave=False):
         ref = _ref(node, sites)
         if ref.kind == "logits":
-            raise ValueError("'logits' is the metric, not a node to patch")
+            raise InputError("'logits' is the metric, not a node to patch")
         if ref.kind == "input":
             x0 = _set(clean_input(model, clean), base.input, ref)
             values.append(_run(model, sites, clean, task, input_value=x0) - m0)
@@ -407,18 +422,18 @@ def exact_node_effects(model, saes, task, nodes: Sequence[str], *, baseline: str
 
         values.append(_run(model, sites, clean, task, intervene) - m0)
     return Scores(torch.tensor(values), list(nodes), "feature-patching", task=task.name, metric=task.metric_name,
-                  meta={"baseline": baseline, "clean_metric": m0})
+                  meta={"baseline": base.kind, "clean_metric": m0})
 
 
 @torch.no_grad()
-def exact_edge_effects(model, saes, task, edges: Sequence[str], *, baseline: str = "mean",
+def exact_edge_effects(model, saes, task, edges: Sequence[str], *, baseline: str | Baseline = "mean",
                        progress: bool = True) -> Scores:
     """Exact direct effect of each edge ``u -> d``: patch ``u`` to its baseline with every site
     strictly between them held at its clean values, read ``d``'s new value, then run the clean
     model with only ``d`` moved to it (for ``d = logits``: the metric of the first run). Two
     forward passes per edge; same ids and sign as the estimates."""
     sites = make_sites(model, saes)
-    base = baseline_values(model, sites, task, baseline)
+    base = resolve_baseline(model, sites, task, baseline)
     clean = check_token_ids(model, task.clean)
     clean_rec = SpliceRecord()
     m0 = _run(model, sites, clean, task, record=clean_rec)
@@ -430,7 +445,7 @@ def exact_edge_effects(model, saes, task, edges: Sequence[str], *, baseline: str
         e = names.parse_edge(label)
         u, d = _ref(e.parent, sites), _ref(e.child, sites)
         if u.where >= d.where:
-            raise ValueError(f"edge {label!r} does not run forward through the spliced sites")
+            raise InputError(f"edge {label!r} does not run forward through the spliced sites")
 
         def first(i, acts, err, u=u, d=d):
             if u.where < i < d.where:
@@ -458,7 +473,7 @@ def exact_edge_effects(model, saes, task, edges: Sequence[str], *, baseline: str
 
         values.append(_run(model, sites, clean, task, second) - m0)
     return Scores(torch.tensor(values), list(edges), "feature-edge-patching", task=task.name,
-                  metric=task.metric_name, meta={"baseline": baseline, "clean_metric": m0})
+                  metric=task.metric_name, meta={"baseline": base.kind, "clean_metric": m0})
 
 
 # --- ablation runs (faithfulness) --------------------------------------------------------------

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.errors import InputError
 from circuitkit.sae.graph import (
     FeatureGraph,
     check_graph_args,
@@ -108,20 +109,20 @@ def check_linear(model, sites: Sequence[Site], task) -> None:
         replaced = {s.layer for s in sites if s.is_transcoder and s.hook_out == names.hook("mlp_out", s.layer)}
         missing = [layer for layer in range(model.cfg.n_layers) if layer not in replaced]
         if missing:
-            raise ValueError(f"exact linear edges need every MLP replaced by a transcoder writing "
+            raise InputError(f"exact linear edges need every MLP replaced by a transcoder writing "
                              f"blocks.L.hook_mlp_out; layers {missing} have none. Splice transcoders there, or use "
                              f"feature_graph(method='ig' or 'attribution'), which estimates edges through MLPs")
     metric = task.metric if isinstance(task.metric, str) else getattr(task.metric, "__name__", "a callable")
     if metric not in LINEAR_METRICS:
-        raise ValueError(f"exact linear edges need a metric affine in the logits ({LINEAR_METRICS}); task "
+        raise InputError(f"exact linear edges need a metric affine in the logits ({LINEAR_METRICS}); task "
                          f"{task.name!r} uses {metric!r}. Build the task with metric='logit_diff'")
 
 
 def linear_feature_graph(model, saes, task, *, positions: str = "each", node_threshold: float = 0.0,
                          max_nodes: int | None = None, chunk: int = 64, progress: bool = True) -> FeatureGraph:
-    """The exact linear graph of ``task``'s prompts (summed over prompts) as a :class:`FeatureGraph`.
+    """The exact linear graph of ``task``'s prompts (summed over prompts) as a `FeatureGraph`.
 
-    ``saes``: as :func:`~circuitkit.sae.splice.make_sites` takes them; a transcoder must write
+    ``saes``: as `make_sites` takes them; a transcoder must write
     every MLP's output (SAEs at other sites are allowed: a spliced SAE is linear too). Candidate
     nodes: the features active on some prompt at a position (``|node score| >= node_threshold``, at
     most ``max_nodes`` per site, largest first), every error node, every input position and

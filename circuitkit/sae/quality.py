@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from circuitkit.errors import InputError
 from circuitkit.sae.features import check_sae_fits, flat_input, flatten_heads
 from circuitkit.tokenizers import check_token_ids
 
@@ -65,7 +66,7 @@ def sae_quality(model, sae, tokens, hook_name: str | None = None, batch_size: in
     name = check_sae_fits(model, sae, hook_name)
     tokens = check_token_ids(model, tokens)
     if tokens.shape[1] < 2:
-        raise ValueError("quality needs prompts of at least 2 tokens (CE loss scores next-token predictions)")
+        raise InputError("quality needs prompts of at least 2 tokens (CE loss scores next-token predictions)")
     variance = ExplainedVarianceCalculator()
     ever_active = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     l0_sum = mse_sum = 0.0

@@ -8,7 +8,7 @@ term kept the forward pass is unchanged, so features and errors are a lossless d
 the model's activations.
 
 The node variables of a site are its feature activations ``[batch, pos, d_sae]`` and its error
-``[batch, pos, width]``; the site's output is ``decode(acts) + error``. :func:`splice_run` runs
+``[batch, pos, width]``; the site's output is ``decode(acts) + error``. `splice_run` runs
 the model with every site spliced and, per call, can record them, replace them (ablation and
 patching), or cut them into gradient leaves so that gradients stop at each site (direct effects
 between sites, used for the edges of a feature circuit).
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from circuitkit import names
+from circuitkit.errors import InputError, InputTypeError
 from circuitkit.sae.features import check_hook, flat_input, hook_width
 
 INPUT_HOOK = names.hook("resid_pre", 0)  # the input node is the residual stream before block 0
@@ -80,7 +81,7 @@ def _hook_shape(model, hook_name: str) -> tuple[int, ...]:
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)], return_type=None)
     if "s" not in shapes:
-        raise ValueError(f"hook {hook_name!r} is never reached in a forward pass of {model.cfg.model_name!r} "
+        raise InputError(f"hook {hook_name!r} is never reached in a forward pass of {model.cfg.model_name!r} "
                          "(hook_mlp_in / hook_attn_in need model.set_use_hook_mlp_in(True) / "
                          "set_use_attn_in(True)); splice at a hook the model runs, e.g. blocks.L.ln2.hook_normalized")
     return shapes["s"]
@@ -125,25 +126,28 @@ def make_sites(model, saes) -> list[Site]:
     mapping ``hook_name -> sae`` / ``(hook_in, hook_out) -> transcoder``. Raises ``ValueError``
     before any work for an unknown hook (with close matches), a width that does not match the
     hook's (``d_in``, or a transcoder's ``d_out``), a transcoder without an output hook, or two
-    dictionaries on one hook.
+    dictionaries on one hook. Sites this returned are accepted as they are, so a caller builds
+    them once and passes them to every feature function.
     """
     from sae_lens import Transcoder
 
+    if isinstance(saes, list | tuple) and saes and all(isinstance(s, Site) for s in saes):
+        return list(saes)  # already made (and checked) for this model: built once, shared
     pairs = _as_pairs(saes)
     if not pairs:
-        raise ValueError("no SAEs to splice; pass an SAELens SAE, a list of them or {hook_name: sae}")
+        raise InputError("no SAEs to splice; pass an SAELens SAE, a list of them or {hook_name: sae}")
     sites = []
     for sae, hook_in, hook_out in pairs:
         if not hasattr(sae, "cfg") or not hasattr(sae, "encode"):
-            raise TypeError(f"expected an SAELens SAE or Transcoder, got {type(sae).__name__}")
+            raise InputTypeError(f"expected an SAELens SAE or Transcoder, got {type(sae).__name__}")
         hook_in = hook_in or sae.cfg.metadata.hook_name
         if not hook_in:
-            raise ValueError("an SAE's config names no hook (cfg.metadata.hook_name); pass {'blocks.L.hook_...': sae}")
+            raise InputError("an SAE's config names no hook (cfg.metadata.hook_name); pass {'blocks.L.hook_...': sae}")
         check_hook(model, hook_in)
         _hook_shape(model, hook_in)
         width_in = hook_width(model, hook_in)
         if int(sae.cfg.d_in) != width_in:
-            raise ValueError(
+            raise InputError(
                 f"the SAE for {hook_in!r} has d_in={sae.cfg.d_in} but that hook of model {model.cfg.model_name!r} "
                 f"carries {width_in}-wide activations; use an SAE trained on this hook, or pass the hook it was "
                 "trained on ({'blocks.L.hook_...': sae})")
@@ -151,13 +155,13 @@ def make_sites(model, saes) -> list[Site]:
         if transcoder:
             hook_out = hook_out or sae.cfg.metadata.hook_name_out
             if not hook_out:
-                raise ValueError(f"the transcoder reading {hook_in!r} names no output hook "
+                raise InputError(f"the transcoder reading {hook_in!r} names no output hook "
                                  "(cfg.metadata.hook_name_out); pass {(hook_in, 'blocks.L.hook_mlp_out'): transcoder}")
             check_hook(model, hook_out)
             _hook_shape(model, hook_out)
         else:
             if hook_out not in (None, hook_in):
-                raise ValueError(f"an SAE rewrites the hook it reads; got hook_in={hook_in!r}, hook_out={hook_out!r} "
+                raise InputError(f"an SAE rewrites the hook it reads; got hook_in={hook_in!r}, hook_out={hook_out!r} "
                                  "(only an SAELens Transcoder maps one hook to another)")
             hook_out = hook_in
         shape_out = _hook_shape(model, hook_out)
@@ -166,21 +170,21 @@ def make_sites(model, saes) -> list[Site]:
             width_out *= int(d)
         d_out = int(getattr(sae.cfg, "d_out", sae.cfg.d_in)) if transcoder else int(sae.cfg.d_in)
         if d_out != width_out:
-            raise ValueError(f"the transcoder {hook_in!r} -> {hook_out!r} has d_out={d_out} but {hook_out!r} carries "
+            raise InputError(f"the transcoder {hook_in!r} -> {hook_out!r} has d_out={d_out} but {hook_out!r} carries "
                              f"{width_out}-wide activations; pass the output hook it was trained to predict")
         layer = _layer_of(hook_out)
         sites.append(Site(sae, hook_in, hook_out, layer, names.hook_short(hook_out), width_out, shape_out))
     outs = [s.hook_out for s in sites]
     dupes = sorted({h for h in outs if outs.count(h) > 1})
     if dupes:
-        raise ValueError(f"two dictionaries rewrite {dupes}; splice at most one SAE or transcoder per hook")
+        raise InputError(f"two dictionaries rewrite {dupes}; splice at most one SAE or transcoder per hook")
     order = _hook_order(model, [h for s in sites for h in (s.hook_in, s.hook_out)])
     for s in sites:
         if s.is_transcoder and order[s.hook_in] >= order[s.hook_out]:
-            raise ValueError(f"transcoder input {s.hook_in!r} comes after its output {s.hook_out!r} in the forward pass")
+            raise InputError(f"transcoder input {s.hook_in!r} comes after its output {s.hook_out!r} in the forward pass")
     labels = [(s.layer, s.short) for s in sites]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"two sites share a node id prefix: {labels}; splice one dictionary per hook kind and layer")
+        raise InputError(f"two sites share a node id prefix: {labels}; splice one dictionary per hook kind and layer")
     return sorted(sites, key=lambda s: order[s.hook_out])
 
 

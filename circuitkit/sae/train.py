@@ -28,6 +28,7 @@ from torch import Tensor
 
 from circuitkit import names
 from circuitkit.atomic import folder_written
+from circuitkit.errors import InputError, InputTypeError, MissingFileError, RunError
 from circuitkit.models.loading import load_model
 from circuitkit.sae.features import check_hook, hook_width
 from circuitkit.tokenizers import check_token_ids, python_docs_corpus, read_text_file
@@ -40,16 +41,23 @@ WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILEN
 CONFIG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 
 Architecture = Literal["standard", "topk", "jumprelu"]
+# The architectures train_sae trains, each with the hyper-parameters of SAETrainConfig it reads;
+# the training classes themselves come from SAELens's own registry (sae_lens.registry).
+ARCHITECTURE_PARAMS: dict[str, tuple[str, ...]] = {
+    "standard": ("l1_coefficient",),
+    "topk": ("k",),
+    "jumprelu": ("l0_coefficient", "jumprelu_init_threshold", "jumprelu_bandwidth"),
+}
+ARCHITECTURES = tuple(ARCHITECTURE_PARAMS)
+DEFAULT_ARCHITECTURE: Architecture = "topk"  # train_sae's and `circuitkit sae train`'s one default
 
 
 def _training_config_class(architecture: str):
-    from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
+    from sae_lens.registry import get_sae_training_class
 
-    table = {"standard": StandardTrainingSAEConfig, "topk": TopKTrainingSAEConfig,
-             "jumprelu": JumpReLUTrainingSAEConfig}
-    if architecture not in table:
-        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {sorted(table)}")
-    return table[architecture]
+    if architecture not in ARCHITECTURE_PARAMS:
+        raise InputError(f"unknown SAE architecture {architecture!r}; choose one of {ARCHITECTURES}")
+    return get_sae_training_class(architecture)[1]
 
 
 def _resolve_model(model):
@@ -64,13 +72,13 @@ def text_to_tokens(model, text: str, context_size: int) -> Tensor:
     Each row starts with the tokenizer's BOS token when it has one, the way prompts do.
     """
     if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer; pass a token tensor [n, context] instead of text")
+        raise InputError("the model has no tokenizer; pass a token tensor [n, context] instead of text")
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = model.tokenizer.bos_token_id
     width = context_size - (bos is not None)
     n = len(ids) // width
     if n == 0:
-        raise ValueError(f"the text holds {len(ids)} tokens, fewer than one context of {context_size}; give more text")
+        raise InputError(f"the text holds {len(ids)} tokens, fewer than one context of {context_size}; give more text")
     rows = torch.tensor(ids[: n * width], dtype=torch.long).reshape(n, width)
     if bos is not None:
         rows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
@@ -85,19 +93,19 @@ def training_tokens(model, data=None, context_size: int = 64, n_chars: int = 800
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
         return text_to_tokens(model, read_text_file(data), context_size)
     if isinstance(data, (str, os.PathLike)) and (os.sep in str(data) or str(data).endswith(".txt")):
-        raise FileNotFoundError(f"no text file at {str(data)!r}; pass an existing text file or a token tensor")
+        raise MissingFileError(f"no text file at {str(data)!r}; pass an existing text file or a token tensor")
     if isinstance(data, str):
         return text_to_tokens(model, data, context_size)
     tokens = check_token_ids(model, data).cpu()
     if tokens.shape[1] < context_size:
-        raise ValueError(f"token rows hold {tokens.shape[1]} tokens but context_size={context_size}; "
+        raise InputError(f"token rows hold {tokens.shape[1]} tokens but context_size={context_size}; "
                          f"pass context_size<={tokens.shape[1]} or longer rows")
     return tokens[:, :context_size]
 
 
 @dataclass(frozen=True)
 class SAETrainConfig:
-    """The hyperparameters of :func:`train_sae` (SAELens's training runner does the training).
+    """The hyperparameters of `train_sae` (SAELens's training runner does the training).
 
     ``l1_coefficient``: ``standard`` (ReLU + L1) SAEs; ``k``: ``topk``; ``l0_coefficient``,
     ``jumprelu_init_threshold``, ``jumprelu_bandwidth``: ``jumprelu``. ``steps`` optimiser steps of
@@ -118,12 +126,12 @@ class SAETrainConfig:
 
 
 def config_with(config: SAETrainConfig | None, overrides: dict[str, Any]) -> SAETrainConfig:
-    """``config`` (default :class:`SAETrainConfig`) with ``overrides``; ``TypeError`` naming the
+    """``config`` (default `SAETrainConfig`) with ``overrides``; ``TypeError`` naming the
     fields for an unknown one."""
     fields = {f.name for f in dataclasses.fields(SAETrainConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"train_sae got unknown hyperparameters {unknown}; SAETrainConfig has {sorted(fields)}")
+        raise InputTypeError(f"train_sae got unknown hyperparameters {unknown}; SAETrainConfig has {sorted(fields)}")
     return dataclasses.replace(config or SAETrainConfig(), **overrides)
 
 
@@ -131,7 +139,7 @@ def train_sae(
     model: Any = DEFAULT_MODEL,
     hook_name: str = DEFAULT_HOOK,
     tokens_or_text_path: Any = None,
-    architecture: Architecture = "standard",
+    architecture: Architecture = DEFAULT_ARCHITECTURE,
     d_sae: int | None = None,
     *,
     config: SAETrainConfig | None = None,
@@ -142,15 +150,15 @@ def train_sae(
     """Train an SAE on ``hook_name`` of ``model`` with SAELens; return the inference ``SAE``.
 
     Args:
-        model: a ``HookedTransformer`` or a spec for :func:`circuitkit.load_model` (default the
+        model: a ``HookedTransformer`` or a spec for `circuitkit.load_model` (default the
             zoo's tiny language model).
         hook_name: any hook point (``blocks.1.hook_resid_pre``, ``blocks.0.hook_mlp_out``...).
         tokens_or_text_path: token ids ``[n, pos]``, a local text file, or None for the Python
             docstring corpus.
-        architecture: ``"standard"`` (ReLU + L1, ``l1_coefficient``), ``"topk"`` (``k``) or
+        architecture: ``"topk"`` (default; ``k``), ``"standard"`` (ReLU + L1, ``l1_coefficient``) or
             ``"jumprelu"`` (``l0_coefficient``, ``jumprelu_init_threshold``, ``jumprelu_bandwidth``).
         d_sae: number of latents (default ``8 * d_in``).
-        config: the training hyperparameters (:class:`SAETrainConfig`); keyword arguments named
+        config: the training hyperparameters (`SAETrainConfig`); keyword arguments named
             like its fields (``steps=400``, ``k=16`` ...) override single ones.
 
     Returns a SAELens ``StandardSAE`` / ``TopKSAE`` / ``JumpReLUSAE`` with ``cfg.metadata``
@@ -164,18 +172,13 @@ def train_sae(
     model = _resolve_model(model)
     check_hook(model, hook_name)
     if hp.steps < 1 or hp.batch_size_tokens < 1:
-        raise ValueError(f"steps ({hp.steps}) and batch_size_tokens ({hp.batch_size_tokens}) must be positive")
+        raise InputError(f"steps ({hp.steps}) and batch_size_tokens ({hp.batch_size_tokens}) must be positive")
     d_in = hook_width(model, hook_name)
     d_sae = int(d_sae or 8 * d_in)
     tokens = training_tokens(model, tokens_or_text_path, hp.context_size)
-    arch_params: dict[str, Any] = {
-        "standard": dict(l1_coefficient=hp.l1_coefficient),
-        "topk": dict(k=int(hp.k)),
-        "jumprelu": dict(l0_coefficient=hp.l0_coefficient, jumprelu_init_threshold=hp.jumprelu_init_threshold,
-                         jumprelu_bandwidth=hp.jumprelu_bandwidth),
-    }[architecture]
+    arch_params: dict[str, Any] = {name: getattr(hp, name) for name in ARCHITECTURE_PARAMS[architecture]}
     if architecture == "topk" and not 0 < hp.k <= d_sae:
-        raise ValueError(f"k={hp.k} must lie in 1..d_sae={d_sae}")
+        raise InputError(f"k={hp.k} must lie in 1..d_sae={d_sae}")
     sae_cfg = cfg_class(d_in=d_in, d_sae=d_sae, device=device, **arch_params)
     # The mixing buffer must hold at least one training batch: size it to two.
     n_batches_in_buffer = max(2, math.ceil(2 * hp.batch_size_tokens / hp.context_size))
@@ -250,7 +253,7 @@ def save_sae(sae, path: str | os.PathLike) -> Path:
 
 
 def load_sae(path: str | os.PathLike, device: str = "cpu"):
-    """Load an SAE saved by :func:`save_sae` or SAELens (``SAE.load_from_disk``).
+    """Load an SAE saved by `save_sae` or SAELens (``SAE.load_from_disk``).
 
     The weights are checked with ``safetensors`` first (SAELens's disk loader also reads them
     with ``safe_open``); a missing, truncated or corrupted file raises ``ValueError`` naming it.
@@ -260,35 +263,35 @@ def load_sae(path: str | os.PathLike, device: str = "cpu"):
 
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no SAE directory at {str(path)!r}; save one with `circuitkit sae train ... --out DIR`")
+        raise MissingFileError(f"no SAE directory at {str(path)!r}; save one with `circuitkit sae train ... --out DIR`")
     weights, config = path / WEIGHTS_FILE, path / CONFIG_FILE
     for f in (config, weights):
         if not f.exists():
-            raise FileNotFoundError(f"{str(path)!r} has no {f.name}; an SAELens SAE directory holds {CONFIG_FILE} "
+            raise MissingFileError(f"{str(path)!r} has no {f.name}; an SAELens SAE directory holds {CONFIG_FILE} "
                                     f"and {WEIGHTS_FILE} (written by save_sae / sae.save_model)")
     try:
         cfg = json.loads(config.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{config} is not valid JSON ({exc}); re-save the SAE with save_sae") from None
+        raise InputError(f"{config} is not valid JSON ({exc}); re-save the SAE with save_sae") from None
     missing = [key for key in ("architecture", "d_in", "d_sae") if key not in cfg]
     if missing:
-        raise ValueError(f"{config} lacks {missing}; it is not an SAELens SAE config; re-save the SAE with save_sae")
+        raise InputError(f"{config} lacks {missing}; it is not an SAELens SAE config; re-save the SAE with save_sae")
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
             for key in f.keys():  # noqa: SIM118
                 f.get_tensor(key)
     except Exception as exc:
-        raise ValueError(f"cannot read SAE weights {weights}: {type(exc).__name__}: {exc}; the file is corrupt "
+        raise InputError(f"cannot read SAE weights {weights}: {type(exc).__name__}: {exc}; the file is corrupt "
                          "or not safetensors; re-save the SAE with save_sae (or retrain it)") from None
     w_enc = shapes.get("W_enc")
     if w_enc is not None and w_enc != (cfg["d_in"], cfg["d_sae"]):
-        raise ValueError(f"{weights} holds W_enc of shape {w_enc} but {config} says d_in={cfg['d_in']}, "
+        raise InputError(f"{weights} holds W_enc of shape {w_enc} but {config} says d_in={cfg['d_in']}, "
                          f"d_sae={cfg['d_sae']}; the files come from different SAEs, re-save it")
     try:
         return SAE.load_from_disk(str(path), device=device)
     except Exception as exc:
-        raise ValueError(f"SAELens cannot load the SAE in {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise InputError(f"SAELens cannot load the SAE in {str(path)!r}: {type(exc).__name__}: {exc}") from None
 
 
 # Pretrained-release converters in SAELens that read pickles (torch.load); refused here.
@@ -305,17 +308,17 @@ def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
         import difflib
 
         close = difflib.get_close_matches(release, list(directory), n=5)
-        raise ValueError(f"unknown SAELens release {release!r}; close matches: {close} "
+        raise InputError(f"unknown SAELens release {release!r}; close matches: {close} "
                          "(all releases: sae_lens/pretrained_saes.yaml)")
     lookup = directory[release]
     if sae_id not in lookup.saes_map:
         import difflib
 
         close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=5)
-        raise ValueError(f"release {release!r} has no SAE {sae_id!r}; close matches: {close}")
+        raise InputError(f"release {release!r} has no SAE {sae_id!r}; close matches: {close}")
     converter = getattr(lookup, "conversion_func", None) or "sae_lens"
     if converter in _PICKLE_CONVERTERS:
-        raise ValueError(f"release {release!r} is stored as pickled tensors ({converter}); circuitkit never "
+        raise InputError(f"release {release!r} is stored as pickled tensors ({converter}); circuitkit never "
                          "unpickles checkpoints. Convert it once to SAELens's safetensors format "
                          "(SAE.from_pretrained(...).save_model(DIR)) in a trusted environment and load_sae(DIR)")
     try:
@@ -326,7 +329,7 @@ def load_pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
         if offline or any(w in text for w in ("offline", "Offline", "connect", "Connection", "resolve",
                                                "LocalEntryNotFound", "cache")):
             mode = "HF_HUB_OFFLINE=1 is set" if offline else "the Hugging Face hub cannot be reached"
-            raise RuntimeError(
+            raise RunError(
                 f"cannot load SAE {sae_id!r} of release {release!r} ({lookup.repo_id}): it is not in the local "
                 f"Hugging Face cache and {mode}. Run once with network access:\n"
                 f"    python -c \"from sae_lens import SAE; SAE.from_pretrained('{release}', '{sae_id}')\"\n"

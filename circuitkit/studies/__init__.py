@@ -1,7 +1,7 @@
 """Batch ablation studies: a spec file -> resumable, parallel runs -> a Parquet table.
 
-The HTML report of a study is drawn by :func:`circuitkit.viz.report.write_report` (figures live in
-:mod:`circuitkit.viz`, above this package).
+The HTML report of a study is drawn by `circuitkit.viz.report.write_report` (figures live in
+`circuitkit.viz`, above this package).
 """
 
 from circuitkit.studies.checks import validate

@@ -1,5 +1,5 @@
 """Checks of a study spec against its models, tasks and output folder: everything that can fail,
-before any unit runs (:func:`validate`)."""
+before any unit runs (`validate`)."""
 
 from __future__ import annotations
 

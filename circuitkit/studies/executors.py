@@ -1,8 +1,8 @@
 """Where units run: this process, spawned processes, or Ray actors.
 
-Every executor takes chunks of units of one model from a :class:`UnitQueue` (which claims each
+Every executor takes chunks of units of one model from a `UnitQueue` (which claims each
 unit in the store first, so concurrent runs on one folder never compute a unit twice), hands
-them to a worker that keeps a :class:`UnitRunner` (so each worker loads each model once) and
+them to a worker that keeps a `UnitRunner` (so each worker loads each model once) and
 commits each finished chunk from the driver, so the store is only ever written by drivers.
 Chunks are claimed as workers free up, not all at the start, so concurrent runs share the work.
 """
@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from circuitkit.errors import InputError, RunError
 from circuitkit.studies import store
 from circuitkit.studies.plan import Unit
 from circuitkit.studies.runner import UnitRunner
@@ -29,20 +30,20 @@ EXECUTOR_NAMES = ("serial", "process", "ray")
 _POLL_S = 0.05  # wait between looks at units another run is computing
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(RunError):
     """A worker process or Ray actor (or its node) died; the units it held were not committed."""
 
 
 def check_executor(executor: str, workers: int | None) -> None:
     if executor not in EXECUTOR_NAMES:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {list(EXECUTOR_NAMES)}")
+        raise InputError(f"unknown executor {executor!r}; choose one of {list(EXECUTOR_NAMES)}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
     if executor == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise ValueError("the ray executor needs Ray: pip install 'circuitkit[ray]'") from None
+            raise InputError("the ray executor needs Ray: pip install 'circuitkit[ray]'") from None
 
 
 class UnitQueue:

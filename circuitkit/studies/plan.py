@@ -1,5 +1,5 @@
 """Plan a study into units: one ``(model, task, ablation, target, seed)`` each, grouped so that
-models and baselines are reused; :func:`prepare_run` lists the units a resumed run still lacks."""
+models and baselines are reused; `prepare_run` lists the units a resumed run still lacks."""
 
 from __future__ import annotations
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuitkit.errors import RunError
 from circuitkit.studies import store
 from circuitkit.studies.executors import EXECUTORS, UnitQueue, WorkerDied, check_executor
 from circuitkit.studies.plan import coerce_spec, prepare_run
 from circuitkit.studies.spec import StudySpec
 
 
-class StudyInterrupted(RuntimeError):
+class StudyInterrupted(RunError):
     """A run stopped early (Ctrl-C, a full disk, a dead worker); everything committed is kept.
 
     ``str(exc)`` is the one line to show, e.g. ``interrupted: 57/96 units saved; rerun the same
@@ -44,7 +45,7 @@ def run_study(
     force_new: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Run (or resume) a study and return its full results table (:func:`load_results`).
+    """Run (or resume) a study and return its full results table (`load_results`).
 
     ``executor``: ``"serial"`` (this process), ``"process"`` (``workers`` spawned processes on
     this machine) or ``"ray"`` (``workers`` Ray actors; connects to a running cluster when
@@ -53,7 +54,7 @@ def run_study(
     one ``output_dir`` at once: each unit is computed by one of them. The last run to finish
     compacts the store into one Parquet file.
 
-    Raises :class:`StudyInterrupted` (a one-line message with the count of saved units) on
+    Raises `StudyInterrupted` (a one-line message with the count of saved units) on
     Ctrl-C, a full disk or a dead worker.
 
     Examples:
@@ -103,7 +104,7 @@ def run_study(
 
 
 def load_results(output_dir: str | os.PathLike | Path) -> pd.DataFrame:
-    """The results table of a study folder (see :func:`circuitkit.studies.store.load_results`).
+    """The results table of a study folder (see `circuitkit.studies.store.load_results`).
 
     Examples:
         >>> import tempfile

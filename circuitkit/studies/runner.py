@@ -1,15 +1,15 @@
-"""Run units: :class:`UnitRunner` computes units' rows (each metric with the target ablated, the
+"""Run units: `UnitRunner` computes units' rows (each metric with the target ablated, the
 clean and corrupted baselines, computed once per model / task / seed, and the share of behaviour
-kept). Executors (:mod:`~circuitkit.studies.executors`) only decide where it runs; the numbers
+kept). Executors (`executors`) only decide where it runs; the numbers
 are the same.
 
 Two paths give the same numbers (tested):
 
-* unit by unit (:meth:`UnitRunner.run`): one full forward pass with
-  :func:`~circuitkit.ablation.nodes.ablation_hooks`, the slow obvious path;
-* batched (:meth:`UnitRunner.run_many`): units sharing a model, task, seed and ablation kind run
+* unit by unit (`UnitRunner.run`): one full forward pass with
+  `ablation_hooks`, the slow obvious path;
+* batched (`UnitRunner.run_many`): units sharing a model, task, seed and ablation kind run
   many per forward pass with the patching engine's helpers
-  (:func:`~circuitkit.patching.engine.run_batched`, :func:`~circuitkit.patching.engine.masked_patch_hook`):
+  (`run_batched`, `masked_patch_hook`):
   copy ``i`` of the clean prompts along the batch gets unit ``i``'s components replaced, the pass
   starts from the cached residual stream at the lowest ablated layer, stops at the last answer
   position (causal attention), and a pass confined to the last layer runs only from the first
@@ -54,7 +54,7 @@ class _Baseline:
 
 @dataclass
 class _CleanRun:
-    """The clean run a batched pass starts from: the engine's :class:`PatchRuns` (base = clean
+    """The clean run a batched pass starts from: the engine's `PatchRuns` (base = clean
     prompts, cut after the last answer position where attention is causal) whose cache holds
     ``resid_pre``, ``hook_z`` and ``hook_mlp_out`` of every layer and the last layer's keys and values."""
 
@@ -65,7 +65,7 @@ class _CleanRun:
 class UnitRunner:
     """Runs units of one spec, keeping loaded models, tasks, baselines and clean caches between units.
 
-    ``batched``: :meth:`run_many` runs many units per forward pass (else one by one, as :meth:`run`).
+    ``batched``: `run_many` runs many units per forward pass (else one by one, as `run`).
     """
 
     def __init__(self, spec: StudySpec, device: str = "cpu", batched: bool = True):
@@ -137,7 +137,7 @@ class UnitRunner:
     def run_many(self, units: list[Unit]) -> list[dict[str, Any]]:
         """Rows of ``units`` (any mix), batched where ``self.batched``: grouped by model, task,
         seed, ablation kind and lowest ablated layer, as many per forward pass as
-        :func:`~circuitkit.patching.engine.rows_per_pass` allows for ``spec.batch_size``."""
+        `rows_per_pass` allows for ``spec.batch_size``."""
         if not self.batched:
             return [self.run(unit) for unit in units]
         # batched passes compute answer-position logits from the last residual stream: where a bridge's
@@ -203,8 +203,8 @@ class UnitRunner:
 
     def _replacement(self, clean: _CleanRun, kind: str, hook: str, seed: int) -> Tensor:
         """What ablation of ``kind`` reads at ``hook`` for each clean prompt ``[batch, pos, ...]``: the
-        values :func:`~circuitkit.ablation.nodes.ablation_hooks` gives :meth:`run` (resample pairs
-        prompts within each ``batch_size`` chunk as :meth:`run` does)."""
+        values `ablation_hooks` gives `run` (resample pairs
+        prompts within each ``batch_size`` chunk as `run` does)."""
         if (kind, hook) not in clean.replacements:
             act = clean.runs.base_cache[hook]
             n = act.shape[0]

@@ -18,7 +18,7 @@ A spec is a YAML (``yaml.safe_load``) or TOML (``tomllib``) file, or the same da
     batch_size: 16                                           # prompts per forward pass (null = all)
     output_dir: results/head_ablation                        # relative to the spec file
 
-:meth:`StudySpec.from_dict` checks shapes and names (unknown keys, types, values); :func:`circuitkit.studies.checks.validate`
+`StudySpec.from_dict` checks shapes and names (unknown keys, types, values); `circuitkit.studies.checks.validate`
 then checks the spec against each model (the model exists, each task builds with its tokenizer
 and fits its vocabulary and context, every target head / MLP exists) and that the output
 directory is writable — everything that can fail, before any unit runs.
@@ -37,6 +37,7 @@ from typing import Any
 
 from circuitkit import names
 from circuitkit.ablation.kinds import NODE_ABLATION_KINDS as ABLATIONS
+from circuitkit.errors import InputError
 from circuitkit.tasks.builders import BUILDERS
 from circuitkit.tasks.metrics import METRICS
 
@@ -54,7 +55,7 @@ TARGET_KEYS = ("every_head", "every_mlp", "head_sets", "top_k_from")
 TOP_K_KEYS = ("score", "k")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A study spec is malformed or does not fit its models; the message names the key and the fix."""
 
 
@@ -172,7 +173,7 @@ class StudySpec:
 
     # --- identity -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, accepted back by :meth:`from_dict`."""
+        """JSON-safe form, accepted back by `from_dict`."""
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
         for task in data["tasks"]:  # omit the defaults (all models, no file) so older specs keep their hash

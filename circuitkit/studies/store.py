@@ -20,7 +20,7 @@ A row exists once its part's rename happened, so a run killed at any instant (``
 included) loses only unfinished units. Claims keep concurrent runs on one folder from computing
 a unit twice, so every reader sees each unit once: ``load_results``, ``pd.read_parquet("DIR/parts")``,
 DuckDB ``SELECT * FROM 'DIR/parts/*.parquet'``, polars. (Only a run killed between committing a
-part and marking its claims can leave a unit twice; :func:`load_results` drops the repeat and the
+part and marking its claims can leave a unit twice; `load_results` drops the repeat and the
 next compaction removes it from disk.) Parts are not fsynced: a part torn by a power cut is
 unreadable, so it is quarantined and its units rerun.
 """
@@ -42,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from circuitkit.atomic import TEMP_SUFFIX, write_bytes, write_with
+from circuitkit.errors import InputError, MissingFileError, RunError
 
 UNIT_KEY = ("model", "task", "ablation", "target", "seed")
 PARTS = "parts"
@@ -71,7 +72,7 @@ def read_study_file(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); delete it or pass --force-new to start over") from None
+        raise InputError(f"{path} is not valid JSON ({exc}); delete it or pass --force-new to start over") from None
 
 
 # --- the folder lock ----------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def prepare(out: Path, lock: FolderLock) -> None:
 def clear(out: Path, lock: FolderLock) -> None:
     """Drop all results (``--force-new``); refused while another run uses the folder."""
     if not lock.try_exclusive():
-        raise RuntimeError(f"output_dir {str(out)!r} is in use by another run (it holds {LOCK_FILE}); "
+        raise RunError(f"output_dir {str(out)!r} is in use by another run (it holds {LOCK_FILE}); "
                            "wait for it to finish or stop it before passing --force-new")
     for name in (PARTS, CLAIMS, QUARANTINE):
         shutil.rmtree(Path(out) / name, ignore_errors=True)
@@ -207,7 +208,7 @@ def _write_table(path: Path, rows_or_frame, fsync: bool) -> Path:
 def commit_rows(out: Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` (finished units) as one Parquet part: temp file, then rename."""
     if not rows:
-        raise ValueError("commit_rows needs at least one row")
+        raise InputError("commit_rows needs at least one row")
     keys = sorted(unit_id(row_key(r)) for r in rows)
     return _write_table(Path(out) / PARTS / f"part-{unit_id(keys)}.parquet", rows, fsync=False)
 
@@ -287,7 +288,7 @@ def load_results(out: str | os.PathLike) -> pd.DataFrame:
     """
     out = Path(out)
     if not out.is_dir():
-        raise FileNotFoundError(f"no study results folder at {str(out)!r}; run `circuitkit study run SPEC` first")
+        raise MissingFileError(f"no study results folder at {str(out)!r}; run `circuitkit study run SPEC` first")
     lock = _reader_lock(out) if (out / PARTS).is_dir() else None
     try:
         for _ in range(10):  # without a lock a compaction may remove listed parts: list again
@@ -297,7 +298,7 @@ def load_results(out: str | os.PathLike) -> pd.DataFrame:
             except FileNotFoundError:
                 continue
         else:
-            raise RuntimeError(f"the parts of {out} kept changing while being read; read again")
+            raise RunError(f"the parts of {out} kept changing while being read; read again")
     finally:
         if lock is not None:
             lock.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitkit.errors import InputError
 from circuitkit.tasks.rasp import rasp_task
 from circuitkit.tasks.task import PAD_ANSWER, Task, TaskError
 from circuitkit.tokenizers import (
@@ -94,7 +95,7 @@ class _Prompt:
 def _finish(name: str, prompts: list[_Prompt], tok, requested: int, metric: str, meta: dict) -> Task:
     kept = len(prompts)
     if kept == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: none of the {requested} prompts could be built with this tokenizer "
             f"({meta.get('why_dropped', 'words are not single tokens')}); pass words that tokenize to one token each"
         )
@@ -166,13 +167,13 @@ def ioi(
         ('Adam', 'Kate')
     """
     if order not in ("ABBA", "BABA", "mixed"):
-        raise ValueError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}")
+        raise InputError(f"order must be 'ABBA', 'BABA' or 'mixed', got {order!r}")
     tok = tokenizer_of(model_or_tokenizer)
     check_n_prompts("ioi", n_prompts, tok, 20)
     name_ids = _single_tokens(tok, names)
     usable = [n for n in names if n in name_ids]
     if len(usable) < 5:
-        raise ValueError(
+        raise InputError(
             f"ioi: only {len(usable)} of the {len(names)} names are single tokens for this tokenizer "
             f"({usable}); pass names=[...] with at least 5 single-token names"
         )
@@ -232,9 +233,9 @@ def induction(
     check_n_prompts("induction", n_prompts, tok, 2 * seq_len)
     pool = list(token_ids) if token_ids is not None else ordinary_token_ids(tok)
     if len(pool) < 2 * seq_len + 1:
-        raise ValueError(f"induction: need at least {2 * seq_len + 1} distinct tokens to sample from, got {len(pool)}")
+        raise InputError(f"induction: need at least {2 * seq_len + 1} distinct tokens to sample from, got {len(pool)}")
     if seq_len < 2:
-        raise ValueError("induction: seq_len must be at least 2")
+        raise InputError("induction: seq_len must be at least 2")
     rng = random.Random(seed)
     bos = [encode(tok, "", True)[0]] if prepend_bos else []
     prompts = []
@@ -285,7 +286,7 @@ def greater_than(
         if len(ids) == 1:
             yy_ids[yy] = ids[0]
     if len(yy_ids) < 50:
-        raise ValueError(
+        raise InputError(
             f"greater_than: only {len(yy_ids)} of the two-digit numbers 00-99 are single tokens after "
             f"'{century}' with this tokenizer; greater-than needs a tokenizer that splits years as "
             "century + two digits (GPT-2 style)"
@@ -339,10 +340,10 @@ def multiple_choice(
     check_n_prompts("multiple_choice", n_prompts, tok, 20)
     categories = dict(categories or MC_CATEGORIES)
     if len(categories) < len(letters):
-        raise ValueError(f"multiple_choice: need at least {len(letters)} categories for {len(letters)} options")
+        raise InputError(f"multiple_choice: need at least {len(letters)} categories for {len(letters)} options")
     letter_ids = _single_tokens(tok, letters, prefix="Answer:")
     if len(letter_ids) != len(letters):
-        raise ValueError(f"multiple_choice: letters {sorted(set(letters) - set(letter_ids))} are not single tokens after 'Answer:'")
+        raise InputError(f"multiple_choice: letters {sorted(set(letters) - set(letter_ids))} are not single tokens after 'Answer:'")
     rng = random.Random(seed)
     prompts = []
     for _ in range(n_prompts):
@@ -407,18 +408,18 @@ def needle(
     tok = tokenizer_of(model_or_tokenizer)
     hay = haystack if haystack is not None else _default_haystack()
     if not hay or not hay.strip():
-        raise ValueError("needle: the haystack is empty; pass haystack text (a few thousand characters)")
+        raise InputError("needle: the haystack is empty; pass haystack text (a few thousand characters)")
     if len(values) < 2:
-        raise ValueError("needle: give at least two needle values (the corrupted prompt needs another value)")
+        raise InputError("needle: give at least two needle values (the corrupted prompt needs another value)")
     if "{VALUE}" not in needle_template:
-        raise ValueError("needle: needle_template must contain '{VALUE}'")
+        raise InputError("needle: needle_template must contain '{VALUE}'")
     hay_ids = tok.encode(hay, add_special_tokens=False)
     prompts: list[_Prompt] = []
     spans: list[list[int]] = []
     for length in context_lengths:
         for depth in depths:
             if not 0.0 <= depth <= 1.0:
-                raise ValueError(f"needle: depth {depth} is outside [0, 1]")
+                raise InputError(f"needle: depth {depth} is outside [0, 1]")
             for vi, value in enumerate(values):
                 other = values[(vi + 1) % len(values)]
                 built = needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos)
@@ -504,7 +505,7 @@ def check_builder_params(name: str, params: dict) -> None:
 
 def build_task(name: str, model_or_tokenizer, **params) -> Task:
     """Build a task by name (``ioi``, ``induction``, ``greater_than``, ``multiple_choice``, ``needle``,
-    ``tracr``: a tracr-compiled RASP program's task, :func:`circuitkit.tasks.rasp.rasp_task`).
+    ``tracr``: a tracr-compiled RASP program's task, `circuitkit.tasks.rasp.rasp_task`).
 
     Examples:
         >>> import circuitkit as ck

@@ -1,6 +1,6 @@
 """A researcher's own task from a file: JSON / YAML (prompts and answers, as text or token ids) or
-safetensors (token tensors). Nothing is unpickled: JSON through :mod:`json`, YAML through
-``yaml.safe_load``, tensors through :mod:`safetensors`.
+safetensors (token tensors). Nothing is unpickled: JSON through `json`, YAML through
+``yaml.safe_load``, tensors through `safetensors`.
 
 JSON / YAML (one entry per prompt; every key but ``clean`` and ``answers`` optional)::
 
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from circuitkit.errors import MissingFileError
 from circuitkit.tasks.task import PAD_ANSWER, PAD_POSITION, Task, TaskError
 from circuitkit.tokenizers import encode, pad_id, tokenizer_of
 
@@ -58,7 +59,7 @@ def load_task_file(path: str | os.PathLike, model_or_tokenizer=None, *, prepend_
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no task file at {str(path)!r}; pass a .json, .yaml or .safetensors task file "
+        raise MissingFileError(f"no task file at {str(path)!r}; pass a .json, .yaml or .safetensors task file "
                                 "or a builder name (ioi, induction, ...)")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":

@@ -6,7 +6,7 @@ On a task scored at several positions per prompt each metric is computed at ever
 and reduced over them by ``task.position_reduce`` (mean or sum).
 
 Higher is better for every metric but ``kl``, ``mse`` and ``l2`` (distances: lower is better);
-:func:`normalized` maps both kinds to 0 = corrupted, 1 = clean.
+`normalized` maps both kinds to 0 = corrupted, 1 = clean.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from circuitkit.errors import InputError
 
 if TYPE_CHECKING:
     from circuitkit.tasks.task import Task
@@ -81,7 +83,7 @@ def kl_div(logits: Tensor, task: Task, reference: Tensor | None = None) -> Tenso
     if reference is None:
         reference = task.data.get("clean_logits", task.meta.get("clean_logits"))
     if reference is None:
-        raise ValueError(
+        raise InputError(
             "the KL metric needs the clean run's logits: store them in task.data['clean_logits'] "
             "(they then follow subsets and batches) or use make_kl_metric(clean_logits)"
         )
@@ -109,7 +111,7 @@ def _output_and_target(logits: Tensor, task: Task) -> tuple[Tensor, Tensor]:
     logit of the prompt's (first) answer id, which names the output dimension read.
     """
     if "target" not in task.data:
-        raise ValueError(f"task {task.name!r}: the mse / l2 metrics need task.data['target']")
+        raise InputError(f"task {task.name!r}: the mse / l2 metrics need task.data['target']")
     out = final_logits(logits, task).float()
     target = task.data["target"].to(out.device).float()
     if target.shape == out.shape:
@@ -117,7 +119,7 @@ def _output_and_target(logits: Tensor, task: Task) -> tuple[Tensor, Tensor]:
     if target.shape == out.shape[:-1]:
         column = task.answers[..., :1].to(out.device).clamp(min=0)
         return out.gather(-1, column)[..., 0], target
-    raise ValueError(f"task {task.name!r}: data['target'] has shape {tuple(target.shape)}; give "
+    raise InputError(f"task {task.name!r}: data['target'] has shape {tuple(target.shape)}; give "
                      f"{tuple(out.shape)} (the whole output) or {tuple(out.shape[:-1])} (the answer column's value)")
 
 
@@ -186,7 +188,7 @@ def normalized(metric_value: Tensor | float, clean_value: Tensor | float, corrup
     if torch.any(equal):
         if on_equal == "nan":
             return torch.where(equal, torch.full_like(m, float("nan")), (m - corrupt) / torch.where(equal, 1.0, gap))
-        raise ValueError(
+        raise InputError(
             f"cannot normalize: the clean and corrupted metric are equal ({float(clean.mean()):.4g}); "
             "the corruption does not change the behaviour, so pick a task or corruption that does"
         )

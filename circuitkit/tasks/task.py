@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.tasks import metrics
 
@@ -19,7 +20,7 @@ PAD_ANSWER = -1  # fills the answer / wrong-answer rows of prompts with fewer an
 PAD_POSITION = -1  # fills the answer-position rows of prompts with fewer scored positions
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """A task is malformed or does not fit a model; the message names the prompt and the fix."""
 
 
@@ -47,14 +48,14 @@ class Task:
 
     ``data`` holds per-prompt tensors (first dimension ``batch``) that metrics read, e.g.
     ``data["target"]`` for the ``mse`` / ``l2`` metrics of a numeric output, or a custom metric's
-    per-prompt references: :meth:`subset`, :meth:`to` and batching index them with the prompts, so
+    per-prompt references: `subset`, `to` and batching index them with the prompts, so
     a metric reading ``task.data`` (never a closure over per-prompt values) stays aligned.
 
-    ``metric`` is a name from :data:`circuitkit.tasks.metrics.METRICS` or a callable
-    ``metric(logits, task) -> [batch]``; :meth:`score` applies it and averages. ``d_vocab`` is the
+    ``metric`` is a name from `circuitkit.tasks.metrics.METRICS` or a callable
+    ``metric(logits, task) -> [batch]``; `score` applies it and averages. ``d_vocab`` is the
     tokenizer's size (checks prompt tokens), ``d_vocab_out`` the output classes (checks answers;
-    defaults to ``d_vocab``). Every inconsistency raises :class:`TaskError` (a ``ValueError``);
-    token ids outside a vocabulary raise :class:`OutOfVocabularyError`.
+    defaults to ``d_vocab``). Every inconsistency raises `TaskError` (a ``ValueError``);
+    token ids outside a vocabulary raise `OutOfVocabularyError`.
 
     Examples:
         >>> import circuitkit as ck
@@ -106,7 +107,7 @@ class Task:
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`TaskError` naming the offending prompt and the fix on any inconsistency."""
+        """Raise `TaskError` naming the offending prompt and the fix on any inconsistency."""
         batch, seq = self.clean.shape
         if batch == 0:
             raise TaskError(f"task {self.name!r} has no prompts; build it with at least one prompt")
@@ -180,7 +181,7 @@ class Task:
                             "which is missing; pass data={'target': tensor of shape [batch, ...]}")
 
     def check_vocab(self, d_vocab: int | None, what: str = "the vocabulary", d_vocab_out: int | None = None) -> None:
-        """Raise :class:`OutOfVocabularyError` if a prompt token lies outside ``[0, d_vocab)`` or an
+        """Raise `OutOfVocabularyError` if a prompt token lies outside ``[0, d_vocab)`` or an
         answer outside ``[0, d_vocab_out)`` (``d_vocab_out`` defaults to ``d_vocab``; ``None`` skips)."""
         d_vocab_out = d_vocab if d_vocab_out is None else d_vocab_out
         for label, t, pad_ok, size, kind in (
@@ -202,10 +203,10 @@ class Task:
                 )
 
     def check_model(self, model) -> None:
-        """Raise :class:`TaskError` when this task cannot run on ``model``: prompt tokens are checked
+        """Raise `TaskError` when this task cannot run on ``model``: prompt tokens are checked
         against ``cfg.d_vocab``, answers against ``cfg.d_vocab_out`` (they differ in tracr models),
         prompt lengths against ``cfg.n_ctx``. A ``TransformerBridge`` gets its compatibility hook
-        names here (:func:`circuitkit.models.backend.prepare`), as every method checks its task."""
+        names here (`circuitkit.models.backend.prepare`), as every method checks its task."""
         backend.prepare(model)
         d_out = getattr(model.cfg, "d_vocab_out", None) or model.cfg.d_vocab
         if d_out < 0:

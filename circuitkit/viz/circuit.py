@@ -1,4 +1,4 @@
-"""Plotly rendering of a :class:`~circuitkit.circuit.Circuit`, laid out by layer.
+"""Plotly rendering of a `Circuit`, laid out by layer.
 
 Input at the bottom, logits at the top; a layer's heads side by side with its MLP beside them
 (slightly above: the MLP reads the heads). Edge width grows with |score|, colour shows the sign,
@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 
 from circuitkit import names
 from circuitkit.atomic import write_text
+from circuitkit.errors import InputError
 from circuitkit.viz.sae import feature_hover
 
 POSITIVE = "#2563eb"
@@ -79,7 +80,7 @@ def layout(circuit, node_ids: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def block_width(circuit, node_ids: list[str]) -> int:
-    """Columns per token position in :func:`layout`: room for a layer's heads and MLP, or for the
+    """Columns per token position in `layout`: room for a layer's heads and MLP, or for the
     most SAE features / error nodes sharing one (position, depth) row."""
     n_layers = circuit.n_layers if circuit.n_layers is not None else 0
     n_heads = circuit.graph.graph.get("n_heads") or 1
@@ -94,7 +95,7 @@ def block_width(circuit, node_ids: list[str]) -> int:
 
 def prompt_tokens(circuit) -> list[str] | None:
     """The tokens of the prompt a positioned circuit is drawn over (``meta["example_prompt"]``,
-    which :func:`~circuitkit.circuit.feature_circuit` and ``discover`` record), else None."""
+    which `feature_circuit` and ``discover`` record), else None."""
     example = circuit.meta.get("example_prompt") or {}
     tokens = example.get("prompt_tokens")
     return list(tokens) if tokens else None
@@ -110,7 +111,7 @@ def _token_axis(circuit, node_ids: list[str], tokens: list[str]) -> dict[str, An
 
 
 def _attention_links(node_ids: list[str], edge_ids: list[str]) -> list[tuple[str, str]]:
-    """The position-resolved heads' links drawn (:func:`~circuitkit.names.attention_links`):
+    """The position-resolved heads' links drawn (`attention_links`):
     from a head's node at ``p`` that a drawn key or value edge enters to its node at a later
     ``q`` that a drawn edge leaves, what the head's attention at ``q`` reads from ``p``."""
     read = {names.parse_edge(e).child for e in edge_ids if names.parse_edge(e).qkv in ("k", "v")}
@@ -162,11 +163,11 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
         edges: ``"in_graph"`` (the circuit) or ``"all"`` (every scored edge, filter with the slider).
         interactive: add a slider whose steps are |score| thresholds (hide weaker edges).
         n_steps / thresholds: the slider's thresholds (quantiles of |score| unless given).
-        cards: ``{feature id: FeatureCard}`` (:func:`circuitkit.sae.feature_cards`, ids without
+        cards: ``{feature id: FeatureCard}`` (`circuitkit.sae.feature_cards`, ids without
             ``@pos``): hovering a feature node shows its card (top activations, promoted and
             suppressed tokens).
         tokens: the x-axis labels of a positioned circuit's token blocks; None (default) takes
-            the circuit's recorded prompt (:func:`prompt_tokens`) when its nodes have positions,
+            the circuit's recorded prompt (`prompt_tokens`) when its nodes have positions,
             False draws no labels.
 
     Examples:
@@ -176,12 +177,12 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
         ('Figure', 'induction')
     """
     if edges not in ("in_graph", "all"):
-        raise ValueError(f"edges must be 'in_graph' or 'all', got {edges!r}")
+        raise InputError(f"edges must be 'in_graph' or 'all', got {edges!r}")
     g = circuit.graph
     edge_ids = circuit.edges if edges == "in_graph" else circuit.all_edges
     node_ids = circuit.nodes if edges == "in_graph" else circuit.all_nodes
     if not node_ids:
-        raise ValueError("the circuit has no in-graph nodes to draw; pass edges='all' or prune less")
+        raise InputError("the circuit has no in-graph nodes to draw; pass edges='all' or prune less")
     pos = layout(circuit, node_ids)
     edge_level = bool(edge_ids)
     items = edge_ids if edge_level else [n for n in node_ids if names.parse_node(n).kind not in ("input", "logits")]

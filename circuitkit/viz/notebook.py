@@ -2,7 +2,7 @@
 
 ``jupyter nbconvert --execute`` (and any kernel without a live front end) stores a figure as
 ``application/vnd.plotly.v1+json`` only, which JupyterLab draws but nbconvert's HTML, nbviewer and
-other viewers skip. :data:`NOTEBOOK_RENDERER` stores each figure twice: that Plotly bundle (for
+other viewers skip. `NOTEBOOK_RENDERER` stores each figure twice: that Plotly bundle (for
 JupyterLab / VS Code) and ``text/html`` drawn by a copy of plotly.js embedded once per notebook
 (plotly's ``notebook`` renderer), so the HTML export works offline. GitHub's notebook preview runs
 no JavaScript and shows neither.
@@ -16,7 +16,7 @@ NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
 
 
 def use_notebook_renderer() -> str:
-    """Make :data:`NOTEBOOK_RENDERER` Plotly's default renderer, unless ``PLOTLY_RENDERER`` is set
+    """Make `NOTEBOOK_RENDERER` Plotly's default renderer, unless ``PLOTLY_RENDERER`` is set
     (an explicit choice wins). Returns the renderer now in use."""
     import plotly.io as pio
 

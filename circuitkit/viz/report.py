@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from circuitkit.atomic import write_text
+from circuitkit.errors import InputError
 from circuitkit.studies.store import load_results
 from circuitkit.studies.summary import summarize
 from circuitkit.viz.studies import ablation_comparison, damage_bar, head_heatmaps
@@ -21,7 +22,7 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     """
     results = load_results(study_dir)
     if results.empty:
-        raise ValueError(f"no results in {str(study_dir)!r} yet; run `circuitkit study run SPEC` first")
+        raise InputError(f"no results in {str(study_dir)!r} yet; run `circuitkit study run SPEC` first")
     out = Path(out_dir) if out_dir is not None else Path(study_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = []

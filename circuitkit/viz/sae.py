@@ -6,18 +6,20 @@ import html
 
 import torch
 
+from circuitkit.errors import InputError
+
 
 def feature_density_histogram(feature_acts: torch.Tensor, n_bins: int = 50, title: str | None = None):
     """Histogram of log10 feature density (fraction of token positions where each latent fires).
 
-    ``feature_acts``: ``[..., d_sae]`` (e.g. :func:`circuitkit.sae.encode`). Dead latents
+    ``feature_acts``: ``[..., d_sae]`` (e.g. `circuitkit.sae.encode`). Dead latents
     (density 0) are counted in the title and left out of the log axis. Returns a ``go.Figure``.
     """
     import plotly.graph_objects as go
 
     acts = torch.as_tensor(feature_acts)
     if acts.ndim < 2:
-        raise ValueError(f"feature_acts must be [..., d_sae], got shape {tuple(acts.shape)}")
+        raise InputError(f"feature_acts must be [..., d_sae], got shape {tuple(acts.shape)}")
     density = (acts.reshape(-1, acts.shape[-1]) > 0).float().mean(0)
     alive = density[density > 0]
     dead = int((density == 0).sum())
@@ -38,7 +40,7 @@ def _token_span(token: str, act: float, max_act: float, center: bool) -> str:
 
 
 def top_examples_html(examples) -> str:
-    """HTML table of :func:`circuitkit.sae.top_activating_examples`: tokens shaded by activation."""
+    """HTML table of `circuitkit.sae.top_activating_examples`: tokens shaded by activation."""
     if len(examples) == 0:
         return "<p>no examples</p>"
     max_act = max(max(row) for row in examples["context_acts"]) or 1.0
@@ -68,7 +70,7 @@ def top_examples_figure(examples, title: str | None = None):
 
 
 def feature_card_html(card) -> str:
-    """Standalone HTML for a :class:`circuitkit.sae.features.FeatureCard`."""
+    """Standalone HTML for a `circuitkit.sae.features.FeatureCard`."""
     def tokens(frame) -> str:
         return ", ".join(f"<code>{html.escape(t)}</code> ({v:+.2f})" for t, v in zip(frame["token"], frame["logit"], strict=True))
 
@@ -84,7 +86,7 @@ def _hover_token(token: str) -> str:
 
 
 def feature_hover(card, n_examples: int = 3, n_tokens: int = 5) -> str:
-    """Plotly hover text (``<b>``, ``<i>``, ``<br>``) for a :class:`~circuitkit.sae.features.FeatureCard`:
+    """Plotly hover text (``<b>``, ``<i>``, ``<br>``) for a `FeatureCard`:
     its density, its ``n_examples`` top activations (context with the activating token in bold,
     ``[token]``) and the (up to) ``n_tokens`` output tokens its decoder direction promotes /
     suppresses (those with a logit effect of that sign)."""

@@ -1,4 +1,4 @@
-"""Plotly figures of a study's results table (:func:`circuitkit.studies.load_results`)."""
+"""Plotly figures of a study's results table (`circuitkit.studies.load_results`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
 
@@ -14,7 +15,7 @@ def study_scores(results: pd.DataFrame, model: str, task: str, ablation: str, va
     rows = results[(results.model == model) & (results.task == task) & (results.ablation == ablation)
                    & results.target_kind.isin(["head", "mlp"])]
     if rows.empty:
-        raise ValueError(f"no head or MLP rows for model {model!r}, task {task!r}, ablation {ablation!r}")
+        raise InputError(f"no head or MLP rows for model {model!r}, task {task!r}, ablation {ablation!r}")
     means = rows.groupby("target", sort=True)[value].mean()
     return Scores.from_dict(means.to_dict(), method=f"{ablation}-ablation", task=task, metric=value,
                             meta={"model": model})

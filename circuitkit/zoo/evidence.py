@@ -1,7 +1,7 @@
 """The one evidence schema of zoo cards: how a card's reference circuit was established and the
 figures behind it, the same keys for hand-built and trained models.
 
-Every card's ``evidence`` holds :data:`NODE_KEYS`:
+Every card's ``evidence`` holds `NODE_KEYS`:
 
 * ``method`` — ``"construction"`` (hand-built) or ``"exhaustive ablation"`` (trained);
 * ``ablation`` — what ablated components read (mean over the task's clean prompts);
@@ -11,7 +11,7 @@ Every card's ``evidence`` holds :data:`NODE_KEYS`:
 * ``circuit_only_recovered`` / ``circuit_ablated_recovered`` — everything outside the circuit
   ablated, and the circuit's heads / MLPs ablated.
 
-Trained cards add :data:`EDGE_KEYS` (the edge-level search); models may add their own keys
+Trained cards add `EDGE_KEYS` (the edge-level search); models may add their own keys
 (``retrieval_heads``, ``previous_token_heads``, ``mean_ablation_invisible_edges`` ...).
 """
 
@@ -29,7 +29,7 @@ EDGE_KEYS = ("edges", "edge_effects", "edge_circuit_faithfulness", "edge_circuit
 
 def node_evidence(method: str, clean: float, corrupted: float, per_component: dict[str, float],
                   circuit_only: float, circuit_ablated: float) -> dict[str, Any]:
-    """The :data:`NODE_KEYS` of a card, rounded for the card."""
+    """The `NODE_KEYS` of a card, rounded for the card."""
     return {
         "method": method,
         "ablation": MEAN_ABLATION,

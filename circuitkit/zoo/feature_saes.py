@@ -1,7 +1,7 @@
 """SAEs whose features are known by construction, for the hand-built induction model.
 
 ``induction-handbuilt`` keeps each kind of information in its own slice of the residual stream
-(:mod:`circuitkit.zoo.handbuilt`): ``TOK`` (current token, one-hot), ``PREV`` (previous token,
+(`circuitkit.zoo.handbuilt`): ``TOK`` (current token, one-hot), ``PREV`` (previous token,
 written by ``a0.h0``), ``OUT`` (copied token, written by ``a1.h0``, read by ``W_U``), plus
 position codes and a junk subspace. Three ReLU SAEs in SAELens's format are set analytically
 (one latent per one-hot direction, encoder = decoder transposed, no biases), not trained:
@@ -19,7 +19,7 @@ at the last position ``E``, key position ``k`` = the first copy's ``rL``, answer
 ``TOK[q]@k-1`` (embedding) -> ``PREV[q]@k`` (via ``a0.h0``); ``TOK[a]@k`` and ``TOK[q]@E`` pass
 through the residual stream; ``PREV[q]@k`` (key), ``TOK[q]@E`` (query) and ``TOK[a]@k`` (value)
 -> ``OUT[a]@E`` (via ``a1.h0``) -> logits; each embedding feature has an edge from ``input`` at
-its position. :func:`induction_feature_circuit` applies this rule to a task's prompts (the union
+its position. `induction_feature_circuit` applies this rule to a task's prompts (the union
 over prompts); the card records it for the card's task.
 """
 
@@ -32,6 +32,7 @@ import torch
 
 from circuitkit import names
 from circuitkit.atomic import write_text
+from circuitkit.errors import InputError, MissingFileError
 from circuitkit.models.zoo_store import CARD_FILE, ZooCard, zoo_card, zoo_task
 from circuitkit.sae import load_sae, save_sae
 
@@ -73,7 +74,7 @@ def sae_dir(card=None) -> Path:
     """``saes/`` inside the model's zoo folder."""
     card = card or zoo_card(MODEL)
     if card.path is None:
-        raise ValueError(f"zoo card {card.name!r} has no folder")
+        raise InputError(f"zoo card {card.name!r} has no folder")
     return Path(card.path) / SAE_DIR
 
 
@@ -90,7 +91,7 @@ def load_induction_saes(device: str = "cpu", folder: str | Path | None = None) -
     root = Path(folder) if folder is not None else sae_dir()
     missing = [h for h in SITES if not (root / h).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root} lacks the SAEs {missing}; write them with "
+        raise MissingFileError(f"{root} lacks the SAEs {missing}; write them with "
                                 "circuitkit.zoo.feature_saes.save_induction_saes()")
     return {h: load_sae(root / h, device=device) for h in SITES}
 
@@ -108,7 +109,7 @@ def induction_feature_circuit(task, d_vocab: int) -> tuple[list[str], list[str]]
         q = row[end]
         keys = [j for j in range(1, end) if row[j - 1] == q]
         if len(keys) != 1:
-            raise ValueError(f"prompt {row} is not an induction prompt with one earlier occurrence of its last token")
+            raise InputError(f"prompt {row} is not an induction prompt with one earlier occurrence of its last token")
         k = keys[0]
         a = row[k]
         new_edges = [

@@ -4,13 +4,13 @@ Both models are attention-only ``HookedTransformer``s without normalization, so 
 stream is a plain sum and each component can be given its own named subspace:
 
 * ``TOK``  one-hot current token (the token embedding);
-* ``POS``  position modulo :data:`POS_PERIOD` (one-hot) plus a ``RAMP`` dimension ``pos / n_ctx``;
+* ``POS``  position modulo `POS_PERIOD` (one-hot) plus a ``RAMP`` dimension ``pos / n_ctx``;
 * ``PREV`` one-hot previous token, written by the previous-token head ``a0.h0``;
 * ``OUT``  one-hot copied token, written by the copying head ``a1.h0``; ``W_U`` reads only this;
 * ``JUNK`` written by every other head, read by nobody.
 
 Previous-token attention from a compact position code: a query at position ``i`` matches keys at
-``j = i - 1`` modulo :data:`POS_PERIOD`, and a recency term (query bias x key ``RAMP``) makes the
+``j = i - 1`` modulo `POS_PERIOD`, and a recency term (query bias x key ``RAMP``) makes the
 nearest such key win by ``RECENCY * POS_PERIOD`` logits. Attention scale is switched off
 (``use_attn_scale=False``); the constants below are attention logits.
 """
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from circuitkit import names
 from circuitkit.attribution import exact_edge_patching
+from circuitkit.errors import InputError
 from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
 from circuitkit.tokenizers import bos_id, word_level_tokenizer
 from circuitkit.zoo.evidence import node_evidence
@@ -213,7 +214,7 @@ _INDUCTION_EDGE_AT = {
 
 def induction_circuit_by_pos(task) -> list[str]:
     """The position-resolved induction circuit of ``task``'s prompts, by construction: each of
-    :func:`induction_circuit_edges` at the position it acts at in ``[BOS] r1..rL r1..r(L-1)``
+    `induction_circuit_edges` at the position it acts at in ``[BOS] r1..rL r1..r(L-1)``
     (query token ``q`` at the last position ``E``, its earlier copy at ``k - 1``, the answer at
     the key position ``k``), the union over prompts. ``ValueError`` for a prompt with no single
     earlier copy of its last token."""
@@ -222,7 +223,7 @@ def induction_circuit_by_pos(task) -> list[str]:
         end = len(row) - 1
         keys = [j for j in range(1, end) if row[j - 1] == row[end]]
         if len(keys) != 1:
-            raise ValueError(f"prompt {row} is not an induction prompt with one earlier occurrence of its last token")
+            raise InputError(f"prompt {row} is not an induction prompt with one earlier occurrence of its last token")
         at = {"k": keys[0], "k-1": keys[0] - 1, "E": end}
         edges.update(names.edge_at(e, at[_INDUCTION_EDGE_AT[e]]) for e in induction_circuit_edges())
     return sorted(edges)
@@ -298,7 +299,7 @@ def retrieval_circuit_edges() -> list[str]:
 
 
 def haystack_text(n_words: int = 420, seed: int = HAYSTACK_SEED) -> str:
-    """Synthetic distractor text: sentences of 4-9 words from :data:`HAYSTACK_WORDS`."""
+    """Synthetic distractor text: sentences of 4-9 words from `HAYSTACK_WORDS`."""
     rng = random.Random(seed)
     words: list[str] = []
     sentences = []

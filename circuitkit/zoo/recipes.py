@@ -1,9 +1,9 @@
 """How each zoo model is (re)built: ``RECIPES[name](seed=..., progress=...) -> (model, tokenizer, card)``.
 
-Hand-built models are set by construction (:mod:`circuitkit.zoo.handbuilt`); trained models by
-their recipes (:mod:`circuitkit.zoo.training`); tracr models are compiled RASP programs
-(:mod:`circuitkit.zoo.tracr`, needs the ``tracr`` extra). The SAEs a model ships with (its
-``saes/`` folder) are rebuilt with it from :data:`circuitkit.zoo.sae_recipes.SAE_RECIPES`.
+Hand-built models are set by construction (`circuitkit.zoo.handbuilt`); trained models by
+their recipes (`circuitkit.zoo.training`); tracr models are compiled RASP programs
+(`circuitkit.zoo.tracr`, needs the ``tracr`` extra). The SAEs a model ships with (its
+``saes/`` folder) are rebuilt with it from `circuitkit.zoo.sae_recipes.SAE_RECIPES`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from circuitkit.errors import InputError
 from circuitkit.models.zoo_store import save_zoo_model, user_zoo_dir
 from circuitkit.zoo import handbuilt, tracr, training
 from circuitkit.zoo.sae_recipes import build_saes, write_saes
@@ -28,7 +29,7 @@ RECIPES: dict[str, Builder] = {
 
 def check_recipe(name: str) -> None:
     if name not in RECIPES:
-        raise ValueError(f"no recipe for zoo model {name!r}; known recipes: {sorted(RECIPES)}")
+        raise InputError(f"no recipe for zoo model {name!r}; known recipes: {sorted(RECIPES)}")
 
 
 def build(name: str, seed: int | None = None, progress: bool = True):
@@ -46,12 +47,12 @@ def train(name: str, root: str | Path | None = None, seed: int | None = None, pr
     """Rebuild zoo model ``name`` and save it (atomically) under ``root``; returns the model's folder.
 
     With ``saes`` (default) the model's ``saes/`` folder is rebuilt too, on the model just built,
-    from its recipe (:data:`~circuitkit.zoo.sae_recipes.SAE_RECIPES`: analytic for
+    from its recipe (`SAE_RECIPES`: analytic for
     ``induction-handbuilt``, top-k training for ``tiny-lm``, a few minutes); weights, card,
     tokenizer and SAEs replace the old folder in one rename. ``saes=False`` writes the model
     alone (a model with SAE recipe then has no ``saes/``).
 
-    ``root`` defaults to the user's zoo folder (:func:`~circuitkit.models.zoo_store.user_zoo_dir`),
+    ``root`` defaults to the user's zoo folder (`user_zoo_dir`),
     which the zoo searches before the bundled models: an installed package is never written into.
     """
     check_recipe(name)  # before any work starts

@@ -1,8 +1,9 @@
-"""The circuits the zoo's cards record as true, as :class:`~circuitkit.circuit.core.Circuit` objects."""
+"""The circuits the zoo's cards record as true, as `Circuit` objects."""
 
 from __future__ import annotations
 
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import InputError
 from circuitkit.models.zoo_store import ZooCard, zoo_card
 
 __all__ = ["reference_circuit"]
@@ -19,7 +20,7 @@ def reference_circuit(card: str | ZooCard) -> Circuit:
     """
     card = zoo_card(card) if isinstance(card, str) else card
     if not card.circuit_nodes and not card.circuit_edges:
-        raise ValueError(f"zoo model {card.name!r} records no reference circuit in its card")
+        raise InputError(f"zoo model {card.name!r} records no reference circuit in its card")
     cfg = card.config
     return Circuit.from_nodes_edges(card.circuit_nodes, card.circuit_edges, method="reference",
                                     task=card.task.get("builder", ""), n_layers=cfg.get("n_layers"),

@@ -4,15 +4,15 @@ A zoo model folder may hold ``saes/<hook_name>/`` (SAELens format: ``cfg.json`` 
 ``sae_weights.safetensors``). ``SAE_RECIPES[name]`` says how that folder is made:
 
 * ``induction-handbuilt``: analytic, set by construction from the card's residual layout
-  (:func:`circuitkit.zoo.feature_saes.build_induction_saes`);
-* ``tiny-lm``: top-k SAEs trained with SAELens (:func:`circuitkit.sae.train.train_sae`) on the
+  (`circuitkit.zoo.feature_saes.build_induction_saes`);
+* ``tiny-lm``: top-k SAEs trained with SAELens (`circuitkit.sae.train.train_sae`) on the
   Python-docstring corpus (``training_tokens(model, None, context_size)``: the first 800,000
-  characters of :func:`circuitkit.tokenizers.python_docs_corpus`), one per hook, each with the
+  characters of `circuitkit.tokenizers.python_docs_corpus`), one per hook, each with the
   same hyperparameters and seed. On CPU the training is deterministic: the recipe reproduces the
   shipped weights bit for bit (``benchmarks/zoo_saes.py``), as long as the corpus is the same
   (it is read from the installed Python's standard library).
 
-:func:`circuitkit.zoo.recipes.train` calls :func:`build_saes` and writes the folder together
+`circuitkit.zoo.recipes.train` calls `build_saes` and writes the folder together
 with the model (one atomic folder replacement).
 """
 
@@ -48,7 +48,7 @@ class AnalyticSAEs:
 class TrainedSAEs:
     """SAEs trained with SAELens, one per hook, all with the same hyperparameters and seed.
 
-    ``corpus``: what :func:`circuitkit.sae.train.train_sae` reads (None: the Python-docstring
+    ``corpus``: what `circuitkit.sae.train.train_sae` reads (None: the Python-docstring
     corpus, cut into rows of ``config.context_size`` tokens).
     """
 

@@ -15,15 +15,15 @@ load like any zoo model. The conversion:
   output value ``v`` is the logit of token ``v`` (other tokens read 0), a numeric output is the
   one logit (``d_vocab_out = 1``).
 
-The reference circuit (:func:`weight_circuit`) is where information can flow: a component reads
+The reference circuit (`weight_circuit`) is where information can flow: a component reads
 the subspaces its query / key / value (or MLP input) weights have non-zero rows for, and writes
 those its output weights have non-zero columns for; there is an edge wherever a reader reads a
 subspace the sender writes, and only edges on ``input -> logits`` paths are kept. tracr gives every
 variable its own subspace, written once, so this is the program's computation graph at the
 granularity of heads and MLPs. The card's circuit drops from it the edges that change nothing when
-zero-ablated alone on the card's task (:func:`inert_edges`; e.g. the query of an all-true
+zero-ablated alone on the card's task (`inert_edges`; e.g. the query of an all-true
 selector, whose attention is the same whatever it reads): for ``reverse`` and ``frac_prevs`` what
-remains is exactly the circuit ACDC published (:data:`ACDC_PUBLISHED`).
+remains is exactly the circuit ACDC published (`ACDC_PUBLISHED`).
 
 tracr numbers its variables with a process-wide counter (``hist_1``), so the residual labels in a
 card are those of a fresh process compiling that one program, as ``zoo train`` does.
@@ -41,6 +41,7 @@ from circuitkit.ablation.edges import graph_edges
 from circuitkit.ablation.nodes import AblationResult
 from circuitkit.attribution import exact_edge_patching
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import InputError, RunError
 from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
 from circuitkit.tasks.rasp import PROGRAMS, RaspProgram, every_input, rasp_task
 from circuitkit.tokenizers import SPECIAL_TOKENS, word_level_tokenizer
@@ -80,7 +81,7 @@ def _rasp_program(name: str):
         return lib.make_hist()
     if name == "frac_prevs":
         return lib.make_frac_prevs(rasp.tokens == "x")
-    raise ValueError(f"no tracr program {name!r}; choose one of {sorted(PROGRAMS)}")
+    raise InputError(f"no tracr program {name!r}; choose one of {sorted(PROGRAMS)}")
 
 
 def _tracr_value(spec: RaspProgram, word: str):
@@ -112,7 +113,7 @@ def convert(tracr_model, program, spec: RaspProgram, tokenizer, name: str):
     d_model = len(labels)
     n_heads, d_head = cfg.num_heads, cfg.key_size
     if cfg.layer_norm or cfg.causal:
-        raise ValueError("tracr compiled a model with layer norm or causal attention; the zoo converts neither")
+        raise InputError("tracr compiled a model with layer norm or causal attention; the zoo converts neither")
     config = {
         "n_layers": cfg.num_layers, "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
         "d_mlp": cfg.mlp_hidden_size, "d_vocab": len(tokenizer), "n_ctx": params["pos_embed"]["embeddings"].shape[0],
@@ -271,7 +272,7 @@ def build_tracr(program: str, seed: int = 0, progress: bool = True):
                                spec.categorical)
     if mismatched:
         i = mismatched[0]
-        raise RuntimeError(f"{name}: the converted model differs from tracr on {len(mismatched)} inputs, e.g. "
+        raise RunError(f"{name}: the converted model differs from tracr on {len(mismatched)} inputs, e.g. "
                            f"{expected['inputs'][i]}: tracr {expected['outputs'][i]}")
     allowed = weight_circuit(model)
     inert = inert_edges(model, zoo_task_of(program, seed, model), allowed.edges)

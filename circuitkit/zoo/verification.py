@@ -6,7 +6,7 @@ Definitions (shared by hand-built and trained models, and by the evidence stored
 * circuit-only recovery: ``ablate(model, task, every head and MLP NOT in the circuit, "mean").recovered``;
 * circuit-ablated recovery: ``ablate(model, task, the circuit's heads and MLPs, "mean").recovered``;
 
-* edge faithfulness (cards that list edges): :func:`circuitkit.circuit.evaluation` faithfulness of the
+* edge faithfulness (cards that list edges): `circuitkit.circuit.evaluation` faithfulness of the
   card's edges alone (every other edge mean-ablated), and of the model with only those edges ablated;
 
 mean ablation takes its means over the task's clean prompts. Recovery is 1 for the intact model and 0
@@ -14,9 +14,9 @@ for the corrupted run; on a task scoring a numeric output by distance (``mse`` /
 ``frac_prevs``) 0 is instead every head and MLP mean-ablated (the output then predicts its mean,
 which already halves a random other input's squared error, so "as bad as corrupted" is out of reach
 for any ablation). A model passes when circuit-only
-recovery >= :data:`MIN_CIRCUIT_ONLY`, circuit-ablated recovery < :data:`MAX_CIRCUIT_ABLATED`,
-accuracy >= the card's accuracy - :data:`ACCURACY_TOLERANCE` and, where the card lists edges, the
-edges alone are >= :data:`MIN_CIRCUIT_ONLY` faithful and ablating them leaves < :data:`MAX_CIRCUIT_ABLATED`.
+recovery >= `MIN_CIRCUIT_ONLY`, circuit-ablated recovery < `MAX_CIRCUIT_ABLATED`,
+accuracy >= the card's accuracy - `ACCURACY_TOLERANCE` and, where the card lists edges, the
+edges alone are >= `MIN_CIRCUIT_ONLY` faithful and ablating them leaves < `MAX_CIRCUIT_ABLATED`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from circuitkit import names
 from circuitkit.ablation.nodes import AblationResult, run_ablated
 from circuitkit.circuit.evaluation import EdgeEvaluator
+from circuitkit.errors import InputError
 from circuitkit.models.loading import parse_spec
 from circuitkit.models.zoo_store import load_zoo_model, zoo_card, zoo_task
 
@@ -108,7 +109,7 @@ def split_components(model, circuit_nodes: list[str]) -> tuple[list[str], list[s
     inside = [n for n in circuit_nodes if names.parse_node(n).kind in ("head", "mlp")]
     unknown = [n for n in inside if n not in components]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"circuit nodes {unknown} do not exist in model {model.cfg.model_name!r} "
             f"({model.cfg.n_layers} layers x {model.cfg.n_heads} heads); fix the card's circuit"
         )
@@ -136,10 +137,10 @@ def ablate_each(model, task, component_sets, kind: str = "mean", with_accuracy: 
 def measure(model, task, card, kind: str = "mean") -> VerifyReport:
     """Compute the verify figures of ``model`` on ``task`` for the circuit in ``card``."""
     if not card.circuit_nodes:
-        raise ValueError(f"zoo card {card.name!r} records no circuit nodes; add the reference circuit to its card")
+        raise InputError(f"zoo card {card.name!r} records no circuit nodes; add the reference circuit to its card")
     inside, outside = split_components(model, card.circuit_nodes)
     if not inside:
-        raise ValueError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
+        raise InputError(f"the circuit of {card.name!r} has no heads or MLPs to ablate; its nodes are {card.circuit_nodes}")
     floor = "all ablated" if task.metric_name in DISTANCE_METRICS else "corrupted"
     sets = [outside, inside] + ([inside + outside] if floor != "corrupted" else [])
     results, acc = ablate_each(model, task, sets, kind=kind, with_accuracy=True)
@@ -185,7 +186,7 @@ def verify(name_or_model, card=None, task=None, device: str = "cpu", **task_over
     else:
         model = name_or_model
         if not hasattr(model, "cfg"):
-            raise ValueError(f"verify takes a zoo name or a HookedTransformer, got {type(model).__name__}")
+            raise InputError(f"verify takes a zoo name or a HookedTransformer, got {type(model).__name__}")
         if card is None:
             card = zoo_card(model.cfg.model_name)
     if task is None:

@@ -110,3 +110,39 @@ def test_sae_circuit_linear_on_the_attention_only_handbuilt_model(tmp_path, caps
                  "--top", "20", "--out", str(out), "--no-progress"]) == 0
     assert "faithfulness" in capsys.readouterr().out
     assert load_circuit(out).method == "feature-linear"
+
+
+def test_sae_circuit_builds_its_sites_and_baseline_once(tmp_path, capsys, monkeypatch):
+    """Discovery, evaluation and the feature cards share one set of sites and one baseline, and the
+    printed evaluation equals the API's with that baseline."""
+    from pathlib import Path
+
+    import circuitkit as ck
+    from circuitkit.circuit import load_circuit
+    from circuitkit.sae import graph, splice
+    from circuitkit.sae.train import load_sae
+
+    built, baselines = [], []
+    real_pairs, real_values = splice._as_pairs, graph.baseline_values
+
+    def counting_pairs(saes):
+        built.append(1)
+        return real_pairs(saes)
+
+    def counting_values(*args, **kwargs):
+        baselines.append(1)
+        return real_values(*args, **kwargs)
+
+    monkeypatch.setattr(splice, "_as_pairs", counting_pairs)
+    monkeypatch.setattr(graph, "baseline_values", counting_values)
+    saes = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"
+    dirs = [str(saes / h) for h in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre")]
+    out = tmp_path / "fc.json"
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", *dirs, "--n-prompts", "4", "--steps", "2", "--top", "10",
+                 "--out", str(out), "--html", str(tmp_path / "fc.html"), "--no-progress"]) == 0
+    assert len(built) == 1 and len(baselines) == 1
+    printed = capsys.readouterr().out
+    model = ck.load_model("zoo:induction-handbuilt")
+    task = ck.zoo_task("induction-handbuilt", model, n_prompts=4)
+    result = ck.evaluate_feature_circuit(model, [load_sae(d) for d in dirs], task, load_circuit(out))
+    assert f"faithfulness {result.faithfulness:.3f}" in printed

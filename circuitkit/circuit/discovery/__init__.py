@@ -1,6 +1,6 @@
-"""Circuit discovery: score edges and prune (:mod:`~circuitkit.circuit.discovery.pipeline`), ACDC
-(:mod:`~circuitkit.circuit.discovery.acdc_search`), and the exhaustive reference search behind the zoo's
-circuits (:mod:`~circuitkit.circuit.discovery.exhaustive`)."""
+"""Circuit discovery: score edges and prune (`pipeline`), ACDC
+(`acdc_search`), and the exhaustive reference search behind the zoo's
+circuits (`exhaustive`)."""
 
 from circuitkit.circuit.discovery.acdc_search import acdc
 from circuitkit.circuit.discovery.exhaustive import (

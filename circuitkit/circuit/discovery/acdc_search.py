@@ -10,6 +10,7 @@ from circuitkit import names
 from circuitkit.ablation.edges import ablation_source, graph_edges, graph_nodes, run_with_edges
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import divergence
 
@@ -22,7 +23,7 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
 
     ``metric="kl"``: damage = KL(full model || circuit) at the answer position (the paper's
     default; for a model with one numeric output, the squared distance,
-    :func:`~circuitkit.tasks.metrics.divergence`). ``metric="task"``: damage = drop of the task metric. Edges off every ``input ->
+    `divergence`). ``metric="task"``: damage = drop of the task metric. Edges off every ``input ->
     logits`` path are pruned.
 
     Every edge of the model gets a ``score``, the damage its removal causes at its turn in the
@@ -41,9 +42,9 @@ def acdc(model, task, threshold: float = 0.01, ablation: str = DEFAULT_ABLATION,
         ['input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>', 'a0.h0->a1.h0<k>', 'a1.h0->logits']
     """
     if threshold < 0:
-        raise ValueError(f"ACDC threshold must be >= 0, got {threshold}")
+        raise InputError(f"ACDC threshold must be >= 0, got {threshold}")
     if metric not in ("kl", "task"):
-        raise ValueError(f"ACDC metric must be 'kl' or 'task', got {metric!r}")
+        raise InputError(f"ACDC metric must be 'kl' or 'task', got {metric!r}")
     task.check_model(model)
     edges = graph_edges(model)
     source = ablation_source(model, task, kind=ablation, seed=seed) if source is None else source

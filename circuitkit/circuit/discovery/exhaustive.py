@@ -1,9 +1,9 @@
 """Reference circuits by exhaustive exact ablation: the ground truth the zoo's cards record.
 
-:func:`find_circuit` ablates every head and MLP alone (mean over the task's clean prompts), grows
+`find_circuit` ablates every head and MLP alone (mean over the task's clean prompts), grows
 the set whose *complement* can be ablated while keeping ``keep`` of the metric, prunes it, and
 grows it again until ablating the circuit itself leaves less than ``destroy``.
-:func:`find_edge_circuit` refines such a node circuit to edges by exact single-edge ablation.
+`find_edge_circuit` refines such a node circuit to edges by exact single-edge ablation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from circuitkit.tasks.metrics import normalized
 
 @dataclass
 class CircuitSearch:
-    """What :func:`find_circuit` found and the figures behind it."""
+    """What `find_circuit` found and the figures behind it."""
 
     nodes: list[str]
     per_component: dict[str, float]  # recovered when ONLY that component is mean-ablated
@@ -87,7 +87,7 @@ def find_circuit(model, task, keep: float = 0.9, destroy: float = 0.2, progress:
 
 @dataclass
 class EdgeCircuitSearch:
-    """What :func:`find_edge_circuit` found: the edges and the figures behind them."""
+    """What `find_edge_circuit` found: the edges and the figures behind them."""
 
     edges: list[str]
     effects: dict[str, float]  # every model edge: normalized metric change when it ALONE is ablated
@@ -99,7 +99,7 @@ def find_edge_circuit(model, task, nodes: list[str], keep: float = 0.9, destroy:
                       progress: bool = True) -> EdgeCircuitSearch:
     """Refine a node circuit to edges by exact ablation (mean over the task's clean prompts).
 
-    Every model edge is ablated alone (:func:`~circuitkit.attribution.exact_edge_patching`); the
+    Every model edge is ablated alone (`exact_edge_patching`); the
     edges among ``nodes`` (and ``input`` / ``logits``) are taken in order of decreasing |effect|
     until the edges alone reach faithfulness ``keep`` (every other edge ablated), then each is
     dropped, smallest |effect| first, if the rest stays faithful; finally edges are added back

@@ -2,7 +2,7 @@
 
 Each edge ``e`` has a hard-concrete gate ``z_e in [0, 1]`` (Louizos et al. 2018) with a learned
 location ``log_alpha_e``; a run keeps ``z_e`` of the edge's live value and ablates ``1 - z_e``
-(the edge-mask state of :func:`~circuitkit.ablation.edges.run_with_mask`, so every architecture
+(the edge-mask state of `run_with_mask`, so every architecture
 the edge graph supports is supported). Every prompt of a step draws its own sample of the gates.
 
 **Objective.** The paper's constrained one: minimise a faithfulness loss subject to the expected
@@ -12,7 +12,7 @@ is, by default (``objective="metric"``), the squared change of the task's own me
 in units of the full model's distance from the fully ablated one, ``((m(masked) - m(full)) /
 |m(full) - m(empty)|)^2`` averaged over prompts: unitless, 0 for a faithful mask, about 1 for
 an empty one, and the quantity circuit faithfulness measures. ``objective="kl"`` uses the paper's
-KL(full || masked) at the answer position(s) instead (:func:`~circuitkit.tasks.metrics.divergence`).
+KL(full || masked) at the answer position(s) instead (`divergence`).
 An edge stays open while what it does for ``D`` is worth more than the price. The price starts
 at ``sparsity`` and is multiplied by ``price_step`` at every step the expected count exceeds the
 target, divided by it otherwise: it climbs geometrically through every scale until the gates
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from circuitkit.ablation.edges import batch_source, graph_index, model_device, run_with_mask
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import rows_of, scores_meta
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 from circuitkit.tasks.metrics import divergence
 
@@ -66,7 +67,7 @@ def _gates(log_alpha: torch.Tensor, generator: torch.Generator | None) -> torch.
 
 
 def gate_mask(index, log_alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ablation mask of :func:`run_with_mask` for gates at ``log_alpha`` (``[n_edges]`` or
+    """The ablation mask of `run_with_mask` for gates at ``log_alpha`` (``[n_edges]`` or
     ``[batch, n_edges]``, in ``index.edges`` order): ``1 - z_e`` at each edge's cell, 0 elsewhere,
     ``[(batch,) n_slots, n_upstream]``. ``generator``: sample the gates; None: their deterministic value."""
     flat = index.flat_edge_index().to(log_alpha.device)
@@ -94,7 +95,7 @@ def edge_pruning(
     source: dict[str, Tensor] | None = None,
 ) -> Scores:
     """Learn which edges the model's behaviour on ``task`` needs; one score per edge of
-    :func:`~circuitkit.ablation.edges.graph_edges` in [0, 1], higher = more needed: the mean over
+    `graph_edges` in [0, 1], higher = more needed: the mean over
     the run of the probability that its gate is open while the target number of open gates is
     annealed from every edge to ``target_edges`` (see the module docstring). Unlike the
     attribution methods, this is not an estimate of an ablation's effect.
@@ -118,9 +119,9 @@ def edge_pruning(
         ['a0.h0->a1.h0<k>', 'a1.h0->logits', 'input->a0.h0<v>', 'input->a1.h0<q>', 'input->a1.h0<v>']
     """
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise InputError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if steps < 1 or lr <= 0 or sparsity <= 0 or batch_size < 1 or not 0 < anneal <= 1 or price_step <= 1:
-        raise ValueError(f"edge pruning needs steps >= 1, lr > 0, sparsity > 0, batch_size >= 1, 0 < anneal <= 1 and "
+        raise InputError(f"edge pruning needs steps >= 1, lr > 0, sparsity > 0, batch_size >= 1, 0 < anneal <= 1 and "
                          f"price_step > 1; got steps={steps}, lr={lr}, sparsity={sparsity}, batch_size={batch_size}, "
                          f"anneal={anneal}, price_step={price_step}")
     task.check_model(model)
@@ -128,7 +129,7 @@ def edge_pruning(
     n_edges = len(index.edges)
     target = 0 if target_edges is None else int(target_edges)
     if not 0 <= target < n_edges:
-        raise ValueError(f"target_edges must be between 0 and the graph's {n_edges} edges minus one, got {target_edges}")
+        raise InputError(f"target_edges must be between 0 and the graph's {n_edges} edges minus one, got {target_edges}")
     device = model_device(model)
     task = task.to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -147,7 +148,7 @@ def edge_pruning(
             gap = abs(full - float(task.score(run_with_mask(model, task.clean, everything,
                                                             sources(torch.arange(len(task)))))))
             if gap < 1e-6:
-                raise ValueError(f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
+                raise InputError(f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
                                  f"({full:.4g}): the metric objective is undefined; pick another ablation or "
                                  "objective='kl'")
     log_alpha = torch.full((n_edges,), 3.0, device=device, requires_grad=True)  # every gate nearly always open

@@ -2,9 +2,9 @@
 
 A record names the function that runs the method, the hyper-parameters a user may set with their
 one default, and what it can do (position-resolved scores; pruning by itself, as ACDC does).
-:func:`~circuitkit.circuit.discovery.discover`, the command line (``--method``,
-``--method-arg KEY=VALUE``), studies and the tests all read :data:`DISCOVERY_METHODS`, so a new
-method is one function and one :func:`register` call. A hyper-parameter the method does not take
+`discover`, the command line (``--method``,
+``--method-arg KEY=VALUE``), studies and the tests all read `DISCOVERY_METHODS`, so a new
+method is one function and one `register` call. A hyper-parameter the method does not take
 is an error, never ignored.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 from circuitkit import attribution
 from circuitkit.circuit.discovery.acdc_search import acdc
 from circuitkit.circuit.discovery.mask_learning import edge_pruning
+from circuitkit.errors import InputError
 
 __all__ = ["DISCOVERY_METHODS", "DiscoveryMethod", "check_method_args", "discovery_method", "register"]
 
@@ -53,17 +54,17 @@ DISCOVERY_METHODS: dict[str, DiscoveryMethod] = {}
 
 def register(name: str, function: Callable, summary: str, *, params: tuple[str, ...],
              defaults: Mapping[str, Any] | None = None, by_pos: bool = False, prunes: bool = False) -> DiscoveryMethod:
-    """Add a method to :data:`DISCOVERY_METHODS`: ``params`` are the keyword arguments of
+    """Add a method to `DISCOVERY_METHODS`: ``params`` are the keyword arguments of
     ``function`` a user may set; their defaults are the function's own unless ``defaults`` says
     otherwise (the value ``discover`` has always used)."""
     signature = inspect.signature(function).parameters
     unknown = [p for p in params if p not in signature or p in _SUPPLIED]
     if unknown:
-        raise ValueError(f"{name}: {function.__name__} has no user parameter {unknown}")
+        raise InputError(f"{name}: {function.__name__} has no user parameter {unknown}")
     defaults = dict(defaults or {})
     values = {p: defaults.pop(p) if p in defaults else signature[p].default for p in params}
     if defaults:
-        raise ValueError(f"{name}: defaults {sorted(defaults)} are not among its params {params}")
+        raise InputError(f"{name}: defaults {sorted(defaults)} are not among its params {params}")
     method = DiscoveryMethod(name, function, summary, values, by_pos, prunes)
     DISCOVERY_METHODS[name] = method
     return method
@@ -72,7 +73,7 @@ def register(name: str, function: Callable, summary: str, *, params: tuple[str, 
 def discovery_method(name: str) -> DiscoveryMethod:
     """The registered method ``name``; ``ValueError`` listing them otherwise."""
     if name not in DISCOVERY_METHODS:
-        raise ValueError(f"unknown discovery method {name!r}; choose one of {tuple(DISCOVERY_METHODS)}")
+        raise InputError(f"unknown discovery method {name!r}; choose one of {tuple(DISCOVERY_METHODS)}")
     return DISCOVERY_METHODS[name]
 
 
@@ -83,7 +84,7 @@ def check_method_args(method: DiscoveryMethod, args: Mapping[str, Any]) -> dict[
     unknown = sorted(set(args) - set(method.params))
     if unknown:
         takes = ", ".join(method.params) or "no parameters"
-        raise ValueError(f"discovery method {method.name!r} takes no {unknown}; it takes {takes}")
+        raise InputError(f"discovery method {method.name!r} takes no {unknown}; it takes {takes}")
     out = dict(method.params)
     for key, value in args.items():
         default = method.params[key]
@@ -98,7 +99,7 @@ def check_method_args(method: DiscoveryMethod, args: Mapping[str, Any]) -> dict[
         else:
             ok = isinstance(value, type(default))
         if not ok:
-            raise ValueError(f"discovery method {method.name!r}: {key} must be like its default {default!r}, "
+            raise InputError(f"discovery method {method.name!r}: {key} must be like its default {default!r}, "
                              f"got {value!r} ({type(value).__name__})")
         out[key] = value
     return out

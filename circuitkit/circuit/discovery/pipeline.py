@@ -1,9 +1,9 @@
 """Discovery as one call: score every edge with a registered method, then prune to a circuit and
-evaluate it, all from one prepared context (the :class:`~circuitkit.circuit.evaluation.EdgeEvaluator`:
+evaluate it, all from one prepared context (the `EdgeEvaluator`:
 graph, ablation source, full and empty metrics, built once).
 
-The methods are the records of :mod:`circuitkit.circuit.discovery.methods`: ``eap-ig`` / ``eap`` /
-``exact`` (edge scores from :mod:`circuitkit.attribution`; ``exact`` patches one edge at a time,
+The methods are the records of `circuitkit.circuit.discovery.methods`: ``eap-ig`` / ``eap`` /
+``exact`` (edge scores from `circuitkit.attribution`; ``exact`` patches one edge at a time,
 the ground truth the others approximate), ``edge-pruning`` (a learned edge mask) and ``acdc``
 (which prunes by itself).
 """
@@ -35,6 +35,7 @@ from circuitkit.circuit.evaluation import (
 from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.circuit.layers import LAYER_METHODS, LayerEvaluator, score_layers
 from circuitkit.circuit.routes import cap_by_route
+from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
 METHODS = tuple(DISCOVERY_METHODS)
@@ -50,7 +51,7 @@ def _method_args(method: DiscoveryMethod, method_args: Mapping[str, Any] | None,
         if value is None:
             continue
         if key in args and args[key] != value:
-            raise ValueError(f"{key} given twice ({value!r} and method_args {args[key]!r}); give it once")
+            raise InputError(f"{key} given twice ({value!r} and method_args {args[key]!r}); give it once")
         args[key] = value
     return check_method_args(method, args)
 
@@ -58,7 +59,7 @@ def _method_args(method: DiscoveryMethod, method_args: Mapping[str, Any] | None,
 def score_edges(model, task, method: str, steps: int | None = None, ablation: str = DEFAULT_ABLATION,
                 progress: bool = False, interpolate: str | None = None, by_pos: bool = False, *,
                 method_args: Mapping[str, Any] | None = None, source: dict[str, Tensor] | None = None) -> Scores:
-    """Edge scores from a registered method (:data:`DISCOVERY_METHODS`, not ``acdc``, which prunes
+    """Edge scores from a registered method (`DISCOVERY_METHODS`, not ``acdc``, which prunes
     by itself); a score estimates m(edge ablated) - m(clean) (edge pruning: how needed the edge is).
     ``method_args``: the method's hyper-parameters (``DISCOVERY_METHODS[method].params``);
     ``steps`` and ``interpolate`` are shorthands for two of them. ``by_pos``: one score per edge
@@ -66,9 +67,9 @@ def score_edges(model, task, method: str, steps: int | None = None, ablation: st
     computed for ``ablation`` (``ablation_source``)."""
     record = discovery_method(method)
     if record.prunes:
-        raise ValueError(f"{method} prunes by itself and gives no edge scores to prune; use discover(method={method!r})")
+        raise InputError(f"{method} prunes by itself and gives no edge scores to prune; use discover(method={method!r})")
     if by_pos and not record.by_pos:
-        raise ValueError(f"by_pos scores edges at each position with {BY_POS_METHODS}, not {method!r}")
+        raise InputError(f"by_pos scores edges at each position with {BY_POS_METHODS}, not {method!r}")
     args = _method_args(record, method_args, steps=steps, interpolate=interpolate)
     extra = {"by_pos": by_pos} if record.by_pos else {}
     return record.function(model, task, ablation=ablation, progress=progress, source=source, **extra, **args)
@@ -84,31 +85,31 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     Edges are scored with the same ablation they are evaluated with, from one ablation source
     computed once.
 
-    ``method``: a registered method (:data:`~circuitkit.circuit.discovery.methods.DISCOVERY_METHODS`);
+    ``method``: a registered method (`DISCOVERY_METHODS`);
     ``method_args``: its hyper-parameters (each method's ``params`` and defaults, e.g.
     ``{"steps": 500}`` for edge pruning); one it does not take raises ``ValueError``. ``steps``
     and ``interpolate`` are shorthands for those two.
 
-    ``route_cap`` (default): rank by :func:`~circuitkit.circuit.routes.cap_by_route` scores, each
+    ``route_cap`` (default): rank by `cap_by_route` scores, each
     edge's |score| capped by the widest route from its receiver to the logits, so that edges into
     heads the output does not need rank by what they can pass on (the circuit's edge scores are
     then the capped ones, and each edge keeps the estimator's value as ``raw_score``, which
-    :func:`~circuitkit.circuit.io.to_mib` exports by default). ``scores``: edge scores already
-    computed by ``method`` with this ``ablation`` (from :func:`score_edges`), to prune without
+    `to_mib` exports by default). ``scores``: edge scores already
+    computed by ``method`` with this ``ablation`` (from `score_edges`), to prune without
     scoring again.
 
     ``interpolate``: EAP-IG's integration path, the input embeddings (``"inputs"``, default), each
     layer's outputs in turn (``"activations"``) or every edge's mask at once (``"mask"``; see
-    :func:`circuitkit.attribution.eap_ig`).
+    `circuitkit.attribution.eap_ig`).
 
     ``by_pos``: a position-resolved circuit, edges between (node, position) pairs
     (``a0.h0@3->a1.h0@3<k>``), scored, pruned and evaluated on the position-resolved graph (an
     edge outside the circuit is ablated at that position only; see
-    :mod:`circuitkit.circuit.evaluation`). Methods :data:`BY_POS_METHODS`.
+    `circuitkit.circuit.evaluation`). Methods `BY_POS_METHODS`.
 
     ``level="layers"``: a circuit of whole attention blocks and MLPs (nodes ``attn_out.L``,
-    ``m{L}``; :mod:`circuitkit.circuit.layers`), for models whose heads do not separate (the edge
-    graph refuses them by name) or a first coarse look; methods :data:`LAYER_METHODS`, EAP-IG along
+    ``m{L}``; `circuitkit.circuit.layers`), for models whose heads do not separate (the edge
+    graph refuses them by name) or a first coarse look; methods `LAYER_METHODS`, EAP-IG along
     the nodes' ablation masks. ``top_k`` / ``threshold`` / ``target`` then count nodes.
 
     The circuit's ``meta`` records the evaluation (faithfulness, completeness), the method's
@@ -125,7 +126,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         1.0
     """
     if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; choose one of {LEVELS}")
+        raise InputError(f"unknown level {level!r}; choose one of {LEVELS}")
     if level == "layers":
         return _discover_layers(model, task, method, top_k=top_k, threshold=threshold, target=target,
                                 ablation=ablation, steps=steps, scores=scores, progress=progress,
@@ -133,14 +134,14 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     record = discovery_method(method)
     args = _method_args(record, method_args, steps=steps, interpolate=interpolate)
     if by_pos and not record.by_pos:
-        raise ValueError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
+        raise InputError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
     if top_k is not None and threshold is not None:
-        raise ValueError("give top_k or threshold, not both")
+        raise InputError("give top_k or threshold, not both")
     task.check_model(model)
     start = time.perf_counter()
     if record.prunes:
         if top_k is not None or scores is not None:
-            raise ValueError(f"{method} scores and prunes by itself; drop top_k / scores (or pick another method)")
+            raise InputError(f"{method} scores and prunes by itself; drop top_k / scores (or pick another method)")
         ev = EdgeEvaluator(model, task, ablation)
         circuit = record.function(model, task, 0.01 if threshold is None else threshold, ablation=ablation,
                                   progress=progress, source=ev.source, **args)
@@ -150,9 +151,9 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
             scores = score_edges(model, task, method, ablation=ablation, progress=progress, by_pos=by_pos,
                                  method_args=args, source=ev.source)
         elif not scores.is_edge:
-            raise ValueError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
+            raise InputError("discover prunes edges: pass edge Scores (from score_edges), not node scores")
         elif scores_by_pos(scores) != by_pos:
-            raise ValueError(f"scores are {'' if scores_by_pos(scores) else 'not '}position-resolved; pass "
+            raise InputError(f"scores are {'' if scores_by_pos(scores) else 'not '}position-resolved; pass "
                              f"by_pos={scores_by_pos(scores)} with them")
         raw = scores
         if route_cap:
@@ -180,35 +181,35 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
 def _discover_layers(model, task, method: str, *, top_k, threshold, target, ablation, steps, scores, progress,
                      interpolate, by_pos, method_args) -> Circuit:
     if method not in LAYER_METHODS:
-        raise ValueError(f"level='layers' scores whole attention blocks and MLPs with {LAYER_METHODS}, not "
+        raise InputError(f"level='layers' scores whole attention blocks and MLPs with {LAYER_METHODS}, not "
                          f"{method!r}")
     args = dict(method_args or {})
     if steps is not None:
         args["steps"] = steps
     takes = ("steps",) if method == "eap-ig" else ()
     if set(args) - set(takes):
-        raise ValueError(f"level='layers' {method} takes {takes or 'no parameters'}, not {sorted(set(args) - set(takes))}")
+        raise InputError(f"level='layers' {method} takes {takes or 'no parameters'}, not {sorted(set(args) - set(takes))}")
     steps = args.get("steps", 10)
     if by_pos:
-        raise ValueError("level='layers' finds circuits of whole layers' outputs; drop by_pos")
+        raise InputError("level='layers' finds circuits of whole layers' outputs; drop by_pos")
     if interpolate not in (None, "mask"):
-        raise ValueError(f"level='layers' integrates EAP-IG along the nodes' ablation masks; drop interpolate "
+        raise InputError(f"level='layers' integrates EAP-IG along the nodes' ablation masks; drop interpolate "
                          f"({interpolate!r}) or pass 'mask'")
     if top_k is not None and threshold is not None:
-        raise ValueError("give top_k or threshold, not both")
+        raise InputError("give top_k or threshold, not both")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ValueError(f"top_k must be a non-negative number of nodes, got {top_k!r}")
+        raise InputError(f"top_k must be a non-negative number of nodes, got {top_k!r}")
     if threshold is not None and not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        raise InputError(f"threshold must be a finite number, got {threshold!r}")
     if top_k is None and threshold is None and not 0 < target <= 1:
-        raise ValueError(f"target faithfulness must be in (0, 1], got {target}")
+        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
     task.check_model(model)
     start = time.perf_counter()
     ev = LayerEvaluator(model, task, ablation)
     if scores is None:
         scores = score_layers(model, task, method, steps=steps, progress=progress, evaluator=ev)
     elif scores.is_edge or sorted(scores.labels) != sorted(ev.nodes):
-        raise ValueError("level='layers' prunes layer nodes: pass the Scores of score_layers for this model")
+        raise InputError("level='layers' prunes layer nodes: pass the Scores of score_layers for this model")
     ranked = [label for _, label in sorted(zip((-abs(v) for v in scores.values.tolist()), scores.labels,
                                                strict=True))]
     if top_k is not None:

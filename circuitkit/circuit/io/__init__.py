@@ -7,8 +7,8 @@ Mechanistic Interpretability Benchmark: ``cfg`` / ``nodes`` / ``edges``) and
 / ``qParams`` / ``nodes`` / ``links``). Files are written to a temp file and renamed, and are
 fully serialised before anything is written, so a failing export leaves nothing behind.
 
-One module per format (:mod:`~circuitkit.circuit.io.nodelink`, :mod:`~circuitkit.circuit.io.graphml`,
-:mod:`~circuitkit.circuit.io.mib`, :mod:`~circuitkit.circuit.io.attribution_graph`); this module
+One module per format (`nodelink`, `graphml`,
+`mib`, `attribution_graph`); this module
 picks one by name, suffix or keys.
 """
 
@@ -31,6 +31,7 @@ from circuitkit.circuit.io.common import FORMAT_VERSION
 from circuitkit.circuit.io.graphml import from_gexf, from_graphml, to_gexf, to_graphml
 from circuitkit.circuit.io.mib import from_mib, to_mib
 from circuitkit.circuit.io.nodelink import from_node_link, to_node_link
+from circuitkit.errors import InputError, MissingFileError
 
 FORMATS = ("node-link", "graphml", "gexf", "mib", "attribution-graph")
 
@@ -38,7 +39,7 @@ _SUFFIX = {".graphml": "graphml", ".gexf": "gexf"}
 
 def _serialise(circuit: Circuit, fmt: str, options: dict[str, Any]) -> bytes:
     if options and fmt not in ("mib", "attribution-graph"):
-        raise ValueError(f"the {fmt} format takes no options, got {sorted(options)}; options are for 'mib' "
+        raise InputError(f"the {fmt} format takes no options, got {sorted(options)}; options are for 'mib' "
                          "(sign, scores, dangling, d_model) and 'attribution-graph' (prompt_tokens, ...)")
     if fmt == "node-link":
         return (json.dumps(to_node_link(circuit), indent=1) + "\n").encode()
@@ -50,18 +51,18 @@ def _serialise(circuit: Circuit, fmt: str, options: dict[str, Any]) -> bytes:
         return (json.dumps(to_mib(circuit, **options), indent=1) + "\n").encode()
     if fmt == "attribution-graph":
         return (json.dumps(to_attribution_graph(circuit, **options)) + "\n").encode()
-    raise ValueError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
+    raise InputError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
 
 def _format_for(path: Path, fmt: str | None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
+            raise InputError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
         return fmt
     return _SUFFIX.get(path.suffix.lower(), "json")
 
 def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None, **options: Any) -> Path:
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
-    else node-link JSON). ``options`` go to :func:`to_mib` / :func:`to_attribution_graph`.
+    else node-link JSON). ``options`` go to `to_mib` / `to_attribution_graph`.
     An attribution graph takes its slug from the file name and is also listed in
     ``graph-metadata.json`` next to it (circuit-tracer's viewer reads that index).
 
@@ -98,7 +99,7 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no circuit file at {path}")
+        raise MissingFileError(f"no circuit file at {path}")
     fmt = _format_for(path, format)
     raw = path.read_bytes()
     where = str(path)
@@ -109,7 +110,7 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     try:
         data = json.loads(raw, parse_constant=lambda name: _non_finite(name, where))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc}); give a circuit file written by circuitkit, EAP-IG or circuit-tracer") from None
+        raise InputError(f"{where} is not valid JSON ({exc}); give a circuit file written by circuitkit, EAP-IG or circuit-tracer") from None
     if fmt == "json":
         fmt = _sniff(data, where)
     if fmt == "node-link":
@@ -120,7 +121,7 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
 
 def _non_finite(name: str, where: str):
     # json accepts NaN / Infinity, which are not JSON and no score can be; refuse them when read.
-    raise ValueError(f"{where} holds {name}, which is not a number a circuit score can be; fix or drop that "
+    raise InputError(f"{where} holds {name}, which is not a number a circuit score can be; fix or drop that "
                      "score in the file (circuitkit never writes one)")
 
 
@@ -132,15 +133,15 @@ def _sniff(data: Any, where: str) -> str:
             return "attribution-graph"
         if {"nodes", "edges"} <= set(data):
             return "mib"
-    raise ValueError(f"{where} is no known circuit format: expected circuitkit node-link JSON (format/format_version), "
+    raise InputError(f"{where} is no known circuit format: expected circuitkit node-link JSON (format/format_version), "
                      "EAP-IG/MIB JSON (cfg/nodes/edges) or an attribution graph (metadata/nodes/links)")
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format: str | None = None,
             **options: Any) -> Path:
     """Read ``src`` and write it as ``to`` (nothing is written if ``src`` cannot be read);
-    ``options`` as for :func:`save_circuit`."""
+    ``options`` as for `save_circuit`."""
     if to not in FORMATS:
-        raise ValueError(f"unknown export format {to!r}; choose one of {FORMATS}")
+        raise InputError(f"unknown export format {to!r}; choose one of {FORMATS}")
     return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 

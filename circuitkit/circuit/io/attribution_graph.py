@@ -3,7 +3,7 @@
 lists graphs from.
 
 What circuit-tracer 0.5's data model (``circuit_tracer.frontend.graph_models.Model``) and viewer
-need, and so what :func:`to_attribution_graph` writes:
+need, and so what `to_attribution_graph` writes:
 
 * ``metadata``: ``slug`` (the file's stem: the viewer loads ``graph_data/{slug}.json``), ``scan``,
   ``transcoder_list``, ``prompt_tokens`` (the viewer lays nodes out over them and hides every node
@@ -43,6 +43,7 @@ from circuitkit import names
 from circuitkit.atomic import write_text
 from circuitkit.circuit.core import Circuit, edge_attrs, node_attrs
 from circuitkit.circuit.io.common import check_header, endpoints, graph_attrs, header, rebuild
+from circuitkit.errors import InputError
 
 INDEX_FILE = "graph-metadata.json"
 
@@ -72,7 +73,7 @@ def cantor_unpair(z: int) -> tuple[int, int]:
 def example_prompt(model, task, index: int = 0) -> dict[str, Any]:
     """The prompt an attribution graph is drawn over: ``task``'s clean prompt ``index`` up to its
     answer position, with the model's probability of the right (and wrong) answer there.
-    JSON-able; :func:`circuitkit.discover` stores it as ``circuit.meta["example_prompt"]``."""
+    JSON-able; `circuitkit.discover` stores it as ``circuit.meta["example_prompt"]``."""
     positions = task.answer_pos[index]
     # a task with answers at several positions: the graph is drawn at the first one
     j = 0 if positions.ndim == 0 else int(torch.nonzero(positions >= 0)[0, 0])
@@ -108,7 +109,7 @@ def _example(circuit: Circuit, prompt_tokens, prompt, logit) -> dict[str, Any]:
         found["logits"] = [{"token": str(token), "token_id": 0, "prob": float(prob)}]
     tokens = found.get("prompt_tokens") or []
     if len(tokens) < 2:
-        raise ValueError("circuit-tracer's viewer lays nodes out over the prompt's tokens (and hides every node of a "
+        raise InputError("circuit-tracer's viewer lays nodes out over the prompt's tokens (and hides every node of a "
                          f"prompt with fewer than two); this circuit has {len(tokens)}: pass prompt_tokens=[...] "
                          "(and logit=(answer token, probability)), or set circuit.meta['example_prompt'] = "
                          "circuitkit.circuit.io.example_prompt(model, task) (circuitkit.discover records it)")
@@ -121,7 +122,7 @@ def to_attribution_graph(circuit: Circuit, *, slug: str | None = None, prompt_to
                          scan: str | None = None) -> dict[str, Any]:
     """circuit-tracer's graph JSON of the in-graph part of ``circuit`` (see the module docstring).
 
-    The prompt comes from ``circuit.meta["example_prompt"]`` (see :func:`example_prompt`) unless
+    The prompt comes from ``circuit.meta["example_prompt"]`` (see `example_prompt`) unless
     ``prompt_tokens`` (and ``prompt``, ``logit=(answer token, probability)``) are given.
     ``scan``: circuit-tracer's name for the model / transcoder set (default: the model's name).
     """
@@ -138,7 +139,7 @@ def to_attribution_graph(circuit: Circuit, *, slug: str | None = None, prompt_to
         parsed = names.parse_node(node_id)
         ctx = parsed.pos if parsed.pos is not None else last
         if not 0 <= ctx <= last:
-            raise ValueError(f"node {node_id!r} sits at position {ctx}, past the prompt's {len(tokens)} tokens; "
+            raise InputError(f"node {node_id!r} sits at position {ctx}, past the prompt's {len(tokens)} tokens; "
                              "pass the prompt the circuit was found on (prompt_tokens=...)")
         extra: dict[str, Any] = {}
         if parsed.kind == "input":
@@ -218,9 +219,9 @@ def update_index(directory: str | os.PathLike, graph: dict[str, Any]) -> Path:
         try:
             index = json.loads(path.read_text())
             if not isinstance(index.get("graphs"), list):
-                raise ValueError("no 'graphs' list")
+                raise InputError("no 'graphs' list")
         except (json.JSONDecodeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"{path} is not a circuit-tracer graph index ({exc}); move it away and export again") from None
+            raise InputError(f"{path} is not a circuit-tracer graph index ({exc}); move it away and export again") from None
     entry = index_entry(graph)
     index["graphs"] = [g for g in index["graphs"] if g.get("slug") != entry["slug"]] + [entry]
     return write_text(path, json.dumps(index, indent=2) + "\n")
@@ -233,7 +234,7 @@ def from_attribution_graph(data: dict[str, Any], where: str = "attribution-graph
     logits to ``f{layer}.logit.{token}@ctx``, with ``score`` = activation (influence for logits)
     and ``-weight`` as edge scores (circuitkit's sign: what the target needs is negative)."""
     if not isinstance(data, dict) or not {"metadata", "nodes", "links"} <= set(data):
-        raise ValueError(f"{where} is not an attribution graph: it needs 'metadata', 'nodes' and 'links' keys")
+        raise InputError(f"{where} is not an attribution graph: it needs 'metadata', 'nodes' and 'links' keys")
     ours = (data.get("metadata") or {}).get("circuitkit")
     graph = nx.MultiDiGraph()
     try:
@@ -263,12 +264,12 @@ def from_attribution_graph(data: dict[str, Any], where: str = "attribution-graph
             for link in data["links"]:
                 parent, child = ids[link["source"]], ids[link["target"]]
                 if names.parse_node(child).kind == "head":
-                    raise ValueError(f"link into {child!r} needs a q/k/v input, which attribution graphs do not have")
+                    raise InputError(f"link into {child!r} needs a q/k/v input, which attribution graphs do not have")
                 key = names.edge(parent, child)
                 graph.add_edge(parent, child, key=key, **edge_attrs(key, -float(link.get("weight", 0.0)) + 0.0, method,
                                                                     graph.graph["task"], True))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{where} has a malformed node or link ({exc!r})") from None
+        raise InputError(f"{where} has a malformed node or link ({exc!r})") from None
     circuit = rebuild(graph, where)
     circuit.infer_shape()
     return circuit

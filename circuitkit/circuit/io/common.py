@@ -8,6 +8,7 @@ import networkx as nx
 
 from circuitkit import names
 from circuitkit.circuit.core import Circuit
+from circuitkit.errors import InputError
 from circuitkit.version import __version__
 
 FORMAT_VERSION = 1
@@ -20,12 +21,12 @@ def header() -> dict[str, Any]:
 
 def check_header(data: Any, where: str) -> None:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise ValueError(f"{where} is not a circuitkit circuit (no format={FORMAT_NAME!r} field); "
+        raise InputError(f"{where} is not a circuitkit circuit (no format={FORMAT_NAME!r} field); "
                          "pass format='mib' or 'attribution-graph' for those files, or re-export it with circuitkit")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         hint = "upgrade circuitkit" if isinstance(version, int) and version > FORMAT_VERSION else "re-export it"
-        raise ValueError(f"{where} has circuit format_version {version!r}; this circuitkit "
+        raise InputError(f"{where} has circuit format_version {version!r}; this circuitkit "
                          f"({__version__}) reads version {FORMAT_VERSION}: {hint}")
 
 def graph_attrs(circuit: Circuit) -> dict[str, Any]:
@@ -41,12 +42,12 @@ def rebuild(graph: nx.MultiDiGraph, where: str) -> Circuit:
     for key, attrs in items:
         score = attrs.get("score")
         if isinstance(score, (int, float)) and not math.isfinite(score):
-            raise ValueError(f"{where}: {key} has score {score}, which is not a finite number; fix or drop that "
+            raise InputError(f"{where}: {key} has score {score}, which is not a finite number; fix or drop that "
                              "score in the file (circuitkit never writes one)")
     try:
         return Circuit(graph)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{where} holds an invalid circuit: {exc}") from None
+        raise InputError(f"{where} holds an invalid circuit: {exc}") from None
 
 def endpoints(edge_id: str) -> tuple[str, str]:
     """``(parent, child)`` of an edge id."""

@@ -1,5 +1,5 @@
 """GraphML and GEXF (networkx readwrite). Neither can hold None or graph attributes: the core
-attributes (:data:`NODE_ATTRS` / :data:`EDGE_ATTRS`) are simply left out when None and come back as
+attributes (`NODE_ATTRS` / `EDGE_ATTRS`) are simply left out when None and come back as
 None; extra attributes that are None, and the graph attributes, ride along as one JSON string on
 the graph, so the files read back without loss. Booleans are written ``true`` / ``false``.
 """
@@ -15,6 +15,7 @@ from networkx.readwrite.graphml import GraphMLWriter
 
 from circuitkit.circuit.core import EDGE_ATTRS, NODE_ATTRS, Circuit
 from circuitkit.circuit.io.common import check_header, graph_attrs, header, rebuild
+from circuitkit.errors import InputError
 
 _NONE_KEY = "_none_attrs"  # older files listed None-valued attributes on each element; still read
 
@@ -90,7 +91,7 @@ def from_graphml(raw: bytes, where: str) -> Circuit:
     try:
         graph = nx.read_graphml(io.BytesIO(raw), node_type=str, edge_key_type=str, force_multigraph=True)
     except Exception as exc:  # the XML parser raises several types
-        raise ValueError(f"{where} is not valid GraphML ({exc}); re-export it with circuitkit") from None
+        raise InputError(f"{where} is not valid GraphML ({exc}); re-export it with circuitkit") from None
     return _unflatten(graph, where)
 
 def to_gexf(circuit: Circuit) -> bytes:
@@ -105,7 +106,7 @@ def from_gexf(raw: bytes, where: str) -> Circuit:
     try:
         graph = nx.read_gexf(io.BytesIO(raw), node_type=str)
     except Exception as exc:
-        raise ValueError(f"{where} is not valid GEXF ({exc}); re-export it with circuitkit") from None
+        raise InputError(f"{where} is not valid GEXF ({exc}); re-export it with circuitkit") from None
     if not isinstance(graph, nx.MultiDiGraph):
         graph = nx.MultiDiGraph(graph)
     return _unflatten(graph, where, drop_node=("label",), drop_edge=("id",))

@@ -2,7 +2,7 @@
 ``edges``.
 
 What EAP-IG's ``Graph.from_json`` (the loader MIB's circuit track uses) needs, and so what
-:func:`to_mib` writes:
+`to_mib` writes:
 
 * ``cfg``: ``n_layers``, ``n_heads`` (ints), ``parallel_attn_mlp`` (bool) and ``d_model`` (int;
   the loader allocates per-neuron tensors of that width);
@@ -19,7 +19,7 @@ they are positive there, and MIB's CPR keeps the highest *signed* scores. ``sign
 Before evaluating, MIB prunes a circuit (``Graph.prune``): it drops, until nothing changes, nodes
 with no in-graph input edge (the input node excepted) or no in-graph output edge, then edges whose
 parent or child was dropped; on a DAG that keeps exactly the edges on ``input -> logits`` paths,
-which is :meth:`Circuit.prune_dangling`. ``dangling="prune"`` (default) writes that pruned
+which is `Circuit.prune_dangling`. ``dangling="prune"`` (default) writes that pruned
 circuit (the dropped edge ids are listed in ``cfg["circuitkit"]["pruned_dangling"]``), so the file
 says what MIB will evaluate; ``dangling="error"`` refuses a circuit with dangling edges instead.
 """
@@ -34,6 +34,7 @@ import networkx as nx
 from circuitkit import names
 from circuitkit.circuit.core import Circuit, edge_attrs, node_attrs
 from circuitkit.circuit.io.common import check_header, graph_attrs, header, rebuild
+from circuitkit.errors import InputError
 
 SIGNS = ("mib", "circuitkit")
 SCORE_CHOICES = ("raw", "circuit")
@@ -47,7 +48,7 @@ _IMPLIED = "circuitkit_implied"  # an edge a node circuit keeps (both endpoints 
 
 def mib_edges(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> list[str]:
     """Every edge of EAP-IG's graph for this shape (it always has MLP nodes). Sequential blocks:
-    circuitkit's :func:`names.all_edges`; parallel ones: an MLP does not read its own layer's heads."""
+    circuitkit's `names.all_edges`; parallel ones: an MLP does not read its own layer's heads."""
     edges = names.all_edges(n_layers, n_heads, True)
     if not parallel_attn_mlp:
         return edges
@@ -67,7 +68,7 @@ def _cfg(circuit: Circuit, d_model: int | None, parallel_attn_mlp: bool | None) 
     missing = [k for k, v in (("n_layers", g.get("n_layers")), ("n_heads", g.get("n_heads")), ("d_model", d_model))
                if not isinstance(v, int) or isinstance(v, bool)]
     if missing:
-        raise ValueError(f"EAP-IG's loader needs the model's {missing} in cfg and this circuit does not record them; "
+        raise InputError(f"EAP-IG's loader needs the model's {missing} in cfg and this circuit does not record them; "
                          "pass them (to_mib(circuit, d_model=model.cfg.d_model), save_circuit(..., d_model=...)) "
                          "or set circuit.meta['d_model'] (circuits from circuitkit.discover record it)")
     return {"n_layers": g["n_layers"], "n_heads": g["n_heads"], "parallel_attn_mlp": bool(parallel),
@@ -78,7 +79,7 @@ def _check_nodes(circuit: Circuit) -> None:
     bad = [n for n in circuit.graph if names.parse_node(n).pos is not None
            or names.parse_node(n).kind not in ("input", "head", "mlp", "logits")]
     if bad:
-        raise ValueError(f"EAP-IG/MIB graphs hold whole heads and MLPs only; this circuit has {bad[:3]} "
+        raise InputError(f"EAP-IG/MIB graphs hold whole heads and MLPs only; this circuit has {bad[:3]} "
                          "(positions, residual sites or SAE features): export it as node-link or attribution-graph")
 
 
@@ -86,7 +87,7 @@ def _edge_score(circuit: Circuit, data: dict[str, Any], scores: str, key: str) -
     if scores == "raw" and "raw_score" in data:
         return data["raw_score"]
     if scores == "raw" and circuit.meta.get("route_cap") and data["score"] is not None:
-        raise ValueError(f"edge {key!r} has a route-capped score and no raw_score to export; pass scores='circuit' "
+        raise InputError(f"edge {key!r} has a route-capped score and no raw_score to export; pass scores='circuit' "
                          "to export the capped scores, or rediscover (circuitkit.discover keeps raw_score)")
     return data["score"]
 
@@ -97,7 +98,7 @@ def to_mib(circuit: Circuit, *, sign: str = "mib", scores: str = "raw", dangling
 
     ``sign``: ``"mib"`` writes ``-score`` (the loss's attribution: needed edges positive, as MIB's
     CPR expects) or ``"circuitkit"`` (as stored). ``scores``: ``"raw"`` writes each edge's
-    ``raw_score`` (the estimator's value before route capping, which :func:`discover` keeps) where
+    ``raw_score`` (the estimator's value before route capping, which `discover` keeps) where
     it has one, ``"circuit"`` the scores the circuit was pruned by. ``dangling``: ``"prune"``
     writes the circuit MIB evaluates (see the module docstring), ``"error"`` raises if that
     differs from this one. Node circuits also mark every model edge between their nodes
@@ -107,20 +108,20 @@ def to_mib(circuit: Circuit, *, sign: str = "mib", scores: str = "raw", dangling
     """
     for value, choices, what in ((sign, SIGNS, "sign"), (scores, SCORE_CHOICES, "scores"), (dangling, DANGLING, "dangling")):
         if value not in choices:
-            raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+            raise InputError(f"{what} must be one of {choices}, got {value!r}")
     _check_nodes(circuit)
     cfg = _cfg(circuit, d_model, parallel_attn_mlp)
     known = set(mib_edges(cfg["n_layers"], cfg["n_heads"], cfg["parallel_attn_mlp"]))
     foreign = [k for k in circuit.all_edges if k not in known]
     if foreign:
-        raise ValueError(f"edges {foreign[:3]} are not in EAP-IG's graph of a {cfg['n_layers']}-layer model "
+        raise InputError(f"edges {foreign[:3]} are not in EAP-IG's graph of a {cfg['n_layers']}-layer model "
                          f"(parallel_attn_mlp={cfg['parallel_attn_mlp']}); check n_layers / parallel_attn_mlp")
     pruned: list[str] = []
     if circuit.level == "edge":
         kept = circuit.prune_dangling()
         pruned = [k for k in circuit.edges if k not in set(kept.edges)]
         if pruned and dangling == "error":
-            raise ValueError(f"{len(pruned)} in-graph edges lie on no input -> logits path (e.g. {pruned[:3]}); MIB's "
+            raise InputError(f"{len(pruned)} in-graph edges lie on no input -> logits path (e.g. {pruned[:3]}); MIB's "
                              "prune() drops them before evaluating: pass dangling='prune' or prune_dangling() first")
         circuit = kept
     factor = -1.0 if sign == "mib" else 1.0
@@ -130,7 +131,7 @@ def to_mib(circuit: Circuit, *, sign: str = "mib", scores: str = "raw", dangling
         out: dict[str, Any] = {"in_graph": bool(data["in_graph"])}
         if exported is not None:
             if not math.isfinite(exported):
-                raise ValueError(f"{key!r} has score {exported}; MIB ranks edges by score, give finite scores")
+                raise InputError(f"{key!r} has score {exported}; MIB ranks edges by score, give finite scores")
             out["score"] = factor * float(exported) + 0.0  # + 0.0: no -0.0
         if exported != data["score"]:
             out[_OURS] = data["score"]
@@ -166,9 +167,9 @@ def from_mib(data: dict[str, Any], where: str = "MIB circuit JSON", sign: str = 
     files ``sign`` says what they hold, ``"mib"`` (default: EAP-IG / MIB attribute the loss, so
     scores are negated) or ``"circuitkit"`` (kept)."""
     if sign not in SIGNS:
-        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+        raise InputError(f"sign must be one of {SIGNS}, got {sign!r}")
     if not isinstance(data, dict) or not {"nodes", "edges"} <= set(data):
-        raise ValueError(f"{where} is not an EAP-IG/MIB circuit: it needs 'cfg', 'nodes' and 'edges' keys")
+        raise InputError(f"{where} is not an EAP-IG/MIB circuit: it needs 'cfg', 'nodes' and 'edges' keys")
     cfg = data.get("cfg") or {}
     ours = cfg.get("circuitkit")
     if ours is not None:
@@ -211,7 +212,7 @@ def from_mib(data: dict[str, Any], where: str = "MIB circuit JSON", sign: str = 
                            **edge_attrs(name, score(entry), entry.get("method", method),
                                         entry.get("task", task), bool(entry.get("in_graph", False)), **extra))
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{where} has a malformed entry: {exc}") from None
+        raise InputError(f"{where} has a malformed entry: {exc}") from None
     circuit = rebuild(graph, where)
     circuit.infer_shape()
     return circuit

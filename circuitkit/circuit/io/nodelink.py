@@ -9,6 +9,7 @@ from networkx.readwrite import json_graph
 
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.io.common import check_header, header, rebuild
+from circuitkit.errors import InputError
 
 
 def to_node_link(circuit: Circuit) -> dict[str, Any]:
@@ -20,5 +21,5 @@ def from_node_link(data: dict[str, Any], where: str = "node-link data") -> Circu
     try:
         graph = json_graph.node_link_graph(data, directed=True, multigraph=True, edges="links")
     except (KeyError, TypeError, nx.NetworkXError) as exc:
-        raise ValueError(f"{where} is malformed node-link JSON ({exc!r}); re-export it with circuitkit") from None
+        raise InputError(f"{where} is malformed node-link JSON ({exc!r}); re-export it with circuitkit") from None
     return rebuild(nx.MultiDiGraph(graph), where)

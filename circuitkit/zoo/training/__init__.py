@@ -1,6 +1,6 @@
 """The zoo's trained models: seeded recipes that train small HookedTransformers on CPU (a few
 minutes each on 2 cores), one module per recipe, and record their reference circuits
-(:mod:`circuitkit.circuit.discovery.exhaustive`) on their cards.
+(`circuitkit.circuit.discovery.exhaustive`) on their cards.
 
 ``RECIPES`` maps a zoo name to ``builder(seed=0, progress=True, steps=None, circuit=True) ->
 (model, tokenizer, ZooCard)``.

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from circuitkit.circuit.discovery.exhaustive import CircuitSearch, find_circuit, find_edge_circuit
+from circuitkit.errors import InputError
 from circuitkit.models.zoo_store import (
     ZooCard,
     config_to_json,
@@ -34,7 +35,7 @@ def docs_bpe_tokenizer(vocab_size: int = 2048):
 def make_card(name: str, description: str, model, task, task_spec: dict[str, Any], recipe: dict[str, Any],
               search: CircuitSearch, extra_evidence: dict[str, Any] | None = None, progress: bool = True) -> ZooCard:
     """A trained model's card: config, task, recipe, accuracy, circuit (nodes, and edges refined
-    by :func:`find_edge_circuit`) and its evidence."""
+    by `find_edge_circuit`) and its evidence."""
     edge_search = find_edge_circuit(model, task, search.nodes, progress=progress)
     evidence = {**trained_evidence(search, edge_search), **(extra_evidence or {})}
     return ZooCard(
@@ -62,7 +63,7 @@ def recircuit(name: str, root=None, progress: bool = True):
     the card. For changes to how circuits are found, without retraining."""
     old = zoo_card(name)
     if old.construction != "trained":
-        raise ValueError(f"zoo model {name!r} is {old.construction}, not trained; its circuit is set by construction")
+        raise InputError(f"zoo model {name!r} is {old.construction}, not trained; its circuit is set by construction")
     model = load_zoo_model(name)
     task = zoo_task(old, model)
     search = find_circuit(model, task, progress=progress)

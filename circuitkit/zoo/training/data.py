@@ -8,6 +8,7 @@ import random
 import torch
 from torch import Tensor
 
+from circuitkit.errors import InputError
 from circuitkit.tokenizers import python_docs_corpus
 from circuitkit.zoo.training.loop import BatchFn
 
@@ -21,7 +22,7 @@ def varied_repeat_batch(pool: list[int], bos: int, batch: int = 32, length: int 
     previous token has no earlier occurrence)."""
     reps = copies or 2
     if length < 1 + reps * max_period:
-        raise ValueError(f"length {length} cannot hold BOS and {reps} copies of a {max_period}-token segment")
+        raise InputError(f"length {length} cannot hold BOS and {reps} copies of a {max_period}-token segment")
 
     def batch_fn(rng: random.Random):
         rows, masks = [], []
@@ -58,12 +59,12 @@ def fixed_repeat_batch(pool: list[int], bos: int, batch: int = 64, period: int =
     return batch_fn
 
 class CopyCurriculum:
-    """Two-copy repeat rows (:func:`varied_repeat_batch` with ``copies=2``) over the ``k`` most
+    """Two-copy repeat rows (`varied_repeat_batch` with ``copies=2``) over the ``k`` most
     frequent tokens, ``k`` doubling each time copying works at the current size.
 
     Induction forms fastest over a small vocabulary (a few hundred tokens) and then carries over to
     the rest as the pool grows. "Works": the mean loss of the last ``patience`` batches is below
-    half of ``ln k``. Call it as a :data:`BatchFn`; :func:`train_model` feeds ``observe`` the loss.
+    half of ``ln k``. Call it as a `BatchFn`; `train_model` feeds ``observe`` the loss.
     """
 
     def __init__(self, ranked_ids: list[int], bos: int, start: int = 228, batch: int = 32, length: int = 100,
@@ -93,7 +94,7 @@ class MixedBatches:
 
     def __init__(self, first: BatchFn, second: BatchFn, share: float):
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"share must be in [0, 1], got {share}")
+            raise InputError(f"share must be in [0, 1], got {share}")
         self.first, self.second, self.share = first, second, share
         self._last: BatchFn = first
 

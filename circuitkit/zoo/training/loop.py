@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitkit.errors import InputError
+
 # batch_fn(generator) -> (tokens [batch, pos], loss_mask [batch, pos]): mask marks positions
 # whose NEXT token is a training target.
 BatchFn = Callable[[random.Random], tuple[Tensor, Tensor]]
@@ -26,10 +28,10 @@ def train_model(model, batch_fn: BatchFn, steps: int, lr: float, seed: int = 0, 
     every step's loss (for curricula that adapt to it). Returns the loss of every step.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     horizon = horizon or steps
     if horizon < steps:
-        raise ValueError(f"horizon must be >= steps ({steps}), got {horizon}")
+        raise InputError(f"horizon must be >= steps ({steps}), got {horizon}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
