@@ -14,8 +14,11 @@ picks one by name, suffix or keys.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +36,68 @@ from circuitkit.circuit.io.mib import from_mib, to_mib
 from circuitkit.circuit.io.nodelink import from_node_link, to_node_link
 from circuitkit.errors import InputError, MissingFileError
 
-FORMATS = ("node-link", "graphml", "gexf", "mib", "attribution-graph")
 
-_SUFFIX = {".graphml": "graphml", ".gexf": "gexf"}
+@dataclass(frozen=True)
+class CircuitFormat:
+    """One circuit file format: how it is written and read, the suffixes that name it, and (for
+    JSON flavours) the top-level keys that recognise it. ``options``: the keyword arguments its
+    writer takes (read from the writer's signature)."""
 
-def _serialise(circuit: Circuit, fmt: str, options: dict[str, Any]) -> bytes:
-    if options and fmt not in ("mib", "attribution-graph"):
-        raise InputError(f"the {fmt} format takes no options, got {sorted(options)}; options are for 'mib' "
-                         "(sign, scores, dangling, d_model) and 'attribution-graph' (prompt_tokens, ...)")
-    if fmt == "node-link":
-        return (json.dumps(to_node_link(circuit), indent=1) + "\n").encode()
-    if fmt == "graphml":
-        return to_graphml(circuit)
-    if fmt == "gexf":
-        return to_gexf(circuit)
-    if fmt == "mib":
-        return (json.dumps(to_mib(circuit, **options), indent=1) + "\n").encode()
-    if fmt == "attribution-graph":
-        return (json.dumps(to_attribution_graph(circuit, **options)) + "\n").encode()
-    raise InputError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
+    name: str
+    write: Callable[..., bytes]
+    read: Callable[[Any, str], Circuit]
+    suffixes: tuple[str, ...] = ()
+    json: bool = False
+    recognise: Callable[[dict], bool] | None = None
+    options: tuple[str, ...] = field(default=())
 
-def _format_for(path: Path, fmt: str | None) -> str:
+
+CIRCUIT_FORMATS: dict[str, CircuitFormat] = {}
+
+
+def register_format(name: str, write: Callable[..., Any], read: Callable[[Any, str], Circuit], *,
+                    suffixes: tuple[str, ...] = (), json_flavour: bool = False,
+                    recognise: Callable[[dict], bool] | None = None) -> CircuitFormat:
+    """Add a format to :data:`CIRCUIT_FORMATS`. ``write(circuit, **options)`` returns the file's
+    bytes, or a JSON-able dict for a JSON flavour; ``read(raw bytes or parsed JSON, where)``."""
+    options = tuple(p for p in list(inspect.signature(write).parameters)[1:])
+    if json_flavour:
+        def as_bytes(circuit, _write=write, **opts):
+            return (json.dumps(_write(circuit, **opts), indent=1) + "\n").encode()
+    else:
+        as_bytes = write
+    fmt = CircuitFormat(name, as_bytes, read, suffixes, json_flavour, recognise, options)
+    CIRCUIT_FORMATS[name] = fmt
+    return fmt
+
+
+register_format("node-link", to_node_link, from_node_link, suffixes=(".json",), json_flavour=True,
+                recognise=lambda data: "format" in data or "format_version" in data)
+register_format("graphml", to_graphml, from_graphml, suffixes=(".graphml",))
+register_format("gexf", to_gexf, from_gexf, suffixes=(".gexf",))
+register_format("mib", to_mib, from_mib, json_flavour=True, recognise=lambda data: {"nodes", "edges"} <= set(data))
+register_format("attribution-graph", to_attribution_graph, from_attribution_graph, json_flavour=True,
+                recognise=lambda data: {"metadata", "nodes", "links"} <= set(data))
+FORMATS = tuple(CIRCUIT_FORMATS)
+
+
+def _format(fmt: str) -> CircuitFormat:
+    if fmt not in CIRCUIT_FORMATS:
+        raise InputError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
+    return CIRCUIT_FORMATS[fmt]
+
+
+def _format_for_writing(path: Path, fmt: str | None) -> CircuitFormat:
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise InputError(f"unknown circuit format {fmt!r}; choose one of {FORMATS}")
-        return fmt
-    return _SUFFIX.get(path.suffix.lower(), "json")
+        return _format(fmt)
+    suffix = path.suffix.lower()
+    for candidate in CIRCUIT_FORMATS.values():
+        if suffix in candidate.suffixes:
+            return candidate
+    known = sorted({s for f in CIRCUIT_FORMATS.values() for s in f.suffixes})
+    raise InputError(f"cannot tell a circuit format from the suffix {suffix or '(none)'!r} of {path}; name the file "
+                     f"{', '.join(known)} (node-link JSON, GraphML, GEXF) or pass a format: one of {FORMATS}")
+
 
 def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None, **options: Any) -> Path:
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
@@ -75,15 +114,18 @@ def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None =
         ('induction.graphml', True)
     """
     path = Path(path)
-    fmt = _format_for(path, format)
-    if fmt == "attribution-graph":  # the viewer loads graph_data/{slug}.json and lists graph-metadata.json
+    fmt = _format_for_writing(path, format)
+    unknown = sorted(set(options) - set(fmt.options))
+    if unknown:
+        takes = ", ".join(fmt.options) or "no options"
+        raise InputError(f"the {fmt.name} format takes no {unknown}; it takes {takes}")
+    if fmt.name == "attribution-graph":  # the viewer loads graph_data/{slug}.json and lists graph-metadata.json
         graph = to_attribution_graph(circuit, **{"slug": path.stem, **options})
-        payload = (json.dumps(graph) + "\n").encode()
-        written = write_bytes(path, payload)
+        written = write_bytes(path, (json.dumps(graph) + "\n").encode())
         update_index(path.parent, graph)
         return written
-    payload = _serialise(circuit, "node-link" if fmt == "json" else fmt, options)
-    return write_bytes(path, payload)
+    return write_bytes(path, fmt.write(circuit, **options))
+
 
 def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     """Read a circuit file of any supported format (JSON flavours are recognised by their keys).
@@ -100,24 +142,21 @@ def load_circuit(path: str | os.PathLike, format: str | None = None) -> Circuit:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"no circuit file at {path}")
-    fmt = _format_for(path, format)
-    raw = path.read_bytes()
     where = str(path)
-    if fmt == "graphml":
-        return from_graphml(raw, where)
-    if fmt == "gexf":
-        return from_gexf(raw, where)
+    if format is not None:
+        fmt = _format(format)
+    else:  # a binary format by its suffix, else a JSON flavour recognised by its keys
+        fmt = next((f for f in CIRCUIT_FORMATS.values() if not f.json and path.suffix.lower() in f.suffixes), None)
+    raw = path.read_bytes()
+    if fmt is not None and not fmt.json:
+        return fmt.read(raw, where)
     try:
         data = json.loads(raw, parse_constant=lambda name: _non_finite(name, where))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{where} is not valid JSON ({exc}); give a circuit file written by circuitkit, EAP-IG or circuit-tracer") from None
-    if fmt == "json":
-        fmt = _sniff(data, where)
-    if fmt == "node-link":
-        return from_node_link(data, where)
-    if fmt == "mib":
-        return from_mib(data, where)
-    return from_attribution_graph(data, where)
+        raise InputError(f"{where} is not valid JSON ({exc}); give a circuit file written by circuitkit, EAP-IG or "
+                         "circuit-tracer") from None
+    return (fmt or _sniff(data, where)).read(data, where)
+
 
 def _non_finite(name: str, where: str):
     # json accepts NaN / Infinity, which are not JSON and no score can be; refuse them when read.
@@ -125,26 +164,23 @@ def _non_finite(name: str, where: str):
                      "score in the file (circuitkit never writes one)")
 
 
-def _sniff(data: Any, where: str) -> str:
+def _sniff(data: Any, where: str) -> CircuitFormat:
     if isinstance(data, dict):
-        if "format" in data or "format_version" in data:
-            return "node-link"
-        if {"metadata", "nodes", "links"} <= set(data):
-            return "attribution-graph"
-        if {"nodes", "edges"} <= set(data):
-            return "mib"
+        for fmt in CIRCUIT_FORMATS.values():
+            if fmt.json and fmt.recognise is not None and fmt.recognise(data):
+                return fmt
     raise InputError(f"{where} is no known circuit format: expected circuitkit node-link JSON (format/format_version), "
                      "EAP-IG/MIB JSON (cfg/nodes/edges) or an attribution graph (metadata/nodes/links)")
+
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format: str | None = None,
             **options: Any) -> Path:
     """Read ``src`` and write it as ``to`` (nothing is written if ``src`` cannot be read);
     ``options`` as for `save_circuit`."""
-    if to not in FORMATS:
-        raise InputError(f"unknown export format {to!r}; choose one of {FORMATS}")
+    _format(to)
     return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 
-__all__ = ["EDGE_ATTRS", "FORMATS", "FORMAT_VERSION", "NODE_ATTRS", "convert", "example_prompt", "from_attribution_graph",
+__all__ = ["CIRCUIT_FORMATS", "CircuitFormat", "EDGE_ATTRS", "FORMATS", "register_format", "FORMAT_VERSION", "NODE_ATTRS", "convert", "example_prompt", "from_attribution_graph",
            "from_mib", "from_node_link", "load_circuit", "save_circuit", "to_attribution_graph", "to_mib",
            "to_node_link", "update_index"]
