@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens.head_detector import detect_head
 
 from circuitkit import names
 from circuitkit.ablation.kinds import resample_permutation
 from circuitkit.ablation.nodes import ablation_hooks
+from circuitkit.heads.patterns import head_scores
 from circuitkit.models import backend
 from circuitkit.models.loading import load_model
 from circuitkit.patching.engine import (
@@ -40,7 +40,7 @@ from circuitkit.patching.engine import (
 )
 from circuitkit.studies.checks import build_unit_task
 from circuitkit.studies.plan import Unit
-from circuitkit.studies.spec import HEAD_SCORES, StudySpec
+from circuitkit.studies.spec import StudySpec
 from circuitkit.tasks.builders import induction
 from circuitkit.tasks.metrics import make_kl_metric, normalized
 
@@ -291,14 +291,15 @@ def _as_clean(task, tokens: Tensor):
 
 
 def top_k_heads(model, score: str, k: int, n_prompts: int = 4) -> tuple[str, ...]:
-    """The ``k`` heads with the highest TransformerLens ``head_detector`` score (``induction``,
-    ``previous_token``, ``duplicate_token``) on repeated random-token prompts; ties by position."""
+    """The ``k`` heads with the highest `circuitkit.heads.head_scores` of kind ``score``
+    (``induction``, ``previous_token``, ``duplicate_token``, ``locality``, ``echo``) on repeated
+    random-token prompts; ties by position."""
     seq_len = max(2, min(10, (model.cfg.n_ctx - 2) // 2))
     task = induction(model.tokenizer, n_prompts=n_prompts, seq_len=seq_len, seed=0, prepend_bos=False)
-    texts = [model.to_string(row) for row in task.clean]
-    with torch.no_grad():
-        grid = detect_head(model, texts, HEAD_SCORES[score])
-    ranked = sorted((-float(grid[layer, h]), layer, h) for layer in range(grid.shape[0]) for h in range(grid.shape[1]))
+    # as text, each prompt tokenised alone, as TransformerLens's detect_head reads it
+    scores = head_scores(model, [model.to_string(row) for row in task.clean], score)
+    ranked = sorted((-float(v), names.parse_node(label).layer, names.parse_node(label).head)
+                    for label, v in zip(scores.labels, scores.values.tolist(), strict=True))
     return tuple(names.head(layer, h) for _, layer, h in ranked[:k])
 
 

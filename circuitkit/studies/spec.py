@@ -38,15 +38,12 @@ from typing import Any
 from circuitkit import names
 from circuitkit.ablation.kinds import NODE_ABLATION_KINDS as ABLATIONS
 from circuitkit.errors import InputError
+from circuitkit.heads.patterns import PATTERN_KINDS
 from circuitkit.tasks.builders import BUILDERS
 from circuitkit.tasks.metrics import METRICS
 
-# top_k_from score name -> TransformerLens head_detector pattern name
-HEAD_SCORES = {
-    "induction": "induction_head",
-    "previous_token": "previous_token_head",
-    "duplicate_token": "duplicate_token_head",
-}
+# top_k_from scores: circuitkit.heads' signatures on repeated random tokens (heads.patterns.PATTERN_KINDS)
+HEAD_SCORES = PATTERN_KINDS
 
 TOP_KEYS = ("models", "tasks", "ablations", "targets", "metrics", "seeds", "batch_size", "output_dir")
 TASK_KEYS = ("name", "params", "label", "models", "file")

@@ -138,3 +138,21 @@ def test_report(zoo_env, tmp_path):
     assert len(summary) == 15 and {"damage", "recovered", "logit_diff_clean", "n_seeds"} <= set(summary.columns)
     first = summary[summary.ablation == "zero"]
     assert first.recovered.is_monotonic_increasing  # most damaging first
+
+
+@pytest.mark.parametrize("zoo", ["induction-trained", "tiny-lm"])
+def test_top_k_heads_rank_as_transformer_lens_detect_head(zoo):
+    """Studies pick heads through circuitkit.heads; the ranking is TransformerLens's own detector's."""
+    from transformer_lens.head_detector import detect_head
+
+    from circuitkit import names
+    from circuitkit.tasks.builders import induction
+
+    model = load_model(f"zoo:{zoo}")
+    seq_len = max(2, min(10, (model.cfg.n_ctx - 2) // 2))
+    task = induction(model.tokenizer, n_prompts=4, seq_len=seq_len, seed=0, prepend_bos=False)
+    texts = [model.to_string(row) for row in task.clean]
+    for score in ("induction", "previous_token", "duplicate_token"):
+        grid = detect_head(model, texts, f"{score}_head")
+        ranked = sorted((-float(grid[layer, h]), layer, h) for layer in range(grid.shape[0]) for h in range(grid.shape[1]))
+        assert top_k_heads(model, score, 3) == tuple(names.head(layer, h) for _, layer, h in ranked[:3])
