@@ -369,13 +369,26 @@ class Circuit:
         # Sources and sinks by kind: position-resolved graphs have one input node per position.
         sources = [n for n in view if self.graph.nodes[n]["kind"] == "input"]
         sinks = [n for n in view if self.graph.nodes[n]["kind"] == "logits"]
-        below: set[str] = set(sources).union(*(nx.descendants(view, n) for n in sources))
-        above: set[str] = set(sinks).union(*(nx.ancestors(view, n) for n in sinks))
+        below = _reachable(view, sources)
+        above = _reachable(view.reverse(copy=False), sinks)
         on_path = below & above
         for u, v, _, d in out.graph.edges(keys=True, data=True):
             d["in_graph"] = d["in_graph"] and u in on_path and v in on_path
         out._sync_nodes_to_edges()
         return out
+
+
+def _reachable(graph: nx.DiGraph, starts: list[str]) -> set[str]:
+    """Every node reachable from any of ``starts`` (themselves included): one traversal, linear
+    in the graph, however many starts (a position-resolved graph has one input per position)."""
+    seen = set(starts)
+    stack = list(starts)
+    while stack:
+        for child in graph.successors(stack.pop()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
 
 
 def _has_edge(g: nx.MultiDiGraph, edge_id: str) -> bool:

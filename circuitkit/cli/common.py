@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circuitkit.atomic import write_text, write_with
+from circuitkit.atomic import write_with
 from circuitkit.errors import InputError, MissingFileError
 
 TASK_HELP = ("a task builder (ioi, induction, greater_than, multiple_choice, needle) or a task file "
@@ -155,12 +155,16 @@ def write_table(path: str | Path, frame, make_parents: bool = False) -> Path:
 
 
 def write_figure(path: str | Path, fig, make_parents: bool = False) -> Path:
-    """A Plotly figure as standalone HTML (Plotly from its CDN), written atomically."""
-    return write_with(Path(path), lambda p: fig.write_html(p, include_plotlyjs="cdn"), make_parents=make_parents)
+    """A Plotly figure as a self-contained page that opens offline (`circuitkit.viz.page`)."""
+    from circuitkit.viz.page import write_figure_html
+
+    return write_figure_html(path, fig, make_parents=make_parents)
 
 
 def write_html(path: str | Path, body: str) -> Path:
-    """An HTML fragment as a standalone page, written atomically."""
-    return write_text(path, f"<!doctype html><meta charset='utf-8'><body>{body}</body>")
+    """An HTML fragment as a standalone page (`circuitkit.viz.page`)."""
+    from circuitkit.viz.page import write_page
+
+    return write_page(path, body)
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuitkit import names
-from circuitkit.atomic import write_text
 from circuitkit.errors import InputError
+from circuitkit.viz.page import write_figure_html
 from circuitkit.viz.sae import feature_hover
 
 POSITIVE = "#2563eb"
@@ -339,4 +339,4 @@ def circuit_html(circuit, path: str | os.PathLike, **kwargs: Any) -> Path:
         >>> shutil.rmtree(path.parent)  # the page bundles Plotly: about 5 MB
     """
     fig = circuit_figure(circuit, **kwargs)
-    return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    return write_figure_html(path, fig)

@@ -58,7 +58,7 @@ CIRCUIT_FORMATS: dict[str, CircuitFormat] = {}
 def register_format(name: str, write: Callable[..., Any], read: Callable[[Any, str], Circuit], *,
                     suffixes: tuple[str, ...] = (), json_flavour: bool = False,
                     recognise: Callable[[dict], bool] | None = None) -> CircuitFormat:
-    """Add a format to :data:`CIRCUIT_FORMATS`. ``write(circuit, **options)`` returns the file's
+    """Add a format to `CIRCUIT_FORMATS`. ``write(circuit, **options)`` returns the file's
     bytes, or a JSON-able dict for a JSON flavour; ``read(raw bytes or parsed JSON, where)``."""
     options = tuple(p for p in list(inspect.signature(write).parameters)[1:])
     if json_flavour:

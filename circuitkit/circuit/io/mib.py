@@ -119,7 +119,8 @@ def to_mib(circuit: Circuit, *, sign: str = "mib", scores: str = "raw", dangling
     pruned: list[str] = []
     if circuit.level == "edge":
         kept = circuit.prune_dangling()
-        pruned = [k for k in circuit.edges if k not in set(kept.edges)]
+        kept_edges = set(kept.edges)
+        pruned = [k for k in circuit.edges if k not in kept_edges]
         if pruned and dangling == "error":
             raise InputError(f"{len(pruned)} in-graph edges lie on no input -> logits path (e.g. {pruned[:3]}); MIB's "
                              "prune() drops them before evaluating: pass dangling='prune' or prune_dangling() first")
