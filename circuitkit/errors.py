@@ -8,7 +8,8 @@ line and exit status 2; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["CircuitkitError", "InputError", "InputTypeError", "MissingFileError", "RunError", "UnknownNameError"]
+__all__ = ["CircuitkitError", "InputError", "InputTypeError", "MissingDependencyError", "MissingFileError", "RunError",
+           "UnknownNameError"]
 
 
 class CircuitkitError(Exception):
@@ -45,3 +46,9 @@ class MissingFileError(CircuitkitError, FileNotFoundError):
 
 class RunError(CircuitkitError, RuntimeError):
     """A run that cannot go on (a model whose forward pass fails, a study interrupted)."""
+
+
+class MissingDependencyError(CircuitkitError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra to
+    install from the checkout (``python -m pip install -e ".[extra]"``; the PyPI name
+    ``circuitkit`` is another project's)."""

@@ -191,6 +191,10 @@ class AblationResult:
         corrupted (NaN when the corruption does not change the metric)."""
         return float(normalized(self.ablated, self.clean, self.baseline, on_equal="nan"))
 
+    def __str__(self) -> str:
+        return (f"{self.kind}-ablating {', '.join(self.components)}: metric {self.clean:.3g} -> {self.ablated:.3g} "
+                f"(corrupted run {self.baseline:.3g}); behaviour recovered {self.recovered:.1%}")
+
 
 def ablate(model, task, components: Iterable[str], kind: str = "mean", seed: int = 0) -> AblationResult:
     """Ablate ``components`` on ``task``'s clean prompts and compare its metric with the clean and

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from circuitkit.errors import InputError, RunError
+from circuitkit.errors import InputError, MissingDependencyError, RunError
 from circuitkit.studies import store
 from circuitkit.studies.plan import Unit
 from circuitkit.studies.runner import UnitRunner
@@ -43,7 +43,8 @@ def check_executor(executor: str, workers: int | None) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise InputError("the ray executor needs Ray: pip install 'circuitkit[ray]'") from None
+            raise MissingDependencyError("the ray executor needs Ray: python -m pip install -e \".[ray]\" in the "
+                                         "circuitkit checkout") from None
 
 
 class UnitQueue:

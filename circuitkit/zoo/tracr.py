@@ -1,7 +1,7 @@
 """tracr-compiled programs in the zoo: RASP programs compiled to weights (Lindner et al. 2023),
 converted to TransformerLens, with a reference circuit read off the compiled weights.
 
-Only the recipe needs tracr and JAX (``pip install circuitkit[tracr]``); the shipped safetensors
+Only the recipe needs tracr and JAX (``python -m pip install -e ".[tracr]"`` in the checkout); the shipped safetensors
 load like any zoo model. The conversion:
 
 * tracr's residual stream is a direct sum of labelled one-dimensional subspaces (``tokens:x``,
@@ -41,7 +41,7 @@ from circuitkit.ablation.edges import graph_edges
 from circuitkit.ablation.nodes import AblationResult
 from circuitkit.attribution import exact_edge_patching
 from circuitkit.circuit.core import Circuit
-from circuitkit.errors import InputError, RunError
+from circuitkit.errors import InputError, MissingDependencyError, RunError
 from circuitkit.models.zoo_store import ZooCard, config_to_json, model_from_config, zoo_task
 from circuitkit.tasks.rasp import PROGRAMS, RaspProgram, every_input, rasp_task
 from circuitkit.tokenizers import SPECIAL_TOKENS, word_level_tokenizer
@@ -68,8 +68,8 @@ def _tracr():
         from tracr.compiler import compiling, lib
         from tracr.rasp import rasp
     except ImportError:
-        raise ImportError("compiling tracr zoo models needs tracr and JAX: pip install 'circuitkit[tracr]' "
-                          "(loading the shipped models does not)") from None
+        raise MissingDependencyError("compiling tracr zoo models needs tracr and JAX: python -m pip install -e "
+                                     "\".[tracr]\" in the circuitkit checkout (loading the shipped models does not)") from None
     return compiling, lib, rasp
 
 

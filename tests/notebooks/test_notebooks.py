@@ -61,6 +61,9 @@ def test_notebook_executes(path, executed):
         raise error
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    # nothing a reader would take for a problem: no warning in any stream (tqdm draws widgets)
+    streams = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "Warning" not in streams, f"{path.name} prints a warning: {streams[:300]}"
     figures = [o for o in outputs if PLOTLY_MIME in o.get("data", {})]
     assert figures, f"{path.name} shows no Plotly figure"
     # each figure also carries HTML, and the HTML export draws it with plotly.js embedded (offline)
