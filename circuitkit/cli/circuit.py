@@ -58,7 +58,7 @@ def register(sub) -> None:
                            "a0.h0@3->a1.h0@3<k>, drawn token by token (eap-ig, eap, exact)")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
     disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
-    disc.add_argument("--device", default="cpu")
+    disc.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     disc.add_argument("--no-progress", action="store_true", help="hide the progress bars (formerly --quiet)")
     disc.set_defaults(func=_cmd_discover)
 
@@ -66,8 +66,8 @@ def register(sub) -> None:
                          description="Read a circuit file (circuitkit JSON, GraphML, GEXF, EAP-IG/MIB JSON or an "
                                      "attribution graph) and write it in another format. Nothing is written on error.")
     exp.add_argument("circuit", help="input circuit file")
-    exp.add_argument("--to", required=True, choices=FORMATS)
-    exp.add_argument("--out", required=True)
+    exp.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
+    exp.add_argument("--out", required=True, help="the file to write (never the input)")
     exp.add_argument("--from", dest="src_format", default=None, choices=FORMATS,
                      help="input format (recognised from the suffix / keys by default)")
     mib = exp.add_argument_group("--to mib", "EAP-IG / MIB circuit JSON (see docs/circuits.md)")

@@ -27,7 +27,7 @@ def add_backend_argument(parser) -> None:
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="TransformerLens model class: HookedTransformer ('hooked'), TransformerBridge around "
                              "the Hugging Face model ('bridge'), or 'auto': HookedTransformer where TransformerLens "
-                             "converts the architecture, the bridge otherwise (default: auto)")
+                             "converts the architecture, the bridge otherwise")
 
 
 def model_from_args(args, device: str | None = None):

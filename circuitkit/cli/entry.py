@@ -73,7 +73,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                           "and print its configuration and hook names.")
         add_model_argument(info)
         info.add_argument("--json", action="store_true", help="print JSON instead of text")
-        info.add_argument("--device", default="cpu", help="torch device")
+        info.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
         info.set_defaults(func=_cmd_info)
     else:
         sub.add_parser("info", help=INFO_HELP)

@@ -59,7 +59,7 @@ def register(sub) -> None:
     score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
                             description="Score every head for one attention signature on repeated random tokens.")
     _common(score)
-    score.add_argument("--kind", required=True, choices=PATTERN_KINDS)
+    score.add_argument("--kind", required=True, choices=PATTERN_KINDS, help="the attention signature to score")
     add_task_arguments(score, "repeated random tokens (--n-prompts, --seq-len, --repeats)", n_prompts=8)
     score.add_argument("--seq-len", type=int, default=20, help="random tokens per repeat")
     score.add_argument("--repeats", type=int, default=2, help="times the random tokens are repeated")
@@ -73,7 +73,7 @@ def _common(parser) -> None:
     add_model_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="write scores as CSV (or .parquet)")
     parser.add_argument("--html", type=Path, default=None, help="write a layer x head heatmap as HTML")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--top", type=int, default=10, help="print the top-N heads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -30,13 +30,14 @@ def register(sub) -> None:
     add_model_argument(patch)
     add_task_arguments(patch, "a zoo model's own task, else ioi")
     patch.add_argument("--component", default="head_out", choices=list(TARGETS),
-                       help="the activation to patch (formerly --target, which `discover` uses for faithfulness)")
+                       help="the activation to patch (formerly --target)")
     patch.add_argument("--by-pos", action="store_true", help="one patch per position")
-    patch.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
+    patch.add_argument("--direction", default="denoise", choices=list(DIRECTIONS),
+                       help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run")
     patch.add_argument("--batch-size", type=int, default=None, help="rows per forward pass (default: sized to memory)")
     patch.add_argument("--out", required=True, help="scores table: .csv or .parquet")
     patch.add_argument("--html", default=None, help="write a Plotly heatmap to this HTML file")
-    patch.add_argument("--device", default="cpu")
+    patch.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     patch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     patch.set_defaults(func=_cmd_patch)
 

@@ -60,7 +60,7 @@ def register(sub) -> None:
                              description="Explained variance, L0, dead fraction and CE loss recovered of the SAE "
                                          "in SAE_DIR on MODEL, over held-out text.")
     _saved_sae_arguments(report, "evaluate on")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(func=_cmd_report)
 
     card = ssub.add_parser("card", help="a feature's top examples and output-token effects",
@@ -84,7 +84,7 @@ def register(sub) -> None:
                            "every MLP (circuit-tracer's construction; needs a logit_diff task)")
     circ.add_argument("--steps", type=int, default=8, help="integration steps (ig)")
     circ.add_argument("--baseline", default="mean", choices=FEATURE_ABLATION_KINDS,
-                      help="the value an ablated node takes (default: the mean over clean prompts)")
+                      help="the value an ablated node takes (mean: over the clean prompts at each position)")
     circ.add_argument("--positions", default="each", choices=POSITIONS,
                       help="one node per position, or summed over positions")
     circ.add_argument("--node-threshold", type=float, default=1e-3, help="|estimate| a candidate node needs")

@@ -22,7 +22,7 @@ def register(sub) -> None:
                     "head_sets, top_k_from {score, k}), metrics, seeds, batch_size, output_dir.")
     run.add_argument("spec", help="study spec (.yaml, .yml or .toml)")
     run.add_argument("--executor", choices=EXECUTOR_NAMES, default="serial",
-                     help="where units run (default: serial)")
+                     help="where units run")
     run.add_argument("--workers", type=int, default=None, help="parallel workers for process / ray")
     run.add_argument("--force-new", action="store_true",
                      help="delete results made with a different spec and start over")

@@ -15,14 +15,14 @@ def register(sub) -> None:
     ls = zsub.add_parser("list", help="list the bundled models", description="List the bundled zoo models.")
     ls.set_defaults(func=_cmd_list)
     show = zsub.add_parser("show", help="print a model's card", description="Print a zoo model's card as JSON.")
-    show.add_argument("name")
+    show.add_argument("name", help="the zoo model (see `circuitkit zoo list`)")
     show.set_defaults(func=_cmd_show)
     train = zsub.add_parser("train", help="rebuild a model from its recipe",
                             description="Rebuild zoo model NAME from its recipe (hand-built: by construction; "
                                         "trained: by training) and save weights, tokenizer and card, and the "
                                         "SAEs it ships with (saes/: analytic for induction-handbuilt, top-k "
                                         "training for tiny-lm) from their recipe.")
-    train.add_argument("name")
+    train.add_argument("name", help="the zoo model to rebuild (see `circuitkit zoo list`)")
     train.add_argument("--seed", type=int, default=None, help="recipe seed (default: the shipped model's)")
     train.add_argument("--out", default=None, help="zoo folder to write NAME/ into (default: the user's zoo folder, "
                        "$CIRCUITKIT_HOME/zoo or ~/.local/share/circuitkit/zoo; a checkout's bundled models: data/zoo)")
@@ -33,8 +33,8 @@ def register(sub) -> None:
                              description="Mean-ablate everything outside NAME's recorded circuit, then the circuit "
                                          "itself, on the card's task; print the recovered shares and exit 1 unless "
                                          "circuit-only >= 0.9, circuit-ablated < 0.2 and accuracy matches the card.")
-    verify.add_argument("name")
-    verify.add_argument("--device", default="cpu")
+    verify.add_argument("name", help="the zoo model (see `circuitkit zoo list`)")
+    verify.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     verify.add_argument("--json", action="store_true", help="print the figures as JSON")
     verify.set_defaults(func=_cmd_verify)
     export = zsub.add_parser(

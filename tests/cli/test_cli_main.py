@@ -130,3 +130,31 @@ def test_the_cli_choices_are_the_libraries_own():
     parsers = dict(_all_parsers(build_parser()))
     assert list(_options(parsers["patch"])["--component"].choices) == list(TARGETS)
     assert list(_options(parsers["discover"])["--ablation"].choices) == list(ABLATION_KINDS)
+
+
+def test_every_option_has_help_and_states_its_default_once():
+    """Across every command: an argument without help would leave a user guessing; a default
+    written into the help text and added again by the formatter reads "(default: x) (default: x)"."""
+    import argparse
+
+    from circuitkit.cli.entry import build_parser
+
+    missing, repeated = [], []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, [*path, name])
+                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            where = f"{' '.join(path)} {action.option_strings or action.dest}"
+            if not action.help or action.help.strip() == "(default: %(default)s)":
+                missing.append(where)
+            elif parser._get_formatter()._expand_help(action).count("(default:") > 1:
+                repeated.append(where)
+
+    walk(build_parser(None), ["circuitkit"])
+    assert not missing, f"arguments without help: {missing}"
+    assert not repeated, f"defaults stated twice: {repeated}"
