@@ -77,7 +77,8 @@ def register(sub) -> None:
                                        "and report the circuit's faithfulness with the rest mean-ablated.")
     add_model_argument(circ)
     circ.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
-                      help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors)")
+                      help="folders of saved SAEs / transcoders (cfg.json + sae_weights.safetensors), or shipped "
+                           "ones as zoo:NAME/HOOK (see `circuitkit zoo show NAME`)")
     add_task_arguments(circ, "the zoo card's task", n_prompts=16)
     circ.add_argument("--method", default="ig", choices=FEATURE_CIRCUIT_METHODS,
                       help="estimates: ig / attribution (Marks et al.), or linear: exact edges with a transcoder at "
@@ -105,7 +106,8 @@ def register(sub) -> None:
 def _saved_sae_arguments(parser, use: str, feature: bool = False) -> None:
     """MODEL, SAE_DIR (and FEATURE) and the held-out text a saved SAE is read on."""
     add_model_argument(parser)
-    parser.add_argument("sae_dir", help="folder of a saved SAE (cfg.json + sae_weights.safetensors)")
+    parser.add_argument("sae_dir", help="folder of a saved SAE (cfg.json + sae_weights.safetensors), or a shipped "
+                        "one as zoo:NAME/HOOK (see `circuitkit zoo show NAME`)")
     if feature:
         parser.add_argument("feature", type=int, help="the feature (latent) index")
     parser.add_argument("--text", default=None, help=f"UTF-8 text file to {use} (default: held-out Python docstrings)")

@@ -63,14 +63,20 @@ def _cmd_list(args) -> int:
     width = max(len(c.name) for c in cards)
     for card in cards:
         acc = f"acc={card.accuracy:.3f}" if card.accuracy is not None else ""
-        print(f"{card.name:{width}s}  {card.construction:10s}  {card.task['builder']:14s} {acc:10s} {card.description}")
+        saes = f"{len(card.saes)} SAEs" if card.saes else ""
+        print(f"{card.name:{width}s}  {card.construction:10s}  {card.task['builder']:14s} {acc:10s} {saes:8s} "
+              f"{card.description}")
+    if any(card.saes for card in cards):
+        print("SAEs: `circuitkit zoo show NAME` lists them; pass one to `circuitkit sae ...` as zoo:NAME/HOOK")
     return 0
 
 
 def _cmd_show(args) -> int:
     from circuitkit.models.zoo_store import zoo_card
 
-    print(json.dumps(zoo_card(args.name).to_json(), indent=2))
+    card = zoo_card(args.name)
+    shipped = {f"zoo:{card.name}/{hook}": str(folder) for hook, folder in card.saes.items()}
+    print(json.dumps({**card.to_json(), "saes": shipped}, indent=2))
     return 0
 
 

@@ -30,6 +30,7 @@ from circuitkit import names
 from circuitkit.atomic import folder_written
 from circuitkit.errors import InputError, InputTypeError, MissingFileError, RunError
 from circuitkit.models.loading import load_model
+from circuitkit.models.zoo_store import zoo_sae_folder
 from circuitkit.sae.features import check_hook, hook_width
 from circuitkit.tokenizers import check_token_ids, python_docs_corpus, read_text_file
 
@@ -253,7 +254,8 @@ def save_sae(sae, path: str | os.PathLike) -> Path:
 
 
 def load_sae(path: str | os.PathLike, device: str = "cpu"):
-    """Load an SAE saved by `save_sae` or SAELens (``SAE.load_from_disk``).
+    """Load an SAE saved by `save_sae` or SAELens (``SAE.load_from_disk``), or one a zoo model
+    ships with: ``"zoo:NAME/HOOK"`` (`circuitkit zoo show NAME` lists them).
 
     The weights are checked with ``safetensors`` first (SAELens's disk loader also reads them
     with ``safe_open``); a missing, truncated or corrupted file raises ``ValueError`` naming it.
@@ -261,9 +263,13 @@ def load_sae(path: str | os.PathLike, device: str = "cpu"):
     from sae_lens import SAE
     from safetensors import safe_open
 
+    if isinstance(path, str) and path.startswith("zoo:"):
+        path = zoo_sae_folder(path)
     path = Path(path)
     if not path.is_dir():
-        raise MissingFileError(f"no SAE directory at {str(path)!r}; save one with `circuitkit sae train ... --out DIR`")
+        raise MissingFileError(f"no SAE directory at {str(path)!r}; give a folder saved by `circuitkit sae train ... "
+                               "--out DIR`, or a shipped one as zoo:NAME/HOOK (`circuitkit zoo list` shows which "
+                               "models ship SAEs)")
     weights, config = path / WEIGHTS_FILE, path / CONFIG_FILE
     for f in (config, weights):
         if not f.exists():

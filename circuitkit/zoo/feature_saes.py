@@ -33,11 +33,11 @@ import torch
 from circuitkit import names
 from circuitkit.atomic import write_text
 from circuitkit.errors import InputError, MissingFileError
-from circuitkit.models.zoo_store import CARD_FILE, ZooCard, zoo_card, zoo_task
+from circuitkit.models.zoo_store import CARD_FILE, ZOO_SAE_DIR, ZooCard, zoo_card, zoo_task
 from circuitkit.sae import load_sae, save_sae
 
 MODEL = "induction-handbuilt"
-SAE_DIR = "saes"
+SAE_DIR = ZOO_SAE_DIR
 SITES = (names.hook("resid_pre", 0), names.hook("resid_pre", 1), names.hook("resid_post", 1))
 _SLICES = {SITES[0]: ("TOK",), SITES[1]: ("TOK", "PREV"), SITES[2]: ("TOK", "PREV", "OUT")}
 

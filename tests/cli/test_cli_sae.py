@@ -146,3 +146,30 @@ def test_sae_circuit_builds_its_sites_and_baseline_once(tmp_path, capsys, monkey
     task = ck.zoo_task("induction-handbuilt", model, n_prompts=4)
     result = ck.evaluate_feature_circuit(model, [load_sae(d) for d in dirs], task, load_circuit(out))
     assert f"faithfulness {result.faithfulness:.3f}" in printed
+
+
+def test_shipped_saes_are_listed_and_load_by_zoo_name(capsys):
+    """`zoo list` / `zoo show` say which models ship SAEs; zoo:NAME/HOOK loads the folder they name,
+    from the API and every sae command; an unknown hook lists what there is."""
+    import json
+
+    import torch
+
+    from circuitkit.sae.train import load_sae
+    from circuitkit.zoo import zoo_card
+
+    assert main(["zoo", "list"]) == 0
+    listing = capsys.readouterr().out
+    line = next(row for row in listing.splitlines() if row.startswith("induction-handbuilt"))
+    assert "3 SAEs" in line and "zoo:NAME/HOOK" in listing
+    assert main(["zoo", "show", "induction-handbuilt"]) == 0
+    shipped = json.loads(capsys.readouterr().out)["saes"]
+    assert set(shipped) == {f"zoo:induction-handbuilt/{h}" for h in zoo_card("induction-handbuilt").saes}
+    spec = "zoo:induction-handbuilt/blocks.1.hook_resid_pre"
+    by_name, by_folder = load_sae(spec), load_sae(shipped[spec])
+    torch.testing.assert_close(by_name.W_dec, by_folder.W_dec, rtol=0, atol=0)
+    assert main(["sae", "report", "zoo:induction-handbuilt", spec, "--n-prompts", "4", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["sae", "report", "zoo:induction-handbuilt", "zoo:induction-handbuilt/blocks.9.hook_z"]) == 2
+    err = capsys.readouterr().err
+    assert "ships no SAE for 'blocks.9.hook_z'" in err and spec in err and "Traceback" not in err
