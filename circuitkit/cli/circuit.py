@@ -107,6 +107,10 @@ def _cmd_discover(args) -> int:
     print(f"{args.method} circuit on {task.name}: {size}; "
           f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
           f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
+    chosen = min(args.top_k, len(circuit.all_edges)) if args.top_k is not None else 0
+    if args.level == "edges" and len(circuit.edges) < chosen:
+        print(f"note: of the top {chosen} edges, {chosen - len(circuit.edges)} lie on no input -> logits path "
+              "of the others and were dropped (a circuit keeps only edges that can reach the logits)")
     return 0
 
 

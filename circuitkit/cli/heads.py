@@ -116,6 +116,7 @@ def _cmd_retrieval(args) -> int:
         check = retrieval_causal_check(model, task, scores, args.causal, args.n_random, threshold=args.threshold,
                                        batch_size=args.batch_size, progress=not args.no_progress)
         print(check.to_frame().to_string(index=False))
+        print(check.summary())
     return 0
 
 

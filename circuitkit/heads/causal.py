@@ -113,10 +113,19 @@ class CausalCheck:
         rows += [{"condition": f"random-{i + 1}", "heads": ",".join(h), "accuracy": a}
                  for i, (h, a) in enumerate(zip(self.random_heads, self.random_accuracies, strict=True))]
         rows.append({"condition": "random-mean", "heads": "", "accuracy": self.mean_random_accuracy})
-        frame = pd.DataFrame(rows)
-        frame["k"] = self.k
-        frame["gap"] = self.gap
-        return frame
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        """What the table shows, in words (the gap, and draws that had to repeat)."""
+        distinct = len({tuple(h) for h in self.random_heads})
+        text = (f"gap {self.gap:+.3f} = random-mean accuracy {self.mean_random_accuracy:.3f} - top-{self.k} accuracy "
+                f"{self.top_accuracy:.3f}: how much more needle accuracy ablating the top {self.k} heads costs than "
+                f"ablating {self.k} random non-retrieval heads (near +{self.full_accuracy:.2f}: only the top heads "
+                "matter; near 0: they matter no more than any)")
+        if distinct < len(self.random_heads):
+            text += (f"; only {distinct} distinct random draws of {self.k} exist among the non-retrieval heads, so "
+                     "some repeat")
+        return text
 
     def __repr__(self) -> str:
         return (f"CausalCheck(k={self.k}, full={self.full_accuracy:.3f}, top={self.top_accuracy:.3f} "

@@ -243,7 +243,11 @@ def circuit_figure(circuit, edges: str = "in_graph", interactive: bool = True, n
             if qkv in drawn:
                 fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=QKV_LEGEND[qkv], hoverinfo="skip",
                                          line={"color": "#6b7280", "width": 2, "dash": QKV_DASH[qkv]}))
-        for colour, what in ((POSITIVE, "score > 0"), (NEGATIVE, "score < 0")):
+        # circuitkit's estimators score m(edge removed) - m(clean): needed edges are negative
+        signs = (((POSITIVE, "score > 0: removing it raises the metric"),
+                  (NEGATIVE, "score < 0: removing it lowers the metric (needed)"))
+                 if circuit.method != "edge-pruning" else ((POSITIVE, "share of steps the gate was open"),))
+        for colour, what in signs:
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=what, hoverinfo="skip",
                                      line={"color": colour, "width": 4}))
 

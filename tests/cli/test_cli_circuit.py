@@ -101,3 +101,14 @@ def test_api_defaults_and_the_cli_give_the_same_circuit(tmp_path):
     by_hand = smallest_faithful(model, task, cap_by_route(eap(model, task, progress=False)), target=0.9)
     assert load_circuit(out).edges == by_hand.edges == discover(model, task, "eap").edges
     assert 0 < len(by_hand.edges) < 20
+
+
+def test_discover_says_when_top_k_edges_were_dropped_as_dangling(tmp_path, capsys):
+    from circuitkit.circuit import load_circuit
+
+    out = tmp_path / "c.json"
+    assert main(["discover", "zoo:induction-handbuilt", "--method", "eap", "--top-k", "10", "--out", str(out),
+                 "--no-progress"]) == 0
+    kept = len(load_circuit(out).edges)
+    text = capsys.readouterr().out
+    assert kept < 10 and f"of the top 10 edges, {10 - kept} lie on no input -> logits path" in text

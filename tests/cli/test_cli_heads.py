@@ -55,3 +55,13 @@ def test_cli_errors_are_one_line(toy_zoo, tmp_path, monkeypatch, capsys):
     empty.write_text("")
     code = main(["heads", "retrieval", "zoo:toy-retrieval", "--haystack", str(empty)])
     assert code == 2 and "haystack is empty" in capsys.readouterr().err
+
+
+def test_causal_check_explains_its_gap_and_says_when_draws_repeat(capsys):
+    assert main(["heads", "retrieval", "zoo:retrieval-handbuilt", "--causal", "1", "--n-random", "10",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    header = next(row for row in out.splitlines() if row.strip().startswith("condition"))
+    assert "gap" not in header  # no unexplained constant column
+    line = next(row for row in out.splitlines() if row.startswith("gap "))
+    assert "= random-mean accuracy" in line and "- top-1 accuracy" in line and "so some repeat" in line

@@ -56,7 +56,9 @@ def test_legend_names_the_head_inputs_and_the_title_follows_the_slider(circuit):
     assert drawn >= {"q", "k", "v", None}
     assert {legend[n].dash for n in ("into a head's query", "into a head's key", "into a head's value",
                                       "into an MLP or the logits")} == set(dash.values())
-    assert (legend["score > 0"].color, legend["score < 0"].color) == ("#2563eb", "#dc2626")
+    # the sign legend says what a colour means for circuitkit's estimators (needed edges are negative)
+    assert (legend["score > 0: removing it raises the metric"].color,
+            legend["score < 0: removing it lowers the metric (needed)"].color) == ("#2563eb", "#dc2626")
     # the edges are drawn with those dashes (q / k / v into one head land apart: see _ends)
     assert {t.line.dash for t in fig.data if t.mode == "lines" and t.showlegend is False} == set(dash.values())
     steps = fig.layout.sliders[0].steps
