@@ -49,7 +49,12 @@ def _cmd_run(args) -> int:
     except KeyboardInterrupt:  # before any unit ran (checking the spec, loading models)
         print("interrupted before any unit ran; nothing was saved", file=sys.stderr)
         return 130
-    print(f"{len(results)} rows in the results table")
+    ran, total = results.attrs.get("units_run"), results.attrs.get("units_total")
+    if ran == 0:
+        print(f"nothing to do: all {total} units of this spec were already done; {len(results)} rows in the results "
+              "table (`circuitkit study report DIR` draws them; --force-new starts over)")
+    else:
+        print(f"ran {ran} of {total} units ({total - ran} were already done); {len(results)} rows in the results table")
     return 0
 
 

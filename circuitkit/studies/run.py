@@ -100,7 +100,9 @@ def run_study(
         if claims is not None:
             claims.release_all()
         lock.close()
-    return store.load_results(out)
+    results = store.load_results(out)
+    results.attrs.update(units_run=len(todo), units_total=total)  # what this call did, for the CLI's line
+    return results
 
 
 def load_results(output_dir: str | os.PathLike | Path) -> pd.DataFrame:

@@ -142,7 +142,7 @@ def test_truncated_part_is_quarantined_and_rerun(zoo_env, tmp_path, reference):
         assert_same_table(run_study(spec, progress=False), reference)
 
 
-def test_sigint_prints_one_line_and_resumes_exactly(zoo_env, tmp_path, reference):
+def test_sigint_prints_one_line_and_resumes_exactly(zoo_env, tmp_path, reference, capsys):
     spec_path = _spec_file(tmp_path)
     out = tmp_path / "out"
     proc = study_cli("run", str(spec_path), "--no-progress")
@@ -155,6 +155,10 @@ def test_sigint_prints_one_line_and_resumes_exactly(zoo_env, tmp_path, reference
     assert stderr.strip() == f"interrupted: {saved}/{len(reference)} units saved; rerun the same command to resume"
     assert main(["study", "run", str(spec_path), "--no-progress"]) == 0
     assert_same_table(load_results(out), reference)
+    n = len(reference)
+    assert f"ran {n - saved} of {n} units ({saved} were already done)" in capsys.readouterr().out
+    assert main(["study", "run", str(spec_path), "--no-progress"]) == 0  # a finished study says so
+    assert f"nothing to do: all {n} units of this spec were already done" in capsys.readouterr().out
 
 
 def test_ctrl_c_with_worker_processes(zoo_env, tmp_path, reference):
