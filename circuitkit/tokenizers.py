@@ -97,8 +97,10 @@ def single_token_id(tokenizer, word: str, prefix: str = "and", sep: str = " ") -
 
 
 def ordinary_token_ids(tokenizer) -> list[int]:
-    """Every id that is not a special token (for random-token tasks)."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    """Every id that is not a special token, nor the id prompts are padded with (for random-token
+    tasks: a tokenizer with no special tokens pads with id 0, which must then never be a prompt
+    token)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | {pad_id(tokenizer)}
     return [i for i in range(len(tokenizer)) if i not in special]
 
 

@@ -111,3 +111,22 @@ def test_prompt_counts_zero_and_absurd_are_refused_with_the_real_cause(word_toke
         build_task(builder, word_tokenizer, n_prompts=100_000_000)
     with pytest.raises(TaskError, match="n_prompts must be a whole number of prompts, got '16'"):
         build_task(builder, word_tokenizer, n_prompts="16")
+
+
+def test_a_tokenizer_without_special_tokens_never_gets_its_pad_id_as_a_prompt_token():
+    """With no BOS / EOS / pad token, prompts pad with id 0: random-token builders must not sample it
+    (it would count as padding and the task would blame its words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from circuitkit.tasks.builders import induction
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel()
+    core.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 50],
+                             trainers.BpeTrainer(vocab_size=300, special_tokens=[]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core)
+    assert tok.all_special_ids == [] and tok.pad_token_id is None
+    for seed in range(10):
+        task = induction(tok, n_prompts=16, seq_len=5, prepend_bos=False, seed=seed)
+        assert not (task.clean == 0).any() and not (task.corrupted == 0).any()
