@@ -298,6 +298,9 @@ def _load_pretrained(name: str, device: str, dtype: torch.dtype, **kwargs) -> Ho
             "'zoo:NAME'. See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or "
             "`circuitkit zoo list` for the bundled models"
         ) from None
+    if not _in_hub_cache(official) and (_offline() or not _hub_reachable()):
+        # fail at once: the hub client would retry for half a minute before giving up
+        raise ModelLoadError(_no_weights_message(name, official, None))
     try:
         return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs)
     except (OSError, ConnectionError, TimeoutError) as exc:
@@ -308,7 +311,30 @@ def _load_pretrained(name: str, device: str, dtype: torch.dtype, **kwargs) -> Ho
         raise
 
 
-def _no_weights_message(name: str, official: str, exc: BaseException) -> str:
+def _in_hub_cache(repo: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo``'s config (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return isinstance(found, str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _no_weights_message(name: str, official: str, exc: BaseException | None) -> str:
     mode = "HF_HUB_OFFLINE=1 is set" if _offline() else "the Hugging Face hub cannot be reached"
     return (
         f"cannot load {name!r} ({official}): its weights are not in the local Hugging Face cache and "
@@ -316,7 +342,7 @@ def _no_weights_message(name: str, official: str, exc: BaseException) -> str:
         f"    python -c \"from transformer_lens import HookedTransformer; HookedTransformer.from_pretrained('{name}')\"\n"
         f"and copy the cache (~/.cache/huggingface) here, or download the model directory "
         f"('{official}') and pass its path to load_model. Bundled offline models: `circuitkit zoo list`. "
-        f"(underlying error: {type(exc).__name__})"
+        + (f"(underlying error: {type(exc).__name__})" if exc is not None else "")
     )
 
 

@@ -62,3 +62,18 @@ def test_unusable_devices_are_named_not_blamed_on_the_file(device, match):
 def test_cuda_without_cuda_is_named():
     with pytest.raises(ModelLoadError, match="CUDA is not available on this machine"):
         load_model("zoo:induction-handbuilt", device="cuda")
+
+
+def test_a_hub_name_fails_fast_when_the_hub_is_unreachable(monkeypatch, tmp_path):
+    """Not cached and the hub's host refuses connections (HF_HUB_OFFLINE unset): refused at once
+    with the fix, not after the hub client's retries."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"(?s)cannot load .gpt2-small.*the Hugging Face hub cannot be reached"):
+        load_model("gpt2-small")
+    assert time.perf_counter() - start < 5
