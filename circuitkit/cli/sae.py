@@ -218,6 +218,10 @@ def _cmd_circuit(args) -> int:
     print(f"feature circuit of {task.name} on {args.model}: {ev.n_features} features + {ev.n_errors} error nodes, "
           f"{len(small.edges)} edges; faithfulness {ev.faithfulness:.3f}, completeness {ev.completeness:.3f}, "
           f"error share {share} (errors {args.errors})")
+    if ev.faithfulness < 0.5:
+        print(f"note: {args.top} feature / error nodes reproduce little of the behaviour (faithfulness "
+              f"{ev.faithfulness:.3f}); raise --top, or lower --n-prompts (each prompt position brings its own "
+              "nodes)")
     nodes, _ = small.to_frames()
     nodes = nodes[nodes["in_graph"] & nodes["kind"].isin(["feature", "error"])]
     top = nodes.reindex(nodes["score"].abs().sort_values(ascending=False).index).head(15)

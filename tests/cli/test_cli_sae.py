@@ -173,3 +173,10 @@ def test_shipped_saes_are_listed_and_load_by_zoo_name(capsys):
     assert main(["sae", "report", "zoo:induction-handbuilt", "zoo:induction-handbuilt/blocks.9.hook_z"]) == 2
     err = capsys.readouterr().err
     assert "ships no SAE for 'blocks.9.hook_z'" in err and spec in err and "Traceback" not in err
+
+
+def test_sae_circuit_says_when_its_top_nodes_cannot_be_faithful(capsys):
+    assert main(["sae", "circuit", "zoo:induction-handbuilt", "zoo:induction-handbuilt/blocks.1.hook_resid_pre",
+                 "--n-prompts", "8", "--top", "3", "--steps", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "reproduce little of the behaviour" in out and "raise --top" in out
