@@ -26,10 +26,10 @@ Hook = tuple[str, Callable]
 
 @dataclass
 class AblationPlan:
-    """Which heads (per layer) and MLPs to ablate and how."""
+    """Which heads (per layer) and MLPs to ablate, at which positions (None: every position), and how."""
 
-    heads: dict[int, list[int]]
-    mlps: list[int]
+    heads: dict[int, list[tuple[int, int | None]]]
+    mlps: dict[int, list[int | None]]
     kind: str
 
     def hook_names(self) -> list[str]:
@@ -37,20 +37,40 @@ class AblationPlan:
             names.output_hook(names.Node("mlp", layer=layer)) for layer in self.mlps
         ]
 
+    def check_positions(self, n_pos: int) -> None:
+        """``InputError`` for a position (``a1.h0@5``) outside prompts of ``n_pos`` tokens."""
+        positions = [p for pairs in self.heads.values() for _, p in pairs] + [p for ps in self.mlps.values() for p in ps]
+        beyond = sorted({p for p in positions if p is not None and p >= n_pos})
+        if beyond:
+            raise InputError(f"positions {beyond} lie beyond the prompts' {n_pos} tokens (0..{n_pos - 1}); "
+                             "give positions inside the prompts, or none for every position")
+
 
 def plan(model, components: Iterable[str], kind: str) -> AblationPlan:
+    """The plan for ``components``: heads ``a1.h0`` and MLPs ``m2``, each optionally at one token
+    position (``a1.h0@5``: only that position's output is ablated)."""
     check_kind(kind, NODE_ABLATION_KINDS)
-    heads: dict[int, list[int]] = defaultdict(list)
-    mlps: list[int] = []
+    heads: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
+    mlps: dict[int, list[int | None]] = defaultdict(list)
     nodes = names.check_model_components(model, components, purpose="ablated")
     if any(node.kind == "head" for node in nodes):
         backend.require(model, ("heads",), "ablating heads")
     for node in nodes:
         if node.kind == "head":
-            heads[node.layer].append(node.head)
+            heads[node.layer].append((node.head, node.pos))
         else:
-            mlps.append(node.layer)
-    return AblationPlan(dict(heads), sorted(set(mlps)), kind)
+            mlps[node.layer].append(node.pos)
+    return AblationPlan(dict(heads), dict(sorted(mlps.items())), kind)
+
+
+def _positions(act: Tensor, positions: list[int | None]):
+    """The position index of ``act`` (``[batch, pos, ...]``) to replace: all, or the given ones."""
+    if None in positions:
+        return slice(None)
+    beyond = [p for p in positions if p >= act.shape[1]]
+    if beyond:
+        raise InputError(f"positions {sorted(set(beyond))} lie beyond these prompts' {act.shape[1]} tokens")
+    return torch.tensor(sorted(set(positions)))
 
 
 def reference_activations(model, reference: Tensor, hook_names: list[str]) -> dict[str, Tensor]:
@@ -110,22 +130,30 @@ def ablation_hooks(
         perm = resample_permutation(reference.shape[0], batch_size or reference.shape[0], seed)
 
     hooks: list[Hook] = []
-    for layer, head_list in p.heads.items():
+    for layer, pairs in p.heads.items():
         name = names.output_hook(names.Node("head", layer=layer, head=0))
-        idx = torch.tensor(sorted(set(head_list)))
+        by_head: dict[int, list[int | None]] = defaultdict(list)
+        for head, pos in pairs:
+            by_head[head].append(pos)
 
-        def head_hook(z, hook, idx=idx, name=name):
-            replacement = _replacement(z, refs.get(name), kind, _fit(perm, z))
+        def head_hook(z, hook, by_head=by_head, name=name):
+            replacement = _replacement(z, refs.get(name), kind, _fit(perm, z)).to(z.dtype)
             z = z.clone()
-            z[:, :, idx] = replacement[:, :, idx].to(z.dtype)
+            for head, positions in by_head.items():
+                at = _positions(z, positions)
+                z[:, at, head] = replacement[:, at, head]
             return z
 
         hooks.append((name, head_hook))
-    for layer in p.mlps:
+    for layer, positions in p.mlps.items():
         name = names.output_hook(names.Node("mlp", layer=layer))
 
-        def mlp_hook(out, hook, name=name):
-            return _replacement(out, refs.get(name), kind, _fit(perm, out)).to(out.dtype).clone()
+        def mlp_hook(out, hook, name=name, positions=positions):
+            replacement = _replacement(out, refs.get(name), kind, _fit(perm, out)).to(out.dtype)
+            out = out.clone()
+            at = _positions(out, positions)
+            out[:, at] = replacement[:, at]
+            return out
 
         hooks.append((name, mlp_hook))
     return hooks
@@ -159,6 +187,7 @@ def run_ablated(
         (torch.Size([64, 20, 36]), 0.0)
     """
     reference = tokens if reference is None and kind != "zero" else reference
+    plan(model, components, kind).check_positions(tokens.shape[1])
     hooks = ablation_hooks(model, components, kind, reference, seed, batch_size=tokens.shape[0])
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -198,7 +227,8 @@ class AblationResult:
 
 def ablate(model, task, components: Iterable[str], kind: str = "mean", seed: int = 0) -> AblationResult:
     """Ablate ``components`` on ``task``'s clean prompts and compare its metric with the clean and
-    corrupted runs. Mean / resample values come from the clean prompts.
+    corrupted runs. Mean / resample values come from the clean prompts. A component with a
+    position (``a1.h0@19``) is ablated at that token only; positions beyond the prompts are refused.
 
     Examples:
         >>> import circuitkit as ck
@@ -211,6 +241,7 @@ def ablate(model, task, components: Iterable[str], kind: str = "mean", seed: int
     """
     components = list(components)
     task.check_model(model)
+    plan(model, components, kind).check_positions(task.clean.shape[1])
     with torch.no_grad():
         clean = float(task.score(model(task.clean)))
         baseline = float(task.score(model(task.corrupted)))

@@ -54,3 +54,33 @@ def test_mlp_on_attention_only_model(tiny_attn_only):
         run_ablated(tiny_attn_only, torch.zeros(1, 3, dtype=torch.long), ["m0"], "zero")
     with pytest.raises(ValueError, match="unknown ablation 'half'"):
         run_ablated(tiny_attn_only, torch.zeros(1, 3, dtype=torch.long), ["a0.h0"], "half")
+
+
+def test_a_position_in_a_node_id_ablates_that_position_only():
+    """``a1.h0@p`` replaces the head's output at position ``p`` alone (checked against a hand-written
+    hook); every position listed equals the whole head; positions beyond the prompts are refused."""
+    import circuitkit as ck
+
+    model = ck.load_model("zoo:induction-handbuilt")
+    task = ck.zoo_task("induction-handbuilt", model, n_prompts=8)
+    n_pos = task.clean.shape[1]
+    last = n_pos - 1
+    _, cache = model.run_with_cache(task.clean)
+    z = cache["z", 1]
+    mean = z.mean(0, keepdim=True)
+
+    def by_hand(value, hook):
+        value = value.clone()
+        value[:, last, 0] = mean[:, last, 0].expand(value.shape[0], -1)
+        return value
+
+    with torch.no_grad():
+        expected = float(task.score(model.run_with_hooks(task.clean, fwd_hooks=[(ck.names.hook("z", 1), by_hand)])))
+    at_last = ck.ablate(model, task, [f"a1.h0@{last}"], kind="mean")
+    assert at_last.ablated == pytest.approx(expected, abs=1e-5)
+    whole = ck.ablate(model, task, ["a1.h0"], kind="mean")
+    assert whole.ablated != pytest.approx(ck.ablate(model, task, ["a1.h0@0"], kind="mean").ablated, abs=1e-3)
+    every = ck.ablate(model, task, [f"a1.h0@{p}" for p in range(n_pos)], kind="mean")
+    assert every.ablated == pytest.approx(whole.ablated, abs=1e-5)
+    with pytest.raises(ValueError, match=rf"positions \[99\] lie beyond the prompts' {n_pos} tokens"):
+        ck.ablate(model, task, ["a1.h0@99"])
