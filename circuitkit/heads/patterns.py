@@ -30,6 +30,7 @@ from transformer_lens import head_detector
 from circuitkit.errors import InputError, InputTypeError
 from circuitkit.heads.retrieval import retrieval_scores
 from circuitkit.scores import Scores
+from circuitkit.tasks.builders import check_n_prompts
 from circuitkit.tasks.task import Task
 from circuitkit.tokenizers import bos_id, ordinary_token_ids
 
@@ -47,6 +48,12 @@ def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int
     """``[n_prompts, 1 + seq_len * n_repeats]``: BOS then a random token sequence repeated (no BOS,
     ``[n_prompts, seq_len * n_repeats]``, with ``prepend_bos=False``, for BOS-less tokenizers)."""
     tok = getattr(model, "tokenizer", None)
+    for what, value in (("seq_len", seq_len), ("n_repeats", n_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{what} must be a positive whole number, got {value!r}")
+    # the builders' cap, with its memory estimate, before anything is allocated
+    check_n_prompts("repeated tokens", n_prompts, tok if tok is not None else range(model.cfg.d_vocab),
+                    1 + seq_len * n_repeats)
     pool = torch.tensor(ordinary_token_ids(tok)) if tok is not None else torch.arange(model.cfg.d_vocab)
     if len(pool) < seq_len:
         raise InputError(f"the vocabulary has {len(pool)} ordinary tokens, fewer than seq_len={seq_len}; use a shorter seq_len")

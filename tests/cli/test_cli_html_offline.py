@@ -4,9 +4,9 @@ proxy) draws its Plotly figure, and no script is fetched from elsewhere."""
 import re
 from pathlib import Path
 
+import browser
 import pytest
 
-import browser
 from circuitkit.cli import main
 
 SAES = Path(__file__).resolve().parents[2] / "data" / "zoo" / "induction-handbuilt" / "saes"

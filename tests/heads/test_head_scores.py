@@ -86,3 +86,14 @@ def test_bad_input(toy_model):
         head_scores(toy_model, None, "retrieval")
     with pytest.raises(ValueError, match="exceeds model n_ctx=80"):
         repeated_tokens(toy_model, seq_len=40, n_repeats=2)
+
+
+def test_repeated_tokens_refuse_a_prompt_count_that_cannot_fit_before_allocating():
+    import circuitkit as ck
+    from circuitkit.heads.patterns import repeated_tokens
+
+    model = ck.load_model("zoo:induction-handbuilt")
+    with pytest.raises(ValueError, match=r"n_prompts=1,000,000,000 is more than the 100,000 allowed.*GB"):
+        repeated_tokens(model, n_prompts=1_000_000_000)
+    with pytest.raises(ValueError, match="seq_len must be a positive whole number"):
+        repeated_tokens(model, seq_len=0)
