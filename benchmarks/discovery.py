@@ -39,7 +39,7 @@ import time
 import torch
 
 from circuitkit.circuit import Circuit, overlap, roc_auc
-from circuitkit.circuit.discovery import METHODS, discover, score_edges
+from circuitkit.circuit.discovery import DISCOVERY_METHODS, METHODS, discover, score_edges
 from circuitkit.zoo import reference_circuit
 
 
@@ -83,7 +83,6 @@ def _node_auc(scores, reference, by_abs: bool) -> float:
     return roc_auc(scores, reference, level="node", by_abs=by_abs)
 
 
-SIGNS = {"edge-pruning": "mib", "acdc": "mib"}  # higher = more needed; the estimators' needed edges are negative
 
 
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
@@ -112,7 +111,8 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
             raw = circuit.scores("edge")
         capped = cap_by_route(raw)
         # an estimate of m(ablated) - m(clean) is positive for needed edges when lower m is better (mse)
-        sign = SIGNS.get(method, "mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
+        own = DISCOVERY_METHODS[method].sign  # "mib": higher = more needed; the estimators' needed edges are negative
+        sign = own if own == "mib" else ("mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
         # ACDC's damage is signed (removal can help); ranking it by |damage| would reward that
         by_abs = method != "acdc"
         auc = roc_auc(capped, reference, level=ref_level, ignore=hidden, by_abs=by_abs)

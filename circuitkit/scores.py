@@ -80,6 +80,17 @@ n_negative        negative prompts
 d_sae             latents of the SAE
 baseline          the value an SAE feature graph's ablated nodes take: mean, corrupted or zero
 positions         an SAE feature graph's nodes: 'each' position or 'sum' over positions
+members           an ensemble's member methods
+member_scores     an ensemble's members' own scores, by member
+ig_steps          EAP-IG's steps where it ranks for another method
+warm_start        the method whose scores started edge pruning's gates
+objective         edge pruning's loss: 'metric' or 'kl'
+target_edges      edge pruning's final target of open gates
+batch_size        prompts per step
+anneal            share of the steps over which edge pruning's target falls
+price             edge pruning's final price of an open gate
+expected_kept     edge pruning's final expected number of open gates
+seed              the seed of a random choice
 """
 META_KEYS: dict[str, str] = dict(line.split(None, 1) for line in _META_TABLE.strip().splitlines())
 

@@ -77,6 +77,27 @@ def gate_mask(index, log_alpha: torch.Tensor, generator: torch.Generator | None 
     return mask.reshape(*lead, *index.shape)
 
 
+# How far below the top edge's starting logit a warm start puts the lowest-ranked edge's.
+WARM_START_SPREAD = 6.0
+
+
+def _initial_logits(index, warm_start: Scores | None) -> torch.Tensor:
+    """Every gate nearly always open (3.0), or a warm start's |score| ranking mapped linearly onto
+    ``3.0 .. 3.0 - WARM_START_SPREAD`` (ranks, not values: scale-free)."""
+    n_edges = len(index.edges)
+    if warm_start is None:
+        return torch.full((n_edges,), 3.0)
+    given = warm_start.as_dict()
+    missing = [e for e in index.edges if e not in given]
+    if missing:
+        raise InputError(f"warm_start scores lack {len(missing)} of the graph's edges (e.g. {missing[:3]}); give "
+                         "edge scores of this model, e.g. from eap_ig")
+    magnitude = torch.tensor([abs(float(given[e])) for e in index.edges], dtype=torch.float64)
+    rank = torch.empty(n_edges, dtype=torch.float64)
+    rank[magnitude.argsort(descending=True, stable=True)] = torch.arange(n_edges, dtype=torch.float64)
+    return (3.0 - WARM_START_SPREAD * rank / max(1, n_edges - 1)).float()
+
+
 def edge_pruning(
     model,
     task,
@@ -93,6 +114,7 @@ def edge_pruning(
     price_step: float = 1.05,
     objective: str = "metric",
     source: dict[str, Tensor] | None = None,
+    warm_start: Scores | None = None,
 ) -> Scores:
     """Learn which edges the model's behaviour on ``task`` needs; one score per edge of
     `graph_edges` in [0, 1], higher = more needed: the mean over
@@ -109,6 +131,9 @@ def edge_pruning(
     ``"metric"`` (the task metric's normalised squared change) or ``"kl"``. Deterministic for a
     ``seed``. Gradients go only to the gates, never to the model's weights. ``source``: the
     ablation source already computed for this task and ``ablation`` (``ablation_source``).
+    ``warm_start``: edge scores (e.g. EAP-IG's) whose |score| ranking sets the gates' starting
+    logits, from nearly always open (the top edge, as without a warm start) down to
+    `WARM_START_SPREAD` lower (the last); without it every gate starts nearly always open.
 
     Examples:
         >>> import circuitkit as ck
@@ -151,7 +176,7 @@ def edge_pruning(
                 raise InputError(f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
                                  f"({full:.4g}): the metric objective is undefined; pick another ablation or "
                                  "objective='kl'")
-    log_alpha = torch.full((n_edges,), 3.0, device=device, requires_grad=True)  # every gate nearly always open
+    log_alpha = _initial_logits(index, warm_start).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([log_alpha], lr=lr)
     price = float(sparsity)
     area = torch.zeros(n_edges, dtype=torch.float64)
@@ -184,5 +209,6 @@ def edge_pruning(
     return Scores(area / steps, list(index.edges), "edge-pruning", task.name,
                   task.metric_name if objective == "metric" else "kl",
                   meta=scores_meta(model, index, level="edge", ablation=ablation, objective=objective,
+                                   warm_start=None if warm_start is None else warm_start.method,
                                    target_edges=target, steps=steps, batch_size=batch_size, anneal=anneal,
                                    price=price, expected_kept=float(kept.sum()), seed=seed))

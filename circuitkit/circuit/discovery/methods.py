@@ -17,6 +17,7 @@ from typing import Any
 
 from circuitkit import attribution
 from circuitkit.circuit.discovery.acdc_search import acdc
+from circuitkit.circuit.discovery.ensembles import eap_ig_pruning, ensemble_mean
 from circuitkit.circuit.discovery.mask_learning import edge_pruning
 from circuitkit.errors import InputError
 
@@ -42,6 +43,9 @@ class DiscoveryMethod:
     params: Mapping[str, Any] = field(default_factory=dict)
     by_pos: bool = False
     prunes: bool = False
+    # how its scores rank: "circuitkit" (m(edge ablated) - m(clean): needed edges negative) or
+    # "mib" (higher = more needed, as edge pruning's open shares); faithfulness_curve's ``sign``
+    sign: str = "circuitkit"
 
     def describe(self) -> str:
         """``name: summary (param=default, ...)`` for help texts."""
@@ -53,7 +57,8 @@ DISCOVERY_METHODS: dict[str, DiscoveryMethod] = {}
 
 
 def register(name: str, function: Callable, summary: str, *, params: tuple[str, ...],
-             defaults: Mapping[str, Any] | None = None, by_pos: bool = False, prunes: bool = False) -> DiscoveryMethod:
+             defaults: Mapping[str, Any] | None = None, by_pos: bool = False, prunes: bool = False,
+             sign: str = "circuitkit") -> DiscoveryMethod:
     """Add a method to `DISCOVERY_METHODS`: ``params`` are the keyword arguments of
     ``function`` a user may set; their defaults are the function's own unless ``defaults`` says
     otherwise (the value ``discover`` has always used)."""
@@ -65,7 +70,7 @@ def register(name: str, function: Callable, summary: str, *, params: tuple[str, 
     values = {p: defaults.pop(p) if p in defaults else signature[p].default for p in params}
     if defaults:
         raise InputError(f"{name}: defaults {sorted(defaults)} are not among its params {params}")
-    method = DiscoveryMethod(name, function, summary, values, by_pos, prunes)
+    method = DiscoveryMethod(name, function, summary, values, by_pos, prunes, sign)
     DISCOVERY_METHODS[name] = method
     return method
 
@@ -112,6 +117,11 @@ register("eap", attribution.eap, "edge attribution patching, one forward + backw
 register("exact", attribution.exact_edge_patching, "each edge ablated alone, exactly",
          params=("batch_size", "max_memory"), by_pos=True)
 register("edge-pruning", edge_pruning, "a learned edge mask (Bhaskar et al. 2024)",
-         params=("steps", "lr", "sparsity", "batch_size", "anneal", "price_step", "objective", "target_edges", "seed"))
+         params=("steps", "lr", "sparsity", "batch_size", "anneal", "price_step", "objective", "target_edges", "seed"),
+         sign="mib")
 register("acdc", acdc, "greedy pruning from the logits back (Conmy et al. 2023); --threshold is its tau",
-         params=("metric", "seed"), prunes=True)
+         params=("metric", "seed"), prunes=True, sign="mib")
+register("ensemble-mean", ensemble_mean, "mean of EAP, EAP-IG-inputs and EAP-IG-activations, each scaled to max |score| 1 "
+         "(MIB shared task's parallel ensemble)", params=("members", "steps"), by_pos=False)
+register("eap-ig-pruning", eap_ig_pruning, "edge pruning warm-started from EAP-IG's ranking (MIB shared task's "
+         "sequential ensemble)", params=("ig_steps", "steps", "lr", "sparsity", "batch_size", "seed"), sign="mib")
