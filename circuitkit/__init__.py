@@ -43,6 +43,7 @@ _EXPORTS = {
     "eap": "circuitkit.attribution",
     "eap_ig": "circuitkit.attribution",
     "exact_edge_patching": "circuitkit.attribution",
+    "relp": "circuitkit.attribution",
     "Circuit": "circuitkit.circuit",
     "acdc": "circuitkit.circuit",
     "cap_by_route": "circuitkit.circuit",

@@ -91,6 +91,7 @@ anneal            share of the steps over which edge pruning's target falls
 price             edge pruning's final price of an open gate
 expected_kept     edge pruning's final expected number of open gates
 seed              the seed of a random choice
+rules             the LRP rules RelP's backward pass follows
 """
 META_KEYS: dict[str, str] = dict(line.split(None, 1) for line in _META_TABLE.strip().splitlines())
 
