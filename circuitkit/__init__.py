@@ -48,6 +48,7 @@ _EXPORTS = {
     "acdc": "circuitkit.circuit",
     "cap_by_route": "circuitkit.circuit",
     "completeness": "circuitkit.circuit",
+    "circuit_stability": "circuitkit.circuit",
     "discover": "circuitkit.circuit",
     "edge_pruning": "circuitkit.circuit",
     "evaluate": "circuitkit.circuit",

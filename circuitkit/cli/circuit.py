@@ -8,6 +8,7 @@ from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
     check_out_folder,
+    finite_float,
     model_from_args,
     task_from_args,
 )
@@ -36,8 +37,8 @@ def register(sub) -> None:
                            "VALUE is read as YAML: --method-arg steps=500 --method-arg lr=0.05")
     prune = disc.add_mutually_exclusive_group()
     prune.add_argument("--top-k", type=int, default=None, help="keep this many edges (by |score|)")
-    prune.add_argument("--threshold", type=float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
-    disc.add_argument("--faithfulness", type=float, default=0.9,
+    prune.add_argument("--threshold", type=finite_float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
+    disc.add_argument("--faithfulness", type=finite_float, default=0.9,
                       help="faithfulness the circuit must reach when neither --top-k nor --threshold (formerly --target)")
     disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
@@ -56,6 +57,9 @@ def register(sub) -> None:
     disc.add_argument("--by-pos", action="store_true",
                       help="a position-resolved circuit: edges between (node, position) pairs, e.g. "
                            "a0.h0@3->a1.h0@3<k>, drawn token by token (eap-ig, eap, exact)")
+    disc.add_argument("--stability", type=int, default=None, metavar="N",
+                      help="also score the edges N times on random halves of the prompts and print how much the "
+                           "top edges (Jaccard) and the ranking (Spearman) agree between runs")
     disc.add_argument("--out", required=True, help="circuit file (.json node-link, .graphml, .gexf)")
     disc.add_argument("--html", default=None, help="also write a standalone HTML rendering")
     disc.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
@@ -86,12 +90,13 @@ def register(sub) -> None:
 
 def _cmd_discover(args) -> int:
     from circuitkit.circuit.discovery import discover
-    from circuitkit.circuit.io import save_circuit
+    from circuitkit.circuit.io import check_circuit_path, save_circuit
     from circuitkit.cli.common import parse_key_values
     from circuitkit.viz import circuit_html
 
     out = Path(args.out)
     check_out_folder(out, args.html)
+    check_circuit_path(out)  # a suffix that names no format is refused before the model loads
     method_args = parse_key_values(args.method_args, "--method-arg", "steps=500")
     model = model_from_args(args)
     task = task_from_args(args, model)
@@ -107,6 +112,15 @@ def _cmd_discover(args) -> int:
     print(f"{args.method} circuit on {task.name}: {size}; "
           f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
           f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
+    if args.stability is not None:
+        from circuitkit.circuit.stability import circuit_stability
+
+        table = circuit_stability(model, task, args.method, n_runs=args.stability, ablation=args.ablation,
+                                  method_args={**method_args, **({"steps": args.steps} if args.steps else {})},
+                                  progress=not args.no_progress)
+        a = table.attrs
+        print(f"stability over {a['n_runs']} runs on {a['n_prompts']} of {len(task)} prompts each: top-{a['k']} "
+              f"edges Jaccard {a['jaccard_mean']:.3f}, score Spearman {a['spearman_mean']:.3f} (mean over pairs)")
     chosen = min(args.top_k, len(circuit.all_edges)) if args.top_k is not None else 0
     if args.level == "edges" and len(circuit.edges) < chosen:
         print(f"note: of the top {chosen} edges, {chosen - len(circuit.edges)} lie on no input -> logits path "
@@ -115,8 +129,10 @@ def _cmd_discover(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from circuitkit.circuit.io import convert
+    from circuitkit.circuit.io import check_circuit_path, convert
 
+    check_out_folder(args.out, inputs=[args.circuit])
+    check_circuit_path(args.out, args.to)
     mib_options = {"sign": args.sign, "scores": args.scores, "dangling": args.dangling, "d_model": args.d_model}
     given = {key: value for key, value in mib_options.items() if value is not None}
     if given and args.to != "mib":
