@@ -209,7 +209,7 @@ class Circuit:
     @property
     def edges(self) -> list[str]:
         """In-graph edge ids (sorted by child, then parent, in computation order)."""
-        return self._sort_edges(k for _, _, k, d in self.graph.edges(keys=True, data=True) if d["in_graph"])
+        return self._sort_edges((u, v, k, d) for u, v, k, d in self.graph.edges(keys=True, data=True) if d["in_graph"])
 
     @property
     def all_nodes(self) -> list[str]:
@@ -217,14 +217,20 @@ class Circuit:
 
     @property
     def all_edges(self) -> list[str]:
-        return self._sort_edges(k for _, _, k in self.graph.edges(keys=True))
+        return self._sort_edges(self.graph.edges(keys=True, data=True))
 
-    def _sort_edges(self, edge_ids: Iterable[str]) -> list[str]:
-        def key(edge_id: str):
-            e = names.parse_edge(edge_id)
-            return (names.parse_node(e.child).sort_key(self.n_layers), names.parse_node(e.parent).sort_key(self.n_layers),
-                    names.QKV.index(e.qkv) if e.qkv else -1, edge_id)
-        return sorted(edge_ids, key=key)
+    def _sort_edges(self, edges: Iterable[tuple[str, str, str, dict]]) -> list[str]:
+        """Edge ids of ``(parent, child, id, data)`` in computation order: by child, parent, q / k /
+        v, id. Node keys are computed once per node (a graph has far fewer nodes than edges)."""
+        n_layers, node_key = self.n_layers, {}
+
+        def of(node: str):
+            if node not in node_key:
+                node_key[node] = names.parse_node(node).sort_key(n_layers)
+            return node_key[node]
+
+        qkv_rank = {None: -1, **{q: i for i, q in enumerate(names.QKV)}}
+        return [k for *_, k in sorted((of(v), of(u), qkv_rank[d.get("qkv")], k) for u, v, k, d in edges)]
 
     def edge_data(self, edge_id: str) -> dict[str, Any]:
         e = names.parse_edge(edge_id)
@@ -262,7 +268,9 @@ class Circuit:
     def copy(self) -> Circuit:
         graph = self.graph.copy()
         graph.graph["meta"] = dict(self.graph.graph.get("meta") or {})
-        return Circuit(graph)
+        out = Circuit.__new__(Circuit)  # a copy of a valid circuit is valid: no second validation
+        out.graph = graph
+        return out
 
     def __len__(self) -> int:
         return len(self.edges) if self.level == "edge" else len(self.nodes)
