@@ -9,6 +9,8 @@ from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
     check_out_folder,
+    finite_float,
+    int_at_least,
     model_from_args,
     task_from_args,
     write_figure,
@@ -42,19 +44,40 @@ def register(sub) -> None:
     ret.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=None,
                      help="start prompts with the tokenizer's BOS token (default: yes); --no-prepend-bos for "
                           "BOS-less tokenizers")
-    ret.add_argument("--lengths", type=int, nargs="+", default=[64], help="context lengths in tokens")
-    ret.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
+    ret.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[64], help="context lengths in tokens")
+    ret.add_argument("--depths", type=finite_float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
     ret.add_argument("--values", nargs="+", default=None,
                      help="needle values (default: a zoo model's card, else the builder's)")
     ret.add_argument("--needle-template", default=None, help="needle sentence with {VALUE}")
     ret.add_argument("--question", default=None, help="question that ends right before the value")
     ret.add_argument("--haystack", type=Path, default=None, help="text file with the haystack (default: bundled)")
-    ret.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold")
-    ret.add_argument("--min-recall", type=float, default=0.5, help="keep trials with ROUGE-1 recall above this")
+    ret.add_argument("--threshold", type=finite_float, default=0.1, help="retrieval-head threshold")
+    ret.add_argument("--min-recall", type=finite_float, default=0.5, help="keep trials with ROUGE-1 recall above this")
     ret.add_argument("--causal", type=int, default=0, metavar="K",
                      help="also ablate the top-K heads vs K random non-retrieval heads and print the table")
     ret.add_argument("--n-random", type=int, default=5, help="random draws for --causal")
     ret.set_defaults(func=_cmd_retrieval)
+
+    grid = hsub.add_parser(
+        "needle-grid", help="needle accuracy by length and depth with a compressed KV cache",
+        description="Find the needle at each context length and depth with the full KV cache and with "
+                    "RazorAttention's cache (the kept heads full, every other head its first --sink tokens and "
+                    "last --window), and print what each finds and how much of the cache it keeps.")
+    add_model_argument(grid)
+    grid.add_argument("--keep", default="retrieval",
+                      help="heads that keep the full cache: 'retrieval' (those whose retrieval score on the same "
+                           "needle prompts exceeds --threshold) or head ids, comma-separated (a1.h0,a1.h2)")
+    grid.add_argument("--threshold", type=finite_float, default=0.1, help="retrieval-head threshold for --keep retrieval")
+    grid.add_argument("--sink", type=int_at_least(0), default=4, help="first tokens every streamed head keeps")
+    grid.add_argument("--window", type=int_at_least(1), default=64, help="recent tokens every streamed head keeps")
+    grid.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[64, 128, 256], help="context lengths")
+    grid.add_argument("--depths", type=finite_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                      help="needle depths in [0, 1]")
+    grid.add_argument("--out", type=Path, default=None, help="write the table as CSV (or .parquet)")
+    grid.add_argument("--html", type=Path, default=None, help="write the accuracy heatmaps as HTML")
+    grid.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    grid.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    grid.set_defaults(func=_cmd_needle_grid)
 
     score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
                             description="Score every head for one attention signature on repeated random tokens.")
@@ -74,15 +97,16 @@ def _common(parser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write scores as CSV (or .parquet)")
     parser.add_argument("--html", type=Path, default=None, help="write a layer x head heatmap as HTML")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
-    parser.add_argument("--top", type=int, default=10, help="print the top-N heads")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16, help="prompts per forward pass")
+    parser.add_argument("--top", type=int_at_least(0), default=10, help="print the top-N heads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _cmd_retrieval(args) -> int:
     from circuitkit.heads.causal import retrieval_causal_check
     from circuitkit.heads.retrieval import retrieval_scores
-    from circuitkit.tasks.builders import needle
+    from circuitkit.tasks.builders import build_task
+    from circuitkit.tokenizers import read_text_file
 
     check_out_folder(args.out, args.html)
     params = _zoo_needle_params(args.model)
@@ -92,7 +116,7 @@ def _cmd_retrieval(args) -> int:
     if args.haystack is not None:
         if not args.haystack.is_file():
             raise MissingFileError(f"no haystack file at {args.haystack}; pass a text file")
-        params["haystack"] = args.haystack.read_text()
+        params["haystack"] = read_text_file(args.haystack)  # a binary file is refused, naming it
     model = model_from_args(args)
     if args.task is not None:
         task = task_from_args(args, model)
@@ -105,7 +129,8 @@ def _cmd_retrieval(args) -> int:
         for key in ("context_lengths", "depths", "metric"):
             if key in params:
                 raise InputError(f"--task-arg {key!r}: set by this command (--lengths / --depths; metric accuracy); drop it")
-        task = needle(model, context_lengths=args.lengths, depths=args.depths, metric="accuracy", **params)
+        task = build_task("needle", model, context_lengths=args.lengths, depths=args.depths, metric="accuracy",
+                          **params)  # each parameter checked against the builder's types first
     scores = retrieval_scores(model, task, batch_size=args.batch_size, threshold=args.threshold,
                               min_recall=args.min_recall, progress=not args.no_progress)
     print(f"kept {scores.meta['n_kept']} of {len(task)} trials; retrieval heads (> {args.threshold}): "
@@ -117,6 +142,40 @@ def _cmd_retrieval(args) -> int:
                                        batch_size=args.batch_size, progress=not args.no_progress)
         print(check.to_frame().to_string(index=False))
         print(check.summary())
+    return 0
+
+
+def _cmd_needle_grid(args) -> int:
+    import pandas as pd
+
+    from circuitkit.heads.kv import KVPolicy, needle_grid
+    from circuitkit.heads.retrieval import retrieval_heads, retrieval_scores
+    from circuitkit.tasks.builders import needle
+
+    check_out_folder(args.out, args.html)
+    params = {k: v for k, v in _zoo_needle_params(args.model).items()
+              if k in ("values", "haystack", "needle_template", "question")}
+    model = model_from_args(args)
+    if args.keep == "retrieval":
+        probe = needle(model, context_lengths=args.lengths, depths=args.depths, **params)
+        keep = retrieval_heads(retrieval_scores(model, probe, progress=not args.no_progress), args.threshold)
+        print(f"retrieval heads (> {args.threshold}): {keep or 'none'}")
+    else:
+        keep = [h.strip() for h in args.keep.split(",") if h.strip()]
+    policy = KVPolicy.razor(model, keep, args.sink, args.window)
+    table = pd.concat([needle_grid(model, None, args.lengths, args.depths, **params).assign(policy="full cache"),
+                       needle_grid(model, policy, args.lengths, args.depths, **params).assign(policy="razor")])
+    print(table.pivot_table(index=["context_length", "depth"], columns="policy", values="accuracy").to_string())
+    for name, part in table.groupby("policy", sort=False):
+        print(f"{name}: accuracy {part.accuracy.mean():.3f}, KV cache kept {part.kv_kept.mean():.1%} "
+              f"({len(keep)} heads full, others sink {args.sink} + window {args.window})"
+              if name == "razor" else f"{name}: accuracy {part.accuracy.mean():.3f}")
+    if args.out is not None:
+        print(f"wrote {write_table(args.out, table)}")
+    if args.html is not None:
+        from circuitkit.viz.heads import needle_grid_figure
+
+        print(f"wrote {write_figure(args.html, needle_grid_figure(table, f'needle grid of {args.model}'))}")
     return 0
 
 

@@ -29,3 +29,27 @@ def head_heatmap(scores: Scores, title: str | None = None, colorscale: str = "Vi
         xaxis={"title": "head", "dtick": 1}, yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
     )
     return fig
+
+
+def needle_grid_figure(table, title: str | None = None) -> go.Figure:
+    """Needle accuracy by context length (x) and depth (y) from `circuitkit.heads.kv.needle_grid`'s
+    table, one panel per ``policy`` when the table has that column; the KV share each keeps in
+    its panel's title."""
+    from plotly.subplots import make_subplots
+
+    policies = list(dict.fromkeys(table["policy"])) if "policy" in table else [None]
+    fig = make_subplots(rows=1, cols=len(policies), shared_yaxes=True, subplot_titles=[
+        f"{p or 'policy'}: KV kept {table[table.policy == p].kv_kept.mean() if p else table.kv_kept.mean():.0%}"
+        for p in policies])
+    for i, policy in enumerate(policies, start=1):
+        part = table if policy is None else table[table.policy == policy]
+        grid = part.pivot(index="depth", columns="context_length", values="accuracy")
+        fig.add_trace(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=[f"{d:g}" for d in grid.index],
+                                 zmin=0, zmax=1, colorscale="Viridis", showscale=i == len(policies),
+                                 colorbar={"title": "accuracy"},
+                                 hovertemplate="length %{x}, depth %{y}: accuracy %{z:.2f}<extra></extra>"),
+                      row=1, col=i)
+        fig.update_xaxes(title_text="context length (tokens)", row=1, col=i)
+    fig.update_yaxes(title_text="needle depth", row=1, col=1)
+    fig.update_layout(title=title or "needle in a haystack", template="plotly_white", height=420)
+    return fig

@@ -65,3 +65,18 @@ def test_causal_check_explains_its_gap_and_says_when_draws_repeat(capsys):
     assert "gap" not in header  # no unexplained constant column
     line = next(row for row in out.splitlines() if row.startswith("gap "))
     assert "= random-mean accuracy" in line and "- top-1 accuracy" in line and "so some repeat" in line
+
+
+def test_needle_grid_compares_the_full_and_the_razor_cache(tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "grid.csv"
+    assert main(["heads", "needle-grid", "zoo:retrieval-handbuilt", "--lengths", "128", "--depths", "0", "0.5",
+                 "--window", "16", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "retrieval heads (> 0.1): ['a1.h0']" in text and "razor: accuracy 1.000, KV cache kept 26.2%" in text
+    table = pd.read_csv(out)
+    assert set(table.policy) == {"full cache", "razor"} and (table.accuracy == 1).all()
+    assert main(["heads", "needle-grid", "zoo:retrieval-handbuilt", "--keep", "a0.h1", "--lengths", "128",
+                 "--depths", "0", "--window", "16", "--no-progress"]) == 0
+    assert "razor: accuracy 0.000" in capsys.readouterr().out

@@ -16,6 +16,8 @@ COMMANDS = {
     "discover": ["discover", "zoo:induction-handbuilt", "--method", "eap", "--top-k", "5", "--out", "{tmp}/c.json"],
     "heads retrieval": ["heads", "retrieval", "zoo:retrieval-handbuilt"],
     "heads score": ["heads", "score", "zoo:induction-handbuilt", "--kind", "induction"],
+    "heads needle-grid": ["heads", "needle-grid", "zoo:retrieval-handbuilt", "--keep", "a1.h0", "--lengths", "128",
+                          "--depths", "0", "1", "--window", "16"],
     "sae circuit": ["sae", "circuit", "zoo:induction-handbuilt", str(SAES / "blocks.1.hook_resid_pre"),
                     "--n-prompts", "4", "--steps", "2", "--top", "8"],
 }
