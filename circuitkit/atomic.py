@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from circuitkit.errors import MissingFileError
+from circuitkit.errors import InputError, MissingFileError
 
 
 def _parent(path: Path, make_parents: bool) -> None:
@@ -65,6 +65,8 @@ def folder_written(final: str | os.PathLike) -> Iterator[Path]:
     """A fresh folder beside ``final`` to fill; when the block ends without an error it replaces
     ``final`` in one rename (`replace_dir`), and in any case nothing unfinished is left."""
     final = Path(final)
+    if final.exists() and not final.is_dir():  # replace_dir would put the folder where a file was
+        raise InputError(f"{final} is a file, not a folder; give a folder path (nothing was written)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:

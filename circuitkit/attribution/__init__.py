@@ -9,7 +9,7 @@
 from circuitkit.attribution.edge import eap, eap_ig
 from circuitkit.attribution.exact import exact_edge_patching
 from circuitkit.attribution.node import ATTRIBUTION_TARGETS, attribution_patching
-from circuitkit.attribution.relp import RELP_RULES, relp, relp_rules
+from circuitkit.attribution.relevance import RELP_RULES, relp, relp_rules
 
 __all__ = ["ATTRIBUTION_TARGETS", "RELP_RULES", "attribution_patching", "eap", "eap_ig", "exact_edge_patching", "relp",
            "relp_rules"]

@@ -4,6 +4,8 @@ and figures (through `circuitkit.atomic`, so nothing is left half-written)."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 from circuitkit.atomic import write_with
@@ -61,8 +63,8 @@ def parse_task_args(pairs: list[str]) -> dict:
 
 def parse_key_values(pairs: list[str], option: str, example: str) -> dict:
     """``["k=v", ...]`` -> ``{k: yaml.safe_load(v)}``; ``ValueError`` naming ``option`` and a
-    malformed pair."""
-    import yaml
+    malformed pair (or a value that contains itself: ``&a [*a]``)."""
+    from circuitkit.tasks.files import load_yaml
 
     params: dict = {}
     for pair in pairs:
@@ -72,10 +74,7 @@ def parse_key_values(pairs: list[str], option: str, example: str) -> dict:
             raise InputError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} {example}")
         if key in params:
             raise InputError(f"{option} {key!r} is given twice; give each parameter once")
-        try:
-            params[key] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError as exc:
-            raise InputError(f"{option} {pair!r}: the value is not valid YAML ({exc}); quote it") from None
+        params[key] = load_yaml(value, f"{option} {pair!r} (quote a string value)") if value.strip() else ""
     return params
 
 
@@ -139,11 +138,70 @@ def resolve_task(model_spec: str, model, task_name: str | None, *, default: str 
     return build_task(name, model, **params)
 
 
-def check_out_folder(*paths: str | Path | None) -> None:
-    """``FileNotFoundError`` before any work when an output's folder does not exist."""
+def finite_float(text: str) -> float:
+    """argparse ``type=`` of every float option: a number that is not NaN or infinite (``float``
+    accepts 'nan' and 'inf', which no threshold, rate or coefficient can be)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(minimum: int):
+    """argparse ``type=`` for a count: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def check_out_folder(*paths: str | Path | None, make_parents: bool = False, inputs=()) -> None:
+    """Before any work, for each output file: its folder exists (with ``make_parents``: can be
+    made) and is writable, and the path is neither an existing folder nor one of ``inputs``."""
     for path in paths:
-        if path is not None and not Path(path).parent.is_dir():
-            raise MissingFileError(f"output folder {Path(path).parent} does not exist; create it first")
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"output {path} is a folder; give the path of a file to write, not a folder")
+        for source in inputs:
+            if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+                raise InputError(f"output {path} is the input file {source}; write to another file")
+        _check_writable(path.parent, path, make_parents)
+
+
+def check_out_dir(path: str | Path | None) -> None:
+    """Before any work, for an output folder (made if missing): it is not a file, and it (or the
+    nearest folder above it) is writable."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} is a file; give a folder path (the output is a folder of files)")
+    _check_writable(path if path.exists() else path.parent, path, make_parents=True)
+
+
+def _check_writable(folder: Path, path: Path, make_parents: bool) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write {path}: {existing} is a file, not a folder; choose an output inside a folder")
+    if existing != folder and not make_parents:
+        raise MissingFileError(f"output folder {folder} does not exist; create it first")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {existing} is not writable; choose another folder")
 
 
 def write_table(path: str | Path, frame, make_parents: bool = False) -> Path:

@@ -7,6 +7,8 @@ from pathlib import Path
 from circuitkit.cli.common import (
     add_model_argument,
     add_task_arguments,
+    check_out_folder,
+    int_at_least,
     model_from_args,
     task_from_args,
     write_figure,
@@ -34,7 +36,7 @@ def register(sub) -> None:
     patch.add_argument("--by-pos", action="store_true", help="one patch per position")
     patch.add_argument("--direction", default="denoise", choices=list(DIRECTIONS),
                        help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run")
-    patch.add_argument("--batch-size", type=int, default=None, help="rows per forward pass (default: sized to memory)")
+    patch.add_argument("--batch-size", type=int_at_least(1), default=None, help="rows per forward pass (default: sized to memory)")
     patch.add_argument("--out", required=True, help="scores table: .csv or .parquet")
     patch.add_argument("--html", default=None, help="write a Plotly heatmap to this HTML file")
     patch.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
@@ -50,6 +52,7 @@ def _cmd_patch(args) -> int:
         raise InputError(f"--html must end in .html, got {args.html!r}")
     if args.n_prompts is not None and args.n_prompts < 1:
         raise InputError(f"--n-prompts must be at least 1, got {args.n_prompts}")
+    check_out_folder(out, args.html, make_parents=True)  # missing folders are made; a file or read-only one is refused
     from circuitkit.patching.activation import activation_patching
     from circuitkit.viz.patching import patching_heatmap
 

@@ -8,7 +8,10 @@ from circuitkit.cli.common import (
     add_backend_argument,
     add_model_argument,
     add_task_arguments,
+    check_out_dir,
     check_out_folder,
+    finite_float,
+    int_at_least,
     model_from_args,
     write_html,
 )
@@ -42,16 +45,16 @@ def register(sub) -> None:
     train.add_argument("--text", default=None, help="local UTF-8 text file to train on (default: Python docstrings)")
     train.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES,
                        help="SAE architecture (trained by SAELens's own class for it)")
-    train.add_argument("--d-sae", type=int, default=None, help="latents (default 8 * width)")
+    train.add_argument("--d-sae", type=int_at_least(1), default=None, help="latents (default 8 * width)")
     defaults = SAETrainConfig()
-    train.add_argument("--l1", type=float, default=defaults.l1_coefficient, help="L1 coefficient (standard)")
+    train.add_argument("--l1", type=finite_float, default=defaults.l1_coefficient, help="L1 coefficient (standard)")
     train.add_argument("--k", type=int, default=defaults.k, help="active latents (topk)")
-    train.add_argument("--l0", type=float, default=defaults.l0_coefficient, help="L0 coefficient (jumprelu)")
+    train.add_argument("--l0", type=finite_float, default=defaults.l0_coefficient, help="L0 coefficient (jumprelu)")
     train.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     train.add_argument("--batch-tokens", type=int, default=defaults.batch_size_tokens,
                        help="activations (tokens) per training step (formerly --batch)")
-    train.add_argument("--context", type=int, default=defaults.context_size, help="tokens per context window")
-    train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    train.add_argument("--context", type=int_at_least(1), default=defaults.context_size, help="tokens per context window")
+    train.add_argument("--lr", type=finite_float, default=defaults.lr, help="learning rate")
     train.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_cmd_train)
@@ -88,9 +91,9 @@ def register(sub) -> None:
                       help="the value an ablated node takes (mean: over the clean prompts at each position)")
     circ.add_argument("--positions", default="each", choices=POSITIONS,
                       help="one node per position, or summed over positions")
-    circ.add_argument("--node-threshold", type=float, default=1e-3, help="|estimate| a candidate node needs")
-    circ.add_argument("--max-nodes", type=int, default=None, help="at most this many candidate features per site")
-    circ.add_argument("--top", type=int, default=50, help="feature / error nodes kept in the circuit")
+    circ.add_argument("--node-threshold", type=finite_float, default=1e-3, help="|estimate| a candidate node needs")
+    circ.add_argument("--max-nodes", type=int_at_least(1), default=None, help="at most this many candidate features per site")
+    circ.add_argument("--top", type=int_at_least(1), default=50, help="feature / error nodes kept in the circuit")
     circ.add_argument("--errors", default="circuit", choices=ERROR_MODES,
                       help="error nodes in evaluation: as the circuit says, all kept, or all ablated")
     circ.add_argument("--out", default=None, help="save the pruned circuit (.json node-link, .graphml, ...)")
@@ -98,7 +101,7 @@ def register(sub) -> None:
                       "feature shows its card: top activations and the tokens it promotes / suppresses")
     circ.add_argument("--card-text", default=None, help="UTF-8 text file the cards' top activations are searched in "
                       "(64-token windows; default: the task's clean prompts)")
-    circ.add_argument("--card-examples", type=int, default=3, help="top activations per card (default 3)")
+    circ.add_argument("--card-examples", type=int_at_least(1), default=3, help="top activations per card (default 3)")
     circ.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     circ.set_defaults(func=_cmd_circuit)
 
@@ -111,8 +114,16 @@ def _saved_sae_arguments(parser, use: str, feature: bool = False) -> None:
     if feature:
         parser.add_argument("feature", type=int, help="the feature (latent) index")
     parser.add_argument("--text", default=None, help=f"UTF-8 text file to {use} (default: held-out Python docstrings)")
-    parser.add_argument("--n-prompts", type=int, default=128, help="number of context windows (formerly --prompts)")
-    parser.add_argument("--context", type=int, default=64, help="tokens per context window")
+    parser.add_argument("--n-prompts", type=int_at_least(1), default=128, help="number of context windows (formerly --prompts)")
+    parser.add_argument("--context", type=int_at_least(1), default=64, help="tokens per context window")
+
+
+def _check_context(model, context: int) -> None:
+    """Before any text is tokenized: a context window the model cannot run fails inside torch."""
+    n_ctx = model.cfg.n_ctx
+    if context > n_ctx:
+        raise InputError(f"--context {context} is longer than the model's n_ctx={n_ctx}; pass --context {n_ctx} "
+                         "or less")
 
 
 def _eval_tokens(model, text_path, n_prompts: int, context: int):
@@ -120,6 +131,7 @@ def _eval_tokens(model, text_path, n_prompts: int, context: int):
     from circuitkit.sae.train import text_to_tokens
     from circuitkit.tokenizers import python_docs_corpus, read_text_file
 
+    _check_context(model, context)
     if text_path is not None:
         text = read_text_file(text_path)
     else:
@@ -136,7 +148,9 @@ def _cmd_train(args) -> int:
 
     if args.text is not None:
         read_text_file(args.text)  # a binary or missing file is refused before the model loads
+    check_out_dir(args.out)  # a file there, or a read-only folder, is refused before training
     model = model_from_args(args, device="cpu")
+    _check_context(model, args.context)
     start = time.perf_counter()
     config = SAETrainConfig(l1_coefficient=args.l1, k=args.k, l0_coefficient=args.l0, steps=args.steps,
                             batch_size_tokens=args.batch_tokens, context_size=args.context, lr=args.lr, seed=args.seed)
@@ -166,6 +180,7 @@ def _cmd_card(args) -> int:
     from circuitkit.sae.features import feature_card
     from circuitkit.sae.train import load_sae
 
+    check_out_folder(args.html)
     model = model_from_args(args, device="cpu")
     sae = load_sae(args.sae_dir)
     card = feature_card(model, sae, args.feature, _eval_tokens(model, args.text, args.n_prompts, args.context))
@@ -198,6 +213,10 @@ def _cmd_circuit(args) -> int:
     from circuitkit.viz import circuit_figure
 
     check_out_folder(args.out, args.html)
+    if args.out:
+        from circuitkit.circuit.io import check_circuit_path
+
+        check_circuit_path(args.out)
     card_text = None
     if args.card_text is not None:
         if not args.html:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from circuitkit.errors import InputError, RunError
+from circuitkit.errors import InputError, RunError, UnknownNameError
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 from circuitkit.models import backend as backend_module
-from circuitkit.models.zoo_store import load_zoo_model
+from circuitkit.models.zoo_store import load_zoo_model, zoo_card
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ class ModelSpec:
     @property
     def zoo_name(self) -> str | None:
         return self.name if self.kind == "zoo" else None
+
+
+def zoo_sae_folder(spec: str) -> Path:
+    """The folder of ``zoo:NAME/HOOK`` (a shipped SAE); ``UnknownNameError`` listing the hooks that
+    have one."""
+    name, _, hook = spec.removeprefix(ZOO_PREFIX).partition("/")
+    card = zoo_card(name)
+    saes = card.saes
+    if hook not in saes:
+        have = ", ".join(f"{ZOO_PREFIX}{name}/{h}" for h in saes) or "none"
+        raise UnknownNameError(f"zoo model {name!r} ships no SAE for {hook or '(no hook given)'!r}; it ships: {have}")
+    return saes[hook]
 
 
 def parse_spec(spec: str | os.PathLike) -> ModelSpec:

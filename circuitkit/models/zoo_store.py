@@ -40,18 +40,6 @@ BUNDLED_ZOO = Path(str(resources.files("circuitkit.data") / "zoo"))
 ZOO_SAE_DIR = "saes"  # where a zoo model's folder keeps the SAEs it ships with
 
 
-def zoo_sae_folder(spec: str) -> Path:
-    """The folder of ``zoo:NAME/HOOK`` (a shipped SAE); ``UnknownNameError`` listing the hooks that
-    have one."""
-    name, _, hook = spec.removeprefix("zoo:").partition("/")
-    card = zoo_card(name)
-    saes = card.saes
-    if hook not in saes:
-        have = ", ".join(f"zoo:{name}/{h}" for h in saes) or "none"
-        raise UnknownNameError(f"zoo model {name!r} ships no SAE for {hook or '(no hook given)'!r}; it ships: {have}")
-    return saes[hook]
-
-
 def user_zoo_dir() -> Path:
     """Where ``zoo train`` writes by default: ``$CIRCUITKIT_HOME/zoo``, else the user's data folder
     (``$XDG_DATA_HOME/circuitkit/zoo``, ``~/.local/share/circuitkit/zoo``); never the installed package."""

@@ -29,8 +29,7 @@ from torch import Tensor
 from circuitkit import names
 from circuitkit.atomic import folder_written
 from circuitkit.errors import InputError, InputTypeError, MissingFileError, RunError
-from circuitkit.models.loading import load_model
-from circuitkit.models.zoo_store import zoo_sae_folder
+from circuitkit.models.loading import ZOO_PREFIX, load_model, zoo_sae_folder
 from circuitkit.sae.features import check_hook, hook_width
 from circuitkit.tokenizers import check_token_ids, python_docs_corpus, read_text_file
 
@@ -263,7 +262,7 @@ def load_sae(path: str | os.PathLike, device: str = "cpu"):
     from sae_lens import SAE
     from safetensors import safe_open
 
-    if isinstance(path, str) and path.startswith("zoo:"):
+    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
         path = zoo_sae_folder(path)
     path = Path(path)
     if not path.is_dir():

@@ -94,10 +94,11 @@ class _Prompt:
 
 def _finish(name: str, prompts: list[_Prompt], tok, requested: int, metric: str, meta: dict) -> Task:
     kept = len(prompts)
+    fix = meta.pop("fix", "pass words that tokenize to one token each")
     if kept == 0:
         raise InputError(
             f"{name}: none of the {requested} prompts could be built with this tokenizer "
-            f"({meta.get('why_dropped', 'words are not single tokens')}); pass words that tokenize to one token each"
+            f"({meta.get('why_dropped', 'words are not single tokens')}); {fix}"
         )
     if kept < requested:
         log.info("%s: kept %d of %d prompts (%s)", name, kept, requested, meta.get("why_dropped", "not single tokens"))
@@ -232,6 +233,10 @@ def induction(
     tok = tokenizer_of(model_or_tokenizer)
     check_n_prompts("induction", n_prompts, tok, 2 * seq_len)
     pool = list(token_ids) if token_ids is not None else ordinary_token_ids(tok)
+    outside = [t for t in pool if not 0 <= t < len(tok)]
+    if outside:
+        raise InputError(f"induction: token_ids {outside[:5]} are outside the tokenizer's vocabulary of {len(tok)} "
+                         f"(ids 0..{len(tok) - 1}); pass ids of this model's tokens")
     if len(pool) < 2 * seq_len + 1:
         raise InputError(f"induction: need at least {2 * seq_len + 1} distinct tokens to sample from, got {len(pool)}")
     if seq_len < 2:
@@ -435,7 +440,9 @@ def needle(
     requested = len(context_lengths) * len(depths) * len(values)
     task = _finish("needle", prompts, tok, requested, metric,
                    {"context_lengths": list(context_lengths), "depths": list(depths),
-                    "why_dropped": "the haystack is too short or values tokenize to different lengths"})
+                    "why_dropped": "the haystack is too short or values tokenize to different lengths",
+                    "fix": "use a model whose tokenizer covers the haystack, needle and question (e.g. "
+                           "zoo:retrieval-handbuilt), shorter context lengths, or values that tokenize alike"})
     task.meta["answer_tokens"] = spans
     task.meta["per_prompt"] = ["answer_tokens"]
     return task
@@ -492,8 +499,10 @@ def builder_parameters(name: str) -> list[str]:
 
 
 def check_builder_params(name: str, params: dict) -> None:
-    """``TaskError`` naming a parameter builder ``name`` does not take, and the ones it does."""
+    """``TaskError`` naming a parameter builder ``name`` does not take (and the ones it does), or
+    a value that does not fit the parameter's type or range (naming the type and the value)."""
     import difflib
+    import inspect
 
     accepted = builder_parameters(name)
     for key in params:
@@ -501,6 +510,77 @@ def check_builder_params(name: str, params: dict) -> None:
             close = difflib.get_close_matches(str(key), accepted, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TaskError(f"task {name!r} takes no parameter {key!r}{hint}; its parameters are {accepted}")
+    signature = inspect.signature(BUILDERS[name], eval_str=True)
+    for key, value in params.items():
+        expected = signature.parameters[key].annotation
+        if key == "metric" and callable(value):  # a metric(logits, task) callable, as Task takes
+            continue
+        if expected is not inspect.Parameter.empty and not _fits(value, expected):
+            what = "a whole number of prompts" if key == "n_prompts" else _describe(expected)
+            raise TaskError(f"{name}: {key} must be {what}, got {value!r} ({type(value).__name__})")
+        least = PARAMETER_MINIMUMS.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if least is not None and any(v < least for v in values if v is not None):
+            raise TaskError(f"{name}: {key} must be at least {least}, got {value!r}")
+
+
+# The smallest value a builder parameter takes (each item, for a list); n_prompts is checked by
+# `check_n_prompts`, which also caps it.
+PARAMETER_MINIMUMS = {"seq_len": 2, "context_lengths": 1, "length": 1}
+
+
+def _fits(value, expected) -> bool:
+    """Whether ``value`` (as YAML / JSON give it) fits annotation ``expected``: ``bool`` is not an
+    ``int``, a ``float`` must be finite (an ``int`` will do), a string is not a sequence of items."""
+    import math
+    import numbers
+    import types
+    import typing
+    from collections.abc import Mapping
+
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(expected))
+    if expected is None or expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:  # numbers.Integral: numpy's integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if origin in (Sequence, list, tuple):
+        args = typing.get_args(expected)
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin in (Mapping, dict):
+        key_type, value_type = typing.get_args(expected) or (typing.Any, typing.Any)
+        return isinstance(value, dict) and all(_fits(k, key_type) and _fits(v, value_type) for k, v in value.items())
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True  # typing.Any and anything else unchecked
+
+
+def _describe(expected) -> str:
+    """An annotation in words: ``Sequence[int] | None`` -> 'a list of whole numbers, or null'."""
+    import types
+    import typing
+    from collections.abc import Mapping
+
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return ", or ".join(_describe(option) for option in typing.get_args(expected))
+    words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
+             type(None): "null"}
+    if expected in words:
+        return words[expected]
+    if origin in (Sequence, list, tuple):
+        args = typing.get_args(expected)
+        item = _describe(args[0]) if args else "anything"
+        return f"a list of {item.removeprefix('a ').removeprefix('an ')}s" if item.startswith("a") else f"a list ({item})"
+    if origin in (Mapping, dict):
+        key_type, value_type = typing.get_args(expected)
+        return f"a mapping (keys: {_describe(key_type)}; values: {_describe(value_type)})"
+    return getattr(expected, "__name__", str(expected))
 
 
 def build_task(name: str, model_or_tokenizer, **params) -> Task:

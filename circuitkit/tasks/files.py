@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from circuitkit.errors import MissingFileError
+from circuitkit.errors import InputError, MissingFileError
 from circuitkit.tasks.task import PAD_ANSWER, PAD_POSITION, Task, TaskError
 from circuitkit.tokenizers import encode, pad_id, tokenizer_of
 
@@ -78,20 +79,96 @@ def load_task_file(path: str | os.PathLike, model_or_tokenizer=None, *, prepend_
     return task
 
 
-def _read_mapping(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}: not valid JSON ({exc}); fix the syntax") from None
-    else:
-        import yaml
+def read_utf8(path: str | os.PathLike, error: type[InputError] = InputError) -> str:
+    """A spec or task file's text; ``error`` naming the file when it is not UTF-8 text (a binary file)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); a YAML / JSON / "
+                    "TOML file is text: save it as UTF-8") from None
 
+
+def load_yaml(text: str, where: str, error: type[InputError] = InputError) -> Any:
+    """``yaml.safe_load`` that also refuses a key given twice in one mapping (safe_load keeps the
+    last silently) and an alias inside the node it names (a structure that contains itself);
+    ``error`` names ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise error(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+def load_json(text: str, where: str, error: type[InputError] = InputError) -> Any:
+    """``json.loads`` that refuses a key given twice in one object (json keeps the last silently)."""
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise error(f"{where}: key {twice[0]!r} is given twice in one object; give each key once")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON ({exc}); fix the syntax") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping and an alias inside the node it names."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in getattr(self, "_open_anchors", ()):
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} lies inside the node &{event.anchor} it names "
+                    "(a structure that contains itself)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor):
+        return self._composing(anchor, super().compose_sequence_node)
+
+    def compose_mapping_node(self, anchor):
+        return self._composing(anchor, super().compose_mapping_node)
+
+    def _composing(self, anchor, compose):
+        if not hasattr(self, "_open_anchors"):
+            self._open_anchors: set = set()
+        if anchor is not None:
+            self._open_anchors.add(anchor)
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise TaskError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+            return compose(anchor)
+        finally:
+            self._open_anchors.discard(anchor)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader refuses it below
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1}); give each key once",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_mapping(path: Path) -> dict:
+    text = read_utf8(path, TaskError)
+    if path.suffix.lower() == ".json":
+        data = load_json(text, str(path), TaskError)
+    else:
+        data = load_yaml(text, str(path), TaskError)
     if isinstance(data, list):
         data = {"prompts": data}
     if not isinstance(data, dict):
@@ -100,6 +177,10 @@ def _read_mapping(path: Path) -> dict:
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise TaskError(f"{path}: unknown key {unknown[0]!r}; a task file's keys are {list(TOP_KEYS)}")
+    for key, kind, words in (("name", str, "a string"), ("metric", str, "a metric name such as logit_diff"),
+                             ("prepend_bos", bool, "true or false"), ("position_reduce", str, "mean or sum")):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise TaskError(f"{path}: {key} must be {words}, got {data[key]!r} ({type(data[key]).__name__})")
     if not isinstance(data.get("prompts"), list) or not data["prompts"]:
         raise TaskError(f"{path}: 'prompts' must be a non-empty list of {{clean, corrupted, answers}} entries")
     return data
@@ -162,7 +243,7 @@ def _from_mapping(spec: dict, path: Path, model_or_tokenizer, prepend_bos: bool 
         tensors["answer_pos"] = torch.tensor([p + [PAD_POSITION] * (k - len(p)) for p in ks])
         for key in ("answers", "wrong_answers"):
             per_pos = [r if isinstance(p, list) else [r] for r, p in zip(rows[key], rows["answer_pos"], strict=True)]
-            n = max(1, max(len(a) for r in per_pos for a in r))
+            n = max(1, max((len(a) for r in per_pos for a in r), default=0))
             tensors[key] = torch.tensor([[a + [PAD_ANSWER] * (n - len(a)) for a in r] + [[PAD_ANSWER] * n] * (k - len(r))
                                          for r in per_pos])
     else:
@@ -210,12 +291,21 @@ def _tokens(value, tok, prepend_bos: bool, where: str) -> list[int]:
             raise TaskError(f"{where}: the prompt is empty; give some text")
         return encode(tok, value, prepend_bos)
     if isinstance(value, list) and value and all(_is_int(v) for v in value):
+        for v in value:
+            _check_id(v, where)
         return [int(v) for v in value]
     raise TaskError(f"{where}: expected prompt text or a non-empty list of token ids, got {value!r}")
 
 
+def _check_id(value: int, where: str) -> None:
+    if not 0 <= value < 2**63:
+        raise TaskError(f"{where}: {value} is not a token id; ids are whole numbers from 0 to the model's "
+                        "vocabulary size - 1")
+
+
 def _token(value, tok, where: str) -> int:
     if _is_int(value):
+        _check_id(value, where)
         return int(value)
     if isinstance(value, str):
         ids = tok.encode(value, add_special_tokens=False)

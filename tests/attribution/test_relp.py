@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import circuitkit as ck
-from circuitkit.attribution.relp import relp, relp_rules
+from circuitkit.attribution.relevance import relp, relp_rules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,7 +23,7 @@ def test_stability_compares_every_pair_of_resampled_runs():
     model = ck.load_model("zoo:induction-trained")
     task = ck.zoo_task("induction-trained", model)
     table = ck.circuit_stability(model, task, "eap", n_runs=3, k=10, seed=5)
-    assert list(zip(table.run_a, table.run_b)) == [(0, 1), (0, 2), (1, 2)]
+    assert list(zip(table.run_a, table.run_b, strict=True)) == [(0, 1), (0, 2), (1, 2)]
     # run 0 and 1 again, by hand: the same seeded halves of the prompts
     gen = torch.Generator().manual_seed(5)
     halves = [torch.randperm(len(task), generator=gen)[:len(task) // 2].sort().values for _ in range(2)]

@@ -137,6 +137,13 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         raise InputError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
     if top_k is not None and threshold is not None:
         raise InputError("give top_k or threshold, not both")
+    # what pruning would refuse after scoring, refused before it
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise InputError(f"top_k needs a non-negative integer k, got {top_k!r}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold!r}")
+    if top_k is None and threshold is None and not record.prunes and not 0 < target <= 1:
+        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
     task.check_model(model)
     start = time.perf_counter()
     if record.prunes:

@@ -99,6 +99,20 @@ def _format_for_writing(path: Path, fmt: str | None) -> CircuitFormat:
                      f"{', '.join(known)} (node-link JSON, GraphML, GEXF) or pass a format: one of {FORMATS}")
 
 
+def check_circuit_path(path: str | os.PathLike, format: str | None = None) -> CircuitFormat:
+    """The format `save_circuit` would write ``path`` in; ``InputError`` (before any work) when
+    neither ``format`` nor the suffix names one, or when the suffix names another format than
+    ``format`` (``--to graphml --out c.json``, ``--to node-link --out c.txt``)."""
+    path = Path(path)
+    fmt = _format_for_writing(path, format)
+    suffix = path.suffix.lower()
+    own = fmt.suffixes or ((".json",) if fmt.json else ())
+    if format is not None and own and suffix not in own:
+        raise InputError(f"a {fmt.name} circuit is written as {' / '.join(own)}, but the output {path} ends in "
+                         f"{suffix or '(no suffix)'!r}; name it {path.stem}{own[0]}")
+    return fmt
+
+
 def save_circuit(circuit: Circuit, path: str | os.PathLike, format: str | None = None, **options: Any) -> Path:
     """Write ``circuit`` to ``path``; ``format`` defaults from the suffix (``.graphml``, ``.gexf``,
     else node-link JSON). ``options`` go to `to_mib` / `to_attribution_graph`.
@@ -181,6 +195,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format:
     return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 
-__all__ = ["CIRCUIT_FORMATS", "CircuitFormat", "EDGE_ATTRS", "FORMATS", "register_format", "FORMAT_VERSION", "NODE_ATTRS", "convert", "example_prompt", "from_attribution_graph",
+__all__ = ["CIRCUIT_FORMATS", "CircuitFormat", "EDGE_ATTRS", "FORMATS", "register_format", "FORMAT_VERSION", "NODE_ATTRS", "check_circuit_path", "convert", "example_prompt", "from_attribution_graph",
            "from_mib", "from_node_link", "load_circuit", "save_circuit", "to_attribution_graph", "to_mib",
            "to_node_link", "update_index"]

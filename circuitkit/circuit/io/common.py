@@ -41,13 +41,41 @@ def rebuild(graph: nx.MultiDiGraph, where: str) -> Circuit:
     items = [(k, d) for _, _, k, d in graph.edges(keys=True, data=True)] + list(graph.nodes(data=True))
     for key, attrs in items:
         score = attrs.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise InputError(f"{where}: {key} has score {score!r} ({type(score).__name__}); a score is a number "
+                             "or null: fix that score in the file")
         if isinstance(score, (int, float)) and not math.isfinite(score):
             raise InputError(f"{where}: {key} has score {score}, which is not a finite number; fix or drop that "
                              "score in the file (circuitkit never writes one)")
+        if "in_graph" in attrs and not isinstance(attrs["in_graph"], bool):
+            raise InputError(f"{where}: {key} has in_graph {attrs['in_graph']!r} ({type(attrs['in_graph']).__name__}); "
+                             "in_graph is true or false: fix it in the file")
+        for field in ("layer", "head"):
+            value = attrs.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"{where}: {key} has {field} {value!r} ({type(value).__name__}); {field} is a whole "
+                                 "number or null: fix it in the file")
+    check_shape(graph.graph, where)
     try:
         return Circuit(graph)
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where} holds an invalid circuit: {exc}") from None
+
+def check_shape(attrs: Any, where: str, field: str = "graph") -> None:
+    """``InputError`` naming the file and the field when ``n_layers`` / ``n_heads`` / ``d_model``
+    (a circuit's graph attributes, a MIB file's ``cfg``) are not positive whole numbers (or null),
+    or ``has_mlp`` / ``parallel_attn_mlp`` not true / false (or null)."""
+    if not isinstance(attrs, dict):
+        raise InputError(f"{where}: {field} must be a mapping (n_layers, n_heads, ...), got {type(attrs).__name__}")
+    for key in ("n_layers", "n_heads", "d_model"):
+        value = attrs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{where}: {field}.{key} must be a positive whole number, got {value!r}; fix it in the file")
+    for key in ("has_mlp", "parallel_attn_mlp"):
+        value = attrs.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"{where}: {field}.{key} must be true or false, got {value!r}; fix it in the file")
+
 
 def endpoints(edge_id: str) -> tuple[str, str]:
     """``(parent, child)`` of an edge id."""

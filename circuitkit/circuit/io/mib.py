@@ -33,7 +33,7 @@ import networkx as nx
 
 from circuitkit import names
 from circuitkit.circuit.core import Circuit, edge_attrs, node_attrs
-from circuitkit.circuit.io.common import check_header, graph_attrs, header, rebuild
+from circuitkit.circuit.io.common import check_header, check_shape, graph_attrs, header, rebuild
 from circuitkit.errors import InputError
 
 SIGNS = ("mib", "circuitkit")
@@ -172,6 +172,8 @@ def from_mib(data: dict[str, Any], where: str = "MIB circuit JSON", sign: str = 
     if not isinstance(data, dict) or not {"nodes", "edges"} <= set(data):
         raise InputError(f"{where} is not an EAP-IG/MIB circuit: it needs 'cfg', 'nodes' and 'edges' keys")
     cfg = data.get("cfg") or {}
+    check_shape(cfg, where, "cfg")
+    _check_entries(data, where)
     ours = cfg.get("circuitkit")
     if ours is not None:
         check_header(ours, where)
@@ -217,3 +219,23 @@ def from_mib(data: dict[str, Any], where: str = "MIB circuit JSON", sign: str = 
     circuit = rebuild(graph, where)
     circuit.infer_shape()
     return circuit
+
+
+def _check_entries(data: dict[str, Any], where: str) -> None:
+    """``nodes`` / ``edges`` are objects of ``{name: {"score": number | null, "in_graph": bool}}``
+    (a node may be a bare bool, the older form); ``InputError`` names the file, the entry and the field."""
+    for key in ("nodes", "edges"):
+        entries = data[key]
+        if not isinstance(entries, dict):
+            raise InputError(f"{where}: {key!r} must be an object {{name: {{score, in_graph}}}}, got "
+                             f"{type(entries).__name__}")
+        for name, entry in entries.items():
+            if key == "nodes" and isinstance(entry, bool):
+                continue
+            if not isinstance(entry, dict):
+                raise InputError(f"{where}: {key}[{name!r}] must be an object {{score, in_graph}}, got {entry!r}")
+            score = entry.get("score")
+            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                raise InputError(f"{where}: {key}[{name!r}].score must be a number, got {score!r}")
+            if "in_graph" in entry and not isinstance(entry["in_graph"], bool):
+                raise InputError(f"{where}: {key}[{name!r}].in_graph must be true or false, got {entry['in_graph']!r}")

@@ -18,6 +18,16 @@ def to_node_link(circuit: Circuit) -> dict[str, Any]:
 
 def from_node_link(data: dict[str, Any], where: str = "node-link data") -> Circuit:
     check_header(data, where)
+    for key, fields in (("nodes", ("id",)), ("links", ("source", "target", "key"))):
+        entries = data.get(key)
+        if not isinstance(entries, list):
+            raise InputError(f"{where}: {key!r} must be a list of objects, got {type(entries).__name__}; "
+                             "re-export it with circuitkit")
+        for i, entry in enumerate(entries):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise InputError(f"{where}: {key}[{i}] lacks {missing}; each of {key} needs {list(fields)}"
+                                 if isinstance(entry, dict) else f"{where}: {key}[{i}] must be an object, got {entry!r}")
     try:
         graph = json_graph.node_link_graph(data, directed=True, multigraph=True, edges="links")
     except (KeyError, TypeError, nx.NetworkXError) as exc:
