@@ -80,7 +80,7 @@ def test_zoo_list_shows_all_ten_models_from_outside_the_checkout(installed):
 def test_readme_quickstart_runs_from_the_wheel(installed):
     python, _, work, env, _ = installed
     out = _run([str(python), "-c", quickstart_code()], work, env)
-    assert "AblationResult" in out and "Task(" in out
+    assert "mean-ablating a1.h0" in out and "behaviour recovered" in out and "Task(" in out
 
 
 def test_zoo_train_writes_to_the_user_folder_not_the_package(installed):

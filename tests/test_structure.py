@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "circuitkit"
 # Floors, lowest first: a module may import its own floor or a lower one, never a higher one.
 FLOORS = {
     "circuitkit.version": 0, "circuitkit.lazy": 0, "circuitkit.names": 0, "circuitkit.atomic": 0, "circuitkit.tokenizers": 0,
+    "circuitkit.lifeline": 0,  # spawned workers that die with their driver: standard library only
     "circuitkit.errors": 0,  # the one root of deliberate errors
     "circuitkit.models.backend": 0,  # the model layer: every method reaches a model through it
     "circuitkit.scores": 1, "circuitkit.tasks": 1,

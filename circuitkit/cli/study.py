@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from circuitkit.cli.common import int_at_least
+
 COMMANDS = {"study": "batch ablation studies from a spec file"}
 
 
@@ -23,9 +25,10 @@ def register(sub) -> None:
     run.add_argument("spec", help="study spec (.yaml, .yml or .toml)")
     run.add_argument("--executor", choices=EXECUTOR_NAMES, default="serial",
                      help="where units run")
-    run.add_argument("--workers", type=int, default=None, help="parallel workers for process / ray")
+    run.add_argument("--workers", type=int_at_least(1), default=None, help="parallel workers for process / ray")
     run.add_argument("--force-new", action="store_true",
-                     help="delete results made with a different spec and start over")
+                     help="delete results made with a different spec, other input files or other versions (and "
+                          "a corrupt study.json) and start over; symbolic links are removed, never followed")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(func=_cmd_run)
     report = ssub.add_parser("report", help="write an HTML report and a summary CSV",
@@ -36,6 +39,26 @@ def register(sub) -> None:
 
 
 def _cmd_run(args) -> int:
+    import signal
+    import threading
+
+    # A plain `kill` (SIGTERM) stops the run as Ctrl-C does: one line, workers stopped, claims released.
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run(args) -> int:
     import sys
 
     from circuitkit.studies import StudyInterrupted, run_study
@@ -59,8 +82,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from circuitkit.cli.common import check_out_dir
     from circuitkit.viz.report import write_report
 
+    check_out_dir(args.out)  # a file there, or a read-only folder, is refused before the report is built
     html, csv = write_report(args.dir, args.out)
     print(f"wrote {html}\nwrote {csv}")
     return 0

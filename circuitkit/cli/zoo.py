@@ -66,8 +66,11 @@ def _cmd_list(args) -> int:
         saes = f"{len(card.saes)} SAEs" if card.saes else ""
         print(f"{card.name:{width}s}  {card.construction:10s}  {card.task['builder']:14s} {acc:10s} {saes:8s} "
               f"{card.description}")
-    if any(card.saes for card in cards):
-        print("SAEs: `circuitkit zoo show NAME` lists them; pass one to `circuitkit sae ...` as zoo:NAME/HOOK")
+    if any(card.saes for card in cards):  # a hint, on stderr: stdout stays one line per model
+        import sys
+
+        print("SAEs: `circuitkit zoo show NAME` lists them; pass one to `circuitkit sae ...` as zoo:NAME/HOOK",
+              file=sys.stderr)
     return 0
 
 

@@ -10,10 +10,7 @@ Chunks are claimed as workers free up, not all at the start, so concurrent runs 
 from __future__ import annotations
 
 import math
-import multiprocessing.context as mpc
 import os
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +18,9 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 from circuitkit.errors import InputError, MissingDependencyError, RunError
+from circuitkit.lifeline import QuietSpawnContext
 from circuitkit.studies import store
+from circuitkit.studies.checks import WORKER_BASE_BYTES, gigabytes, machine_memory
 from circuitkit.studies.plan import Unit
 from circuitkit.studies.runner import UnitRunner
 from circuitkit.studies.spec import StudySpec
@@ -47,6 +46,27 @@ def check_executor(executor: str, workers: int | None) -> None:
                                          "circuitkit checkout") from None
 
 
+def worker_warning(executor: str, workers: int | None, infos) -> str | None:
+    """A warning when more workers than CPUs would run on this machine (process executor, local
+    Ray): they only share the CPUs, and each holds its own copy of the models and their caches —
+    the message gives that memory (`checks.ModelInfo.memory_bytes` per model)."""
+    if executor == "process":
+        n = _default_workers(workers)
+    elif executor == "ray" and not os.environ.get("RAY_ADDRESS"):
+        n = workers or 2
+    else:
+        return None
+    cpus = os.cpu_count() or 1
+    if n <= cpus:
+        return None
+    each = WORKER_BASE_BYTES + sum(info.memory_bytes for info in infos)
+    memory = machine_memory()
+    have = f"; this machine has {gigabytes(memory)}" if memory else ""
+    return (f"--workers {n} is more than the {cpus} CPUs of this machine: the workers only share them, and each "
+            f"holds its own copy of the models and their caches, about {gigabytes(each)} per worker "
+            f"({gigabytes(n * each)} for {n}{have}); use --workers {cpus} or fewer")
+
+
 class UnitQueue:
     """The units a run still lacks, handed out in chunks of one model, each unit claimed first.
 
@@ -54,11 +74,13 @@ class UnitQueue:
     if that run commits them they are dropped, if it dies its claims vanish and they run here.
     """
 
-    def __init__(self, units: list[Unit], claims: store.Claims, commit_to: os.PathLike):
+    def __init__(self, units: list[Unit], claims: store.Claims, commit_to: os.PathLike,
+                 identity: str | None = None):
         self._pending = deque(units)
         self._busy: list[Unit] = []
         self.claims = claims
         self.out = commit_to
+        self.identity = identity  # written into each part's metadata
         self.committed = 0
 
     @property
@@ -79,7 +101,11 @@ class UnitQueue:
             if chunk and unit.model != chunk[0].model:
                 break
             self._pending.popleft()
-            state = self.claims.claim(unit.key)
+            try:
+                state = self.claims.claim(unit.key)
+            except OSError as exc:
+                self._pending.appendleft(unit)
+                raise store.StoreError("claim a unit in", exc.filename or self.claims.dir, exc) from exc
             if state == store.Claims.MINE:
                 chunk.append(unit)
             elif state == store.Claims.BUSY:
@@ -87,8 +113,11 @@ class UnitQueue:
         return chunk
 
     def commit(self, rows: list[dict]) -> None:
-        store.commit_rows(self.out, rows)
-        self.claims.finish(store.row_key(r) for r in rows)
+        try:
+            part = store.commit_rows(self.out, rows, self.identity)
+        except OSError as exc:
+            raise store.StoreError("write a part into", os.path.join(self.out, store.PARTS), exc) from exc
+        self.claims.finish((store.row_key(r) for r in rows), part.name)
         self.committed += len(rows)
 
 
@@ -132,28 +161,6 @@ def run_serial(spec: StudySpec, queue: UnitQueue, total: int, workers: int | Non
 _WORKER_RUNNER: UnitRunner | None = None
 
 
-class _QuietProcess(mpc.SpawnProcess):
-    """A spawned worker that starts with SIGINT ignored, from its first instruction.
-
-    Ctrl-C reaches the whole process group: the driver alone handles it (one message, no
-    traceback per worker, even one still importing torch) and stops the workers. A child
-    keeps an ignored SIGINT (Python installs KeyboardInterrupt only where the parent did not).
-    """
-
-    def start(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return super().start()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            return super().start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-class _QuietSpawnContext(mpc.SpawnContext):
-    Process = _QuietProcess
-
-
 def _init_worker(spec: StudySpec, threads: int) -> None:
     import torch
 
@@ -177,7 +184,8 @@ def run_process(spec: StudySpec, queue: UnitQueue, total: int, workers: int | No
 
     n = _default_workers(workers)
     threads = max(1, (os.cpu_count() or 1) // n)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_QuietSpawnContext(),
+    # Workers start with SIGINT ignored and exit when their driver dies, even by kill -9 (`circuitkit.lifeline`).
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=QuietSpawnContext(),
                                initializer=_init_worker, initargs=(spec, threads))
     pending: set = set()
     finished: deque = deque()
@@ -225,17 +233,18 @@ def run_ray(spec: StudySpec, queue: UnitQueue, total: int, workers: int | None, 
 
         @ray.remote(num_cpus=1)
         class UnitWorker:
-            def __init__(self, spec_dict: dict):
+            def __init__(self, spec_dict: dict, base_dir: str | None):
                 import torch
 
                 torch.set_num_threads(threads)
-                self.runner = UnitRunner(StudySpec.from_dict(spec_dict))
+                self.runner = UnitRunner(StudySpec.from_dict(spec_dict, base_dir))
 
             def run(self, chunk: list[Unit]) -> list[dict]:
                 return self.runner.run_many(chunk)
 
         spec_dict = spec.to_dict()
-        actors = [UnitWorker.remote(spec_dict) for _ in range(n)]
+        base_dir = str(spec.base_dir) if spec.base_dir is not None else None  # units name models as the spec does
+        actors = [UnitWorker.remote(spec_dict, base_dir) for _ in range(n)]
         idle = deque(actors)
         running: dict = {}  # object ref -> actor
 

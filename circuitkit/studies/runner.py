@@ -73,6 +73,7 @@ class UnitRunner:
         self.device = device
         self.batched = batched
         self._tasks = {t.label: t for t in spec.tasks}
+        self._paths = {spec.relative(m): m for m in spec.models}  # a unit's model key -> what to load
         self._models: dict[str, Any] = {}
         self._baselines: dict[tuple[str, str, int], _Baseline] = {}
         self._clean_runs: dict[tuple[str, str, int], _CleanRun] = {}
@@ -80,7 +81,7 @@ class UnitRunner:
 
     def model(self, model_spec: str):
         if model_spec not in self._models:
-            model = load_model(model_spec, device=self.device)
+            model = load_model(self._paths.get(model_spec, model_spec), device=self.device)
             model.eval()
             self._models[model_spec] = model
         return self._models[model_spec]

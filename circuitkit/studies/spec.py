@@ -39,8 +39,10 @@ from circuitkit import names
 from circuitkit.ablation.kinds import NODE_ABLATION_KINDS as ABLATIONS
 from circuitkit.errors import InputError
 from circuitkit.heads.patterns import PATTERN_KINDS
-from circuitkit.tasks.builders import BUILDERS
+from circuitkit.tasks.builders import BUILDERS, check_builder_params
+from circuitkit.tasks.files import load_yaml, read_utf8
 from circuitkit.tasks.metrics import METRICS
+from circuitkit.tasks.task import TaskError
 
 # top_k_from scores: circuitkit.heads' signatures on repeated random tokens (heads.patterns.PATTERN_KINDS)
 HEAD_SCORES = PATTERN_KINDS
@@ -102,6 +104,9 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int | None = None
     output_dir: Path = Path("study_results")
+    # the spec file's folder: model folders and task files inside it are named relative to it in the
+    # study's identity and results, so moving a study folder is not a change (not part of to_dict)
+    base_dir: Path | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> StudySpec:
@@ -110,7 +115,7 @@ class StudySpec:
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"no study spec at {str(path)!r}; pass the path of a .yaml or .toml file")
-        text = path.read_text()
+        text = read_utf8(path, SpecError)
         if path.suffix.lower() == ".toml":
             import tomllib
 
@@ -119,12 +124,7 @@ class StudySpec:
             except tomllib.TOMLDecodeError as exc:
                 raise SpecError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
         elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise SpecError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+            data = load_yaml(text, str(path), SpecError)  # a key given twice is refused, not overwritten
         else:
             raise SpecError(f"{path}: unknown spec format {path.suffix!r}; use a .yaml, .yml or .toml file")
         return cls.from_dict(data, base_dir=path.resolve().parent)
@@ -154,6 +154,9 @@ class StudySpec:
         seeds = data.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
             raise SpecError(f"seeds: expected a non-empty list of integers, e.g. [0, 1], got {seeds!r}")
+        too_big = [s for s in seeds if not -2**63 <= s < 2**63]
+        if too_big:  # results store seeds as int64
+            raise SpecError(f"seeds: {too_big[0]} does not fit a 64-bit integer (-2**63 .. 2**63 - 1); use a smaller seed")
         batch_size = data.get("batch_size")
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise SpecError(f"batch_size: expected a positive integer or null (all prompts at once), got {batch_size!r}")
@@ -166,13 +169,15 @@ class StudySpec:
         for label, values in (("models", models), ("ablations", ablations), ("metrics", metrics), ("seeds", seeds)):
             if len(set(values)) != len(values):
                 raise SpecError(f"{label}: repeated entries in {values}; list each once")
-        return cls(models, tasks, ablations, targets, metrics, [int(s) for s in seeds], batch_size, out_path)
+        return cls(models, tasks, ablations, targets, metrics, [int(s) for s in seeds], batch_size, out_path,
+                   Path(base_dir).resolve() if base_dir is not None else None)
 
     # --- identity -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, accepted back by `from_dict`."""
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
+        data.pop("base_dir")
         for task in data["tasks"]:  # omit the defaults (all models, no file) so older specs keep their hash
             if task["models"]:
                 task["models"] = list(task["models"])
@@ -185,10 +190,27 @@ class StudySpec:
         return data
 
     def hash(self) -> str:
-        """Hash of everything that changes results (not ``output_dir``): a changed spec is refused."""
+        """Hash of everything that changes results (not ``output_dir``): a changed spec is refused.
+        Model folders and task files inside the spec's folder count by their path relative to it
+        (`relative`); what they hold is hashed by `circuitkit.studies.identity`."""
         data = self.to_dict()
         data.pop("output_dir")
+        data["models"] = [self.relative(m) for m in data["models"]]
+        for task in data["tasks"]:
+            if "file" in task:
+                task["file"] = self.relative(task["file"])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def relative(self, path_or_name: str) -> str:
+        """How results name a model folder or task file: ``./PATH`` relative to the spec's folder
+        where it lies inside it, else as given (zoo and TransformerLens names, outside paths)."""
+        if self.base_dir is None or not os.path.isabs(path_or_name):
+            return path_or_name
+        try:
+            rel = Path(path_or_name).relative_to(self.base_dir)
+        except ValueError:
+            return path_or_name
+        return "./" + rel.as_posix() if rel.parts else "."
 
 
 # --- structural checks ------------------------------------------------------------------------
@@ -269,6 +291,10 @@ def _tasks(value, base_dir=None) -> list[TaskSpec]:
             n = params.get("n_prompts")
             if n is not None and (not _is_int(n) or n < 1):
                 raise SpecError(f"{where}.params.n_prompts: expected a positive whole number of prompts, got {n!r}")
+            try:  # each value fits its parameter's type and range (seq_len: ten is refused here)
+                check_builder_params(name, {k: v for k, v in params.items() if k != "metric"})
+            except TaskError as exc:
+                raise SpecError(f"{where}.params: {exc}") from None
         if "metric" in params:
             raise SpecError(f"{where}.params.metric: set metrics with the top-level 'metrics' list instead")
         label = entry.get("label", name)

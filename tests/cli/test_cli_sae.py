@@ -159,9 +159,9 @@ def test_shipped_saes_are_listed_and_load_by_zoo_name(capsys):
     from circuitkit.zoo import zoo_card
 
     assert main(["zoo", "list"]) == 0
-    listing = capsys.readouterr().out
-    line = next(row for row in listing.splitlines() if row.startswith("induction-handbuilt"))
-    assert "3 SAEs" in line and "zoo:NAME/HOOK" in listing
+    listing = capsys.readouterr()
+    line = next(row for row in listing.out.splitlines() if row.startswith("induction-handbuilt"))
+    assert "3 SAEs" in line and "zoo:NAME/HOOK" in listing.err
     assert main(["zoo", "show", "induction-handbuilt"]) == 0
     shipped = json.loads(capsys.readouterr().out)["saes"]
     assert set(shipped) == {f"zoo:induction-handbuilt/{h}" for h in zoo_card("induction-handbuilt").saes}

@@ -143,7 +143,8 @@ def test_study_on_a_relative_hf_folder_and_a_task_file(gpt2_dir, yaml_task, tmp_
     assert main(["study", "run", str(study / "spec.yaml"), "--no-progress"]) == 0
     results = load_results(study / "out")
     assert sorted(results["task"]) == ["ioi", "task"] and results["recovered"].notna().all()
-    assert results["model"].iloc[0] == str((study / "tiny-gpt2-nobos").resolve())
+    # a model folder inside the study's folder is named relative to the spec, so moving the study is no change
+    assert results["model"].iloc[0] == "./tiny-gpt2-nobos"
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -41,3 +41,64 @@ def study_cli(*args, **kw):
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "circuitkit.cli", "study", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# --- dying runs, for the fault tests -------------------------------------------------------------
+
+FAULT_OPS = ("replace", "pwrite", "unlink", "rmtree")  # what a run does to the store, where it may die
+
+
+def faulty_run(spec: dict, zoo: str, fault: tuple | None = None, expect_rows: int | None = None) -> None:
+    """Run ``spec`` in this (forked) process and, with ``fault = (op, n, when)``, die by SIGKILL
+    just ``"before"`` or ``"after"`` its ``n``-th call of ``op`` (`FAULT_OPS`: the rename of a
+    part, study.json or the compacted table; the write of a claim's done mark; the removal of a
+    file, as compaction removes parts; the removal of the claims folder), as ``kill -9`` would
+    leave it. Exit status 0: the run returned; 3: it returned a table without ``expect_rows`` units."""
+    import os
+    import pathlib
+    import shutil
+    import signal
+    import threading
+    import warnings
+
+    import torch
+
+    os.environ["CIRCUITKIT_ZOO_PATH"] = zoo
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not a multiprocessing lock: a killed run would leak its semaphore
+    if fault is not None:
+        op, n, when = fault
+        calls = [0]
+        owner, attr = {"replace": (os, "replace"), "pwrite": (os, "pwrite"), "unlink": (pathlib.Path, "unlink"),
+                       "rmtree": (shutil, "rmtree")}[op]
+        real = getattr(owner, attr)
+
+        def dying(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n and when == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kwargs)
+            if calls[0] == n and when == "after":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(owner, attr, dying)
+    from circuitkit.studies import run_study
+    from circuitkit.studies.store import UNIT_KEY
+
+    table = run_study(spec, progress=False)
+    if expect_rows is not None and (len(table) != expect_rows or table.duplicated(list(UNIT_KEY)).any()):
+        os._exit(3)
+
+
+def forkserver_context():
+    """Processes forked from a server that has imported torch and circuitkit once: a study run
+    starts in milliseconds instead of an interpreter's seconds."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["study_helpers", "torch", "circuitkit.studies"])
+    return ctx
