@@ -30,9 +30,11 @@ torch.set_num_threads(1 if WORKER else max(1, min(2, torch.get_num_threads())))
 # in both workers stay in one.
 SERIAL_GROUPS = {"ray": ("studies/test_ray_cluster.py", "studies/test_runner.py::test_ray"),
                  "browser": ("viz/test_viz_circuit.py::test_html_renders", "viz/test_viz_feature_cards.py::test_hovering_in_headless",
-                             "test_circuit_tracers_viewer"),
+                             "test_circuit_tracers_viewer", "cli/test_cli_html_offline.py"),
                  "notebooks": ("notebooks/test_notebooks.py",),
-                 "zoo-trained": ("zoo/test_trained.py",)}
+                 "zoo-trained": ("zoo/test_trained.py",),
+                 # one wheel build from the checkout at a time: two share its build/ folder and break each other
+                 "packaging": ("test_packaging.py",)}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
