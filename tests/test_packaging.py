@@ -10,6 +10,7 @@ files inside it (the editable install of this checkout among them) are not run t
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -36,8 +37,16 @@ def installed(tmp_path_factory):
     """(venv python, venv bin folder, a working folder outside the checkout, environment)."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
+    # Built from a copy of what a wheel is made of, so that the build's own build/ folder is not the
+    # checkout's, where other tests running beside this one may write.
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("circuitkit", "data"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     # --no-build-isolation: build with this environment's setuptools, so the test runs offline
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
          tmp, dict(os.environ))
     (wheel,) = dist.glob("circuitkit-*.whl")
     venv = tmp / "venv"
