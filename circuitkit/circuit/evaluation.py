@@ -28,7 +28,7 @@ from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.layers import LayerEvaluator, is_layer_node
 from circuitkit.errors import InputError
 from circuitkit.scores import Scores
-from circuitkit.tasks.metrics import normalized
+from circuitkit.tasks.metrics import check_ablation_changes_metric, normalized
 
 MIB_KS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # % of edges
 
@@ -72,11 +72,7 @@ class EdgeEvaluator:
         with torch.no_grad():
             self.metric_full = float(task.score(model(task.clean)))
         self.metric_empty = self.metric([])
-        if abs(self.metric_full - self.metric_empty) < 1e-6:
-            raise InputError(
-                f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
-                f"({self.metric_full:.4g}); faithfulness is undefined, pick another ablation or task"
-            )
+        check_ablation_changes_metric(self.metric_full, self.metric_empty, ablation, task.name)
 
     def check_edges(self, edges: Iterable[str]) -> list[str]:
         edges = list(edges)

@@ -31,7 +31,7 @@ from circuitkit.ablation.kinds import DEFAULT_ABLATION, check_kind, resample_per
 from circuitkit.errors import InputError
 from circuitkit.models import backend
 from circuitkit.scores import Scores
-from circuitkit.tasks.metrics import normalized
+from circuitkit.tasks.metrics import check_ablation_changes_metric, normalized
 
 LAYER_METHODS = ("eap-ig", "eap", "exact")
 
@@ -85,10 +85,7 @@ class LayerEvaluator:
         with torch.no_grad():
             self.metric_full = float(task.score(model(self.tokens)))
         self.metric_empty = self.metric([])
-        if abs(self.metric_full - self.metric_empty) < 1e-6:
-            raise InputError(
-                f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
-                f"({self.metric_full:.4g}); faithfulness is undefined, pick another ablation or task")
+        check_ablation_changes_metric(self.metric_full, self.metric_empty, ablation, task.name)
 
     @property
     def tokens(self) -> Tensor:

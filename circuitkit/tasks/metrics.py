@@ -168,6 +168,15 @@ def _as_float(x: Tensor | float) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def check_ablation_changes_metric(metric_full: float, metric_empty: float, ablation: str, task_name: str) -> None:
+    """``InputError`` when ablating everything leaves the metric where the full model has it: a
+    circuit's faithfulness (normalised between the two) is then undefined."""
+    if abs(metric_full - metric_empty) < 1e-6:
+        raise InputError(
+            f"the {ablation}-ablated model scores the same as the full model on task {task_name!r} "
+            f"({metric_full:.4g}); faithfulness is undefined, pick another ablation or task")
+
+
 def normalized(metric_value: Tensor | float, clean_value: Tensor | float, corrupted_value: Tensor | float,
                on_equal: Literal["raise", "nan"] = "raise") -> Tensor:
     """(m - m_corrupt) / (m_clean - m_corrupt): 1 = clean behaviour restored, 0 = corrupted.
