@@ -56,6 +56,19 @@ def _method_args(method: DiscoveryMethod, method_args: Mapping[str, Any] | None,
     return check_method_args(method, args)
 
 
+def _check_selection(top_k, threshold, target: float, uses_target: bool) -> None:
+    """What pruning would refuse after scoring, refused before it: ``top_k`` or ``threshold``
+    (not both), or (neither, where the method does not prune by itself) a ``target`` in (0, 1]."""
+    if top_k is not None and threshold is not None:
+        raise InputError("give top_k or threshold, not both")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise InputError(f"top_k needs a non-negative integer k, got {top_k!r}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold!r}")
+    if top_k is None and threshold is None and uses_target and not 0 < target <= 1:
+        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
+
+
 def score_edges(model, task, method: str, steps: int | None = None, ablation: str = DEFAULT_ABLATION,
                 progress: bool = False, interpolate: str | None = None, by_pos: bool = False, *,
                 method_args: Mapping[str, Any] | None = None, source: dict[str, Tensor] | None = None) -> Scores:
@@ -135,15 +148,7 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     args = _method_args(record, method_args, steps=steps, interpolate=interpolate)
     if by_pos and not record.by_pos:
         raise InputError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
-    if top_k is not None and threshold is not None:
-        raise InputError("give top_k or threshold, not both")
-    # what pruning would refuse after scoring, refused before it
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise InputError(f"top_k needs a non-negative integer k, got {top_k!r}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise InputError(f"threshold must be a finite number, got {threshold!r}")
-    if top_k is None and threshold is None and not record.prunes and not 0 < target <= 1:
-        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
+    _check_selection(top_k, threshold, target, uses_target=not record.prunes)
     task.check_model(model)
     start = time.perf_counter()
     if record.prunes:
@@ -202,14 +207,7 @@ def _discover_layers(model, task, method: str, *, top_k, threshold, target, abla
     if interpolate not in (None, "mask"):
         raise InputError(f"level='layers' integrates EAP-IG along the nodes' ablation masks; drop interpolate "
                          f"({interpolate!r}) or pass 'mask'")
-    if top_k is not None and threshold is not None:
-        raise InputError("give top_k or threshold, not both")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise InputError(f"top_k must be a non-negative number of nodes, got {top_k!r}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise InputError(f"threshold must be a finite number, got {threshold!r}")
-    if top_k is None and threshold is None and not 0 < target <= 1:
-        raise InputError(f"target faithfulness must be in (0, 1], got {target}")
+    _check_selection(top_k, threshold, target, uses_target=True)
     task.check_model(model)
     start = time.perf_counter()
     ev = LayerEvaluator(model, task, ablation)
