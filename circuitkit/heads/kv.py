@@ -139,8 +139,9 @@ def needle_grid(model, policy: KVPolicy | None = None, context_lengths: Sequence
         >>> grid[["context_length", "depth", "accuracy"]].values.tolist()
         [[128.0, 0.0, 1.0], [128.0, 1.0, 1.0]]
     """
-    policy = policy if policy is not None else KVPolicy(frozenset(f"a{layer}.h{h}" for layer in range(model.cfg.n_layers)
-                                                                   for h in range(model.cfg.n_heads)))
+    if policy is None:  # the full cache: every head keeps it
+        policy = KVPolicy(frozenset(names.head(layer, h) for layer in range(model.cfg.n_layers)
+                                    for h in range(model.cfg.n_heads)))
     policy.check(model)
     rows = []
     for length in context_lengths:
