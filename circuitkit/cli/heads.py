@@ -22,6 +22,7 @@ COMMANDS = {"heads": "attention-head scores (retrieval, induction, locality...)"
 
 
 def register(sub) -> None:
+    from circuitkit.heads.compress import DETECTORS, POLICIES
     from circuitkit.heads.patterns import PATTERN_KINDS
 
     heads = sub.add_parser("heads", help=COMMANDS["heads"],
@@ -78,6 +79,37 @@ def register(sub) -> None:
     grid.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     grid.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     grid.set_defaults(func=_cmd_needle_grid)
+
+    kvc = hsub.add_parser(
+        "kv-compress", help="needle accuracy vs kept KV cache: detected retrieval heads vs random heads",
+        description="Score every head with --detector on needle prompts, then for each K build a cache policy "
+                    "around the top-K key / value groups and around --n-random random sets of K groups, and "
+                    "print needle accuracy and the share of the KV cache each keeps. --policy razor: the chosen "
+                    "groups keep the full cache, the rest --sink + --window (--compensate: RazorAttention's "
+                    "compensation token); --policy headkv: every group keeps its top tokens (HeadKV / SnapKV "
+                    "selection) within --budget * (1 - --share), the chosen groups split the pooled rest.")
+    add_model_argument(kvc)
+    kvc.add_argument("--policy", choices=POLICIES, default="razor", help="the cache policy")
+    kvc.add_argument("--detector", choices=DETECTORS, default="retrieval",
+                     help="the head score that ranks key / value groups")
+    kvc.add_argument("--ks", type=int_at_least(0), nargs="+", default=None,
+                     help="numbers of key / value groups to choose (default 0, 1, 2, 4, ... all)")
+    kvc.add_argument("--n-random", type=int_at_least(0), default=3, help="random head sets per K (one seed each)")
+    kvc.add_argument("--seed", type=int, default=0, help="first random seed")
+    kvc.add_argument("--sink", type=int_at_least(0), default=4, help="razor: first tokens a streamed head keeps")
+    kvc.add_argument("--window", type=int_at_least(1), default=16, help="recent tokens every compressed head keeps")
+    kvc.add_argument("--compensate", action="store_true", help="razor: add the compensation token to streamed heads")
+    kvc.add_argument("--budget", type=int_at_least(0), default=16,
+                     help="headkv: mean selected tokens per key / value group (besides the window)")
+    kvc.add_argument("--share", type=finite_float, default=1.0,
+                     help="headkv: share of each group's budget pooled for the chosen groups")
+    kvc.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[128], help="context lengths")
+    kvc.add_argument("--depths", type=finite_float, nargs="+", default=[0.0, 0.5, 1.0], help="needle depths in [0, 1]")
+    kvc.add_argument("--out", type=Path, default=None, help="write the table as CSV (or .parquet)")
+    kvc.add_argument("--html", type=Path, default=None, help="write the accuracy vs kept-cache curve as HTML")
+    kvc.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    kvc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    kvc.set_defaults(func=_cmd_kv_compress)
 
     score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
                             description="Score every head for one attention signature on repeated random tokens.")
@@ -176,6 +208,33 @@ def _cmd_needle_grid(args) -> int:
         from circuitkit.viz.heads import needle_grid_figure
 
         print(f"wrote {write_figure(args.html, needle_grid_figure(table, f'needle grid of {args.model}'))}")
+    return 0
+
+
+def _cmd_kv_compress(args) -> int:
+    from circuitkit.heads.compress import kv_compress_curve
+
+    check_out_folder(args.out, args.html)
+    params = {k: v for k, v in _zoo_needle_params(args.model).items()
+              if k in ("values", "haystack", "needle_template", "question")}
+    model = model_from_args(args)
+    table = kv_compress_curve(model, args.policy, args.detector, args.ks, n_random=args.n_random, seed=args.seed,
+                              sink=args.sink, window=args.window, compensate=args.compensate, budget=args.budget,
+                              share=args.share, context_lengths=args.lengths, depths=args.depths,
+                              progress=not args.no_progress, **params)
+    summary = table.groupby(["k", "selection"]).agg(accuracy=("accuracy", "mean"), kv_kept=("kv_kept", "mean"))
+    summary = summary.unstack("selection")
+    summary.columns = [f"{value} ({selection})" for value, selection in summary.columns]
+    print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+    for k, heads in table[table.selection == "detector"][["k", "heads"]].values:
+        print(f"  top {k} by {args.detector}: {heads or '-'}")
+    if args.out is not None:
+        print(f"wrote {write_table(args.out, table)}")
+    if args.html is not None:
+        from circuitkit.viz.heads_kv import kv_compress_figure
+
+        title = f"{args.policy} cache of {args.model}: {args.detector} heads vs random heads"
+        print(f"wrote {write_figure(args.html, kv_compress_figure(table, title))}")
     return 0
 
 

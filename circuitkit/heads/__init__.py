@@ -1,5 +1,6 @@
-"""circuitkit.heads: attention-head scores — retrieval heads (with a causal check), induction,
-previous-token, duplicate-token, locality (streaming heads) and echo."""
+"""circuitkit.heads: attention-head scores — retrieval heads (Wu et al., QRHead, LOCOS; with a
+causal check), induction, previous-token, duplicate-token, locality (streaming heads) and echo —
+and KV-cache policies built on them (`circuitkit.heads.kv`, `circuitkit.heads.kvpress`)."""
 
 from circuitkit.heads.causal import (
     CausalCheck,
@@ -7,6 +8,7 @@ from circuitkit.heads.causal import (
     retrieval_causal_check,
     uniform_attention_hooks,
 )
+from circuitkit.heads.detectors import kv_group_mean, locos_scores, qr_scores
 from circuitkit.heads.patterns import KINDS as HEAD_SCORE_KINDS
 from circuitkit.heads.patterns import head_scores, repeated_tokens
 from circuitkit.heads.retrieval import (
@@ -23,8 +25,11 @@ __all__ = [
     "HEAD_SCORE_KINDS",
     "NeedlePrompt",
     "head_scores",
+    "kv_group_mean",
+    "locos_scores",
     "needle_accuracy",
     "needle_prompts",
+    "qr_scores",
     "repeated_tokens",
     "retrieval_causal_check",
     "retrieval_heads",

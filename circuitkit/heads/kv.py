@@ -9,6 +9,19 @@ attends exactly as it would with the other keys evicted; no weight changes. With
 attention a key / value head is shared by its query heads, so a policy must treat a whole group
 alike (the cache is per key / value head).
 
+``KVPolicy(..., compensate=True)`` adds RazorAttention's compensation token to each streamed
+head: the evicted keys and values averaged into one extra entry ``k^ = mean k_m``,
+``v^ = mean v_m`` over the evicted set ``D``, weighted by ``|D|`` in the softmax (RazorAttention
+eqs. 4-5: ``sum_kept e^{q.k} v + |D| e^{q.k^} v^`` over ``sum_kept e^{q.k} + |D| e^{q.k^}``).
+Scores and outputs are linear in the key and the value, so this is done exactly on the scores
+alone: each evicted key's score is replaced by the mean of the evicted scores (``q.k^``); each
+then gets ``e^{q.k^} / Z`` of the attention and together they carry ``|D| e^{q.k^} v^ / Z``.
+
+A `HeadBudgetPolicy` is HeadKV's per-head budget: each head (each key / value head under
+grouped-query attention) keeps its own top-``B`` tokens, ranked by the attention the last
+``window`` prompt positions (the observation window, SnapKV-style) pay them, summed over the
+group's query heads, plus the recent ``window``.
+
 `needle_grid` scores a model under a policy on needle prompts at each context length and depth:
 accuracy (the answer's first token is the top prediction) and the logit difference per cell,
 plus the share of the KV cache the policy keeps at that length.
@@ -16,37 +29,50 @@ plus the share of the KV cache the policy keeps at that length.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from circuitkit import names
-from circuitkit.errors import InputError
+from circuitkit.errors import InputError, InputTypeError
 from circuitkit.models import backend
 from circuitkit.tasks.builders import needle
 
-__all__ = ["KVPolicy", "kv_kept_share", "needle_grid", "run_with_kv_policy"]
+__all__ = ["HeadBudgetPolicy", "KVPolicy", "kv_kept_share", "needle_grid", "policy_hooks", "run_with_kv_policy"]
 
 
 @dataclass(frozen=True)
 class KVPolicy:
     """Which heads keep the full KV cache (``full``: head ids ``a{L}.h{H}``); every other head
-    keeps the first ``sink`` tokens and the last ``window`` (the query's own included)."""
+    keeps the first ``sink`` tokens and the last ``window`` (the query's own included), plus,
+    with ``compensate``, RazorAttention's compensation token for the evicted ones.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> from circuitkit.heads.kv import KVPolicy, kv_kept_share
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> razor = KVPolicy.razor(model, ["a1.h0"], sink=4, window=16, compensate=True)
+        >>> round(kv_kept_share(model, razor, 128), 4)  # 1 head of 8 full, 7 keep 4 + 16 + 1
+        0.2686
+    """
 
     full: frozenset[str] = field(default_factory=frozenset)
     sink: int = 4
     window: int = 64
+    compensate: bool = False
 
     @classmethod
-    def razor(cls, model, keep: Iterable[str], sink: int = 4, window: int = 64) -> KVPolicy:
+    def razor(cls, model, keep: Iterable[str], sink: int = 4, window: int = 64, compensate: bool = False) -> KVPolicy:
         """RazorAttention's split: the heads in ``keep`` (e.g. `retrieval_heads`) full, every
-        other head streaming; checked against ``model`` (and against its key / value groups)."""
+        other head streaming (``compensate``: with the compensation token); checked against
+        ``model`` (and against its key / value groups)."""
         heads = frozenset(names.format_node(n) for n in names.check_model_components(model, list(keep), ("head",),
                                                                                        purpose="kept in full"))
-        policy = cls(heads, sink, window)
+        policy = cls(heads, sink, window, compensate)
         policy.check(model)
         return policy
 
@@ -54,20 +80,172 @@ class KVPolicy:
         if self.sink < 0 or self.window < 1:
             raise InputError(f"a streaming head needs sink >= 0 and window >= 1, got sink={self.sink}, window={self.window}")
         names.check_model_components(model, list(self.full), ("head",), purpose="kept in full")
-        n_kv = getattr(model.cfg, "n_key_value_heads", None)
-        if n_kv and n_kv < model.cfg.n_heads:
-            group = model.cfg.n_heads // n_kv
-            for layer in range(model.cfg.n_layers):
-                for g in range(n_kv):
-                    members = [names.head(layer, g * group + i) for i in range(group)]
-                    kept = [m in self.full for m in members]
-                    if any(kept) and not all(kept):
-                        raise InputError(f"heads {members} share one key / value head, so one KV cache: keep all of "
-                                         "them in full or none")
+        _check_groups(model, lambda head: head in self.full, "keep all of them in full or none")
 
     def streamed(self, model, layer: int) -> Tensor:
         """``[n_heads]`` bool: which heads of ``layer`` stream."""
         return torch.tensor([names.head(layer, h) not in self.full for h in range(model.cfg.n_heads)])
+
+    def kept(self, layer: int, kv_head: int, n_pos: int, group: int = 1) -> int:
+        """Cache entries key / value head ``kv_head`` of ``layer`` holds at ``n_pos`` tokens."""
+        if names.head(layer, kv_head * group) in self.full:
+            return n_pos
+        stream = self.sink + self.window
+        return min(n_pos, stream) + int(self.compensate and n_pos > stream)
+
+    def hooks(self, model, ends: Tensor | None = None) -> list:
+        """Forward hooks on each layer's ``hook_attn_scores`` (``ends`` is unused: a streaming
+        cache is the same at every query)."""
+        hooks = []
+        for layer in range(model.cfg.n_layers):
+            streamed = self.streamed(model, layer)
+            if streamed.any():
+                hooks.append((names.hook("attn_scores", layer), partial(self._evict, streamed=streamed)))
+        return hooks
+
+    def _evict(self, scores: Tensor, hook, streamed: Tensor) -> Tensor:
+        n_q, n_k = scores.shape[-2:]
+        keep = _keep_mask(n_k, self.sink, self.window, scores.device)[-n_q:]
+        drop = streamed.to(scores.device)[:, None, None] & ~keep[None]  # [heads, q, k]
+        if not self.compensate:
+            return scores.masked_fill(drop[None], float("-inf"))
+        # evicted past keys (future keys and padding are -inf already and stay so)
+        dropped = drop[None] & torch.isfinite(scores)
+        n_dropped = dropped.sum(-1, keepdim=True)
+        mean = torch.where(dropped, scores, torch.zeros((), dtype=scores.dtype, device=scores.device)).sum(-1, keepdim=True)
+        mean = mean / n_dropped.clamp(min=1)
+        return torch.where(dropped, mean.expand_as(scores), scores.masked_fill(drop[None], float("-inf")))
+
+
+def _kv_group(model) -> tuple[int, int]:
+    """``(n_kv_heads, group)``: key / value heads per layer and query heads per key / value head."""
+    n_heads = model.cfg.n_heads
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or n_heads
+    return n_kv, n_heads // n_kv
+
+
+def _check_groups(model, same, fix: str) -> None:
+    """Raise when the query heads of one key / value head differ in ``same(head_id)``."""
+    n_kv, group = _kv_group(model)
+    if group == 1:
+        return
+    for layer in range(model.cfg.n_layers):
+        for g in range(n_kv):
+            members = [names.head(layer, g * group + i) for i in range(group)]
+            values = [same(m) for m in members]
+            if any(v != values[0] for v in values):
+                raise InputError(f"heads {members} share one key / value head, so one KV cache: {fix}")
+
+
+@dataclass(frozen=True)
+class HeadBudgetPolicy:
+    """HeadKV's per-head cache: head ``h`` in ``budgets`` keeps its top ``budgets[h]`` tokens by
+    its own attention score plus the recent ``window``; heads not in ``budgets`` keep the full cache.
+
+    A head's token scores are the attention the observation window (the last ``window`` prompt
+    positions, up to each prompt's end) pays each earlier token, read from that layer's scores in
+    the same forward pass and summed over the query heads that share a key / value head (they
+    share one cache, so they share a budget and one selection). Only tokens before the observation
+    window compete for the budget; every query then attends to the selected tokens and to its own
+    last ``window`` tokens, as `KVPolicy` does for a streaming head. ``budgets[h] = 0`` is a pure
+    sliding window.
+
+    Examples:
+        >>> import circuitkit as ck
+        >>> from circuitkit.heads.kv import HeadBudgetPolicy, kv_kept_share
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")
+        >>> scores = ck.retrieval_scores(model, ck.zoo_task("retrieval-handbuilt", model, context_lengths=[64]),
+        ...                              progress=False)
+        >>> policy = HeadBudgetPolicy.from_scores(model, scores, budget=8, window=8, share=0.5)
+        >>> policy.budgets["a1.h0"], policy.budgets["a0.h1"]  # the retrieval head gets the pool
+        (36, 4)
+        >>> round(kv_kept_share(model, policy, 128), 4)  # 8 heads keep 8 + 8 tokens on average
+        0.125
+    """
+
+    budgets: Mapping[str, int] = field(default_factory=dict, hash=False)
+    window: int = 64
+
+    @classmethod
+    def from_scores(cls, model, scores, budget: int, window: int = 64, share: float = 0.5) -> HeadBudgetPolicy:
+        """HeadKV's allocation: each key / value head keeps ``budget * (1 - share)`` tokens of its
+        own, and the pool of the rest (``share * budget`` per head) goes to the heads in proportion
+        to their scores (negative scores count 0; a key / value group's score is its heads' mean;
+        largest remainders round the pool exactly)."""
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise InputError(f"budget must be a whole number of tokens >= 0, got {budget!r}")
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"share must be in [0, 1] (the part of each head's budget pooled), got {share}")
+        n_kv, group = _kv_group(model)
+        grid = scores.head_grid(model.cfg.n_layers, model.cfg.n_heads).float().clamp(min=0)
+        grid = grid.reshape(model.cfg.n_layers, n_kv, group).mean(-1)  # [layers, kv heads]
+        base = int(round(budget * (1 - share)))
+        pool = budget * model.cfg.n_layers * n_kv - base * model.cfg.n_layers * n_kv
+        weights = grid / grid.sum() if float(grid.sum()) > 0 else torch.full_like(grid, 1 / grid.numel())
+        exact = weights.flatten() * pool
+        extra = exact.floor().long()
+        order = torch.argsort(-(exact - extra), stable=True)[: pool - int(extra.sum())]
+        extra[order] += 1
+        extra = extra.reshape(grid.shape)
+        budgets = {names.head(layer, g * group + i): base + int(extra[layer, g])
+                   for layer in range(model.cfg.n_layers) for g in range(n_kv) for i in range(group)}
+        policy = cls(budgets, window)
+        policy.check(model)
+        return policy
+
+    def check(self, model) -> None:
+        if self.window < 1:
+            raise InputError(f"a head budget policy needs window >= 1, got window={self.window}")
+        bad = {h: b for h, b in self.budgets.items() if isinstance(b, bool) or not isinstance(b, int) or b < 0}
+        if bad:
+            raise InputError(f"budgets must be whole numbers of tokens >= 0, got {bad}")
+        names.check_model_components(model, list(self.budgets), ("head",), purpose="given a token budget")
+        _check_groups(model, lambda head: self.budgets.get(head), "give them one budget (or none)")
+
+    def kept(self, layer: int, kv_head: int, n_pos: int, group: int = 1) -> int:
+        budget = self.budgets.get(names.head(layer, kv_head * group))
+        return n_pos if budget is None else min(n_pos, budget + self.window)
+
+    def hooks(self, model, ends: Tensor | None = None) -> list:
+        """Forward hooks on each layer's ``hook_attn_scores``; ``ends`` ``[batch]`` is each prompt's
+        last position (default: the last position), where its observation window ends."""
+        n_kv, group = _kv_group(model)
+        hooks = []
+        for layer in range(model.cfg.n_layers):
+            budgets = [self.budgets.get(names.head(layer, h)) for h in range(model.cfg.n_heads)]
+            if all(b is None for b in budgets):
+                continue
+            hooks.append((names.hook("attn_scores", layer),
+                          partial(self._select, budgets=budgets, group=group, ends=ends)))
+        return hooks
+
+    def _select(self, scores: Tensor, hook, budgets: list, group: int, ends: Tensor | None) -> Tensor:
+        batch, n_heads, n_q, n_k = scores.shape
+        device = scores.device
+        ends_ = (torch.full((batch,), n_k - 1) if ends is None else torch.as_tensor(ends).reshape(-1)).to(device)
+        if ends_.shape[0] != batch:
+            raise InputError(f"ends has {ends_.shape[0]} entries for a batch of {batch} prompts")
+        start = (ends_ - self.window + 1).clamp(min=0)  # first observation query per row
+        q = torch.arange(n_q, device=device) + (n_k - n_q)
+        k = torch.arange(n_k, device=device)
+        observing = (q[None] >= start[:, None]) & (q[None] <= ends_[:, None])  # [b, q]
+        pattern = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0)
+        importance = (pattern * observing[:, None, :, None]).sum(2)  # [b, heads, k]
+        importance = importance.reshape(batch, n_heads // group, group, n_k).sum(2)  # per key / value head
+        candidate = k[None] < start[:, None]  # [b, k]
+        ranked = importance.masked_fill(~candidate[:, None], float("-inf"))
+        order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
+        rank = torch.empty_like(order)
+        rank.scatter_(-1, order, torch.arange(n_k, device=device).expand_as(order))
+        budget = torch.tensor([b if b is not None else n_k for b in budgets], device=device)
+        budget = budget.reshape(-1, group)[:, 0]  # one budget per key / value head (checked)
+        selected = (rank < budget[None, :, None]) & candidate[:, None]  # [b, kv heads, k]
+        selected = selected.repeat_interleave(group, dim=1)  # [b, heads, k]
+        recent = (q[:, None] - k[None] < self.window)  # [q, k]
+        keep = selected[:, :, None, :] | recent[None, None]
+        full = torch.tensor([b is None for b in budgets], device=device)
+        keep = keep | full[None, :, None, None]
+        return scores.masked_fill(~keep, float("-inf"))
 
 
 def _keep_mask(n_pos: int, sink: int, window: int, device) -> Tensor:
@@ -77,52 +255,46 @@ def _keep_mask(n_pos: int, sink: int, window: int, device) -> Tensor:
     return (k < sink) | (q - k < window)
 
 
-def policy_hooks(model, policy: KVPolicy) -> list:
-    """Forward hooks on each layer's ``hook_attn_scores`` that evict, for streamed heads, every key
-    outside the sink and the window (their scores set to -inf before the softmax)."""
+Policy = KVPolicy | HeadBudgetPolicy
+
+
+def _check_policy(model, policy) -> None:
+    if not isinstance(policy, (KVPolicy, HeadBudgetPolicy)):
+        raise InputTypeError(f"policy must be a KVPolicy or a HeadBudgetPolicy, got {type(policy).__name__}")
     policy.check(model)
+
+
+def policy_hooks(model, policy: Policy, ends: Tensor | None = None) -> list:
+    """Forward hooks on each layer's ``hook_attn_scores`` that apply ``policy`` before the softmax:
+    a streamed head's evicted keys get -inf (or, with ``compensate``, the compensation token's
+    score), a budgeted head's unselected keys -inf. ``ends``: each prompt's last position
+    (`HeadBudgetPolicy` only)."""
+    _check_policy(model, policy)
     if backend.is_bridge(model):
         backend.require(model, ("pattern",), "a KV-cache policy")
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        streamed = policy.streamed(model, layer)
-        if not streamed.any():
-            continue
-
-        def evict(scores, hook, streamed=streamed):
-            keep = _keep_mask(scores.shape[-1], policy.sink, policy.window, scores.device)
-            drop = streamed.to(scores.device)[:, None, None] & ~keep[None]
-            return scores.masked_fill(drop[None], float("-inf"))
-
-        hooks.append((names.hook("attn_scores", layer), evict))
-    return hooks
+    return policy.hooks(model, ends)
 
 
-def run_with_kv_policy(model, tokens: Tensor, policy: KVPolicy) -> Tensor:
-    """Logits ``[batch, pos, vocab]`` with every head attending under ``policy``."""
-    hooks = policy_hooks(model, policy)
+def run_with_kv_policy(model, tokens: Tensor, policy: Policy, ends: Tensor | None = None) -> Tensor:
+    """Logits ``[batch, pos, vocab]`` with every head attending under ``policy`` (``ends``: each
+    prompt's last position, where a `HeadBudgetPolicy`'s observation window ends)."""
+    hooks = policy_hooks(model, policy, ends)
     with torch.no_grad():
         if backend.is_bridge(model):
             return backend.run_bridge(model, tokens, hooks, None)
         return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
-def kv_kept_share(model, policy: KVPolicy, n_pos: int) -> float:
-    """The share of the KV cache kept at the last of ``n_pos`` tokens: full heads keep ``n_pos``
-    entries, streamed ones ``min(n_pos, sink + window)``, counted per key / value head."""
-    n_heads = model.cfg.n_heads
-    n_kv = getattr(model.cfg, "n_key_value_heads", None) or n_heads
-    group = n_heads // n_kv
-    kept = total = 0
-    for layer in range(model.cfg.n_layers):
-        for g in range(n_kv):
-            full = names.head(layer, g * group) in policy.full
-            kept += n_pos if full else min(n_pos, policy.sink + policy.window)
-            total += n_pos
-    return kept / total
+def kv_kept_share(model, policy: Policy, n_pos: int) -> float:
+    """The share of the KV cache kept at the last of ``n_pos`` tokens, counted per key / value
+    head: full heads keep ``n_pos`` entries, streamed ones ``min(n_pos, sink + window)`` (plus
+    one compensation token when some were evicted), budgeted ones ``min(n_pos, budget + window)``."""
+    n_kv, group = _kv_group(model)
+    kept = sum(policy.kept(layer, g, n_pos, group) for layer in range(model.cfg.n_layers) for g in range(n_kv))
+    return kept / (n_pos * n_kv * model.cfg.n_layers)
 
 
-def needle_grid(model, policy: KVPolicy | None = None, context_lengths: Sequence[int] = (64, 128, 256),
+def needle_grid(model, policy: Policy | None = None, context_lengths: Sequence[int] = (64, 128, 256),
                 depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), **needle_kwargs) -> pd.DataFrame:
     """Needle accuracy and logit difference per (context length, depth) under ``policy`` (None:
     the full cache), one row per cell, with ``kv_kept`` (`kv_kept_share` at that length).
@@ -142,12 +314,12 @@ def needle_grid(model, policy: KVPolicy | None = None, context_lengths: Sequence
     if policy is None:  # the full cache: every head keeps it
         policy = KVPolicy(frozenset(names.head(layer, h) for layer in range(model.cfg.n_layers)
                                     for h in range(model.cfg.n_heads)))
-    policy.check(model)
+    _check_policy(model, policy)
     rows = []
     for length in context_lengths:
         for depth in depths:
             task = needle(model, context_lengths=(length,), depths=(depth,), **needle_kwargs)
-            logits = run_with_kv_policy(model, task.clean, policy)
+            logits = run_with_kv_policy(model, task.clean, policy, task.answer_pos.reshape(len(task), -1)[:, 0])
             rows_at = torch.arange(len(task))
             last = logits[rows_at, task.answer_pos.reshape(len(task), -1)[:, 0]]
             answers = task.answers.reshape(len(task), -1)[:, 0]

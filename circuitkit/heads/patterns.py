@@ -13,6 +13,9 @@ Kinds:
 * ``"echo"`` — RazorAttention's echo score: attention mass on earlier copies of the current token,
   averaged over queries that have one.
 * ``"retrieval"`` — `circuitkit.heads.retrieval.retrieval_scores` on a needle task.
+* ``"qrhead"`` / ``"locos"`` — `circuitkit.heads.detectors.qr_scores` (query-to-needle attention
+  mass) and `circuitkit.heads.detectors.locos_scores` (OV write to the answer's logit) on a needle
+  task; ``per_kv_group=True`` averages them over heads that share a key / value head.
 
 Without input, the repeated-random-token prompts of `repeated_tokens` are used (the usual
 probe for induction / duplicate heads; RazorAttention repeats a sequence 4 times).
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from transformer_lens import head_detector
 
 from circuitkit.errors import InputError, InputTypeError
+from circuitkit.heads.detectors import locos_scores, qr_scores
 from circuitkit.heads.retrieval import retrieval_scores
 from circuitkit.scores import Scores
 from circuitkit.tasks.builders import check_n_prompts
@@ -40,7 +44,8 @@ DETECTOR_KINDS = {
     "induction": head_detector.get_induction_head_detection_pattern,
 }
 PATTERN_KINDS = (*DETECTOR_KINDS, "locality", "echo")  # scored on repeated random tokens (`heads score`)
-KINDS = (*PATTERN_KINDS, "retrieval")
+NEEDLE_KINDS = {"retrieval": retrieval_scores, "qrhead": qr_scores, "locos": locos_scores}  # need a needle task
+KINDS = (*PATTERN_KINDS, *NEEDLE_KINDS)
 
 
 def repeated_tokens(model, n_prompts: int = 8, seq_len: int = 20, n_repeats: int = 2, seed: int = 0,
@@ -129,10 +134,10 @@ def head_scores(
     """
     if kind not in KINDS:
         raise InputError(f"unknown head score kind {kind!r}; choose one of {list(KINDS)}")
-    if kind == "retrieval":
+    if kind in NEEDLE_KINDS:
         if tokens_or_task is None:
-            raise InputError("kind='retrieval' needs a needle task; build one with circuitkit.needle(model, ...)")
-        return retrieval_scores(model, tokens_or_task, batch_size=batch_size, progress=progress, **retrieval_kwargs)
+            raise InputError(f"kind={kind!r} needs a needle task; build one with circuitkit.needle(model, ...)")
+        return NEEDLE_KINDS[kind](model, tokens_or_task, batch_size=batch_size, progress=progress, **retrieval_kwargs)
     if retrieval_kwargs:
         raise InputTypeError(f"unexpected arguments for kind={kind!r}: {sorted(retrieval_kwargs)}")
     if error_measure not in ("mul", "abs"):

@@ -139,7 +139,7 @@ def forward_memory_per_prompt(model, n_pos: int) -> int:
     return int(elem * n_pos * per_token)
 
 
-def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, max_memory: float | None) -> int:
+def budget_prompts_per_batch(model, prompts: Sequence[NeedlePrompt], batch_size: int, max_memory: float | None) -> int:
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if max_memory is not None and (not isinstance(max_memory, (int, float)) or max_memory <= 0):
@@ -154,13 +154,13 @@ def _budget_batch_size(model, prompts: Sequence[NeedlePrompt], batch_size: int, 
     return max(1, min(batch_size, int(budget // one)))
 
 
-def _batches(n: int, batch_size: int):
+def prompt_ranges(n: int, batch_size: int):
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     return [range(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
-def _pad_id(model) -> int:
+def pad_id(model) -> int:
     tok = getattr(model, "tokenizer", None)
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(tok, attr, None) if tok is not None else None
@@ -189,7 +189,7 @@ def teacher_forced_batch(model, prompts: Sequence[NeedlePrompt], fwd_hooks=()):
     """
     seqs = [torch.cat([p.tokens, p.answer[:-1]]) for p in prompts]
     width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), _pad_id(model), dtype=torch.long)
+    tokens = torch.full((len(seqs), width), pad_id(model), dtype=torch.long)
     for row, s in enumerate(seqs):
         tokens[row, : len(s)] = s
     qpos, mask = _answer_positions(prompts)
@@ -238,11 +238,11 @@ def retrieval_scores(
     """
     prompts = needle_prompts(task_or_prompts)
     check_needle_prompts(model, prompts)
-    batch_size = _budget_batch_size(model, prompts, batch_size, max_memory)
+    batch_size = budget_prompts_per_batch(model, prompts, batch_size, max_memory)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     per_prompt = torch.zeros(len(prompts), n_layers, n_heads)
     recall = torch.zeros(len(prompts))
-    for batch in tqdm(_batches(len(prompts), batch_size), desc="retrieval scores", disable=not progress):
+    for batch in tqdm(prompt_ranges(len(prompts), batch_size), desc="retrieval scores", disable=not progress):
         chunk = [prompts[i] for i in batch]
         argmax: dict[int, Tensor] = {}
 
