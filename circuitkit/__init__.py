@@ -10,15 +10,16 @@ The result contract:
 
 * estimators (``activation_patching``, ``path_patching``, ``attribution_patching``, ``eap``,
   ``eap_ig``, ``exact_edge_patching``, ``logit_lens``, ``direct_logit_attribution``,
-  ``head_scores``, ``retrieval_scores``, the SAE attributions) return `Scores`: one value
-  per component id, with the ``meta`` keys listed in `circuitkit.scores.META_KEYS`;
+  ``head_scores``, ``retrieval_scores``, ``qr_scores``, ``locos_scores``, the SAE attributions)
+  return `Scores`: one value per component id, with the ``meta`` keys listed in `circuitkit.scores.META_KEYS`;
 * selectors (``discover``, ``acdc``, ``smallest_faithful``, ``Circuit.top_k`` / ``threshold``)
   return a `Circuit`;
 * checks (``ablate``, ``evaluate``, ``retrieval_causal_check``, ``verify``, ``sae_quality``)
   return small report dataclasses;
 * ``patch_head_sets`` returns a ``[n_sets]`` tensor (its items are sets of heads, which no
-  component id labels), ``retrieval_heads`` the ids of the heads above a threshold and
-  ``faithfulness_curve`` a pandas table.
+  component id labels), ``retrieval_heads`` the ids of the heads above a threshold,
+  ``select_edges`` the ids of the edges an edge selection picks and ``faithfulness_curve`` a
+  pandas table.
 
 This module re-exports the public API (each name imported on first use); SAE functions live in `circuitkit.sae` and batch
 studies in `circuitkit.studies` (``run_study`` / ``load_results`` import on first use:
@@ -58,6 +59,8 @@ _EXPORTS = {
     "faithfulness": "circuitkit.circuit",
     "faithfulness_curve": "circuitkit.circuit",
     "load_circuit": "circuitkit.circuit",
+    "mib_submission": "circuitkit.circuit.io",
+    "check_mib_submission": "circuitkit.circuit.io",
     "overlap": "circuitkit.circuit",
     "overlap_matrix": "circuitkit.circuit",
     "precision": "circuitkit.circuit",
@@ -65,12 +68,15 @@ _EXPORTS = {
     "roc_auc": "circuitkit.circuit",
     "save_circuit": "circuitkit.circuit",
     "smallest_faithful": "circuitkit.circuit",
+    "select_edges": "circuitkit.circuit",
     "score_layers": "circuitkit.circuit",
     "head_scores": "circuitkit.heads",
     "retrieval_causal_check": "circuitkit.heads",
     "retrieval_heads": "circuitkit.heads",
     "retrieval_scores": "circuitkit.heads",
     "retrieval_scores_generate": "circuitkit.heads",
+    "qr_scores": "circuitkit.heads",
+    "locos_scores": "circuitkit.heads",
     "ModelLoadError": "circuitkit.models",
     "CircuitkitError": "circuitkit.errors",
     "load_model": "circuitkit.models",

@@ -37,6 +37,7 @@ from circuitkit.circuit.io import FORMATS, convert, load_circuit, save_circuit
 from circuitkit.circuit.layers import LayerEvaluator, layer_nodes, score_layers
 from circuitkit.circuit.published import PUBLISHED, published_circuit
 from circuitkit.circuit.routes import cap_by_route, route_widths
+from circuitkit.circuit.selection import SELECTIONS, select_edges
 from circuitkit.circuit.stability import circuit_stability
 
 __all__ = [
@@ -46,5 +47,5 @@ __all__ = [
     "route_widths", "cap_by_route", "save_circuit", "score_edges", "shared_components", "smallest_faithful",
     "EstimateCheck", "FeatureCircuitEvaluation", "check_estimates", "evaluate_feature_circuit", "feature_circuit",
     "graph_circuit", "top_features", "LayerEvaluator", "layer_nodes", "score_layers",
-    "circuit_stability",
+    "circuit_stability", "SELECTIONS", "select_edges",
 ]

@@ -16,7 +16,7 @@ circuit that keeps an edge at every position is the edge-level circuit keeping i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -346,6 +346,25 @@ def full_circuit(scores: Scores, model, model_edges: Sequence[str]) -> Circuit:
     return circuit
 
 
+def smallest_size(reached: Callable[[int], bool], total: int, search: str = "binary") -> int:
+    """The size ``smallest_faithful`` picks: the first ``n`` in ``0..total`` with ``reached(n)``
+    (``reached(total)`` must hold). ``"binary"``: the MIB grid of sizes, then a binary search
+    between the last grid size not reaching it and the first one that does (a crossing point,
+    the smallest n when ``reached`` is monotone); ``"linear"``: every n from 0 up."""
+    if search == "linear":
+        return next(n for n in range(total + 1) if reached(n))
+    grid = sorted({0, *(min(total, math.ceil(k / 100 * total - 1e-9)) for k in MIB_KS), total})
+    hi = next(size for size in grid if reached(size))  # f(all edges) = 1 >= target
+    lo = max((size for size in grid if size < hi), default=-1)  # f(lo) < target (or lo = -1)
+    while hi - lo > 1:  # invariant: not reached(lo), reached(hi)
+        mid = (lo + hi) // 2
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation: str = DEFAULT_ABLATION,
                       seed: int = 0, search: str = "binary", evaluator: EdgeEvaluator | None = None) -> Circuit:
     """The fewest top-|score| edges whose circuit reaches ``target`` faithfulness.
@@ -373,20 +392,7 @@ def smallest_faithful(model, task, scores: Scores, target: float = 0.9, ablation
     ev = evaluator or EdgeEvaluator(model, task, ablation, seed, by_pos=scores_by_pos(scores))
     order = rank_edges(scores, ev.model_edges, True)
     total = len(order)
-    reached = lambda n: ev.faithfulness(order[:n]) >= target  # noqa: E731
-    if search == "linear":
-        n = next(n for n in range(total + 1) if reached(n))
-    else:
-        grid = sorted({0, *(min(total, math.ceil(k / 100 * total - 1e-9)) for k in MIB_KS), total})
-        hi = next(size for size in grid if reached(size))  # f(all edges) = 1 >= target
-        lo = max((size for size in grid if size < hi), default=-1)  # f(lo) < target (or lo = -1)
-        while hi - lo > 1:  # invariant: f(lo) < target <= f(hi)
-            mid = (lo + hi) // 2
-            if reached(mid):
-                hi = mid
-            else:
-                lo = mid
-        n = hi
+    n = smallest_size(lambda n: ev.faithfulness(order[:n]) >= target, total, search)
     circuit = full_circuit(scores, model, ev.model_edges).with_members(order[:n], "edge", prune=False)
     circuit.meta.update(faithfulness=ev.faithfulness(order[:n]), target=target, ablation=ev.ablation,
                         n_edges=n, selection="smallest_faithful")

@@ -14,7 +14,8 @@ from circuitkit.cli.common import (
 )
 from circuitkit.errors import InputError
 
-COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "convert a circuit file to another format"}
+COMMANDS = {"discover": "find a circuit: score edges and prune", "export": "convert a circuit file to another format",
+            "export-mib-submission": "write a circuit's scores into a MIB circuit-track submission folder"}
 
 
 def register(sub) -> None:
@@ -23,6 +24,14 @@ def register(sub) -> None:
     from circuitkit.circuit.discovery import DISCOVERY_METHODS, LEVELS
     from circuitkit.circuit.io import FORMATS
     from circuitkit.circuit.io.mib import DANGLING, SCORE_CHOICES, SIGNS
+    from circuitkit.circuit.io.mib_folder import (
+        MIB_MODELS,
+        MIB_PERCENTAGES,
+        MIB_TASKS,
+        MODES,
+        RANKINGS,
+    )
+    from circuitkit.circuit.selection import SELECTIONS
 
     disc = sub.add_parser(
         "discover", help=COMMANDS["discover"],
@@ -40,6 +49,13 @@ def register(sub) -> None:
     prune.add_argument("--threshold", type=finite_float, default=None, help="keep edges with |score| >= this (ACDC: its tau)")
     disc.add_argument("--faithfulness", type=finite_float, default=0.9,
                       help="faithfulness the circuit must reach when neither --top-k nor --threshold (formerly --target)")
+    disc.add_argument("--selection", default="top-k", choices=tuple(SELECTIONS),
+                      help="how scored edges are picked, with --top-k as the size or else the smallest circuit "
+                           "reaching --faithfulness (not with --threshold unless top-k): "
+                           + "; ".join(s.describe() for s in SELECTIONS.values()))
+    disc.add_argument("--selection-arg", action="append", default=[], metavar="KEY=VALUE", dest="selection_args",
+                      help="a parameter of --selection (listed with its default under --selection), repeatable; "
+                           "VALUE is read as YAML: --selection-arg n_resamples=20 --selection-arg agreement=0.8")
     disc.add_argument("--ablation", default=DEFAULT_ABLATION, choices=ABLATION_KINDS,
                       help="how edges outside the circuit are removed, when scoring and evaluating")
     disc.add_argument("--steps", type=int, default=None,
@@ -87,10 +103,30 @@ def register(sub) -> None:
     mib.add_argument("--d-model", type=int, default=None, help="the model's d_model, when the circuit does not record it")
     exp.set_defaults(func=_cmd_export)
 
+    sub_mib = sub.add_parser(
+        "export-mib-submission", help=COMMANDS["export-mib-submission"],
+        description="Read a circuit file whose edges carry scores for every edge of one of MIB's models (a "
+                    "discover --out file, an EAP-IG importances file) and write it into the submission FOLDER "
+                    "as its TASK_MODEL folder, the layout MIB's circuit-track evaluation reads: one importances "
+                    f"file, or nine circuits at {', '.join(f'{k:g}' for k in MIB_PERCENTAGES)} % of the edges. "
+                    "Nothing is written on error; see docs/circuits.md.")
+    sub_mib.add_argument("circuit", help="input circuit file (any format load_circuit reads)")
+    sub_mib.add_argument("--task", required=True, choices=MIB_TASKS, help="MIB's task name")
+    sub_mib.add_argument("--model", required=True, choices=tuple(MIB_MODELS), help="MIB's model name")
+    sub_mib.add_argument("--mode", default="importances", choices=MODES,
+                         help="'importances': one file of every edge's score, MIB cuts its own circuits; "
+                              "'circuits': nine circuits cut from the scores as MIB would")
+    sub_mib.add_argument("--ranking", default="signed", choices=RANKINGS,
+                         help="--mode circuits: 'signed' keeps the edges the behaviour needs most (CPR), "
+                              "'absolute' the largest |score| (CMD)")
+    sub_mib.add_argument("--out", required=True, help="the submission folder (one per method); made if missing")
+    sub_mib.set_defaults(func=_cmd_export_mib_submission)
+
 
 def _cmd_discover(args) -> int:
     from circuitkit.circuit.discovery import discover
     from circuitkit.circuit.io import check_circuit_path, save_circuit
+    from circuitkit.circuit.selection import check_selection_args
     from circuitkit.cli.common import parse_key_values
     from circuitkit.viz import circuit_html
 
@@ -98,12 +134,15 @@ def _cmd_discover(args) -> int:
     check_out_folder(out, args.html)
     check_circuit_path(out)  # a suffix that names no format is refused before the model loads
     method_args = parse_key_values(args.method_args, "--method-arg", "steps=500")
+    selection_args = parse_key_values(args.selection_args, "--selection-arg", "n_resamples=20")
+    check_selection_args(args.selection, selection_args)  # refused before the model loads
     model = model_from_args(args)
     task = task_from_args(args, model)
     circuit = discover(model, task, args.method, top_k=args.top_k, threshold=args.threshold, target=args.faithfulness,
                        ablation=args.ablation, steps=args.steps, route_cap=args.route_cap,
                        progress=not args.no_progress, interpolate=args.interpolate, by_pos=args.by_pos,
-                       level=args.level, method_args=method_args)
+                       level=args.level, method_args=method_args, selection=args.selection,
+                       selection_args=selection_args)
     save_circuit(circuit, out)
     if args.html:
         circuit_html(circuit, args.html)
@@ -112,6 +151,9 @@ def _cmd_discover(args) -> int:
     print(f"{args.method} circuit on {task.name}: {size}; "
           f"faithfulness {meta['faithfulness']:.3f}, completeness {meta['completeness']:.3f} "
           f"({args.ablation} ablation), {meta['seconds']:.1f}s -> {out}")
+    if args.selection != "top-k":
+        consistent = f", {meta['n_consistent']} edges sign-consistent" if "n_consistent" in meta else ""
+        print(f"selection {args.selection} {meta['selection_args']}{consistent}")
     if args.stability is not None:
         from circuitkit.circuit.stability import circuit_stability
 
@@ -140,4 +182,21 @@ def _cmd_export(args) -> int:
         raise InputError(f"{flags} only apply to --to mib (EAP-IG / MIB JSON), not --to {args.to}; drop them")
     path = convert(args.circuit, args.out, args.to, args.src_format, **given)
     print(f"wrote {args.to} circuit to {path}")
+    return 0
+
+
+def _cmd_export_mib_submission(args) -> int:
+    from circuitkit.circuit.io import check_mib_submission, load_circuit, mib_submission
+    from circuitkit.cli.common import check_out_dir
+
+    check_out_dir(args.out)
+    path = mib_submission(load_circuit(args.circuit), args.out, task=args.task, model=args.model, mode=args.mode,
+                          ranking=args.ranking)
+    print(f"wrote MIB {args.mode} for {path.name} to {path}")
+    entries = check_mib_submission(args.out)
+    tasks, models = {e["task"] for e in entries}, {e["model"] for e in entries}
+    print(f"{args.out} now holds {len(entries)} task / model folder(s): "
+          + ", ".join(f"{Path(e['path']).name} ({e['mode']})" for e in entries))
+    if len(tasks) < 2 or len(models) < 2:
+        print("note: MIB's leaderboard takes a submission with at least 2 tasks and 2 models; add more folders")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from circuitkit.ablation.edges import graph_edges
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.circuit.core import Circuit
 from circuitkit.circuit.discovery.methods import (
@@ -35,6 +36,16 @@ from circuitkit.circuit.evaluation import (
 from circuitkit.circuit.io.attribution_graph import example_prompt
 from circuitkit.circuit.layers import LAYER_METHODS, LayerEvaluator, score_layers
 from circuitkit.circuit.routes import cap_by_route
+from circuitkit.circuit.selection import (
+    bootstrap_scores,
+    check_ilp_size,
+    check_selection_args,
+    mean_scores,
+    selector,
+    sign_agreement,
+    sign_consistent,
+    smallest_selected,
+)
 from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
@@ -69,6 +80,23 @@ def _check_selection(top_k, threshold, target: float, uses_target: bool) -> None
         raise InputError(f"target faithfulness must be in (0, 1], got {target}")
 
 
+def _check_edge_selection(model, method: str, record: DiscoveryMethod, name: str, args: Mapping[str, Any],
+                          threshold, scores, by_pos: bool) -> None:
+    """What an edge selection other than top-k refuses, before any work."""
+    if record.prunes:
+        raise InputError(f"{method} prunes by itself; selection {name!r} picks among scored edges: drop selection "
+                         "or pick a scoring method")
+    if threshold is not None:
+        raise InputError(f"selection {name!r} takes a size: give top_k, or target for the smallest faithful circuit, "
+                         "not threshold (which keeps every edge above a |score|: selection 'top-k')")
+    if name == "bootstrap" and scores is not None:
+        raise InputError("selection 'bootstrap' scores the edges on each resample of the prompts itself; drop scores")
+    if name == "ilp":
+        if by_pos:
+            raise InputError("selection 'ilp' works on edge-level graphs; drop by_pos or use another selection")
+        check_ilp_size(len(graph_edges(model)), args["max_edges"])
+
+
 def score_edges(model, task, method: str, steps: int | None = None, ablation: str = DEFAULT_ABLATION,
                 progress: bool = False, interpolate: str | None = None, by_pos: bool = False, *,
                 method_args: Mapping[str, Any] | None = None, source: dict[str, Tensor] | None = None) -> Scores:
@@ -91,7 +119,8 @@ def score_edges(model, task, method: str, steps: int | None = None, ablation: st
 def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, threshold: float | None = None,
              target: float = 0.9, ablation: str = DEFAULT_ABLATION, steps: int | None = None, route_cap: bool = True,
              scores: Scores | None = None, progress: bool = False, interpolate: str | None = None,
-             by_pos: bool = False, level: str = "edges", method_args: Mapping[str, Any] | None = None) -> Circuit:
+             by_pos: bool = False, level: str = "edges", method_args: Mapping[str, Any] | None = None,
+             selection: str = "top-k", selection_args: Mapping[str, Any] | None = None) -> Circuit:
     """Score the model's edges with ``method`` and prune: ``top_k`` edges, or every edge with
     |score| >= ``threshold``, or (neither given) the smallest top-|score| circuit reaching
     ``target`` faithfulness under ``ablation``. ``acdc`` prunes by itself (``threshold`` is its tau).
@@ -125,8 +154,19 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     graph refuses them by name) or a first coarse look; methods `LAYER_METHODS`, EAP-IG along
     the nodes' ablation masks. ``top_k`` / ``threshold`` / ``target`` then count nodes.
 
+    ``selection``: how the scored edges are picked (`circuitkit.circuit.selection.SELECTIONS`):
+    ``"top-k"`` (default: by |score|), ``"bootstrap"`` (edges whose score sign agrees over
+    bootstrap resamples of the prompts, ranked by |mean score|; the method scores each resample,
+    so ``scores`` cannot be given), ``"ratio"`` (a share of the budget to the most needed edges by
+    signed score, the rest by |score|) or ``"ilp"`` (the connected edge set of largest summed
+    |score|, exact, for graphs up to ``max_edges`` edges); ``selection_args`` their parameters
+    (e.g. ``{"n_resamples": 20, "agreement": 0.8}``, ``{"ratio": 0.5}``). Each but ``top-k``
+    takes ``top_k`` as its size or, without it, finds the smallest selected circuit reaching
+    ``target``; none takes ``threshold``. Checked before any work.
+
     The circuit's ``meta`` records the evaluation (faithfulness, completeness), the method's
-    hyper-parameters (``method_args``) and seconds taken.
+    hyper-parameters (``method_args``), the edge selection and its arguments (``selection``,
+    ``selection_args``) and seconds taken.
 
     Examples:
         >>> import circuitkit as ck
@@ -140,6 +180,10 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     """
     if level not in LEVELS:
         raise InputError(f"unknown level {level!r}; choose one of {LEVELS}")
+    chooser, chosen_args = check_selection_args(selection, selection_args)
+    if chooser.name != "top-k" and level == "layers":
+        raise InputError(f"selection {selection!r} picks edges; level='layers' keeps nodes by |score| (top-k), "
+                         "drop selection or use level='edges'")
     if level == "layers":
         return _discover_layers(model, task, method, top_k=top_k, threshold=threshold, target=target,
                                 ablation=ablation, steps=steps, scores=scores, progress=progress,
@@ -149,6 +193,8 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     if by_pos and not record.by_pos:
         raise InputError(f"by_pos discovers position-resolved circuits with {BY_POS_METHODS}, not {method!r}")
     _check_selection(top_k, threshold, target, uses_target=not record.prunes)
+    if chooser.name != "top-k":
+        _check_edge_selection(model, method, record, chooser.name, chosen_args, threshold, scores, by_pos)
     task.check_model(model)
     start = time.perf_counter()
     if record.prunes:
@@ -159,6 +205,12 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
                                   progress=progress, source=ev.source, **args)
     else:
         ev = EdgeEvaluator(model, task, ablation, by_pos=by_pos)  # the one ablation source of this discovery
+        resamples = None
+        if chooser.name == "bootstrap":  # each resample scores its own prompts (and ablation source)
+            resamples = bootstrap_scores(task, lambda t: score_edges(
+                model, t, method, ablation=ablation, progress=progress, by_pos=by_pos, method_args=args),
+                chosen_args["n_resamples"], chosen_args["seed"])
+            scores = mean_scores(resamples)
         if scores is None:
             scores = score_edges(model, task, method, ablation=ablation, progress=progress, by_pos=by_pos,
                                  method_args=args, source=ev.source)
@@ -170,7 +222,22 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
         raw = scores
         if route_cap:
             scores = cap_by_route(scores)
-        if top_k is not None:
+        if chooser.name != "top-k":
+            pick = selector(chooser.name, scores, ev.model_edges, resamples=resamples, sign=record.sign,
+                            **dict(selection_args or {}))
+            if top_k is not None:
+                circuit = full_circuit(scores, model, ev.model_edges).with_members(pick(top_k), "edge")
+            else:
+                edges, n = smallest_selected(pick, ev, target)
+                circuit = full_circuit(scores, model, ev.model_edges).with_members(edges, "edge", prune=False)
+                circuit.meta.update(target=target, n_edges=n)
+            if resamples is not None:
+                agreement = sign_agreement(resamples)
+                for label, share in agreement.items():
+                    circuit.edge_data(label)["sign_agreement"] = share
+                circuit.meta["n_consistent"] = len(sign_consistent(resamples, chosen_args["agreement"],
+                                                                   chosen_args["confidence"]))
+        elif top_k is not None:
             circuit = full_circuit(scores, model, ev.model_edges).top_k(top_k)
         elif threshold is not None:
             circuit = full_circuit(scores, model, ev.model_edges).threshold(threshold)
@@ -185,6 +252,8 @@ def discover(model, task, method: str = "eap-ig", *, top_k: int | None = None, t
     circuit.meta.update(faithfulness=result.faithfulness, completeness=result.completeness, ablation=ablation,
                         seconds=time.perf_counter() - start, discovery=method,
                         route_cap=bool(route_cap and not record.prunes), by_pos=by_pos, method_args=args)
+    if not record.prunes:  # ACDC selects by itself
+        circuit.meta.update(selection=chooser.name, selection_args=chosen_args)
     if method == "eap-ig":
         circuit.meta["interpolate"] = scores.meta.get("interpolate", args["interpolate"])
     return circuit

@@ -9,7 +9,8 @@ fully serialised before anything is written, so a failing export leaves nothing 
 
 One module per format (`nodelink`, `graphml`,
 `mib`, `attribution_graph`); this module
-picks one by name, suffix or keys.
+picks one by name, suffix or keys. `mib_folder` writes a whole MIB circuit-track submission
+folder (`mib_submission`) of `mib` files.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ from circuitkit.circuit.io.attribution_graph import (
 from circuitkit.circuit.io.common import FORMAT_VERSION
 from circuitkit.circuit.io.graphml import from_gexf, from_graphml, to_gexf, to_graphml
 from circuitkit.circuit.io.mib import from_mib, to_mib
+from circuitkit.circuit.io.mib_folder import (
+    MIB_MODELS,
+    MIB_PAIRS,
+    MIB_PERCENTAGES,
+    MIB_TASKS,
+    check_mib_submission,
+    mib_circuits,
+    mib_submission,
+)
 from circuitkit.circuit.io.nodelink import from_node_link, to_node_link
 from circuitkit.errors import InputError, MissingFileError
 
@@ -195,6 +205,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, src_format:
     return save_circuit(load_circuit(src, src_format), dst, to, **options)
 
 
-__all__ = ["CIRCUIT_FORMATS", "CircuitFormat", "EDGE_ATTRS", "FORMATS", "register_format", "FORMAT_VERSION", "NODE_ATTRS", "check_circuit_path", "convert", "example_prompt", "from_attribution_graph",
+__all__ = ["MIB_MODELS", "MIB_PAIRS", "MIB_PERCENTAGES", "MIB_TASKS", "check_mib_submission", "mib_circuits",
+           "mib_submission", "CIRCUIT_FORMATS", "CircuitFormat", "EDGE_ATTRS", "FORMATS", "register_format", "FORMAT_VERSION", "NODE_ATTRS", "check_circuit_path", "convert", "example_prompt", "from_attribution_graph",
            "from_mib", "from_node_link", "load_circuit", "save_circuit", "to_attribution_graph", "to_mib",
            "to_node_link", "update_index"]
