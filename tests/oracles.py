@@ -176,13 +176,23 @@ def pattern_change_times_gradient(model, task, source, edge_name: str) -> float:
     return float((kept["clean"].grad[:, head.head] * change).sum())
 
 
-def split_input_edge_matrix(model, task, source) -> torch.Tensor:
+def split_input_edge_matrix(model, task, source, steps: int | None = None) -> torch.Tensor:
     """EAP's ``[n_slots, n_upstream]`` matrix the obvious way (pre-norm models): one forward +
     backward over all prompts with TransformerLens's split q / k / v inputs, every receiver
-    input's gradient kept, then ``sum (out_source - out_clean) . grad`` per cell."""
+    input's gradient kept, then ``sum (out_source - out_clean) . grad`` per cell. ``steps``:
+    EAP-IG's (inputs), the same with the gradients averaged over ``steps`` runs whose input
+    embeddings are ``source + k / steps (clean - source)``, each run taken alone."""
     index = g.graph_index(model)
     clean = g.node_outputs(model, task.clean)
     diff = torch.stack([(source[n] - clean[n]).expand_as(clean[n]) for n in index.upstream], dim=2)  # [b, p, n, d]
+    if steps is None:
+        return _split_input_run(model, task, index, diff, None)
+    shift = (source[names.INPUT] - clean[names.INPUT]).expand_as(clean[names.INPUT])
+    runs = [_split_input_run(model, task, index, diff, (1 - k / steps) * shift) for k in range(1, steps + 1)]
+    return torch.stack(runs).mean(0)
+
+
+def _split_input_run(model, task, index, diff, input_shift) -> torch.Tensor:
     kept = {}
 
     def keep(x, hook):
@@ -193,7 +203,10 @@ def split_input_edge_matrix(model, task, source) -> torch.Tensor:
     if index.has_mlp:
         receivers += [g.mlp_in_hook(layer) for layer in range(index.n_layers)]
     receivers.append(g.final_resid_hook(model))
-    with g.graph_mode(model), model.hooks(fwd_hooks=by_name([(r, keep) for r in receivers])), torch.enable_grad():
+    hooks = by_name([(r, keep) for r in receivers])
+    if input_shift is not None:
+        hooks.append((g.INPUT_HOOK, lambda x, hook: x + input_shift.to(x.dtype)))
+    with g.graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         task.score(model(task.clean)).backward()
     matrix = torch.zeros(index.shape)
     for layer in range(index.n_layers):

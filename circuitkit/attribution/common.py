@@ -88,6 +88,8 @@ def scores_meta(model, index: GraphIndex, **extra) -> dict:
 DEFAULT_MEMORY_SHARE = 0.5
 # Rows (batch x position) of one layer's split q / k / v gradients recomputed at once.
 RECOMPUTE_BYTES = 2 ** 26
+# EAP-IG runs over one prompt batch whose receiver gradients are contracted together.
+RUNS_PER_CONTRACTION = 8
 
 
 def available_memory() -> int:
@@ -115,8 +117,9 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     activations TransformerLens keeps (per layer and token: about ``24 d_model + 8 d_mlp`` values
     and ``4 n_heads n_pos`` attention values; logits and their gradient), plus the blocks of
     sender outputs the method holds (``[n_upstream, pos, d_model]`` each: EAP one, EAP-IG and
-    the QK fix three) and, for the QK fix, its saved split q / k / v inputs and the attention
-    re-runs of 8 senders at once.
+    the QK fix three), the receivers' gradients EAP and EAP-IG hold until they are contracted,
+    and, for the QK fix, its saved split q / k / v inputs and the attention re-runs of 8 senders
+    at once.
     """
     cfg = model.cfg
     elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
@@ -128,6 +131,9 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
         per_token += cfg.n_layers * per_token_layer
     else:
         per_token += blocks * len(index.upstream) * d
+    if method in ("eap", "eap_ig"):  # the receivers' gradients held until they are contracted (edge._Receivers):
+        # q / k / v and the MLP input per layer, and a normalised input per run sharing the contraction
+        per_token += cfg.n_layers * d * (4 + (1 if method == "eap" else RUNS_PER_CONTRACTION))
     if method == "qk_fix":
         per_token += cfg.n_layers * (3 * h * d + 3 * h * n_pos) + 8 * 3 * 3 * h * d
     return int(elem * n_pos * per_token)

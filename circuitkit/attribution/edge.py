@@ -54,7 +54,7 @@ from circuitkit.ablation.edges import (
 )
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
 from circuitkit.attribution.common import (
-    RECOMPUTE_BYTES,
+    RUNS_PER_CONTRACTION,
     budget_batch_size,
     check_nonzero_scores,
     check_position_memory,
@@ -105,6 +105,8 @@ def _edge_matrix(
     groups = output_groups(index) if steps is not None and interpolate == "activations" else [None]
     bar = tqdm(total=len(batches) * len(alphas) * len(groups), disable=not progress,
                desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
+    # IG's runs over a batch share its differences: one contraction per batch, not per run
+    shared = steps is not None and _Receivers.accumulates(model, index)
     for idx in batches:
         sub = task.subset(idx.cpu())
         stack = _stack(index, source_of(idx), sub.clean.shape)
@@ -114,11 +116,19 @@ def _edge_matrix(
             stack -= _stack(index, clean, sub.clean.shape)
             clean_input = clean[names.INPUT]
             del clean
+        receivers = None
         for group in groups:
             for alpha in alphas:
-                _edge_grad_run(model, sub, index, stack, clean_input, alpha, n_total, scores, group)
+                if shared and receivers is None:
+                    receivers = _Receivers(model, index, stack.shape[1], stack.dtype)
+                _edge_grad_run(model, sub, index, stack, clean_input, alpha, n_total, scores, group, receivers)
+                if receivers is not None and receivers.n_runs == _Receivers.MAX_RUNS:
+                    receivers.contract(stack, scores)
+                    receivers = None
                 bar.update()
-        del stack
+        if receivers is not None:
+            receivers.contract(stack, scores)
+        del stack, receivers
     bar.close()
     return scores / (len(alphas) * len(groups))
 
@@ -157,27 +167,203 @@ def accumulate_edge_grads(model, sub, index, src, clean, alpha, n_total, scores,
                    scores, group)
 
 
+class _Receivers:
+    """The receivers' gradients of one or more runs over the same prompts (each head's q / k / v
+    input, each MLP's input, the final residual), kept small until `contract` multiplies them
+    with the sender differences, once, a few rows at a time.
+
+    A head's gradient at its layer's residual input is ``J^T (g W^T)``: ``g = dM/d hook_q`` (k, v),
+    ``W`` the projection with the norm's weight folded in, ``J`` the norm's Jacobian at the run's
+    input. For TransformerLens's LayerNorm (RMSNorm: no centring)
+    ``J^T u = (u - mean u - x_hat mean(u x_hat)) / scale``, and ``mean(g W^T x_hat)`` is
+    ``g . (q - c) / d_model`` from the run's own ``hook_q`` value (``c``: the biases). So the sum
+    over runs needs ``sum g / scale`` (``[rows, heads, d_head]``), and per run ``x_hat`` and one
+    number per head and row, never a ``[heads, rows, d_model]`` block per run; the centring term
+    is contracted through each sender difference's row sum. Where ``hook_q`` is not such a
+    projection (a bridge's modules, shortformer positions, quantised weights) the run's products
+    are formed and corrected at `contract` (one run per contraction: ``analytic`` False).
+    """
+
+    # bytes of the sender differences one contraction step reads (about what stays in a CPU's cache)
+    CHUNK_BYTES = 2 ** 24
+    # runs that share one contraction: each keeps a [rows, d_model] x_hat per layer until then
+    MAX_RUNS = RUNS_PER_CONTRACTION
+
+    def __init__(self, model, index: GraphIndex, rows: int, dtype: torch.dtype) -> None:
+        self.model, self.index, self.rows, self.dtype = model, index, rows, dtype
+        self.analytic = _Receivers.is_analytic(model, index)
+        self.heads: dict[tuple[int, int], Tensor] = {}  # (layer, which) -> sum of g / scale
+        self.fixes: dict[int, list[tuple[int, Tensor, Tensor]]] = {}  # layer -> (which, beta, x_hat) per run
+        self.inputs: dict[int, Tensor] = {}  # layer -> x_hat (or, generic norms, x) of the one run
+        self.vectors: dict[int, list] = {}  # slot row -> [n_cols, summed gradient [rows, d_model]]
+        self.run_norms: dict[int, tuple[Tensor, Tensor]] = {}
+        self.norms: dict[int, tuple] = {}
+        self.n_runs = 0
+
+    @staticmethod
+    def is_analytic(model, index: GraphIndex) -> bool:
+        cfg = model.cfg
+        return (not backend.is_bridge(model) and cfg.positional_embedding_type != "shortformer"
+                and not getattr(cfg, "load_in_4bit", False)
+                and all(_norm_kind(_head_input_norm(model, layer)) != "generic" for layer in range(index.n_layers)))
+
+    @staticmethod
+    def accumulates(model, index: GraphIndex) -> bool:
+        """Whether runs over the same prompts may share one contraction: the differences are the
+        same for every run (no post-norm layer re-linearised per run) and the heads' norm
+        corrections are analytic."""
+        return _Receivers.is_analytic(model, index) and all(
+            attn_output_norm(model, layer) is None for layer in range(index.n_layers))
+
+    def norm(self, layer: int) -> tuple:
+        """``(norm, kind, eps, projections [3 x [h, d_head, d_model]], biases [3 x [h, d_head]] or None)``."""
+        if layer not in self.norms:
+            norm = _head_input_norm(self.model, layer)
+            kind = _norm_kind(norm)
+            projections = [_input_projection(self.model, layer, which, norm, kind, self.dtype) for which in range(3)]
+            biases = None
+            if self.analytic and kind in ("ln", "rms"):
+                attn = self.model.blocks[layer].attn
+                ln_bias = getattr(norm, "b", None)
+                biases = []
+                for w, bias in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)):
+                    c = bias.detach().to(self.dtype).clone()
+                    if ln_bias is not None:
+                        c += torch.einsum("d,hde->he", ln_bias.detach().to(self.dtype), w.detach().to(self.dtype))
+                    biases.append(c)
+            self.norms[layer] = (norm, kind, getattr(norm, "eps", None), projections, biases)
+        return self.norms[layer]
+
+    def new_run(self) -> None:
+        self.run_norms = {}
+        self.n_runs += 1
+
+    def add_head(self, layer: int, which: int, grad: Tensor, x: Tensor, value: Tensor) -> None:
+        """One run's ``dM/d hook_q`` (k, v) of ``layer``, with that run's layer input ``x`` and ``hook_q`` value."""
+        norm, kind, eps, _, biases = self.norm(layer)
+        h = self.index.n_heads
+        g = grad.detach().reshape(self.rows, h, -1).to(self.dtype)
+        if kind in ("ln", "rms"):
+            if layer not in self.run_norms:
+                self.run_norms[layer] = _normalised(x.reshape(self.rows, -1).to(self.dtype), eps, centred=kind == "ln")
+            x_hat, inv_scale = self.run_norms[layer]
+            g = g * inv_scale[:, :, None]
+            if self.analytic:  # mean(g W^T x_hat) / scale, from the run's own projection q - c = x_hat W
+                q = value.reshape(self.rows, h, -1).to(self.dtype) - biases[which]
+                beta = torch.einsum("rhe,rhe->hr", g, q) / x_hat.shape[-1]
+                self.fixes.setdefault(layer, []).append((which, beta, x_hat))
+            else:
+                self.inputs[layer] = x_hat
+        elif kind == "generic":
+            self.inputs[layer] = x.reshape(self.rows, -1)
+        key = (layer, which)
+        if key in self.heads:
+            self.heads[key] += g
+        else:
+            self.heads[key] = g.clone()
+
+    def add_vector(self, row: int, n_cols: int, grad: Tensor) -> None:
+        """One run's gradient at an MLP's input or the final residual (slot ``row``)."""
+        g = grad.detach().reshape(self.rows, -1).to(self.dtype)
+        if row in self.vectors:
+            self.vectors[row][1] += g
+        else:
+            self.vectors[row] = [n_cols, g.clone()]
+
+    @torch.no_grad()
+    def contract(self, diff: Tensor, scores: Tensor) -> None:
+        """Add ``sum over rows and d_model of receiver gradient x sender difference`` to ``scores``
+        (``diff``: ``[n_upstream, rows, d_model]``; ``scores`` ``[n_slots, n_upstream]``, or
+        position-resolved ``[n_pos, n_slots, n_upstream]`` with rows prompt-major)."""
+        index, h = self.index, self.index.n_heads
+        by_pos = scores.ndim == 3
+        n_pos = scores.shape[0] if by_pos else 1
+        layers = sorted({layer for layer, _ in self.heads})
+        plans = []
+        for layer in layers:
+            norm, kind, eps, projections, _ = self.norm(layer)
+            whichs = sorted(which for lyr, which in self.heads if lyr == layer)
+            n_cols = index.n_before_slot_layer(layer)
+            shape = (n_pos, len(whichs) * h, n_cols) if by_pos else (len(whichs) * h, n_cols)
+            plans.append((layer, norm, kind, whichs, projections, n_cols, torch.zeros(shape, dtype=diff.dtype)))
+        vector_rows = sorted(self.vectors)
+        vector_cols = max((self.vectors[r][0] for r in vector_rows), default=0)
+        vector_total = torch.zeros((n_pos, len(vector_rows), vector_cols) if by_pos else (len(vector_rows), vector_cols),
+                                   dtype=diff.dtype)
+        row_sums = diff.sum(-1) if any(plan[2] == "ln" for plan in plans) else None  # [n_upstream, rows]
+        step = max(1, self.CHUNK_BYTES // (diff.shape[0] * diff.shape[-1] * diff.element_size()))
+        for r0 in range(0, self.rows, step):
+            r1 = min(self.rows, r0 + step)
+            positions = torch.arange(r0, r1, device=diff.device) % n_pos if by_pos else None
+            for layer, norm, kind, whichs, projections, n_cols, total in plans:
+                recv = torch.empty((len(whichs) * h, r1 - r0, diff.shape[-1]), dtype=diff.dtype, device=diff.device)
+                for i, which in enumerate(whichs):
+                    torch.bmm(self.heads[(layer, which)][r0:r1].transpose(0, 1), projections[which],
+                              out=recv[i * h:(i + 1) * h])  # [h, rows, d_model]
+                if kind in ("ln", "rms") and self.analytic:
+                    for which, beta, x_hat in self.fixes.get(layer, []):
+                        i = whichs.index(which)
+                        recv[i * h:(i + 1) * h].addcmul_(beta[:, r0:r1, None], x_hat[None, r0:r1], value=-1.0)
+                elif kind in ("ln", "rms"):
+                    x_hat = self.inputs[layer][r0:r1]
+                    along = torch.einsum("hrd,rd->hr", recv, x_hat) / x_hat.shape[-1]
+                    recv.addcmul_(along[..., None], x_hat[None], value=-1.0)
+                elif kind == "generic":
+                    with torch.enable_grad():
+                        x_rep = self.inputs[layer][r0:r1].detach()[None].expand(recv.shape[0], -1, -1).requires_grad_(True)
+                        (recv[:],) = torch.autograd.grad(norm(x_rep), x_rep, recv.clone())
+                block = diff[:n_cols, r0:r1]
+                means = None
+                if kind == "ln":  # the centring: each row's mean of the product times the difference's row sum
+                    means = torch.cat([torch.einsum("rhe,he->hr", self.heads[(layer, which)][r0:r1],
+                                                    projections[which].mean(-1)) for which in whichs])
+                if by_pos:
+                    per_row = torch.einsum("Rrd,crd->rRc", recv, block)
+                    if means is not None:
+                        per_row -= torch.einsum("Rr,cr->rRc", means, row_sums[:n_cols, r0:r1])
+                    total.index_add_(0, positions, per_row)
+                else:
+                    total += recv.reshape(recv.shape[0], -1) @ block.reshape(n_cols, -1).T
+                    if means is not None:
+                        total -= means @ row_sums[:n_cols, r0:r1].T
+            if vector_rows:
+                vecs = torch.stack([self.vectors[row][1][r0:r1] for row in vector_rows])
+                block = diff[:vector_cols, r0:r1]
+                if by_pos:
+                    vector_total.index_add_(0, positions, torch.einsum("Rrd,crd->rRc", vecs, block))
+                else:
+                    vector_total += vecs.reshape(len(vector_rows), -1) @ block.reshape(vector_cols, -1).T
+        for layer, _, _, whichs, _, n_cols, total in plans:
+            for i, which in enumerate(whichs):
+                row = layer * index.slots_per_layer + which * h
+                scores[..., row: row + h, :n_cols] += total[..., i * h:(i + 1) * h, :].to(scores.dtype)
+        for i, row in enumerate(vector_rows):
+            n_cols = self.vectors[row][0]
+            scores[..., row, :n_cols] += vector_total[..., i, :n_cols].to(scores.dtype)
+
+
 def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Tensor | None, alpha: float,
-                   n_total: int, scores: Tensor, group: tuple[str, list[str]] | None = None) -> None:
-    """One forward + backward adding its scores to ``scores`` as the gradients arrive
-    (``scores``: ``[n_slots, n_upstream]``, or ``[n_pos, n_slots, n_upstream]`` to keep each
-    position's products apart).
+                   n_total: int, scores: Tensor, group: tuple[str, list[str]] | None = None,
+                   receivers: _Receivers | None = None) -> None:
+    """One forward + backward: its receivers' gradients (`_Receivers`), contracted with the
+    sender differences into ``scores`` (``[n_slots, n_upstream]``, or ``[n_pos, n_slots,
+    n_upstream]`` to keep each position's products apart) after the backward pass, or, with
+    ``receivers`` given, added to those for the caller to contract once for all its runs.
 
     ``clean_input=None`` (EAP): ``stack`` holds the source outputs ``[n_upstream, rows, d_model]``
     (``rows = batch * pos``) and becomes the differences in place once the run has recorded the
     clean outputs. Otherwise ``stack`` is ``source - clean`` and the run is IG's at ``alpha``.
-    Each receiver's gradient is contracted with the differences when the backward pass reaches
-    it and then dropped: a head's q / k / v input gradient from ``dM/d hook_q`` (``W_Q`` and the
-    layer norm's backward, a few thousand rows at a time), an MLP's or the final residual's as it is.
     """
     at_clean = clean_input is None
     b, p = sub.clean.shape[0], sub.clean.shape[1]
-    by_pos = scores.ndim == 3
     state: dict = {"diff": None, "outputs": {}, "pre": {}, "z": {}, "resid": {}}
     input_alpha = alpha if group is None or group[0] == INPUT_HOOK else 1.0
     post_norm_layers = [layer for layer in range(index.n_layers) if attn_output_norm(model, layer) is not None]
-    raw_input_norm = is_post_norm(model)  # post-norm blocks feed the raw residual to attention
     bridge = backend.is_bridge(model)
+    own = receivers is None
+    if own:
+        receivers = _Receivers(model, index, b * p, stack.dtype)
+    receivers.new_run()
 
     def head_cols(layer: int) -> slice:
         return slice(1 + layer * index.block, 1 + layer * index.block + index.n_heads)
@@ -230,45 +416,6 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
             state["z"][layer] = x
             state["pre"][layer] = attn_pre_norm_sum(model, layer, head_results(model, layer, x.detach()))
 
-    def head_grad(grad: Tensor, layer: int, which: int) -> None:
-        d = diff()
-        n_cols = index.n_before_slot_layer(layer)
-        row = layer * index.slots_per_layer + which * index.n_heads
-        block = model.blocks[layer]
-        norm = None if raw_input_norm else backend.attention_input_norm(model, layer)
-        kind = _norm_kind(norm)
-        w = (block.attn.W_Q, block.attn.W_K, block.attn.W_V)[which].detach().to(d.dtype)  # [h, d_model, d_head]
-        if kind in ("ln", "rms") and hasattr(norm, "w"):  # the norm's weight folded into the projection
-            w = w * norm.w.detach().to(d.dtype)[None, :, None]
-        g = grad.reshape(b * p, index.n_heads, -1).to(d.dtype)
-        x = state["resid"][layer].reshape(b * p, -1)
-        n_heads, d_model = w.shape[0], w.shape[1]
-        step = max(1, RECOMPUTE_BYTES // (n_heads * d_model * d.element_size()))
-        total = torch.zeros((p, n_heads, n_cols) if by_pos else (n_heads, n_cols), dtype=d.dtype, device=d.device)
-        for r0 in range(0, b * p, step):
-            r1 = min(b * p, r0 + step)
-            g_in = torch.einsum("rhe,hde->hrd", g[r0:r1], w)  # dM/d (normalised) split input, head-major
-            if kind in ("ln", "rms"):
-                _norm_backward_(g_in, x[r0:r1].to(d.dtype), norm.eps, centred=kind == "ln")
-            elif kind == "generic":
-                with torch.enable_grad():
-                    x_rep = x[r0:r1].detach()[None].expand(n_heads, -1, -1).requires_grad_(True)
-                    (g_in,) = torch.autograd.grad(norm(x_rep), x_rep, g_in)
-            if by_pos:  # rows are (prompt, position) pairs, prompt-major: row r is position r % p
-                per_row = torch.einsum("hrd,crd->rhc", g_in, d[:n_cols, r0:r1])
-                total.index_add_(0, torch.arange(r0, r1, device=d.device) % p, per_row)
-            else:
-                total += g_in.reshape(n_heads, -1) @ d[:n_cols, r0:r1].reshape(n_cols, -1).T
-        scores[..., row: row + n_heads, :n_cols] += total.to(scores.dtype)
-
-    def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
-        d = diff()
-        if by_pos:
-            per_row = torch.einsum("crd,rd->rc", d[:n_cols], grad.reshape(b * p, -1).to(d.dtype))
-            scores[:, row, :n_cols] += per_row.reshape(b, p, n_cols).sum(0).to(scores.dtype)
-        else:
-            scores[row, :n_cols] += (d[:n_cols].reshape(n_cols, -1) @ grad.reshape(-1).to(d.dtype)).to(scores.dtype)
-
     def watch(fn, branch: bool = False, **kwargs):
         # branch: a bridge fires hook_mlp_in on the residual tensor itself (HookedTransformer on a
         # copy), so the MLP's own input gradient is taken on a copy that feeds the MLP alone
@@ -281,12 +428,22 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
 
         return hook
 
+    def head_input(x, hook, layer: int, which: int):
+        # dM/d hook_q (k, v) with the run's own value of it and its layer's input
+        if x.requires_grad:
+            value = x.detach()
+            x.register_hook(lambda grad: receivers.add_head(layer, which, grad, state["resid"][layer], value))
+            return x
+
+    def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
+        receivers.add_vector(row, n_cols, grad)
+
     hooks: list = [(INPUT_HOOK, input_hook)]
     for layer in range(index.n_layers):
         if layer > 0:
             hooks.append((names.hook("resid_pre", layer), _bind(record_resid, layer=layer)))
         for which, q in enumerate(names.QKV):
-            hooks.append((names.hook(q, layer), watch(head_grad, layer=layer, which=which)))
+            hooks.append((names.hook(q, layer), _bind(head_input, layer=layer, which=which)))
         hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
@@ -314,6 +471,16 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         metric = sub.per_prompt(logits).sum() / n_total
         del logits
         torch.autograd.grad(metric, state["leaf"])
+    if own:
+        with torch.no_grad():
+            receivers.contract(diff(), scores)
+
+
+
+def _head_input_norm(model, layer: int):
+    """The norm between the residual stream and ``layer``'s q / k / v projections (None for
+    post-norm blocks, which feed attention the raw residual)."""
+    return None if is_post_norm(model) else backend.attention_input_norm(model, layer)
 
 
 def _norm_kind(norm) -> str:
@@ -329,19 +496,28 @@ def _norm_kind(norm) -> str:
     return "generic"
 
 
-def _norm_backward_(grad: Tensor, x: Tensor, eps: float, centred: bool) -> None:
-    """In place: ``grad`` (``[heads, rows, d]``, at a LayerNorm's (``centred``) or RMSNorm's
-    normalised output, weight already applied) becomes the gradient at its input ``x`` (``[rows,
-    d]``, shared by every head): ``(g - mean g - x_hat mean(g x_hat)) / scale``."""
+def _normalised(x: Tensor, eps: float, centred: bool) -> tuple[Tensor, Tensor]:
+    """``(x_hat, 1 / scale)`` of a LayerNorm (``centred``) or RMSNorm at its input ``x`` (``[rows, d]``).
+
+    The norm's backward maps a gradient ``g`` at its normalised output to
+    ``(g - mean g - x_hat mean(g x_hat)) / scale`` (RMSNorm: no ``mean g``); `_edge_grad_run`
+    applies ``1 / scale`` to the projected gradient before projecting, subtracts the ``x_hat``
+    term in place and takes the ``mean g`` term out of the contraction (a row's mean times the
+    sender difference's row sum)."""
     if centred:
         x = x - x.mean(-1, keepdim=True)
     inv_scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [rows, 1]
-    x_hat = x * inv_scale
-    along = torch.einsum("hrd,rd->hr", grad, x_hat) / x.shape[-1]
-    if centred:
-        grad -= grad.mean(-1, keepdim=True)
-    grad.addcmul_(x_hat[None], along[..., None], value=-1.0)
-    grad.mul_(inv_scale[None])
+    return x * inv_scale, inv_scale
+
+
+def _input_projection(model, layer: int, which: int, norm, kind: str, dtype) -> Tensor:
+    """``[n_heads, d_head, d_model]``: what maps a head's q / k / v gradient to its (normalised)
+    input, ``W^T`` with the norm's weight folded in."""
+    attn = model.blocks[layer].attn
+    w = (attn.W_Q, attn.W_K, attn.W_V)[which].detach().to(dtype)  # [h, d_model, d_head]
+    if kind in ("ln", "rms") and hasattr(norm, "w"):
+        w = w * norm.w.detach().to(dtype)[None, :, None]
+    return w.transpose(1, 2).contiguous()
 
 
 def _post_norm_interpolation(model, layer: int, group_diff: Tensor, alpha: float, state: dict):

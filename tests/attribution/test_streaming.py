@@ -45,6 +45,19 @@ def test_streamed_eap_equals_every_gradient_kept(word_tokenizer, task, family):
         torch.testing.assert_close(got.values, expected, atol=1e-5, rtol=1e-4)
 
 
+# runs over a batch share one contraction (at most _Receivers.MAX_RUNS runs each): 9 steps are 8 + 1
+@pytest.mark.parametrize(("family", "steps"), [("gpt2", 3), ("gpt2", 9), ("pythia-gpt-neox", 2), ("llama-3", 3)])
+def test_eap_ig_equals_every_run_kept_apart(word_tokenizer, task, family, steps):
+    model = family_model(family, word_tokenizer)
+    index = g.graph_index(model)
+    oracle = split_input_edge_matrix(model, task, g.ablation_source(model, task, "corrupted"), steps=steps)
+    expected = oracle.reshape(-1)[index.flat_edge_index()]
+    assert expected.abs().max() > 1e-2
+    for max_memory in (None, _budget(model, task, 2, "eap_ig")):
+        got = eap_ig(model, task, steps=steps, ablation="corrupted", progress=False, max_memory=max_memory)
+        torch.testing.assert_close(got.values, expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(("family", "kwargs"), [
     ("gemma-2", dict(steps=2, ablation="resample", interpolate="activations")),  # post-norm, GQA
     ("pythia-gpt-neox", dict(steps=3, ablation="mean")),  # parallel attention + MLP
