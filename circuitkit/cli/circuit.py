@@ -111,8 +111,8 @@ def register(sub) -> None:
                     f"file, or nine circuits at {', '.join(f'{k:g}' for k in MIB_PERCENTAGES)} % of the edges. "
                     "Nothing is written on error; see docs/circuits.md.")
     sub_mib.add_argument("circuit", help="input circuit file (any format load_circuit reads)")
-    sub_mib.add_argument("--task", required=True, choices=MIB_TASKS, help="MIB's task name")
-    sub_mib.add_argument("--model", required=True, choices=tuple(MIB_MODELS), help="MIB's model name")
+    sub_mib.add_argument("--mib-task", required=True, choices=MIB_TASKS, help="MIB's task name")
+    sub_mib.add_argument("--mib-model", required=True, choices=tuple(MIB_MODELS), help="MIB's model name")
     sub_mib.add_argument("--mode", default="importances", choices=MODES,
                          help="'importances': one file of every edge's score, MIB cuts its own circuits; "
                               "'circuits': nine circuits cut from the scores as MIB would")
@@ -190,7 +190,7 @@ def _cmd_export_mib_submission(args) -> int:
     from circuitkit.cli.common import check_out_dir
 
     check_out_dir(args.out)
-    path = mib_submission(load_circuit(args.circuit), args.out, task=args.task, model=args.model, mode=args.mode,
+    path = mib_submission(load_circuit(args.circuit), args.out, task=args.mib_task, model=args.mib_model, mode=args.mode,
                           ranking=args.ranking)
     print(f"wrote MIB {args.mode} for {path.name} to {path}")
     entries = check_mib_submission(args.out)

@@ -249,12 +249,12 @@ def test_command_line_writes_a_submission(tmp_path, capsys):
     scores = gpt2_scores()
     source = tmp_path / "scores.json"
     source.write_text(json.dumps(to_mib(Circuit.from_scores(scores), d_model=768)))
-    assert main(["export-mib-submission", str(source), "--task", "ioi", "--model", "gpt2", "--out",
+    assert main(["export-mib-submission", str(source), "--mib-task", "ioi", "--mib-model", "gpt2", "--out",
                  str(tmp_path / "sub")]) == 0
     out = capsys.readouterr().out
     assert "ioi_gpt2 (importances)" in out and "at least 2 tasks and 2 models" in out
     written = json.loads((tmp_path / "sub" / "ioi_gpt2" / "importances.json").read_text())
     assert set(written["edges"]) == set(edges)
-    assert main(["export-mib-submission", str(source), "--task", "mcqa", "--model", "gpt2", "--out",
+    assert main(["export-mib-submission", str(source), "--mib-task", "mcqa", "--mib-model", "gpt2", "--out",
                  str(tmp_path / "sub")]) == 2
     assert "evaluates no mcqa circuits of gpt2" in capsys.readouterr().err
