@@ -10,7 +10,7 @@ The result contract:
 
 * estimators (``activation_patching``, ``path_patching``, ``attribution_patching``, ``eap``,
   ``eap_ig``, ``exact_edge_patching``, ``logit_lens``, ``direct_logit_attribution``,
-  ``head_scores``, ``retrieval_scores``, ``qr_scores``, ``locos_scores``, the SAE attributions)
+  ``head_scores``, ``retrieval_scores``, ``qr_scores``, ``locos_scores``, ``duo_gates``, the SAE attributions)
   return `Scores`: one value per component id, with the ``meta`` keys listed in `circuitkit.scores.META_KEYS`;
 * selectors (``discover``, ``acdc``, ``smallest_faithful``, ``Circuit.top_k`` / ``threshold``)
   return a `Circuit`;
@@ -77,6 +77,7 @@ _EXPORTS = {
     "retrieval_scores_generate": "circuitkit.heads",
     "qr_scores": "circuitkit.heads",
     "locos_scores": "circuitkit.heads",
+    "duo_gates": "circuitkit.heads",
     "ModelLoadError": "circuitkit.models",
     "CircuitkitError": "circuitkit.errors",
     "load_model": "circuitkit.models",

@@ -1,4 +1,5 @@
-"""``circuitkit heads retrieval MODEL ...`` and ``circuitkit heads score MODEL --kind ...``."""
+"""``circuitkit heads retrieval MODEL ...``, ``circuitkit heads score MODEL --kind ...`` and the KV-cache
+commands (``needle-grid``, ``kv-compress``, ``duo-gates``)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,27 @@ def register(sub) -> None:
     grid.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[64, 128, 256], help="context lengths")
     grid.add_argument("--depths", type=finite_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                       help="needle depths in [0, 1]")
+    grid.add_argument("--values", nargs="+", default=None,
+                      help="needle values (default: a zoo needle model's card, else the builder's)")
+    grid.add_argument("--haystack", type=Path, default=None,
+                      help="haystack corpus: a text file, or a folder of .txt files (one document each), or a "
+                           ".json file holding a list of token ids or of token-id documents (default: the zoo "
+                           "model's haystack, else the bundled corpus)")
+    grid.add_argument("--n-needles", type=int_at_least(1), default=1,
+                      help="needles per prompt: the asked one at the depth, the others spread after it "
+                           "(worded as --distractor-template without --keys)")
+    grid.add_argument("--keys", nargs="+", default=None,
+                      help="RULER multi-key: one needle per key ('The {KEY} code is {VALUE}.'), one key asked")
+    grid.add_argument("--paraphrase", default=None,
+                      help="the needle's wording when it differs from the question's: a template with {VALUE} "
+                           "(and {KEY} with --keys)")
+    grid.add_argument("--needle-template", default=None, help="needle sentence with {VALUE} (and {KEY} with --keys)")
+    grid.add_argument("--question", default=None, help="question that ends right before the value ({KEY} with --keys)")
+    grid.add_argument("--distractor-template", default=None, help="the other needles' sentence with {VALUE}")
+    grid.add_argument("--batch-size", type=int_at_least(1), default=16, help="prompts per forward pass")
+    grid.add_argument("--max-memory", type=finite_float, default=None,
+                      help="memory budget in bytes (default: half the memory available); refused up front when "
+                           "one prompt's layer does not fit")
     grid.add_argument("--out", type=Path, default=None, help="write the table as CSV (or .parquet)")
     grid.add_argument("--html", type=Path, default=None, help="write the accuracy heatmaps as HTML")
     grid.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
@@ -110,6 +132,27 @@ def register(sub) -> None:
     kvc.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     kvc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     kvc.set_defaults(func=_cmd_kv_compress)
+
+    duo = hsub.add_parser(
+        "duo-gates", help="DuoAttention's learned gates: which heads need the full KV cache",
+        description="Train one gate per key / value head that mixes its full attention with its streaming "
+                    "attention (first --sink tokens and last --window), the model frozen, on needle prompts: "
+                    "distil the full model's final hidden state at the answer positions with an L1 penalty "
+                    "(--sparsity) on the gates. Prints the gates (1: keeps the full cache) and can export them "
+                    "for kvpress's DuoAttentionPress.")
+    _common(duo)
+    duo.add_argument("--lengths", type=int_at_least(1), nargs="+", default=[128], help="context lengths in tokens")
+    duo.add_argument("--depths", type=finite_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                     help="needle depths in [0, 1]")
+    duo.add_argument("--steps", type=int_at_least(1), default=100, help="optimiser steps")
+    duo.add_argument("--lr", type=finite_float, default=0.02, help="learning rate (DuoAttention: 0.02)")
+    duo.add_argument("--sparsity", type=finite_float, default=0.5, help="weight of the gates' L1 penalty")
+    duo.add_argument("--sink", type=int_at_least(0), default=4, help="first tokens a streaming head keeps")
+    duo.add_argument("--window", type=int_at_least(1), default=16, help="recent tokens a streaming head keeps")
+    duo.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+    duo.add_argument("--kvpress", type=Path, default=None, metavar="FOLDER",
+                     help="also write the gates as a DuoAttention pattern folder for kvpress")
+    duo.set_defaults(func=_cmd_duo_gates)
 
     score = hsub.add_parser("score", help="induction / previous-token / duplicate-token / locality / echo scores",
                             description="Score every head for one attention signature on repeated random tokens.")
@@ -180,23 +223,34 @@ def _cmd_retrieval(args) -> int:
 def _cmd_needle_grid(args) -> int:
     import pandas as pd
 
-    from circuitkit.heads.kv import KVPolicy, needle_grid
+    from circuitkit.heads.kv import KVPolicy, check_grid_memory, needle_grid
     from circuitkit.heads.retrieval import retrieval_heads, retrieval_scores
     from circuitkit.tasks.builders import needle
 
     check_out_folder(args.out, args.html)
     params = {k: v for k, v in _zoo_needle_params(args.model).items()
               if k in ("values", "haystack", "needle_template", "question")}
+    for key in ("values", "needle_template", "question", "distractor_template"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    if args.haystack is not None:
+        params["haystack"] = _read_haystack(args.haystack)
+    variant = {"n_needles": args.n_needles, "keys": args.keys, "paraphrase": args.paraphrase}
     model = model_from_args(args)
-    if args.keep == "retrieval":
+    check_grid_memory(model, args.lengths, args.max_memory)  # refused before any scoring
+    if args.keep == "retrieval":  # retrieval heads found on single literal needles
         probe = needle(model, context_lengths=args.lengths, depths=args.depths, **params)
-        keep = retrieval_heads(retrieval_scores(model, probe, progress=not args.no_progress), args.threshold)
+        keep = retrieval_heads(retrieval_scores(model, probe, progress=not args.no_progress,
+                                                max_memory=args.max_memory), args.threshold)
         print(f"retrieval heads (> {args.threshold}): {keep or 'none'}")
     else:
         keep = [h.strip() for h in args.keep.split(",") if h.strip()]
     policy = KVPolicy.razor(model, keep, args.sink, args.window)
-    table = pd.concat([needle_grid(model, None, args.lengths, args.depths, **params).assign(policy="full cache"),
-                       needle_grid(model, policy, args.lengths, args.depths, **params).assign(policy="razor")])
+    kw = dict(batch_size=args.batch_size, max_memory=args.max_memory, progress=not args.no_progress, **variant, **params)
+    table = pd.concat([needle_grid(model, None, args.lengths, args.depths, **kw).assign(policy="full cache"),
+                       needle_grid(model, policy, args.lengths, args.depths, **kw).assign(policy="razor")])
+    what = table[["n_needles", "n_keys", "needle"]].iloc[0]
+    print(f"{what.n_needles} needle(s) per prompt, {what.n_keys or 'no'} keys, {what.needle} needle")
     print(table.pivot_table(index=["context_length", "depth"], columns="policy", values="accuracy").to_string())
     for name, part in table.groupby("policy", sort=False):
         print(f"{name}: accuracy {part.accuracy.mean():.3f}, KV cache kept {part.kv_kept.mean():.1%} "
@@ -209,6 +263,32 @@ def _cmd_needle_grid(args) -> int:
 
         print(f"wrote {write_figure(args.html, needle_grid_figure(table, f'needle grid of {args.model}'))}")
     return 0
+
+
+def _read_haystack(path: Path):
+    """A haystack corpus from a text file, a folder of .txt documents, or a .json list of token ids."""
+    import json
+
+    from circuitkit.tokenizers import read_text_file
+
+    if path.is_dir():
+        docs = sorted(path.glob("*.txt"))
+        if not docs:
+            raise MissingFileError(f"no .txt files in {path}; pass a folder of text documents or a text file")
+        return [read_text_file(d) for d in docs]
+    if not path.is_file():
+        raise MissingFileError(f"no haystack file at {path}; pass a text file, a folder of .txt files or a .json "
+                               "list of token ids")
+    if path.suffix == ".json":
+        try:
+            ids = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} is not JSON ({e}); a .json haystack holds a list of token ids") from None
+        if not isinstance(ids, list):
+            raise InputError(f"{path} holds a {type(ids).__name__}; a .json haystack holds a list of token ids "
+                             "or a list of lists of token ids")
+        return ids
+    return read_text_file(path)  # a binary file is refused, naming it
 
 
 def _cmd_kv_compress(args) -> int:
@@ -235,6 +315,30 @@ def _cmd_kv_compress(args) -> int:
 
         title = f"{args.policy} cache of {args.model}: {args.detector} heads vs random heads"
         print(f"wrote {write_figure(args.html, kv_compress_figure(table, title))}")
+    return 0
+
+
+def _cmd_duo_gates(args) -> int:
+    from circuitkit.heads.gates import duo_gates
+    from circuitkit.heads.kvpress import export_kvpress_duo
+    from circuitkit.tasks.builders import needle
+
+    check_out_folder(args.out, args.html)
+    if args.kvpress is not None and not args.kvpress.parent.is_dir():
+        raise InputError(f"--kvpress {args.kvpress}: its parent folder does not exist; create it or choose another")
+    params = {k: v for k, v in _zoo_needle_params(args.model).items()
+              if k in ("values", "haystack", "needle_template", "question")}
+    model = model_from_args(args)
+    task = needle(model, context_lengths=args.lengths, depths=args.depths, **params)
+    gates = duo_gates(model, task, steps=args.steps, lr=args.lr, sparsity=args.sparsity, sink=args.sink,
+                      window=args.window, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"gates after {args.steps} steps (distillation loss {gates.meta['distill_loss'][-1]:.4g}); "
+          "1 keeps the full cache, 0 streams:")
+    _print_top(gates, args.top)
+    _write(gates, args, title=f"DuoAttention gates of {args.model}")
+    if args.kvpress is not None:
+        folder = export_kvpress_duo(gates, args.kvpress, model, sink_size=args.sink, recent_size=args.window)
+        print(f"wrote {folder}")
     return 0
 
 

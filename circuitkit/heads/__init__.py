@@ -1,6 +1,7 @@
 """circuitkit.heads: attention-head scores — retrieval heads (Wu et al., QRHead, LOCOS; with a
-causal check), induction, previous-token, duplicate-token, locality (streaming heads) and echo —
-and KV-cache policies built on them (`circuitkit.heads.kv`, `circuitkit.heads.kvpress`)."""
+causal check), induction, previous-token, duplicate-token, locality (streaming heads) and echo,
+DuoAttention's learned gates (`circuitkit.heads.gates`) — and KV-cache policies built on them
+(`circuitkit.heads.kv`, `circuitkit.heads.kvpress`)."""
 
 from circuitkit.heads.causal import (
     CausalCheck,
@@ -9,6 +10,7 @@ from circuitkit.heads.causal import (
     uniform_attention_hooks,
 )
 from circuitkit.heads.detectors import kv_group_mean, locos_scores, qr_scores
+from circuitkit.heads.gates import duo_gate_hooks, duo_gates, run_with_duo_gates
 from circuitkit.heads.patterns import KINDS as HEAD_SCORE_KINDS
 from circuitkit.heads.patterns import head_scores, repeated_tokens
 from circuitkit.heads.retrieval import (
@@ -24,6 +26,8 @@ __all__ = [
     "CausalCheck",
     "HEAD_SCORE_KINDS",
     "NeedlePrompt",
+    "duo_gate_hooks",
+    "duo_gates",
     "head_scores",
     "kv_group_mean",
     "locos_scores",
@@ -36,5 +40,6 @@ __all__ = [
     "retrieval_scores",
     "retrieval_scores_generate",
     "rouge1_recall",
+    "run_with_duo_gates",
     "uniform_attention_hooks",
 ]

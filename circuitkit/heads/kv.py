@@ -36,13 +36,18 @@ from functools import partial
 import pandas as pd
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from circuitkit import names
+from circuitkit.attribution.common import memory_budget
 from circuitkit.errors import InputError, InputTypeError
+from circuitkit.heads.retrieval import forward_memory_per_prompt, prompt_ranges
 from circuitkit.models import backend
+from circuitkit.models.zoo_store import zoo_card
 from circuitkit.tasks.builders import needle
 
-__all__ = ["HeadBudgetPolicy", "KVPolicy", "kv_kept_share", "needle_grid", "policy_hooks", "run_with_kv_policy"]
+__all__ = ["HeadBudgetPolicy", "KVPolicy", "check_grid_memory", "grid_memory_per_prompt", "kv_kept_share", "needle_defaults",
+           "needle_grid", "policy_hooks", "run_with_kv_policy"]
 
 
 @dataclass(frozen=True)
@@ -95,26 +100,44 @@ class KVPolicy:
 
     def hooks(self, model, ends: Tensor | None = None) -> list:
         """Forward hooks on each layer's ``hook_attn_scores`` (``ends`` is unused: a streaming
-        cache is the same at every query)."""
-        hooks = []
+        cache is the same at every query). The eviction mask is built once per prompt length and
+        shared by every layer and batch; scores are masked in place (no copy of them)."""
+        hooks, masks = [], {}
         for layer in range(model.cfg.n_layers):
             streamed = self.streamed(model, layer)
             if streamed.any():
-                hooks.append((names.hook("attn_scores", layer), partial(self._evict, streamed=streamed)))
+                heads = [int(h) for h in streamed.nonzero().flatten()]
+                hooks.append((names.hook("attn_scores", layer), partial(self._evict, heads=heads, masks=masks)))
         return hooks
 
-    def _evict(self, scores: Tensor, hook, streamed: Tensor) -> Tensor:
+    def _evict(self, scores: Tensor, hook, heads: list[int], masks: dict) -> Tensor:
         n_q, n_k = scores.shape[-2:]
-        keep = _keep_mask(n_k, self.sink, self.window, scores.device)[-n_q:]
-        drop = streamed.to(scores.device)[:, None, None] & ~keep[None]  # [heads, q, k]
+        drop = _cached(masks, (n_q, n_k, str(scores.device)),
+                       lambda: ~_keep_mask(n_k, self.sink, self.window, scores.device)[-n_q:])  # [q, k]
         if not self.compensate:
-            return scores.masked_fill(drop[None], float("-inf"))
-        # evicted past keys (future keys and padding are -inf already and stay so)
-        dropped = drop[None] & torch.isfinite(scores)
-        n_dropped = dropped.sum(-1, keepdim=True)
-        mean = torch.where(dropped, scores, torch.zeros((), dtype=scores.dtype, device=scores.device)).sum(-1, keepdim=True)
-        mean = mean / n_dropped.clamp(min=1)
-        return torch.where(dropped, mean.expand_as(scores), scores.masked_fill(drop[None], float("-inf")))
+            if len(heads) == scores.shape[1]:
+                scores.masked_fill_(drop, float("-inf"))  # broadcast over batch and heads
+            else:
+                for h in heads:  # a view per head: no copy of the scores
+                    scores[:, h].masked_fill_(drop, float("-inf"))
+            return scores
+        zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+        for h in heads:  # one head at a time: the temporaries hold one head's scores, not all
+            head = scores[:, h]
+            # evicted past keys (future keys and padding are -inf already and stay so)
+            dropped = drop & torch.isfinite(head)
+            mean = torch.where(dropped, head, zero).sum(-1, keepdim=True) / dropped.sum(-1, keepdim=True).clamp(min=1)
+            head.masked_fill_(drop, float("-inf"))
+            head.copy_(torch.where(dropped, mean.expand_as(head), head))
+        return scores
+
+
+def _cached(cache: dict, key, build):
+    """``cache[key]``, built on first use; the cache keeps one entry (one prompt length at a time)."""
+    if key not in cache:
+        cache.clear()
+        cache[key] = build()
+    return cache[key]
 
 
 def _kv_group(model) -> tuple[int, int]:
@@ -226,11 +249,16 @@ class HeadBudgetPolicy:
         if ends_.shape[0] != batch:
             raise InputError(f"ends has {ends_.shape[0]} entries for a batch of {batch} prompts")
         start = (ends_ - self.window + 1).clamp(min=0)  # first observation query per row
-        q = torch.arange(n_q, device=device) + (n_k - n_q)
+        offset = n_k - n_q  # key position of query row 0
+        # only the rows some prompt observes are read (softmax of [batch, heads, rows, keys], not of every row)
+        lo = max(0, int(start.min()) - offset)
+        hi = min(n_q, int(ends_.max()) - offset + 1)
+        q = torch.arange(lo, max(lo, hi), device=device) + offset
         k = torch.arange(n_k, device=device)
-        observing = (q[None] >= start[:, None]) & (q[None] <= ends_[:, None])  # [b, q]
-        pattern = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0)
-        importance = (pattern * observing[:, None, :, None]).sum(2)  # [b, heads, k]
+        observing = (q[None] >= start[:, None]) & (q[None] <= ends_[:, None])  # [b, rows]
+        pattern = torch.softmax(scores[:, :, lo:max(lo, hi)].float(), dim=-1).nan_to_num(0.0)
+        importance = torch.einsum("bhqk,bq->bhk", pattern, observing.float())  # [b, heads, k]
+        del pattern
         importance = importance.reshape(batch, n_heads // group, group, n_k).sum(2)  # per key / value head
         candidate = k[None] < start[:, None]  # [b, k]
         ranked = importance.masked_fill(~candidate[:, None], float("-inf"))
@@ -240,12 +268,11 @@ class HeadBudgetPolicy:
         budget = torch.tensor([b if b is not None else n_k for b in budgets], device=device)
         budget = budget.reshape(-1, group)[:, 0]  # one budget per key / value head (checked)
         selected = (rank < budget[None, :, None]) & candidate[:, None]  # [b, kv heads, k]
-        selected = selected.repeat_interleave(group, dim=1)  # [b, heads, k]
-        recent = (q[:, None] - k[None] < self.window)  # [q, k]
-        keep = selected[:, :, None, :] | recent[None, None]
-        full = torch.tensor([b is None for b in budgets], device=device)
-        keep = keep | full[None, :, None, None]
-        return scores.masked_fill(~keep, float("-inf"))
+        recent = (torch.arange(n_q, device=device)[:, None] + offset - k[None]) < self.window  # [q, k]
+        for h, b in enumerate(budgets):  # a view per budgeted head, masked in place
+            if b is not None:
+                scores[:, h].masked_fill_(~(selected[:, h // group, None, :] | recent[None]), float("-inf"))
+        return scores
 
 
 def _keep_mask(n_pos: int, sink: int, window: int, device) -> Tensor:
@@ -294,36 +321,154 @@ def kv_kept_share(model, policy: Policy, n_pos: int) -> float:
     return kept / (n_pos * n_kv * model.cfg.n_layers)
 
 
+def needle_defaults(model) -> dict:
+    """The needle parameters (values, haystack, needle template, question) of a zoo model built or
+    trained on needle prompts, read from its card when ``model`` is that zoo model; else ``{}``."""
+    try:
+        card = zoo_card(str(model.cfg.model_name))
+    except (KeyError, ValueError, OSError):
+        return {}
+    same = all(card.config.get(k) == getattr(model.cfg, k, None) for k in ("n_layers", "n_heads", "d_model", "d_vocab"))
+    if not same or card.task.get("builder") != "needle":
+        return {}
+    return {k: v for k, v in card.task.get("params", {}).items()
+            if k in ("values", "haystack", "needle_template", "question")}
+
+
+def grid_memory_per_prompt(model, n_pos: int) -> tuple[int, int]:
+    """``(bytes, score bytes)``: the estimated peak one prompt of ``n_pos`` tokens adds to a needle
+    grid's forward pass (`forward_memory_per_prompt`: one layer's attention scores, mask and
+    pattern, and activations) and the bytes of one layer's attention scores alone
+    (``n_heads x n_pos^2`` values)."""
+    cfg = model.cfg
+    elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
+    return forward_memory_per_prompt(model, n_pos), elem * cfg.n_heads * n_pos * n_pos
+
+
+def check_grid_memory(model, context_lengths: Sequence[int], max_memory: float | None) -> float:
+    """The memory budget (bytes; `memory_budget`: ``max_memory`` or half the memory available);
+    ``ValueError`` before any work when one prompt of the longest length does not fit in it,
+    naming the bytes one layer's attention needs, the budget and the fix."""
+    budget = memory_budget(max_memory)
+    n_pos = max(context_lengths)
+    need, scores = grid_memory_per_prompt(model, n_pos)
+    if need > budget:
+        fits = [n for n in range(1, n_pos) if grid_memory_per_prompt(model, n)[0] <= budget]
+        shorter = f"context lengths <= {max(fits)}" if fits else "a smaller model"
+        raise InputError(
+            f"needle_grid: one prompt of {n_pos} tokens needs about {_size(need)} ({need:,} bytes) in one layer: "
+            f"{model.cfg.n_heads} heads x {n_pos}^2 attention scores are {_size(scores)}, held with their mask and "
+            f"pattern and the activations; the memory budget max_memory is {_size(budget)} ({int(budget):,} bytes); "
+            f"pass max_memory >= {need:,} (bytes) or use {shorter}"
+        )
+    return budget
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _answer_logits(model, tokens: Tensor, pos: Tensor, hooks: list) -> Tensor:
+    """Logits ``[batch, vocab]`` at each prompt's ``pos`` under ``hooks``. A HookedTransformer
+    unembeds those positions only (the residual is cut to them after the last block, so the final
+    norm and unembedding run as the model's own code on one position per prompt)."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    with torch.no_grad():
+        if backend.is_bridge(model):
+            return backend.run_bridge(model, tokens, hooks, None)[rows, pos.to(tokens.device)].float()
+
+        def cut(resid, hook):
+            return resid[rows.to(resid.device), pos.to(resid.device)][:, None]
+
+        last = names.hook("resid_post", model.cfg.n_layers - 1)
+        return model.run_with_hooks(tokens, fwd_hooks=[*hooks, (last, cut)])[:, 0].float()
+
+
 def needle_grid(model, policy: Policy | None = None, context_lengths: Sequence[int] = (64, 128, 256),
-                depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), **needle_kwargs) -> pd.DataFrame:
+                depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), *, n_needles: int = 1,
+                keys: Sequence[str] | None = None, paraphrase: str | None = None, haystack=None,
+                batch_size: int = 16, max_memory: float | None = None, progress: bool = False,
+                **needle_kwargs) -> pd.DataFrame:
     """Needle accuracy and logit difference per (context length, depth) under ``policy`` (None:
     the full cache), one row per cell, with ``kv_kept`` (`kv_kept_share` at that length).
-    ``needle_kwargs`` go to the `needle` builder (values, haystack, template, question).
+
+    The prompts are the `needle` builder's (``needle_kwargs``: values, needle_template, question,
+    distractor_template, prepend_bos; a zoo needle model's own by default, `needle_defaults`):
+
+    * ``haystack``: text, a list of texts, or token ids (a list, a 1-D tensor, or a list of
+      documents); default the zoo model's haystack, else the bundled corpus;
+    * ``n_needles``: needles per prompt, the asked one at the cell's depth, the others spread
+      evenly after it, worded as ``distractor_template`` (another "code");
+    * ``keys`` (RULER's multi-key): one needle per key, each "the {KEY} code is {VALUE}", the
+      question asking one key; the answer is that key's value;
+    * ``paraphrase``: the needle's wording when the question words it differently (a template
+      with ``{VALUE}``, and ``{KEY}`` with keys).
+
+    A prompt is correct when the answer's first token is the top prediction at the question's end;
+    ``logit_diff`` is that token's logit minus the next value's (the first distractor's). Cost: one
+    forward pass per batch of prompts of one length, the policy's masks built once per length and
+    applied in place on the attention scores, logits unembedded at the answer position only; no
+    cache is kept. Batches hold ``batch_size`` prompts, fewer where ``max_memory`` (bytes; default
+    half the memory available) holds fewer, and ``ValueError`` before any work, with the numbers,
+    when one prompt's layer does not fit (`check_grid_memory`).
+
+    Columns: ``context_length``, ``depth``, ``n_prompts``, ``accuracy``, ``logit_diff``,
+    ``kv_kept``, ``n_needles``, ``n_keys`` (0 without keys) and ``needle`` ("literal" or
+    "paraphrase").
 
     Examples:
         >>> import circuitkit as ck
         >>> from circuitkit.heads.kv import KVPolicy, needle_grid
-        >>> model = ck.load_model("zoo:retrieval-handbuilt")
-        >>> params = {k: v for k, v in ck.zoo_card("retrieval-handbuilt").task["params"].items()
-        ...           if k in ("values", "haystack", "needle_template", "question")}
+        >>> model = ck.load_model("zoo:retrieval-handbuilt")  # its card's values and haystack by default
         >>> razor = KVPolicy.razor(model, ["a1.h0"], sink=4, window=16)
-        >>> grid = needle_grid(model, razor, context_lengths=(128,), depths=(0.0, 1.0), **params)
+        >>> grid = needle_grid(model, razor, context_lengths=(128,), depths=(0.0, 1.0))
         >>> grid[["context_length", "depth", "accuracy"]].values.tolist()
         [[128.0, 0.0, 1.0], [128.0, 1.0, 1.0]]
+        >>> keyed = needle_grid(model, None, (128,), (0.5,), keys=("river", "stone"))  # RULER multi-key
+        >>> keyed[["n_needles", "n_keys", "accuracy"]].values.tolist()  # its copy head reads no key
+        [[2.0, 2.0, 0.0]]
     """
     if policy is None:  # the full cache: every head keeps it
         policy = KVPolicy(frozenset(names.head(layer, h) for layer in range(model.cfg.n_layers)
                                     for h in range(model.cfg.n_heads)))
     _check_policy(model, policy)
+    lengths = list(context_lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        raise InputError(f"context_lengths must be whole numbers of tokens >= 1, got {context_lengths!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    too_long = [n for n in lengths if n > model.cfg.n_ctx]
+    if too_long:
+        raise InputError(f"context lengths {too_long} exceed model {model.cfg.model_name!r}'s n_ctx={model.cfg.n_ctx}")
+    budget = check_grid_memory(model, lengths, max_memory)  # before any prompt is built or run
+    params = {**needle_defaults(model), **needle_kwargs}
+    if haystack is not None:
+        params["haystack"] = haystack
+    tasks = {n: needle(model, context_lengths=(n,), depths=tuple(depths), n_needles=n_needles, keys=keys,
+                       paraphrase=paraphrase, **params) for n in dict.fromkeys(lengths)}
+    hooks = policy_hooks(model, policy)  # every prompt of a length ends at its last position
+    device = model.cfg.device
     rows = []
-    for length in context_lengths:
+    for n, task in tqdm(tasks.items(), desc="needle grid", disable=not progress):
+        per_batch = max(1, min(batch_size, int(budget // grid_memory_per_prompt(model, n)[0])))
+        correct, diff = torch.zeros(len(task), dtype=torch.bool), torch.zeros(len(task))
+        answers, wrong = task.answers[:, 0], task.wrong_answers[:, 0]
+        for batch in prompt_ranges(len(task), per_batch):
+            idx = torch.tensor(list(batch))
+            logits = _answer_logits(model, task.clean[idx].to(device), task.answer_pos[idx], hooks).cpu()
+            rows_at = torch.arange(len(idx))
+            correct[idx] = logits.argmax(-1) == answers[idx]
+            diff[idx] = logits[rows_at, answers[idx]] - logits[rows_at, wrong[idx]]
+        asked = torch.tensor([needles[0]["depth"] for needles in task.meta["needles"]])
         for depth in depths:
-            task = needle(model, context_lengths=(length,), depths=(depth,), **needle_kwargs)
-            logits = run_with_kv_policy(model, task.clean, policy, task.answer_pos.reshape(len(task), -1)[:, 0])
-            rows_at = torch.arange(len(task))
-            last = logits[rows_at, task.answer_pos.reshape(len(task), -1)[:, 0]]
-            answers = task.answers.reshape(len(task), -1)[:, 0]
-            accuracy = float((last.argmax(-1) == answers.to(last.device)).float().mean())
-            rows.append({"context_length": length, "depth": depth, "n_prompts": len(task), "accuracy": accuracy,
-                         "logit_diff": float(task.score(logits)), "kv_kept": kv_kept_share(model, policy, length)})
+            at = asked == depth
+            rows.append({"context_length": n, "depth": depth, "n_prompts": int(at.sum()),
+                         "accuracy": float(correct[at].float().mean()) if at.any() else float("nan"),
+                         "logit_diff": float(diff[at].mean()) if at.any() else float("nan"),
+                         "kv_kept": kv_kept_share(model, policy, n),
+                         "n_needles": len(task.meta["needles"][0]), "n_keys": 0 if keys is None else len(task.meta["needles"][0]),
+                         "needle": "literal" if paraphrase is None else "paraphrase"})
     return pd.DataFrame(rows)

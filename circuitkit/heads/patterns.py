@@ -16,6 +16,8 @@ Kinds:
 * ``"qrhead"`` / ``"locos"`` — `circuitkit.heads.detectors.qr_scores` (query-to-needle attention
   mass) and `circuitkit.heads.detectors.locos_scores` (OV write to the answer's logit) on a needle
   task; ``per_kv_group=True`` averages them over heads that share a key / value head.
+* ``"duo"`` — `circuitkit.heads.gates.duo_gates`: DuoAttention's gates, trained on a needle task
+  to mix each key / value head's full and streaming (``sink`` + ``window``) attention.
 
 Without input, the repeated-random-token prompts of `repeated_tokens` are used (the usual
 probe for induction / duplicate heads; RazorAttention repeats a sequence 4 times).
@@ -32,6 +34,7 @@ from transformer_lens import head_detector
 
 from circuitkit.errors import InputError, InputTypeError
 from circuitkit.heads.detectors import locos_scores, qr_scores
+from circuitkit.heads.gates import duo_gates
 from circuitkit.heads.retrieval import retrieval_scores
 from circuitkit.scores import Scores
 from circuitkit.tasks.builders import check_n_prompts
@@ -44,7 +47,8 @@ DETECTOR_KINDS = {
     "induction": head_detector.get_induction_head_detection_pattern,
 }
 PATTERN_KINDS = (*DETECTOR_KINDS, "locality", "echo")  # scored on repeated random tokens (`heads score`)
-NEEDLE_KINDS = {"retrieval": retrieval_scores, "qrhead": qr_scores, "locos": locos_scores}  # need a needle task
+NEEDLE_KINDS = {"retrieval": retrieval_scores, "qrhead": qr_scores, "locos": locos_scores,
+                "duo": duo_gates}  # need a needle task
 KINDS = (*PATTERN_KINDS, *NEEDLE_KINDS)
 
 
@@ -119,7 +123,7 @@ def head_scores(
 
     ``tokens_or_task``: token ids ``[batch, pos]`` (unpadded), a `Task` (its clean prompts,
     each up to its ``answer_pos``), a string or list of strings, or None for repeated random
-    tokens. ``sink`` / ``window`` parametrise ``"locality"``; ``exclude_bos``,
+    tokens. ``sink`` / ``window`` parametrise ``"locality"`` and ``"duo"``'s streaming cache; ``exclude_bos``,
     ``exclude_current_token`` and ``error_measure`` go to TransformerLens's detector score.
     Returns head ``Scores`` ``[n_layers * n_heads]`` with ``meta["per_prompt"]`` ``[n, L, H]``.
 
@@ -137,6 +141,8 @@ def head_scores(
     if kind in NEEDLE_KINDS:
         if tokens_or_task is None:
             raise InputError(f"kind={kind!r} needs a needle task; build one with circuitkit.needle(model, ...)")
+        if kind == "duo":  # the streaming cache the gates mix with the full one
+            retrieval_kwargs.update(sink=sink, window=window)
         return NEEDLE_KINDS[kind](model, tokens_or_task, batch_size=batch_size, progress=progress, **retrieval_kwargs)
     if retrieval_kwargs:
         raise InputTypeError(f"unexpected arguments for kind={kind!r}: {sorted(retrieval_kwargs)}")

@@ -381,6 +381,134 @@ def _default_haystack() -> str:
     return python_docs_corpus(max_chars=60_000)
 
 
+DISTRACTOR_TEMPLATE = "The old code is {VALUE}."
+KEYED_TEMPLATE = "The {KEY} code is {VALUE}."
+KEYED_QUESTION = "What is the {KEY} code? The {KEY} code is"
+
+
+def needle_haystack_ids(tok, haystack) -> list[int]:
+    """Token ids of a needle haystack: text, a list of texts (joined by spaces), token ids (a
+    list of ints or a 1-D tensor), or a list of token-id documents (concatenated); None: the
+    bundled corpus (Python's docstrings)."""
+    if haystack is None:
+        haystack = _default_haystack()
+    if isinstance(haystack, torch.Tensor):
+        haystack = haystack.reshape(-1).tolist()
+    if isinstance(haystack, str):
+        if not haystack.strip():
+            raise InputError("needle: the haystack is empty; pass haystack text (a few thousand characters)")
+        return list(tok.encode(haystack, add_special_tokens=False))
+    items = list(haystack)
+    if not items:
+        raise InputError("needle: the haystack is empty; pass text, a list of texts or token ids")
+    if all(isinstance(x, str) for x in items):
+        return needle_haystack_ids(tok, " ".join(x.strip() for x in items))
+    if all(isinstance(x, (list, tuple, torch.Tensor)) for x in items):
+        return [int(t) for doc in items for t in (doc.reshape(-1).tolist() if isinstance(doc, torch.Tensor) else doc)]
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        return [int(x) for x in items]
+    raise InputError("needle: haystack must be text, a list of texts, token ids or a list of token-id documents; "
+                     f"got a list of {sorted({type(x).__name__ for x in items})}")
+
+
+def needle_spread(depth: float, n: int) -> list[float]:
+    """Depths of ``n`` needles: the asked one at ``depth``, the others evenly spread after it
+    (wrapping round): ``(depth + j / n) mod 1``."""
+    return [depth] + [(depth + j / n) % 1.0 for j in range(1, n)]
+
+
+def place_needles(tok, hay_ids: Sequence[int], length: int, needles: Sequence[tuple[float, list[int]]],
+                  question_ids: Sequence[int], prepend_bos: bool, snap: bool = True) -> tuple[list[int], list[int]] | None:
+    """``hay_ids`` cut so that the needles (``(depth, token ids)``) and the question make
+    ``length`` tokens, each needle inserted at its depth of the haystack, moved back to a sentence
+    boundary (a token ending in '.') unless ``snap`` is False (a haystack without sentences, e.g.
+    random token ids). Returns the ids and each needle's first position (in the order given), or
+    None when it does not fit."""
+    n_bos = int(prepend_bos)
+    n_hay = length - n_bos - sum(len(ids) for _, ids in needles) - len(question_ids)
+    if n_hay < 1 or len(hay_ids) < n_hay:
+        return None
+    body = list(hay_ids[:n_hay])
+    cuts = []
+    for depth, _ in needles:
+        cut = int(round(depth * n_hay))
+        while snap and 0 < cut < n_hay and not tok.decode(body[cut - 1: cut]).rstrip().endswith("."):
+            cut -= 1
+        cuts.append(cut)
+    order = sorted(range(len(needles)), key=lambda j: (cuts[j], needles[j][0], j))
+    ids = [encode(tok, "", True)[0]] if prepend_bos else []
+    starts = [0] * len(needles)
+    done = 0
+    for j in order:
+        ids += body[done: cuts[j]]
+        done = cuts[j]
+        starts[j] = len(ids)
+        ids += needles[j][1]
+    return ids + body[done:] + list(question_ids), starts
+
+
+def _find(ids: Sequence[int], part: Sequence[int]) -> int | None:
+    for offset in range(len(ids) - len(part) + 1):
+        if list(ids[offset: offset + len(part)]) == list(part):
+            return offset
+    return None
+
+
+def needle_variant_prompt(tok, hay_ids, length: int, depth: float, values: Sequence[str], needle_template: str,
+                          question: str, prepend_bos: bool = True, keys: Sequence[str] | None = None,
+                          paraphrase: str | None = None, distractor_template: str = DISTRACTOR_TEMPLATE,
+                          snap: bool = True):
+    """One needle prompt with one or several needles, the first one asked.
+
+    ``values[j]`` is needle ``j``'s value; needle 0 sits at ``depth``, the others at
+    `needle_spread`'s depths. With ``keys`` (one per needle; RULER's multi-key) every needle is
+    ``needle_template`` (or ``paraphrase``) with its key and value and the question names key 0;
+    without, the distractor needles are ``distractor_template``. ``paraphrase``: the asked needle's
+    wording when it differs from the question's (the question stays ``question``). ``snap``: move
+    needles back to sentence boundaries (`place_needles`).
+
+    Returns ``(ids, spans, needles, text)`` with ``spans[j]`` needle ``j``'s value span (start,
+    end exclusive) and ``needles[j]`` a dict (``depth``, ``key``, ``value``, ``start``: the
+    needle sentence's first position, ``value_start`` / ``value_end``, ``key_start``); None
+    when it does not fit or a value is not found in its needle.
+    """
+    n = len(values)
+    if keys is not None and len(keys) != n:
+        raise InputError(f"needle: {len(keys)} keys for {n} needles; give one key per needle")
+    wording = paraphrase if paraphrase is not None else needle_template
+    asked_key = keys[0] if keys is not None else None
+    question_text = " " + (question.format(KEY=asked_key) if keys is not None else question)
+    question_ids = list(tok.encode(question_text, add_special_tokens=False))
+    value_ids = [continuation_ids(tok, question_text.strip(), v) for v in values]
+    if not all(value_ids):
+        return None
+    needles, key_ids = [], []
+    for j, (d, value) in enumerate(zip(needle_spread(depth, n), values, strict=True)):
+        if keys is not None:
+            text = " " + wording.format(KEY=keys[j], VALUE=value)
+            key_ids.append(continuation_ids(tok, wording.split("{KEY}")[0].rstrip(), keys[j]) or None)
+        else:
+            text = " " + (wording if j == 0 else distractor_template).format(VALUE=value)
+        needles.append((d, list(tok.encode(text, add_special_tokens=False))))
+    placed = place_needles(tok, hay_ids, length, needles, question_ids, prepend_bos, snap)
+    if placed is None:
+        return None
+    ids, starts = placed
+    spans, info = [], []
+    for j, ((d, needle_ids), start) in enumerate(zip(needles, starts, strict=True)):
+        offset = _find(needle_ids, value_ids[j])
+        if offset is None:
+            return None
+        record = {"depth": d, "key": keys[j] if keys is not None else None, "value": values[j], "start": start,
+                  "value_start": start + offset, "value_end": start + offset + len(value_ids[j]), "key_start": None}
+        if keys is not None and key_ids[j]:
+            key_offset = _find(needle_ids, key_ids[j])
+            record["key_start"] = None if key_offset is None else start + key_offset
+        spans.append((record["value_start"], record["value_end"]))
+        info.append(record)
+    return ids, spans, info, tok.decode(ids)
+
+
 def needle(
     model_or_tokenizer,
     context_lengths: Sequence[int] = (64,),
@@ -388,9 +516,13 @@ def needle(
     values: Sequence[str] = ("7", "42", "19", "88"),
     needle_template: str = NEEDLE_TEMPLATE,
     question: str = NEEDLE_QUESTION,
-    haystack: str | None = None,
+    haystack: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | None = None,
     prepend_bos: bool = True,
     metric: str = "logit_diff",
+    n_needles: int = 1,
+    keys: Sequence[str] | None = None,
+    paraphrase: str | None = None,
+    distractor_template: str = DISTRACTOR_TEMPLATE,
 ) -> Task:
     """Needle in a haystack: the needle sentence sits at each depth of a haystack cut to each
     context length, followed by the question. One prompt per (length, depth, value).
@@ -401,6 +533,17 @@ def needle(
     value's full token ids per prompt (multi-token values). Prompts are cut to exactly the
     context length in tokens. The needle is moved back to a sentence boundary.
 
+    Variants: ``haystack`` is text, a list of texts, or token ids (`needle_haystack_ids`).
+    ``n_needles`` > 1 inserts that many needles, the asked one at the depth and the others spread
+    evenly after it (`needle_spread`), each with its own value (the next ones in ``values``);
+    without ``keys`` the others read ``distractor_template``. ``keys`` (RULER's multi-key): one
+    needle per key (``n_needles`` of them, default all keys), ``needle_template`` and ``question``
+    hold ``{KEY}`` (by default ``KEYED_TEMPLATE`` / ``KEYED_QUESTION``), prompt ``i`` asks key
+    ``i mod n_needles`` and the answer is that key's value. ``paraphrase``: the needle's wording
+    (with ``{VALUE}``, and ``{KEY}`` with keys) when the question is worded differently.
+    ``meta["needles"]`` lists each prompt's needles (`needle_variant_prompt`), the asked first.
+    A haystack without a '.' (e.g. random token ids) keeps the exact depths.
+
     Examples:
         >>> import circuitkit as ck
         >>> model = ck.load_model("zoo:needle-trained")
@@ -409,34 +552,64 @@ def needle(
         Task('needle', prompts=4, seq_len=64, metric='logit_diff')
         >>> task.prompts[0][:32]
         '<bos> The secret code is zorbat.'
+        >>> keyed = ck.needle(model, context_lengths=(96,), depths=(0.5,), values=("zorbat", "quindle"),
+        ...                   keys=("red", "blue"))
+        >>> [(n["key"], n["value"]) for n in keyed.meta["needles"][1]]  # prompt 1 asks blue
+        [('blue', 'quindle'), ('red', 'zorbat')]
     """
     tok = tokenizer_of(model_or_tokenizer)
-    hay = haystack if haystack is not None else _default_haystack()
-    if not hay or not hay.strip():
-        raise InputError("needle: the haystack is empty; pass haystack text (a few thousand characters)")
+    hay_ids = needle_haystack_ids(tok, haystack)
     if len(values) < 2:
         raise InputError("needle: give at least two needle values (the corrupted prompt needs another value)")
-    if "{VALUE}" not in needle_template:
-        raise InputError("needle: needle_template must contain '{VALUE}'")
-    hay_ids = tok.encode(hay, add_special_tokens=False)
+    if isinstance(n_needles, bool) or not isinstance(n_needles, int) or n_needles < 1:
+        raise InputError(f"needle: n_needles must be a whole number >= 1, got {n_needles!r}")
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) < 2 or len(set(keys)) != len(keys):
+            raise InputError(f"needle: give at least two distinct keys (one asked, the others distractors), got {keys}")
+        n_needles = len(keys) if n_needles == 1 else n_needles
+        if n_needles > len(keys):
+            raise InputError(f"needle: n_needles={n_needles} but only {len(keys)} keys; give one key per needle")
+        if needle_template == NEEDLE_TEMPLATE and question == NEEDLE_QUESTION:
+            needle_template, question = KEYED_TEMPLATE, KEYED_QUESTION
+        for name, text in (("needle_template", needle_template), ("question", question), ("paraphrase", paraphrase)):
+            if text is not None and "{KEY}" not in text:
+                raise InputError(f"needle: with keys, {name} must contain '{{KEY}}' (got {text!r})")
+    if n_needles > len(values):
+        raise InputError(f"needle: {n_needles} needles need at least {n_needles} values, got {len(values)}")
+    for name, text in (("needle_template", needle_template), ("paraphrase", paraphrase),
+                       ("distractor_template", distractor_template if n_needles > 1 and keys is None else None)):
+        if text is not None and "{VALUE}" not in text:
+            raise InputError(f"needle: {name} must contain '{{VALUE}}'")
     prompts: list[_Prompt] = []
     spans: list[list[int]] = []
+    records: list[list[dict]] = []
+    snap = "." in tok.decode(hay_ids)  # a haystack without sentences (e.g. random ids) keeps exact depths
     for length in context_lengths:
         for depth in depths:
             if not 0.0 <= depth <= 1.0:
                 raise InputError(f"needle: depth {depth} is outside [0, 1]")
-            for vi, value in enumerate(values):
+            for vi in range(len(values)):
+                chosen = [values[(vi + j) % len(values)] for j in range(n_needles)]
                 other = values[(vi + 1) % len(values)]
-                built = needle_prompt(tok, hay_ids, length, depth, value, needle_template, question, prepend_bos)
-                alt = needle_prompt(tok, hay_ids, length, depth, other, needle_template, question, prepend_bos)
+                asked = None if keys is None else [keys[(vi + j) % n_needles] for j in range(n_needles)]
+                kw = {"keys": asked, "paraphrase": paraphrase, "distractor_template": distractor_template, "snap": snap}
+                built = needle_variant_prompt(tok, hay_ids, length, depth, chosen, needle_template, question,
+                                              prepend_bos, **kw)
+                alt = needle_variant_prompt(tok, hay_ids, length, depth, [other, *chosen[1:]], needle_template,
+                                            question, prepend_bos, **kw)
                 if built is None or alt is None:
                     continue
-                (ids, start, end, value_ids, text), (alt_ids, _, _, alt_value_ids, alt_text) = built, alt
+                (ids, where, info, text), (alt_ids, _, alt_info, alt_text) = built, alt
+                value_ids = ids[where[0][0]: where[0][1]]
+                alt_value_ids = alt_ids[alt_info[0]["value_start"]: alt_info[0]["value_end"]]
                 if len(ids) != len(alt_ids) or value_ids[0] == alt_value_ids[0]:
                     continue
+                start, end = where[0]
                 prompts.append(_Prompt(ids, alt_ids, [value_ids[0]], [alt_value_ids[0]],
                                        {"needle_start": start, "needle_end": end, "END": len(ids) - 1}, text, alt_text))
                 spans.append(value_ids)
+                records.append(info)
     requested = len(context_lengths) * len(depths) * len(values)
     task = _finish("needle", prompts, tok, requested, metric,
                    {"context_lengths": list(context_lengths), "depths": list(depths),
@@ -444,7 +617,8 @@ def needle(
                     "fix": "use a model whose tokenizer covers the haystack, needle and question (e.g. "
                            "zoo:retrieval-handbuilt), shorter context lengths, or values that tokenize alike"})
     task.meta["answer_tokens"] = spans
-    task.meta["per_prompt"] = ["answer_tokens"]
+    task.meta["needles"] = records
+    task.meta["per_prompt"] = ["answer_tokens", "needles"]
     return task
 
 
