@@ -31,7 +31,7 @@ from circuitkit.tasks.builders import needle
 __all__ = ["DETECTORS", "POLICIES", "kv_compress_curve"]
 
 POLICIES = ("razor", "headkv")
-DETECTORS = ("retrieval", "qrhead", "locos")
+DETECTORS = ("retrieval", "qrhead", "locos", "duo")  # head_scores kinds that rank heads for the cache
 
 
 def _groups(model) -> list[list[str]]:
