@@ -46,7 +46,7 @@ from circuitkit.ablation.edges import (
     is_post_norm,
     mlp_in_hook,
     model_device,
-    node_outputs,
+    output_hooks,
     post_norm_head_diffs,
     result_hook,
     split_outputs,
@@ -107,14 +107,18 @@ def _edge_matrix(
                desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
     # IG's runs over a batch share its differences: one contraction per batch, not per run
     shared = steps is not None and _Receivers.accumulates(model, index)
+    wanted = set(output_hooks(index))
     for idx in batches:
         sub = task.subset(idx.cpu())
         stack = _stack(index, source_of(idx), sub.clean.shape)
         clean_input = None
         if steps is not None:  # IG runs are not at the clean point: the clean outputs from their own pass
-            clean = node_outputs(model, sub.clean)
-            stack -= _stack(index, clean, sub.clean.shape)
-            clean_input = clean[names.INPUT]
+            with torch.no_grad():
+                _, cache = model.run_with_cache(sub.clean, names_filter=lambda n: n in wanted)
+                clean = {n: cache[n] for n in wanted}
+                del cache
+                _subtract_outputs_(stack, model, index, clean)
+            clean_input = clean[INPUT_HOOK]
             del clean
         receivers = None
         for group in groups:
@@ -142,6 +146,22 @@ def _stack(index: GraphIndex, outputs: dict[str, Tensor], shape: torch.Size) -> 
     for j, node in enumerate(index.upstream):
         out[j] = outputs[node]
     return out.reshape(len(index.upstream), b * p, -1)
+
+
+def _subtract_outputs_(stack: Tensor, model, index: GraphIndex, outputs: dict[str, Tensor]) -> None:
+    """In place: ``stack`` (``[n_upstream, rows, d_model]``) minus the node outputs of one run, from
+    its output hooks' values (`output_hooks`: the embeddings, each layer's ``hook_z``, each MLP's
+    output); each head's ``z @ W_O`` is subtracted by one batched product, never held apart."""
+    rows = stack.shape[1]
+    stack[0] -= outputs[INPUT_HOOK].reshape(rows, -1).to(stack.dtype)
+    h = index.n_heads
+    for layer in range(index.n_layers):
+        first = 1 + layer * index.block
+        z = outputs[result_hook(layer)].to(stack.dtype)  # [b, p, h, d_head]
+        w_o = backend.head_output_weights(model, layer).detach().to(stack.dtype)  # [h, d_head, d_model]
+        stack[first:first + h].baddbmm_(z.permute(2, 0, 1, 3).reshape(h, rows, -1), w_o, alpha=-1.0)
+        if index.has_mlp:
+            stack[first + h] -= outputs[names.output_hook(names.mlp(layer))].reshape(rows, -1).to(stack.dtype)
 
 
 def output_groups(index: GraphIndex) -> list[tuple[str, list[str]]]:
@@ -185,7 +205,7 @@ class _Receivers:
     """
 
     # bytes of the sender differences one contraction step reads (about what stays in a CPU's cache)
-    CHUNK_BYTES = 2 ** 24
+    CHUNK_BYTES = 2 ** 25
     # runs that share one contraction: each keeps a [rows, d_model] x_hat per layer until then
     MAX_RUNS = RUNS_PER_CONTRACTION
 
@@ -374,14 +394,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
             return state["diff"]
         d = stack
         if at_clean:
-            out = state["outputs"]
-            d[0] -= out[INPUT_HOOK].reshape(b * p, -1).to(d.dtype)
-            for layer in range(index.n_layers):
-                res = head_results(model, layer, out[result_hook(layer)])  # [b, p, h, d]
-                d[head_cols(layer)] -= res.permute(2, 0, 1, 3).reshape(index.n_heads, b * p, -1).to(d.dtype)
-                if index.has_mlp:
-                    col = 1 + layer * index.block + index.n_heads
-                    d[col] -= out[names.output_hook(names.mlp(layer))].reshape(b * p, -1).to(d.dtype)
+            _subtract_outputs_(d, model, index, state["outputs"])
             state["outputs"] = {}
         elif post_norm_layers:
             d = d.clone()  # the run's own linearisation of each post-norm layer, not the shared raw difference
