@@ -22,12 +22,25 @@ Reference edges that a card measured as invisible to mean ablation
 zero-ablated, as they carry only what every prompt shares there, e.g. position) are left out of the
 edge AUC under mean ablation (column ``hidden``); other ablations score every edge.
 
+* with ``--stability N``: ``jaccard`` / ``spearman``, `circuit_stability`'s means over every pair
+  of N runs, each on a seeded random half of the prompts (a method with a seed gets seed i on run
+  i): Jaccard overlap of the top ``budget`` edges by |score| (ACDC: of its circuits) and
+  Spearman rank correlation of all edge scores; ``stab_seconds`` for the N runs.
+
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
 
+``--gpt2-shape`` instead times every method's scoring (no pruning to faithfulness) on a
+random-weight GPT-2-small-shaped model (benchmarks/scale.py's ``build_model`` / ``induction_task``:
+vocabulary 2,048, induction prompts), ``--gpt2-prompts`` x ``--gpt2-tokens``: edge pruning and its
+warm-started variant for ``--gpt2-pruning-steps`` steps (seconds per step reported beside), exact
+patching on a timed subset of edges extrapolated to all, ACDC estimated (one masked forward timed,
+times the edges it visits at most: every edge, one forward each, in sequence).
+
     python benchmarks/discovery.py [--methods eap-ig eap exact edge-pruning acdc] [--ablation mean]
                                    [--interpolate inputs] [--models NAME ...] [--max-prompts N]
-                                   [--budget N] [--out table.parquet]
+                                   [--budget N] [--stability N] [--out table.parquet]
+    python benchmarks/discovery.py --gpt2-shape [--gpt2-prompts 8] [--gpt2-tokens 32] [--methods ...]
 """
 
 from __future__ import annotations
@@ -86,7 +99,7 @@ def _node_auc(scores, reference, by_abs: bool) -> float:
 
 
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
-             interpolate: str = "inputs", budget: int | None = None) -> list[dict]:
+             interpolate: str = "inputs", budget: int | None = None, stability: int | None = None) -> list[dict]:
     from circuitkit.circuit.evaluation import EdgeEvaluator, faithfulness_curve, rank_edges
     from circuitkit.circuit.routes import cap_by_route
 
@@ -129,6 +142,80 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
                      "faithfulness": circuit.meta["faithfulness"],
                      "budget": n_budget, "f_budget": evaluator.faithfulness(top),
                      "cpr": curve.attrs["cpr"], "cmd": curve.attrs["cmd"], "seconds": seconds})
+        if stability:
+            rows[-1].update(stability_columns(model, task, method, stability, ablation, args, n_budget))
+    return rows
+
+
+def stability_columns(model, task, method, n_runs, ablation, method_args, k) -> dict:
+    """`circuit_stability`'s mean Jaccard (top ``k`` edges) / Spearman over ``n_runs`` resamples,
+    and its seconds."""
+    from circuitkit.circuit.stability import circuit_stability
+
+    start = time.perf_counter()
+    table = circuit_stability(model, task, method, n_runs=n_runs, ablation=ablation, method_args=method_args,
+                              k=k, threshold=0.01 if method == "acdc" else None)
+    return {"jaccard": table.attrs["jaccard_mean"], "spearman": table.attrs["spearman_mean"],
+            "stab_seconds": time.perf_counter() - start}
+
+
+def gpt2_shape_timings(methods, n_prompts: int, n_tokens: int, ablation: str, steps: int, pruning_steps: int,
+                       exact_edges: int) -> list[dict]:
+    """Seconds each method takes to score every edge of a random GPT-2-small-shaped model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scale import build_model, induction_task  # the shapes and prompts of the scale benchmark
+
+    from circuitkit.ablation.edges import ablation_source, graph_index, run_with_mask
+    from circuitkit.attribution import exact_edge_patching
+
+    model = build_model("gpt2", n_tokens + 1)
+    task = induction_task(n_prompts, n_tokens)
+    n_edges = len(graph_index(model).edges)
+    print(f"gpt2-shape (random weights, vocabulary 2048): {n_edges} edges; {n_prompts} prompts x {n_tokens} tokens; "
+          f"{ablation} ablation; torch threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    for method in methods:
+        row = {"method": method, "edges_scored": n_edges}
+        start = time.perf_counter()
+        if method == "acdc":  # one masked forward per edge it visits, in sequence: time one, multiply
+            index = graph_index(model)
+            source = ablation_source(model, task, kind=ablation)
+            mask = torch.zeros(index.shape)
+            mask.view(-1)[index.flat_edge_index()[-1]] = 1.0  # one edge ablated, as at each of ACDC's turns
+            with torch.no_grad():
+                run_with_mask(model, task.clean, mask, source)
+                start = time.perf_counter()
+                run_with_mask(model, task.clean, mask, source)
+            one = time.perf_counter() - start
+            row.update(edges_scored=0, seconds=math.nan, estimate=one * n_edges,
+                       note=f"not run; estimate (a floor): {n_edges} edges x one masked forward ({one:.3f} s)")
+        elif method == "exact":
+            subset = graph_index(model).edges[:exact_edges]
+            exact_edge_patching(model, task, ablation=ablation, edges=subset, progress=False)
+            seconds = time.perf_counter() - start
+            row.update(edges_scored=len(subset), seconds=seconds, estimate=seconds * n_edges / len(subset),
+                       note=f"{len(subset)} edges timed, extrapolated to all")
+        else:
+            args = {"steps": steps} if method in ("eap-ig", "ensemble-mean") else {}
+            if method == "edge-pruning":
+                args = {"steps": pruning_steps}
+            elif method == "eap-ig-pruning":  # its EAP-IG as the eap-ig row's
+                args = {"steps": pruning_steps, "ig_steps": steps}
+            score_edges(model, task, method, ablation=ablation, method_args=args)
+            row["seconds"] = time.perf_counter() - start
+            if method in ("edge-pruning", "eap-ig-pruning"):
+                default = DISCOVERY_METHODS[method].params["steps"]
+                ig = next((r["seconds"] for r in rows if r["method"] == "eap-ig"), None)  # same IG steps
+                prior = ig if method == "eap-ig-pruning" and ig is not None else 0.0
+                row["per_step"] = (row["seconds"] - prior) / pruning_steps  # set-up included: generous
+                row["estimate"] = prior + row["per_step"] * default
+                row["note"] = (f"{pruning_steps} steps run; estimate at its default {default}"
+                               + (" (+ the eap-ig row's seconds)" if prior else ""))
+        rows.append(row)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return rows
 
 
@@ -145,25 +232,46 @@ def main(argv=None) -> None:
     parser.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts per task")
     parser.add_argument("--budget", type=int, default=None,
                         help="edges kept for f_budget (default: the reference's edge count, else a tenth of the graph)")
+    parser.add_argument("--stability", type=int, default=None, metavar="N",
+                        help="also run circuit_stability over N prompt resamples per method and model (columns "
+                             "jaccard, spearman, stab_seconds)")
+    parser.add_argument("--gpt2-shape", action="store_true",
+                        help="instead: time each method's scoring on a random GPT-2-small-shaped model")
+    parser.add_argument("--gpt2-prompts", type=int, default=8)
+    parser.add_argument("--gpt2-tokens", type=int, default=32)
+    parser.add_argument("--gpt2-pruning-steps", type=int, default=2,
+                        help="edge pruning steps run at GPT-2 shape (seconds per step reported)")
+    parser.add_argument("--gpt2-exact-edges", type=int, default=64, help="edges exact patching times there")
     parser.add_argument("--out", default=None, help="also write the table as Parquet")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.gpt2_shape:
+        table = pd.DataFrame(gpt2_shape_timings(args.methods, args.gpt2_prompts, args.gpt2_tokens, args.ablation,
+                                                args.steps, args.gpt2_pruning_steps, args.gpt2_exact_edges))
+        print(f"seconds: measured; estimate: every edge / the method's default steps (see --help); "
+              f"EAP-IG {args.steps} steps over the inputs")
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        if args.out:
+            table.to_parquet(args.out)
+        return
 
     rows = []
     for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
         rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
-                         args.interpolate, args.budget)
+                         args.interpolate, args.budget, args.stability)
         print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")
         model, task, reference = fallback_model()
         rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps,
-                        budget=args.budget)
+                        budget=args.budget, stability=args.stability)
     table = pd.DataFrame(rows)
     print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL); "
           "auc: route-capped scores, auc_raw: the method's own; f_budget: top-`budget` raw edges; cpr / cmd: MIB's"
-          + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else ""))
+          + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else "")
+          + (f"; jaccard / spearman: means over pairs of {args.stability} runs on seeded halves of the prompts "
+             "(top-`budget` edges by |score|; ACDC: its circuits)" if args.stability else ""))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.out:
         table.to_parquet(args.out)

@@ -34,5 +34,20 @@ def test_stability_compares_every_pair_of_resampled_runs():
     assert table.attrs["jaccard_mean"] == pytest.approx(table.jaccard.mean())
     with pytest.raises(ValueError, match="n_runs must be a whole number >= 2"):
         ck.circuit_stability(model, task, "eap", n_runs=1)
-    with pytest.raises(ValueError, match="acdc prunes by itself"):
-        ck.circuit_stability(model, task, "acdc")
+
+
+
+def test_stability_of_a_pruning_method_compares_its_circuits():
+    model = ck.load_model("zoo:tracr-hist")
+    task = ck.zoo_task("tracr-hist", model)
+    table = ck.circuit_stability(model, task, "acdc", n_runs=2, seed=1, threshold=0.01)
+    gen = torch.Generator().manual_seed(1)
+    halves = [torch.randperm(len(task), generator=gen)[:round(len(task) / 2)].sort().values for _ in range(2)]
+    circuits = [ck.discover(model, task.subset(idx), "acdc", threshold=0.01, method_args={"seed": 1 + i})
+                for i, idx in enumerate(halves)]
+    edges = [set(c.edges) for c in circuits]
+    assert table.attrs["compared"] == "circuits"
+    assert table.jaccard[0] == pytest.approx(len(edges[0] & edges[1]) / len(edges[0] | edges[1]))
+    labels = circuits[0].scores("edge").labels
+    values = [[c.scores("edge").as_dict()[e] for e in labels] for c in circuits]
+    assert table.spearman[0] == pytest.approx(spearmanr(*values).statistic, abs=1e-9, nan_ok=True)
