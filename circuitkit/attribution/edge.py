@@ -748,9 +748,10 @@ def eap(
     by AtP*'s QK fix instead (exact attention-pattern change times dM/d pattern; one more
     forward + backward per batch and one attention-layer pass per sender).
 
-    Memory: each receiver's gradient is contracted with the sender differences as the backward
-    pass reaches it, so a batch holds one forward + backward pass and one ``[n_upstream, batch,
-    pos, d_model]`` block of differences. Batches get fewer prompts than ``batch_size`` where
+    Memory: each receiver's gradient is held at its smallest (a head's at ``hook_q``, ``[batch,
+    pos, heads, d_head]``) and contracted with the sender differences after the backward pass, so
+    a batch holds one forward + backward pass and one ``[n_upstream, batch, pos, d_model]`` block
+    of differences. Batches get fewer prompts than ``batch_size`` where
     ``max_memory`` (bytes; by default half the memory available at the call) holds fewer
     (`memory_per_prompt`); ``ValueError`` before any work
     when not even one prompt fits.
