@@ -282,7 +282,7 @@ class _Receivers:
         else:
             self.heads[key] = g.clone()
 
-    def add_vector(self, row: int, n_cols: int, grad: Tensor) -> None:
+    def add_vector(self, grad: Tensor, row: int, n_cols: int) -> None:
         """One run's gradient at an MLP's input or the final residual (slot ``row``)."""
         g = grad.detach().reshape(self.rows, -1).to(self.dtype)
         if row in self.vectors:
@@ -448,9 +448,6 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
             x.register_hook(lambda grad: receivers.add_head(layer, which, grad, state["resid"][layer], value))
             return x
 
-    def vector_grad(grad: Tensor, row: int, n_cols: int) -> None:
-        receivers.add_vector(row, n_cols, grad)
-
     hooks: list = [(INPUT_HOOK, input_hook)]
     for layer in range(index.n_layers):
         if layer > 0:
@@ -460,11 +457,12 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
         hooks.append((result_hook(layer), _bind(record_z, layer=layer)))
         if index.has_mlp:
             row = layer * index.slots_per_layer + 3 * index.n_heads
-            hooks.append((mlp_in_hook(layer), watch(vector_grad, branch=True, row=row,
+            hooks.append((mlp_in_hook(layer), watch(receivers.add_vector, branch=True, row=row,
                                                     n_cols=index.n_before_slot_layer(layer, mlp=True))))
             out_hook = names.output_hook(names.mlp(layer))
             hooks.append((out_hook, _bind(record, name=out_hook)))
-    hooks.append((final_resid_hook(model), watch(vector_grad, row=len(index.slots) - 1, n_cols=len(index.upstream))))
+    hooks.append((final_resid_hook(model), watch(receivers.add_vector, row=len(index.slots) - 1,
+                                                  n_cols=len(index.upstream))))
     if group is not None and group[0] != INPUT_HOOK:
         # Every reader sees the group as alpha * live + (1 - alpha) * source (its outgoing edges
         # ablated by 1 - alpha, as in graph.run_with_mask). The group's inputs are clean, so live
