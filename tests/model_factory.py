@@ -17,6 +17,19 @@ def make_model(tokenizer, *, attn_only=False, n_layers=2, n_heads=4, d_model=32,
     return model
 
 
+def word_model(kind: str, seed: int, n_layers: int = 2):
+    """A tiny model on the default word vocabulary: ``"mha"`` (LayerNorm, 4 heads each with its own
+    keys and values) or ``"gqa"`` (4 query heads sharing 2 key / value heads, RMSNorm, rotary)."""
+    from circuitkit.tasks.builders import default_words
+    from circuitkit.tokenizers import word_level_tokenizer
+
+    tok = word_level_tokenizer(default_words())
+    if kind == "gqa":
+        return make_model(tok, n_layers=n_layers, n_heads=4, n_key_value_heads=2, normalization_type="RMS",
+                          positional_embedding_type="rotary", seed=seed)
+    return make_model(tok, n_layers=n_layers, seed=seed)
+
+
 BRIDGE_FAMILIES = ("gemma4", "llama4", "deepseek_v3", "smollm3", "granite", "olmo3", "phi3", "gpt_oss", "falcon_h1",
                    "qwen3_next")
 """The ``save_hf_folder`` archs of current families, to be loaded through TransformerLens's ``TransformerBridge``."""

@@ -6,7 +6,7 @@ grouped-query attention), and ``per_kv_group`` averages over heads sharing a key
 
 import pytest
 import torch
-from model_factory import make_model
+from model_factory import word_model
 
 import circuitkit as ck
 from circuitkit.errors import InputError
@@ -42,14 +42,7 @@ def _prompts(model, n=3, n_pos=24, seed=0):
 
 @pytest.fixture(scope="module", params=["ln", "gqa"])
 def tiny(request):
-    from circuitkit.tasks.builders import default_words
-    from circuitkit.tokenizers import word_level_tokenizer
-
-    tok = word_level_tokenizer(default_words())
-    if request.param == "ln":
-        return make_model(tok, n_layers=2, seed=1)
-    return make_model(tok, n_layers=2, n_heads=4, n_key_value_heads=2, normalization_type="RMS",
-                      positional_embedding_type="rotary", seed=2)
+    return word_model("mha", seed=1) if request.param == "ln" else word_model("gqa", seed=2)
 
 
 def test_qrhead_is_the_query_mass_on_the_needle(tiny):

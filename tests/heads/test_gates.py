@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from model_factory import make_model
+from model_factory import word_model
 from test_kvpress_export import _load_with_kvpress
 
 import circuitkit as ck
@@ -32,14 +32,7 @@ FAST = {"steps": 40, "lr": 0.05, "sparsity": 0.5, "window": 8, "progress": False
 
 @pytest.fixture(scope="module", params=["ln", "gqa"])
 def tiny(request):
-    from circuitkit.tasks.builders import default_words
-    from circuitkit.tokenizers import word_level_tokenizer
-
-    tok = word_level_tokenizer(default_words())
-    if request.param == "ln":
-        return make_model(tok, n_layers=2, seed=1)
-    return make_model(tok, n_layers=3, n_heads=4, n_key_value_heads=2, normalization_type="RMS",
-                      positional_embedding_type="rotary", seed=2)
+    return word_model("mha", seed=1) if request.param == "ln" else word_model("gqa", seed=2, n_layers=3)
 
 
 def _n_kv(model):

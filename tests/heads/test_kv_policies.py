@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from model_factory import make_model
+from model_factory import word_model
 
 import circuitkit as ck
 from circuitkit.errors import InputError
@@ -28,14 +28,7 @@ N_POS = 40
 
 @pytest.fixture(scope="module", params=["mha", "gqa"])
 def model(request):
-    from circuitkit.tasks.builders import default_words
-    from circuitkit.tokenizers import word_level_tokenizer
-
-    tok = word_level_tokenizer(default_words())
-    if request.param == "mha":
-        return make_model(tok, n_layers=2, seed=5)
-    return make_model(tok, n_layers=2, n_heads=4, n_key_value_heads=2, normalization_type="RMS",
-                      positional_embedding_type="rotary", seed=6)
+    return word_model(request.param, seed=5 if request.param == "mha" else 6)
 
 
 def _tokens(model, batch=2, seed=0):
