@@ -181,8 +181,9 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
     if by_pos:
         budget -= check_position_memory(index, n_pos, method, budget)
     per = memory_per_prompt(model, index, n_pos, method)
-    # the q / k / v input gradients rebuilt from dM/d hook_q: about 8 copies of a chunk of
-    # [n_heads, rows, d_model] values while the layer norm's backward runs, RECOMPUTE_BYTES at most
+    # a reserve for the q / k / v input gradients rebuilt from dM/d hook_q: 8 copies of a chunk of
+    # [n_heads, rows, d_model] values, RECOMPUTE_BYTES at most (edge._Receivers now builds them a
+    # few dozen rows at a time, well inside it; the reserve is kept as it was)
     cfg = model.cfg
     recompute = 0 if method == "nodes" else 8 * cfg.n_heads * cfg.d_model * n_pos * 4
     cap = 8 * RECOMPUTE_BYTES
@@ -202,7 +203,7 @@ def budget_batch_size(model, index: GraphIndex, task, method: str, batch_size: i
 def stream_mode(model) -> Iterator[None]:
     """The flags of a gradient attribution run: q / k / v read one shared ``[batch, pos, d_model]``
     input (no per-head copies kept for the backward pass; each head's input gradient is rebuilt
-    from ``dM/d hook_q`` as the backward pass reaches it), ``hook_mlp_in`` on, grouped keys and
+    from ``dM/d hook_q`` after the backward pass), ``hook_mlp_in`` on, grouped keys and
     values ungrouped (one k / v per query head, as the graph's slots are)."""
     flags = {"use_split_qkv_input": False, "use_hook_mlp_in": True}
     if getattr(model.cfg, "n_key_value_heads", None) is not None:

@@ -305,7 +305,10 @@ class _Receivers:
             whichs = sorted(which for lyr, which in self.heads if lyr == layer)
             n_cols = index.n_before_slot_layer(layer)
             shape = (n_pos, len(whichs) * h, n_cols) if by_pos else (len(whichs) * h, n_cols)
-            plans.append((layer, norm, kind, whichs, projections, n_cols, torch.zeros(shape, dtype=diff.dtype)))
+            # the centring term's per-head row means of each projection, [h, d_head]
+            row_means = [projections[which].mean(-1) for which in whichs] if kind == "ln" else None
+            plans.append((layer, norm, kind, whichs, projections, row_means, n_cols,
+                          torch.zeros(shape, dtype=diff.dtype)))
         vector_rows = sorted(self.vectors)
         vector_cols = max((self.vectors[r][0] for r in vector_rows), default=0)
         vector_total = torch.zeros((n_pos, len(vector_rows), vector_cols) if by_pos else (len(vector_rows), vector_cols),
@@ -315,7 +318,7 @@ class _Receivers:
         for r0 in range(0, self.rows, step):
             r1 = min(self.rows, r0 + step)
             positions = torch.arange(r0, r1, device=diff.device) % n_pos if by_pos else None
-            for layer, norm, kind, whichs, projections, n_cols, total in plans:
+            for layer, norm, kind, whichs, projections, row_means, n_cols, total in plans:
                 recv = torch.empty((len(whichs) * h, r1 - r0, diff.shape[-1]), dtype=diff.dtype, device=diff.device)
                 for i, which in enumerate(whichs):
                     torch.bmm(self.heads[(layer, which)][r0:r1].transpose(0, 1), projections[which],
@@ -335,8 +338,8 @@ class _Receivers:
                 block = diff[:n_cols, r0:r1]
                 means = None
                 if kind == "ln":  # the centring: each row's mean of the product times the difference's row sum
-                    means = torch.cat([torch.einsum("rhe,he->hr", self.heads[(layer, which)][r0:r1],
-                                                    projections[which].mean(-1)) for which in whichs])
+                    means = torch.cat([torch.einsum("rhe,he->hr", self.heads[(layer, which)][r0:r1], m)
+                                       for which, m in zip(whichs, row_means, strict=True)])
                 if by_pos:
                     per_row = torch.einsum("Rrd,crd->rRc", recv, block)
                     if means is not None:
@@ -353,7 +356,7 @@ class _Receivers:
                     vector_total.index_add_(0, positions, torch.einsum("Rrd,crd->rRc", vecs, block))
                 else:
                     vector_total += vecs.reshape(len(vector_rows), -1) @ block.reshape(vector_cols, -1).T
-        for layer, _, _, whichs, _, n_cols, total in plans:
+        for layer, _, _, whichs, _, _, n_cols, total in plans:
             for i, which in enumerate(whichs):
                 row = layer * index.slots_per_layer + which * h
                 scores[..., row: row + h, :n_cols] += total[..., i * h:(i + 1) * h, :].to(scores.dtype)
@@ -511,10 +514,10 @@ def _normalised(x: Tensor, eps: float, centred: bool) -> tuple[Tensor, Tensor]:
     """``(x_hat, 1 / scale)`` of a LayerNorm (``centred``) or RMSNorm at its input ``x`` (``[rows, d]``).
 
     The norm's backward maps a gradient ``g`` at its normalised output to
-    ``(g - mean g - x_hat mean(g x_hat)) / scale`` (RMSNorm: no ``mean g``); `_edge_grad_run`
-    applies ``1 / scale`` to the projected gradient before projecting, subtracts the ``x_hat``
-    term in place and takes the ``mean g`` term out of the contraction (a row's mean times the
-    sender difference's row sum)."""
+    ``(g - mean g - x_hat mean(g x_hat)) / scale`` (RMSNorm: no ``mean g``); `_Receivers` scales
+    each row's ``dM/d hook_q`` by ``1 / scale`` before projecting it, subtracts the ``x_hat`` term
+    in place and takes the ``mean g`` term out of the contraction (a row's mean times the sender
+    difference's row sum)."""
     if centred:
         x = x - x.mean(-1, keepdim=True)
     inv_scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [rows, 1]
