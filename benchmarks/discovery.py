@@ -26,6 +26,9 @@ edge AUC under mean ablation (column ``hidden``); other ablations score every ed
   of N runs, each on a seeded random half of the prompts (a method with a seed gets seed i on run
   i): Jaccard overlap of the top ``budget`` edges by |score| (ACDC: of its circuits) and
   Spearman rank correlation of all edge scores; ``stab_seconds`` for the N runs.
+* with ``--seeds N``: a method with a seed (edge pruning, its warm-started variant, ACDC) runs at
+  seeds 0..N-1, one row each (column ``seed``), and a last table gives each column's mean / min /
+  max over them: edge pruning's ranking moves with its seed, so one draw can mislead a comparison.
 
 With no zoo model present it falls back to a tiny random model whose circuit is known by
 construction (two of four heads have W_O = 0) and says so.
@@ -39,7 +42,7 @@ times the edges it visits at most: every edge, one forward each, in sequence).
 
     python benchmarks/discovery.py [--methods eap-ig eap exact edge-pruning acdc] [--ablation mean]
                                    [--interpolate inputs] [--models NAME ...] [--max-prompts N]
-                                   [--budget N] [--stability N] [--out table.parquet]
+                                   [--budget N] [--stability N] [--seeds N] [--out table.parquet]
     python benchmarks/discovery.py --gpt2-shape [--gpt2-prompts 8] [--gpt2-tokens 32] [--methods ...]
 """
 
@@ -99,52 +102,65 @@ def _node_auc(scores, reference, by_abs: bool) -> float:
 
 
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
-             interpolate: str = "inputs", budget: int | None = None, stability: int | None = None) -> list[dict]:
-    from circuitkit.circuit.evaluation import EdgeEvaluator, faithfulness_curve, rank_edges
-    from circuitkit.circuit.routes import cap_by_route
+             interpolate: str = "inputs", budget: int | None = None, stability: int | None = None,
+             seeds: int = 1) -> list[dict]:
+    """One row per method; with ``seeds`` > 1, a method with a ``seed`` parameter gets one row per
+    seed 0 .. ``seeds`` - 1 (column ``seed``)."""
+    from circuitkit.circuit.evaluation import EdgeEvaluator
 
-    rows = []
-    ref_level = "edge" if reference.level == "edge" else "node"
-    hidden = set(invisible) if ablation == "mean" else set()
     evaluator = EdgeEvaluator(model, task, ablation)
     n_budget = budget or (len(reference.edges) if reference.edges else max(1, len(evaluator.model_edges) // 10))
+    hidden = set(invisible) if ablation == "mean" else set()
+    rows = []
     for method in methods:
-        start = time.perf_counter()
-        try:
-            args = {"steps": steps, "interpolate": interpolate} if method == "eap-ig" else {}  # the rest: defaults
-            raw = None if method == "acdc" else score_edges(model, task, method, ablation=ablation, method_args=args)
-        except ValueError as exc:  # e.g. EAP on an mse task: the metric's gradient is 0 at the clean run
-            print(f"{name} {method}: not run ({str(exc).split(';')[0]})", flush=True)
-            rows.append({"model": name, "method": method})
-            continue
-        circuit = discover(model, task, method, ablation=ablation, method_args=args, scores=raw,
-                           threshold=0.01 if method == "acdc" else None)
-        seconds = time.perf_counter() - start
-        if method == "acdc":  # every edge scored: its damage at its turn, 0 for the untried (see acdc)
-            raw = circuit.scores("edge")
-        capped = cap_by_route(raw)
-        # an estimate of m(ablated) - m(clean) is positive for needed edges when lower m is better (mse)
-        own = DISCOVERY_METHODS[method].sign  # "mib": higher = more needed; the estimators' needed edges are negative
-        sign = own if own == "mib" else ("mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
-        # ACDC's damage is signed (removal can help); ranking it by |damage| would reward that
-        by_abs = method != "acdc"
-        auc = roc_auc(capped, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
-        auc_raw = roc_auc(raw, reference, level=ref_level, ignore=hidden, by_abs=by_abs)
-        auc_nodes = _node_auc(capped, reference, by_abs)
-        curve = faithfulness_curve(model, task, raw, ablation=ablation, evaluator=evaluator, sign=sign)
-        top = rank_edges(raw, evaluator.model_edges, by_abs, sign)[:n_budget]
-        nodes = overlap(circuit, reference, "node") if reference.nodes else None
-        rows.append({"model": name, "method": method, "auc": auc, "auc_raw": auc_raw, "auc_level": ref_level,
-                     "hidden": len(hidden), "auc_nodes": auc_nodes,
-                     "precision": nodes.precision if nodes else math.nan,
-                     "recall": nodes.recall if nodes else math.nan,
-                     "edges": len(circuit.edges), "of": circuit.graph.number_of_edges(),
-                     "faithfulness": circuit.meta["faithfulness"],
-                     "budget": n_budget, "f_budget": evaluator.faithfulness(top),
-                     "cpr": curve.attrs["cpr"], "cmd": curve.attrs["cmd"], "seconds": seconds})
-        if stability:
-            rows[-1].update(stability_columns(model, task, method, stability, ablation, args, n_budget))
+        args = {"steps": steps, "interpolate": interpolate} if method == "eap-ig" else {}  # the rest: defaults
+        seeded = seeds > 1 and "seed" in DISCOVERY_METHODS[method].params
+        for seed in range(seeds) if seeded else [None]:
+            row = {"model": name, "method": method, **({} if seed is None else {"seed": seed})}
+            rows.append({**row, **run_method(model, task, reference, method, ablation,
+                                             {**args, **({} if seed is None else {"seed": seed})},
+                                             evaluator, n_budget, hidden, stability, label=name)})
     return rows
+
+
+def run_method(model, task, reference, method, ablation, args, evaluator, n_budget, hidden, stability,
+               label="") -> dict:
+    """One method's columns on one model (empty where the method refuses the task)."""
+    from circuitkit.circuit.evaluation import faithfulness_curve, rank_edges
+    from circuitkit.circuit.routes import cap_by_route
+
+    ref_level = "edge" if reference.level == "edge" else "node"
+    start = time.perf_counter()
+    try:
+        raw = None if method == "acdc" else score_edges(model, task, method, ablation=ablation, method_args=args)
+    except ValueError as exc:  # e.g. EAP on an mse task: the metric's gradient is 0 at the clean run
+        print(f"{label} {method}: not run ({str(exc).split(';')[0]})", flush=True)
+        return {}
+    circuit = discover(model, task, method, ablation=ablation, method_args=args, scores=raw,
+                       threshold=0.01 if method == "acdc" else None)
+    seconds = time.perf_counter() - start
+    if method == "acdc":  # every edge scored: its damage at its turn, 0 for the untried (see acdc)
+        raw = circuit.scores("edge")
+    capped = cap_by_route(raw)
+    # an estimate of m(ablated) - m(clean) is positive for needed edges when lower m is better (mse)
+    own = DISCOVERY_METHODS[method].sign  # "mib": higher = more needed; the estimators' needed edges are negative
+    sign = own if own == "mib" else ("mib" if task.metric_name in ("mse", "l2", "kl") else "circuitkit")
+    # ACDC's damage is signed (removal can help); ranking it by |damage| would reward that
+    by_abs = method != "acdc"
+    curve = faithfulness_curve(model, task, raw, ablation=ablation, evaluator=evaluator, sign=sign)
+    top = rank_edges(raw, evaluator.model_edges, by_abs, sign)[:n_budget]
+    nodes = overlap(circuit, reference, "node") if reference.nodes else None
+    row = {"auc": roc_auc(capped, reference, level=ref_level, ignore=hidden, by_abs=by_abs),
+           "auc_raw": roc_auc(raw, reference, level=ref_level, ignore=hidden, by_abs=by_abs),
+           "auc_level": ref_level, "hidden": len(hidden), "auc_nodes": _node_auc(capped, reference, by_abs),
+           "precision": nodes.precision if nodes else math.nan, "recall": nodes.recall if nodes else math.nan,
+           "edges": len(circuit.edges), "of": circuit.graph.number_of_edges(),
+           "faithfulness": circuit.meta["faithfulness"], "budget": n_budget,
+           "f_budget": evaluator.faithfulness(top), "cpr": curve.attrs["cpr"], "cmd": curve.attrs["cmd"],
+           "seconds": seconds}
+    if stability:
+        row.update(stability_columns(model, task, method, stability, ablation, args, n_budget))
+    return row
 
 
 def stability_columns(model, task, method, n_runs, ablation, method_args, k) -> dict:
@@ -235,6 +251,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stability", type=int, default=None, metavar="N",
                         help="also run circuit_stability over N prompt resamples per method and model (columns "
                              "jaccard, spearman, stab_seconds)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run each method with a seed (edge pruning, eap-ig-pruning, acdc) at seeds 0..N-1, one "
+                             "row each, and print their mean / min / max per model")
     parser.add_argument("--gpt2-shape", action="store_true",
                         help="instead: time each method's scoring on a random GPT-2-small-shaped model")
     parser.add_argument("--gpt2-prompts", type=int, default=8)
@@ -258,23 +277,35 @@ def main(argv=None) -> None:
 
     rows = []
     for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
-        rows += run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
-                         args.interpolate, args.budget, args.stability)
-        print(pd.DataFrame(rows[-len(args.methods):]).to_string(index=False), flush=True)
+        case = run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
+                        args.interpolate, args.budget, args.stability, args.seeds)
+        rows += case
+        print(pd.DataFrame(case).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")
         model, task, reference = fallback_model()
         rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps,
-                        budget=args.budget, stability=args.stability)
+                        budget=args.budget, stability=args.stability, seeds=args.seeds)
     table = pd.DataFrame(rows)
+    if "seed" in table:
+        table["seed"] = table["seed"].astype("Int64")
     print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL); "
           "auc: route-capped scores, auc_raw: the method's own; f_budget: top-`budget` raw edges; cpr / cmd: MIB's"
           + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else "")
           + (f"; jaccard / spearman: means over pairs of {args.stability} runs on seeded halves of the prompts "
              "(top-`budget` edges by |score|; ACDC: its circuits)" if args.stability else ""))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if args.seeds > 1 and "seed" in table:
+        print(f"over seeds 0..{args.seeds - 1} (methods without a seed: their one run):")
+        print(seed_summary(table).to_string(float_format=lambda x: f"{x:.3f}"))
     if args.out:
         table.to_parquet(args.out)
+
+
+def seed_summary(table):
+    """Per model and method: mean / min / max of auc, cmd and faithfulness over the seed rows."""
+    return (table.groupby(["model", "method"], sort=False)[["auc", "cmd", "faithfulness", "seconds"]]
+            .agg(["mean", "min", "max"]).drop(columns=[("seconds", "min"), ("seconds", "max")]))
 
 
 if __name__ == "__main__":
