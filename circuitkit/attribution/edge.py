@@ -488,6 +488,9 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
     if own:
         with torch.no_grad():
             receivers.contract(diff(), scores)
+    # the hooks' closures and the recorded tensors' graphs reference each other: without this the
+    # run's blocks (a post-norm run's cloned differences) live until the cyclic collector runs
+    state.clear()
 
 
 
@@ -606,36 +609,43 @@ def _with_qk_fix(model, task, index: GraphIndex, matrix: Tensor, source,
 
 def _clean_run_for_qk_fix(model, index: GraphIndex, sub, n_total: int) -> dict:
     """One clean forward + backward: node outputs, each layer's q / k / v inputs, its attention
-    pattern (with ``.grad`` = dM/d pattern) and the attention mask its block received."""
+    pattern and ``dM/d pattern`` (key ``("grad", hook name)``) and the attention mask its block received."""
     saved: dict = {}
 
     def keep(name: str, grad: bool = False):  # by name: a bridge's hook point carries its own name
         def hook(x, hook):
-            if grad:
-                x.retain_grad()
             saved[name] = x if grad else x.detach()
         return hook
+
+    def input_leaf(x, hook):  # the gradient starts here, so frozen weights (or none) do not matter
+        saved[INPUT_HOOK] = x.detach()
+        return x.detach().requires_grad_(True)
 
     def block_inputs(module, args, kwargs, layer):
         saved[("attention_mask", layer)] = kwargs.get("attention_mask")
 
-    wanted = [INPUT_HOOK]
+    wanted = []
     for layer in range(index.n_layers):
         wanted += [names.head_input_hook(layer, x) for x in names.QKV] + [result_hook(layer)]
         if index.has_mlp:
             wanted.append(names.output_hook(names.mlp(layer)))
-    hooks: list = [(name, keep(name)) for name in wanted]
-    hooks += [(names.hook("pattern", layer), keep(names.hook("pattern", layer), grad=True))
-              for layer in range(index.n_layers)]
+    patterns = [names.hook("pattern", layer) for layer in range(index.n_layers)]
+    hooks: list = [(INPUT_HOOK, input_leaf)] + [(name, keep(name)) for name in wanted]
+    hooks += [(name, keep(name, grad=True)) for name in patterns]
     handles = [model.blocks[layer].register_forward_pre_hook(_bind_pre(block_inputs, layer=layer), with_kwargs=True)
                for layer in range(index.n_layers)]
     try:
         with graph_mode(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
             logits = model(sub.clean)
-            (sub.per_prompt(logits).sum() / n_total).backward()
+            # gradients to the patterns only: nothing accumulates in the weights' .grad
+            grads = torch.autograd.grad(sub.per_prompt(logits).sum() / n_total, [saved[n] for n in patterns],
+                                        allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
+    for name, grad in zip(patterns, grads, strict=True):
+        saved[name] = saved[name].detach()
+        saved[("grad", name)] = torch.zeros_like(saved[name]) if grad is None else grad
     return saved
 
 
@@ -648,7 +658,7 @@ def _qk_fix_layer(model, index: GraphIndex, layer: int, saved: dict, diffs: Tens
     is the Hugging Face family's, so the model runs ``tokens`` up to the layer's pattern with the
     moved split input in place."""
     pattern = saved[names.hook("pattern", layer)]
-    grad = pattern.grad  # [b, H, q, k]
+    grad = saved[("grad", names.hook("pattern", layer))]  # [b, H, q, k]
     mask = saved[("attention_mask", layer)]
     block = model.blocks[layer]
     inputs = [saved[names.head_input_hook(layer, x)] for x in names.QKV]

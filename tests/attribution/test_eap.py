@@ -213,3 +213,19 @@ def test_qk_fix_equals_pattern_attribution_done_by_hand(request, task, model_nam
     batched = eap_ig(model, task, steps=2, ablation="mean", batch_size=3, progress=False, qk_fix=True)
     whole = eap_ig(model, task, steps=2, ablation="mean", progress=False, qk_fix=True)
     assert torch.allclose(batched.values, whole.values, atol=1e-5)
+
+
+def test_qk_fix_runs_on_frozen_weights_and_leaves_no_weight_gradients(tiny_model, task):
+    """The QK fix takes dM/d pattern from the input embeddings on: a model whose weights are frozen
+    gives the same scores, and no run leaves a ``.grad`` on any weight."""
+    expected = eap(tiny_model, task, ablation="mean", progress=False, qk_fix=True)
+    assert all(p.grad is None for p in tiny_model.parameters())
+    frozen = [p.requires_grad for p in tiny_model.parameters()]
+    try:
+        for p in tiny_model.parameters():
+            p.requires_grad_(False)
+        got = eap(tiny_model, task, ablation="mean", progress=False, qk_fix=True)
+    finally:
+        for p, needed in zip(tiny_model.parameters(), frozen, strict=True):
+            p.requires_grad_(needed)
+    torch.testing.assert_close(got.values, expected.values, atol=1e-6, rtol=1e-6)
