@@ -103,9 +103,9 @@ def _node_auc(scores, reference, by_abs: bool) -> float:
 
 def run_case(name, model, task, reference, methods, ablation, steps, invisible=frozenset(),
              interpolate: str = "inputs", budget: int | None = None, stability: int | None = None,
-             seeds: int = 1) -> list[dict]:
+             seeds: int = 1, overrides: dict | None = None) -> list[dict]:
     """One row per method; with ``seeds`` > 1, a method with a ``seed`` parameter gets one row per
-    seed 0 .. ``seeds`` - 1 (column ``seed``)."""
+    seed 0 .. ``seeds`` - 1 (column ``seed``). ``overrides``: method -> {parameter: value}."""
     from circuitkit.circuit.evaluation import EdgeEvaluator
 
     evaluator = EdgeEvaluator(model, task, ablation)
@@ -114,6 +114,7 @@ def run_case(name, model, task, reference, methods, ablation, steps, invisible=f
     rows = []
     for method in methods:
         args = {"steps": steps, "interpolate": interpolate} if method == "eap-ig" else {}  # the rest: defaults
+        args.update((overrides or {}).get(method, {}))
         seeded = seeds > 1 and "seed" in DISCOVERY_METHODS[method].params
         for seed in range(seeds) if seeded else [None]:
             row = {"model": name, "method": method, **({} if seed is None else {"seed": seed})}
@@ -254,6 +255,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="run each method with a seed (edge pruning, eap-ig-pruning, acdc) at seeds 0..N-1, one "
                              "row each, and print their mean / min / max per model")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                        help="a method's parameter other than its default, e.g. eap-ig-pruning.steps=150 (repeatable)")
     parser.add_argument("--gpt2-shape", action="store_true",
                         help="instead: time each method's scoring on a random GPT-2-small-shaped model")
     parser.add_argument("--gpt2-prompts", type=int, default=8)
@@ -263,6 +266,7 @@ def main(argv=None) -> None:
     parser.add_argument("--gpt2-exact-edges", type=int, default=64, help="edges exact patching times there")
     parser.add_argument("--out", default=None, help="also write the table as Parquet")
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.gpt2_shape:
@@ -278,20 +282,21 @@ def main(argv=None) -> None:
     rows = []
     for name, model, task, reference, invisible in zoo_cases(args.models, args.max_prompts):
         case = run_case(name, model, task, reference, args.methods, args.ablation, args.steps, invisible,
-                        args.interpolate, args.budget, args.stability, args.seeds)
+                        args.interpolate, args.budget, args.stability, args.seeds, overrides)
         rows += case
         print(pd.DataFrame(case).to_string(index=False), flush=True)
     if not rows:
         print("no zoo model with a reference circuit found: using the tiny random fallback model")
         model, task, reference = fallback_model()
         rows = run_case("dead-heads (fallback)", model, task, reference, args.methods, args.ablation, args.steps,
-                        budget=args.budget, stability=args.stability, seeds=args.seeds)
+                        budget=args.budget, stability=args.stability, seeds=args.seeds, overrides=overrides)
     table = pd.DataFrame(rows)
     if "seed" in table:
         table["seed"] = table["seed"].astype("Int64")
     print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL); "
           "auc: route-capped scores, auc_raw: the method's own; f_budget: top-`budget` raw edges; cpr / cmd: MIB's"
           + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else "")
+          + (f"; set: {', '.join(args.set)}" if args.set else "")
           + (f"; jaccard / spearman: means over pairs of {args.stability} runs on seeded halves of the prompts "
              "(top-`budget` edges by |score|; ACDC: its circuits)" if args.stability else ""))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -300,6 +305,27 @@ def main(argv=None) -> None:
         print(seed_summary(table).to_string(float_format=lambda x: f"{x:.3f}"))
     if args.out:
         table.to_parquet(args.out)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["eap-ig-pruning.steps=150"]`` -> ``{"eap-ig-pruning": {"steps": 150}}`` (numbers parsed)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, param = key.partition(".")
+        if not sep or not dot or method not in DISCOVERY_METHODS:
+            raise SystemExit(f"--set {item!r}: want METHOD.PARAM=VALUE with METHOD one of {list(DISCOVERY_METHODS)}")
+        if param not in DISCOVERY_METHODS[method].params:
+            raise SystemExit(f"--set {item!r}: {method} has no parameter {param!r}; it takes "
+                             f"{', '.join(DISCOVERY_METHODS[method].params)}")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out.setdefault(method, {})[param] = value
+    return out
 
 
 def seed_summary(table):

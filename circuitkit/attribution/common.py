@@ -10,6 +10,7 @@ from torch import Tensor
 
 from circuitkit.ablation.edges import (
     GraphIndex,
+    attn_output_norm,
     graph_index,
     model_device,
 )
@@ -113,29 +114,34 @@ def available_memory() -> int:
 def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     """Estimated peak bytes one prompt of ``n_pos`` tokens adds to an attribution run.
 
-    ``method``: ``"eap"``, ``"eap_ig"``, ``"qk_fix"`` or ``"nodes"``. The forward + backward
-    activations TransformerLens keeps (per layer and token: about ``24 d_model + 8 d_mlp`` values
-    and ``4 n_heads n_pos`` attention values; logits and their gradient), plus the blocks of
-    sender outputs the method holds (``[n_upstream, pos, d_model]`` each: EAP one, EAP-IG and
-    the QK fix three), the receivers' gradients EAP and EAP-IG hold until they are contracted,
-    and, for the QK fix, its saved split q / k / v inputs and the attention re-runs of 8 senders
-    at once.
+    ``method``: ``"eap"``, ``"eap_ig"``, ``"qk_fix"`` or ``"nodes"``. What the forward pass keeps
+    for the backward pass with the weights frozen (per layer and token about ``14 d_model +
+    4 d_mlp`` values, ``5 d_mlp`` for a gated MLP, and ``3 n_heads n_pos`` attention values;
+    logits and their gradient), plus the blocks of sender outputs the method holds
+    (``[n_upstream, pos, d_model]`` each: EAP and EAP-IG one, a post-norm EAP-IG run's own
+    linearised copy one more, the QK fix three), the receivers' gradients EAP and EAP-IG hold
+    until they are contracted, and, for the QK fix, its saved split q / k / v inputs, patterns and
+    their gradients, and the attention re-runs of 8 senders at once. The constants are measured
+    side by side with ``benchmarks/memory_estimate.py`` (the estimate 1.1-1.5x the measured
+    growth per prompt across families), so a budget is kept without splitting the work into more
+    batches than it needs.
     """
     cfg = model.cfg
     elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
     d, h = cfg.d_model, cfg.n_heads
-    per_token_layer = 24 * d + (0 if cfg.attn_only else 8 * (cfg.d_mlp or 4 * d)) + 4 * h * n_pos
+    d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * d) * (5 if getattr(cfg, "gated_mlp", False) else 4)
+    per_token_layer = 14 * d + d_mlp + 3 * h * n_pos
     per_token = cfg.n_layers * per_token_layer + 4 * cfg.d_vocab_out
-    blocks = {"eap": 1, "eap_ig": 3, "qk_fix": 3, "nodes": 1}[method]
+    post_norm = any(attn_output_norm(model, layer) is not None for layer in range(index.n_layers))
+    blocks = {"eap": 1, "eap_ig": 2 if post_norm else 1, "qk_fix": 3, "nodes": 1}[method]
+    per_token += blocks * len(index.upstream) * d
     if method == "nodes":  # the corrupted run's cache of the targets: about one more pass of activations
         per_token += cfg.n_layers * per_token_layer
-    else:
-        per_token += blocks * len(index.upstream) * d
     if method in ("eap", "eap_ig"):  # the receivers' gradients held until they are contracted (edge._Receivers):
         # q / k / v and the MLP input per layer, and a normalised input per run sharing the contraction
         per_token += cfg.n_layers * d * (4 + (1 if method == "eap" else RUNS_PER_CONTRACTION))
     if method == "qk_fix":
-        per_token += cfg.n_layers * (3 * h * d + 3 * h * n_pos) + 8 * 3 * 3 * h * d
+        per_token += cfg.n_layers * (15 * d + d_mlp + 3 * h * d + 4 * h * n_pos) + 8 * 3 * 3 * h * d
     return int(elem * n_pos * per_token)
 
 
