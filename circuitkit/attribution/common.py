@@ -119,7 +119,8 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     4 d_mlp`` values, ``5 d_mlp`` for a gated MLP, and ``3 n_heads n_pos`` attention values;
     logits and their gradient), plus the blocks of sender outputs the method holds
     (``[n_upstream, pos, d_model]`` each: EAP and EAP-IG one, a post-norm EAP-IG run's own
-    linearised copy one more, the QK fix three), the receivers' gradients EAP and EAP-IG hold
+    linearised copy one more, the QK fix three; node attribution its corrupted run's cached
+    targets, about one), the receivers' gradients EAP and EAP-IG hold
     until they are contracted, and, for the QK fix, its saved split q / k / v inputs, patterns and
     their gradients, and the attention re-runs of 8 senders at once. The constants are measured
     side by side with ``benchmarks/memory_estimate.py`` (the estimate 1.1-1.5x the measured
@@ -134,9 +135,7 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     per_token = cfg.n_layers * per_token_layer + 4 * cfg.d_vocab_out
     post_norm = any(attn_output_norm(model, layer) is not None for layer in range(index.n_layers))
     blocks = {"eap": 1, "eap_ig": 2 if post_norm else 1, "qk_fix": 3, "nodes": 1}[method]
-    per_token += blocks * len(index.upstream) * d
-    if method == "nodes":  # the corrupted run's cache of the targets: about one more pass of activations
-        per_token += cfg.n_layers * per_token_layer
+    per_token += blocks * len(index.upstream) * d  # nodes: the corrupted run's cache of the targets
     if method in ("eap", "eap_ig"):  # the receivers' gradients held until they are contracted (edge._Receivers):
         # q / k / v and the MLP input per layer, and a normalised input per run sharing the contraction
         per_token += cfg.n_layers * d * (4 + (1 if method == "eap" else RUNS_PER_CONTRACTION))

@@ -218,6 +218,8 @@ def test_qk_fix_equals_pattern_attribution_done_by_hand(request, task, model_nam
 def test_qk_fix_runs_on_frozen_weights_and_leaves_no_weight_gradients(tiny_model, task):
     """The QK fix takes dM/d pattern from the input embeddings on: a model whose weights are frozen
     gives the same scores, and no run leaves a ``.grad`` on any weight."""
+    for p in tiny_model.parameters():  # the fixture is shared: start from no gradients
+        p.grad = None
     expected = eap(tiny_model, task, ablation="mean", progress=False, qk_fix=True)
     assert all(p.grad is None for p in tiny_model.parameters())
     frozen = [p.requires_grad for p in tiny_model.parameters()]
