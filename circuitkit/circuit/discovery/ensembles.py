@@ -15,7 +15,7 @@ from torch import Tensor
 
 from circuitkit import attribution
 from circuitkit.ablation.kinds import DEFAULT_ABLATION
-from circuitkit.circuit.discovery.mask_learning import edge_pruning
+from circuitkit.circuit.discovery.mask_learning import WARM_START_SPREAD, edge_pruning
 from circuitkit.errors import InputError
 from circuitkit.scores import Scores
 
@@ -63,14 +63,16 @@ def ensemble_mean(model, task, *, ablation: str = DEFAULT_ABLATION, progress: bo
 
 def eap_ig_pruning(model, task, *, ablation: str = DEFAULT_ABLATION, progress: bool = False,
                    source: dict[str, Tensor] | None = None, ig_steps: int = 10, steps: int = 100, lr: float = 0.1,
-                   sparsity: float = 1e-3, batch_size: int = 16, seed: int = 0) -> Scores:
+                   sparsity: float = 1e-3, batch_size: int = 16, seed: int = 0,
+                   spread: float = WARM_START_SPREAD) -> Scores:
     """The sequential ensemble: EAP-IG (``ig_steps``, input interpolation) ranks the edges, and
     edge pruning (``steps`` Adam steps; see `edge_pruning`) starts its gates from that ranking
     (``warm_start``) instead of all equally open. Scores as edge pruning's: the share of the
-    annealed path each gate stays open."""
+    annealed path each gate stays open. ``spread``: the starting logits fall from 3 (EAP-IG's top
+    edge) to ``3 - spread`` (its last)."""
     ranking = attribution.eap_ig(model, task, steps=ig_steps, ablation=ablation, progress=progress, source=source)
     scores = edge_pruning(model, task, ablation, steps=steps, lr=lr, sparsity=sparsity, batch_size=batch_size,
-                          seed=seed, progress=progress, source=source, warm_start=ranking)
+                          seed=seed, progress=progress, source=source, warm_start=ranking, warm_start_spread=spread)
     scores.method = "eap-ig-pruning"
     scores.meta["ig_steps"] = ig_steps
     return scores

@@ -81,9 +81,9 @@ def gate_mask(index, log_alpha: torch.Tensor, generator: torch.Generator | None 
 WARM_START_SPREAD = 6.0
 
 
-def _initial_logits(index, warm_start: Scores | None) -> torch.Tensor:
+def _initial_logits(index, warm_start: Scores | None, spread: float = WARM_START_SPREAD) -> torch.Tensor:
     """Every gate nearly always open (3.0), or a warm start's |score| ranking mapped linearly onto
-    ``3.0 .. 3.0 - WARM_START_SPREAD`` (ranks, not values: scale-free)."""
+    ``3.0 .. 3.0 - spread`` (ranks, not values: scale-free)."""
     n_edges = len(index.edges)
     if warm_start is None:
         return torch.full((n_edges,), 3.0)
@@ -95,7 +95,7 @@ def _initial_logits(index, warm_start: Scores | None) -> torch.Tensor:
     magnitude = torch.tensor([abs(float(given[e])) for e in index.edges], dtype=torch.float64)
     rank = torch.empty(n_edges, dtype=torch.float64)
     rank[magnitude.argsort(descending=True, stable=True)] = torch.arange(n_edges, dtype=torch.float64)
-    return (3.0 - WARM_START_SPREAD * rank / max(1, n_edges - 1)).float()
+    return (3.0 - spread * rank / max(1, n_edges - 1)).float()
 
 
 def edge_pruning(
@@ -115,6 +115,7 @@ def edge_pruning(
     objective: str = "metric",
     source: dict[str, Tensor] | None = None,
     warm_start: Scores | None = None,
+    warm_start_spread: float = WARM_START_SPREAD,
 ) -> Scores:
     """Learn which edges the model's behaviour on ``task`` needs; one score per edge of
     `graph_edges` in [0, 1], higher = more needed: the mean over
@@ -133,7 +134,7 @@ def edge_pruning(
     ablation source already computed for this task and ``ablation`` (``ablation_source``).
     ``warm_start``: edge scores (e.g. EAP-IG's) whose |score| ranking sets the gates' starting
     logits, from nearly always open (the top edge, as without a warm start) down to
-    `WARM_START_SPREAD` lower (the last); without it every gate starts nearly always open.
+    ``warm_start_spread`` lower (the last); without it every gate starts nearly always open.
 
     Examples:
         >>> import circuitkit as ck
@@ -145,6 +146,8 @@ def edge_pruning(
     """
     if objective not in OBJECTIVES:
         raise InputError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if warm_start_spread < 0:
+        raise InputError(f"warm_start_spread must be >= 0 (logits between the top and last edge), got {warm_start_spread}")
     if steps < 1 or lr <= 0 or sparsity <= 0 or batch_size < 1 or not 0 < anneal <= 1 or price_step <= 1:
         raise InputError(f"edge pruning needs steps >= 1, lr > 0, sparsity > 0, batch_size >= 1, 0 < anneal <= 1 and "
                          f"price_step > 1; got steps={steps}, lr={lr}, sparsity={sparsity}, batch_size={batch_size}, "
@@ -176,7 +179,7 @@ def edge_pruning(
                 raise InputError(f"the {ablation}-ablated model scores the same as the full model on task {task.name!r} "
                                  f"({full:.4g}): the metric objective is undefined; pick another ablation or "
                                  "objective='kl'")
-    log_alpha = _initial_logits(index, warm_start).to(device).requires_grad_(True)
+    log_alpha = _initial_logits(index, warm_start, warm_start_spread).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([log_alpha], lr=lr)
     price = float(sparsity)
     area = torch.zeros(n_edges, dtype=torch.float64)

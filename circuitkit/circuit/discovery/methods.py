@@ -124,6 +124,6 @@ register("acdc", acdc, "greedy pruning from the logits back (Conmy et al. 2023);
 register("ensemble-mean", ensemble_mean, "mean of EAP, EAP-IG-inputs and EAP-IG-activations, each scaled to max |score| 1 "
          "(MIB shared task's parallel ensemble)", params=("members", "steps"), by_pos=False)
 register("eap-ig-pruning", eap_ig_pruning, "edge pruning warm-started from EAP-IG's ranking (MIB shared task's "
-         "sequential ensemble)", params=("ig_steps", "steps", "lr", "sparsity", "batch_size", "seed"), sign="mib")
+         "sequential ensemble)", params=("ig_steps", "steps", "lr", "sparsity", "batch_size", "seed", "spread"), sign="mib")
 register("relp", attribution.relp, "relevance patching: EAP with LRP's backward rules (Jafari et al. 2025)",
          params=("batch_size", "max_memory"), by_pos=True)
