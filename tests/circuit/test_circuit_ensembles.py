@@ -45,6 +45,12 @@ def test_a_warm_start_opens_the_gates_in_the_order_of_its_ranking(zoo):
     assert by_edge[order[0]] == pytest.approx(3.0) and by_edge[order[-1]] == pytest.approx(3.0 - WARM_START_SPREAD)
     assert [by_edge[e] for e in order] == sorted(by_edge.values(), reverse=True)
     assert torch.equal(_initial_logits(index, None), torch.full((len(index.edges),), 3.0))
+    # a narrower spread keeps the order between 3 and 3 - spread
+    narrow = dict(zip(index.edges, _initial_logits(index, ranking, spread=1.5).tolist(), strict=True))
+    assert narrow[order[0]] == pytest.approx(3.0) and narrow[order[-1]] == pytest.approx(1.5)
+    assert [narrow[e] for e in order] == sorted(narrow.values(), reverse=True)
+    with pytest.raises(ValueError, match="warm_start_spread must be >= 0"):
+        ck.edge_pruning(model, task, steps=1, progress=False, warm_start=ranking, warm_start_spread=-1.0)
 
 
 @pytest.mark.parametrize("method", ["ensemble-mean", "eap-ig-pruning"])
