@@ -42,7 +42,8 @@ times the edges it visits at most: every edge, one forward each, in sequence).
 
     python benchmarks/discovery.py [--methods eap-ig eap exact edge-pruning acdc] [--ablation mean]
                                    [--interpolate inputs] [--models NAME ...] [--max-prompts N]
-                                   [--budget N] [--stability N] [--seeds N] [--out table.parquet]
+                                   [--budget N] [--stability N] [--seeds N] [--set METHOD.PARAM=VALUE]
+                                   [--out table.parquet]
     python benchmarks/discovery.py --gpt2-shape [--gpt2-prompts 8] [--gpt2-tokens 32] [--methods ...]
 """
 
