@@ -293,7 +293,7 @@ def main(argv=None) -> None:
                         budget=args.budget, stability=args.stability, seeds=args.seeds, overrides=overrides)
     table = pd.DataFrame(rows)
     if "seed" in table:
-        table["seed"] = table["seed"].astype("Int64")
+        table.insert(2, "seed", table.pop("seed").astype("Int64"))
     print(f"ablation={args.ablation}, pruning: smallest circuit with faithfulness >= 0.9 (ACDC: tau=0.01, KL); "
           "auc: route-capped scores, auc_raw: the method's own; f_budget: top-`budget` raw edges; cpr / cmd: MIB's"
           + (f"; EAP-IG interpolates {args.interpolate}" if args.interpolate != "inputs" else "")
