@@ -223,20 +223,18 @@ def _cmd_retrieval(args) -> int:
 def _cmd_needle_grid(args) -> int:
     import pandas as pd
 
-    from circuitkit.heads.kv import KVPolicy, check_grid_memory, needle_grid
+    from circuitkit.heads.kv import KVPolicy, check_grid_memory, needle_defaults, needle_grid
     from circuitkit.heads.retrieval import retrieval_heads, retrieval_scores
     from circuitkit.tasks.builders import needle
 
     check_out_folder(args.out, args.html)
-    params = {k: v for k, v in _zoo_needle_params(args.model).items()
-              if k in ("values", "haystack", "needle_template", "question")}
-    for key in ("values", "needle_template", "question", "distractor_template"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
+    given = {key: getattr(args, key) for key in ("values", "needle_template", "question", "distractor_template")
+             if getattr(args, key) is not None}
     if args.haystack is not None:
-        params["haystack"] = _read_haystack(args.haystack)
+        given["haystack"] = _read_haystack(args.haystack)
     variant = {"n_needles": args.n_needles, "keys": args.keys, "paraphrase": args.paraphrase}
     model = model_from_args(args)
+    params = {**needle_defaults(model), **given}
     check_grid_memory(model, args.lengths, args.max_memory)  # refused before any scoring
     if args.keep == "retrieval":  # retrieval heads found on single literal needles
         probe = needle(model, context_lengths=args.lengths, depths=args.depths, **params)
@@ -293,11 +291,11 @@ def _read_haystack(path: Path):
 
 def _cmd_kv_compress(args) -> int:
     from circuitkit.heads.compress import kv_compress_curve
+    from circuitkit.heads.kv import needle_defaults
 
     check_out_folder(args.out, args.html)
-    params = {k: v for k, v in _zoo_needle_params(args.model).items()
-              if k in ("values", "haystack", "needle_template", "question")}
     model = model_from_args(args)
+    params = needle_defaults(model)
     table = kv_compress_curve(model, args.policy, args.detector, args.ks, n_random=args.n_random, seed=args.seed,
                               sink=args.sink, window=args.window, compensate=args.compensate, budget=args.budget,
                               share=args.share, context_lengths=args.lengths, depths=args.depths,
@@ -320,15 +318,15 @@ def _cmd_kv_compress(args) -> int:
 
 def _cmd_duo_gates(args) -> int:
     from circuitkit.heads.gates import duo_gates
+    from circuitkit.heads.kv import needle_defaults
     from circuitkit.heads.kvpress import export_kvpress_duo
     from circuitkit.tasks.builders import needle
 
     check_out_folder(args.out, args.html)
     if args.kvpress is not None and not args.kvpress.parent.is_dir():
         raise InputError(f"--kvpress {args.kvpress}: its parent folder does not exist; create it or choose another")
-    params = {k: v for k, v in _zoo_needle_params(args.model).items()
-              if k in ("values", "haystack", "needle_template", "question")}
     model = model_from_args(args)
+    params = needle_defaults(model)
     task = needle(model, context_lengths=args.lengths, depths=args.depths, **params)
     gates = duo_gates(model, task, steps=args.steps, lr=args.lr, sparsity=args.sparsity, sink=args.sink,
                       window=args.window, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
