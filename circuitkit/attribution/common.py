@@ -123,8 +123,8 @@ def memory_per_prompt(model, index: GraphIndex, n_pos: int, method: str) -> int:
     targets, about one), the receivers' gradients EAP and EAP-IG hold
     until they are contracted, and, for the QK fix, its saved split q / k / v inputs, patterns and
     their gradients, and the attention re-runs of 8 senders at once. The constants are measured
-    side by side with ``benchmarks/memory_estimate.py`` (the estimate 1.1-1.5x the measured
-    growth per prompt across families), so a budget is kept without splitting the work into more
+    side by side with ``benchmarks/memory_estimate.py`` (the estimate 1.15-2.3x the measured
+    growth per prompt across four families), so a budget is kept without splitting the work into more
     batches than it needs.
     """
     cfg = model.cfg

@@ -90,7 +90,7 @@ def circuit_stability(model, task, method: str = "eap-ig", *, n_runs: int = 5, f
             runs.append(score_edges(model, task.subset(idx), method, ablation=ablation, progress=progress,
                                     method_args=args))
     labels = runs[0].labels
-    values = [torch.tensor([float(r.as_dict()[e]) for e in labels]) for r in runs]  # one edge order
+    values = [torch.tensor([float(d[e]) for e in labels]) for d in (r.as_dict() for r in runs)]  # one edge order
     k = k if k is not None else max(1, len(labels) // 10)
     tops = circuits or [set(sorted(labels, key=lambda e, s=s.as_dict(): -abs(s[e]))[:k]) for s in runs]
     rows = []
