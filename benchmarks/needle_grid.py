@@ -8,9 +8,10 @@ A random-weight GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, d_m
 applied to every layer's ``hook_attn_scores``), and the bare forward is ``model(tokens)`` over the
 same 2 prompts in one batch (what the grid cannot do with less: every layer's attention at every
 position). Each callable is run once at 512 tokens to warm up, then ``--repeats`` alternating
-rounds at ``--length``; the best time and the largest peak are kept. Peak memory: the resident-set
-high-water mark added during the call (`scale.measure`), glibc told to hand freed blocks back
-at once, in one worker process.
+rounds at ``--length`` in one worker process; the best time is kept. Peak memory: the
+resident-set high-water mark added during the call (`scale.measure`) in a second worker (one
+round after the warm-up), glibc told to hand freed blocks back at once (`scale.worker_env`; the
+timing worker runs under the default allocator, which that setting would slow).
 
 Run (about 5 minutes on 1 shared core)::
 
@@ -23,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 GiB = 2 ** 30
 
 
@@ -90,13 +89,14 @@ def main(argv=None) -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     spec = dict(length=args.length, repeats=args.repeats, full_layers=[int(x) for x in args.full_layers.split(",") if x])
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=path)
+    sys.path.insert(0, HERE)
+    from scale import run_timed_and_measured
+
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(proc.stderr)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    (out, error), (measured, mem_error) = run_timed_and_measured(__file__, "--worker", spec)
+    if out is None or measured is None:
+        sys.exit(error or mem_error)
+    out["peak"] = measured["peak"]
     print(f"threads: {os.environ.get('OMP_NUM_THREADS', '(unset)')}; gpt2-shape, {out['n_prompts']} prompts x "
           f"{args.length} tokens; warm-up + best of {args.repeats} alternating rounds")
     print(f"policy: {out['n_full_heads']} of 144 heads full, the rest sink 4 + window 64; KV kept {out['kv_kept']:.1%}")

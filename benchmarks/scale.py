@@ -18,11 +18,13 @@ run them all in turn, so floors and methods alternate, and the best time of each
 first calls and other programs' load distort separate-process timings several-fold, and
 side-by-side best-of-N ratios are what stays comparable between machines.
 
-Each line: seconds, peak added memory (the process's resident-set high-water mark, reset before
+Each line: seconds (from a worker under the default allocator), peak added memory (from a second
+worker, one round after the warm-up: the process's resident-set high-water mark, reset before
 each measurement through ``/proc/self/clear_refs``, minus the resident set at its start; glibc
-is told to hand freed blocks back at once, ``MALLOC_MMAP_THRESHOLD_``; the largest over the
-rounds), and the ratio to the method's floor: EAP = 1 forward + backward (its corrupted forward
-not counted), EAP-IG = steps x forward + backward + 2 forwards (clean and corrupted outputs),
+is told to hand freed blocks back at once, ``MALLOC_MMAP_THRESHOLD_``, which would double the
+timings if they were taken there), and the ratio to the method's floor: EAP = 1 forward + backward (its corrupted forward
+not counted; the line "eap's passes" times that forward + backward followed by the corrupted
+forward, without hooks or contraction: the lowest ratio EAP could reach), EAP-IG = steps x forward + backward + 2 forwards (clean and corrupted outputs),
 node attribution = forward + backward + forward, exact edge patching of k edges = k + 1
 forwards. ``--retrieval`` adds retrieval scores on needle prompts of the given lengths beside a
 bare forward pass over the same prompts.
@@ -115,6 +117,8 @@ def induction_task(n_prompts: int, n_pos: int, seed: int = 0):
 
 
 def _floors(model, task):
+    """``forward`` and ``forward_backward`` (the floors), and ``eap_passes``: the passes EAP cannot
+    skip (clean forward + backward, corrupted forward) without its hooks or its contraction."""
     import torch
 
     def forward():
@@ -132,7 +136,12 @@ def _floors(model, task):
             metric = task.score(model(task.clean))
             torch.autograd.grad(metric, leaf["x"])
 
-    return forward, forward_backward
+    def eap_passes():
+        forward_backward()
+        with torch.no_grad():
+            model(task.corrupted)
+
+    return forward, forward_backward, eap_passes
 
 
 def _auto_circuit_eap(model, task):
@@ -171,13 +180,15 @@ def worker(spec: dict) -> list[dict]:
         if m.startswith("eap_ig:"):
             steps = int(m.split(":")[1])
             methods.append("eap_ig")
-    forward, forward_backward = _floors(model, task)
+    forward, forward_backward, eap_passes = _floors(model, task)
     kw = dict(ablation="corrupted", progress=False, max_memory=max_memory)
     # (name, callable, floor as {floor name: multiple})
     plan: list[tuple[str, object, dict]] = [("forward", forward, {}), ("forward+backward", forward_backward, {})]
     notes = []
     if "eap" in methods or "exact_topk" in methods:
         plan.append(("eap", lambda: eap(model, task, **kw), {"forward+backward": 1}))
+        # what EAP's ratio cannot go below: its corrupted forward on top of the floor, no edge scored
+        plan.append(("  eap's passes (no hooks, no contraction)", eap_passes, {"forward+backward": 1}))
         if task.clean.numel() <= 1024:  # the source of every prompt held: [n_nodes, tokens, d_model]
             from circuitkit.ablation import ablation_source
 
@@ -264,28 +275,64 @@ def retrieval_worker(spec: dict) -> list[dict]:
 
 # --- driver -----------------------------------------------------------------------------------
 
+# glibc told to hand every freed block back at once: a call's resident-set high-water mark is then
+# what it needs, not hidden by blocks an earlier call freed. It also makes every large allocation
+# fault in fresh pages, which about doubles a forward pass's time and shifts the ratios, so the
+# timings come from a second worker under the default allocator.
+RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def worker_env(for_memory: bool) -> dict:
+    """The environment of a worker that measures memory (glibc returning freed blocks) or time
+    (the default allocator, as a user's process runs), with this checkout's circuitkit first."""
+    env = {k: v for k, v in os.environ.items() if k not in RETURNING_MALLOC}
+    if for_memory:
+        env.update(RETURNING_MALLOC)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_timed_and_measured(script: str, flag: str, spec: dict) -> tuple:
+    """``script flag spec`` run twice, as ``(timing worker's output, memory worker's output)``: the
+    first under the default allocator with ``spec["repeats"]`` rounds, the second with glibc
+    returning freed blocks and one round (peaks do not need a best of N). Each output is the JSON
+    the worker prints last, or ``None`` with its error line."""
+    outs = []
+    for for_memory in (False, True):
+        run_spec = dict(spec, repeats=1) if for_memory else spec
+        proc = subprocess.run([sys.executable, script, flag, json.dumps(run_spec)], env=worker_env(for_memory),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            outs.append((None, (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]))
+        else:
+            outs.append((json.loads(proc.stdout.strip().splitlines()[-1]), None))
+    return tuple(outs)
+
+
 def _run_worker(spec: dict, flag: str = "--worker") -> list[dict]:
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return [dict(method="(worker failed)", note=proc.stderr.strip().splitlines()[-1][:200])]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """The worker's rows: seconds (and floors) from the timing run, peaks from the memory run."""
+    (timed, error), (measured, mem_error) = run_timed_and_measured(__file__, flag, spec)
+    if timed is None or measured is None:
+        return [dict(method="(worker failed)", note=error or mem_error)]
+    peaks = {r["method"]: r for r in measured if "seconds" in r}
+    for row in timed:
+        if row["method"] in peaks:
+            row.update({k: v for k, v in peaks[row["method"]].items() if k in ("peak_added_gib", "memory_ratio")})
+    return timed
 
 
 def _print(shape: str, n_pos: int, n_prompts: int, rows: list[dict]) -> None:
     print(f"\n{shape}-shape, {n_prompts} prompts x {n_pos} tokens")
-    print(f"  {'method':38s} {'seconds':>8s} {'x floor':>8s} {'peak added GiB':>15s}")
+    print(f"  {'method':42s} {'seconds':>8s} {'x floor':>8s} {'peak added GiB':>15s}")
     for r in rows:
         if "seconds" not in r:
-            print(f"  {r['method']:38s} {r.get('note', '')}")
+            print(f"  {r['method']:42s} {r.get('note', '')}")
             continue
         ratio = f"{r['seconds'] / r['floor_s']:.2f}" if r.get("floor_s") else ""
         mem = f"{r['peak_added_gib']:.2f}"
         if "memory_ratio" in r:
             mem += f" ({r['memory_ratio']:.2f}x the bare forward)"
-        print(f"  {r['method']:38s} {r['seconds']:8.2f} {ratio:>8s} {mem:>15s}")
+        print(f"  {r['method']:42s} {r['seconds']:8.2f} {ratio:>8s} {mem:>15s}")
     sys.stdout.flush()
 
 
