@@ -351,12 +351,18 @@ def node_outputs(model, tokens: Tensor) -> dict[str, Tensor]:
     Returns node id -> ``[batch, pos, d_model]`` (``input`` = embeddings, incl. learned position
     embeddings; a head = its ``hook_result`` value, i.e. ``z @ W_O``; an MLP = ``hook_mlp_out``). No gradients.
     """
-    index = graph_index(model)
+    with torch.no_grad():  # each head's z @ W_O: no history through the weights
+        return split_outputs(model, graph_index(model), output_acts(model, tokens))
+
+
+def output_acts(model, tokens: Tensor) -> dict[str, Tensor]:
+    """The values of the output hooks (`output_hooks`: the embeddings, each layer's ``hook_z``,
+    each MLP's output) on ``tokens``: what `node_outputs` splits into one output per node. No gradients."""
+    wanted = set(output_hooks(graph_index(model)))
     tokens = check_token_ids(model, tokens)
-    wanted = set(output_hooks(index))
     with torch.no_grad():  # hook_z, hook_mlp_out and the embeddings need no split q / k / v inputs
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-        return split_outputs(model, index, {n: cache[n] for n in wanted})
+        return {n: cache[n] for n in wanted}
 
 
 def split_outputs(model, index: GraphIndex, acts: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -392,10 +398,10 @@ def batch_source(model, task, kind: str, seed: int, batch_size: int):
     device = model_device(model)
     n = len(task)
     if kind == "corrupted":
-        return lambda idx: node_outputs(model, task.corrupted[idx.to(task.corrupted.device)].to(device))
+        return PromptSource(model, lambda idx: task.corrupted[idx.to(task.corrupted.device)].to(device))
     if kind == "resample":
         perm = resample_permutation(n, seed=seed, prompts="clean")
-        return lambda idx: node_outputs(model, task.clean[perm[idx.cpu()].to(task.clean.device)].to(device))
+        return PromptSource(model, lambda idx: task.clean[perm[idx.cpu()].to(task.clean.device)].to(device))
     if kind == "zero":
         zeros = {k: torch.zeros_like(v) for k, v in node_outputs(model, task.clean[:1].to(device)).items()}
         return lambda idx: zeros
@@ -406,6 +412,22 @@ def batch_source(model, task, kind: str, seed: int, batch_size: int):
             total[k] = total.get(k, 0) + v.sum(0, keepdim=True)
     mean = {k: v / n for k, v in total.items()}
     return lambda idx: mean
+
+
+class PromptSource:
+    """``idx -> source outputs of those prompts`` where each prompt has its own source run
+    (corrupted, resampled): a `batch_source`. ``acts(idx)`` gives that run's output hooks' values
+    instead (`output_acts`), for a caller that writes the heads' outputs where it needs them
+    rather than through one ``[batch, pos, d_model]`` tensor per node."""
+
+    def __init__(self, model, prompts_of) -> None:
+        self.model, self.prompts_of = model, prompts_of
+
+    def __call__(self, idx: Tensor) -> dict[str, Tensor]:
+        return node_outputs(self.model, self.prompts_of(idx))
+
+    def acts(self, idx: Tensor) -> dict[str, Tensor]:
+        return output_acts(self.model, self.prompts_of(idx))
 
 
 def run_with_edges(

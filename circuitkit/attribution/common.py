@@ -76,6 +76,9 @@ def rows_of(source):
 
 def source_rows(source: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     """Source outputs of some prompts (per-position means / zeros have one row for all)."""
+    per_prompt = [v for v in source.values() if v.shape[0] != 1]
+    if per_prompt and idx.numel() == per_prompt[0].shape[0] and torch.equal(idx.cpu(), torch.arange(idx.numel())):
+        return dict(source)  # every prompt, in order: the tensors themselves, not copies
     return {k: v if v.shape[0] == 1 else v[idx.to(v.device)] for k, v in source.items()}
 
 

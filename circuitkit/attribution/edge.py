@@ -37,6 +37,7 @@ from circuitkit import names
 from circuitkit.ablation.edges import (
     INPUT_HOOK,
     GraphIndex,
+    PromptSource,
     attn_output_norm,
     attn_pre_norm_sum,
     batch_source,
@@ -110,14 +111,14 @@ def _edge_matrix(
     wanted = set(output_hooks(index))
     for idx in batches:
         sub = task.subset(idx.cpu())
-        stack = _stack(index, source_of(idx), sub.clean.shape)
+        stack = _source_stack(index, model, source_of, idx, sub.clean.shape)
         clean_input = None
         if steps is not None:  # IG runs are not at the clean point: the clean outputs from their own pass
             with torch.no_grad():
                 _, cache = model.run_with_cache(sub.clean, names_filter=lambda n: n in wanted)
                 clean = {n: cache[n] for n in wanted}
                 del cache
-                _subtract_outputs_(stack, model, index, clean)
+                _write_outputs_(stack, model, index, clean, subtract=True)
             clean_input = clean[INPUT_HOOK]
             del clean
         receivers = None
@@ -148,20 +149,39 @@ def _stack(index: GraphIndex, outputs: dict[str, Tensor], shape: torch.Size) -> 
     return out.reshape(len(index.upstream), b * p, -1)
 
 
-def _subtract_outputs_(stack: Tensor, model, index: GraphIndex, outputs: dict[str, Tensor]) -> None:
-    """In place: ``stack`` (``[n_upstream, rows, d_model]``) minus the node outputs of one run, from
-    its output hooks' values (`output_hooks`: the embeddings, each layer's ``hook_z``, each MLP's
-    output); each head's ``z @ W_O`` is subtracted by one batched product, never held apart."""
+def _write_outputs_(stack: Tensor, model, index: GraphIndex, outputs: dict[str, Tensor], subtract: bool) -> None:
+    """In place: ``stack``'s rows (``[n_upstream, rows, d_model]``) set to, or with ``subtract``
+    lessened by, the node outputs of one run, from its output hooks' values (`output_hooks`: the
+    embeddings, each layer's ``hook_z``, each MLP's output); each layer's ``z @ W_O`` goes into its
+    heads' rows by one batched product, never held apart."""
     rows = stack.shape[1]
-    stack[0] -= outputs[INPUT_HOOK].reshape(rows, -1).to(stack.dtype)
+    rest = (lambda row, value: row.sub_(value)) if subtract else (lambda row, value: row.copy_(value))
+    rest(stack[0], outputs[INPUT_HOOK].reshape(rows, -1).to(stack.dtype))
     h = index.n_heads
     for layer in range(index.n_layers):
         first = 1 + layer * index.block
-        z = outputs[result_hook(layer)].to(stack.dtype)  # [b, p, h, d_head]
+        z = outputs[result_hook(layer)].to(stack.dtype).permute(2, 0, 1, 3).reshape(h, rows, -1)  # [h, rows, d_head]
         w_o = backend.head_output_weights(model, layer).detach().to(stack.dtype)  # [h, d_head, d_model]
-        stack[first:first + h].baddbmm_(z.permute(2, 0, 1, 3).reshape(h, rows, -1), w_o, alpha=-1.0)
+        if subtract:
+            stack[first:first + h].baddbmm_(z, w_o, alpha=-1.0)
+        else:
+            torch.bmm(z, w_o, out=stack[first:first + h])
         if index.has_mlp:
-            stack[first + h] -= outputs[names.output_hook(names.mlp(layer))].reshape(rows, -1).to(stack.dtype)
+            rest(stack[first + h], outputs[names.output_hook(names.mlp(layer))].reshape(rows, -1).to(stack.dtype))
+
+
+def _source_stack(index: GraphIndex, model, source_of, idx: Tensor, shape: torch.Size) -> Tensor:
+    """``[n_upstream, rows, d_model]``: the source outputs of prompts ``idx``, written straight from
+    the source run's output hooks where the source has one per prompt (`PromptSource`), from the
+    per-node outputs otherwise."""
+    if not isinstance(source_of, PromptSource):
+        return _stack(index, source_of(idx), shape)
+    acts = source_of.acts(idx)
+    first = acts[INPUT_HOOK]
+    stack = torch.empty((len(index.upstream), shape[0] * shape[1], first.shape[-1]), dtype=first.dtype,
+                        device=first.device)
+    _write_outputs_(stack, model, index, acts, subtract=False)
+    return stack
 
 
 def output_groups(index: GraphIndex) -> list[tuple[str, list[str]]]:
@@ -428,7 +448,7 @@ def _edge_grad_run(model, sub, index: GraphIndex, stack: Tensor, clean_input: Te
             return state["diff"]
         d = stack
         if at_clean:
-            _subtract_outputs_(d, model, index, state["outputs"])
+            _write_outputs_(d, model, index, state["outputs"], subtract=True)
             state["outputs"] = {}
         elif post_norm_layers:
             d = d.clone()  # the run's own linearisation of each post-norm layer, not the shared raw difference

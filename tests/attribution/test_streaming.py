@@ -130,3 +130,31 @@ def test_a_post_norm_run_frees_its_differences_without_the_cycle_collector(word_
     finally:
         gc.enable()
     assert left == []
+
+
+@pytest.mark.parametrize(("family", "ablation"), [("gpt2", "corrupted"), ("llama-3", "resample")])
+def test_differences_written_from_the_source_run_equal_those_from_per_node_outputs(word_tokenizer, task, family,
+                                                                                   ablation):
+    """Without a source given, a per-prompt source (corrupted, resampled) writes each layer's heads
+    into the difference block from its hook_z; given as per-node outputs, it is copied node by node."""
+    from circuitkit.ablation.edges import PromptSource, batch_source
+
+    model = family_model(family, word_tokenizer)
+    assert isinstance(batch_source(model, task, ablation, 2, 2), PromptSource)
+    source = g.ablation_source(model, task, ablation, seed=2)
+    for method, kw in ((eap, {}), (eap_ig, dict(steps=2))):
+        written = method(model, task, ablation=ablation, seed=2, progress=False, **kw)
+        copied = method(model, task, ablation=ablation, seed=2, progress=False, source=source, **kw)
+        assert written.values.abs().max() > 1e-2
+        torch.testing.assert_close(written.values, copied.values, atol=1e-6, rtol=1e-6)
+
+
+def test_source_rows_of_every_prompt_in_order_are_the_tensors_themselves(word_tokenizer, task):
+    from circuitkit.attribution.common import source_rows
+
+    model = family_model("gpt2", word_tokenizer)
+    source = g.ablation_source(model, task, "corrupted")
+    every = source_rows(source, torch.arange(len(task)))
+    assert all(every[n] is v for n, v in source.items())
+    reordered = source_rows(source, torch.arange(len(task)).flip(0))
+    torch.testing.assert_close(reordered["input"], source["input"].flip(0))
