@@ -352,13 +352,17 @@ class _Receivers:
         row_sums = diff.sum(-1) if any(plan[2] == "ln" for plan in plans) else None  # [n_upstream, rows]
         groups = self._groups([len(plan[3]) * h for plan in plans])
         step = max(1, self.CHUNK_BYTES // (diff.shape[0] * diff.shape[-1] * diff.element_size()))
+        heights = [sum(len(plans[i][3]) * h for i in group) for group in groups]
+        # one block for every group's receivers, reused: a fresh one per chunk and group would be
+        # faulted in anew each time once the allocator has handed the last one back
+        receiver_rows = torch.empty(max(heights, default=0) * min(step, self.rows) * diff.shape[-1], dtype=diff.dtype,
+                                    device=diff.device)
         for r0 in range(0, self.rows, step):
             r1 = min(self.rows, r0 + step)
             positions = torch.arange(r0, r1, device=diff.device) % n_pos if by_pos else None
-            for group in groups:
+            for group, height in zip(groups, heights, strict=True):
                 width = max(plans[i][6] for i in group)
-                stacked = torch.empty((sum(len(plans[i][3]) * h for i in group), r1 - r0, diff.shape[-1]),
-                                      dtype=diff.dtype, device=diff.device)
+                stacked = receiver_rows[:height * (r1 - r0) * diff.shape[-1]].view(height, r1 - r0, diff.shape[-1])
                 offsets = []
                 start = 0
                 for i in group:
