@@ -47,7 +47,7 @@ from circuitkit.ablation.edges import (
     is_post_norm,
     mlp_in_hook,
     model_device,
-    output_hooks,
+    output_acts,
     post_norm_head_diffs,
     result_hook,
     split_outputs,
@@ -108,16 +108,13 @@ def _edge_matrix(
                desc="EAP" if steps is None else f"EAP-IG ({steps} steps, {interpolate})")
     # IG's runs over a batch share its differences: one contraction per batch, not per run
     shared = steps is not None and _Receivers.accumulates(model, index)
-    wanted = set(output_hooks(index))
     for idx in batches:
         sub = task.subset(idx.cpu())
         stack = _source_stack(index, model, source_of, idx, sub.clean.shape)
         clean_input = None
         if steps is not None:  # IG runs are not at the clean point: the clean outputs from their own pass
+            clean = output_acts(model, sub.clean)
             with torch.no_grad():
-                _, cache = model.run_with_cache(sub.clean, names_filter=lambda n: n in wanted)
-                clean = {n: cache[n] for n in wanted}
-                del cache
                 _write_outputs_(stack, model, index, clean, subtract=True)
             clean_input = clean[INPUT_HOOK]
             del clean
