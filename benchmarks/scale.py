@@ -34,7 +34,7 @@ size); where a method's excess over its floor is kernel time, it is the allocato
 back and the kernel zeroing it anew, not the method's arithmetic. ``--retrieval`` adds retrieval scores on needle prompts of
 the given lengths beside a bare forward pass over the same prompts.
 
-Run (about 8 minutes on 2 cores)::
+Run (the default plan runs fewer methods at the larger sizes; each floor is timed at three batchings)::
 
     OMP_NUM_THREADS=2 python benchmarks/scale.py
     OMP_NUM_THREADS=2 python benchmarks/scale.py --shapes gpt2 --lengths 256 --methods eap,eap_ig --steps 2
@@ -61,7 +61,7 @@ SHAPES = {
 METHODS = ("eap", "eap_ig", "nodes", "exact_topk", "auto_circuit")
 FLOOR_LABELS = {"forward": "forward", "forward+backward": "forward+backward",
                 "eap_passes": "eap's bare passes"}
-# the default run: what fits in 10 minutes on 2 shared cores
+# the default run: fewer methods at the larger sizes
 # (``eap_ig:2``: EAP-IG with 2 steps there, whatever ``--steps`` says; memory does not depend on steps)
 DEFAULT_PLAN = {("gpt2", 20): METHODS, ("gpt2", 64): ("eap", "eap_ig", "nodes"), ("gpt2", 256): ("eap", "eap_ig:2"),
                 ("pythia", 20): ("eap", "eap_ig"), ("pythia", 64): ("eap",), ("pythia", 256): ()}
@@ -382,8 +382,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="gpt2,pythia")
     ap.add_argument("--lengths", default="20,64,256", help="prompt lengths, or 'none'")
-    ap.add_argument("--methods", default=None, help=f"comma-separated from {METHODS}; default: the plan that fits "
-                                                     "10 minutes (fewer methods at the larger sizes)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated from {METHODS}; default: fewer methods at "
+                                                     "the larger sizes (DEFAULT_PLAN)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top-k", type=int, default=8)
