@@ -347,9 +347,10 @@ class _Receivers:
         vector_total = torch.zeros((n_pos, len(vector_rows), vector_cols) if by_pos else (len(vector_rows), vector_cols),
                                    dtype=diff.dtype)
         row_sums = diff.sum(-1) if any(plan[2] == "ln" for plan in plans) else None  # [n_upstream, rows]
-        groups = self._groups([len(plan[3]) * h for plan in plans])
+        plan_rows = [len(plan[3]) * h for plan in plans]  # each layer's receiver rows
+        groups = self._groups(plan_rows)
         step = max(1, self.CHUNK_BYTES // (diff.shape[0] * diff.shape[-1] * diff.element_size()))
-        heights = [sum(len(plans[i][3]) * h for i in group) for group in groups]
+        heights = [sum(plan_rows[i] for i in group) for group in groups]
         # one block for every group's receivers, reused: a fresh one per chunk and group would be
         # faulted in anew each time once the allocator has handed the last one back
         receiver_rows = torch.empty(max(heights, default=0) * min(step, self.rows) * diff.shape[-1], dtype=diff.dtype,
@@ -364,9 +365,9 @@ class _Receivers:
                 start = 0
                 for i in group:
                     layer, norm, kind, whichs, projections, row_means, n_cols, total = plans[i]
-                    recv = stacked[start:start + len(whichs) * h]
-                    offsets.append((start, start + len(whichs) * h))
-                    start += len(whichs) * h
+                    recv = stacked[start:start + plan_rows[i]]
+                    offsets.append((start, start + plan_rows[i]))
+                    start += plan_rows[i]
                     for j, which in enumerate(whichs):
                         torch.bmm(self.heads[(layer, which)][r0:r1].transpose(0, 1), projections[which],
                                   out=recv[j * h:(j + 1) * h])  # [h, rows, d_model]
