@@ -30,8 +30,8 @@ contraction: the lowest ratio EAP could reach), EAP-IG = steps x forward + backw
 (clean and corrupted outputs), node attribution = forward + backward + forward, exact edge
 patching of k edges = k + 1 forwards. "kernel s" and "faulted GiB" (timing worker, the best round):
 the process's system time during the call and the memory it faulted in (minor page faults x page
-size); where a method's excess over its floor is kernel time, it is the allocator handing memory
-back and the kernel zeroing it anew, not the method's arithmetic. ``--retrieval`` adds retrieval scores on needle prompts of
+size); where a method's excess over its floor is kernel time, it is memory being faulted in, not
+the method's arithmetic. ``--retrieval`` adds retrieval scores on needle prompts of
 the given lengths beside a bare forward pass over the same prompts.
 
 Run (the default plan runs fewer methods at the larger sizes; each floor is timed at three batchings)::
@@ -126,16 +126,16 @@ def induction_task(n_prompts: int, n_pos: int, seed: int = 0):
 
 def floor_batchings(n_prompts: int) -> list[int]:
     """The prompt batch sizes a floor is timed at: all prompts at once, half and a quarter of them.
-    The fastest counts: a forward + backward over 16 prompts of 256 tokens at once is about 1.5x
-    the time of the same work in batches of 4 on a 2-core machine (its activations leave the
-    caches and fault in fresh pages), and a floor slower than it needs to be flatters every ratio."""
+    The fastest counts: a forward + backward over 16 prompts of 256 tokens at once took 2.3x the
+    same work in batches of 4 on a 2-core machine (docs/benchmarks.md#scale), and a floor slower
+    than it needs to be flatters every ratio."""
     return sorted({n_prompts, max(1, n_prompts // 2), max(1, n_prompts // 4)}, reverse=True)
 
 
-def _floors(model, task, batch: int):
-    """``forward`` and ``forward_backward`` (the floors), and ``eap_passes``: the passes EAP cannot
-    skip (clean forward + backward, corrupted forward) without its hooks or its contraction; each
-    over all of ``task``'s prompts in batches of ``batch``."""
+def _floors(model, task, batch: int) -> dict:
+    """Floor name -> callable: ``forward``, ``forward+backward`` and ``eap_passes``, the passes EAP
+    cannot skip (clean forward + backward, corrupted forward) without its hooks or its
+    contraction; each over all of ``task``'s prompts in batches of ``batch``."""
     import torch
 
     parts = [task.subset(torch.arange(i, min(i + batch, len(task)))) for i in range(0, len(task), batch)]
@@ -163,7 +163,7 @@ def _floors(model, task, batch: int):
             for part in parts:
                 model(part.corrupted)
 
-    return forward, forward_backward, eap_passes
+    return {"forward": forward, "forward+backward": forward_backward, "eap_passes": eap_passes}
 
 
 def _auto_circuit_eap(model, task):
@@ -205,15 +205,15 @@ def worker(spec: dict) -> list[dict]:
     kw = dict(ablation="corrupted", progress=False, max_memory=max_memory)
     # (name, callable, floor as {floor name: multiple}); a floor is timed at each batching, the fastest counts
     plan: list[tuple[str, object, dict]] = []
-    floors: dict[str, list[str]] = {"forward": [], "forward+backward": [], "eap_passes": []}
     wants_eap = "eap" in methods or "exact_topk" in methods
+    # eap_passes: what EAP's ratio cannot go below, its corrupted forward on top of the floor, no edge scored
+    floors: dict[str, list[str]] = {kind: [] for kind in FLOOR_LABELS if wants_eap or kind != "eap_passes"}
     by_batch = {batch: _floors(model, task, batch) for batch in floor_batchings(len(task))}
-    # what EAP's ratio cannot go below: its corrupted forward on top of the floor, no edge scored
-    for i, kind in enumerate(list(floors)[: 3 if wants_eap else 2]):
+    for kind in floors:
         for batch, fns in by_batch.items():
             name = f"{FLOOR_LABELS[kind]} (batch {batch})"
             floors[kind].append(name)
-            plan.append((name, fns[i], {"forward+backward": 1} if kind == "eap_passes" else {}))
+            plan.append((name, fns[kind], {"forward+backward": 1} if kind == "eap_passes" else {}))
     notes = []
     if wants_eap:
         plan.append(("eap", lambda: eap(model, task, **kw), {"forward+backward": 1}))
